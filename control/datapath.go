@@ -1,0 +1,34 @@
+package control
+
+import "github.com/xdplb/xdplb/loader"
+
+// Datapath is what the reconciler and the metrics collector need of the
+// data plane; *loader.Datapath implements it, and tests use a fake.
+type Datapath interface {
+	// Limits fixed at load time.
+	LookupTableSize() uint32 // prime, e.g. 65537
+	MaxVIPs() uint32         // VIP ids are 1..MaxVIPs()-1
+	MaxBackends() uint32     // backend ids are 1..MaxBackends()-1
+
+	VIPs() (map[loader.VIPKey]loader.VIPMeta, error)
+	PutVIP(loader.VIPKey, loader.VIPMeta) error
+	DeleteVIP(loader.VIPKey) error
+
+	Backends() (map[uint32]loader.Backend, error)
+	PutBackend(loader.Backend) error
+	DeleteBackend(id uint32) error
+
+	// PutLookupTable replaces a VIP's whole table atomically; len(table)
+	// must be LookupTableSize(), entries are backend ids (0: empty).
+	PutLookupTable(vipID uint32, table []uint32) error
+	LookupTable(vipID uint32) ([]uint32, error) // nil when the VIP has none
+	DeleteLookupTable(vipID uint32) error
+
+	VIPCounters() (map[uint32]loader.Counters, error)     // by VIP id
+	BackendCounters() (map[uint32]loader.Counters, error) // by backend id
+	ActionCounters() ([]loader.ActionCount, error)
+	DropCounters() (map[string]uint64, error) // by drop reason name
+	FlowsByBackend() (map[uint32]int, error)  // connection table entries per backend id
+	ConntrackEntries() (int, error)
+	Status() (loader.Status, error)
+}

@@ -1,0 +1,101 @@
+package loader
+
+import (
+	"net"
+	"net/netip"
+)
+
+// Protocol is an IP protocol number carried in a VIP key.
+type Protocol uint8
+
+const (
+	ProtoTCP Protocol = 6
+	ProtoUDP Protocol = 17
+)
+
+// ForwardMode says how packets reach a backend (bpf enum fwd_mode).
+type ForwardMode uint8
+
+const (
+	ModeDR ForwardMode = 1
+)
+
+// HashKind says what a new flow is hashed on to pick a lookup table slot
+// (bpf enum sched_kind).
+type HashKind uint8
+
+const (
+	HashMaglev HashKind = 1 // 5-tuple
+	HashSource HashKind = 2 // source address only
+)
+
+// VIPKey identifies a virtual service.
+type VIPKey struct {
+	Addr  netip.Addr // IPv4 or IPv6, unmapped
+	Port  uint16
+	Proto Protocol
+}
+
+// VIPMeta is what the data plane knows of a VIP besides its key.
+type VIPMeta struct {
+	ID   uint32 // 1..MaxVIPs-1; indexes the lookup table and VIP counters
+	Mode ForwardMode
+	Hash HashKind
+}
+
+// Backend is one backend of one VIP as the data plane sees it.
+type Backend struct {
+	ID      uint32 // 1..MaxBackends-1; 0 marks an empty lookup-table slot
+	VIPID   uint32
+	Addr    netip.Addr
+	Port    uint16 // 0: the VIP's port
+	MAC     net.HardwareAddr
+	SrcMAC  net.HardwareAddr // MAC of the egress interface
+	Ifindex uint32           // egress interface
+}
+
+// Counters are summed over CPUs.
+type Counters struct {
+	Packets uint64
+	Bytes   uint64
+	Flows   uint64
+}
+
+// XDPMode selects how the program is attached.
+type XDPMode string
+
+const (
+	XDPModeNative  XDPMode = "native"
+	XDPModeGeneric XDPMode = "generic"
+	XDPModeAuto    XDPMode = "auto" // native, falling back to generic
+)
+
+// ActionCount is how often the program returned Action on an interface.
+type ActionCount struct {
+	Ifindex uint32 // 0: interfaces whose ifindex is beyond the counter array
+	Action  string // aborted, drop, pass, tx, redirect
+	Count   uint64
+}
+
+// MapFill is how full one map is.
+type MapFill struct {
+	Name       string
+	Entries    int
+	MaxEntries uint32
+}
+
+// IfaceStatus describes one attachment of the program.
+type IfaceStatus struct {
+	Name      string
+	Ifindex   int
+	Mode      XDPMode // the mode actually in use
+	ProgramID uint32
+	LinkID    uint32
+}
+
+// Status is the data plane's state for `xdplb status`.
+type Status struct {
+	Interfaces []IfaceStatus
+	Maps       []MapFill
+	PinPath    string
+}
