@@ -1,0 +1,64 @@
+# xdplb: build, test and demo. Run as root on Debian (see README.md).
+SHELL := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin
+export CGO_ENABLED := 0
+
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+BIN     := bin/xdplb
+
+# Debian packages the build, the generator and the tests need.
+DEB_PKGS := clang llvm libbpf-dev bpftool iproute2 nftables ethtool ca-certificates
+
+.PHONY: all build deps generate generate-check vet lint test test-unit test-e2e demo bench clean
+
+all: build
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/xdplb
+
+# Installs only what is missing, so it is cheap to run every time.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@$(GO) version >/dev/null || { echo "Go is required (expected at /usr/local/go/bin)"; exit 1; }
+
+generate:
+	$(GO) generate ./loader/
+
+# Regenerates the bpf2go output and fails if it differs from what is committed.
+generate-check: generate
+	@if ! git diff --quiet -- loader/ || [ -n "$$(git ls-files --others --exclude-standard loader/)" ]; then \
+		echo "generated files differ from the committed ones; run 'make generate' and commit:"; \
+		git status --short loader/; exit 1; \
+	fi
+
+vet:
+	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfe[lb].go$$')); \
+		if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+test: deps generate-check vet build
+	$(GO) test -count=1 -timeout 20m ./...
+
+test-unit:
+	$(GO) test -count=1 ./control/... ./cmd/... ./healthcheck/...
+
+test-e2e: build
+	$(GO) test -count=1 -v -timeout 15m ./vm-tests/...
+
+demo: deps build
+	./$(BIN) demo
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem ./loader/ ./control/
+
+clean:
+	rm -rf bin/

@@ -1,0 +1,110 @@
+/* maps.h: every map of the data plane; sizes are defaults the loader overrides before load. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "types.h"
+
+/* Defaults only: the loader sets the real sizes from its Options, so these
+ * just keep the object loadable on its own (bpftool, tests). */
+#define DEFAULT_MAX_VIPS 1024
+#define DEFAULT_MAX_BACKENDS 65536
+#define DEFAULT_LOOKUP_SIZE 65537
+#define DEFAULT_CONNTRACK_SIZE (1 << 20)
+
+/* Size of the lookup tables (prime); the loader sets it together with the
+ * inner map size so the modulo below never runs past a table. */
+volatile const __u32 cfg_lookup_size = DEFAULT_LOOKUP_SIZE;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+	__type(key, struct vip_key);
+	__type(value, struct vip_meta);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vips SEC(".maps");
+
+/* Address -> number of VIPs on it. Only the rare paths read it (fragments,
+ * IPv6 extension headers, broken L4): there the port is unknown, and the
+ * address alone decides between "ours, drop and count" and "not ours, pass". */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+	__type(key, __u8[16]);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vip_addrs SEC(".maps");
+
+/* Backend id -> backend; id 0 stays empty so a zero lookup slot means "none". */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} backends SEC(".maps");
+
+/* One lookup table per VIP: slot -> backend id. No BPF_F_INNER_MAP, so the
+ * kernel refuses an inner map whose size differs from the template: a table
+ * can never be shorter than cfg_lookup_size. */
+struct lookup_table {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_LOOKUP_SIZE);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct lookup_table); /* must be last: a flexible array */
+} lookup SEC(".maps");
+
+/* 5-tuple -> backend. BPF_F_NO_COMMON_LRU: per-CPU LRU lists avoid a global
+ * lock on every new flow; the hash table itself stays shared, so a flow
+ * that moves between CPUs is still found. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DEFAULT_CONNTRACK_SIZE);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct flow_key);
+	__type(value, struct flow_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct lb_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vip_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct lb_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} backend_stats SEC(".maps");
+
+/* Index: ifindex slot * XDP_ACTION_SLOTS + action. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_IFINDEX_SLOTS * XDP_ACTION_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xdp_actions SEC(".maps");
+
+/* The key type is the enum itself so bpf2go exports it to Go. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_REASON_MAX);
+	__type(key, enum drop_reason);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} drops SEC(".maps");

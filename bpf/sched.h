@@ -1,0 +1,87 @@
+/* sched.h: choosing a new flow's backend from the VIP's lookup table, and the flow hash. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "maps.h"
+#include "parse.h"
+
+/* A fixed seed, not a random one: every LB node with the same lookup table
+ * must map a flow to the same slot, so flows survive a move between nodes. */
+#define FLOW_HASH_SEED 0x9e3779b9
+
+/* MurmurHash3 (x86_32) block and finalisation steps. */
+static __always_inline __u32 rotl32(__u32 x, __u32 r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+static __always_inline __u32 hash_mix(__u32 h, __u32 k)
+{
+	k *= 0xcc9e2d51;
+	k = rotl32(k, 15);
+	k *= 0x1b873593;
+	h ^= k;
+	h = rotl32(h, 13);
+	return h * 5 + 0xe6546b64;
+}
+
+static __always_inline __u32 hash_final(__u32 h, __u32 len)
+{
+	h ^= len;
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+static __always_inline __u32 hash_addr(__u32 h, const __u8 addr[16])
+{
+	__u32 w;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__builtin_memcpy(&w, addr + 4 * i, sizeof(w));
+		h = hash_mix(h, w);
+	}
+	return h;
+}
+
+static __always_inline __u32 flow_hash(const struct flow_key *k, __u8 sched)
+{
+	__u32 h = hash_addr(FLOW_HASH_SEED, k->src);
+
+	if (sched == SCHED_SH)
+		return hash_final(h, 16);
+	h = hash_addr(h, k->dst);
+	h = hash_mix(h, ((__u32)k->sport << 16) | k->dport);
+	h = hash_mix(h, k->proto);
+	return hash_final(h, 40);
+}
+
+/* Returns the backend id for a new flow, or 0 with *reason set. */
+static __always_inline __u32 schedule(const struct pkt *p, const struct vip_meta *meta,
+				      enum drop_reason *reason)
+{
+	__u32 vip_id = meta->vip_id;
+	__u32 slot = flow_hash(&p->flow, meta->sched) % cfg_lookup_size;
+	__u32 *bid;
+	void *table;
+
+	table = bpf_map_lookup_elem(&lookup, &vip_id);
+	if (!table) {
+		*reason = DROP_NO_BACKEND;
+		return 0;
+	}
+	/* slot < cfg_lookup_size == the inner map's size; the array lookup
+	 * checks the bound again, so a NULL here is only a defensive path. */
+	bid = bpf_map_lookup_elem(table, &slot);
+	if (!bid || *bid == 0) {
+		*reason = DROP_NO_BACKEND;
+		return 0;
+	}
+	return *bid;
+}

@@ -1,0 +1,239 @@
+package loader
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"runtime"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/xdplb/xdplb/vm-tests/testutil"
+)
+
+func TestLoadReusesPinnedMaps(t *testing.T) {
+	testutil.RequireRoot(t)
+	bpffs := testutil.MountBPFFS(t)
+	opts := testOptions(bpffs)
+	d := load(t, opts)
+	setupVIPs(t, d)
+	mustRun(t, d.Program(), flow{src: client4, dst: vipAddr4, dport: 80, syn: true}.build(t))
+	vips, err := d.VIPs()
+	must(t, err)
+	bes, err := d.Backends()
+	must(t, err)
+	tbl, err := d.LookupTable(1)
+	must(t, err)
+	must(t, d.Close())
+
+	d2 := load(t, opts)
+	t.Cleanup(func() { d2.Close() })
+	vips2, err := d2.VIPs()
+	must(t, err)
+	bes2, err := d2.Backends()
+	must(t, err)
+	tbl2, err := d2.LookupTable(1)
+	must(t, err)
+	if !reflect.DeepEqual(vips, vips2) || !reflect.DeepEqual(bes, bes2) || !reflect.DeepEqual(tbl, tbl2) {
+		t.Fatalf("state not kept across reload:\n%v\n%v\n%v\n%v", vips, vips2, bes, bes2)
+	}
+	if len(tbl2) != testLookupSize || tbl2[0] != 1 {
+		t.Fatalf("lookup table after reload: %d entries", len(tbl2))
+	}
+	if n, err := d2.ConntrackEntries(); err != nil || n != 1 {
+		t.Fatalf("conntrack entries after reload %d (%v), want 1", n, err)
+	}
+	if vc, err := d2.VIPCounters(); err != nil || vc[1].Packets != 1 {
+		t.Fatalf("vip counters after reload %v (%v)", vc, err)
+	}
+
+	// Another size must not silently replace the pinned state.
+	bad := opts
+	bad.ConntrackSize *= 2
+	if _, err := Load(bad); !errors.Is(err, ErrIncompatiblePin) {
+		t.Errorf("load with another conntrack size: %v, want ErrIncompatiblePin", err)
+	}
+	bad = opts
+	bad.LookupSize = 257
+	if _, err := Load(bad); !errors.Is(err, ErrIncompatiblePin) {
+		t.Errorf("load with another lookup size: %v, want ErrIncompatiblePin", err)
+	}
+
+	must(t, d2.Remove())
+	if _, err := os.Stat(filepath.Join(bpffs, "xdplb")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("pin dir after Remove: %v", err)
+	}
+	d3 := load(t, opts) // fresh state after Remove
+	defer d3.Remove()
+	if vips3, err := d3.VIPs(); err != nil || len(vips3) != 0 {
+		t.Fatalf("vips after Remove and Load: %v (%v)", vips3, err)
+	}
+}
+
+func TestLoadMountsBPFFS(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := filepath.Join(t.TempDir(), "a", "bpf")
+	d := load(t, testOptions(dir))
+	t.Cleanup(func() {
+		d.Remove()
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	if _, err := os.Stat(filepath.Join(dir, "xdplb", "conntrack")); err != nil {
+		t.Fatalf("conntrack not pinned: %v", err)
+	}
+}
+
+func TestInvalidArguments(t *testing.T) {
+	d := newDatapath(t)
+	mac := backendMAC(1)
+	addr := netip.MustParseAddr("10.0.1.1")
+	tests := []struct {
+		name string
+		err  error
+	}{
+		{"vip proto", d.PutVIP(VIPKey{Addr: vipAddr4, Port: 1, Proto: 1}, VIPMeta{ID: 1, Mode: ModeDR, Hash: HashMaglev})},
+		{"vip no addr", d.PutVIP(VIPKey{Port: 1, Proto: ProtoTCP}, VIPMeta{ID: 1, Mode: ModeDR, Hash: HashMaglev})},
+		{"vip id 0", d.PutVIP(vip4TCP, VIPMeta{ID: 0, Mode: ModeDR, Hash: HashMaglev})},
+		{"vip id too big", d.PutVIP(vip4TCP, VIPMeta{ID: 16, Mode: ModeDR, Hash: HashMaglev})},
+		{"vip mode", d.PutVIP(vip4TCP, VIPMeta{ID: 1, Mode: 9, Hash: HashMaglev})},
+		{"backend mac", d.PutBackend(Backend{ID: 1, VIPID: 1, Addr: addr, MAC: net.HardwareAddr{1}, SrcMAC: mac, Ifindex: 1})},
+		{"backend id", d.PutBackend(Backend{ID: 64, VIPID: 1, Addr: addr, MAC: mac, SrcMAC: mac, Ifindex: 1})},
+		{"backend ifindex", d.PutBackend(Backend{ID: 1, VIPID: 1, Addr: addr, MAC: mac, SrcMAC: mac})},
+		{"table length", d.PutLookupTable(1, make([]uint32, 7))},
+		{"table backend id", d.PutLookupTable(1, fill(testLookupSize, 64))},
+		{"load lookup size", func() error { _, err := Load(Options{BPFFS: t.TempDir(), LookupSize: 100}); return err }()},
+	}
+	for _, tt := range tests {
+		if !errors.Is(tt.err, ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", tt.name, tt.err)
+		}
+	}
+	must(t, d.PutVIP(vip4TCP, VIPMeta{ID: 1, Mode: ModeDR, Hash: HashMaglev}))
+	if err := d.PutVIP(vip6TCP, VIPMeta{ID: 1, Mode: ModeDR, Hash: HashMaglev}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("second vip on id 1: %v, want ErrInvalid", err)
+	}
+}
+
+// vip_addrs follows the VIPs: an address stays a VIP address while any
+// VIP uses it, which the fragment policy observes.
+func TestVIPAddressRefcount(t *testing.T) {
+	d := newDatapath(t)
+	frag := rawIPv4(client4, vipAddr4, 6, 0x2000, tcpHeader(1, 80, 5, 20))
+	verdict := func() uint32 { return mustRun(t, d.Program(), frag).verdict }
+	if v := verdict(); v != xdpPass {
+		t.Fatalf("fragment with no vip: verdict %d", v)
+	}
+	must(t, d.PutVIP(vip4TCP, VIPMeta{ID: 1, Mode: ModeDR, Hash: HashMaglev}))
+	must(t, d.PutVIP(vip4UDP, VIPMeta{ID: 2, Mode: ModeDR, Hash: HashMaglev}))
+	must(t, d.PutVIP(vip4UDP, VIPMeta{ID: 2, Mode: ModeDR, Hash: HashSource})) // update, not a new VIP
+	must(t, d.DeleteVIP(vip4TCP))
+	if v := verdict(); v != xdpDrop {
+		t.Fatalf("fragment with one vip left on the address: verdict %d", v)
+	}
+	must(t, d.DeleteVIP(vip4UDP))
+	must(t, d.DeleteVIP(vip4UDP)) // absent: no error
+	if v := verdict(); v != xdpPass {
+		t.Fatalf("fragment after all vips deleted: verdict %d", v)
+	}
+	st, err := d.Status()
+	must(t, err)
+	for _, m := range st.Maps {
+		if (m.Name == "vips" || m.Name == "vip_addrs") && m.Entries != 0 {
+			t.Errorf("map %s has %d entries", m.Name, m.Entries)
+		}
+	}
+}
+
+// inNetns runs fn on a locked OS thread inside a new network namespace;
+// the thread is discarded afterwards so no other goroutine inherits it.
+func inNetns(t *testing.T, fn func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		ns, err := netns.New()
+		if err != nil {
+			t.Errorf("new netns: %v", err)
+			return
+		}
+		defer ns.Close()
+		fn()
+	}()
+	<-done
+}
+
+func TestAttachUpdatesPinnedLink(t *testing.T) {
+	testutil.RequireRoot(t)
+	bpffs := testutil.MountBPFFS(t)
+	inNetns(t, func() {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "xlb0"}, PeerName: "xlb1"}
+		if err := netlink.LinkAdd(veth); err != nil {
+			t.Errorf("add veth: %v", err)
+			return
+		}
+		for _, n := range []string{"xlb0", "xlb1"} {
+			l, _ := netlink.LinkByName(n)
+			netlink.LinkSetUp(l)
+		}
+		opts := testOptions(bpffs)
+		opts.Interfaces = []string{"xlb0"}
+		opts.XDPMode = XDPModeNative
+		d, err := Load(opts)
+		if err != nil {
+			t.Errorf("load: %v", err)
+			return
+		}
+		st, err := d.Status()
+		if err != nil || len(st.Interfaces) != 1 {
+			t.Errorf("status %+v (%v)", st, err)
+			return
+		}
+		first := st.Interfaces[0]
+		info, _ := d.Program().Info()
+		pid, _ := info.ID()
+		if first.Mode != XDPModeNative || first.ProgramID != uint32(pid) || first.Name != "xlb0" {
+			t.Errorf("interface status %+v, want native with program %d", first, pid)
+		}
+		if err := d.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+		if l, _ := netlink.LinkByName("xlb0"); l.Attrs().Xdp == nil || !l.Attrs().Xdp.Attached {
+			t.Errorf("xdp detached by Close")
+		}
+
+		// A restart updates the same link with the new program.
+		d, err = Load(opts)
+		if err != nil {
+			t.Errorf("reload: %v", err)
+			return
+		}
+		st, _ = d.Status()
+		if len(st.Interfaces) != 1 || st.Interfaces[0].LinkID != first.LinkID || st.Interfaces[0].ProgramID == first.ProgramID {
+			t.Errorf("after reload %+v, want link %d with a new program", st.Interfaces, first.LinkID)
+		}
+
+		peer, _ := netlink.LinkByName("xlb1")
+		pass, err := AttachPass(peer.Attrs().Index)
+		if err != nil {
+			t.Errorf("attach pass: %v", err)
+		} else if err := pass.Close(); err != nil {
+			t.Errorf("close pass: %v", err)
+		}
+
+		if err := d.Remove(); err != nil {
+			t.Errorf("remove: %v", err)
+		}
+		if l, _ := netlink.LinkByName("xlb0"); l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached {
+			t.Errorf("xdp still attached after Remove")
+		}
+	})
+}

@@ -1,0 +1,273 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// Defaults for Options left zero.
+const (
+	DefaultBPFFS         = "/sys/fs/bpf"
+	DefaultLookupSize    = 65537
+	DefaultConntrackSize = 1 << 20
+	DefaultMaxVIPs       = 1024
+	DefaultMaxBackends   = 65536
+
+	// pinSubdir holds every pin of xdplb under Options.BPFFS.
+	pinSubdir = "xdplb"
+)
+
+var (
+	// ErrIncompatiblePin means pinned state from an earlier run does not
+	// match this build or these sizes. It is never replaced silently: that
+	// would drop the connection table; the operator removes it on purpose.
+	ErrIncompatiblePin = errors.New("incompatible pinned state")
+	// ErrInvalid marks arguments the data plane cannot hold.
+	ErrInvalid = errors.New("invalid argument")
+)
+
+// Options configure Load.
+type Options struct {
+	BPFFS         string   // default "/sys/fs/bpf"; pins go to BPFFS/xdplb; mounted as bpffs if it is not one
+	Interfaces    []string // may be empty (tests): load and pin, attach nothing
+	XDPMode       XDPMode  // native|generic|auto; default auto
+	LookupSize    uint32   // default 65537, must be prime
+	ConntrackSize uint32   // default 1<<20
+	MaxVIPs       uint32   // default 1024
+	MaxBackends   uint32   // default 65536
+	Logger        *slog.Logger
+}
+
+func (o *Options) setDefaults() error {
+	if o.BPFFS == "" {
+		o.BPFFS = DefaultBPFFS
+	}
+	if o.XDPMode == "" {
+		o.XDPMode = XDPModeAuto
+	}
+	switch o.XDPMode {
+	case XDPModeNative, XDPModeGeneric, XDPModeAuto:
+	default:
+		return fmt.Errorf("%w: xdp mode %q (want native, generic or auto)", ErrInvalid, o.XDPMode)
+	}
+	if o.LookupSize == 0 {
+		o.LookupSize = DefaultLookupSize
+	}
+	if !isPrime(o.LookupSize) {
+		return fmt.Errorf("%w: lookup table size %d is not prime", ErrInvalid, o.LookupSize)
+	}
+	if o.ConntrackSize == 0 {
+		o.ConntrackSize = DefaultConntrackSize
+	}
+	if o.MaxVIPs == 0 {
+		o.MaxVIPs = DefaultMaxVIPs
+	}
+	if o.MaxBackends == 0 {
+		o.MaxBackends = DefaultMaxBackends
+	}
+	// Id 0 is reserved in both, so one slot is not enough.
+	if o.MaxVIPs < 2 || o.MaxBackends < 2 {
+		return fmt.Errorf("%w: max vips %d and max backends %d must be at least 2", ErrInvalid, o.MaxVIPs, o.MaxBackends)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+func isPrime(n uint32) bool {
+	if n < 2 {
+		return false
+	}
+	for i := uint64(2); i*i <= uint64(n); i++ {
+		if uint64(n)%i == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Datapath owns the loaded program, its maps and its XDP links.
+type Datapath struct {
+	opts      Options
+	log       *slog.Logger
+	pinDir    string
+	objs      xdplbObjects
+	innerSpec *ebpf.MapSpec
+	dropNames map[uint32]string
+
+	// mu serialises writers that read before they write (vip_addrs
+	// counts, id checks) and the attachment list.
+	mu    sync.Mutex
+	links []*attachment
+}
+
+// Load loads the program, reuses compatible pinned maps under
+// opts.BPFFS/xdplb (pinning new ones), and attaches to opts.Interfaces
+// through pinned bpf_links, updating an existing link in place.
+func Load(opts Options) (*Datapath, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := ensureBPFFS(opts.BPFFS); err != nil {
+		return nil, err
+	}
+	pinDir := filepath.Join(opts.BPFFS, pinSubdir)
+	if err := os.MkdirAll(pinDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create pin dir: %w", err)
+	}
+
+	spec, err := loadSpec(opts)
+	if err != nil {
+		return nil, err
+	}
+	names, err := dropReasonNames(spec)
+	if err != nil {
+		return nil, err
+	}
+	d := &Datapath{
+		opts:      opts,
+		log:       opts.Logger,
+		pinDir:    pinDir,
+		innerSpec: spec.Maps["lookup"].InnerMap.Copy(),
+		dropNames: names,
+	}
+	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}})
+	if err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			// The whole log; the error alone keeps only its tail.
+			d.log.Error("verifier rejected the program", "log", fmt.Sprintf("%+v", verr))
+		}
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("%w: maps pinned under %s do not match this build or these sizes (%v); "+
+				"remove that directory to start fresh (this drops the connection table)", ErrIncompatiblePin, pinDir, err)
+		}
+		return nil, fmt.Errorf("load bpf objects: %w", err)
+	}
+	if err := d.checkLookupCompatible(); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	for _, name := range opts.Interfaces {
+		if err := d.attach(name); err != nil {
+			d.Close()
+			return nil, err
+		}
+	}
+	d.log.Info("data plane loaded", "pin_path", pinDir, "interfaces", opts.Interfaces,
+		"lookup_size", opts.LookupSize, "conntrack_size", opts.ConntrackSize)
+	return d, nil
+}
+
+func loadSpec(opts Options) (*ebpf.CollectionSpec, error) {
+	spec, err := loadXdplb()
+	if err != nil {
+		return nil, fmt.Errorf("load bpf spec: %w", err)
+	}
+	sizes := map[string]uint32{
+		"vips":          opts.MaxVIPs,
+		"vip_addrs":     opts.MaxVIPs, // at most one address per VIP
+		"lookup":        opts.MaxVIPs,
+		"vip_stats":     opts.MaxVIPs,
+		"backends":      opts.MaxBackends,
+		"backend_stats": opts.MaxBackends,
+		"conntrack":     opts.ConntrackSize,
+	}
+	for name, n := range sizes {
+		m, ok := spec.Maps[name]
+		if !ok {
+			return nil, fmt.Errorf("bpf spec has no map %s", name)
+		}
+		m.MaxEntries = n
+	}
+	spec.Maps["lookup"].InnerMap.MaxEntries = opts.LookupSize
+	if err := spec.Variables["cfg_lookup_size"].Set(opts.LookupSize); err != nil {
+		return nil, fmt.Errorf("set cfg_lookup_size: %w", err)
+	}
+	return spec, nil
+}
+
+// checkLookupCompatible catches a pinned lookup map created for another
+// table size: its inner template is fixed at creation, so every table we
+// build would be refused later. Slot 0 is never a VIP id, so a trial insert
+// there touches nothing live.
+func (d *Datapath) checkLookupCompatible() error {
+	inner, err := ebpf.NewMap(d.innerSpec)
+	if err != nil {
+		return fmt.Errorf("create lookup table: %w", err)
+	}
+	defer inner.Close()
+	if err := d.objs.Lookup.Put(uint32(0), inner); err != nil {
+		return fmt.Errorf("%w: pinned lookup map under %s does not take tables of size %d (%v); "+
+			"restart with the previous size or remove that directory", ErrIncompatiblePin, d.pinDir, d.opts.LookupSize, err)
+	}
+	if err := d.objs.Lookup.Delete(uint32(0)); err != nil {
+		return fmt.Errorf("remove trial lookup table: %w", err)
+	}
+	return nil
+}
+
+// ensureBPFFS mounts a bpffs at dir unless one is there already: inside
+// `ip netns exec` /sys/fs/bpf is not the host's bpffs.
+func ensureBPFFS(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create bpffs dir: %w", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := unix.Mount("bpffs", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs on %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Program is the main XDP program, for packet tests.
+func (d *Datapath) Program() *ebpf.Program { return d.objs.XdplbMain }
+
+// PinPath is where maps and links are pinned.
+func (d *Datapath) PinPath() string { return d.pinDir }
+
+// Close releases handles. Pins and links stay, so forwarding continues and
+// the next Load picks them up.
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for _, a := range d.links {
+		errs = append(errs, a.link.Close())
+	}
+	d.links = nil
+	errs = append(errs, d.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Remove detaches every link pinned under the pin dir (not only ours),
+// unpins every map and closes all handles: a clean uninstall.
+func (d *Datapath) Remove() error {
+	// Removing a pin on bpffs unpins it; a link without pin and fd detaches.
+	errs := []error{os.RemoveAll(d.pinDir)}
+	errs = append(errs, d.Close())
+	return errors.Join(errs...)
+}
+
+// LookupTableSize is the size of every lookup table.
+func (d *Datapath) LookupTableSize() uint32 { return d.opts.LookupSize }
+
+// MaxVIPs bounds VIP ids: 1..MaxVIPs()-1.
+func (d *Datapath) MaxVIPs() uint32 { return d.opts.MaxVIPs }
+
+// MaxBackends bounds backend ids: 1..MaxBackends()-1.
+func (d *Datapath) MaxBackends() uint32 { return d.opts.MaxBackends }

@@ -1,0 +1,227 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+)
+
+// actionNames are the XDP verdicts in kernel order (XDP_ABORTED = 0 ...),
+// which is also their order inside a slot of xdp_actions.
+var actionNames = [...]string{"aborted", "drop", "pass", "tx", "redirect"}
+
+// dropReasonNames reads the drop reasons from the program's own BTF, so a
+// reason added in C gets a name here without a hand-kept table:
+// DROP_IPV6_EXT becomes "ipv6_ext".
+func dropReasonNames(spec *ebpf.CollectionSpec) (map[uint32]string, error) {
+	var enum *btf.Enum
+	if err := spec.Types.TypeByName("drop_reason", &enum); err != nil {
+		return nil, fmt.Errorf("find enum drop_reason: %w", err)
+	}
+	out := make(map[uint32]string)
+	for _, v := range enum.Values {
+		if v.Value == uint64(xdplbDropReasonDROP_NONE) || v.Value >= uint64(xdplbDropReasonDROP_REASON_MAX) {
+			continue
+		}
+		out[uint32(v.Value)] = strings.ToLower(strings.TrimPrefix(v.Name, "DROP_"))
+	}
+	return out, nil
+}
+
+func sumCounters(per []xdplbLbCounters) Counters {
+	var c Counters
+	for _, p := range per {
+		c.Packets += p.Packets
+		c.Bytes += p.Bytes
+		c.Flows += p.Flows
+	}
+	return c
+}
+
+// lbCounters reads a per-CPU lb_counters map: ids with traffic, plus the
+// ids in keep so a configured but idle VIP or backend reads as zero.
+func lbCounters(m *ebpf.Map, keep func(uint32) bool) (map[uint32]Counters, error) {
+	out := make(map[uint32]Counters)
+	err := readPerCPU(m, func(id uint32, per []xdplbLbCounters) {
+		c := sumCounters(per)
+		if c != (Counters{}) || keep(id) {
+			out[id] = c
+		}
+	})
+	return out, err
+}
+
+// VIPCounters are summed over CPUs, by VIP id.
+func (d *Datapath) VIPCounters() (map[uint32]Counters, error) {
+	vips, err := d.VIPs()
+	if err != nil {
+		return nil, err
+	}
+	ids := make(map[uint32]bool, len(vips))
+	for _, m := range vips {
+		ids[m.ID] = true
+	}
+	out, err := lbCounters(d.objs.VipStats, func(id uint32) bool { return ids[id] })
+	if err != nil {
+		return nil, fmt.Errorf("read vip counters: %w", err)
+	}
+	return out, nil
+}
+
+// BackendCounters are summed over CPUs, by backend id.
+func (d *Datapath) BackendCounters() (map[uint32]Counters, error) {
+	bes, err := d.Backends()
+	if err != nil {
+		return nil, err
+	}
+	out, err := lbCounters(d.objs.BackendStats, func(id uint32) bool { _, ok := bes[id]; return ok })
+	if err != nil {
+		return nil, fmt.Errorf("read backend counters: %w", err)
+	}
+	return out, nil
+}
+
+func sum64(per []uint64) uint64 {
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n
+}
+
+// ActionCounters lists every (interface, action) that was counted, and
+// all five actions of the attached interfaces even when zero.
+func (d *Datapath) ActionCounters() ([]ActionCount, error) {
+	attached := make(map[uint32]bool)
+	d.mu.Lock()
+	for _, a := range d.links {
+		attached[uint32(a.ifindex)] = true
+	}
+	d.mu.Unlock()
+
+	var out []ActionCount
+	err := readPerCPU(d.objs.XdpActions, func(idx uint32, per []uint64) {
+		slot, action := idx/uint32(len(actionNames)), idx%uint32(len(actionNames))
+		n := sum64(per)
+		if n != 0 || attached[slot] {
+			out = append(out, ActionCount{Ifindex: slot, Action: actionNames[action], Count: n})
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read action counters: %w", err)
+	}
+	return out, nil
+}
+
+// DropCounters are by reason name, every reason present (zero included).
+func (d *Datapath) DropCounters() (map[string]uint64, error) {
+	out := make(map[string]uint64, len(d.dropNames))
+	for _, name := range d.dropNames {
+		out[name] = 0
+	}
+	err := readPerCPU(d.objs.Drops, func(r uint32, per []uint64) {
+		if name, ok := d.dropNames[r]; ok {
+			out[name] = sum64(per)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read drop counters: %w", err)
+	}
+	return out, nil
+}
+
+// walkConntrack calls fn for every connection-table entry. The table
+// changes under us; a batch walk gives each entry at most once but may
+// miss entries inserted meanwhile, which is fine for statistics.
+func (d *Datapath) walkConntrack(fn func(xdplbFlowKey, xdplbFlowVal)) error {
+	keys := make([]xdplbFlowKey, batchChunk)
+	vals := make([]xdplbFlowVal, batchChunk)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := d.objs.Conntrack.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			fn(keys[i], vals[i])
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return iterate(d.objs.Conntrack, fn)
+		}
+		if err != nil {
+			return fmt.Errorf("read conntrack: %w", err)
+		}
+	}
+}
+
+// FlowsByBackend counts connection-table entries per backend id. Entries
+// stay until the LRU evicts them, so this includes finished flows.
+func (d *Datapath) FlowsByBackend() (map[uint32]int, error) {
+	out := make(map[uint32]int)
+	err := d.walkConntrack(func(_ xdplbFlowKey, v xdplbFlowVal) { out[v.BackendId]++ })
+	return out, err
+}
+
+// ConntrackEntries is the number of connection-table entries.
+func (d *Datapath) ConntrackEntries() (int, error) {
+	n := 0
+	err := d.walkConntrack(func(xdplbFlowKey, xdplbFlowVal) { n++ })
+	return n, err
+}
+
+// Status reports attachments and map fill.
+func (d *Datapath) Status() (Status, error) {
+	st := Status{PinPath: d.pinDir}
+	d.mu.Lock()
+	links := slices.Clone(d.links)
+	d.mu.Unlock()
+	for _, a := range links {
+		is := IfaceStatus{Name: a.name, Ifindex: a.ifindex, Mode: modeInUse(a.ifindex, a.mode)}
+		info, err := a.link.Info()
+		if err != nil {
+			return Status{}, fmt.Errorf("link info of %s: %w", a.name, err)
+		}
+		is.LinkID, is.ProgramID = uint32(info.ID), uint32(info.Program)
+		st.Interfaces = append(st.Interfaces, is)
+	}
+
+	vips, err := d.VIPs()
+	if err != nil {
+		return Status{}, err
+	}
+	bes, err := d.Backends()
+	if err != nil {
+		return Status{}, err
+	}
+	ct, err := d.ConntrackEntries()
+	if err != nil {
+		return Status{}, err
+	}
+	addrs := 0
+	if err := iterate(d.objs.VipAddrs, func([16]byte, uint32) { addrs++ }); err != nil {
+		return Status{}, fmt.Errorf("read vip addresses: %w", err)
+	}
+	tables := 0
+	for _, m := range vips {
+		var id uint32
+		err := d.objs.Lookup.Lookup(m.ID, &id)
+		if err == nil {
+			tables++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return Status{}, fmt.Errorf("read lookup %d: %w", m.ID, err)
+		}
+	}
+	fill := func(name string, m *ebpf.Map, n int) {
+		st.Maps = append(st.Maps, MapFill{Name: name, Entries: n, MaxEntries: m.MaxEntries()})
+	}
+	fill("vips", d.objs.Vips, len(vips))
+	fill("vip_addrs", d.objs.VipAddrs, addrs)
+	fill("backends", d.objs.Backends, len(bes))
+	fill("lookup", d.objs.Lookup, tables)
+	fill("conntrack", d.objs.Conntrack, ct)
+	return st, nil
+}
