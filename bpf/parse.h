@@ -59,6 +59,7 @@ enum parse_result {
 struct pkt {
 	struct flow_key flow; /* addresses IPv4-mapped, ports network order */
 	__u32 len;            /* whole frame, for byte counters */
+	__u8 tcp_syn;         /* a TCP SYN without ACK: the first packet of a flow */
 };
 
 #define VLAN_HDR_LEN 4
@@ -90,6 +91,7 @@ static __always_inline int parse_tcp(void *l4, void *data_end, __u32 l4_len, str
 		return PARSE_MALFORMED_L4;
 	p->flow.sport = th->source;
 	p->flow.dport = th->dest;
+	p->tcp_syn = th->syn && !th->ack;
 	return PARSE_OK;
 }
 

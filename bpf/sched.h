@@ -67,9 +67,16 @@ static __always_inline __u32 schedule(const struct pkt *p, const struct vip_meta
 				      enum drop_reason *reason)
 {
 	__u32 vip_id = meta->vip_id;
-	__u32 slot = flow_hash(&p->flow, meta->sched) % cfg_lookup_size;
-	__u32 *bid;
+	__u8 sched = meta->sched;
+	__u32 slot, *bid;
 	void *table;
+
+	/* A TCP packet of an unknown flow that is not a SYN was placed earlier,
+	 * before a restart or by another LB node: only the 5-tuple hash, which
+	 * every node shares whatever the VIP's scheduler, finds it again. */
+	if (p->flow.proto == IPPROTO_TCP && !p->tcp_syn)
+		sched = SCHED_MAGLEV;
+	slot = flow_hash(&p->flow, sched) % cfg_lookup_size;
 
 	table = bpf_map_lookup_elem(&lookup, &vip_id);
 	if (!table) {

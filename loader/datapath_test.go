@@ -597,3 +597,30 @@ func TestCounters(t *testing.T) {
 		t.Errorf("re-created vip counters %+v, want zero", vc[1])
 	}
 }
+
+// Source hashing keeps a client on one backend for new flows, but a TCP
+// packet of an unknown flow that is not a SYN (placed before a restart, or
+// by another node) must be found with the 5-tuple hash every node shares.
+func TestSourceHashAndUnknownNonSYN(t *testing.T) {
+	d := newDatapath(t)
+	must(t, d.PutVIP(vip4TCP, VIPMeta{ID: 1, Mode: ModeDR, Hash: HashSource}))
+	ids := []uint32{10, 11, 12, 13, 14, 15, 16, 17}
+	for _, id := range ids {
+		putBackend(t, d, id, 1, netip.AddrFrom4([4]byte{10, 0, 1, byte(id)}), loIfindex)
+	}
+	must(t, d.PutLookupTable(1, fill(testLookupSize, ids...)))
+
+	synTargets, ackTargets := map[uint32]int{}, map[uint32]int{}
+	for i := range 20 {
+		syn := flow{src: client4, dst: vipAddr4, dport: 80, sport: uint16(41000 + i), syn: true}
+		synTargets[backendOf(t, mustRun(t, d.Program(), syn.build(t)))]++
+		ack := flow{src: client4, dst: vipAddr4, dport: 80, sport: uint16(42000 + i), ack: true}
+		ackTargets[backendOf(t, mustRun(t, d.Program(), ack.build(t)))]++
+	}
+	if len(synTargets) != 1 {
+		t.Errorf("SYNs from one source spread over %v, want one backend", synTargets)
+	}
+	if len(ackTargets) < 2 {
+		t.Errorf("non-SYN packets of unknown flows all went to %v: not hashed on the 5-tuple", ackTargets)
+	}
+}
