@@ -1,0 +1,292 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/xdplb/xdplb/control"
+)
+
+// Exit codes of the binary.
+const (
+	exitOK    = 0
+	exitError = 1
+	exitUsage = 2 // the command line itself is wrong
+)
+
+// usageError marks an error in the command line (arguments, flags), as
+// opposed to one from the daemon or the system; it exits with exitUsage.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// usagef builds a usageError prefixed with the command path ("vip add: ...").
+func usagef(c *cli.Context, format string, args ...any) error {
+	return usageError{withPath(c, fmt.Errorf(format, args...))}
+}
+
+// cmdPath is the command's path without the program name: "vip add"; empty
+// for the program itself.
+func cmdPath(c *cli.Context) string {
+	var names []string
+	for _, cc := range c.Lineage() {
+		if cc.Command != nil && cc.Command.Name != "" && cc.Command.Name != cc.App.Name {
+			names = append([]string{cc.Command.Name}, names...)
+		}
+	}
+	return strings.Join(names, " ")
+}
+
+// withPath prefixes err with the command path, if any.
+func withPath(c *cli.Context, err error) error {
+	if p := cmdPath(c); p != "" {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	return err
+}
+
+// env is what the commands get from outside: the streams (nothing touches
+// the process's own files directly) and the daemon's entry point.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	runDaemon      func(context.Context, control.DaemonConfig) error
+}
+
+// run is the whole program: it parses args, runs the command and maps the
+// result to an exit code. Errors are printed as one line on stderr.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, runDaemon: control.RunDaemon}
+	return e.run(ctx, args)
+}
+
+func (e *env) run(ctx context.Context, args []string) int {
+	app := e.newApp()
+	err := app.RunContext(ctx, reorderArgs(app, args))
+	if err == nil {
+		return exitOK
+	}
+	msg := strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; ")
+	fmt.Fprintf(e.stderr, "xdplb: %s\n", msg)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	return exitError
+}
+
+func (e *env) newApp() *cli.App {
+	app := &cli.App{
+		Name:           "xdplb",
+		Usage:          "XDP layer-4 load balancer",
+		Version:        version,
+		HideVersion:    true, // `xdplb version` instead
+		Reader:         e.stdin,
+		Writer:         e.stdout,
+		ErrWriter:      e.stderr,
+		ExitErrHandler: func(*cli.Context, error) {}, // run maps errors to exit codes
+		Flags: []cli.Flag{
+			&cli.StringFlag{
+				Name:    "socket",
+				Usage:   "unix socket of the daemon's API",
+				Value:   control.DefaultSocketPath,
+				EnvVars: []string{"XDPLB_SOCKET"},
+			},
+		},
+		Commands: []*cli.Command{
+			e.daemonCommand(),
+			e.vipCommand(),
+			e.backendCommand(),
+			e.statsCommand(),
+			e.statusCommand(),
+			e.applyCommand(),
+			e.exportCommand(),
+			e.demoCommand(),
+			e.versionCommand(),
+		},
+		Action: groupAction,
+	}
+	app.OnUsageError = onUsageError
+	for _, c := range app.Commands {
+		setUsageHandlers(c)
+	}
+	return app
+}
+
+// onUsageError turns a flag parsing error into a one-line usageError
+// instead of urfave/cli's "Incorrect Usage" plus help on stdout.
+func onUsageError(c *cli.Context, err error, _ bool) error {
+	return usageError{withPath(c, err)}
+}
+
+func setUsageHandlers(c *cli.Command) {
+	c.OnUsageError = onUsageError
+	if len(c.Subcommands) > 0 && c.Action == nil {
+		c.Action = groupAction
+	}
+	for _, s := range c.Subcommands {
+		setUsageHandlers(s)
+	}
+}
+
+// groupAction runs for the program itself and for command groups (vip,
+// backend) when no known subcommand follows: help without arguments, a
+// usage error for an unknown command.
+func groupAction(c *cli.Context) error {
+	if c.Args().Present() {
+		return usagef(c, "unknown command %q (see --help)", c.Args().First())
+	}
+	if c.Command == nil || c.Command.Name == "" || c.Command.Name == c.App.Name {
+		return cli.ShowAppHelp(c)
+	}
+	return cli.ShowSubcommandHelp(c)
+}
+
+// reorderArgs moves the flags of the command being run in front of its
+// positional arguments, so `vip add 10.0.0.1:80/tcp --mode dr` works:
+// urfave/cli v2 stops parsing flags at the first positional argument.
+// Everything after "--" stays positional.
+func reorderArgs(app *cli.App, args []string) []string {
+	if len(args) == 0 {
+		return args
+	}
+	out := []string{args[0]}
+	flags, cmds := app.Flags, app.Commands
+	rest := args[1:]
+	for {
+		// Flags in front of a command name belong to the level above it.
+		i := 0
+		for i < len(rest) && isFlag(rest[i]) {
+			i += flagSpan(flags, rest, i)
+		}
+		if i >= len(rest) || rest[i] == "--" {
+			return append(out, rest...)
+		}
+		if cmd := findCommand(cmds, rest[i]); cmd != nil && len(cmd.Subcommands) > 0 {
+			out = append(out, rest[:i+1]...)
+			rest = rest[i+1:]
+			flags, cmds = cmd.Flags, cmd.Subcommands
+			continue
+		} else if cmd != nil {
+			out = append(out, rest[:i+1]...)
+			return append(out, splitFlags(cmd.Flags, rest[i+1:])...)
+		}
+		// Not a command: leave it to urfave/cli to report.
+		return append(out, rest...)
+	}
+}
+
+// splitFlags returns tail with its flags first, then "--" and the
+// positional arguments in their original order.
+func splitFlags(flags []cli.Flag, tail []string) []string {
+	var fl, pos []string
+	for i := 0; i < len(tail); {
+		if tail[i] == "--" {
+			pos = append(pos, tail[i+1:]...)
+			break
+		}
+		if isFlag(tail[i]) {
+			n := flagSpan(flags, tail, i)
+			fl = append(fl, tail[i:i+n]...)
+			i += n
+			continue
+		}
+		pos = append(pos, tail[i])
+		i++
+	}
+	if len(pos) == 0 {
+		return fl
+	}
+	return append(append(fl, "--"), pos...)
+}
+
+func isFlag(s string) bool { return len(s) > 1 && s[0] == '-' && s != "--" }
+
+// flagSpan is how many arguments the flag at args[i] uses: 2 when it takes
+// a value given as the next argument, else 1.
+func flagSpan(flags []cli.Flag, args []string, i int) int {
+	name := strings.TrimLeft(args[i], "-")
+	if strings.Contains(name, "=") {
+		return 1
+	}
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if n != name {
+				continue
+			}
+			if tv, ok := f.(interface{ TakesValue() bool }); ok && tv.TakesValue() && i+1 < len(args) {
+				return 2
+			}
+			return 1
+		}
+	}
+	return 1
+}
+
+func findCommand(cmds []*cli.Command, name string) *cli.Command {
+	for _, c := range cmds {
+		if c.HasName(name) {
+			return c
+		}
+	}
+	return nil
+}
+
+// client returns an API client for the --socket given to the program.
+func client(c *cli.Context) *control.Client {
+	return control.NewClient(c.String("socket"))
+}
+
+// apiError rewords the errors of a client call; above all "the daemon is
+// not running", which otherwise reads as a bare dial error.
+func apiError(c *cli.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) {
+		return withPath(c, errors.New("interrupted"))
+	}
+	if isUnreachable(err) {
+		return fmt.Errorf("cannot reach the daemon at %s: is `xdplb daemon` running?", c.String("socket"))
+	}
+	return withPath(c, err)
+}
+
+func isUnreachable(err error) bool {
+	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOTSOCK) {
+		return true
+	}
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// wantArgs checks the number of positional arguments.
+func wantArgs(c *cli.Context, n int, usage string) error {
+	if c.NArg() != n {
+		return usagef(c, "want %s", usage)
+	}
+	return nil
+}
+
+// outputFlag is the -o flag of the listing commands.
+func outputFlag() cli.Flag {
+	return &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "output format: table or json"}
+}
+
+// outputFormat validates -o; it is called before any network call.
+func outputFormat(c *cli.Context) (string, error) {
+	switch f := c.String("output"); f {
+	case "table", "json":
+		return f, nil
+	default:
+		return "", usagef(c, "unknown output format %q: want table or json", f)
+	}
+}

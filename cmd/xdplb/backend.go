@@ -1,0 +1,166 @@
+package main
+
+import (
+	"net/netip"
+	"sort"
+	"strconv"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/xdplb/xdplb/control"
+)
+
+func (e *env) backendCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "backend",
+		Usage: "add, change, delete and list the backends of a VIP",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "add",
+				Usage:     "add a backend to a VIP",
+				ArgsUsage: "VIP ADDR[:PORT]",
+				Flags: []cli.Flag{
+					&cli.IntFlag{Name: "weight", Value: control.DefaultWeight, Usage: "share of new flows, 0-65535 (0: no new flows)"},
+				},
+				Action: e.backendAdd,
+			},
+			{
+				Name:      "set",
+				Usage:     "change one backend: its weight, or drain it, or enable it again",
+				ArgsUsage: "VIP ADDR[:PORT]",
+				Flags: []cli.Flag{
+					&cli.IntFlag{Name: "weight", Usage: "new weight, 0-65535"},
+					&cli.BoolFlag{Name: "drain", Usage: "stop sending new flows; open flows continue"},
+					&cli.BoolFlag{Name: "enable", Usage: "undo --drain"},
+				},
+				Action: e.backendSet,
+			},
+			{
+				Name:      "del",
+				Usage:     "delete a backend from a VIP",
+				ArgsUsage: "VIP ADDR[:PORT]",
+				Action:    e.backendDel,
+			},
+			{
+				Name:      "list",
+				Usage:     "list the backends of a VIP",
+				ArgsUsage: "VIP",
+				Flags:     []cli.Flag{outputFlag()},
+				Action:    e.backendList,
+			},
+		},
+	}
+}
+
+// backendArgs parses "VIP ADDR[:PORT]".
+func backendArgs(c *cli.Context) (control.VIPID, netip.Addr, uint16, error) {
+	id, err := vipArg(c, 2, "VIP ADDR[:PORT]")
+	if err != nil {
+		return control.VIPID{}, netip.Addr{}, 0, err
+	}
+	addr, port, err := control.ParseBackendAddr(c.Args().Get(1))
+	if err != nil {
+		return control.VIPID{}, netip.Addr{}, 0, usageError{withPath(c, err)}
+	}
+	return id, addr, port, nil
+}
+
+func weightFlag(c *cli.Context) (uint32, error) {
+	w := c.Int("weight")
+	if w < 0 || w > control.MaxWeight {
+		return 0, usagef(c, "--weight %d: want 0-%d", w, control.MaxWeight)
+	}
+	return uint32(w), nil
+}
+
+func (e *env) backendAdd(c *cli.Context) error {
+	id, addr, port, err := backendArgs(c)
+	if err != nil {
+		return err
+	}
+	w, err := weightFlag(c)
+	if err != nil {
+		return err
+	}
+	b := control.Backend{Address: addr, Port: port, Weight: w}
+	if err := client(c).AddBackend(c.Context, id, b); err != nil {
+		return apiError(c, err)
+	}
+	return nil
+}
+
+func (e *env) backendSet(c *cli.Context) error {
+	id, addr, port, err := backendArgs(c)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, f := range []string{"weight", "drain", "enable"} {
+		if c.IsSet(f) {
+			n++
+		}
+	}
+	if n != 1 {
+		return usagef(c, "want exactly one of --weight N, --drain, --enable")
+	}
+	var p control.BackendPatch
+	switch {
+	case c.IsSet("weight"):
+		w, err := weightFlag(c)
+		if err != nil {
+			return err
+		}
+		p.Weight = &w
+	case c.IsSet("drain"):
+		d := c.Bool("drain")
+		p.Drain = &d
+	case c.IsSet("enable"):
+		d := !c.Bool("enable")
+		p.Drain = &d
+	}
+	if err := client(c).SetBackend(c.Context, id, addr, port, p); err != nil {
+		return apiError(c, err)
+	}
+	return nil
+}
+
+func (e *env) backendDel(c *cli.Context) error {
+	id, addr, port, err := backendArgs(c)
+	if err != nil {
+		return err
+	}
+	if err := client(c).DeleteBackend(c.Context, id, addr, port); err != nil {
+		return apiError(c, err)
+	}
+	return nil
+}
+
+func (e *env) backendList(c *cli.Context) error {
+	id, err := vipArg(c, 1, "VIP")
+	if err != nil {
+		return err
+	}
+	format, err := outputFormat(c)
+	if err != nil {
+		return err
+	}
+	bs, err := client(c).Backends(c.Context, id)
+	if err != nil {
+		return apiError(c, err)
+	}
+	sort.SliceStable(bs, func(i, j int) bool {
+		return lessBackend(bs[i].Address, bs[i].Port, bs[j].Address, bs[j].Port)
+	})
+	if format == "json" {
+		if bs == nil {
+			bs = []control.BackendStatus{}
+		}
+		return writeJSON(e.stdout, bs)
+	}
+	t := newTable(e.stdout, "BACKEND", "WEIGHT", "STATE", "FLOWS", "MAC")
+	for _, b := range bs {
+		t.row(backendString(b.Address, b.Port), strconv.FormatUint(uint64(b.Weight), 10),
+			orDash(b.State), strconv.Itoa(b.Flows), orDash(b.MAC))
+	}
+	return t.flush()
+}

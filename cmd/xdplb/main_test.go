@@ -1,0 +1,647 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xdplb/xdplb/control"
+)
+
+// result is what one run of the CLI produced.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// runCLI runs the program in-process with args after the program name.
+func runCLI(t *testing.T, ctx context.Context, stdin string, args ...string) result {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(ctx, append([]string{"xdplb"}, args...), strings.NewReader(stdin), &out, &errOut)
+	return result{stdout: out.String(), stderr: errOut.String(), code: code}
+}
+
+// testDaemon is a daemon API (real server, real store) on a temp socket.
+type testDaemon struct {
+	t      *testing.T
+	socket string
+	store  *control.Store
+}
+
+// run runs the CLI against the lab's socket.
+func (l *testDaemon) run(args ...string) result {
+	l.t.Helper()
+	return runCLI(l.t, l.t.Context(), "", append([]string{"--socket", l.socket}, args...)...)
+}
+
+// ok runs the CLI and fails the test unless it succeeded quietly on stderr.
+func (l *testDaemon) ok(args ...string) string {
+	l.t.Helper()
+	r := l.run(args...)
+	if r.code != 0 || r.stderr != "" {
+		l.t.Fatalf("xdplb %s: exit %d, stderr %q", strings.Join(args, " "), r.code, r.stderr)
+	}
+	return r.stdout
+}
+
+// exported is the state as `export` prints it.
+func (l *testDaemon) exported() string {
+	l.t.Helper()
+	return l.ok("export")
+}
+
+// wantOneLineError checks r failed with code and a single "xdplb: ..." line
+// on stderr matching re, and printed nothing on stdout.
+func wantOneLineError(t *testing.T, r result, code int, re string) {
+	t.Helper()
+	if r.code != code {
+		t.Errorf("exit code %d, want %d (stderr %q)", r.code, code, r.stderr)
+	}
+	if !strings.HasPrefix(r.stderr, "xdplb: ") || strings.Count(r.stderr, "\n") != 1 || !strings.HasSuffix(r.stderr, "\n") {
+		t.Errorf("stderr %q: want one line starting with \"xdplb: \"", r.stderr)
+	}
+	if !regexp.MustCompile(re).MatchString(strings.TrimSuffix(r.stderr, "\n")) {
+		t.Errorf("stderr %q does not match %q", r.stderr, re)
+	}
+	if r.stdout != "" {
+		t.Errorf("stdout %q: want nothing", r.stdout)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	r := runCLI(t, t.Context(), "", "version")
+	if r.code != 0 || r.stderr != "" {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	want := "xdplb " + version + " (" + runtime.Version()
+	if !strings.HasPrefix(r.stdout, want) || strings.Count(r.stdout, "\n") != 1 {
+		t.Errorf("version printed %q, want one line starting with %q", r.stdout, want)
+	}
+	wantOneLineError(t, runCLI(t, t.Context(), "", "version", "extra"), exitUsage, `version: want no arguments`)
+}
+
+func TestUsageErrors(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	for _, tc := range []struct {
+		args []string
+		re   string
+	}{
+		{[]string{"bogus"}, `unknown command "bogus"`},
+		{[]string{"vip", "bogus"}, `vip: unknown command "bogus"`},
+		{[]string{"vip", "list", "--bogus"}, `vip list: flag provided but not defined: -bogus`},
+		{[]string{"--bogus", "vip", "list"}, `flag provided but not defined: -bogus`},
+		{[]string{"backend", "add", "10.0.0.1:80/tcp", "10.0.0.2", "--weight", "abc"}, `backend add: invalid value "abc" for flag -weight`},
+		{[]string{"daemon"}, `daemon: want at least one --iface IFACE`},
+		{[]string{"daemon", "--iface", "lo", "--xdp-mode", "fast"}, `daemon: unknown --xdp-mode "fast"`},
+		{[]string{"daemon", "--iface", "lo", "--maglev-size", "65536"}, `daemon: --maglev-size 65536: want a prime`},
+		{[]string{"daemon", "--iface", "lo", "--log-level", "loud"}, `daemon: unknown --log-level "loud"`},
+		{[]string{"daemon", "--iface", "lo", "--log-format", "xml"}, `daemon: unknown --log-format "xml"`},
+		{[]string{"daemon", "--iface", "lo", "--conntrack-size", "0"}, `daemon: --conntrack-size 0`},
+		{[]string{"apply"}, `apply: want -f FILE`},
+		{[]string{"demo", "now"}, `demo: want no arguments`},
+		{[]string{"demo", "--log-format", "xml"}, `demo: unknown --log-format "xml"`},
+		{[]string{"export", "x"}, `export: want no arguments`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			r := runCLI(t, t.Context(), "", append([]string{"--socket", sock}, tc.args...)...)
+			wantOneLineError(t, r, exitUsage, tc.re)
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	for _, args := range [][]string{{}, {"--help"}, {"vip"}, {"vip", "add", "--help"}} {
+		r := runCLI(t, t.Context(), "", args...)
+		if r.code != 0 || r.stderr != "" || !strings.Contains(r.stdout, "USAGE") {
+			t.Errorf("xdplb %v: exit %d, stderr %q, stdout %q: want usage on stdout", args, r.code, r.stderr, r.stdout)
+		}
+	}
+}
+
+func TestDaemonUnreachable(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing.sock")
+
+	// A socket file with nobody listening: connection refused.
+	stale := filepath.Join(dir, "stale.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+
+	for _, sock := range []string{missing, stale} {
+		for _, args := range [][]string{{"vip", "list"}, {"export"}, {"stats", "-o", "json"}, {"status"}, {"backend", "list", "10.0.0.1:80/tcp"}} {
+			r := runCLI(t, t.Context(), "", append([]string{"--socket", sock}, args...)...)
+			wantOneLineError(t, r, exitError, regexp.QuoteMeta("xdplb: cannot reach the daemon at "+sock+": is `xdplb daemon` running?"))
+		}
+	}
+
+	// XDPLB_SOCKET is the default of --socket.
+	t.Setenv("XDPLB_SOCKET", missing)
+	wantOneLineError(t, runCLI(t, t.Context(), "", "vip", "list"), exitError, regexp.QuoteMeta("daemon at "+missing+":"))
+}
+
+func TestVIPAddListDel(t *testing.T) {
+	l := startLab(t)
+	if out := l.ok("vip", "add", "10.0.0.100:80/tcp"); out != "" {
+		t.Errorf("vip add printed %q", out)
+	}
+	// Flags after the argument, as the docs write them.
+	l.ok("vip", "add", "[2001:db8::1]:443/TCP", "--scheduler", "sh", "--check", "http", "--check-path", "/healthz",
+		"--check-interval", "2s", "--check-timeout", "300ms", "--rise", "3", "--fall", "4", "--no-announce")
+	l.ok("vip", "add", "--mode", "dr", "10.0.0.100:53/udp", "--announce")
+
+	out := l.ok("vip", "list")
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("vip list: want header and 3 rows, got\n%s", out)
+	}
+	for i, want := range []string{`^VIP\s+MODE\s+SCHEDULER\s+CHECK\s+ANNOUNCE\s+BACKENDS$`,
+		`^10\.0\.0\.100:53/udp\s+dr\s+maglev\s+\S.*\s+yes\s+0$`,
+		`^10\.0\.0\.100:80/tcp\s+dr\s+maglev\s+.*\s+auto\s+0$`,
+		`^\[2001:db8::1\]:443/tcp\s+dr\s+sh\s+http /healthz every 2s\s+no\s+0$`} {
+		if !regexp.MustCompile(want).MatchString(lines[i]) {
+			t.Errorf("vip list line %d = %q, want match %q", i, lines[i], want)
+		}
+	}
+
+	var vips []control.VIP
+	if err := json.Unmarshal([]byte(l.ok("vip", "list", "-o", "json")), &vips); err != nil {
+		t.Fatalf("vip list -o json: %v", err)
+	}
+	if len(vips) != 3 {
+		t.Fatalf("vip list -o json: %d VIPs, want 3", len(vips))
+	}
+	v6 := vips[2]
+	if v6.ID().String() != "[2001:db8::1]:443/tcp" || v6.Scheduler != control.SchedSH || v6.Announce == nil || *v6.Announce {
+		t.Errorf("v6 VIP = %+v", v6)
+	}
+	if hc := v6.HealthCheck; hc == nil || hc.Type != "http" || hc.Path != "/healthz" ||
+		hc.Interval != control.Duration(2*time.Second) || hc.Timeout != control.Duration(300*time.Millisecond) || hc.Rise != 3 || hc.Fall != 4 {
+		t.Errorf("v6 health check = %+v", v6.HealthCheck)
+	}
+	if a := vips[0].Announce; vips[0].Protocol != control.UDP || a == nil || !*a {
+		t.Errorf("udp VIP = %+v, want announce on", vips[0])
+	}
+
+	l.ok("vip", "del", "10.0.0.100:80/tcp")
+	l.ok("vip", "del", "[2001:db8::1]:443/tcp")
+	if err := json.Unmarshal([]byte(l.ok("vip", "list", "-o", "json")), &vips); err != nil || len(vips) != 1 {
+		t.Fatalf("after del: %v, %+v", err, vips)
+	}
+	wantOneLineError(t, l.run("vip", "del", "10.0.0.100:80/tcp"), exitError, `vip del: .*(not found|no such|unknown)`)
+
+	l.ok("vip", "del", "10.0.0.100:53/udp")
+	if out := l.ok("vip", "list", "-o", "json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("empty vip list -o json = %q, want []", out)
+	}
+	if out := l.ok("vip", "list"); strings.Count(out, "\n") != 1 {
+		t.Errorf("empty vip list = %q, want the header only", out)
+	}
+}
+
+func TestVIPDuplicate(t *testing.T) {
+	l := startLab(t)
+	l.ok("vip", "add", "10.0.0.100:80/tcp", "--scheduler", "maglev")
+	before := l.exported()
+	r := l.run("vip", "add", "10.0.0.100:80/tcp", "--scheduler", "sh")
+	wantOneLineError(t, r, exitError, `^xdplb: vip add: .*10\.0\.0\.100:80/tcp.*exist`)
+	if after := l.exported(); after != before {
+		t.Errorf("state changed by a failed add:\n%s\nwant\n%s", after, before)
+	}
+}
+
+func TestBackends(t *testing.T) {
+	l := startLab(t)
+	const vip = "10.0.0.100:80/tcp"
+	l.ok("vip", "add", vip)
+	l.ok("backend", "add", vip, "10.0.0.12", "--weight", "50")
+	l.ok("backend", "add", vip, "10.0.0.11")
+	// DR cannot change the port: the VIP's own port is the same as none.
+	l.ok("backend", "add", vip, "10.0.0.13:80", "--weight", "0")
+
+	list := func() []control.BackendStatus {
+		t.Helper()
+		var bs []control.BackendStatus
+		if err := json.Unmarshal([]byte(l.ok("backend", "list", vip, "-o", "json")), &bs); err != nil {
+			t.Fatalf("backend list -o json: %v", err)
+		}
+		return bs
+	}
+	bs := list()
+	if len(bs) != 3 {
+		t.Fatalf("backend list: %+v", bs)
+	}
+	for i, want := range []struct {
+		addr   string
+		port   uint16
+		weight uint32
+	}{{"10.0.0.11", 0, 100}, {"10.0.0.12", 0, 50}, {"10.0.0.13", 0, 0}} {
+		if bs[i].Address != netip.MustParseAddr(want.addr) || bs[i].Port != want.port || bs[i].Weight != want.weight {
+			t.Errorf("backend %d = %+v, want %+v", i, bs[i], want)
+		}
+	}
+
+	l.ok("backend", "set", vip, "10.0.0.12", "--weight", "7")
+	l.ok("backend", "set", vip, "10.0.0.11", "--drain")
+	bs = list()
+	if bs[0].Weight != 100 || !bs[0].Drain || bs[1].Weight != 7 || bs[1].Drain {
+		t.Errorf("after set: %+v", bs)
+	}
+	waitFor(t, func() bool { return list()[0].State == control.BackendDraining }, "drained backend shown as draining")
+
+	out := l.ok("backend", "list", vip)
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	if len(lines) != 4 || !regexp.MustCompile(`^BACKEND\s+WEIGHT\s+STATE\s+FLOWS\s+MAC$`).MatchString(lines[0]) {
+		t.Fatalf("backend list:\n%s", out)
+	}
+	for i, re := range []string{`^10\.0\.0\.11\s+100\s+draining\s+\d+\s+\S+$`, `^10\.0\.0\.12\s+7\s+\w+\s+\d+\s+\S+$`, `^10\.0\.0\.13\s+0\s+draining\s+\d+\s+\S+$`} {
+		if !regexp.MustCompile(re).MatchString(lines[i+1]) {
+			t.Errorf("backend list line %d = %q, want match %q", i+1, lines[i+1], re)
+		}
+	}
+
+	l.ok("backend", "set", "--enable", vip, "10.0.0.11")
+	if bs = list(); bs[0].Drain {
+		t.Errorf("after --enable: %+v", bs[0])
+	}
+
+	l.ok("backend", "del", vip, "10.0.0.13:80")
+	wantOneLineError(t, l.run("backend", "del", vip, "10.0.0.13"), exitError, `^xdplb: backend del: .*10\.0\.0\.13`)
+	wantOneLineError(t, l.run("backend", "add", vip, "10.0.0.14:8080"), exitError, `^xdplb: backend add: .*dr mode cannot change the port`)
+	wantOneLineError(t, l.run("backend", "add", vip, "10.0.0.12"), exitError, `backend add: .*exist`)
+	wantOneLineError(t, l.run("backend", "add", "10.9.9.9:80/tcp", "10.0.0.12"), exitError, `backend add: .*10\.9\.9\.9:80/tcp`)
+	if bs = list(); len(bs) != 2 {
+		t.Errorf("after del: %+v", bs)
+	}
+
+	// IPv6 backends with and without a port.
+	l.ok("vip", "add", "[2001:db8::1]:80/tcp")
+	l.ok("backend", "add", "[2001:db8::1]:80/tcp", "2001:db8::11")
+	l.ok("backend", "add", "[2001:db8::1]:80/tcp", "[2001:db8::12]:80", "--weight", "3")
+	out = l.ok("backend", "list", "[2001:db8::1]:80/tcp")
+	if !regexp.MustCompile(`\n2001:db8::11\s+100\s`).MatchString(out) || !regexp.MustCompile(`\n2001:db8::12\s+3\s`).MatchString(out) {
+		t.Errorf("v6 backend list:\n%s", out)
+	}
+}
+
+// TestBadInputs checks that every malformed command line fails with its
+// one-line error before contacting the daemon, and changes nothing.
+func TestBadInputs(t *testing.T) {
+	l := startLab(t)
+	const vip = "10.0.0.100:80/tcp"
+	l.ok("vip", "add", vip)
+	l.ok("backend", "add", vip, "10.0.0.11")
+	before := l.exported()
+
+	for _, tc := range []struct {
+		args []string
+		re   string
+	}{
+		{[]string{"vip", "add"}, `^xdplb: vip add: want ADDR:PORT/PROTO$`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "10.0.0.2:80/tcp"}, `vip add: want ADDR:PORT/PROTO`},
+		{[]string{"vip", "add", "10.0.0.1/tcp"}, `vip add: vip "10.0.0.1/tcp"`},
+		{[]string{"vip", "add", "10.0.0.1:80"}, `vip add: vip "10.0.0.1:80": want ADDR:PORT/PROTO`},
+		{[]string{"vip", "add", "10.0.0.1:80/sctp"}, `protocol must be tcp or udp`},
+		{[]string{"vip", "add", "10.0.0.1:0/tcp"}, `port must be 1-65535`},
+		{[]string{"vip", "add", "2001:db8::1:80/tcp"}, `vip add: vip "2001:db8::1:80/tcp"`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--mode", "tunnel"}, `unknown mode "tunnel"`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--scheduler", "best"}, `unknown scheduler "best"`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "icmp"}, `unknown check "icmp"`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "tcp", "--check-interval", "soon"}, `--check-interval "soon": want a duration like 1s`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "tcp", "--check-timeout", "-1s"}, `--check-timeout "-1s": must be positive`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "tcp", "--check-port", "70000"}, `--check-port 70000: want 1-65535`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "tcp", "--rise", "0"}, `--rise 0: want 1-1000`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--rise", "2"}, `vip add: check flags need --check tcp\|http\|udp`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "none", "--fall", "2"}, `--check none takes no other check flags`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "tcp", "--check-path", "/x"}, `--check-path needs --check http`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--announce", "--no-announce"}, `exclude each other`},
+		{[]string{"vip", "del"}, `vip del: want ADDR:PORT/PROTO`},
+		{[]string{"vip", "del", "nope"}, `vip del: vip "nope"`},
+		{[]string{"vip", "list", "-o", "yaml"}, `vip list: unknown output format "yaml": want table or json`},
+		{[]string{"vip", "list", "extra"}, `vip list: want no arguments`},
+		{[]string{"backend", "add", vip}, `backend add: want VIP ADDR\[:PORT\]`},
+		{[]string{"backend", "add", "10.0.0.100/tcp", "10.0.0.12"}, `backend add: vip "10.0.0.100/tcp"`},
+		{[]string{"backend", "add", vip, "10.0.0"}, `backend add: backend "10.0.0": want ADDR or ADDR:PORT`},
+		{[]string{"backend", "add", vip, "host.example:80"}, `backend "host.example:80"`},
+		{[]string{"backend", "add", vip, "10.0.0.12", "--weight", "65536"}, `backend add: --weight 65536: want 0-65535`},
+		{[]string{"backend", "add", vip, "10.0.0.12", "--weight", "-1"}, `--weight -1: want 0-65535`},
+		{[]string{"backend", "set", vip, "10.0.0.11"}, `backend set: want exactly one of --weight N, --drain, --enable`},
+		{[]string{"backend", "set", vip, "10.0.0.11", "--drain", "--enable"}, `want exactly one of`},
+		{[]string{"backend", "set", vip, "10.0.0.11", "--weight", "1", "--drain"}, `want exactly one of`},
+		{[]string{"backend", "set", vip, "10.0.0.11", "--weight", "100000"}, `--weight 100000`},
+		{[]string{"backend", "del", vip}, `backend del: want VIP ADDR\[:PORT\]`},
+		{[]string{"backend", "list"}, `backend list: want VIP`},
+		{[]string{"backend", "list", vip, "-o", "xml"}, `unknown output format "xml"`},
+		{[]string{"stats", "--interval", "fast"}, `stats: --interval "fast": want a duration`},
+		{[]string{"stats", "--interval", "0s"}, `stats: --interval "0s": must be positive`},
+		{[]string{"stats", "-o", "csv"}, `stats: unknown output format "csv"`},
+		{[]string{"status", "-o", "csv"}, `status: unknown output format "csv"`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			wantOneLineError(t, l.run(tc.args...), exitUsage, tc.re)
+			// The same line without a daemon: the input is checked first.
+			r := runCLI(t, t.Context(), "", append([]string{"--socket", filepath.Join(t.TempDir(), "none.sock")}, tc.args...)...)
+			wantOneLineError(t, r, exitUsage, tc.re)
+		})
+	}
+	if after := l.exported(); after != before {
+		t.Errorf("state changed by bad inputs:\n%s\nwant\n%s", after, before)
+	}
+}
+
+const sampleConfig = `vips:
+  - address: 10.200.0.100
+    port: 80
+    protocol: tcp
+    mode: dr
+    scheduler: maglev
+    healthcheck: {type: http, path: /healthz, interval: 1s, timeout: 500ms, rise: 2, fall: 3}
+    backends:
+      - {address: 10.200.0.12, weight: 100, drain: true}
+      - {address: 10.200.0.11, weight: 100}
+      - {address: 10.200.0.13}
+  - address: 2001:db8::100
+    port: 53
+    protocol: udp
+    announce: false
+    backends:
+      - {address: "2001:db8::11", port: 53, weight: 0}
+      - {address: "2001:db8::10"}
+`
+
+func TestApplyExportRoundTrip(t *testing.T) {
+	l := startLab(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "lb.yaml")
+	if err := os.WriteFile(file, []byte(sampleConfig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := l.ok("apply", "-f", file); out != "" {
+		t.Errorf("apply printed %q", out)
+	}
+	exported := l.exported()
+
+	want, err := control.LoadConfig(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantYAML, err := control.MarshalState(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exported != string(wantYAML) {
+		t.Errorf("export after apply:\n%s\nwant\n%s", exported, wantYAML)
+	}
+	for _, s := range []string{"address: 10.200.0.13", "weight: 0", "drain: true", "interval: 1s", "timeout: 500ms"} {
+		if !strings.Contains(exported, s) {
+			t.Errorf("export lacks %q:\n%s", s, exported)
+		}
+	}
+
+	// Apply what export printed, on an empty daemon, through stdin: same YAML.
+	l2 := startLab(t)
+	r := runCLI(t, t.Context(), exported, "--socket", l2.socket, "apply", "-f", "-")
+	if r.code != 0 || r.stderr != "" {
+		t.Fatalf("apply -f -: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if again := l2.exported(); again != exported {
+		t.Errorf("export after apply of export:\n%s\nwant\n%s", again, exported)
+	}
+
+	// apply replaces everything: an empty file empties the state.
+	empty := filepath.Join(dir, "empty.yaml")
+	if err := os.WriteFile(empty, []byte("vips: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l.ok("apply", "-f", empty)
+	if out := l.ok("vip", "list", "-o", "json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("after applying an empty state: %s", out)
+	}
+}
+
+func TestApplyErrors(t *testing.T) {
+	l := startLab(t)
+	l.ok("vip", "add", "10.0.0.100:80/tcp")
+	before := l.exported()
+	dir := t.TempDir()
+	write := func(name, data string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	syntax := write("syntax.yaml", "vips:\n  - address: 10.0.0.1\n   port: 80\n")
+	unknown := write("unknown.yaml", "vips:\n  - address: 10.0.0.1\n    port: 80\n    protocol: tcp\n    colour: red\n")
+	invalid := write("invalid.yaml", "vips:\n  - address: 10.0.0.1\n    port: 80\n    protocol: tcp\n  - address: 10.0.0.1\n    port: 80\n    protocol: tcp\n")
+
+	// Syntax errors name the file and are found without a daemon.
+	for _, f := range []string{syntax, unknown} {
+		wantOneLineError(t, l.run("apply", "-f", f), exitError, `^xdplb: apply: .*`+regexp.QuoteMeta(f))
+		r := runCLI(t, t.Context(), "", "--socket", filepath.Join(dir, "none.sock"), "apply", "-f", f)
+		wantOneLineError(t, r, exitError, regexp.QuoteMeta(f))
+	}
+	wantOneLineError(t, l.run("apply", "-f", filepath.Join(dir, "missing.yaml")), exitError, `apply: .*missing\.yaml`)
+	// A well-formed but invalid state is refused by the daemon.
+	wantOneLineError(t, l.run("apply", "-f", invalid), exitError, `apply: .*10\.0\.0\.1:80/tcp`)
+
+	if after := l.exported(); after != before {
+		t.Errorf("state changed by failed applies:\n%s\nwant\n%s", after, before)
+	}
+}
+
+func TestStats(t *testing.T) {
+	l := startLab(t)
+	l.ok("vip", "add", "10.0.0.100:80/tcp")
+	l.ok("backend", "add", "10.0.0.100:80/tcp", "10.0.0.11")
+	l.ok("backend", "add", "10.0.0.100:80/tcp", "10.0.0.12")
+
+	var st control.Stats
+	waitFor(t, func() bool {
+		st = control.Stats{}
+		if err := json.Unmarshal([]byte(l.ok("stats", "-o", "json")), &st); err != nil {
+			t.Fatalf("stats -o json: %v", err)
+		}
+		return len(st.VIPs) == 1 && len(st.VIPs[0].Backends) == 2 && st.VIPs[0].Packets > 0
+	}, "stats of the VIP and its two backends")
+	if st.VIPs[0].VIP != "10.0.0.100:80/tcp" {
+		t.Errorf("stats VIP = %q", st.VIPs[0].VIP)
+	}
+
+	out := l.ok("stats", "--interval", "20ms")
+	lines := strings.Split(out, "\n")
+	if !regexp.MustCompile(`^VIP\s+BACKEND\s+PACKETS\s+BYTES\s+FLOWS\s+PPS\s+BPS$`).MatchString(lines[0]) {
+		t.Fatalf("stats table:\n%s", out)
+	}
+	// The fake's counters grow on every read, so every rate is positive.
+	for i, re := range []string{`^10\.0\.0\.100:80/tcp\s+-\s+\d+\s+\d+\s+\d+\s+[1-9][\d.]*[kMG]?\s+[1-9][\d.]*[kMG]?$`,
+		`^10\.0\.0\.100:80/tcp\s+10\.0\.0\.11\s+\d+\s+\d+\s+\d+\s+[1-9][\d.]*[kMG]?\s+[1-9][\d.]*[kMG]?$`,
+		`^10\.0\.0\.100:80/tcp\s+10\.0\.0\.12\s+`} {
+		if !regexp.MustCompile(re).MatchString(lines[i+1]) {
+			t.Errorf("stats line %d = %q, want match %q", i+1, lines[i+1], re)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^no_backend\s+3$`).MatchString(out) || strings.Contains(out, "fragment") {
+		t.Errorf("stats table: want the non-zero drop reasons only:\n%s", out)
+	}
+}
+
+func TestStatsWatch(t *testing.T) {
+	l := startLab(t)
+	l.ok("vip", "add", "10.0.0.100:80/tcp")
+	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+	defer cancel()
+	r := runCLI(t, ctx, "", "--socket", l.socket, "stats", "--watch", "--interval", "50ms", "-o", "json")
+	if r.code != 0 || r.stderr != "" {
+		t.Fatalf("stats --watch: exit %d, stderr %q", r.code, r.stderr)
+	}
+	dec := json.NewDecoder(strings.NewReader(r.stdout))
+	n := 0
+	var prev time.Time
+	for dec.More() {
+		var st control.Stats
+		if err := dec.Decode(&st); err != nil {
+			t.Fatalf("sample %d: %v", n, err)
+		}
+		if !st.Time.After(prev) {
+			t.Errorf("sample %d time %v not after %v", n, st.Time, prev)
+		}
+		prev = st.Time
+		n++
+	}
+	if n < 3 {
+		t.Errorf("stats --watch printed %d samples in 500ms at 50ms, want several", n)
+	}
+
+	// Table mode: one block per interval, until cancelled.
+	ctx, cancel = context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	r = runCLI(t, ctx, "", "--socket", l.socket, "stats", "-w", "--interval", "50ms")
+	if n := len(regexp.MustCompile(`(?m)^VIP\s+BACKEND`).FindAllString(r.stdout, -1)); r.code != 0 || n < 2 {
+		t.Errorf("stats -w: exit %d, stderr %q, stdout:\n%s", r.code, r.stderr, r.stdout)
+	}
+}
+
+func TestWriteStatsTable(t *testing.T) {
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	b := func(a string, p, by, f uint64) control.BackendStats {
+		return control.BackendStats{Address: netip.MustParseAddr(a), CounterSet: control.CounterSet{Packets: p, Bytes: by, Flows: f}}
+	}
+	prev := control.Stats{Time: t0, VIPs: []control.VIPStats{
+		{VIP: "10.0.0.1:80/tcp", CounterSet: control.CounterSet{Packets: 100, Bytes: 1000, Flows: 1},
+			Backends: []control.BackendStats{b("10.0.0.12", 50, 500, 1)}},
+	}}
+	cur := control.Stats{Time: t0.Add(2 * time.Second), VIPs: []control.VIPStats{
+		{VIP: "[2001:db8::1]:80/tcp"},
+		{VIP: "10.0.0.1:80/tcp", CounterSet: control.CounterSet{Packets: 2100, Bytes: 3001000, Flows: 9},
+			Backends: []control.BackendStats{b("10.0.0.12", 40, 400, 1), b("10.0.0.11", 7, 70, 7)}},
+	}, Actions: []control.ActionStats{{Iface: "eth1", Action: "tx", Count: 5}, {Iface: "eth0", Action: "tx", Count: 9}}}
+	var buf bytes.Buffer
+	if err := writeStatsTable(&buf, prev, cur); err != nil {
+		t.Fatal(err)
+	}
+	want := `VIP                   BACKEND    PACKETS  BYTES    FLOWS  PPS  BPS
+10.0.0.1:80/tcp       -          2100     3001000  9      1k   12M
+10.0.0.1:80/tcp       10.0.0.11  7        70       7      -    -
+10.0.0.1:80/tcp       10.0.0.12  40       400      1      0    0
+[2001:db8::1]:80/tcp  -          0        0        0      -    -
+
+IFACE  ACTION  COUNT
+eth0   tx      9
+eth1   tx      5
+`
+	if buf.String() != want {
+		t.Errorf("stats table:\n%s\nwant\n%s", buf.String(), want)
+	}
+}
+
+func TestStatus(t *testing.T) {
+	l := startLab(t)
+	l.ok("vip", "add", "10.0.0.100:80/tcp")
+	var st control.DaemonStatus
+	if err := json.Unmarshal([]byte(l.ok("status", "-o", "json")), &st); err != nil {
+		t.Fatalf("status -o json: %v", err)
+	}
+	if len(st.Interfaces) != 1 || st.Interfaces[0].Name != "lo" || st.Interfaces[0].ProgramID != 17 {
+		t.Errorf("status interfaces = %+v", st.Interfaces)
+	}
+	out := l.ok("status")
+	for _, re := range []string{`(?m)^uptime:\s+\S+`, `(?m)^pin path:\s+/sys/fs/bpf/xdplb$`,
+		`(?m)^IFACE\s+IFINDEX\s+XDP MODE\s+PROGRAM ID\s+LINK ID$`, `(?m)^lo\s+1\s+generic\s+17\s+4$`,
+		`(?m)^MAP\s+ENTRIES\s+MAX\s+FILL$`, `(?m)^backends\s+\d+\s+256\s+[\d.]+%$`, `(?m)^vips\s+\d+\s+64\s+[\d.]+%$`} {
+		if !regexp.MustCompile(re).MatchString(out) {
+			t.Errorf("status lacks %q:\n%s", re, out)
+		}
+	}
+}
+
+func TestReorderArgs(t *testing.T) {
+	app := (&env{}).newApp()
+	for _, tc := range []struct{ in, want string }{
+		{"xdplb vip add 10.0.0.1:80/tcp --mode dr", "xdplb vip add --mode dr -- 10.0.0.1:80/tcp"},
+		{"xdplb --socket /s vip add A --announce --scheduler=sh", "xdplb --socket /s vip add --announce --scheduler=sh -- A"},
+		{"xdplb backend set V B --weight 5", "xdplb backend set --weight 5 -- V B"},
+		{"xdplb backend set V --drain B", "xdplb backend set --drain -- V B"},
+		{"xdplb vip list -o json", "xdplb vip list -o json"},
+		{"xdplb vip del -- -x", "xdplb vip del -- -x"},
+		{"xdplb bogus --x", "xdplb bogus --x"},
+		{"xdplb", "xdplb"},
+	} {
+		got := strings.Join(reorderArgs(app, strings.Fields(tc.in)), " ")
+		if got != tc.want {
+			t.Errorf("reorderArgs(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestBackendString(t *testing.T) {
+	for _, tc := range []struct {
+		addr string
+		port uint16
+		want string
+	}{{"10.0.0.1", 0, "10.0.0.1"}, {"10.0.0.1", 8080, "10.0.0.1:8080"}, {"2001:db8::1", 0, "2001:db8::1"}, {"2001:db8::1", 80, "[2001:db8::1]:80"}} {
+		got := backendString(netip.MustParseAddr(tc.addr), tc.port)
+		if got != tc.want {
+			t.Errorf("backendString(%s, %d) = %q, want %q", tc.addr, tc.port, got, tc.want)
+		}
+		// What is printed parses back to the same backend.
+		a, p, err := control.ParseBackendAddr(got)
+		if err != nil || a != netip.MustParseAddr(tc.addr) || p != tc.port {
+			t.Errorf("ParseBackendAddr(%q) = %v, %d, %v", got, a, p, err)
+		}
+	}
+}
+
+func TestSI(t *testing.T) {
+	for v, want := range map[float64]string{0: "0", 999: "999", 1000: "1k", 1234567: "1.23M", 8e9: "8G"} {
+		if got := si(v); got != want {
+			t.Errorf("si(%v) = %q, want %q", v, got, want)
+		}
+	}
+}
+
+// waitFor polls cond for up to 5s: the reconciler applies changes
+// asynchronously.
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/xdplb/xdplb/control"
+)
+
+func (e *env) statsCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "stats",
+		Usage: "per VIP and backend packets, bytes, flows and rates",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "print again every interval until interrupted"},
+			&cli.StringFlag{Name: "interval", Value: "1s", Usage: "time between the two samples that give rates"},
+			outputFlag(),
+		},
+		Action: e.stats,
+	}
+}
+
+func (e *env) stats(c *cli.Context) error {
+	if err := wantArgs(c, 0, "no arguments"); err != nil {
+		return err
+	}
+	format, err := outputFormat(c)
+	if err != nil {
+		return err
+	}
+	interval, err := parseDuration(c, "interval")
+	if err != nil {
+		return err
+	}
+	cl := client(c)
+	cur, err := sample(c, cl)
+	if err != nil {
+		return err
+	}
+	if format == "json" && !c.Bool("watch") {
+		return writeJSON(e.stdout, cur)
+	}
+
+	// Rates need a second sample: one interval later.
+	timer := time.NewTimer(interval)
+	defer timer.Stop()
+	for {
+		select {
+		case <-c.Context.Done():
+			if c.Bool("watch") {
+				return nil // the normal way to end --watch
+			}
+			return apiError(c, c.Context.Err())
+		case <-timer.C:
+		}
+		prev := cur
+		if cur, err = sample(c, cl); err != nil {
+			if c.Bool("watch") && c.Context.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if format == "json" {
+			err = writeJSON(e.stdout, cur)
+		} else {
+			err = writeStatsTable(e.stdout, prev, cur)
+		}
+		if err != nil || !c.Bool("watch") {
+			return err
+		}
+		if format == "table" {
+			fmt.Fprintln(e.stdout)
+		}
+		timer.Reset(interval)
+	}
+}
+
+// sample reads the counters once; rates divide by the time between two
+// samples, taken from the daemon (when it read the maps) or else from here.
+func sample(c *cli.Context, cl *control.Client) (control.Stats, error) {
+	st, err := cl.Stats(c.Context)
+	if err != nil {
+		return st, apiError(c, err)
+	}
+	if st.Time.IsZero() {
+		st.Time = time.Now()
+	}
+	return st, nil
+}
+
+type counterKey struct {
+	vip, backend string // backend "" for the VIP's own counters
+}
+
+// rate is (cur - prev) per second; 0 when a counter went backwards (the
+// program was reloaded) or the samples are not ordered in time.
+func rate(prev, cur uint64, dt time.Duration) float64 {
+	if cur < prev || dt <= 0 {
+		return 0
+	}
+	return float64(cur-prev) / dt.Seconds()
+}
+
+// writeStatsTable prints cur's counters with the rates since prev.
+func writeStatsTable(w io.Writer, prev, cur control.Stats) error {
+	dt := cur.Time.Sub(prev.Time)
+	old := map[counterKey]control.CounterSet{}
+	for _, v := range prev.VIPs {
+		old[counterKey{v.VIP, ""}] = v.CounterSet
+		for _, b := range v.Backends {
+			old[counterKey{v.VIP, backendString(b.Address, b.Port)}] = b.CounterSet
+		}
+	}
+
+	vips := append([]control.VIPStats(nil), cur.VIPs...)
+	sortVIPStats(vips)
+	t := newTable(w, "VIP", "BACKEND", "PACKETS", "BYTES", "FLOWS", "PPS", "BPS")
+	add := func(vip, backend string, cs control.CounterSet) {
+		p, ok := old[counterKey{vip, backend}]
+		pps, bps := "-", "-"
+		if ok {
+			pps = si(rate(p.Packets, cs.Packets, dt))
+			bps = si(8 * rate(p.Bytes, cs.Bytes, dt))
+		}
+		t.row(vip, orDash(backend), strconv.FormatUint(cs.Packets, 10), strconv.FormatUint(cs.Bytes, 10),
+			strconv.FormatUint(cs.Flows, 10), pps, bps)
+	}
+	for _, v := range vips {
+		add(v.VIP, "", v.CounterSet)
+		for _, b := range v.Backends {
+			add(v.VIP, backendString(b.Address, b.Port), b.CounterSet)
+		}
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+
+	if len(cur.Actions) > 0 {
+		fmt.Fprintln(w)
+		acts := append([]control.ActionStats(nil), cur.Actions...)
+		sort.SliceStable(acts, func(i, j int) bool {
+			if acts[i].Iface != acts[j].Iface {
+				return acts[i].Iface < acts[j].Iface
+			}
+			return acts[i].Action < acts[j].Action
+		})
+		t = newTable(w, "IFACE", "ACTION", "COUNT")
+		for _, a := range acts {
+			t.row(a.Iface, a.Action, strconv.FormatUint(a.Count, 10))
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
+	}
+
+	var reasons []string
+	for r, n := range cur.Drops {
+		if n > 0 {
+			reasons = append(reasons, r)
+		}
+	}
+	if len(reasons) > 0 {
+		sort.Strings(reasons)
+		fmt.Fprintln(w)
+		t = newTable(w, "DROP REASON", "COUNT")
+		for _, r := range reasons {
+			t.row(r, strconv.FormatUint(cur.Drops[r], 10))
+		}
+		return t.flush()
+	}
+	return nil
+}
+
+// sortVIPStats orders VIPs as `vip list` does and each VIP's backends by
+// address; the strings that do not parse (none should) go last by name.
+func sortVIPStats(vips []control.VIPStats) {
+	sort.SliceStable(vips, func(i, j int) bool {
+		a, errA := control.ParseVIPID(vips[i].VIP)
+		b, errB := control.ParseVIPID(vips[j].VIP)
+		switch {
+		case errA == nil && errB == nil:
+			return compareVIPID(a, b) < 0
+		case errA == nil || errB == nil:
+			return errA == nil
+		default:
+			return vips[i].VIP < vips[j].VIP
+		}
+	})
+	for i := range vips {
+		bs := append([]control.BackendStats(nil), vips[i].Backends...)
+		sort.SliceStable(bs, func(x, y int) bool {
+			return lessBackend(bs[x].Address, bs[x].Port, bs[y].Address, bs[y].Port)
+		})
+		vips[i].Backends = bs
+	}
+}

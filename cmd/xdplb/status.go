@@ -1,0 +1,78 @@
+package main
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/xdplb/xdplb/control"
+)
+
+func (e *env) statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "status",
+		Usage:  "interfaces, XDP mode, program ids, map fill, uptime",
+		Flags:  []cli.Flag{outputFlag()},
+		Action: e.status,
+	}
+}
+
+func (e *env) status(c *cli.Context) error {
+	if err := wantArgs(c, 0, "no arguments"); err != nil {
+		return err
+	}
+	format, err := outputFormat(c)
+	if err != nil {
+		return err
+	}
+	st, err := client(c).Status(c.Context)
+	if err != nil {
+		return apiError(c, err)
+	}
+	if format == "json" {
+		return writeJSON(e.stdout, st)
+	}
+	return writeStatus(e, st)
+}
+
+func writeStatus(e *env, st control.DaemonStatus) error {
+	w := e.stdout
+	t := newTable(w, "version:", st.Version)
+	if !st.StartTime.IsZero() {
+		t.row("started:", st.StartTime.Format("2006-01-02 15:04:05 MST"))
+	}
+	t.row("uptime:", orDash(st.Uptime))
+	t.row("pin path:", orDash(st.PinPath))
+	t.row("vips:", strconv.Itoa(st.VIPs))
+	t.row("backends:", strconv.Itoa(st.Backends))
+	if err := t.flush(); err != nil {
+		return err
+	}
+
+	fmt.Fprintln(w)
+	ifs := append([]control.IfaceInfo(nil), st.Interfaces...)
+	sort.SliceStable(ifs, func(i, j int) bool { return ifs[i].Name < ifs[j].Name })
+	t = newTable(w, "IFACE", "IFINDEX", "XDP MODE", "PROGRAM ID", "LINK ID")
+	for _, i := range ifs {
+		t.row(i.Name, strconv.Itoa(i.Ifindex), orDash(i.XDPMode),
+			strconv.FormatUint(uint64(i.ProgramID), 10), strconv.FormatUint(uint64(i.LinkID), 10))
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+
+	fmt.Fprintln(w)
+	maps := append([]control.MapInfo(nil), st.Maps...)
+	sort.SliceStable(maps, func(i, j int) bool { return maps[i].Name < maps[j].Name })
+	t = newTable(w, "MAP", "ENTRIES", "MAX", "FILL")
+	for _, m := range maps {
+		fill := "-"
+		if m.MaxEntries > 0 {
+			fill = fmt.Sprintf("%.1f%%", 100*float64(m.Entries)/float64(m.MaxEntries))
+		}
+		t.row(m.Name, strconv.Itoa(m.Entries), strconv.FormatUint(uint64(m.MaxEntries), 10), fill)
+	}
+	return t.flush()
+}

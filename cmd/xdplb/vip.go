@@ -1,0 +1,260 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/xdplb/xdplb/control"
+)
+
+func (e *env) vipCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "vip",
+		Usage: "add, delete and list virtual services",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "add",
+				Usage:     "add a VIP",
+				ArgsUsage: "ADDR:PORT/PROTO",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "mode", Usage: "forwarding mode: dr, nat or fullnat", DefaultText: "dr"},
+					&cli.StringFlag{Name: "scheduler", Usage: "maglev, sh, rr, wrr, random, lc or wlc", DefaultText: "maglev"},
+					&cli.StringFlag{Name: "check", Usage: "health check: tcp, http, udp or none"},
+					&cli.IntFlag{Name: "check-port", Usage: "port probed", DefaultText: "the backend's port"},
+					&cli.StringFlag{Name: "check-path", Usage: "HTTP path probed", DefaultText: "/"},
+					&cli.StringFlag{Name: "check-interval", Usage: "time between probes", DefaultText: control.DefaultCheckInterval.String()},
+					&cli.StringFlag{Name: "check-timeout", Usage: "probe timeout", DefaultText: control.DefaultCheckTimeout.String()},
+					&cli.IntFlag{Name: "rise", Usage: "successes before a backend is up", DefaultText: strconv.Itoa(control.DefaultRise)},
+					&cli.IntFlag{Name: "fall", Usage: "failures before a backend is down", DefaultText: strconv.Itoa(control.DefaultFall)},
+					&cli.BoolFlag{Name: "announce", Usage: "answer ARP/NDP for the VIP", DefaultText: "on inside an attached interface's subnet"},
+					&cli.BoolFlag{Name: "no-announce", Usage: "do not answer ARP/NDP for the VIP", DefaultText: "off"},
+				},
+				Action: e.vipAdd,
+			},
+			{
+				Name:      "del",
+				Usage:     "delete a VIP and its backends",
+				ArgsUsage: "ADDR:PORT/PROTO",
+				Action:    e.vipDel,
+			},
+			{
+				Name:   "list",
+				Usage:  "list VIPs",
+				Flags:  []cli.Flag{outputFlag()},
+				Action: e.vipList,
+			},
+		},
+	}
+}
+
+// vipFromFlags builds the VIP of `vip add` from its argument and flags,
+// checking everything that can be checked without the daemon.
+func vipFromFlags(c *cli.Context) (control.VIP, error) {
+	if err := wantArgs(c, 1, "ADDR:PORT/PROTO"); err != nil {
+		return control.VIP{}, err
+	}
+	id, err := control.ParseVIPID(c.Args().First())
+	if err != nil {
+		return control.VIP{}, usageError{withPath(c, err)}
+	}
+	v := control.VIP{Address: id.Addr, Port: id.Port, Protocol: id.Protocol, Backends: []control.Backend{}}
+
+	if m := c.String("mode"); m != "" {
+		switch mode := control.Mode(m); mode {
+		case control.ModeDR, control.ModeNAT, control.ModeFullNAT:
+			v.Mode = mode
+		default:
+			return control.VIP{}, usagef(c, "unknown mode %q: want dr, nat or fullnat", m)
+		}
+	}
+	if s := c.String("scheduler"); s != "" {
+		switch sched := control.Scheduler(s); sched {
+		case control.SchedMaglev, control.SchedSH, control.SchedRR, control.SchedWRR,
+			control.SchedRandom, control.SchedLC, control.SchedWLC:
+			v.Scheduler = sched
+		default:
+			return control.VIP{}, usagef(c, "unknown scheduler %q: want maglev, sh, rr, wrr, random, lc or wlc", s)
+		}
+	}
+
+	if c.IsSet("announce") && c.IsSet("no-announce") {
+		return control.VIP{}, usagef(c, "--announce and --no-announce exclude each other")
+	}
+	if c.IsSet("announce") || c.IsSet("no-announce") {
+		on := c.IsSet("announce") && c.Bool("announce") || c.IsSet("no-announce") && !c.Bool("no-announce")
+		v.Announce = &on
+	}
+
+	hc, err := checkFromFlags(c)
+	if err != nil {
+		return control.VIP{}, err
+	}
+	v.HealthCheck = hc
+	return v, nil
+}
+
+// checkFromFlags returns the health check given by the --check* flags, or
+// nil when none is given (the daemon's defaults apply).
+func checkFromFlags(c *cli.Context) (*control.HealthCheck, error) {
+	given := false
+	for _, f := range []string{"check", "check-port", "check-path", "check-interval", "check-timeout", "rise", "fall"} {
+		given = given || c.IsSet(f)
+	}
+	if !given {
+		return nil, nil
+	}
+	hc := &control.HealthCheck{Type: c.String("check"), Path: c.String("check-path")}
+	switch hc.Type {
+	case control.CheckTCP, control.CheckHTTP, control.CheckUDP:
+	case control.CheckNone:
+		if c.IsSet("check-port") || c.IsSet("check-path") || c.IsSet("check-interval") ||
+			c.IsSet("check-timeout") || c.IsSet("rise") || c.IsSet("fall") {
+			return nil, usagef(c, "--check none takes no other check flags")
+		}
+	case "":
+		// Without a type the daemon would store "no check" and drop the
+		// other settings silently.
+		return nil, usagef(c, "check flags need --check tcp|http|udp")
+	default:
+		return nil, usagef(c, "unknown check %q: want tcp, http, udp or none", hc.Type)
+	}
+	if c.IsSet("check-path") && hc.Type != control.CheckHTTP {
+		return nil, usagef(c, "--check-path needs --check http")
+	}
+	if c.IsSet("check-port") {
+		p := c.Int("check-port")
+		if p < 1 || p > 65535 {
+			return nil, usagef(c, "--check-port %d: want 1-65535", p)
+		}
+		hc.Port = uint16(p)
+	}
+	for _, d := range []struct {
+		flag string
+		dst  *control.Duration
+	}{{"check-interval", &hc.Interval}, {"check-timeout", &hc.Timeout}} {
+		if !c.IsSet(d.flag) {
+			continue
+		}
+		v, err := parseDuration(c, d.flag)
+		if err != nil {
+			return nil, err
+		}
+		*d.dst = control.Duration(v)
+	}
+	for _, n := range []struct {
+		flag string
+		dst  *int
+	}{{"rise", &hc.Rise}, {"fall", &hc.Fall}} {
+		if !c.IsSet(n.flag) {
+			continue
+		}
+		v := c.Int(n.flag)
+		if v < 1 || v > 1000 {
+			return nil, usagef(c, "--%s %d: want 1-1000", n.flag, v)
+		}
+		*n.dst = v
+	}
+	return hc, nil
+}
+
+// parseDuration reads a positive duration flag given as "1s" or "500ms".
+func parseDuration(c *cli.Context, flag string) (time.Duration, error) {
+	s := c.String(flag)
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, usagef(c, "--%s %q: want a duration like 1s or 500ms", flag, s)
+	}
+	if d <= 0 {
+		return 0, usagef(c, "--%s %q: must be positive", flag, s)
+	}
+	return d, nil
+}
+
+func (e *env) vipAdd(c *cli.Context) error {
+	v, err := vipFromFlags(c)
+	if err != nil {
+		return err
+	}
+	if err := client(c).AddVIP(c.Context, v); err != nil {
+		return apiError(c, err)
+	}
+	return nil
+}
+
+func (e *env) vipDel(c *cli.Context) error {
+	id, err := vipArg(c, 1, "ADDR:PORT/PROTO")
+	if err != nil {
+		return err
+	}
+	if err := client(c).DeleteVIP(c.Context, id); err != nil {
+		return apiError(c, err)
+	}
+	return nil
+}
+
+// vipArg checks there are exactly n arguments and parses the first as a VIP.
+func vipArg(c *cli.Context, n int, usage string) (control.VIPID, error) {
+	if err := wantArgs(c, n, usage); err != nil {
+		return control.VIPID{}, err
+	}
+	id, err := control.ParseVIPID(c.Args().First())
+	if err != nil {
+		return control.VIPID{}, usageError{withPath(c, err)}
+	}
+	return id, nil
+}
+
+func (e *env) vipList(c *cli.Context) error {
+	if err := wantArgs(c, 0, "no arguments"); err != nil {
+		return err
+	}
+	format, err := outputFormat(c)
+	if err != nil {
+		return err
+	}
+	vips, err := client(c).VIPs(c.Context)
+	if err != nil {
+		return apiError(c, err)
+	}
+	sortVIPs(vips)
+	if format == "json" {
+		if vips == nil {
+			vips = []control.VIP{}
+		}
+		return writeJSON(e.stdout, vips)
+	}
+	t := newTable(e.stdout, "VIP", "MODE", "SCHEDULER", "CHECK", "ANNOUNCE", "BACKENDS")
+	for _, v := range vips {
+		t.row(v.ID().String(), orDash(string(v.Mode)), orDash(string(v.Scheduler)),
+			checkString(v.HealthCheck), announceString(v.Announce), strconv.Itoa(len(v.Backends)))
+	}
+	return t.flush()
+}
+
+func checkString(hc *control.HealthCheck) string {
+	if hc == nil || hc.Type == "" || hc.Type == control.CheckNone {
+		return "-"
+	}
+	s := hc.Type
+	if hc.Type == "http" && hc.Path != "" {
+		s += " " + hc.Path
+	}
+	if hc.Interval != 0 {
+		s += fmt.Sprintf(" every %s", hc.Interval)
+	}
+	return s
+}
+
+func announceString(a *bool) string {
+	switch {
+	case a == nil:
+		return "auto"
+	case *a:
+		return "yes"
+	default:
+		return "no"
+	}
+}
