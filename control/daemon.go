@@ -1,0 +1,215 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/xdplb/xdplb/loader"
+)
+
+// Daemon defaults (ARCHITECTURE.md).
+const (
+	DefaultStateDir      = "/var/lib/xdplb"
+	DefaultBPFFS         = "/sys/fs/bpf"
+	DefaultMaglevSize    = 65537
+	DefaultConntrackSize = 1 << 20
+)
+
+// DaemonConfig is the daemon's command line.
+type DaemonConfig struct {
+	Interfaces    []string
+	XDPMode       string // native|generic|auto
+	StateDir      string
+	BPFFS         string
+	ConfigFile    string // replaces the stored state at start when set
+	MetricsAddr   string
+	SocketPath    string
+	MaglevSize    uint32
+	ConntrackSize uint32
+	Version       string
+	Logger        *slog.Logger
+}
+
+// DatapathCloser is a data plane the daemon owns: Close releases its
+// handles but keeps programs, maps and links pinned.
+type DatapathCloser interface {
+	Datapath
+	Close() error
+}
+
+// OpenDatapath loads the data plane; RunDaemon uses loader.Load.
+type OpenDatapath func(loader.Options) (DatapathCloser, error)
+
+// RunDaemon runs the daemon until ctx is cancelled, then cleans up. The XDP
+// program, its maps and the announced VIP addresses stay in place when it
+// returns, so forwarding continues across a restart or upgrade.
+func RunDaemon(ctx context.Context, cfg DaemonConfig) error {
+	return RunDaemonWith(ctx, cfg, func(o loader.Options) (DatapathCloser, error) {
+		dp, err := loader.Load(o)
+		if err != nil {
+			return nil, err
+		}
+		return dp, nil
+	})
+}
+
+func (cfg *DaemonConfig) defaults() error {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = DefaultStateDir
+	}
+	if cfg.BPFFS == "" {
+		cfg.BPFFS = DefaultBPFFS
+	}
+	if cfg.SocketPath == "" {
+		cfg.SocketPath = DefaultSocketPath
+	}
+	if cfg.MetricsAddr == "" {
+		cfg.MetricsAddr = DefaultMetricsAddr
+	}
+	if cfg.XDPMode == "" {
+		cfg.XDPMode = string(loader.XDPModeAuto)
+	}
+	if cfg.MaglevSize == 0 {
+		cfg.MaglevSize = DefaultMaglevSize
+	}
+	if cfg.ConntrackSize == 0 {
+		cfg.ConntrackSize = DefaultConntrackSize
+	}
+	switch loader.XDPMode(cfg.XDPMode) {
+	case loader.XDPModeNative, loader.XDPModeGeneric, loader.XDPModeAuto:
+	default:
+		return fmt.Errorf("--xdp-mode %q: want native, generic or auto", cfg.XDPMode)
+	}
+	if !IsPrime(cfg.MaglevSize) {
+		return fmt.Errorf("--maglev-size %d: must be a prime number (e.g. 65537)", cfg.MaglevSize)
+	}
+	if len(cfg.Interfaces) == 0 {
+		return errors.New("at least one --iface is required")
+	}
+	seen := map[string]bool{}
+	for _, name := range cfg.Interfaces {
+		if seen[name] {
+			return fmt.Errorf("--iface %s given twice", name)
+		}
+		seen[name] = true
+		if _, err := net.InterfaceByName(name); err != nil {
+			return fmt.Errorf("interface %s not found", name)
+		}
+	}
+	return nil
+}
+
+// RunDaemonWith is RunDaemon with the data plane opened by open (tests use
+// a fake).
+func RunDaemonWith(ctx context.Context, cfg DaemonConfig, open OpenDatapath) (err error) {
+	if err := cfg.defaults(); err != nil {
+		return err
+	}
+	log := cfg.Logger
+	start := time.Now()
+
+	// The socket first: a second daemon must not touch the running one's
+	// data plane.
+	apiLn, err := ListenUnix(ctx, cfg.SocketPath)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		apiLn.Close()
+		if rerr := os.Remove(cfg.SocketPath); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			log.Warn("remove socket", "err", rerr)
+		}
+	}()
+	metricsLn, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics listener: %w", err)
+	}
+	defer metricsLn.Close()
+
+	nw, err := NewNetlink(NetlinkOptions{Interfaces: cfg.Interfaces, StateDir: cfg.StateDir, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer nw.Close()
+
+	store, err := OpenStore(cfg.StateDir, nw.CheckState)
+	if err != nil {
+		return err
+	}
+	if cfg.ConfigFile != "" {
+		st, err := LoadConfig(cfg.ConfigFile)
+		if err != nil {
+			return fmt.Errorf("config %s: %w", cfg.ConfigFile, err)
+		}
+		if err := store.Replace(st); err != nil {
+			return fmt.Errorf("config %s: %w", cfg.ConfigFile, err)
+		}
+		log.Info("state replaced from config file", "file", cfg.ConfigFile, "vips", len(st.VIPs))
+	}
+
+	dp, err := open(loader.Options{
+		BPFFS:         cfg.BPFFS,
+		Interfaces:    cfg.Interfaces,
+		XDPMode:       loader.XDPMode(cfg.XDPMode),
+		LookupSize:    cfg.MaglevSize,
+		ConntrackSize: cfg.ConntrackSize,
+		Logger:        log,
+	})
+	if err != nil {
+		return fmt.Errorf("load data plane: %w", err)
+	}
+	defer func() {
+		if cerr := dp.Close(); cerr != nil {
+			log.Warn("close data plane", "err", cerr)
+		}
+		log.Info("daemon stopped; XDP program, maps and announced addresses stay in place, forwarding continues")
+	}()
+
+	rec := NewReconciler(store, dp, nw, nil, log)
+	if err := rec.Reconcile(ctx); err != nil {
+		return fmt.Errorf("initial reconcile: %w", err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	goRun := func(fn func()) {
+		wg.Add(1)
+		go func() { defer wg.Done(); fn() }()
+	}
+	srv := &Server{Store: store, Datapath: dp, Reconciler: rec, Version: cfg.Version, StartTime: start, Log: log}
+	goRun(func() {
+		if err := srv.Serve(ctx, apiLn); err != nil {
+			errc <- err
+		}
+	})
+	coll := NewCollector(dp, store, rec, cfg.Version, log)
+	goRun(func() {
+		if err := ServeMetrics(ctx, metricsLn, coll, log); err != nil {
+			errc <- err
+		}
+	})
+	goRun(func() { nw.Watch(ctx) })
+	goRun(func() { rec.Run(ctx) })
+	log.Info("daemon running", "iface", cfg.Interfaces, "socket", cfg.SocketPath,
+		"metrics", metricsLn.Addr().String(), "state_dir", cfg.StateDir, "vips", len(store.State().VIPs))
+
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		log.Error("daemon server failed", "err", err)
+	}
+	cancel()
+	wg.Wait()
+	return err
+}

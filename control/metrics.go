@@ -1,0 +1,205 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// DefaultMetricsAddr is where /metrics is served unless told otherwise.
+const DefaultMetricsAddr = "127.0.0.1:9642"
+
+var (
+	descVIPPackets = prometheus.NewDesc("xdplb_vip_packets_total", "Packets received for a VIP.", []string{"vip"}, nil)
+	descVIPBytes   = prometheus.NewDesc("xdplb_vip_bytes_total", "Bytes received for a VIP.", []string{"vip"}, nil)
+	descVIPFlows   = prometheus.NewDesc("xdplb_vip_flows_total", "New flows scheduled for a VIP.", []string{"vip"}, nil)
+	descBePackets  = prometheus.NewDesc("xdplb_backend_packets_total", "Packets forwarded to a backend.", []string{"vip", "backend"}, nil)
+	descBeBytes    = prometheus.NewDesc("xdplb_backend_bytes_total", "Bytes forwarded to a backend.", []string{"vip", "backend"}, nil)
+	descBeFlows    = prometheus.NewDesc("xdplb_backend_flows_total", "New flows scheduled to a backend.", []string{"vip", "backend"}, nil)
+	descBeUp       = prometheus.NewDesc("xdplb_backend_up", "1 if the backend takes new flows.", []string{"vip", "backend"}, nil)
+	descBeWeight   = prometheus.NewDesc("xdplb_backend_weight", "Configured weight of a backend.", []string{"vip", "backend"}, nil)
+	descActions    = prometheus.NewDesc("xdplb_xdp_actions_total", "XDP verdicts returned, per interface.", []string{"iface", "action"}, nil)
+	descDrops      = prometheus.NewDesc("xdplb_drops_total", "Packets dropped by the XDP program, per reason.", []string{"reason"}, nil)
+	descConntrack  = prometheus.NewDesc("xdplb_conntrack_entries", "Entries in the connection table.", nil, nil)
+	descReconciles = prometheus.NewDesc("xdplb_reconciles_total", "Reconciler passes by result.", []string{"result"}, nil)
+	descBuildInfo  = prometheus.NewDesc("xdplb_build_info", "Version of the running daemon.", []string{"version"}, nil)
+	descScrapeErrs = prometheus.NewDesc("xdplb_scrape_errors_total", "Errors reading the data plane while serving /metrics.", nil, nil)
+)
+
+// Collector exposes the data plane's counters; it reads the maps at scrape
+// time, so it holds no copies that could drift.
+type Collector struct {
+	dp      Datapath
+	src     StateSource
+	rec     *Reconciler
+	version string
+	ifname  func(int) string
+	errs    atomic.Uint64
+	log     *slog.Logger
+}
+
+// NewCollector returns a collector; rec may be nil (no reconcile counts).
+func NewCollector(dp Datapath, src StateSource, rec *Reconciler, version string, log *slog.Logger) *Collector {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Collector{dp: dp, src: src, rec: rec, version: version, ifname: IfaceName, log: log}
+}
+
+// IfaceName names an interface by index for labels; index 0 collects the
+// interfaces beyond the counter array.
+func IfaceName(ifindex int) string {
+	if ifindex == 0 {
+		return "other"
+	}
+	if ifi, err := net.InterfaceByIndex(ifindex); err == nil {
+		return ifi.Name
+	}
+	return "if" + strconv.Itoa(ifindex)
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descVIPPackets, descVIPBytes, descVIPFlows, descBePackets, descBeBytes,
+		descBeFlows, descBeUp, descBeWeight, descActions, descDrops, descConntrack, descReconciles, descBuildInfo, descScrapeErrs} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	if err := c.collect(ch); err != nil {
+		c.errs.Add(1)
+		c.log.Warn("metrics scrape", "err", err)
+	}
+	ch <- prometheus.MustNewConstMetric(descScrapeErrs, prometheus.CounterValue, float64(c.errs.Load()))
+	ch <- prometheus.MustNewConstMetric(descBuildInfo, prometheus.GaugeValue, 1, c.version)
+	if c.rec != nil {
+		ok, failed := c.rec.Counts()
+		ch <- prometheus.MustNewConstMetric(descReconciles, prometheus.CounterValue, float64(ok), "ok")
+		ch <- prometheus.MustNewConstMetric(descReconciles, prometheus.CounterValue, float64(failed), "error")
+	}
+}
+
+func (c *Collector) collect(ch chan<- prometheus.Metric) error {
+	var errs []error
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	vips, err := c.dp.VIPs()
+	if err != nil {
+		return fmt.Errorf("read vips: %w", err)
+	}
+	vipName := map[uint32]VIPID{}
+	for k, m := range vips {
+		vipName[m.ID] = VIPIDOf(k)
+	}
+	if vc, err := c.dp.VIPCounters(); err != nil {
+		errs = append(errs, fmt.Errorf("read vip counters: %w", err))
+	} else {
+		for id, vid := range vipName {
+			s := vc[id]
+			counter(descVIPPackets, s.Packets, vid.String())
+			counter(descVIPBytes, s.Bytes, vid.String())
+			counter(descVIPFlows, s.Flows, vid.String())
+		}
+	}
+	if bes, err := c.dp.Backends(); err != nil {
+		errs = append(errs, fmt.Errorf("read backends: %w", err))
+	} else if bc, err := c.dp.BackendCounters(); err != nil {
+		errs = append(errs, fmt.Errorf("read backend counters: %w", err))
+	} else {
+		for id, b := range bes {
+			vid, ok := vipName[b.VIPID]
+			if !ok {
+				continue
+			}
+			s := bc[id]
+			l := BackendName(b.Addr, b.Port)
+			counter(descBePackets, s.Packets, vid.String(), l)
+			counter(descBeBytes, s.Bytes, vid.String(), l)
+			counter(descBeFlows, s.Flows, vid.String(), l)
+		}
+	}
+	for _, v := range c.src.State().VIPs {
+		for _, b := range v.Backends {
+			l := BackendName(b.Address, b.Port)
+			ch <- prometheus.MustNewConstMetric(descBeWeight, prometheus.GaugeValue, float64(b.Weight), v.ID().String(), l)
+			up := 0.0
+			if c.rec != nil {
+				if bi, ok := c.rec.Backend(v.ID(), b.Address, b.Port); ok && bi.State == BackendUp {
+					up = 1
+				}
+			}
+			ch <- prometheus.MustNewConstMetric(descBeUp, prometheus.GaugeValue, up, v.ID().String(), l)
+		}
+	}
+	if acts, err := c.dp.ActionCounters(); err != nil {
+		errs = append(errs, fmt.Errorf("read action counters: %w", err))
+	} else {
+		sum := map[[2]string]uint64{} // two ifindexes may share a name label ("other")
+		var order [][2]string
+		for _, a := range acts {
+			k := [2]string{c.ifname(int(a.Ifindex)), a.Action}
+			if _, ok := sum[k]; !ok {
+				order = append(order, k)
+			}
+			sum[k] += a.Count
+		}
+		for _, k := range order {
+			counter(descActions, sum[k], k[0], k[1])
+		}
+	}
+	if drops, err := c.dp.DropCounters(); err != nil {
+		errs = append(errs, fmt.Errorf("read drop counters: %w", err))
+	} else {
+		for reason, n := range drops {
+			counter(descDrops, n, reason)
+		}
+	}
+	if n, err := c.dp.ConntrackEntries(); err != nil {
+		errs = append(errs, fmt.Errorf("count conntrack entries: %w", err))
+	} else {
+		ch <- prometheus.MustNewConstMetric(descConntrack, prometheus.GaugeValue, float64(n))
+	}
+	return errors.Join(errs...)
+}
+
+// ServeMetrics serves /metrics for c on ln until ctx is done. It uses its
+// own registry: the process-global one holds nothing of ours.
+func ServeMetrics(ctx context.Context, ln net.Listener, c *Collector, log *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(c); err != nil {
+		return fmt.Errorf("register collector: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogErrorLog{log}}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve metrics: %w", err)
+	}
+	return nil
+}
+
+type slogErrorLog struct{ log *slog.Logger }
+
+func (l slogErrorLog) Println(v ...any) {
+	if l.log != nil {
+		l.log.Warn("metrics handler", "err", fmt.Sprint(v...))
+	}
+}

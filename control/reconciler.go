@@ -1,0 +1,435 @@
+package control
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/xdplb/xdplb/loader"
+)
+
+// Health says whether a backend passes its health checks. The health
+// checker arrives with a later issue; until then every backend is up.
+type Health interface {
+	Up(vip VIPID, b Backend) bool
+}
+
+type allUp struct{}
+
+func (allUp) Up(VIPID, Backend) bool { return true }
+
+// StateSource is the desired state; *Store implements it.
+type StateSource interface {
+	State() State
+	Subscribe() <-chan struct{}
+}
+
+// ReconcileInterval is how often the reconciler runs without being asked,
+// as a safety net for missed events.
+const ReconcileInterval = 5 * time.Second
+
+// backendRef names a backend of a VIP as the maps know it: the port is
+// the one in the map (0 means the VIP's port).
+type backendRef struct {
+	VIP  uint32
+	Addr netip.Addr
+	Port uint16
+}
+
+// BackendInfo is what the reconciler last decided about a backend.
+type BackendInfo struct {
+	ID    uint32
+	State string // BackendUp, BackendDraining, BackendUnresolved, BackendDown
+	MAC   string
+	Iface string
+}
+
+type backendKey struct {
+	VIP  VIPID
+	Addr netip.Addr
+	Port uint16
+}
+
+// Reconciler makes the data plane match the desired state. It is the only
+// writer of the maps; it is level-triggered and idempotent: it reads what
+// the maps hold and writes only what differs, so running it twice on the
+// same input writes nothing the second time.
+type Reconciler struct {
+	src    StateSource
+	dp     Datapath
+	net    Network
+	health Health
+	log    *slog.Logger
+
+	mu         sync.Mutex // one reconcile at a time
+	unresolved map[netip.Addr]bool
+	info       map[backendKey]BackendInfo
+
+	ok, failed atomic.Uint64
+}
+
+// NewReconciler returns a reconciler; health may be nil (all up).
+func NewReconciler(src StateSource, dp Datapath, nw Network, health Health, log *slog.Logger) *Reconciler {
+	if health == nil {
+		health = allUp{}
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Reconciler{
+		src: src, dp: dp, net: nw, health: health, log: log,
+		unresolved: map[netip.Addr]bool{},
+		info:       map[backendKey]BackendInfo{},
+	}
+}
+
+// Counts returns how many reconciles succeeded and failed.
+func (r *Reconciler) Counts() (ok, failed uint64) { return r.ok.Load(), r.failed.Load() }
+
+// Backend returns what the last reconcile decided about a backend.
+func (r *Reconciler) Backend(vip VIPID, addr netip.Addr, port uint16) (BackendInfo, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	bi, ok := r.info[backendKey{vip, addr.Unmap(), port}]
+	return bi, ok
+}
+
+// Run reconciles on every state change, neighbour change and
+// ReconcileInterval until ctx is done.
+func (r *Reconciler) Run(ctx context.Context) {
+	t := time.NewTicker(ReconcileInterval)
+	defer t.Stop()
+	stateCh := r.src.Subscribe()
+	var netCh <-chan struct{}
+	if r.net != nil {
+		netCh = r.net.Changes()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-stateCh:
+		case <-netCh:
+		case <-t.C:
+		}
+		if err := r.Reconcile(ctx); err != nil && ctx.Err() == nil {
+			r.log.Error("reconcile", "err", err)
+		}
+	}
+}
+
+// VIPKeyOf converts a VIP id to the data plane's key.
+func VIPKeyOf(id VIPID) loader.VIPKey {
+	p := loader.ProtoTCP
+	if id.Protocol == UDP {
+		p = loader.ProtoUDP
+	}
+	return loader.VIPKey{Addr: id.Addr.Unmap(), Port: id.Port, Proto: p}
+}
+
+// VIPIDOf converts a data plane key to a VIP id.
+func VIPIDOf(k loader.VIPKey) VIPID {
+	p := TCP
+	if k.Proto == loader.ProtoUDP {
+		p = UDP
+	}
+	return VIPID{Addr: k.Addr.Unmap(), Port: k.Port, Protocol: p}
+}
+
+func vipMeta(v VIP, id uint32) loader.VIPMeta {
+	h := loader.HashMaglev
+	if v.Scheduler == SchedSH {
+		h = loader.HashSource
+	}
+	return loader.VIPMeta{ID: id, Mode: loader.ModeDR, Hash: h}
+}
+
+// lowestFree returns the lowest id in 1..limit-1 not in used, and marks it.
+func lowestFree(used map[uint32]bool, limit uint32) (uint32, error) {
+	for id := uint32(1); id < limit; id++ {
+		if !used[id] {
+			used[id] = true
+			return id, nil
+		}
+	}
+	return 0, fmt.Errorf("all %d ids in use", limit-1)
+}
+
+func sameBackend(a, b loader.Backend) bool {
+	return a.ID == b.ID && a.VIPID == b.VIPID && a.Addr == b.Addr && a.Port == b.Port &&
+		a.Ifindex == b.Ifindex && slices.Equal(a.MAC, b.MAC) && slices.Equal(a.SrcMAC, b.SrcMAC)
+}
+
+// Reconcile runs one pass and counts it in xdplb_reconciles_total.
+func (r *Reconciler) Reconcile(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	err := r.reconcile(ctx)
+	if err != nil {
+		r.failed.Add(1)
+	} else {
+		r.ok.Add(1)
+	}
+	return err
+}
+
+func (r *Reconciler) reconcile(ctx context.Context) error {
+	st := r.src.State()
+	curVIPs, err := r.dp.VIPs()
+	if err != nil {
+		return fmt.Errorf("read vips: %w", err)
+	}
+	curBackends, err := r.dp.Backends()
+	if err != nil {
+		return fmt.Errorf("read backends: %w", err)
+	}
+
+	// Ids kept from the maps, so a restarted daemon keeps them and the
+	// connection table stays valid.
+	vipUsed, vipUsedBefore := map[uint32]bool{}, map[uint32]bool{}
+	for _, m := range curVIPs {
+		vipUsed[m.ID] = true
+		vipUsedBefore[m.ID] = true
+	}
+	beUsed := map[uint32]bool{}
+	beByRef := map[backendRef]loader.Backend{}
+	for id, b := range curBackends {
+		beUsed[id] = true
+		beByRef[backendRef{b.VIPID, b.Addr.Unmap(), b.Port}] = b
+	}
+
+	var errs []error
+	want := map[loader.VIPKey]bool{}
+	for _, v := range st.VIPs {
+		want[VIPKeyOf(v.ID())] = true
+	}
+
+	// Removed VIPs first: entry, then table, then backends, so no packet
+	// finds a VIP whose table or backends are gone.
+	for _, k := range sortedKeys(curVIPs) {
+		if want[k] {
+			continue
+		}
+		m := curVIPs[k]
+		if err := r.dp.DeleteVIP(k); err != nil {
+			errs = append(errs, fmt.Errorf("delete vip %s: %w", VIPIDOf(k), err))
+			continue
+		}
+		if err := r.dp.DeleteLookupTable(m.ID); err != nil {
+			errs = append(errs, fmt.Errorf("delete lookup table of vip %s: %w", VIPIDOf(k), err))
+		}
+		for _, b := range sortedBackends(curBackends) {
+			if b.VIPID == m.ID {
+				if err := r.dp.DeleteBackend(b.ID); err != nil {
+					errs = append(errs, fmt.Errorf("delete backend %s of vip %s: %w", b.Addr, VIPIDOf(k), err))
+				}
+			}
+		}
+		r.log.Info("vip removed", "vip", VIPIDOf(k))
+	}
+
+	info := map[backendKey]BackendInfo{}
+	vipIDs := map[uint32]bool{} // ids of the VIPs in the maps after this pass
+	announce := map[netip.Addr]bool{}
+	liveAddrs := map[netip.Addr]bool{}
+	for _, v := range st.VIPs {
+		vid := v.ID()
+		key := VIPKeyOf(vid)
+		cur, exists := curVIPs[key]
+		id := cur.ID
+		if !exists {
+			if id, err = lowestFree(vipUsed, r.dp.MaxVIPs()); err != nil {
+				errs = append(errs, fmt.Errorf("vip %s: %w", vid, err))
+				continue
+			}
+		}
+		vipIDs[id] = true
+		if err := r.reconcileVIP(ctx, v, id, exists, cur, beByRef, beUsed, info, liveAddrs); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if v.Announce == nil || *v.Announce {
+			announce[vid.Addr] = announce[vid.Addr] || v.Announce != nil
+		}
+	}
+	// Backends of a VIP id that has no VIP entry are left over from an
+	// interrupted pass (backends are written before their VIP).
+	for _, b := range sortedBackends(curBackends) {
+		if vipIDs[b.VIPID] || vipUsedBefore[b.VIPID] {
+			continue
+		}
+		if err := r.dp.DeleteBackend(b.ID); err != nil {
+			errs = append(errs, fmt.Errorf("delete orphan backend %d: %w", b.ID, err))
+		}
+	}
+	r.info = info
+	for a := range r.unresolved {
+		if !liveAddrs[a] {
+			delete(r.unresolved, a)
+		}
+	}
+	if f, ok := r.net.(interface{ Forget(map[netip.Addr]bool) }); ok {
+		f.Forget(liveAddrs)
+	}
+	// Announce after the VIP entries exist, withdraw after they are gone.
+	if r.net != nil {
+		if err := r.net.Announce(ctx, announce); err != nil {
+			errs = append(errs, fmt.Errorf("announce: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// reconcileVIP writes one VIP: backends, then lookup table, then the VIP
+// entry; backends that left the VIP are deleted last, once the new table no
+// longer points at them.
+func (r *Reconciler) reconcileVIP(ctx context.Context, v VIP, id uint32, exists bool, cur loader.VIPMeta,
+	beByRef map[backendRef]loader.Backend, beUsed map[uint32]bool, info map[backendKey]BackendInfo,
+	liveAddrs map[netip.Addr]bool) error {
+	vid := v.ID()
+	var errs []error
+	var maglev []MaglevBackend
+	keep := map[uint32]bool{}
+	for _, b := range v.Backends {
+		addr := b.Address.Unmap()
+		liveAddrs[addr] = true
+		ref := backendRef{id, addr, b.Port}
+		old, had := beByRef[ref]
+		bid := old.ID
+		if !had {
+			var err error
+			if bid, err = lowestFree(beUsed, r.dp.MaxBackends()); err != nil {
+				errs = append(errs, fmt.Errorf("vip %s backend %s: %w", vid, addr, err))
+				continue
+			}
+		}
+		bi := BackendInfo{ID: bid}
+		nb, rerr := r.resolve(ctx, addr)
+		if rerr != nil || nb.MAC == nil {
+			bi.State = BackendUnresolved
+			if !r.unresolved[addr] {
+				r.unresolved[addr] = true
+				if rerr != nil {
+					r.log.Warn("backend unreachable", "vip", vid, "backend", addr, "err", rerr)
+				} else {
+					r.log.Info("backend MAC not resolved yet", "vip", vid, "backend", addr)
+				}
+			}
+			if had {
+				// Keep the entry (last known MAC) for its open flows; it
+				// only leaves the table.
+				keep[bid] = true
+			} else {
+				delete(beUsed, bid)
+			}
+			info[backendKey{vid, addr, b.Port}] = bi
+			continue
+		}
+		if r.unresolved[addr] {
+			delete(r.unresolved, addr)
+			r.log.Info("backend MAC resolved", "vip", vid, "backend", addr, "mac", nb.MAC)
+		}
+		bi.MAC, bi.Iface = nb.MAC.String(), nb.Iface
+		want := loader.Backend{ID: bid, VIPID: id, Addr: addr, Port: b.Port,
+			MAC: nb.MAC, SrcMAC: nb.SrcMAC, Ifindex: uint32(nb.Ifindex)}
+		keep[bid] = true
+		if !had || !sameBackend(old, want) {
+			if err := r.dp.PutBackend(want); err != nil {
+				errs = append(errs, fmt.Errorf("put backend %s of vip %s: %w", addr, vid, err))
+				info[backendKey{vid, addr, b.Port}] = BackendInfo{ID: bid, State: BackendUnresolved}
+				continue
+			}
+		}
+		switch {
+		case b.Weight == 0 || b.Drain:
+			bi.State = BackendDraining
+		case !r.health.Up(vid, b):
+			bi.State = BackendDown
+		default:
+			bi.State = BackendUp
+			port := b.Port
+			if port == 0 {
+				port = v.Port
+			}
+			maglev = append(maglev, MaglevBackend{ID: bid, Key: MaglevKey(addr, port), Weight: b.Weight})
+		}
+		info[backendKey{vid, addr, b.Port}] = bi
+	}
+	if len(errs) > 0 {
+		// Leave the table and entry as they are rather than publish a
+		// table over backends that were not written.
+		return errors.Join(errs...)
+	}
+
+	curTable, err := r.dp.LookupTable(id)
+	if err != nil {
+		return fmt.Errorf("read lookup table of vip %s: %w", vid, err)
+	}
+	if len(maglev) == 0 {
+		if curTable != nil {
+			// Packets of new flows are dropped (no backend) either way; no
+			// table saves a map of LookupTableSize entries.
+			if err := r.dp.DeleteLookupTable(id); err != nil {
+				return fmt.Errorf("delete lookup table of vip %s: %w", vid, err)
+			}
+		}
+	} else {
+		table := BuildMaglev(maglev, r.dp.LookupTableSize())
+		if !slices.Equal(curTable, table) {
+			if err := r.dp.PutLookupTable(id, table); err != nil {
+				return fmt.Errorf("put lookup table of vip %s: %w", vid, err)
+			}
+		}
+	}
+
+	meta := vipMeta(v, id)
+	if !exists || cur != meta {
+		if err := r.dp.PutVIP(VIPKeyOf(vid), meta); err != nil {
+			return fmt.Errorf("put vip %s: %w", vid, err)
+		}
+		if !exists {
+			r.log.Info("vip added", "vip", vid, "id", id)
+		}
+	}
+
+	for ref, b := range beByRef {
+		if ref.VIP == id && !keep[b.ID] {
+			if err := r.dp.DeleteBackend(b.ID); err != nil {
+				errs = append(errs, fmt.Errorf("delete backend %s of vip %s: %w", b.Addr, vid, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Reconciler) resolve(ctx context.Context, addr netip.Addr) (Neighbour, error) {
+	if r.net == nil {
+		return Neighbour{}, errors.New("no network")
+	}
+	return r.net.Resolve(ctx, addr)
+}
+
+func sortedKeys(m map[loader.VIPKey]loader.VIPMeta) []loader.VIPKey {
+	out := make([]loader.VIPKey, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.SortFunc(out, func(a, b loader.VIPKey) int { return cmp.Compare(m[a].ID, m[b].ID) })
+	return out
+}
+
+func sortedBackends(m map[uint32]loader.Backend) []loader.Backend {
+	out := make([]loader.Backend, 0, len(m))
+	for _, b := range m {
+		out = append(out, b)
+	}
+	slices.SortFunc(out, func(a, b loader.Backend) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}

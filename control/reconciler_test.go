@@ -1,0 +1,310 @@
+package control
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xdplb/xdplb/loader"
+)
+
+const testTableSize = 251
+
+type recFixture struct {
+	store *Store
+	dp    *fakeDatapath
+	nw    *fakeNetwork
+	rec   *Reconciler
+}
+
+func newRecFixture(t *testing.T, dp *fakeDatapath) *recFixture {
+	t.Helper()
+	st, err := OpenStore(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dp == nil {
+		dp = newFakeDatapath(testTableSize)
+	}
+	nw := newFakeNetwork()
+	return &recFixture{store: st, dp: dp, nw: nw, rec: NewReconciler(st, dp, nw, nil, nil)}
+}
+
+func (f *recFixture) reconcile(t *testing.T) []string {
+	t.Helper()
+	if err := f.rec.Reconcile(context.Background()); err != nil {
+		t.Fatalf("reconcile: %v", err)
+	}
+	return f.dp.takeWrites()
+}
+
+var vip1 = VIPID{Addr: netip.MustParseAddr("10.0.0.100"), Port: 80, Protocol: TCP}
+
+func be(a string, w uint32) Backend { return Backend{Address: netip.MustParseAddr(a), Weight: w} }
+
+func addVIP(t *testing.T, s *Store, id VIPID, backends ...Backend) {
+	t.Helper()
+	if err := s.AddVIP(VIP{Address: id.Addr, Port: id.Port, Protocol: id.Protocol, Backends: backends}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tableIDs is the set of backend ids a VIP's table points at.
+func tableIDs(t *testing.T, dp *fakeDatapath, vipID uint32) []uint32 {
+	t.Helper()
+	tbl, _ := dp.LookupTable(vipID)
+	var ids []uint32
+	for _, id := range tbl {
+		if id != 0 && !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+func index(writes []string, w string) int {
+	i := slices.Index(writes, w)
+	if i < 0 {
+		panic("write " + w + " not found in " + strings.Join(writes, ", "))
+	}
+	return i
+}
+
+func TestReconcileFirstWritesInOrderThenNothing(t *testing.T) {
+	f := newRecFixture(t, nil)
+	f.nw.setMAC("10.0.0.1", mac(1))
+	f.nw.setMAC("10.0.0.2", mac(2))
+	addVIP(t, f.store, vip1, be("10.0.0.1", 100), be("10.0.0.2", 100))
+
+	w := f.reconcile(t)
+	want := []string{"put-backend 1", "put-backend 2", "put-table 1", "put-vip 1"}
+	if !slices.Equal(w, want) {
+		t.Fatalf("first reconcile writes %v, want %v", w, want)
+	}
+	meta := f.dp.vips[VIPKeyOf(vip1)]
+	if meta.ID != 1 || meta.Mode != loader.ModeDR || meta.Hash != loader.HashMaglev {
+		t.Fatalf("vip meta %+v", meta)
+	}
+	b := f.dp.backends[1]
+	if b.VIPID != 1 || b.Addr != netip.MustParseAddr("10.0.0.1") || b.MAC.String() != mac(1).String() ||
+		b.SrcMAC.String() != fakeSrcMAC.String() || b.Ifindex != 2 {
+		t.Fatalf("backend 1 = %+v", b)
+	}
+	if got := tableIDs(t, f.dp, 1); !slices.Equal(got, []uint32{1, 2}) {
+		t.Fatalf("table points at %v", got)
+	}
+	if got := f.nw.announced; len(got) != 1 || got[vip1.Addr] {
+		t.Fatalf("announce request %v, want the vip address not forced", got)
+	}
+
+	if w := f.reconcile(t); len(w) != 0 {
+		t.Fatalf("second reconcile writes %v, want none", w)
+	}
+	if ok, failed := f.rec.Counts(); ok != 2 || failed != 0 {
+		t.Fatalf("counts ok=%d failed=%d", ok, failed)
+	}
+}
+
+func TestReconcileBackendRemovalRewritesTableBeforeDelete(t *testing.T) {
+	f := newRecFixture(t, nil)
+	for i, a := range []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"} {
+		f.nw.setMAC(a, mac(byte(i+1)))
+	}
+	addVIP(t, f.store, vip1, be("10.0.0.1", 100), be("10.0.0.2", 100), be("10.0.0.3", 100))
+	f.reconcile(t)
+	if err := f.store.DeleteBackend(vip1, netip.MustParseAddr("10.0.0.2"), 0); err != nil {
+		t.Fatal(err)
+	}
+	w := f.reconcile(t)
+	want := []string{"put-table 1", "del-backend 2"}
+	if !slices.Equal(w, want) {
+		t.Fatalf("writes %v, want %v", w, want)
+	}
+	if got := tableIDs(t, f.dp, 1); !slices.Equal(got, []uint32{1, 3}) {
+		t.Fatalf("table points at %v", got)
+	}
+}
+
+func TestReconcileDrainKeepsEntryOutOfTable(t *testing.T) {
+	f := newRecFixture(t, nil)
+	f.nw.setMAC("10.0.0.1", mac(1))
+	f.nw.setMAC("10.0.0.2", mac(2))
+	addVIP(t, f.store, vip1, be("10.0.0.1", 100), be("10.0.0.2", 100))
+	f.reconcile(t)
+	drain := true
+	if err := f.store.SetBackend(vip1, netip.MustParseAddr("10.0.0.2"), 0, BackendPatch{Drain: &drain}); err != nil {
+		t.Fatal(err)
+	}
+	w := f.reconcile(t)
+	if !slices.Equal(w, []string{"put-table 1"}) {
+		t.Fatalf("writes %v, want only the table", w)
+	}
+	if _, ok := f.dp.backends[2]; !ok {
+		t.Fatal("drained backend entry deleted; its open flows would break")
+	}
+	if got := tableIDs(t, f.dp, 1); !slices.Equal(got, []uint32{1}) {
+		t.Fatalf("table points at %v", got)
+	}
+	if bi, _ := f.rec.Backend(vip1, netip.MustParseAddr("10.0.0.2"), 0); bi.State != BackendDraining {
+		t.Fatalf("state %q", bi.State)
+	}
+	// Weight 0 drains too; with no backend left the table goes away.
+	zero := uint32(0)
+	if err := f.store.SetBackend(vip1, netip.MustParseAddr("10.0.0.1"), 0, BackendPatch{Weight: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	if w := f.reconcile(t); !slices.Equal(w, []string{"del-table 1"}) {
+		t.Fatalf("writes %v", w)
+	}
+	if len(f.dp.backends) != 2 {
+		t.Fatalf("backends %v", f.dp.backends)
+	}
+}
+
+func TestReconcileRecoversIDs(t *testing.T) {
+	dp := newFakeDatapath(testTableSize)
+	// A previous daemon left VIP id 5 and backend ids 7 and 9.
+	dp.vips[VIPKeyOf(vip1)] = loader.VIPMeta{ID: 5, Mode: loader.ModeDR, Hash: loader.HashMaglev}
+	dp.backends[7] = loader.Backend{ID: 7, VIPID: 5, Addr: netip.MustParseAddr("10.0.0.1"), MAC: mac(1), SrcMAC: fakeSrcMAC, Ifindex: 2}
+	dp.backends[9] = loader.Backend{ID: 9, VIPID: 5, Addr: netip.MustParseAddr("10.0.0.2"), MAC: mac(2), SrcMAC: fakeSrcMAC, Ifindex: 2}
+	dp.tables[5] = BuildMaglev([]MaglevBackend{
+		{ID: 7, Key: MaglevKey(netip.MustParseAddr("10.0.0.1"), 80), Weight: 100},
+		{ID: 9, Key: MaglevKey(netip.MustParseAddr("10.0.0.2"), 80), Weight: 100},
+	}, testTableSize)
+	// An orphan backend of a VIP that never got its entry.
+	dp.backends[3] = loader.Backend{ID: 3, VIPID: 4, Addr: netip.MustParseAddr("10.0.0.9")}
+
+	f := newRecFixture(t, dp)
+	f.nw.setMAC("10.0.0.1", mac(1))
+	f.nw.setMAC("10.0.0.2", mac(2))
+	f.nw.setMAC("10.0.0.3", mac(3))
+	addVIP(t, f.store, vip1, be("10.0.0.1", 100), be("10.0.0.2", 100))
+	if w := f.reconcile(t); !slices.Equal(w, []string{"del-backend 3"}) {
+		t.Fatalf("restart writes %v, want only the orphan removed", w)
+	}
+	// A new backend and a new VIP get the lowest free ids.
+	if err := f.store.AddBackend(vip1, be("10.0.0.3", 100)); err != nil {
+		t.Fatal(err)
+	}
+	vip2 := VIPID{Addr: netip.MustParseAddr("10.0.0.101"), Port: 53, Protocol: UDP}
+	addVIP(t, f.store, vip2, be("10.0.0.1", 100))
+	f.reconcile(t)
+	if got := f.dp.vips[VIPKeyOf(vip2)].ID; got != 1 {
+		t.Fatalf("new vip id %d, want 1", got)
+	}
+	if f.dp.vips[VIPKeyOf(vip1)].ID != 5 {
+		t.Fatal("vip id changed")
+	}
+	if got := tableIDs(t, f.dp, 5); !slices.Equal(got, []uint32{1, 7, 9}) {
+		t.Fatalf("vip1 table points at %v", got)
+	}
+	if got := tableIDs(t, f.dp, 1); !slices.Equal(got, []uint32{2}) {
+		t.Fatalf("vip2 table points at %v", got)
+	}
+}
+
+func TestReconcileUnresolvedThenNeighbourUpdate(t *testing.T) {
+	f := newRecFixture(t, nil)
+	f.nw.setMAC("10.0.0.1", mac(1))
+	addVIP(t, f.store, vip1, be("10.0.0.1", 100), be("10.0.0.2", 100))
+	f.reconcile(t)
+	if _, ok := f.dp.backends[2]; ok {
+		t.Fatal("unresolved backend written")
+	}
+	if got := tableIDs(t, f.dp, 1); !slices.Equal(got, []uint32{1}) {
+		t.Fatalf("table points at %v", got)
+	}
+	if bi, _ := f.rec.Backend(vip1, netip.MustParseAddr("10.0.0.2"), 0); bi.State != BackendUnresolved {
+		t.Fatalf("state %q", bi.State)
+	}
+
+	// The neighbour update reaches Run, which brings the backend in.
+	<-f.nw.changes // drain the signals of the set-up
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { f.rec.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	f.nw.setMAC("10.0.0.2", mac(2))
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		bi, _ := f.rec.Backend(vip1, netip.MustParseAddr("10.0.0.2"), 0)
+		if bi.State == BackendUp {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backend still %q after neighbour update", bi.State)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if got := tableIDs(t, f.dp, 1); !slices.Equal(got, []uint32{1, 2}) {
+		t.Fatalf("table points at %v", got)
+	}
+	if b := f.dp.backends[2]; b.MAC.String() != mac(2).String() {
+		t.Fatalf("backend 2 MAC %v", b.MAC)
+	}
+}
+
+func TestReconcileRemovesVIPInOrder(t *testing.T) {
+	f := newRecFixture(t, nil)
+	f.nw.setMAC("10.0.0.1", mac(1))
+	addVIP(t, f.store, vip1, be("10.0.0.1", 100))
+	f.reconcile(t)
+	if err := f.store.DeleteVIP(vip1); err != nil {
+		t.Fatal(err)
+	}
+	w := f.reconcile(t)
+	if want := []string{"del-vip 1", "del-table 1", "del-backend 1"}; !slices.Equal(w, want) {
+		t.Fatalf("writes %v, want %v", w, want)
+	}
+	if len(f.nw.announced) != 0 {
+		t.Fatalf("still announcing %v", f.nw.announced)
+	}
+}
+
+func TestReconcileMACChangeRewritesBackend(t *testing.T) {
+	f := newRecFixture(t, nil)
+	f.nw.setMAC("10.0.0.1", mac(1))
+	addVIP(t, f.store, vip1, be("10.0.0.1", 100))
+	f.reconcile(t)
+	f.nw.setMAC("10.0.0.1", mac(9))
+	if w := f.reconcile(t); !slices.Equal(w, []string{"put-backend 1"}) {
+		t.Fatalf("writes %v", w)
+	}
+	// Failed neighbour: the entry stays for open flows, the table empties.
+	f.nw.setMAC("10.0.0.1", nil)
+	w := f.reconcile(t)
+	if !slices.Equal(w, []string{"del-table 1"}) {
+		t.Fatalf("writes %v", w)
+	}
+	if f.dp.backends[1].MAC.String() != mac(9).String() {
+		t.Fatal("backend entry lost its last MAC")
+	}
+}
+
+func TestReconcileWriteErrorCounted(t *testing.T) {
+	f := newRecFixture(t, nil)
+	f.nw.setMAC("10.0.0.1", mac(1))
+	addVIP(t, f.store, vip1, be("10.0.0.1", 100))
+	f.dp.failPut = errTest
+	if err := f.rec.Reconcile(context.Background()); err == nil {
+		t.Fatal("reconcile succeeded despite a failing write")
+	}
+	if len(f.dp.vips) != 0 || len(f.dp.tables) != 0 {
+		t.Fatal("vip or table published over a backend that was not written")
+	}
+	if _, failed := f.rec.Counts(); failed != 1 {
+		t.Fatalf("failed = %d", failed)
+	}
+}
+
+type testErr string
+
+func (e testErr) Error() string { return string(e) }
+
+const errTest = testErr("injected failure")
