@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/netip"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -64,14 +63,6 @@ func tableIDs(t *testing.T, dp *fakeDatapath, vipID uint32) []uint32 {
 	}
 	slices.Sort(ids)
 	return ids
-}
-
-func index(writes []string, w string) int {
-	i := slices.Index(writes, w)
-	if i < 0 {
-		panic("write " + w + " not found in " + strings.Join(writes, ", "))
-	}
-	return i
 }
 
 func TestReconcileFirstWritesInOrderThenNothing(t *testing.T) {
