@@ -260,9 +260,18 @@ func (s *Server) backendStatus(id VIPID, b Backend, flows map[uint32]int) Backen
 
 func (s *Server) addBackend(w http.ResponseWriter, r *http.Request) {
 	id, err := pathVIP(r)
-	var b Backend
+	// Weight 0 means "no new flows", so an absent weight must not read as 0.
+	var req struct {
+		Backend
+		Weight *uint32 `json:"weight"`
+	}
 	if err == nil {
-		err = decode(w, r, &b)
+		err = decode(w, r, &req)
+	}
+	b := req.Backend
+	b.Weight = DefaultWeight
+	if req.Weight != nil {
+		b.Weight = *req.Weight
 	}
 	if err == nil {
 		err = s.Store.AddBackend(id, b)

@@ -248,3 +248,33 @@ func TestClientDaemonDown(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+func TestAPIBackendWeightDefault(t *testing.T) {
+	f := newAPIFixture(t)
+	if code, body := f.raw(t, "POST", "/v1/vips", `{"address":"10.0.0.100","port":80,"protocol":"tcp","backends":[]}`); code != 201 {
+		t.Fatalf("add vip: %d %s", code, body)
+	}
+	for _, tc := range []struct{ body string }{
+		{`{"address":"10.0.0.1"}`},
+		{`{"address":"10.0.0.2","weight":0}`},
+		{`{"address":"10.0.0.3","weight":7}`},
+	} {
+		if code, body := f.raw(t, "POST", "/v1/vips/10.0.0.100:80%2Ftcp/backends", tc.body); code != 201 {
+			t.Fatalf("add backend %s: %d %s", tc.body, code, body)
+		}
+	}
+	v, err := f.store.VIP(VIPID{Addr: netip.MustParseAddr("10.0.0.100"), Port: 80, Protocol: TCP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]uint32{}
+	for _, b := range v.Backends {
+		got[b.Address.String()] = b.Weight
+	}
+	want := map[string]uint32{"10.0.0.1": DefaultWeight, "10.0.0.2": 0, "10.0.0.3": 7}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("backend %s weight %d, want %d", k, got[k], w)
+		}
+	}
+}
