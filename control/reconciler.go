@@ -68,7 +68,9 @@ type Reconciler struct {
 	health Health
 	log    *slog.Logger
 
-	mu         sync.Mutex // one reconcile at a time
+	mu         sync.Mutex // one reconcile at a time; guards the fields below
+	vipIDs     idAllocator
+	backendIDs idAllocator
 	unresolved map[netip.Addr]bool
 	info       map[backendKey]BackendInfo
 
@@ -151,9 +153,30 @@ func vipMeta(v VIP, id uint32) loader.VIPMeta {
 	return loader.VIPMeta{ID: id, Mode: loader.ModeDR, Hash: h}
 }
 
-// lowestFree returns the lowest id in 1..limit-1 not in used, and marks it.
-func lowestFree(used map[uint32]bool, limit uint32) (uint32, error) {
-	for id := uint32(1); id < limit; id++ {
+// idAllocator hands out ids round-robin in 1..limit-1 rather than the
+// lowest free one: a deleted backend's id is then reused as late as
+// possible, so a connection-table entry it left behind rarely lands on a
+// new backend of the same VIP.
+type idAllocator struct {
+	next uint32 // 0: not started; begins after the highest id found in the maps
+}
+
+func (a *idAllocator) alloc(used map[uint32]bool, limit uint32) (uint32, error) {
+	if limit < 2 {
+		return 0, fmt.Errorf("no ids below %d", limit)
+	}
+	if a.next == 0 {
+		for id := range used {
+			a.next = max(a.next, id)
+		}
+		a.next++
+	}
+	for range limit - 1 {
+		id := a.next
+		if id == 0 || id >= limit {
+			id = 1
+		}
+		a.next = id + 1
 		if !used[id] {
 			used[id] = true
 			return id, nil
@@ -245,7 +268,7 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 		cur, exists := curVIPs[key]
 		id := cur.ID
 		if !exists {
-			if id, err = lowestFree(vipUsed, r.dp.MaxVIPs()); err != nil {
+			if id, err = r.vipIDs.alloc(vipUsed, r.dp.MaxVIPs()); err != nil {
 				errs = append(errs, fmt.Errorf("vip %s: %w", vid, err))
 				continue
 			}
@@ -303,13 +326,6 @@ func (r *Reconciler) reconcileVIP(ctx context.Context, v VIP, id uint32, exists 
 		ref := backendRef{id, addr, b.Port}
 		old, had := beByRef[ref]
 		bid := old.ID
-		if !had {
-			var err error
-			if bid, err = lowestFree(beUsed, r.dp.MaxBackends()); err != nil {
-				errs = append(errs, fmt.Errorf("vip %s backend %s: %w", vid, addr, err))
-				continue
-			}
-		}
 		bi := BackendInfo{ID: bid}
 		nb, rerr := r.resolve(ctx, addr)
 		if rerr != nil || nb.MAC == nil {
@@ -326,15 +342,23 @@ func (r *Reconciler) reconcileVIP(ctx context.Context, v VIP, id uint32, exists 
 				// Keep the entry (last known MAC) for its open flows; it
 				// only leaves the table.
 				keep[bid] = true
-			} else {
-				delete(beUsed, bid)
 			}
 			info[backendKey{vid, addr, b.Port}] = bi
 			continue
 		}
+		if !had {
+			// Only a resolved backend takes an id: one that stays
+			// unresolved must not move the allocator on every pass.
+			var err error
+			if bid, err = r.backendIDs.alloc(beUsed, r.dp.MaxBackends()); err != nil {
+				errs = append(errs, fmt.Errorf("vip %s backend %s: %w", vid, addr, err))
+				continue
+			}
+			bi.ID = bid
+		}
 		if r.unresolved[addr] {
 			delete(r.unresolved, addr)
-			r.log.Info("backend MAC resolved", "vip", vid, "backend", addr, "mac", nb.MAC)
+			r.log.Info("backend MAC resolved", "vip", vid, "backend", addr, "mac", nb.MAC.String())
 		}
 		bi.MAC, bi.Iface = nb.MAC.String(), nb.Iface
 		want := loader.Backend{ID: bid, VIPID: id, Addr: addr, Port: b.Port,

@@ -177,23 +177,23 @@ func TestReconcileRecoversIDs(t *testing.T) {
 	if w := f.reconcile(t); !slices.Equal(w, []string{"del-backend 3"}) {
 		t.Fatalf("restart writes %v, want only the orphan removed", w)
 	}
-	// A new backend and a new VIP get the lowest free ids.
+	// New ids continue after the highest id found in the maps.
 	if err := f.store.AddBackend(vip1, be("10.0.0.3", 100)); err != nil {
 		t.Fatal(err)
 	}
 	vip2 := VIPID{Addr: netip.MustParseAddr("10.0.0.101"), Port: 53, Protocol: UDP}
 	addVIP(t, f.store, vip2, be("10.0.0.1", 100))
 	f.reconcile(t)
-	if got := f.dp.vips[VIPKeyOf(vip2)].ID; got != 1 {
-		t.Fatalf("new vip id %d, want 1", got)
+	if got := f.dp.vips[VIPKeyOf(vip2)].ID; got != 6 {
+		t.Fatalf("new vip id %d, want 6", got)
 	}
 	if f.dp.vips[VIPKeyOf(vip1)].ID != 5 {
 		t.Fatal("vip id changed")
 	}
-	if got := tableIDs(t, f.dp, 5); !slices.Equal(got, []uint32{1, 7, 9}) {
+	if got := tableIDs(t, f.dp, 5); !slices.Equal(got, []uint32{7, 9, 10}) {
 		t.Fatalf("vip1 table points at %v", got)
 	}
-	if got := tableIDs(t, f.dp, 1); !slices.Equal(got, []uint32{2}) {
+	if got := tableIDs(t, f.dp, 6); !slices.Equal(got, []uint32{11}) {
 		t.Fatalf("vip2 table points at %v", got)
 	}
 }
@@ -299,3 +299,32 @@ type testErr string
 func (e testErr) Error() string { return string(e) }
 
 const errTest = testErr("injected failure")
+
+func TestIDAllocatorRotates(t *testing.T) {
+	used := map[uint32]bool{1: true, 4: true}
+	var a idAllocator
+	var got []uint32
+	for range 4 {
+		id, err := a.alloc(used, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, id)
+	}
+	// Starts after the highest id in use, wraps, skips used ids.
+	if want := []uint32{5, 6, 7, 2}; !slices.Equal(got, want) {
+		t.Fatalf("ids %v, want %v", got, want)
+	}
+	delete(used, 5) // freed: not handed out again before the others
+	id, err := a.alloc(used, 8)
+	if err != nil || id != 3 {
+		t.Fatalf("next id %d (%v), want 3", id, err)
+	}
+	id, err = a.alloc(used, 8)
+	if err != nil || id != 5 {
+		t.Fatalf("next id %d (%v), want 5 after wrapping", id, err)
+	}
+	if _, err := a.alloc(used, 8); err == nil {
+		t.Fatal("allocated from a full range")
+	}
+}

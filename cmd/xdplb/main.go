@@ -13,6 +13,9 @@ import (
 var version = "dev"
 
 func main() {
+	// `xdplb demo | head` must not kill the demo before it cleans up: a
+	// closed stdout becomes a write error instead of a fatal signal.
+	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	code := run(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr)
 	stop()

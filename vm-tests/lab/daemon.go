@@ -1,0 +1,289 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/xdplb/xdplb/control"
+)
+
+// DaemonOptions configure StartDaemon.
+type DaemonOptions struct {
+	Binary string // the xdplb binary
+	Node   *Node  // the daemon runs in this node's namespace, on its Iface
+	// Dir holds the socket, the state directory and the log; reuse it to
+	// restart a daemon with the same state.
+	Dir string
+	// BPFFS is the bpffs directory (outside /sys, which `ip netns exec`
+	// remounts). Mount it beforehand to keep pins across restarts.
+	BPFFS       string
+	XDPMode     string        // default native
+	MetricsAddr string        // default 127.0.0.1:9642 (inside the namespace)
+	Ready       time.Duration // how long to wait for the socket; default 20s
+	ExtraArgs   []string      // more daemon flags
+}
+
+// Daemon is a running `xdplb daemon`.
+type Daemon struct {
+	Socket  string
+	LogPath string
+	binary  string
+	cmd     *exec.Cmd
+	logf    *os.File
+	done    chan struct{}
+	waitErr error
+}
+
+// StartDaemon starts the daemon inside the node's namespace with
+// `ip netns exec` and waits until its API answers.
+func StartDaemon(ctx context.Context, o DaemonOptions) (*Daemon, error) {
+	if o.XDPMode == "" {
+		o.XDPMode = "native"
+	}
+	if o.MetricsAddr == "" {
+		o.MetricsAddr = "127.0.0.1:9642"
+	}
+	if o.Ready <= 0 {
+		o.Ready = 20 * time.Second
+	}
+	stateDir := filepath.Join(o.Dir, "state")
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	d := &Daemon{
+		Socket:  filepath.Join(o.Dir, "xdplb.sock"),
+		LogPath: filepath.Join(o.Dir, "daemon.log"),
+		binary:  o.Binary,
+		done:    make(chan struct{}),
+	}
+	logf, err := os.OpenFile(d.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("daemon log: %w", err)
+	}
+	d.logf = logf
+	fmt.Fprintf(logf, "---- start %s\n", time.Now().Format(time.RFC3339Nano))
+	args := []string{"netns", "exec", o.Node.NetNS, o.Binary,
+		"--socket", d.Socket, "daemon",
+		"--iface", o.Node.Iface,
+		"--xdp-mode", o.XDPMode,
+		"--bpffs", o.BPFFS,
+		"--state-dir", stateDir,
+		"--metrics-addr", o.MetricsAddr,
+	}
+	args = append(args, o.ExtraArgs...)
+	// Not CommandContext: the daemon must get SIGTERM and time to clean up,
+	// never a SIGKILL because some context ended.
+	d.cmd = exec.Command("ip", args...)
+	d.cmd.Stdout = logf
+	d.cmd.Stderr = logf
+	// Own process group: a Ctrl-C at the terminal reaches us, and we stop
+	// the daemon in order, instead of both racing. Pdeathsig: if we die
+	// without cleaning up (killed, test timeout), the daemon still gets
+	// SIGTERM and removes what it can.
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	started := make(chan error, 1)
+	go func() {
+		// Pdeathsig fires when the thread that forked the child exits, not
+		// the process: keep this thread until the child is gone.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := d.cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		d.waitErr = d.cmd.Wait()
+		close(d.done)
+	}()
+	if err := <-started; err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start daemon: %w", err)
+	}
+	if err := d.waitReady(ctx, o.Ready); err != nil {
+		return nil, errors.Join(err, d.Stop())
+	}
+	return d, nil
+}
+
+func (d *Daemon) waitReady(ctx context.Context, limit time.Duration) error {
+	c := &http.Client{
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var dl net.Dialer
+			return dl.DialContext(ctx, "unix", d.Socket)
+		}},
+		Timeout: time.Second,
+	}
+	parent := ctx
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://xdplb/v1/status", nil)
+		if resp, err := c.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-d.done:
+			return fmt.Errorf("daemon exited before its socket answered (%v); end of %s:\n%s", d.waitErr, d.LogPath, d.LogTail(20))
+		case <-ctx.Done():
+			if err := parent.Err(); err != nil {
+				return fmt.Errorf("wait for daemon: %w", err)
+			}
+			return fmt.Errorf("daemon socket %s did not answer within %s; end of %s:\n%s", d.Socket, limit, d.LogPath, d.LogTail(20))
+		case <-tick.C:
+		}
+	}
+}
+
+// Stop sends SIGTERM and waits for the daemon to exit (SIGKILL after 15s).
+// It returns an error if the daemon did not exit cleanly.
+func (d *Daemon) Stop() error {
+	defer d.logf.Close()
+	select {
+	case <-d.done:
+		return d.exitErr()
+	default:
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("signal daemon: %w", err)
+	}
+	select {
+	case <-d.done:
+		return d.exitErr()
+	case <-time.After(15 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.done
+		return fmt.Errorf("daemon did not exit within 15s of SIGTERM; killed")
+	}
+}
+
+// Exited reports whether the daemon process has ended.
+func (d *Daemon) Exited() bool {
+	select {
+	case <-d.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (d *Daemon) exitErr() error {
+	if d.waitErr != nil {
+		return fmt.Errorf("daemon exit: %w", d.waitErr)
+	}
+	return nil
+}
+
+// Log returns the daemon's log so far.
+func (d *Daemon) Log() string {
+	b, err := os.ReadFile(d.LogPath)
+	if err != nil {
+		return fmt.Sprintf("(read %s: %v)", d.LogPath, err)
+	}
+	return string(b)
+}
+
+// LogTail returns the last n lines of the daemon's log.
+func (d *Daemon) LogTail(n int) string {
+	lines := strings.Split(strings.TrimRight(d.Log(), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// CLI runs `xdplb --socket <socket> args...` and returns its stdout. The
+// error carries the exit status and stderr.
+func (d *Daemon) CLI(ctx context.Context, args ...string) (string, error) {
+	return RunCLI(ctx, d.binary, d.Socket, args...)
+}
+
+// RunCLI runs the xdplb binary against a daemon socket (30s at most).
+func RunCLI(ctx context.Context, binary, socket string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, append([]string{"--socket", socket}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err() // killed because time ran out or we were interrupted
+		}
+		return stdout.String(), fmt.Errorf("xdplb %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+// CLIJSON runs the CLI with "-o json" appended and decodes its output into v.
+func (d *Daemon) CLIJSON(ctx context.Context, v any, args ...string) error {
+	out, err := d.CLI(ctx, append(args, "-o", "json")...)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		return fmt.Errorf("xdplb %s -o json: decode: %w; output:\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// Stats returns `xdplb stats -o json`.
+func (d *Daemon) Stats(ctx context.Context) (control.Stats, error) {
+	var st control.Stats
+	err := d.CLIJSON(ctx, &st, "stats")
+	return st, err
+}
+
+// WaitBackendsUp polls `xdplb backend list VIP` until all want backends are
+// up (their MACs resolved and in the data plane) or the time runs out.
+func (d *Daemon) WaitBackendsUp(ctx context.Context, vip string, want int, limit time.Duration) ([]control.BackendStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for {
+		var bs []control.BackendStatus
+		err := d.CLIJSON(ctx, &bs, "backend", "list", vip)
+		up := 0
+		for _, b := range bs {
+			if b.State == control.BackendUp {
+				up++
+			}
+		}
+		if err == nil && up == want && len(bs) == want {
+			return bs, nil
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = fmt.Errorf("%d of %d backends up", up, want)
+			}
+			return bs, fmt.Errorf("backends of %s not up within %s: %w (last: %+v)", vip, limit, err, bs)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// VIPStats finds one VIP's counters by its "ADDR:PORT/PROTO" name.
+func VIPStats(st control.Stats, vip string) (control.VIPStats, bool) {
+	for _, v := range st.VIPs {
+		if v.VIP == vip {
+			return v, true
+		}
+	}
+	return control.VIPStats{}, false
+}
