@@ -9,7 +9,7 @@ LDFLAGS := -X main.version=$(VERSION)
 BIN     := bin/xdplb
 
 # Debian packages the build, the generator and the tests need.
-DEB_PKGS := clang llvm libbpf-dev bpftool iproute2 nftables ethtool ca-certificates
+DEB_PKGS := clang llvm libbpf-dev bpftool iproute2 nftables ca-certificates
 
 .PHONY: all build deps generate generate-check vet lint test test-unit test-e2e demo bench clean
 

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/xdplb/xdplb/control"
 	"github.com/xdplb/xdplb/vm-tests/lab"
 	"github.com/xdplb/xdplb/vm-tests/testutil"
@@ -178,6 +180,16 @@ func (e *env) stats() control.Stats {
 	return st
 }
 
+// metrics scrapes the daemon's /metrics (inside the LB namespace).
+func (e *env) metrics() map[string]*dto.MetricFamily {
+	e.t.Helper()
+	mfs, err := e.d.Metrics(e.ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return mfs
+}
+
 // addVIP configures vip in DR mode with every backend (by the address of
 // the family given) and waits until the daemon has all of them up.
 func (e *env) addVIP(vip string, addrOf func(*lab.Node) netip.Addr) {
@@ -241,6 +253,7 @@ func testDR(t *testing.T, vipAddr netip.Addr, addrOf func(*lab.Node) netip.Addr,
 		}
 	}
 	before := e.stats()
+	metricsBefore := e.metrics()
 	res := e.load(target, connections)
 
 	// Distribution, seen by the client and by the servers.
@@ -338,6 +351,88 @@ func testDR(t *testing.T, vipAddr netip.Addr, addrOf func(*lab.Node) netip.Addr,
 			t.Errorf("drops %s: %d -> %d", reason, before.Drops[reason], n)
 		}
 	}
+
+	e.checkMetrics(metricsBefore, vip, client, res, addrOf)
+}
+
+// checkMetrics scrapes /metrics once more and holds it against what the
+// client and the backends saw since before was scraped: counters by how much
+// they grew, gauges by their value now.
+func (e *env) checkMetrics(before map[string]*dto.MetricFamily, vip string, client lab.Counter,
+	res lab.LoadResult, addrOf func(*lab.Node) netip.Addr) {
+	t := e.t
+	t.Helper()
+	after := e.metrics()
+	value := func(name string, labels ...string) (float64, bool) {
+		v, err := lab.MetricValue(after, name, labels...)
+		if err != nil {
+			t.Errorf("/metrics: %v", err)
+		}
+		return v, err == nil
+	}
+	grew := func(want uint64, why, name string, labels ...string) float64 {
+		now, ok := value(name, labels...)
+		if !ok {
+			return 0
+		}
+		was, _ := lab.MetricValue(before, name, labels...) // a series not yet exported was 0
+		if got := now - was; got != float64(want) {
+			t.Errorf("%s grew by %.0f (%.0f -> %.0f), want %d (%s)", lab.Series(name, labels...), got, was, now, want, why)
+		}
+		return now - was
+	}
+	is := func(want float64, name string, labels ...string) {
+		if got, ok := value(name, labels...); ok && got != want {
+			t.Errorf("%s = %.0f, want %.0f", lab.Series(name, labels...), got, want)
+		}
+	}
+
+	packets := grew(client.Packets, "packets the client sent to the VIP", "xdplb_vip_packets_total", "vip", vip)
+	grew(client.Bytes+ethHeader*client.Packets, "the client's IP bytes plus Ethernet headers", "xdplb_vip_bytes_total", "vip", vip)
+	grew(connections, "one flow per connection", "xdplb_vip_flows_total", "vip", vip)
+	for _, be := range e.lab.Backends {
+		addr := addrOf(be).String()
+		grew(uint64(res.ByBackend[be.Name]), "connections "+be.Name+" answered", "xdplb_backend_flows_total", "vip", vip, "backend", addr)
+		is(1, "xdplb_backend_up", "vip", vip, "backend", addr)
+		is(100, "xdplb_backend_weight", "vip", vip, "backend", addr)
+	}
+	grew(client.Packets, "every VIP packet leaves by XDP_TX", "xdplb_xdp_actions_total", "iface", e.lab.LB.Iface, "action", "tx")
+
+	drops := after["xdplb_drops_total"].GetMetric()
+	if len(drops) == 0 {
+		t.Errorf("/metrics: no xdplb_drops_total series")
+	}
+	for _, m := range drops {
+		if v := m.GetCounter().GetValue(); v != 0 {
+			t.Errorf("%s = %.0f, want 0", lab.Series("xdplb_drops_total", labelPairs(m)...), v)
+		}
+	}
+	conntrack, ok := value("xdplb_conntrack_entries")
+	if ok && conntrack < connections {
+		t.Errorf("xdplb_conntrack_entries = %.0f, want >= %d (one per connection)", conntrack, connections)
+	}
+	reconciles, ok := value("xdplb_reconciles_total", "result", "ok")
+	if ok && reconciles <= 0 {
+		t.Errorf(`xdplb_reconciles_total{result="ok"} = %.0f, want > 0`, reconciles)
+	}
+	is(0, "xdplb_reconciles_total", "result", "error")
+	is(1, "xdplb_build_info")
+	var build []string
+	for _, m := range after["xdplb_build_info"].GetMetric() {
+		build = labelPairs(m)
+	}
+	t.Logf("/metrics: %s grew by %.0f, conntrack entries %.0f, %.0f reconciles ok, %d drop reasons, %s",
+		lab.Series("xdplb_vip_packets_total", "vip", vip), packets, conntrack, reconciles, len(drops),
+		lab.Series("xdplb_build_info", build...))
+}
+
+// labelPairs returns a series' labels as name, value, name, value, ...
+func labelPairs(m *dto.Metric) []string {
+	var out []string
+	for _, lp := range m.GetLabel() {
+		out = append(out, lp.GetName(), lp.GetValue())
+	}
+	return out
 }
 
 // diffVIP returns the VIP's counters in after minus those in before.

@@ -30,20 +30,27 @@ type DaemonOptions struct {
 	// remounts). Mount it beforehand to keep pins across restarts.
 	BPFFS       string
 	XDPMode     string        // default native
-	MetricsAddr string        // default 127.0.0.1:9642 (inside the namespace)
+	MetricsAddr string        // default DefaultMetricsAddr (inside the namespace)
 	Ready       time.Duration // how long to wait for the socket; default 20s
 	ExtraArgs   []string      // more daemon flags
 }
 
+// DefaultMetricsAddr is where StartDaemon has the daemon serve /metrics
+// unless told otherwise. Every lab's LB namespace has its own loopback, so
+// the address is always free there.
+const DefaultMetricsAddr = "127.0.0.1:9642"
+
 // Daemon is a running `xdplb daemon`.
 type Daemon struct {
-	Socket  string
-	LogPath string
-	binary  string
-	cmd     *exec.Cmd
-	logf    *os.File
-	done    chan struct{}
-	waitErr error
+	Socket      string
+	LogPath     string
+	MetricsAddr string // inside Node's namespace
+	Node        *Node
+	binary      string
+	cmd         *exec.Cmd
+	logf        *os.File
+	done        chan struct{}
+	waitErr     error
 }
 
 // StartDaemon starts the daemon inside the node's namespace with
@@ -53,7 +60,7 @@ func StartDaemon(ctx context.Context, o DaemonOptions) (*Daemon, error) {
 		o.XDPMode = "native"
 	}
 	if o.MetricsAddr == "" {
-		o.MetricsAddr = "127.0.0.1:9642"
+		o.MetricsAddr = DefaultMetricsAddr
 	}
 	if o.Ready <= 0 {
 		o.Ready = 20 * time.Second
@@ -63,10 +70,12 @@ func StartDaemon(ctx context.Context, o DaemonOptions) (*Daemon, error) {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
 	d := &Daemon{
-		Socket:  filepath.Join(o.Dir, "xdplb.sock"),
-		LogPath: filepath.Join(o.Dir, "daemon.log"),
-		binary:  o.Binary,
-		done:    make(chan struct{}),
+		Socket:      filepath.Join(o.Dir, "xdplb.sock"),
+		LogPath:     filepath.Join(o.Dir, "daemon.log"),
+		MetricsAddr: o.MetricsAddr,
+		Node:        o.Node,
+		binary:      o.Binary,
+		done:        make(chan struct{}),
 	}
 	logf, err := os.OpenFile(d.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
