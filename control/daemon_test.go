@@ -60,7 +60,7 @@ func TestDaemonBadConfigFailsFast(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := RunDaemonWith(context.Background(), cfg, func(loader.Options) (DatapathCloser, error) {
-		return newFakeDatapath(testTableSize), nil
+		return newTestDatapath(), nil
 	})
 	if err == nil || !strings.Contains(err.Error(), "bad.yaml") {
 		t.Fatalf("err %v", err)
@@ -72,7 +72,7 @@ func TestDaemonBadConfigFailsFast(t *testing.T) {
 
 func TestDaemonServesAndStops(t *testing.T) {
 	cfg := daemonConfig(t)
-	dp := newFakeDatapath(testTableSize)
+	dp := newTestDatapath()
 	optsc := make(chan loader.Options, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/xdplb/xdplb/control/controltest"
 	"github.com/xdplb/xdplb/loader"
 )
 
@@ -19,12 +20,12 @@ func TestCollector(t *testing.T) {
 	f.nw.setMAC("10.0.0.2", mac(2))
 	addVIP(t, f.store, vip1, be("10.0.0.1", 100), Backend{Address: be("10.0.0.2", 0).Address, Weight: 30, Drain: true})
 	f.reconcile(t)
-	f.dp.vipCounters[1] = loader.Counters{Packets: 10, Bytes: 1500, Flows: 3}
-	f.dp.backendCounters[1] = loader.Counters{Packets: 7, Bytes: 700, Flows: 2}
-	f.dp.backendCounters[2] = loader.Counters{Packets: 3, Bytes: 800, Flows: 1}
-	f.dp.actions = []loader.ActionCount{{Ifindex: 1, Action: "tx", Count: 9}, {Ifindex: 0, Action: "pass", Count: 4}}
-	f.dp.drops["no_backend"] = 5
-	f.dp.flows[1] = 6
+	f.dp.SetVIPCounters(1, loader.Counters{Packets: 10, Bytes: 1500, Flows: 3})
+	f.dp.SetBackendCounters(1, loader.Counters{Packets: 7, Bytes: 700, Flows: 2})
+	f.dp.SetBackendCounters(2, loader.Counters{Packets: 3, Bytes: 800, Flows: 1})
+	f.dp.SetActions(loader.ActionCount{Ifindex: 1, Action: "tx", Count: 9}, loader.ActionCount{Ifindex: 0, Action: "pass", Count: 4})
+	f.dp.SetDrops("no_backend", 5)
+	f.dp.SetFlows(1, 6)
 
 	c := NewCollector(f.dp, f.store, f.rec, "v1.2.3", nil)
 	c.ifname = func(i int) string { return map[int]string{0: "other", 1: "lo"}[i] }
@@ -87,7 +88,7 @@ xdplb_scrape_errors_total 0
 	}
 }
 
-type failingCounters struct{ *fakeDatapath }
+type failingCounters struct{ *controltest.Datapath }
 
 func (failingCounters) DropCounters() (map[string]uint64, error) { return nil, errTest }
 

@@ -7,26 +7,52 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xdplb/xdplb/control/controltest"
 	"github.com/xdplb/xdplb/loader"
 )
 
 const testTableSize = 251
 
+// newTestDatapath is an empty fake data plane with small limits.
+func newTestDatapath() *controltest.Datapath {
+	return controltest.NewDatapath(testTableSize, 16, 64)
+}
+
+// dpVIPs is what the data plane's VIP map holds.
+func dpVIPs(t *testing.T, dp Datapath) map[loader.VIPKey]loader.VIPMeta {
+	t.Helper()
+	vips, err := dp.VIPs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return vips
+}
+
+// dpBackends is what the data plane's backend map holds, by id.
+func dpBackends(t *testing.T, dp Datapath) map[uint32]loader.Backend {
+	t.Helper()
+	bs, err := dp.Backends()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bs
+}
+
 type recFixture struct {
 	store *Store
-	dp    *fakeDatapath
+	dp    *controltest.Datapath
 	nw    *fakeNetwork
 	rec   *Reconciler
 }
 
-func newRecFixture(t *testing.T, dp *fakeDatapath) *recFixture {
+func newRecFixture(t *testing.T, dp *controltest.Datapath) *recFixture {
 	t.Helper()
 	st, err := OpenStore(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if dp == nil {
-		dp = newFakeDatapath(testTableSize)
+		dp = newTestDatapath()
 	}
 	nw := newFakeNetwork()
 	return &recFixture{store: st, dp: dp, nw: nw, rec: NewReconciler(st, dp, nw, nil, nil)}
@@ -37,7 +63,7 @@ func (f *recFixture) reconcile(t *testing.T) []string {
 	if err := f.rec.Reconcile(context.Background()); err != nil {
 		t.Fatalf("reconcile: %v", err)
 	}
-	return f.dp.takeWrites()
+	return f.dp.TakeWrites()
 }
 
 var vip1 = VIPID{Addr: netip.MustParseAddr("10.0.0.100"), Port: 80, Protocol: TCP}
@@ -52,9 +78,12 @@ func addVIP(t *testing.T, s *Store, id VIPID, backends ...Backend) {
 }
 
 // tableIDs is the set of backend ids a VIP's table points at.
-func tableIDs(t *testing.T, dp *fakeDatapath, vipID uint32) []uint32 {
+func tableIDs(t *testing.T, dp Datapath, vipID uint32) []uint32 {
 	t.Helper()
-	tbl, _ := dp.LookupTable(vipID)
+	tbl, err := dp.LookupTable(vipID)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var ids []uint32
 	for _, id := range tbl {
 		if id != 0 && !slices.Contains(ids, id) {
@@ -76,11 +105,11 @@ func TestReconcileFirstWritesInOrderThenNothing(t *testing.T) {
 	if !slices.Equal(w, want) {
 		t.Fatalf("first reconcile writes %v, want %v", w, want)
 	}
-	meta := f.dp.vips[VIPKeyOf(vip1)]
+	meta := dpVIPs(t, f.dp)[VIPKeyOf(vip1)]
 	if meta.ID != 1 || meta.Mode != loader.ModeDR || meta.Hash != loader.HashMaglev {
 		t.Fatalf("vip meta %+v", meta)
 	}
-	b := f.dp.backends[1]
+	b := dpBackends(t, f.dp)[1]
 	if b.VIPID != 1 || b.Addr != netip.MustParseAddr("10.0.0.1") || b.MAC.String() != mac(1).String() ||
 		b.SrcMAC.String() != fakeSrcMAC.String() || b.Ifindex != 2 {
 		t.Fatalf("backend 1 = %+v", b)
@@ -134,7 +163,7 @@ func TestReconcileDrainKeepsEntryOutOfTable(t *testing.T) {
 	if !slices.Equal(w, []string{"put-table 1"}) {
 		t.Fatalf("writes %v, want only the table", w)
 	}
-	if _, ok := f.dp.backends[2]; !ok {
+	if _, ok := dpBackends(t, f.dp)[2]; !ok {
 		t.Fatal("drained backend entry deleted; its open flows would break")
 	}
 	if got := tableIDs(t, f.dp, 1); !slices.Equal(got, []uint32{1}) {
@@ -151,23 +180,30 @@ func TestReconcileDrainKeepsEntryOutOfTable(t *testing.T) {
 	if w := f.reconcile(t); !slices.Equal(w, []string{"del-table 1"}) {
 		t.Fatalf("writes %v", w)
 	}
-	if len(f.dp.backends) != 2 {
-		t.Fatalf("backends %v", f.dp.backends)
+	if bs := dpBackends(t, f.dp); len(bs) != 2 {
+		t.Fatalf("backends %v", bs)
 	}
 }
 
 func TestReconcileRecoversIDs(t *testing.T) {
-	dp := newFakeDatapath(testTableSize)
-	// A previous daemon left VIP id 5 and backend ids 7 and 9.
-	dp.vips[VIPKeyOf(vip1)] = loader.VIPMeta{ID: 5, Mode: loader.ModeDR, Hash: loader.HashMaglev}
-	dp.backends[7] = loader.Backend{ID: 7, VIPID: 5, Addr: netip.MustParseAddr("10.0.0.1"), MAC: mac(1), SrcMAC: fakeSrcMAC, Ifindex: 2}
-	dp.backends[9] = loader.Backend{ID: 9, VIPID: 5, Addr: netip.MustParseAddr("10.0.0.2"), MAC: mac(2), SrcMAC: fakeSrcMAC, Ifindex: 2}
-	dp.tables[5] = BuildMaglev([]MaglevBackend{
-		{ID: 7, Key: MaglevKey(netip.MustParseAddr("10.0.0.1"), 80), Weight: 100},
-		{ID: 9, Key: MaglevKey(netip.MustParseAddr("10.0.0.2"), 80), Weight: 100},
-	}, testTableSize)
-	// An orphan backend of a VIP that never got its entry.
-	dp.backends[3] = loader.Backend{ID: 3, VIPID: 4, Addr: netip.MustParseAddr("10.0.0.9")}
+	dp := newTestDatapath()
+	// A previous daemon left VIP id 5 and backend ids 7 and 9, and an
+	// orphan backend 3 of a VIP that never got its entry.
+	for _, err := range []error{
+		dp.PutBackend(loader.Backend{ID: 7, VIPID: 5, Addr: netip.MustParseAddr("10.0.0.1"), MAC: mac(1), SrcMAC: fakeSrcMAC, Ifindex: 2}),
+		dp.PutBackend(loader.Backend{ID: 9, VIPID: 5, Addr: netip.MustParseAddr("10.0.0.2"), MAC: mac(2), SrcMAC: fakeSrcMAC, Ifindex: 2}),
+		dp.PutLookupTable(5, BuildMaglev([]MaglevBackend{
+			{ID: 7, Key: MaglevKey(netip.MustParseAddr("10.0.0.1"), 80), Weight: 100},
+			{ID: 9, Key: MaglevKey(netip.MustParseAddr("10.0.0.2"), 80), Weight: 100},
+		}, testTableSize)),
+		dp.PutVIP(VIPKeyOf(vip1), loader.VIPMeta{ID: 5, Mode: loader.ModeDR, Hash: loader.HashMaglev}),
+		dp.PutBackend(loader.Backend{ID: 3, VIPID: 4, Addr: netip.MustParseAddr("10.0.0.9")}),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	dp.TakeWrites()
 
 	f := newRecFixture(t, dp)
 	f.nw.setMAC("10.0.0.1", mac(1))
@@ -184,10 +220,11 @@ func TestReconcileRecoversIDs(t *testing.T) {
 	vip2 := VIPID{Addr: netip.MustParseAddr("10.0.0.101"), Port: 53, Protocol: UDP}
 	addVIP(t, f.store, vip2, be("10.0.0.1", 100))
 	f.reconcile(t)
-	if got := f.dp.vips[VIPKeyOf(vip2)].ID; got != 6 {
+	vips := dpVIPs(t, f.dp)
+	if got := vips[VIPKeyOf(vip2)].ID; got != 6 {
 		t.Fatalf("new vip id %d, want 6", got)
 	}
-	if f.dp.vips[VIPKeyOf(vip1)].ID != 5 {
+	if vips[VIPKeyOf(vip1)].ID != 5 {
 		t.Fatal("vip id changed")
 	}
 	if got := tableIDs(t, f.dp, 5); !slices.Equal(got, []uint32{7, 9, 10}) {
@@ -203,7 +240,7 @@ func TestReconcileUnresolvedThenNeighbourUpdate(t *testing.T) {
 	f.nw.setMAC("10.0.0.1", mac(1))
 	addVIP(t, f.store, vip1, be("10.0.0.1", 100), be("10.0.0.2", 100))
 	f.reconcile(t)
-	if _, ok := f.dp.backends[2]; ok {
+	if _, ok := dpBackends(t, f.dp)[2]; ok {
 		t.Fatal("unresolved backend written")
 	}
 	if got := tableIDs(t, f.dp, 1); !slices.Equal(got, []uint32{1}) {
@@ -236,7 +273,7 @@ func TestReconcileUnresolvedThenNeighbourUpdate(t *testing.T) {
 	if got := tableIDs(t, f.dp, 1); !slices.Equal(got, []uint32{1, 2}) {
 		t.Fatalf("table points at %v", got)
 	}
-	if b := f.dp.backends[2]; b.MAC.String() != mac(2).String() {
+	if b := dpBackends(t, f.dp)[2]; b.MAC.String() != mac(2).String() {
 		t.Fatalf("backend 2 MAC %v", b.MAC)
 	}
 }
@@ -273,7 +310,7 @@ func TestReconcileMACChangeRewritesBackend(t *testing.T) {
 	if !slices.Equal(w, []string{"del-table 1"}) {
 		t.Fatalf("writes %v", w)
 	}
-	if f.dp.backends[1].MAC.String() != mac(9).String() {
+	if dpBackends(t, f.dp)[1].MAC.String() != mac(9).String() {
 		t.Fatal("backend entry lost its last MAC")
 	}
 }
@@ -282,11 +319,11 @@ func TestReconcileWriteErrorCounted(t *testing.T) {
 	f := newRecFixture(t, nil)
 	f.nw.setMAC("10.0.0.1", mac(1))
 	addVIP(t, f.store, vip1, be("10.0.0.1", 100))
-	f.dp.failPut = errTest
+	f.dp.SetFailPut(errTest)
 	if err := f.rec.Reconcile(context.Background()); err == nil {
 		t.Fatal("reconcile succeeded despite a failing write")
 	}
-	if len(f.dp.vips) != 0 || len(f.dp.tables) != 0 {
+	if len(dpVIPs(t, f.dp)) != 0 || len(f.dp.LookupTables()) != 0 {
 		t.Fatal("vip or table published over a backend that was not written")
 	}
 	if _, failed := f.rec.Counts(); failed != 1 {

@@ -89,15 +89,22 @@ func ListenUnix(ctx context.Context, path string) (net.Listener, error) {
 
 // Serve serves the API on ln until ctx is done.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
+	return serveUntilDone(ctx, ln, s.Handler(), "api")
+}
+
+// serveUntilDone serves h on ln until ctx is done, then shuts down,
+// giving open requests two seconds to finish. what names the server in
+// the error.
+func serveUntilDone(ctx context.Context, ln net.Listener, h http.Handler, what string) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	stop := context.AfterFunc(ctx, func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
-	}()
+	})
+	defer stop()
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serve api: %w", err)
+		return fmt.Errorf("serve %s: %w", what, err)
 	}
 	return nil
 }

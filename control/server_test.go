@@ -120,7 +120,7 @@ func TestAPIRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Applied before the call returned.
-	if _, ok := f.dp.vips[VIPKeyOf(vip1)]; !ok {
+	if _, ok := dpVIPs(t, f.dp)[VIPKeyOf(vip1)]; !ok {
 		t.Fatal("vip not in the data plane after add")
 	}
 	err := f.client.AddVIP(ctx, v)
@@ -142,7 +142,7 @@ func TestAPIRoundTrip(t *testing.T) {
 	if err := f.client.SetBackend(ctx, vip1, netip.MustParseAddr("10.0.0.1"), 0, BackendPatch{Drain: &drain}); err != nil {
 		t.Fatal(err)
 	}
-	f.dp.flows[1] = 4
+	f.dp.SetFlows(1, 4)
 	bs, err := f.client.Backends(ctx, vip1)
 	if err != nil {
 		t.Fatal(err)
@@ -215,10 +215,10 @@ func TestAPIStatsAndStatus(t *testing.T) {
 	if err := f.client.AddVIP(ctx, VIP{Address: vip1.Addr, Port: 80, Protocol: TCP, Backends: []Backend{be("10.0.0.1", 100)}}); err != nil {
 		t.Fatal(err)
 	}
-	f.dp.vipCounters[1] = loader.Counters{Packets: 10, Bytes: 1000, Flows: 2}
-	f.dp.backendCounters[1] = loader.Counters{Packets: 9, Bytes: 900, Flows: 2}
-	f.dp.actions = []loader.ActionCount{{Ifindex: 1, Action: "tx", Count: 9}, {Ifindex: 0, Action: "pass", Count: 3}}
-	f.dp.drops["no_backend"] = 1
+	f.dp.SetVIPCounters(1, loader.Counters{Packets: 10, Bytes: 1000, Flows: 2})
+	f.dp.SetBackendCounters(1, loader.Counters{Packets: 9, Bytes: 900, Flows: 2})
+	f.dp.SetActions(loader.ActionCount{Ifindex: 1, Action: "tx", Count: 9}, loader.ActionCount{Ifindex: 0, Action: "pass", Count: 3})
+	f.dp.SetDrops("no_backend", 1)
 
 	s, err := f.client.Stats(ctx)
 	if err != nil {
@@ -236,7 +236,7 @@ func TestAPIStatsAndStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	if ds.Version != "test" || ds.VIPs != 1 || ds.Backends != 1 || len(ds.Interfaces) != 1 ||
-		ds.Interfaces[0].XDPMode != "native" || ds.PinPath == "" || len(ds.Maps) != 1 {
+		ds.Interfaces[0].XDPMode != "native" || ds.PinPath == "" || len(ds.Maps) != 2 {
 		t.Fatalf("status %+v", ds)
 	}
 }
