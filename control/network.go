@@ -148,7 +148,7 @@ func (n *NetlinkNetwork) route(addr netip.Addr) (netlink.Link, error) {
 	addr = addr.Unmap()
 	routes, err := n.h.RouteGet(net.IP(addr.AsSlice()))
 	if err != nil {
-		return nil, invalidf("backend %s: no route: %v", addr, err)
+		return nil, invalidf("backend %s is not on a directly connected subnet of %s (no route: %v)", addr, n.ifaceList(), err)
 	}
 	for _, r := range routes {
 		if r.Gw != nil || r.Via != nil || len(r.MultiPath) > 0 || r.Type == unix.RTN_LOCAL {

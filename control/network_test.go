@@ -154,6 +154,10 @@ func TestNetlinkRouteCheck(t *testing.T) {
 	if err == nil || err.Error() != "backend 10.99.0.5 is not on a directly connected subnet of lb0" {
 		t.Errorf("message %q", err)
 	}
+	_, err = n.Resolve(context.Background(), netip.MustParseAddr("192.0.2.7"))
+	if err == nil || !strings.HasPrefix(err.Error(), "backend 192.0.2.7 is not on a directly connected subnet of lb0 (no route: ") {
+		t.Errorf("message without a route %q", err)
+	}
 	st := State{VIPs: []VIP{{Address: netip.MustParseAddr("10.77.0.100"), Port: 80, Protocol: TCP, Mode: ModeDR,
 		Backends: []Backend{be("10.77.0.2", 100)}}}}
 	if err := n.CheckState(st); err != nil {

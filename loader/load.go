@@ -116,8 +116,17 @@ func Load(opts Options) (*Datapath, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
-	if err := ensureBPFFS(opts.BPFFS); err != nil {
+	mounted, err := ensureBPFFS(opts.BPFFS)
+	if err != nil {
 		return nil, err
+	}
+	if mounted {
+		// Under `ip netns exec` (a private mount namespace) this mount, and
+		// the pins and link in it, die with the process. Which namespace is
+		// ours cannot always be told (init's may be unreadable), so say both.
+		opts.Logger.Warn("mounted a new bpffs: pins last as long as this mount; in a private mount namespace "+
+			"(ip netns exec) XDP stops forwarding when the daemon exits, so mount a bpffs there from the host "+
+			"for restarts without loss", "bpffs", opts.BPFFS)
 	}
 	pinDir := filepath.Join(opts.BPFFS, pinSubdir)
 	if err := os.MkdirAll(pinDir, 0o700); err != nil {
@@ -215,23 +224,24 @@ func (d *Datapath) checkLookupCompatible() error {
 	return nil
 }
 
-// ensureBPFFS mounts a bpffs at dir unless one is there already: inside
-// `ip netns exec` /sys/fs/bpf is not the host's bpffs.
-func ensureBPFFS(dir string) error {
+// ensureBPFFS mounts a bpffs at dir unless one is there already (inside
+// `ip netns exec` /sys/fs/bpf is not the host's bpffs) and says whether it
+// mounted one.
+func ensureBPFFS(dir string) (bool, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create bpffs dir: %w", err)
+		return false, fmt.Errorf("create bpffs dir: %w", err)
 	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
-		return fmt.Errorf("statfs %s: %w", dir, err)
+		return false, fmt.Errorf("statfs %s: %w", dir, err)
 	}
 	if st.Type == unix.BPF_FS_MAGIC {
-		return nil
+		return false, nil
 	}
 	if err := unix.Mount("bpffs", dir, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("mount bpffs on %s: %w", dir, err)
+		return false, fmt.Errorf("mount bpffs on %s: %w", dir, err)
 	}
-	return nil
+	return true, nil
 }
 
 // Program is the main XDP program, for packet tests.
