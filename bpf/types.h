@@ -24,7 +24,8 @@ enum drop_reason {
 	DROP_FRAGMENT = 4,        /* IP fragment addressed to a VIP address */
 	DROP_IPV6_EXT = 5,        /* IPv6 extension header to a VIP address */
 	DROP_REDIRECT_FAILED = 6, /* bpf_redirect to the egress interface failed */
-	DROP_REASON_MAX = 7,
+	DROP_NO_HEALTHY_BACKEND = 7, /* every backend of the VIP failed its health checks */
+	DROP_REASON_MAX = 8,
 };
 
 /* Slots per interface in the xdp action counters: XDP_ABORTED..XDP_REDIRECT. */
@@ -44,7 +45,13 @@ struct vip_meta {
 	__u32 vip_id; /* index into lookup tables and vip_stats */
 	__u8 mode;    /* enum fwd_mode */
 	__u8 sched;   /* enum sched_kind */
-	__u16 pad;
+	__u16 flags;  /* VIP_F_* */
+};
+
+enum vip_flags {
+	/* Backends are configured but all failed their checks: a new flow is
+	 * counted as DROP_NO_HEALTHY_BACKEND rather than DROP_NO_BACKEND. */
+	VIP_F_NO_HEALTHY = 1,
 };
 
 /* One backend of one VIP; the same server behind two VIPs has two ids. */
@@ -60,6 +67,9 @@ struct backend {
 
 enum backend_flags {
 	BACKEND_F_VALID = 1,
+	/* Failed its health checks: takes no packets, its flows are placed
+	 * again (the entry stays so counters and ids survive a flap). */
+	BACKEND_F_DOWN = 2,
 };
 
 struct flow_key {
@@ -73,8 +83,14 @@ struct flow_key {
 
 struct flow_val {
 	__u32 backend_id;
-	__u32 pad;
+	__u32 flags; /* FLOW_F_* */
 	__u64 last_seen_ns; /* bpf_ktime_get_coarse_ns, refreshed at most once a second */
+};
+
+enum flow_flags {
+	/* A TCP FIN or RST was seen: the flow is ending, it no longer counts
+	 * as open, and a SYN on the same 5-tuple starts a new flow. */
+	FLOW_F_CLOSING = 1,
 };
 
 struct lb_counters {

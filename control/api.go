@@ -17,7 +17,7 @@ import (
 //	GET    /v1/vips/{vip}/backends           -> []BackendStatus
 //	POST   /v1/vips/{vip}/backends    Backend      -> 201
 //	PATCH  /v1/vips/{vip}/backends/{backend} BackendPatch -> 204
-//	DELETE /v1/vips/{vip}/backends/{backend} -> 204
+//	DELETE /v1/vips/{vip}/backends/{backend}[?force=true] -> 204; 409 while it has open flows, unless forced
 //	GET    /v1/state                         -> State
 //	PUT    /v1/state                  State  -> 204 (apply)
 //	GET    /v1/stats                         -> Stats
@@ -49,7 +49,12 @@ type BackendStatus struct {
 	Backend
 	State string `json:"state"`
 	MAC   string `json:"mac,omitempty"`
-	Flows int    `json:"flows"` // connection table entries that point at it
+	Flows int    `json:"flows"` // open flows in the connection table that point at it
+	// Health checks (empty without a check): the last probe's outcome
+	// ("ok", "connect refused", "timeout", "http 503", ...) and when the
+	// backend last changed between up and down.
+	Check      string    `json:"check,omitempty"`
+	CheckSince time.Time `json:"check_since,omitzero"`
 }
 
 // CounterSet is packets, bytes and new flows since the program was loaded.

@@ -28,7 +28,10 @@ type Datapath interface {
 	BackendCounters() (map[uint32]loader.Counters, error) // by backend id
 	ActionCounters() ([]loader.ActionCount, error)
 	DropCounters() (map[string]uint64, error) // by drop reason name
-	FlowsByBackend() (map[uint32]int, error)  // connection table entries per backend id
+	// FlowsByBackend counts open flows per backend id: connection-table
+	// entries not closed by a TCP FIN/RST and seen within the idle
+	// timeout (loader.OpenFlowIdleTCP, loader.OpenFlowIdleUDP).
+	FlowsByBackend() (map[uint32]int, error)
 	ConntrackEntries() (int, error)
 	Status() (loader.Status, error)
 }

@@ -41,6 +41,9 @@ type VIPMeta struct {
 	ID   uint32 // 1..MaxVIPs-1; indexes the lookup table and VIP counters
 	Mode ForwardMode
 	Hash HashKind
+	// NoHealthy: backends are configured but every one failed its checks;
+	// new flows are dropped as "no_healthy_backend" (VIP_F_NO_HEALTHY).
+	NoHealthy bool
 }
 
 // Backend is one backend of one VIP as the data plane sees it.
@@ -52,6 +55,9 @@ type Backend struct {
 	MAC     net.HardwareAddr
 	SrcMAC  net.HardwareAddr // MAC of the egress interface
 	Ifindex uint32           // egress interface
+	// Down: failed its health checks. It takes no packets and its flows
+	// are placed again; the entry stays (BACKEND_F_DOWN).
+	Down bool
 }
 
 // Counters are summed over CPUs.

@@ -28,19 +28,21 @@ type xdplbBackendFlags uint32
 
 const (
 	xdplbBackendFlagsBACKEND_F_VALID xdplbBackendFlags = 1
+	xdplbBackendFlagsBACKEND_F_DOWN  xdplbBackendFlags = 2
 )
 
 type xdplbDropReason uint32
 
 const (
-	xdplbDropReasonDROP_NONE            xdplbDropReason = 0
-	xdplbDropReasonDROP_NO_BACKEND      xdplbDropReason = 1
-	xdplbDropReasonDROP_BACKEND_INVALID xdplbDropReason = 2
-	xdplbDropReasonDROP_MALFORMED_L4    xdplbDropReason = 3
-	xdplbDropReasonDROP_FRAGMENT        xdplbDropReason = 4
-	xdplbDropReasonDROP_IPV6EXT         xdplbDropReason = 5
-	xdplbDropReasonDROP_REDIRECT_FAILED xdplbDropReason = 6
-	xdplbDropReasonDROP_REASON_MAX      xdplbDropReason = 7
+	xdplbDropReasonDROP_NONE               xdplbDropReason = 0
+	xdplbDropReasonDROP_NO_BACKEND         xdplbDropReason = 1
+	xdplbDropReasonDROP_BACKEND_INVALID    xdplbDropReason = 2
+	xdplbDropReasonDROP_MALFORMED_L4       xdplbDropReason = 3
+	xdplbDropReasonDROP_FRAGMENT           xdplbDropReason = 4
+	xdplbDropReasonDROP_IPV6EXT            xdplbDropReason = 5
+	xdplbDropReasonDROP_REDIRECT_FAILED    xdplbDropReason = 6
+	xdplbDropReasonDROP_NO_HEALTHY_BACKEND xdplbDropReason = 7
+	xdplbDropReasonDROP_REASON_MAX         xdplbDropReason = 8
 )
 
 type xdplbFlowKey struct {
@@ -56,7 +58,7 @@ type xdplbFlowKey struct {
 type xdplbFlowVal struct {
 	_          structs.HostLayout
 	BackendId  uint32
-	Pad        uint32
+	Flags      uint32
 	LastSeenNs uint64
 }
 
@@ -93,7 +95,7 @@ type xdplbVipMeta struct {
 	VipId uint32
 	Mode  uint8
 	Sched uint8
-	Pad   uint16
+	Flags uint16
 }
 
 // Names of all BPF objects in the ELF.
