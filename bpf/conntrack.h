@@ -9,14 +9,17 @@
 
 #define NSEC_PER_SEC 1000000000ULL
 
-/* A backend entry is usable for a VIP while it is valid and still owned by
- * that VIP: ids are reused, and a stale flow must not follow an id that now
- * belongs to another VIP. */
+/* A backend entry is usable for a VIP while it is valid, not down and still
+ * owned by that VIP: ids are reused, and a stale flow must not follow an id
+ * that now belongs to another VIP. A down backend's entry stays VALID (ids
+ * and counters survive a flap) but takes no packets: its flows are placed
+ * again. Both flags are tested with one compare. */
 static __always_inline struct backend *backend_for(__u32 id, __u32 vip_id)
 {
 	struct backend *be = bpf_map_lookup_elem(&backends, &id);
 
-	if (!be || !(be->flags & BACKEND_F_VALID) || be->vip_id != vip_id)
+	if (!be || (be->flags & (BACKEND_F_VALID | BACKEND_F_DOWN)) != BACKEND_F_VALID ||
+	    be->vip_id != vip_id)
 		return NULL;
 	return be;
 }
@@ -37,12 +40,41 @@ static __always_inline struct flow_val *conntrack_lookup(const struct pkt *p)
 	return v;
 }
 
+/* A tracked flow's packet with SYN, FIN or RST (the rare case; plain
+ * packets never get here). Returns whether the packet stays on the entry's
+ * backend: a SYN on a closing entry is a new connection on a reused client
+ * port and is placed again, a SYN on a live entry is a retransmit. FIN or
+ * RST marks the entry closing, written once per flow, not per packet. */
+static __always_inline int conntrack_flagged(struct flow_val *v, __u8 tcp)
+{
+	if ((tcp & PKT_TCP_SYN) && (v->flags & FLOW_F_CLOSING))
+		return 0;
+	if ((tcp & PKT_TCP_END) && !(v->flags & FLOW_F_CLOSING))
+		v->flags |= FLOW_F_CLOSING;
+	return 1;
+}
+
+/* The flags of an entry about to be (re)written for a placed packet: a
+ * flow moved off an unusable backend stays closing if it was, a SYN starts
+ * afresh, and a FIN or RST (a flow that ends as it is placed) is closing. */
+static __always_inline __u32 conntrack_new_flags(const struct flow_val *old, __u8 tcp)
+{
+	__u32 flags = 0;
+
+	if (old && !(tcp & PKT_TCP_SYN))
+		flags = old->flags & FLOW_F_CLOSING;
+	if (tcp & PKT_TCP_END)
+		flags |= FLOW_F_CLOSING;
+	return flags;
+}
+
 /* Failure (an LRU under memory pressure) is not fatal: the next packet of
  * the flow is scheduled again from the same table, to the same backend. */
-static __always_inline void conntrack_insert(const struct pkt *p, __u32 backend_id)
+static __always_inline void conntrack_insert(const struct pkt *p, __u32 backend_id, __u32 flags)
 {
 	struct flow_val v = {
 		.backend_id = backend_id,
+		.flags = flags,
 		.last_seen_ns = bpf_ktime_get_coarse_ns(),
 	};
 

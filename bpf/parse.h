@@ -56,11 +56,25 @@ enum parse_result {
 	PARSE_MALFORMED_L4, /* pkt.flow.dst is set */
 };
 
+/* The TCP flags the data plane acts on, folded into one byte of struct pkt
+ * so that an established packet (none of them) costs one compare. */
+enum pkt_tcp {
+	PKT_TCP_SYN = 1, /* SYN without ACK: the first packet of a connection */
+	PKT_TCP_END = 2, /* FIN or RST: the connection is ending */
+};
+
 struct pkt {
 	struct flow_key flow; /* addresses IPv4-mapped, ports network order */
 	__u32 len;            /* whole frame, for byte counters */
-	__u8 tcp_syn;         /* a TCP SYN without ACK: the first packet of a flow */
+	__u8 tcp;             /* PKT_TCP_*; 0 for UDP */
 };
+
+/* TCP header flag bits, in the byte at offset 13. */
+#define TH_FIN 0x01
+#define TH_SYN 0x02
+#define TH_RST 0x04
+#define TH_ACK 0x10
+#define TH_FLAGS_OFF 13
 
 #define VLAN_HDR_LEN 4
 #define IP_MF 0x2000
@@ -80,6 +94,7 @@ static __always_inline void addr_from_v4(__u8 out[16], __be32 v4)
 static __always_inline int parse_tcp(void *l4, void *data_end, __u32 l4_len, struct pkt *p)
 {
 	struct tcphdr *th = l4;
+	__u8 flags;
 
 	if (l4_len < sizeof(*th))
 		return PARSE_MALFORMED_L4;
@@ -91,7 +106,12 @@ static __always_inline int parse_tcp(void *l4, void *data_end, __u32 l4_len, str
 		return PARSE_MALFORMED_L4;
 	p->flow.sport = th->source;
 	p->flow.dport = th->dest;
-	p->tcp_syn = th->syn && !th->ack;
+	/* One byte load instead of three bitfield reads. */
+	flags = *((__u8 *)th + TH_FLAGS_OFF);
+	if ((flags & (TH_SYN | TH_ACK)) == TH_SYN)
+		p->tcp |= PKT_TCP_SYN;
+	if (flags & (TH_FIN | TH_RST))
+		p->tcp |= PKT_TCP_END;
 	return PARSE_OK;
 }
 

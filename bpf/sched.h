@@ -62,6 +62,13 @@ static __always_inline __u32 flow_hash(const struct flow_key *k, __u8 sched)
 	return hash_final(h, 40);
 }
 
+/* Why a VIP has no backend for a new flow: every configured backend failed
+ * its checks (the control plane says so in vip_meta), or none is in service. */
+static __always_inline enum drop_reason no_backend_reason(const struct vip_meta *meta)
+{
+	return meta->flags & VIP_F_NO_HEALTHY ? DROP_NO_HEALTHY_BACKEND : DROP_NO_BACKEND;
+}
+
 /* Returns the backend id for a new flow, or 0 with *reason set. */
 static __always_inline __u32 schedule(const struct pkt *p, const struct vip_meta *meta,
 				      enum drop_reason *reason)
@@ -74,20 +81,20 @@ static __always_inline __u32 schedule(const struct pkt *p, const struct vip_meta
 	/* A TCP packet of an unknown flow that is not a SYN was placed earlier,
 	 * before a restart or by another LB node: only the 5-tuple hash, which
 	 * every node shares whatever the VIP's scheduler, finds it again. */
-	if (p->flow.proto == IPPROTO_TCP && !p->tcp_syn)
+	if (p->flow.proto == IPPROTO_TCP && !(p->tcp & PKT_TCP_SYN))
 		sched = SCHED_MAGLEV;
 	slot = flow_hash(&p->flow, sched) % cfg_lookup_size;
 
 	table = bpf_map_lookup_elem(&lookup, &vip_id);
 	if (!table) {
-		*reason = DROP_NO_BACKEND;
+		*reason = no_backend_reason(meta);
 		return 0;
 	}
 	/* slot < cfg_lookup_size == the inner map's size; the array lookup
 	 * checks the bound again, so a NULL here is only a defensive path. */
 	bid = bpf_map_lookup_elem(table, &slot);
 	if (!bid || *bid == 0) {
-		*reason = DROP_NO_BACKEND;
+		*reason = no_backend_reason(meta);
 		return 0;
 	}
 	return *bid;

@@ -17,6 +17,8 @@ char LICENSE[] SEC("license") = "GPL";
 const enum fwd_mode unused_fwd_mode __attribute__((unused));
 const enum sched_kind unused_sched_kind __attribute__((unused));
 const enum backend_flags unused_backend_flags __attribute__((unused));
+const enum vip_flags unused_vip_flags __attribute__((unused));
+const enum flow_flags unused_flow_flags __attribute__((unused));
 
 /* The rare paths with no port to match: ours (a VIP address) or not. */
 static __always_inline int drop_if_vip_addr(const struct pkt *p, enum drop_reason reason)
@@ -41,7 +43,7 @@ static __always_inline int process(struct xdp_md *ctx)
 	struct vip_meta *meta;
 	struct flow_val *fv;
 	struct backend *be;
-	__u32 vip_id, bid;
+	__u32 vip_id, bid, ct_flags;
 
 	switch (parse_packet(ctx, &p)) {
 	case PARSE_OK:
@@ -69,13 +71,17 @@ static __always_inline int process(struct xdp_md *ctx)
 	if (fv) {
 		bid = fv->backend_id;
 		be = backend_for(bid, vip_id);
-		if (be) {
+		/* An established packet carries no SYN, FIN or RST: one byte
+		 * compare, and the entry is not written. */
+		if (be && (!p.tcp || conntrack_flagged(fv, p.tcp))) {
 			count_lb(&vip_stats, vip_id, p.len, 0);
 			count_lb(&backend_stats, bid, p.len, 0);
 			return dr_forward(ctx, be);
 		}
-		/* Backend gone or reassigned: schedule again below. */
+		/* Backend gone, down or reassigned, or a SYN reusing the
+		 * 5-tuple of a closing flow: place it as a new flow below. */
 	}
+	ct_flags = conntrack_new_flags(fv, p.tcp);
 
 	be = NULL;
 	bid = schedule(&p, meta, &reason);
@@ -88,7 +94,7 @@ static __always_inline int process(struct xdp_md *ctx)
 	count_lb(&vip_stats, vip_id, p.len, be != NULL);
 	if (!be)
 		return drop(reason);
-	conntrack_insert(&p, bid);
+	conntrack_insert(&p, bid, ct_flags);
 	count_lb(&backend_stats, bid, p.len, 1);
 	return dr_forward(ctx, be);
 }

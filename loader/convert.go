@@ -91,6 +91,12 @@ func (d *Datapath) backendToC(b Backend) (xdplbBackend, error) {
 	if err != nil {
 		return xdplbBackend{}, err
 	}
+	// A down backend stays VALID: its id and counters are kept, and the
+	// program still tells its flows apart from those of a deleted one.
+	flags := uint16(xdplbBackendFlagsBACKEND_F_VALID)
+	if b.Down {
+		flags |= uint16(xdplbBackendFlagsBACKEND_F_DOWN)
+	}
 	return xdplbBackend{
 		Addr:    a,
 		Mac:     mac,
@@ -98,7 +104,7 @@ func (d *Datapath) backendToC(b Backend) (xdplbBackend, error) {
 		Ifindex: b.Ifindex,
 		VipId:   b.VIPID,
 		Port:    toNetPort(b.Port),
-		Flags:   uint16(xdplbBackendFlagsBACKEND_F_VALID),
+		Flags:   flags,
 	}, nil
 }
 
@@ -111,6 +117,24 @@ func backendFromC(id uint32, b xdplbBackend) Backend {
 		MAC:     net.HardwareAddr(append([]byte(nil), b.Mac[:]...)),
 		SrcMAC:  net.HardwareAddr(append([]byte(nil), b.SrcMac[:]...)),
 		Ifindex: b.Ifindex,
+		Down:    b.Flags&uint16(xdplbBackendFlagsBACKEND_F_DOWN) != 0,
+	}
+}
+
+func vipMetaToC(m VIPMeta) xdplbVipMeta {
+	var flags uint16
+	if m.NoHealthy {
+		flags |= uint16(xdplbVipFlagsVIP_F_NO_HEALTHY)
+	}
+	return xdplbVipMeta{VipId: m.ID, Mode: uint8(m.Mode), Sched: uint8(m.Hash), Flags: flags}
+}
+
+func vipMetaFromC(m xdplbVipMeta) VIPMeta {
+	return VIPMeta{
+		ID:        m.VipId,
+		Mode:      ForwardMode(m.Mode),
+		Hash:      HashKind(m.Sched),
+		NoHealthy: m.Flags&uint16(xdplbVipFlagsVIP_F_NO_HEALTHY) != 0,
 	}
 }
 

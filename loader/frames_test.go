@@ -37,6 +37,7 @@ type flow struct {
 	proto        Protocol
 	vlan         vlanKind
 	syn, ack     bool
+	fin, rst     bool
 	payload      []byte
 	ipv4Options  bool
 }
@@ -98,7 +99,7 @@ func (f flow) build(t testing.TB) []byte {
 	switch f.proto {
 	case ProtoTCP:
 		tcp := &layers.TCP{SrcPort: layers.TCPPort(f.sport), DstPort: layers.TCPPort(f.dport),
-			Seq: 1000, SYN: f.syn, ACK: f.ack, Window: 65535}
+			Seq: 1000, SYN: f.syn, ACK: f.ack, FIN: f.fin, RST: f.rst, Window: 65535}
 		if err := tcp.SetNetworkLayerForChecksum(nl); err != nil {
 			t.Fatal(err)
 		}

@@ -17,7 +17,7 @@ func (d *Datapath) VIPs() (map[VIPKey]VIPMeta, error) {
 	var m xdplbVipMeta
 	it := d.objs.Vips.Iterate()
 	for it.Next(&k, &m) {
-		out[vipKeyFromC(k)] = VIPMeta{ID: m.VipId, Mode: ForwardMode(m.Mode), Hash: HashKind(m.Sched)}
+		out[vipKeyFromC(k)] = vipMetaFromC(m)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("iterate vips: %w", err)
@@ -63,8 +63,7 @@ func (d *Datapath) PutVIP(k VIPKey, m VIPMeta) error {
 	if err := d.objs.VipAddrs.Put(ck.Addr, uint32(countAddr(cur, k.canonical())+1)); err != nil {
 		return fmt.Errorf("put vip %s: address: %w", k, err)
 	}
-	cm := xdplbVipMeta{VipId: m.ID, Mode: uint8(m.Mode), Sched: uint8(m.Hash)}
-	if err := d.objs.Vips.Put(ck, cm); err != nil {
+	if err := d.objs.Vips.Put(ck, vipMetaToC(m)); err != nil {
 		return fmt.Errorf("put vip %s: %w", k, err)
 	}
 	return nil
@@ -119,7 +118,7 @@ func (d *Datapath) DeleteVIP(k VIPKey) error {
 	return nil
 }
 
-// Backends returns every valid backend by id.
+// Backends returns every valid backend by id, down ones included.
 func (d *Datapath) Backends() (map[uint32]Backend, error) {
 	out := make(map[uint32]Backend)
 	err := readArray(d.objs.Backends, func(id uint32, b xdplbBackend) {
@@ -134,7 +133,12 @@ func (d *Datapath) Backends() (map[uint32]Backend, error) {
 }
 
 // PutBackend adds or updates a backend. A backend new to its id (the slot
-// was empty or held another backend) starts with zeroed counters.
+// was empty or held another backend) starts with zeroed counters; marking
+// it down or up keeps them. Down takes effect on the next packet: the
+// backend's flows are placed again from the VIP's lookup table. A table
+// slot naming a down backend drops new flows as backend_invalid, so when a
+// backend goes down write the table without it first, and when it comes
+// back mark it up before the table names it again.
 func (d *Datapath) PutBackend(b Backend) error {
 	cb, err := d.backendToC(b)
 	if err != nil {
@@ -260,7 +264,8 @@ func (d *Datapath) LookupTable(vipID uint32) ([]uint32, error) {
 }
 
 // DeleteLookupTable removes vipID's table; new flows to the VIP are then
-// dropped as DROP_NO_BACKEND. Deleting an absent table is not an error.
+// dropped as DROP_NO_BACKEND, or DROP_NO_HEALTHY_BACKEND while the VIP is
+// marked NoHealthy. Deleting an absent table is not an error.
 func (d *Datapath) DeleteLookupTable(vipID uint32) error {
 	err := d.objs.Lookup.Delete(vipID)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {

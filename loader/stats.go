@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
+	"golang.org/x/sys/unix"
 )
 
 // actionNames are the XDP verdicts in kernel order (XDP_ABORTED = 0 ...),
@@ -158,15 +160,63 @@ func (d *Datapath) walkConntrack(fn func(xdplbFlowKey, xdplbFlowVal)) error {
 	}
 }
 
-// FlowsByBackend counts connection-table entries per backend id. Entries
-// stay until the LRU evicts them, so this includes finished flows.
+// How long a flow without packets still counts as open (FlowsByBackend).
+// Entries themselves stay until the LRU evicts them; these only decide
+// whether an idle one is still a connection an operator must wait for.
+const (
+	OpenFlowIdleTCP = 15 * time.Minute
+	OpenFlowIdleUDP = 2 * time.Minute
+)
+
+// FlowsByBackend counts the open flows per backend id: entries not marked
+// closing by a FIN or RST and seen within OpenFlowIdleTCP or
+// OpenFlowIdleUDP. Finished flows stay in the table until the LRU evicts
+// them and are not counted.
 func (d *Datapath) FlowsByBackend() (map[uint32]int, error) {
+	now, err := monotonicCoarse()
+	if err != nil {
+		return nil, err
+	}
+	return d.openFlowsByBackend(now)
+}
+
+// monotonicCoarse reads the clock behind bpf_ktime_get_coarse_ns, which
+// stamps flow_val.last_seen_ns.
+func monotonicCoarse() (time.Duration, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
+		return 0, fmt.Errorf("read monotonic clock: %w", err)
+	}
+	return time.Duration(ts.Nano()), nil
+}
+
+// openFlowsByBackend is FlowsByBackend at a given time of the coarse
+// monotonic clock.
+func (d *Datapath) openFlowsByBackend(now time.Duration) (map[uint32]int, error) {
 	out := make(map[uint32]int)
-	err := d.walkConntrack(func(_ xdplbFlowKey, v xdplbFlowVal) { out[v.BackendId]++ })
+	err := d.walkConntrack(func(k xdplbFlowKey, v xdplbFlowVal) {
+		if flowOpen(k, v, now) {
+			out[v.BackendId]++
+		}
+	})
 	return out, err
 }
 
-// ConntrackEntries is the number of connection-table entries.
+func flowOpen(k xdplbFlowKey, v xdplbFlowVal, now time.Duration) bool {
+	if v.Flags&uint32(xdplbFlowFlagsFLOW_F_CLOSING) != 0 {
+		return false
+	}
+	idle := OpenFlowIdleTCP
+	if Protocol(k.Proto) == ProtoUDP {
+		idle = OpenFlowIdleUDP
+	}
+	// An entry refreshed during the walk is stamped after now: fresh.
+	seen := time.Duration(v.LastSeenNs)
+	return seen >= now || now-seen < idle
+}
+
+// ConntrackEntries is the number of connection-table entries, finished
+// flows included.
 func (d *Datapath) ConntrackEntries() (int, error) {
 	n := 0
 	err := d.walkConntrack(func(xdplbFlowKey, xdplbFlowVal) { n++ })

@@ -45,6 +45,12 @@ const (
 	xdplbDropReasonDROP_REASON_MAX         xdplbDropReason = 8
 )
 
+type xdplbFlowFlags uint32
+
+const (
+	xdplbFlowFlagsFLOW_F_CLOSING xdplbFlowFlags = 1
+)
+
 type xdplbFlowKey struct {
 	_     structs.HostLayout
 	Src   [16]uint8
@@ -82,6 +88,12 @@ const (
 	xdplbSchedKindSCHED_SH     xdplbSchedKind = 2
 )
 
+type xdplbVipFlags uint32
+
+const (
+	xdplbVipFlagsVIP_F_NO_HEALTHY xdplbVipFlags = 1
+)
+
 type xdplbVipKey struct {
 	_     structs.HostLayout
 	Addr  [16]uint8
@@ -115,8 +127,10 @@ const (
 	xdplbProgXdplbPass         = "xdplb_pass"
 	xdplbVarCfgLookupSize      = "cfg_lookup_size"
 	xdplbVarUnusedBackendFlags = "unused_backend_flags"
+	xdplbVarUnusedFlowFlags    = "unused_flow_flags"
 	xdplbVarUnusedFwdMode      = "unused_fwd_mode"
 	xdplbVarUnusedSchedKind    = "unused_sched_kind"
+	xdplbVarUnusedVipFlags     = "unused_vip_flags"
 )
 
 // loadXdplb returns the embedded CollectionSpec for xdplb.
@@ -186,8 +200,10 @@ type xdplbMapSpecs struct {
 type xdplbVariableSpecs struct {
 	CfgLookupSize      *ebpf.VariableSpec `ebpf:"cfg_lookup_size"`
 	UnusedBackendFlags *ebpf.VariableSpec `ebpf:"unused_backend_flags"`
+	UnusedFlowFlags    *ebpf.VariableSpec `ebpf:"unused_flow_flags"`
 	UnusedFwdMode      *ebpf.VariableSpec `ebpf:"unused_fwd_mode"`
 	UnusedSchedKind    *ebpf.VariableSpec `ebpf:"unused_sched_kind"`
+	UnusedVipFlags     *ebpf.VariableSpec `ebpf:"unused_vip_flags"`
 }
 
 // xdplbObjects contains all objects after they have been loaded into the kernel.
@@ -241,8 +257,10 @@ func (m *xdplbMaps) Close() error {
 type xdplbVariables struct {
 	CfgLookupSize      *ebpf.Variable `ebpf:"cfg_lookup_size"`
 	UnusedBackendFlags *ebpf.Variable `ebpf:"unused_backend_flags"`
+	UnusedFlowFlags    *ebpf.Variable `ebpf:"unused_flow_flags"`
 	UnusedFwdMode      *ebpf.Variable `ebpf:"unused_fwd_mode"`
 	UnusedSchedKind    *ebpf.Variable `ebpf:"unused_sched_kind"`
+	UnusedVipFlags     *ebpf.Variable `ebpf:"unused_vip_flags"`
 }
 
 // xdplbPrograms contains all programs after they have been loaded into the kernel.
