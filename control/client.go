@@ -118,9 +118,14 @@ func (c *Client) SetBackend(ctx context.Context, id VIPID, addr netip.Addr, port
 	return c.do(ctx, http.MethodPatch, backendPath(id, addr, port), p, nil)
 }
 
-// DeleteBackend removes a backend from a VIP.
-func (c *Client) DeleteBackend(ctx context.Context, id VIPID, addr netip.Addr, port uint16) error {
-	return c.do(ctx, http.MethodDelete, backendPath(id, addr, port), nil, nil)
+// DeleteBackend removes a backend from a VIP. Without force the daemon
+// refuses (409, ErrHasFlows in the message) while the backend has open flows.
+func (c *Client) DeleteBackend(ctx context.Context, id VIPID, addr netip.Addr, port uint16, force bool) error {
+	p := backendPath(id, addr, port)
+	if force {
+		p += "?force=true"
+	}
+	return c.do(ctx, http.MethodDelete, p, nil, nil)
 }
 
 // State returns the whole desired state.

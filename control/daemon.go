@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/xdplb/xdplb/healthcheck"
 	"github.com/xdplb/xdplb/loader"
 )
 
@@ -174,7 +175,17 @@ func RunDaemonWith(ctx context.Context, cfg DaemonConfig, open OpenDatapath) (er
 		log.Info("daemon stopped; XDP program, maps and announced addresses stay in place, forwarding continues")
 	}()
 
-	rec := NewReconciler(store, dp, nw, nil, log)
+	// Health first: the initial reconcile hands it the restored state, whose
+	// backends begin up (a restart must not stop forwarding).
+	hm := NewHealthMetrics()
+	checks := healthcheck.NewManager(healthcheck.Options{
+		Clock:        healthcheck.RealClock(),
+		Prober:       healthcheck.NewProber(),
+		Logger:       log,
+		OnProbe:      hm.ObserveProbe,
+		OnTransition: hm.ObserveTransition,
+	})
+	rec := NewReconciler(store, dp, nw, NewHealthChecker(checks), log)
 	if err := rec.Reconcile(ctx); err != nil {
 		return fmt.Errorf("initial reconcile: %w", err)
 	}
@@ -195,11 +206,12 @@ func RunDaemonWith(ctx context.Context, cfg DaemonConfig, open OpenDatapath) (er
 	})
 	coll := NewCollector(dp, store, rec, cfg.Version, log)
 	goRun(func() {
-		if err := ServeMetrics(ctx, metricsLn, coll, log); err != nil {
+		if err := ServeMetrics(ctx, metricsLn, coll, log, hm); err != nil {
 			errc <- err
 		}
 	})
 	goRun(func() { nw.Watch(ctx) })
+	goRun(func() { checks.Run(ctx) })
 	goRun(func() { rec.Run(ctx) })
 	log.Info("daemon running", "iface", cfg.Interfaces, "socket", cfg.SocketPath,
 		"metrics", metricsLn.Addr().String(), "state_dir", cfg.StateDir, "vips", len(store.State().VIPs))

@@ -9,9 +9,12 @@ import (
 	"net/http"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/xdplb/xdplb/healthcheck"
 )
 
 // DefaultMetricsAddr is where /metrics is served unless told otherwise.
@@ -173,12 +176,74 @@ func (c *Collector) collect(ch chan<- prometheus.Metric) error {
 	return errors.Join(errs...)
 }
 
-// ServeMetrics serves /metrics for c on ln until ctx is done. It uses its
-// own registry: the process-global one holds nothing of ours.
-func ServeMetrics(ctx context.Context, ln net.Listener, c *Collector, log *slog.Logger) error {
+// ProbeBuckets are the bounds of xdplb_healthcheck_duration_seconds: from
+// 100µs (a TCP connect on the same segment) to 5s (the longest sensible
+// timeout), about three per decade.
+var ProbeBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}
+
+// HealthMetrics counts what the health checker does; it is fed by the
+// healthcheck.Manager's OnProbe and OnTransition hooks, as the events
+// happen, since there is no map to read at scrape time.
+type HealthMetrics struct {
+	duration    *prometheus.HistogramVec
+	transitions *prometheus.CounterVec
+}
+
+// NewHealthMetrics returns the health-check metrics, all at zero.
+func NewHealthMetrics() *HealthMetrics {
+	m := &HealthMetrics{
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "xdplb_healthcheck_duration_seconds",
+			Help:    "Duration of health-check probes, by check type, failed ones included.",
+			Buckets: ProbeBuckets,
+		}, []string{"type"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xdplb_healthcheck_transitions_total",
+			Help: "Backends that went up or down by their health checks.",
+		}, []string{"to"}),
+	}
+	// Both directions exist from the start, so that rate() and alerts see
+	// a 0 rather than no series.
+	m.transitions.WithLabelValues("up")
+	m.transitions.WithLabelValues("down")
+	return m
+}
+
+// ObserveProbe is a healthcheck.Options.OnProbe.
+func (m *HealthMetrics) ObserveProbe(k healthcheck.Kind, d time.Duration, _ bool) {
+	m.duration.WithLabelValues(string(k)).Observe(d.Seconds())
+}
+
+// ObserveTransition is a healthcheck.Options.OnTransition.
+func (m *HealthMetrics) ObserveTransition(t healthcheck.Transition) {
+	to := "down"
+	if t.Up {
+		to = "up"
+	}
+	m.transitions.WithLabelValues(to).Inc()
+}
+
+// Describe implements prometheus.Collector.
+func (m *HealthMetrics) Describe(ch chan<- *prometheus.Desc) {
+	m.duration.Describe(ch)
+	m.transitions.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (m *HealthMetrics) Collect(ch chan<- prometheus.Metric) {
+	m.duration.Collect(ch)
+	m.transitions.Collect(ch)
+}
+
+// ServeMetrics serves /metrics for c and more (e.g. HealthMetrics) on ln
+// until ctx is done. It uses its own registry: the process-global one holds
+// nothing of ours.
+func ServeMetrics(ctx context.Context, ln net.Listener, c *Collector, log *slog.Logger, more ...prometheus.Collector) error {
 	reg := prometheus.NewRegistry()
-	if err := reg.Register(c); err != nil {
-		return fmt.Errorf("register collector: %w", err)
+	for _, c := range append([]prometheus.Collector{c}, more...) {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register collector: %w", err)
+		}
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogErrorLog{log}}))

@@ -5,12 +5,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/xdplb/xdplb/control/controltest"
+	"github.com/xdplb/xdplb/healthcheck"
 	"github.com/xdplb/xdplb/loader"
 )
 
@@ -117,7 +120,9 @@ func TestServeMetrics(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- ServeMetrics(ctx, ln, NewCollector(f.dp, f.store, f.rec, "v9", nil), nil) }()
+	hm := NewHealthMetrics()
+	hm.ObserveProbe(healthcheck.TCP, 3*time.Millisecond, true)
+	go func() { done <- ServeMetrics(ctx, ln, NewCollector(f.dp, f.store, f.rec, "v9", nil), nil, hm) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -133,6 +138,11 @@ func TestServeMetrics(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(b), `xdplb_build_info{version="v9"} 1`) {
 		t.Fatalf("%d %s", resp.StatusCode, b)
 	}
+	for _, line := range []string{`xdplb_healthcheck_duration_seconds_count{type="tcp"} 1`, `xdplb_healthcheck_transitions_total{to="down"} 0`} {
+		if !strings.Contains(string(b), line) {
+			t.Errorf("/metrics lacks %q", line)
+		}
+	}
 	// Its own registry: no Go runtime metrics of the global one.
 	if strings.Contains(string(b), "go_goroutines") {
 		t.Fatal("global registry served")
@@ -146,4 +156,91 @@ func registryWith(t *testing.T, c *Collector) *prometheus.Registry {
 		t.Fatal(err)
 	}
 	return reg
+}
+
+func TestHealthMetrics(t *testing.T) {
+	hm := NewHealthMetrics()
+	for _, d := range []time.Duration{50 * time.Microsecond, 300 * time.Microsecond, 2 * time.Millisecond, 600 * time.Millisecond} {
+		hm.ObserveProbe(healthcheck.TCP, d, true)
+	}
+	hm.ObserveProbe(healthcheck.HTTP, 6*time.Second, false) // beyond the last bucket: +Inf only
+	hm.ObserveTransition(healthcheck.Transition{ID: "a", Up: false, Reason: "timeout"})
+	hm.ObserveTransition(healthcheck.Transition{ID: "b", Up: false, Reason: "timeout"})
+	hm.ObserveTransition(healthcheck.Transition{ID: "a", Up: true, Reason: "ok"})
+
+	want := `
+# HELP xdplb_healthcheck_transitions_total Backends that went up or down by their health checks.
+# TYPE xdplb_healthcheck_transitions_total counter
+xdplb_healthcheck_transitions_total{to="down"} 2
+xdplb_healthcheck_transitions_total{to="up"} 1
+`
+	if err := testutil.CollectAndCompare(hm, strings.NewReader(want), "xdplb_healthcheck_transitions_total"); err != nil {
+		t.Error(err)
+	}
+	want = `
+# HELP xdplb_healthcheck_duration_seconds Duration of health-check probes, by check type, failed ones included.
+# TYPE xdplb_healthcheck_duration_seconds histogram
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.0001"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.00025"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.0005"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.001"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.0025"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.005"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.01"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.025"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.05"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.1"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.25"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.5"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="1"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="2.5"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="5"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="+Inf"} 1
+xdplb_healthcheck_duration_seconds_sum{type="http"} 6
+xdplb_healthcheck_duration_seconds_count{type="http"} 1
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.0001"} 1
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.00025"} 1
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.0005"} 2
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.001"} 2
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.0025"} 3
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.005"} 3
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.01"} 3
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.025"} 3
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.05"} 3
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.1"} 3
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.25"} 3
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.5"} 3
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="1"} 4
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="2.5"} 4
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="5"} 4
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="+Inf"} 4
+xdplb_healthcheck_duration_seconds_sum{type="tcp"} 0.6023499999999999
+xdplb_healthcheck_duration_seconds_count{type="tcp"} 4
+`
+	if err := testutil.CollectAndCompare(hm, strings.NewReader(want), "xdplb_healthcheck_duration_seconds"); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestCollectorBackendUpFollowsHealth: xdplb_backend_up is 1 only for a
+// backend that takes new flows: not when down, not when drained.
+func TestCollectorBackendUpFollowsHealth(t *testing.T) {
+	f := newHealthFixture(t, testTableSize, "10.0.0.1", "10.0.0.2", "10.0.0.3")
+	drain := true
+	if err := f.store.SetBackend(vip1, netip.MustParseAddr("10.0.0.3"), 0, BackendPatch{Drain: &drain}); err != nil {
+		t.Fatal(err)
+	}
+	f.health.set(vip1, "10.0.0.2", false, "timeout")
+	f.reconcile(t)
+	want := `
+# HELP xdplb_backend_up 1 if the backend takes new flows.
+# TYPE xdplb_backend_up gauge
+xdplb_backend_up{backend="10.0.0.1",vip="10.0.0.100:80/tcp"} 1
+xdplb_backend_up{backend="10.0.0.2",vip="10.0.0.100:80/tcp"} 0
+xdplb_backend_up{backend="10.0.0.3",vip="10.0.0.100:80/tcp"} 0
+`
+	c := NewCollector(f.dp, f.store, f.rec, "dev", nil)
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "xdplb_backend_up"); err != nil {
+		t.Error(err)
+	}
 }

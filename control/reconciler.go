@@ -12,18 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/xdplb/xdplb/healthcheck"
 	"github.com/xdplb/xdplb/loader"
 )
-
-// Health says whether a backend passes its health checks. The health
-// checker arrives with a later issue; until then every backend is up.
-type Health interface {
-	Up(vip VIPID, b Backend) bool
-}
-
-type allUp struct{}
-
-func (allUp) Up(VIPID, Backend) bool { return true }
 
 // StateSource is the desired state; *Store implements it.
 type StateSource interface {
@@ -73,6 +64,12 @@ type Reconciler struct {
 	backendIDs idAllocator
 	unresolved map[netip.Addr]bool
 	info       map[backendKey]BackendInfo
+	healthUp   map[backendKey]bool // health of the last pass, to log each change once
+	// tables holds, by VIP id, the backends whose table the map holds (nil:
+	// no table), so that a pass rebuilds and rewrites only the tables whose
+	// usable set changed. Unknown ids (a fresh daemon) are compared with
+	// the map.
+	tables map[uint32][]MaglevBackend
 
 	ok, failed atomic.Uint64
 }
@@ -89,6 +86,8 @@ func NewReconciler(src StateSource, dp Datapath, nw Network, health Health, log 
 		src: src, dp: dp, net: nw, health: health, log: log,
 		unresolved: map[netip.Addr]bool{},
 		info:       map[backendKey]BackendInfo{},
+		healthUp:   map[backendKey]bool{},
+		tables:     map[uint32][]MaglevBackend{},
 	}
 }
 
@@ -103,8 +102,15 @@ func (r *Reconciler) Backend(vip VIPID, addr netip.Addr, port uint16) (BackendIn
 	return bi, ok
 }
 
-// Run reconciles on every state change, neighbour change and
-// ReconcileInterval until ctx is done.
+// HealthStatus is the health-check state of a backend; false when its VIP
+// has no check.
+func (r *Reconciler) HealthStatus(vip VIPID, b Backend) (healthcheck.Status, bool) {
+	return r.health.Status(vip, b)
+}
+
+// Run reconciles on every state change, neighbour change, health change
+// and ReconcileInterval until ctx is done. A health change is applied at
+// once: a backend that fails leaves the lookup tables within one pass.
 func (r *Reconciler) Run(ctx context.Context) {
 	t := time.NewTicker(ReconcileInterval)
 	defer t.Stop()
@@ -113,12 +119,14 @@ func (r *Reconciler) Run(ctx context.Context) {
 	if r.net != nil {
 		netCh = r.net.Changes()
 	}
+	healthCh := r.health.Changes()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-stateCh:
 		case <-netCh:
+		case <-healthCh:
 		case <-t.C:
 		}
 		if err := r.Reconcile(ctx); err != nil && ctx.Err() == nil {
@@ -145,12 +153,12 @@ func VIPIDOf(k loader.VIPKey) VIPID {
 	return VIPID{Addr: k.Addr.Unmap(), Port: k.Port, Protocol: p}
 }
 
-func vipMeta(v VIP, id uint32) loader.VIPMeta {
+func vipMeta(v VIP, id uint32, noHealthy bool) loader.VIPMeta {
 	h := loader.HashMaglev
 	if v.Scheduler == SchedSH {
 		h = loader.HashSource
 	}
-	return loader.VIPMeta{ID: id, Mode: loader.ModeDR, Hash: h}
+	return loader.VIPMeta{ID: id, Mode: loader.ModeDR, Hash: h, NoHealthy: noHealthy}
 }
 
 // idAllocator hands out ids round-robin in 1..limit-1 rather than the
@@ -187,7 +195,7 @@ func (a *idAllocator) alloc(used map[uint32]bool, limit uint32) (uint32, error) 
 
 func sameBackend(a, b loader.Backend) bool {
 	return a.ID == b.ID && a.VIPID == b.VIPID && a.Addr == b.Addr && a.Port == b.Port &&
-		a.Ifindex == b.Ifindex && slices.Equal(a.MAC, b.MAC) && slices.Equal(a.SrcMAC, b.SrcMAC)
+		a.Ifindex == b.Ifindex && slices.Equal(a.MAC, b.MAC) && slices.Equal(a.SrcMAC, b.SrcMAC) && a.Down == b.Down
 }
 
 // Reconcile runs one pass and counts it in xdplb_reconciles_total.
@@ -205,6 +213,7 @@ func (r *Reconciler) Reconcile(ctx context.Context) error {
 
 func (r *Reconciler) reconcile(ctx context.Context) error {
 	st := r.src.State()
+	r.health.Sync(st)
 	curVIPs, err := r.dp.VIPs()
 	if err != nil {
 		return fmt.Errorf("read vips: %w", err)
@@ -223,9 +232,12 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 	}
 	beUsed := map[uint32]bool{}
 	beByRef := map[backendRef]loader.Backend{}
-	for id, b := range curBackends {
-		beUsed[id] = true
+	beByVIP := map[uint32][]loader.Backend{} // by id order: deletes are deterministic
+	beSorted := sortedBackends(curBackends)
+	for _, b := range beSorted {
+		beUsed[b.ID] = true
 		beByRef[backendRef{b.VIPID, b.Addr.Unmap(), b.Port}] = b
+		beByVIP[b.VIPID] = append(beByVIP[b.VIPID], b)
 	}
 
 	var errs []error
@@ -245,20 +257,20 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("delete vip %s: %w", VIPIDOf(k), err))
 			continue
 		}
+		delete(r.tables, m.ID)
 		if err := r.dp.DeleteLookupTable(m.ID); err != nil {
 			errs = append(errs, fmt.Errorf("delete lookup table of vip %s: %w", VIPIDOf(k), err))
 		}
-		for _, b := range sortedBackends(curBackends) {
-			if b.VIPID == m.ID {
-				if err := r.dp.DeleteBackend(b.ID); err != nil {
-					errs = append(errs, fmt.Errorf("delete backend %s of vip %s: %w", b.Addr, VIPIDOf(k), err))
-				}
+		for _, b := range beByVIP[m.ID] {
+			if err := r.dp.DeleteBackend(b.ID); err != nil {
+				errs = append(errs, fmt.Errorf("delete backend %s of vip %s: %w", b.Addr, VIPIDOf(k), err))
 			}
 		}
 		r.log.Info("vip removed", "vip", VIPIDOf(k))
 	}
 
 	info := map[backendKey]BackendInfo{}
+	healthUp := map[backendKey]bool{}
 	vipIDs := map[uint32]bool{} // ids of the VIPs in the maps after this pass
 	announce := map[netip.Addr]bool{}
 	liveAddrs := map[netip.Addr]bool{}
@@ -274,7 +286,7 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 			}
 		}
 		vipIDs[id] = true
-		if err := r.reconcileVIP(ctx, v, id, exists, cur, beByRef, beUsed, info, liveAddrs); err != nil {
+		if err := r.reconcileVIP(ctx, v, id, exists, cur, beByRef, beByVIP[id], beUsed, info, healthUp, liveAddrs); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -284,7 +296,7 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 	}
 	// Backends of a VIP id that has no VIP entry are left over from an
 	// interrupted pass (backends are written before their VIP).
-	for _, b := range sortedBackends(curBackends) {
+	for _, b := range beSorted {
 		if vipIDs[b.VIPID] || vipUsedBefore[b.VIPID] {
 			continue
 		}
@@ -292,7 +304,12 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("delete orphan backend %d: %w", b.ID, err))
 		}
 	}
-	r.info = info
+	r.info, r.healthUp = info, healthUp
+	for id := range r.tables {
+		if !vipIDs[id] {
+			delete(r.tables, id)
+		}
+	}
 	for a := range r.unresolved {
 		if !liveAddrs[a] {
 			delete(r.unresolved, a)
@@ -312,24 +329,51 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 
 // reconcileVIP writes one VIP: backends, then lookup table, then the VIP
 // entry; backends that left the VIP are deleted last, once the new table no
-// longer points at them.
+// longer points at them, and so are the Down flags of backends that just
+// failed: no packet finds a table slot that names a backend marked down.
+//
+// A backend is usable (in the table) when it is resolved, not drained and
+// passes its checks. One that fails its checks keeps its entry, marked Down
+// (its flows are placed again by the data plane); a drained one keeps its
+// entry as is (its flows continue). When every configured, not drained
+// backend fails, the VIP has no table and is marked NoHealthy.
 func (r *Reconciler) reconcileVIP(ctx context.Context, v VIP, id uint32, exists bool, cur loader.VIPMeta,
-	beByRef map[backendRef]loader.Backend, beUsed map[uint32]bool, info map[backendKey]BackendInfo,
-	liveAddrs map[netip.Addr]bool) error {
+	beByRef map[backendRef]loader.Backend, curBackends []loader.Backend, beUsed map[uint32]bool,
+	info map[backendKey]BackendInfo, healthUp map[backendKey]bool, liveAddrs map[netip.Addr]bool) error {
 	vid := v.ID()
 	var errs []error
 	var maglev []MaglevBackend
+	var late []loader.Backend // entries going down, written after the table
 	keep := map[uint32]bool{}
+	active, healthy := 0, 0 // backends not drained; of them, passing checks
+	put := func(b loader.Backend, wasUp bool) error {
+		if b.Down && wasUp {
+			late = append(late, b)
+			return nil
+		}
+		return r.dp.PutBackend(b)
+	}
 	for _, b := range v.Backends {
 		addr := b.Address.Unmap()
 		liveAddrs[addr] = true
+		key := backendKey{vid, addr, b.Port}
 		ref := backendRef{id, addr, b.Port}
 		old, had := beByRef[ref]
 		bid := old.ID
+		drained := b.Weight == 0 || b.Drain
+		up := r.health.Up(vid, b)
+		r.logHealth(vid, b, key, up)
+		healthUp[key] = up
+		if !drained {
+			active++
+			if up {
+				healthy++
+			}
+		}
 		bi := BackendInfo{ID: bid}
 		nb, rerr := r.resolve(ctx, addr)
 		if rerr != nil || nb.MAC == nil {
-			bi.State = BackendUnresolved
+			bi.State = backendState(drained, up, false)
 			if !r.unresolved[addr] {
 				r.unresolved[addr] = true
 				if rerr != nil {
@@ -340,10 +384,17 @@ func (r *Reconciler) reconcileVIP(ctx context.Context, v VIP, id uint32, exists 
 			}
 			if had {
 				// Keep the entry (last known MAC) for its open flows; it
-				// only leaves the table.
+				// only leaves the table, and follows the checks.
 				keep[bid] = true
+				if old.Down == up {
+					want := old
+					want.Down = !up
+					if err := put(want, !old.Down); err != nil {
+						errs = append(errs, fmt.Errorf("put backend %s of vip %s: %w", addr, vid, err))
+					}
+				}
 			}
-			info[backendKey{vid, addr, b.Port}] = bi
+			info[key] = bi
 			continue
 		}
 		if !had {
@@ -362,29 +413,24 @@ func (r *Reconciler) reconcileVIP(ctx context.Context, v VIP, id uint32, exists 
 		}
 		bi.MAC, bi.Iface = nb.MAC.String(), nb.Iface
 		want := loader.Backend{ID: bid, VIPID: id, Addr: addr, Port: b.Port,
-			MAC: nb.MAC, SrcMAC: nb.SrcMAC, Ifindex: uint32(nb.Ifindex)}
+			MAC: nb.MAC, SrcMAC: nb.SrcMAC, Ifindex: uint32(nb.Ifindex), Down: !up}
 		keep[bid] = true
 		if !had || !sameBackend(old, want) {
-			if err := r.dp.PutBackend(want); err != nil {
+			if err := put(want, had && !old.Down); err != nil {
 				errs = append(errs, fmt.Errorf("put backend %s of vip %s: %w", addr, vid, err))
-				info[backendKey{vid, addr, b.Port}] = BackendInfo{ID: bid, State: BackendUnresolved}
+				info[key] = BackendInfo{ID: bid, State: BackendUnresolved}
 				continue
 			}
 		}
-		switch {
-		case b.Weight == 0 || b.Drain:
-			bi.State = BackendDraining
-		case !r.health.Up(vid, b):
-			bi.State = BackendDown
-		default:
-			bi.State = BackendUp
+		bi.State = backendState(drained, up, true)
+		if bi.State == BackendUp {
 			port := b.Port
 			if port == 0 {
 				port = v.Port
 			}
 			maglev = append(maglev, MaglevBackend{ID: bid, Key: MaglevKey(addr, port), Weight: b.Weight})
 		}
-		info[backendKey{vid, addr, b.Port}] = bi
+		info[key] = bi
 	}
 	if len(errs) > 0 {
 		// Leave the table and entry as they are rather than publish a
@@ -392,45 +438,126 @@ func (r *Reconciler) reconcileVIP(ctx context.Context, v VIP, id uint32, exists 
 		return errors.Join(errs...)
 	}
 
-	curTable, err := r.dp.LookupTable(id)
-	if err != nil {
-		return fmt.Errorf("read lookup table of vip %s: %w", vid, err)
+	noHealthy := active > 0 && healthy == 0
+	if noHealthy && (!exists || !cur.NoHealthy) {
+		r.log.Warn("vip has no healthy backend: new flows are dropped", "vip", vid, "backends", active)
+	} else if !noHealthy && exists && cur.NoHealthy {
+		r.log.Info("vip has a healthy backend again", "vip", vid)
 	}
-	if len(maglev) == 0 {
-		if curTable != nil {
-			// Packets of new flows are dropped (no backend) either way; no
-			// table saves a map of LookupTableSize entries.
-			if err := r.dp.DeleteLookupTable(id); err != nil {
-				return fmt.Errorf("delete lookup table of vip %s: %w", vid, err)
-			}
+	meta := vipMeta(v, id, noHealthy)
+	putMeta := func() error {
+		if exists && cur == meta {
+			return nil
 		}
-	} else {
-		table := BuildMaglev(maglev, r.dp.LookupTableSize())
-		if !slices.Equal(curTable, table) {
-			if err := r.dp.PutLookupTable(id, table); err != nil {
-				return fmt.Errorf("put lookup table of vip %s: %w", vid, err)
-			}
-		}
-	}
-
-	meta := vipMeta(v, id)
-	if !exists || cur != meta {
 		if err := r.dp.PutVIP(VIPKeyOf(vid), meta); err != nil {
 			return fmt.Errorf("put vip %s: %w", vid, err)
 		}
 		if !exists {
 			r.log.Info("vip added", "vip", vid, "id", id)
 		}
+		return nil
+	}
+	if len(maglev) == 0 {
+		// The VIP entry first, so that packets of new flows are counted
+		// under the right reason as soon as the table is gone.
+		if err := putMeta(); err != nil {
+			return err
+		}
+		if err := r.syncTable(id, vid, nil); err != nil {
+			return err
+		}
+	} else {
+		if err := r.syncTable(id, vid, maglev); err != nil {
+			return err
+		}
+		if err := putMeta(); err != nil {
+			return err
+		}
 	}
 
-	for ref, b := range beByRef {
-		if ref.VIP == id && !keep[b.ID] {
+	for _, b := range late {
+		if err := r.dp.PutBackend(b); err != nil {
+			errs = append(errs, fmt.Errorf("put backend %s of vip %s: %w", b.Addr, vid, err))
+		}
+	}
+	for _, b := range curBackends {
+		if !keep[b.ID] {
 			if err := r.dp.DeleteBackend(b.ID); err != nil {
 				errs = append(errs, fmt.Errorf("delete backend %s of vip %s: %w", b.Addr, vid, err))
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// syncTable makes VIP id's lookup table the Maglev table of backends (none:
+// no table). When the backends are those of the table this reconciler last
+// wrote, it neither reads the map nor builds the table: a health change on
+// one VIP costs one table, not one per VIP.
+func (r *Reconciler) syncTable(id uint32, vid VIPID, backends []MaglevBackend) error {
+	if last, ok := r.tables[id]; ok && slices.Equal(last, backends) {
+		return nil
+	}
+	delete(r.tables, id) // unknown until written
+	curTable, err := r.dp.LookupTable(id)
+	if err != nil {
+		return fmt.Errorf("read lookup table of vip %s: %w", vid, err)
+	}
+	if len(backends) == 0 {
+		if curTable != nil {
+			// Packets of new flows are dropped either way; no table
+			// saves a map of LookupTableSize entries.
+			if err := r.dp.DeleteLookupTable(id); err != nil {
+				return fmt.Errorf("delete lookup table of vip %s: %w", vid, err)
+			}
+		}
+		r.tables[id] = nil
+		return nil
+	}
+	table := BuildMaglev(backends, r.dp.LookupTableSize())
+	if !slices.Equal(curTable, table) {
+		if err := r.dp.PutLookupTable(id, table); err != nil {
+			return fmt.Errorf("put lookup table of vip %s: %w", vid, err)
+		}
+	}
+	r.tables[id] = slices.Clone(backends)
+	return nil
+}
+
+// backendState is what `backend list` shows: draining wins over down (the
+// operator's decision first), down over unresolved (the checks say more
+// than a missing MAC).
+func backendState(drained, up, resolved bool) string {
+	switch {
+	case drained:
+		return BackendDraining
+	case !up:
+		return BackendDown
+	case !resolved:
+		return BackendUnresolved
+	default:
+		return BackendUp
+	}
+}
+
+// logHealth logs a backend's health once per change: a backend that goes
+// down (with the reason of its last check), comes back, or is new and
+// waits for its first checks.
+func (r *Reconciler) logHealth(vid VIPID, b Backend, key backendKey, up bool) {
+	prev, seen := r.healthUp[key]
+	if seen && prev == up || !seen && up {
+		return
+	}
+	st, _ := r.health.Status(vid, b)
+	name := BackendName(b.Address.Unmap(), b.Port)
+	switch {
+	case !seen:
+		r.log.Info("backend waits for its health checks before taking flows", "vip", vid, "backend", name)
+	case up:
+		r.log.Info("backend up", "vip", vid, "backend", name, "reason", st.Reason)
+	default:
+		r.log.Warn("backend down", "vip", vid, "backend", name, "reason", st.Reason)
+	}
 }
 
 func (r *Reconciler) resolve(ctx context.Context, addr netip.Addr) (Neighbour, error) {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -25,6 +26,16 @@ const maxBody = 1 << 20
 
 // ErrDaemonRunning is returned when another daemon answers on the socket.
 var ErrDaemonRunning = errors.New("another daemon is running")
+
+// ErrHasFlows is why a backend that still has open flows is not deleted
+// without force (409).
+var ErrHasFlows = errors.New("backend has open flows")
+
+// hasFlowsError is an ErrHasFlows whose text is the message alone.
+type hasFlowsError struct{ msg string }
+
+func (e *hasFlowsError) Error() string { return e.msg }
+func (e *hasFlowsError) Unwrap() error { return ErrHasFlows }
 
 // Server is the daemon's HTTP+JSON API (routes in api.go).
 type Server struct {
@@ -129,7 +140,7 @@ func errorStatus(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, ErrExists):
+	case errors.Is(err, ErrExists), errors.Is(err, ErrHasFlows):
 		return http.StatusConflict
 	default:
 		return http.StatusInternalServerError
@@ -256,10 +267,22 @@ func (s *Server) backendStatus(id VIPID, b Backend, flows map[uint32]int) Backen
 	if b.Weight == 0 || b.Drain {
 		bs.State = BackendDraining
 	}
-	if s.Reconciler != nil {
-		if bi, ok := s.Reconciler.Backend(id, b.Address, b.Port); ok {
-			bs.State, bs.MAC = bi.State, bi.MAC
+	if s.Reconciler == nil {
+		return bs
+	}
+	if bi, ok := s.Reconciler.Backend(id, b.Address, b.Port); ok {
+		bs.State, bs.MAC = bi.State, bi.MAC
+		if bi.ID != 0 {
 			bs.Flows = flows[bi.ID]
+		}
+	}
+	if hs, ok := s.Reconciler.HealthStatus(id, b); ok {
+		bs.Check = "pending" // no probe has answered yet
+		if hs.Known {
+			bs.Check = hs.Reason
+		}
+		if !hs.Since.IsZero() {
+			bs.CheckSince = hs.Since
 		}
 	}
 	return bs
@@ -310,8 +333,22 @@ func (s *Server) setBackend(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// deleteBackend refuses, unless ?force=true, to delete a backend that
+// still has open flows: they would be placed again on another backend and
+// broken. The operator drains it first and waits for FLOWS to reach 0.
 func (s *Server) deleteBackend(w http.ResponseWriter, r *http.Request) {
 	id, addr, port, err := pathBackend(r)
+	force := false
+	if err == nil {
+		if f := r.URL.Query().Get("force"); f != "" {
+			if force, err = strconv.ParseBool(f); err != nil {
+				err = fmt.Errorf("%w: force=%q: want true or false", ErrInvalid, f)
+			}
+		}
+	}
+	if err == nil && !force {
+		err = s.checkNoFlows(id, addr, port)
+	}
 	if err == nil {
 		err = s.Store.DeleteBackend(id, addr, port)
 	}
@@ -319,9 +356,33 @@ func (s *Server) deleteBackend(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.log().Info("backend deleted by api", "vip", id, "backend", addr)
+	s.log().Info("backend deleted by api", "vip", id, "backend", addr, "force", force)
 	s.applied(r)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// checkNoFlows returns an ErrHasFlows error when the backend has open
+// flows in the connection table.
+func (s *Server) checkNoFlows(id VIPID, addr netip.Addr, port uint16) error {
+	if s.Reconciler == nil {
+		return nil
+	}
+	if port == id.Port {
+		port = 0 // the same backend, as the store names it
+	}
+	bi, ok := s.Reconciler.Backend(id, addr, port)
+	if !ok || bi.ID == 0 {
+		return nil // never written to the data plane: no flows
+	}
+	flows, err := s.Datapath.FlowsByBackend()
+	if err != nil {
+		return fmt.Errorf("count flows: %w", err)
+	}
+	if n := flows[bi.ID]; n > 0 {
+		return &hasFlowsError{fmt.Sprintf("vip %s: backend %s still has %d open flows: drain it and wait, or use --force",
+			id, BackendName(addr.Unmap(), port), n)}
+	}
+	return nil
 }
 
 func (s *Server) getState(w http.ResponseWriter, r *http.Request) {

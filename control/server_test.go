@@ -25,7 +25,14 @@ type apiFixture struct {
 
 func newAPIFixture(t *testing.T) *apiFixture {
 	t.Helper()
+	return newAPIFixtureWithHealth(t, nil)
+}
+
+// newAPIFixtureWithHealth is newAPIFixture with the reconciler's Health.
+func newAPIFixtureWithHealth(t *testing.T, h Health) *apiFixture {
+	t.Helper()
 	f := newRecFixture(t, nil)
+	f.rec = NewReconciler(f.store, f.dp, f.nw, h, nil)
 	// Short path: unix socket paths are limited to 108 bytes.
 	dir, err := os.MkdirTemp("", "xlb")
 	if err != nil {
@@ -151,10 +158,10 @@ func TestAPIRoundTrip(t *testing.T) {
 		bs[1].State != BackendUp || bs[1].Weight != 50 {
 		t.Fatalf("backends %+v", bs)
 	}
-	if err := f.client.DeleteBackend(ctx, vip1, netip.MustParseAddr("10.0.0.9"), 0); err == nil || !strings.Contains(err.Error(), "not found") {
+	if err := f.client.DeleteBackend(ctx, vip1, netip.MustParseAddr("10.0.0.9"), 0, false); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Fatalf("delete unknown backend: %v", err)
 	}
-	if err := f.client.DeleteBackend(ctx, vip1, netip.MustParseAddr("10.0.0.2"), 0); err != nil {
+	if err := f.client.DeleteBackend(ctx, vip1, netip.MustParseAddr("10.0.0.2"), 0, false); err != nil {
 		t.Fatal(err)
 	}
 

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/xdplb/xdplb/healthcheck"
 )
 
 // Sentinel errors of the store and validation; the API maps them to 404,
@@ -32,8 +34,8 @@ const (
 	DefaultCheckTimeout  = Duration(500 * time.Millisecond)
 	DefaultRise          = 2
 	DefaultFall          = 3
-	MinCheckInterval     = Duration(100 * time.Millisecond)
-	MaxRiseFall          = 100
+	MinCheckInterval     = Duration(healthcheck.MinInterval)
+	MaxRiseFall          = healthcheck.MaxRiseFall
 	MaxWeight            = 65535
 )
 
@@ -217,7 +219,7 @@ func validateVIP(v *VIP, index int) error {
 		return invalidf("vip %s: unknown scheduler %q: want maglev, sh, rr, wrr, random, lc or wlc", name, v.Scheduler)
 	}
 	if v.HealthCheck != nil {
-		if err := validateCheck(v.HealthCheck); err != nil {
+		if err := validateCheck(v); err != nil {
 			return invalidf("vip %s: healthcheck: %s", name, err)
 		}
 	}
@@ -278,7 +280,12 @@ func checkAddr(a netip.Addr) error {
 	return nil
 }
 
-func validateCheck(hc *HealthCheck) error {
+// validateCheck checks the health check of v. The timing rules (interval at
+// least 100ms, timeout above 0 and below the interval, rise and fall 1-100)
+// are the prober's own, healthcheck.Spec.Validate, so that the two can never
+// disagree; the rules about the configuration's form are here.
+func validateCheck(v *VIP) error {
+	hc := v.HealthCheck
 	switch hc.Type {
 	case CheckNone:
 		return nil
@@ -286,20 +293,18 @@ func validateCheck(hc *HealthCheck) error {
 	default:
 		return fmt.Errorf("unknown type %q: want tcp, http, udp or none", hc.Type)
 	}
-	if hc.Interval < MinCheckInterval {
-		return fmt.Errorf("interval %s: want at least %s", hc.Interval, MinCheckInterval)
-	}
-	if hc.Timeout <= 0 || hc.Timeout >= hc.Interval {
-		return fmt.Errorf("timeout %s: want more than 0 and less than the interval %s", hc.Timeout, hc.Interval)
-	}
-	if hc.Rise < 1 || hc.Rise > MaxRiseFall {
-		return fmt.Errorf("rise %d: want 1-%d", hc.Rise, MaxRiseFall)
-	}
-	if hc.Fall < 1 || hc.Fall > MaxRiseFall {
-		return fmt.Errorf("fall %d: want 1-%d", hc.Fall, MaxRiseFall)
-	}
 	if hc.Type == CheckHTTP && !strings.HasPrefix(hc.Path, "/") {
+		// Normalize writes "/" for an empty path, so "" is an error here.
 		return fmt.Errorf("path %q: must start with /", hc.Path)
+	}
+	if hc.Type != CheckHTTP && hc.Path != "" {
+		return fmt.Errorf("path %q: only http checks have a path", hc.Path)
+	}
+	// Any backend stands for all: the target's address does not change
+	// the timing rules.
+	spec := checkSpec(v, *hc, Backend{Address: v.Address})
+	if err := spec.Validate(); err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), healthcheck.ErrInvalidSpec.Error()+": "))
 	}
 	return nil
 }

@@ -107,6 +107,12 @@ func TestValidateErrors(t *testing.T) {
 		{"check fall 101", func(s *State) { s.VIPs[0].HealthCheck.Fall = 101 }, "healthcheck: fall 101"},
 		{"check http path", func(s *State) { s.VIPs[0].HealthCheck.Path = "healthz" }, `healthcheck: path "healthz": must start with /`},
 		{"check http empty path", func(s *State) { s.VIPs[0].HealthCheck.Path = "" }, `healthcheck: path "": must start with /`},
+		{"check tcp with path", func(s *State) { s.VIPs[0].HealthCheck.Type = CheckTCP }, `healthcheck: path "/healthz": only http checks have a path`},
+		{"check timeout above interval", func(s *State) { s.VIPs[0].HealthCheck.Timeout = Duration(2 * time.Second) }, "healthcheck: timeout 2s: want more than 0 and less than the interval 1s"},
+		{"check interval 0", func(s *State) { s.VIPs[0].HealthCheck.Interval = 0 }, "healthcheck: interval 0s: want at least 100ms"},
+		{"check udp timeout", func(s *State) {
+			*s.VIPs[0].HealthCheck = HealthCheck{Type: CheckUDP, Interval: Duration(100 * time.Millisecond), Timeout: Duration(100 * time.Millisecond), Rise: 1, Fall: 1}
+		}, "healthcheck: timeout 100ms: want more than 0 and less than the interval 100ms"},
 		{"backend missing address", func(s *State) { s.VIPs[0].Backends[1].Address = netip.Addr{} }, "vip 10.200.0.100:80/tcp: backend #2: address is missing"},
 		{"backend unspecified", func(s *State) { s.VIPs[0].Backends[0].Address = netip.MustParseAddr("0.0.0.0") }, "backend 0.0.0.0: address is unspecified"},
 		{"backend loopback", func(s *State) { s.VIPs[1].Backends[0].Address = netip.MustParseAddr("::1") }, "vip [2001:db8::1]:53/udp: backend [::1]:53: address is a loopback address"},

@@ -37,9 +37,12 @@ func (e *env) backendCommand() *cli.Command {
 			},
 			{
 				Name:      "del",
-				Usage:     "delete a backend from a VIP",
+				Usage:     "delete a backend from a VIP (refused while it has open flows: drain it first)",
 				ArgsUsage: "VIP ADDR[:PORT]",
-				Action:    e.backendDel,
+				Flags: []cli.Flag{
+					&cli.BoolFlag{Name: "force", Usage: "delete even with open flows (they are placed again on other backends, and break)"},
+				},
+				Action: e.backendDel,
 			},
 			{
 				Name:      "list",
@@ -129,7 +132,7 @@ func (e *env) backendDel(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := client(c).DeleteBackend(c.Context, id, addr, port); err != nil {
+	if err := client(c).DeleteBackend(c.Context, id, addr, port, c.Bool("force")); err != nil {
 		return apiError(c, err)
 	}
 	return nil
@@ -157,10 +160,10 @@ func (e *env) backendList(c *cli.Context) error {
 		}
 		return writeJSON(e.stdout, bs)
 	}
-	t := newTable(e.stdout, "BACKEND", "WEIGHT", "STATE", "FLOWS", "MAC")
+	t := newTable(e.stdout, "BACKEND", "WEIGHT", "STATE", "FLOWS", "CHECK", "MAC")
 	for _, b := range bs {
 		t.row(backendString(b.Address, b.Port), strconv.FormatUint(uint64(b.Weight), 10),
-			orDash(b.State), strconv.Itoa(b.Flows), orDash(b.MAC))
+			orDash(b.State), strconv.Itoa(b.Flows), orDash(b.Check), orDash(b.MAC))
 	}
 	return t.flush()
 }

@@ -25,10 +25,11 @@ func startLab(t *testing.T) *testDaemon {
 		t.Fatal(err)
 	}
 	dp := newFakeDatapath()
+	health := newFakeHealth()
 	srv := &control.Server{
 		Store:      store,
 		Datapath:   dp,
-		Reconciler: control.NewReconciler(store, dp, fakeNetwork{}, nil, nil),
+		Reconciler: control.NewReconciler(store, dp, fakeNetwork{}, health, nil),
 		Version:    "test",
 		StartTime:  time.Now().Add(-time.Minute),
 	}
@@ -47,7 +48,7 @@ func startLab(t *testing.T) *testDaemon {
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return &testDaemon{t: t, socket: sock, store: store}
+	return &testDaemon{t: t, socket: sock, store: store, dp: dp, health: health}
 }
 
 // TestDaemonFlags checks the daemon command hands every flag, and the

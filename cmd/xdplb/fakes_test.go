@@ -4,9 +4,12 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"sync"
+	"time"
 
 	"github.com/xdplb/xdplb/control"
 	"github.com/xdplb/xdplb/control/controltest"
+	"github.com/xdplb/xdplb/healthcheck"
 	"github.com/xdplb/xdplb/loader"
 )
 
@@ -50,3 +53,39 @@ func (fakeNetwork) Resolve(_ context.Context, addr netip.Addr) (control.Neighbou
 
 func (fakeNetwork) Announce(context.Context, map[netip.Addr]bool) error { return nil }
 func (fakeNetwork) Changes() <-chan struct{}                            { return nil }
+
+// fakeHealth is a control.Health the test sets: a backend without a
+// status is unchecked (always up).
+type fakeHealth struct {
+	mu     sync.Mutex
+	status map[string]healthcheck.Status // by control.HealthTargetID
+}
+
+func newFakeHealth() *fakeHealth { return &fakeHealth{status: map[string]healthcheck.Status{}} }
+
+// set gives backend addr of vip a check result.
+func (h *fakeHealth) set(vip, addr string, up bool, reason string, since time.Time) {
+	id, err := control.ParseVIPID(vip)
+	if err != nil {
+		panic(err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.status[control.HealthTargetID(id, netip.MustParseAddr(addr), 0)] = healthcheck.Status{Up: up, Known: true, Reason: reason, Since: since}
+}
+
+func (h *fakeHealth) Sync(control.State) {}
+
+func (h *fakeHealth) Up(vip control.VIPID, b control.Backend) bool {
+	st, ok := h.Status(vip, b)
+	return !ok || st.Up
+}
+
+func (h *fakeHealth) Status(vip control.VIPID, b control.Backend) (healthcheck.Status, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st, ok := h.status[control.HealthTargetID(vip, b.Address, b.Port)]
+	return st, ok
+}
+
+func (h *fakeHealth) Changes() <-chan struct{} { return nil }

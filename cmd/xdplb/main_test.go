@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/xdplb/xdplb/control"
+	"github.com/xdplb/xdplb/control/controltest"
 )
 
 // result is what one run of the CLI produced.
@@ -36,6 +37,8 @@ type testDaemon struct {
 	t      *testing.T
 	socket string
 	store  *control.Store
+	dp     *controltest.Datapath
+	health *fakeHealth
 }
 
 // run runs the CLI against the lab's socket.
@@ -264,10 +267,10 @@ func TestBackends(t *testing.T) {
 
 	out := l.ok("backend", "list", vip)
 	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
-	if len(lines) != 4 || !regexp.MustCompile(`^BACKEND\s+WEIGHT\s+STATE\s+FLOWS\s+MAC$`).MatchString(lines[0]) {
+	if len(lines) != 4 || !regexp.MustCompile(`^BACKEND\s+WEIGHT\s+STATE\s+FLOWS\s+CHECK\s+MAC$`).MatchString(lines[0]) {
 		t.Fatalf("backend list:\n%s", out)
 	}
-	for i, re := range []string{`^10\.0\.0\.11\s+100\s+draining\s+\d+\s+\S+$`, `^10\.0\.0\.12\s+7\s+\w+\s+\d+\s+\S+$`, `^10\.0\.0\.13\s+0\s+draining\s+\d+\s+\S+$`} {
+	for i, re := range []string{`^10\.0\.0\.11\s+100\s+draining\s+\d+\s+-\s+\S+$`, `^10\.0\.0\.12\s+7\s+\w+\s+\d+\s+-\s+\S+$`, `^10\.0\.0\.13\s+0\s+draining\s+\d+\s+-\s+\S+$`} {
 		if !regexp.MustCompile(re).MatchString(lines[i+1]) {
 			t.Errorf("backend list line %d = %q, want match %q", i+1, lines[i+1], re)
 		}
@@ -323,7 +326,8 @@ func TestBadInputs(t *testing.T) {
 		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "tcp", "--check-interval", "soon"}, `--check-interval "soon": want a duration like 1s`},
 		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "tcp", "--check-timeout", "-1s"}, `--check-timeout "-1s": must be positive`},
 		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "tcp", "--check-port", "70000"}, `--check-port 70000: want 1-65535`},
-		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "tcp", "--rise", "0"}, `--rise 0: want 1-1000`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "tcp", "--rise", "0"}, `--rise 0: want 1-100$`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "tcp", "--fall", "101"}, `--fall 101: want 1-100$`},
 		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--rise", "2"}, `vip add: check flags need --check tcp\|http\|udp`},
 		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "none", "--fall", "2"}, `--check none takes no other check flags`},
 		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "tcp", "--check-path", "/x"}, `--check-path needs --check http`},
@@ -643,5 +647,54 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestBackendHealthAndForcedDelete(t *testing.T) {
+	l := startLab(t)
+	const vip = "10.0.0.100:80/tcp"
+	l.ok("vip", "add", vip, "--check", "tcp", "--check-interval", "200ms", "--fall", "3")
+	since := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
+	l.health.set(vip, "10.0.0.11", true, "ok", since)
+	l.health.set(vip, "10.0.0.12", false, "connect refused", since)
+	l.health.set(vip, "10.0.0.13", true, "ok", since)
+	l.ok("backend", "add", vip, "10.0.0.11")
+	l.ok("backend", "add", vip, "10.0.0.12")
+	l.ok("backend", "add", vip, "10.0.0.13")
+	l.ok("backend", "set", vip, "10.0.0.13", "--drain")
+	// Backend ids follow the order of the adds.
+	l.dp.SetFlows(1, 12)
+	l.dp.SetFlows(3, 5)
+
+	out := l.ok("backend", "list", vip)
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	for i, re := range []string{`^BACKEND\s+WEIGHT\s+STATE\s+FLOWS\s+CHECK\s+MAC$`,
+		`^10\.0\.0\.11\s+100\s+up\s+12\s+ok\s+02:00:00:00:00:0b$`,
+		`^10\.0\.0\.12\s+100\s+down\s+0\s+connect refused\s+02:00:00:00:00:0c$`,
+		`^10\.0\.0\.13\s+100\s+draining\s+5\s+ok\s+02:00:00:00:00:0d$`} {
+		if i >= len(lines) || !regexp.MustCompile(re).MatchString(lines[i]) {
+			t.Fatalf("backend list line %d: want match %q in\n%s", i, re, out)
+		}
+	}
+	var bs []control.BackendStatus
+	if err := json.Unmarshal([]byte(l.ok("backend", "list", vip, "-o", "json")), &bs); err != nil {
+		t.Fatal(err)
+	}
+	if len(bs) != 3 || bs[1].Check != "connect refused" || !bs[1].CheckSince.Equal(since) || bs[2].Flows != 5 {
+		t.Fatalf("backend list -o json: %+v", bs)
+	}
+
+	// The drained backend still has flows: del refuses, and says why.
+	before := l.exported()
+	wantOneLineError(t, l.run("backend", "del", vip, "10.0.0.13"), exitError,
+		`^xdplb: backend del: vip 10\.0\.0\.100:80/tcp: backend 10\.0\.0\.13 still has 5 open flows: drain it and wait, or use --force$`)
+	if after := l.exported(); after != before {
+		t.Fatalf("refused del changed the state:\n%s", after)
+	}
+	l.ok("backend", "del", vip, "10.0.0.13", "--force")
+	// No flows: no --force needed.
+	l.ok("backend", "del", vip, "10.0.0.12")
+	if err := json.Unmarshal([]byte(l.ok("backend", "list", vip, "-o", "json")), &bs); err != nil || len(bs) != 1 {
+		t.Fatalf("after del: %v %+v", err, bs)
 	}
 }

@@ -152,8 +152,8 @@ func checkFromFlags(c *cli.Context) (*control.HealthCheck, error) {
 			continue
 		}
 		v := c.Int(n.flag)
-		if v < 1 || v > 1000 {
-			return nil, usagef(c, "--%s %d: want 1-1000", n.flag, v)
+		if v < 1 || v > control.MaxRiseFall {
+			return nil, usagef(c, "--%s %d: want 1-%d", n.flag, v, control.MaxRiseFall)
 		}
 		*n.dst = v
 	}

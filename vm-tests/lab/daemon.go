@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -295,4 +296,64 @@ func VIPStats(st control.Stats, vip string) (control.VIPStats, bool) {
 		}
 	}
 	return control.VIPStats{}, false
+}
+
+// Backends returns `xdplb backend list VIP -o json`.
+func (d *Daemon) Backends(ctx context.Context, vip string) ([]control.BackendStatus, error) {
+	var bs []control.BackendStatus
+	err := d.CLIJSON(ctx, &bs, "backend", "list", vip)
+	return bs, err
+}
+
+// FindBackend returns the status of the backend at addr in bs.
+func FindBackend(bs []control.BackendStatus, addr netip.Addr) (control.BackendStatus, bool) {
+	for _, b := range bs {
+		if b.Address.Unmap() == addr.Unmap() {
+			return b, true
+		}
+	}
+	return control.BackendStatus{}, false
+}
+
+// backendPoll is how often WaitBackend asks; one CLI run takes a few ms.
+const backendPoll = 25 * time.Millisecond
+
+// WaitBackend polls `xdplb backend list VIP` until the backend at addr
+// satisfies ok, for at most limit. It returns the matching status and the
+// time of the poll that first saw it (so the caller can time transitions).
+func (d *Daemon) WaitBackend(ctx context.Context, vip string, addr netip.Addr, limit time.Duration,
+	ok func(control.BackendStatus) bool) (control.BackendStatus, time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	var (
+		last    control.BackendStatus
+		lastErr error
+	)
+	for {
+		bs, err := d.Backends(ctx, vip)
+		now := time.Now()
+		if err == nil {
+			b, found := FindBackend(bs, addr)
+			if found && ok(b) {
+				return b, now, nil
+			}
+			last, lastErr = b, nil
+			if !found {
+				lastErr = fmt.Errorf("backend %s not listed", addr)
+			}
+		} else if ctx.Err() == nil {
+			lastErr = err
+		}
+		select {
+		case <-ctx.Done():
+			return last, time.Time{}, fmt.Errorf("backend %s of %s: condition not met within %s (last: %+v, err: %v)", addr, vip, limit, last, lastErr)
+		case <-time.After(backendPoll):
+		}
+	}
+}
+
+// WaitBackendState waits until the backend at addr is in state (BackendUp,
+// BackendDown, BackendDraining).
+func (d *Daemon) WaitBackendState(ctx context.Context, vip string, addr netip.Addr, state string, limit time.Duration) (control.BackendStatus, time.Time, error) {
+	return d.WaitBackend(ctx, vip, addr, limit, func(b control.BackendStatus) bool { return b.State == state })
 }

@@ -22,44 +22,49 @@ import (
 const HTTPPort = 80
 
 // Server is an HTTP server in one namespace that answers every request with
-// its own name, so "which backend answered" is one line.
+// its own name, so "which backend answered" is one line. It can be stopped
+// and started again, like a server process that dies and is restarted.
 type Server struct {
 	Name   string
-	srv    *http.Server
-	ln     net.Listener
+	node   *Node
+	port   uint16
 	served atomic.Uint64
-	done   chan struct{}
+
+	mu   sync.Mutex
+	srv  *http.Server  // nil while stopped
+	done chan struct{} // closed when srv's Serve has returned
 }
 
-// Served is how many requests the server has answered.
+// Served is how many requests the server has answered, over all its runs.
 func (s *Server) Served() uint64 { return s.served.Load() }
 
-// Close stops the server.
-func (s *Server) Close() error {
-	err := s.srv.Close()
-	<-s.done
-	if err != nil {
-		return fmt.Errorf("close server %s: %w", s.Name, err)
-	}
-	return nil
+// Running reports whether the server is listening.
+func (s *Server) Running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.srv != nil
 }
 
-// ServeName starts a server on [::]:port (IPv4 and IPv6) inside n's namespace
-// answering "<name>\n". The lab closes it on Close.
-func (l *Lab) ServeName(n *Node, name string, port uint16) (*Server, error) {
+// Start listens again after Stop (it is started already by ServeName).
+// Starting a running server is an error.
+func (s *Server) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.srv != nil {
+		return fmt.Errorf("server %s already running", s.Name)
+	}
 	var ln net.Listener
 	// The listening socket is created on a thread inside the namespace and
 	// stays there; accepting and serving then run on ordinary goroutines.
-	if err := n.Do(func() error {
+	if err := s.node.Do(func() error {
 		var err error
-		ln, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", port))
+		ln, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", s.port))
 		return err
 	}); err != nil {
-		return nil, fmt.Errorf("listen in %s: %w", n.NetNS, err)
+		return fmt.Errorf("listen in %s: %w", s.node.NetNS, err)
 	}
-	s := &Server{Name: name, ln: ln, done: make(chan struct{})}
-	body := []byte(name + "\n")
-	s.srv = &http.Server{
+	body := []byte(s.Name + "\n")
+	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			s.served.Add(1)
 			w.Header().Set("Content-Type", "text/plain")
@@ -68,10 +73,43 @@ func (l *Lab) ServeName(n *Node, name string, port uint16) (*Server, error) {
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       5 * time.Second,
 	}
+	done := make(chan struct{})
 	go func() {
-		defer close(s.done)
-		_ = s.srv.Serve(ln) // returns http.ErrServerClosed on Close
+		defer close(done)
+		_ = srv.Serve(ln) // returns http.ErrServerClosed on Close
 	}()
+	s.srv, s.done = srv, done
+	return nil
+}
+
+// Stop closes the listener and every open connection, as if the server
+// process died: from then on the backend's kernel answers new SYNs with a
+// RST. Stopping a stopped server does nothing.
+func (s *Server) Stop() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.srv == nil {
+		return nil
+	}
+	err := s.srv.Close()
+	<-s.done
+	s.srv, s.done = nil, nil
+	if err != nil {
+		return fmt.Errorf("close server %s: %w", s.Name, err)
+	}
+	return nil
+}
+
+// Close stops the server for good (the lab calls it on Close).
+func (s *Server) Close() error { return s.Stop() }
+
+// ServeName starts a server on [::]:port (IPv4 and IPv6) inside n's namespace
+// answering "<name>\n". The lab closes it on Close.
+func (l *Lab) ServeName(n *Node, name string, port uint16) (*Server, error) {
+	s := &Server{Name: name, node: n, port: port}
+	if err := s.Start(); err != nil {
+		return nil, err
+	}
 	l.AddCloser(s.Close)
 	return s, nil
 }

@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -248,4 +249,155 @@ func TestSweepLeftovers(t *testing.T) {
 			t.Errorf("sweep removed %s of a live lab: %v", n.NetNS, err)
 		}
 	}
+}
+
+// A stopped server makes its kernel refuse new connections (RST), which is
+// what a health check and a client see when a server process dies; started
+// again it serves at once.
+func TestServerStopStart(t *testing.T) {
+	l := newLab(t)
+	servers, err := l.ServeBackends()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	be, s := l.Backends[1], servers[1]
+	target := netip.AddrPortFrom(be.IPv4, HTTPPort)
+	if got, err := l.Client.Get(ctx, target, 2*time.Second); err != nil || got != be.Name {
+		t.Fatalf("before stop: %q, %v", got, err)
+	}
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if s.Running() {
+		t.Error("Running() after Stop")
+	}
+	if err := s.Stop(); err != nil {
+		t.Errorf("second stop: %v", err)
+	}
+	_, err = l.Client.Get(ctx, target, 2*time.Second)
+	if k := Classify(err); k != ErrRefused {
+		t.Errorf("stopped server: error %v is %q, want %q (a RST to the SYN)", err, k, ErrRefused)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err == nil {
+		t.Error("starting a running server succeeded")
+	}
+	if got, err := l.Client.Get(ctx, target, 2*time.Second); err != nil || got != be.Name {
+		t.Errorf("after restart: %q, %v", got, err)
+	}
+	if s.Served() != 2 {
+		t.Errorf("served %d requests over two runs, want 2", s.Served())
+	}
+}
+
+// The stream opens one connection per tick from a known port and records
+// every outcome; the SYN tracker on the server sees exactly those ports.
+func TestStreamAndSYNTracking(t *testing.T) {
+	l := newLab(t)
+	servers, err := l.ServeBackends()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	be := l.Backends[0]
+	if err := be.TrackSYNs(ctx, fmt.Sprintf("ip daddr %s tcp dport %d", be.IPv4, HTTPPort)); err != nil {
+		t.Fatal(err)
+	}
+	const first = 31000
+	s := l.Client.StartStream(ctx, netip.AddrPortFrom(be.IPv4, HTTPPort), StreamOptions{
+		Interval: 10 * time.Millisecond, Duration: 3 * time.Second, MaxConns: 40, Timeout: time.Second, FirstPort: first,
+	})
+	time.Sleep(150 * time.Millisecond)
+	if err := servers[0].Stop(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if err := servers[0].Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.Done():
+	case <-ctx.Done():
+		t.Fatal("stream did not end")
+	}
+	as := s.Stop()
+	if len(as) != 40 {
+		t.Fatalf("%d attempts, want 40 (skipped %d)", len(as), s.Skipped())
+	}
+	kinds := map[ErrKind]int{}
+	for i, a := range as {
+		kinds[a.Kind]++
+		if a.Port != first+uint16(a.Seq) {
+			t.Errorf("attempt %d used port %d, want %d", a.Seq, a.Port, first+a.Seq)
+		}
+		if i > 0 && a.Start.Before(as[i-1].Start) {
+			t.Errorf("attempts not ordered by start")
+		}
+		if a.Kind == ErrNone && a.Backend != be.Name {
+			t.Errorf("attempt %d answered by %q", a.Seq, a.Backend)
+		}
+	}
+	t.Logf("outcomes: %v", kinds)
+	if kinds[ErrNone] < 25 || kinds[ErrRefused] < 3 || kinds[ErrNone]+kinds[ErrRefused]+kinds[ErrReset] != 40 {
+		t.Errorf("outcomes %v: want most ok, some refused while stopped (~10), nothing else", kinds)
+	}
+	ports, err := be.SYNPorts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range as {
+		if !ports[a.Port] {
+			t.Errorf("no SYN seen from port %d (%v)", a.Port, a.Err)
+		}
+	}
+	if len(ports) != 40 {
+		t.Errorf("SYN tracker saw %d ports, want 40", len(ports))
+	}
+}
+
+// Keep-alive connections stay on one TCP connection each, so on one
+// server; a server that goes away is a failure of every connection to it.
+func TestKeepAlive(t *testing.T) {
+	l := newLab(t)
+	servers, err := l.ServeBackends()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	be := l.Backends[2]
+	k, err := l.Client.OpenKeepAlive(ctx, netip.AddrPortFrom(be.IPv4, HTTPPort), KeepAliveOptions{
+		Conns: 3, Every: 20 * time.Millisecond, FirstPort: 32000,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	for _, r := range k.Results() {
+		if r.Failures != 0 || r.Backend != be.Name || len(r.Answers) != 1 || r.Requests < 5 {
+			t.Errorf("conn from port %d: %+v", r.Port, r)
+		}
+	}
+	// Only 3 TCP connections served all of that.
+	if err := servers[2].Stop(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	rs := k.Close()
+	ports := map[uint16]bool{}
+	for _, r := range rs {
+		ports[r.Port] = true
+		if r.Failures != 1 || r.Closed {
+			t.Errorf("conn from port %d after its server stopped: failures %d closed %v (%v), want one failure", r.Port, r.Failures, r.Closed, r.Err)
+		}
+	}
+	if len(ports) != 3 || !ports[32000] || !ports[32002] {
+		t.Errorf("client ports %v, want 32000-32002", ports)
+	}
+	t.Logf("connections: %+v", rs)
 }

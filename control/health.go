@@ -1,0 +1,196 @@
+package control
+
+import (
+	"bytes"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/xdplb/xdplb/healthcheck"
+)
+
+// Health says whether a backend passes its health checks. The reconciler
+// calls Sync with the desired state on every pass (level-triggered), reads
+// Up for every backend, and reconciles again on every Changes signal.
+type Health interface {
+	// Sync makes the set of probed targets match st.
+	Sync(st State)
+	// Up is false while a checked backend is down or pending; a backend
+	// without a check is always up.
+	Up(vip VIPID, b Backend) bool
+	// Status is the check state of a backend; false when it has no check.
+	Status(vip VIPID, b Backend) (healthcheck.Status, bool)
+	// Changes signals (coalesced) that some backend went up or down.
+	Changes() <-chan struct{}
+}
+
+type allUp struct{}
+
+func (allUp) Sync(State)                                       {}
+func (allUp) Up(VIPID, Backend) bool                           { return true }
+func (allUp) Status(VIPID, Backend) (healthcheck.Status, bool) { return healthcheck.Status{}, false }
+func (allUp) Changes() <-chan struct{}                         { return nil }
+
+// HealthTargets is what a Manager must do for HealthChecker;
+// *healthcheck.Manager implements it.
+type HealthTargets interface {
+	Set(targets []healthcheck.Target)
+	Status(id string) (healthcheck.Status, bool)
+	Changes() <-chan struct{}
+}
+
+// HealthChecker is the Health of the daemon: one health-check target per
+// (VIP, backend) of every VIP whose check is not none, probed by a
+// healthcheck.Manager.
+type HealthChecker struct {
+	m HealthTargets
+
+	mu sync.Mutex
+	// checked holds the targets of the last Sync by id, so Up can tell a
+	// backend without a check (always up) from one whose check has no
+	// result yet.
+	checked map[string]healthcheck.Target
+	last    []healthcheck.Target
+	// known are the backends of the last Sync, checked or not; a backend
+	// missing from it was added since and begins down (pending).
+	known  map[string]bool
+	synced bool
+}
+
+// NewHealthChecker returns a Health on top of m. The first Sync is taken as
+// the daemon's start: the backends in it begin up, so that a restart does not
+// stop forwarding; backends that appear in later Syncs begin down until they
+// pass rise checks.
+func NewHealthChecker(m HealthTargets) *HealthChecker {
+	return &HealthChecker{m: m, checked: map[string]healthcheck.Target{}, known: map[string]bool{}}
+}
+
+// HealthTargetID names the health-check target of a backend of a VIP:
+// "10.0.0.100:80/tcp|10.0.0.1".
+func HealthTargetID(vip VIPID, addr netip.Addr, port uint16) string {
+	return vip.String() + "|" + BackendName(addr.Unmap(), port)
+}
+
+// HealthSpec is the probe of backend b of v: the backend's address at the
+// check port, else at the backend's port, else at the VIP's; HTTP probes
+// send the VIP as Host. ok is false when v has no check.
+func HealthSpec(v *VIP, b Backend) (healthcheck.Spec, bool) {
+	if v.HealthCheck == nil {
+		return healthcheck.Spec{}, false
+	}
+	hc := *v.HealthCheck
+	normalizeCheck(&hc) // the store holds normalized checks; this keeps Sync exact for any input
+	if hc.Type == CheckNone {
+		return healthcheck.Spec{}, false
+	}
+	return checkSpec(v, hc, b), true
+}
+
+// checkSpec is the Spec of hc for backend b of v, as it is (no defaults).
+func checkSpec(v *VIP, hc HealthCheck, b Backend) healthcheck.Spec {
+	port := hc.Port
+	if port == 0 {
+		port = b.Port
+	}
+	if port == 0 {
+		port = v.Port
+	}
+	s := healthcheck.Spec{
+		Kind:     healthcheck.Kind(hc.Type),
+		Target:   netip.AddrPortFrom(b.Address.Unmap(), port),
+		Interval: time.Duration(hc.Interval),
+		Timeout:  time.Duration(hc.Timeout),
+		Rise:     hc.Rise,
+		Fall:     hc.Fall,
+	}
+	if hc.Type == CheckHTTP {
+		s.Path = hc.Path
+		s.Host = netip.AddrPortFrom(v.Address.Unmap(), v.Port).String()
+	}
+	return s
+}
+
+// Sync implements Health. It hands the Manager the targets of st, and does
+// nothing when they are the ones of the last Sync: the reconciler calls it
+// on every pass.
+func (h *HealthChecker) Sync(st State) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	known := make(map[string]bool, len(h.known))
+	var targets []healthcheck.Target
+	for i := range st.VIPs {
+		v := &st.VIPs[i]
+		for _, b := range v.Backends {
+			id := HealthTargetID(v.ID(), b.Address, b.Port)
+			known[id] = true
+			spec, ok := HealthSpec(v, b)
+			if !ok {
+				continue
+			}
+			// A backend that was there before (with or without a check)
+			// keeps forwarding while its first checks run; only a new
+			// one must prove itself first.
+			startUp := !h.synced || h.known[id]
+			if old, had := h.checked[id]; had {
+				startUp = old.StartUp // the Manager keeps its state; keep the target stable
+			}
+			targets = append(targets, healthcheck.Target{ID: id, Spec: spec, StartUp: startUp})
+		}
+	}
+	h.known, h.synced = known, true
+	// No sort: a normalized state is sorted, so equal states give equal
+	// target lists; another order only costs one more Set.
+	if h.last != nil && slices.EqualFunc(targets, h.last, sameTarget) {
+		return
+	}
+	checked := make(map[string]healthcheck.Target, len(targets))
+	for _, t := range targets {
+		checked[t.ID] = t
+	}
+	h.checked, h.last = checked, targets
+	if targets == nil {
+		h.last = []healthcheck.Target{} // Set(nil) once, then equal
+	}
+	h.m.Set(targets)
+}
+
+func sameTarget(a, b healthcheck.Target) bool {
+	x, y := a.Spec, b.Spec
+	return a.ID == b.ID && a.StartUp == b.StartUp && x.Kind == y.Kind && x.Target == y.Target &&
+		x.Path == y.Path && x.Host == y.Host && x.Expect == y.Expect && bytes.Equal(x.Payload, y.Payload) &&
+		x.Interval == y.Interval && x.Timeout == y.Timeout && x.Rise == y.Rise && x.Fall == y.Fall
+}
+
+// Up implements Health.
+func (h *HealthChecker) Up(vip VIPID, b Backend) bool {
+	id := HealthTargetID(vip, b.Address, b.Port)
+	h.mu.Lock()
+	t, checked := h.checked[id]
+	h.mu.Unlock()
+	if !checked {
+		return true
+	}
+	if st, ok := h.m.Status(id); ok {
+		return st.Up
+	}
+	return t.StartUp
+}
+
+// Status implements Health.
+func (h *HealthChecker) Status(vip VIPID, b Backend) (healthcheck.Status, bool) {
+	id := HealthTargetID(vip, b.Address, b.Port)
+	h.mu.Lock()
+	t, checked := h.checked[id]
+	h.mu.Unlock()
+	if !checked {
+		return healthcheck.Status{}, false
+	}
+	if st, ok := h.m.Status(id); ok {
+		return st, true
+	}
+	return healthcheck.Status{Up: t.StartUp}, true
+}
+
+// Changes implements Health.
+func (h *HealthChecker) Changes() <-chan struct{} { return h.m.Changes() }
