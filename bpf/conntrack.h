@@ -24,20 +24,57 @@ static __always_inline struct backend *backend_for(__u32 id, __u32 vip_id)
 	return be;
 }
 
-/* The established-flow path: one lookup, plus a coarse clock read; the
- * entry is written at most once a second, not per packet. The LRU lookup
- * itself marks the entry as recently used. */
-static __always_inline struct flow_val *conntrack_lookup(const struct pkt *p)
+/* Does the VIP with this id exist and is it the one the packet is
+ * addressed to? vip_keys holds each live id's key (all zero for a free
+ * id): a flow whose VIP was deleted, or whose VIP id now names another
+ * VIP, fails here and takes the VIP lookup path, as if untracked. */
+static __always_inline int vip_id_matches(__u32 vip_id, const struct pkt *p)
+{
+	struct vip_key *k = bpf_map_lookup_elem(&vip_keys, &vip_id);
+	const __u64 *a, *b;
+
+	if (!k)
+		return 0;
+	/* Word compares, not the byte or half-word loads the 2-byte
+	 * alignment of the types would give: map values are 8-byte aligned,
+	 * and so is struct pkt, with dst at offset 16. */
+	a = (const __u64 *)(const void *)k->addr;
+	b = (const __u64 *)(const void *)p->flow.dst;
+	return a[0] == b[0] && a[1] == b[1] && k->port == p->flow.dport &&
+	       k->proto == p->flow.proto;
+}
+
+/* The established-flow path, before the VIP map: the flow's entry names
+ * its backend, the backend names its VIP (backend.vip_id), and vip_keys
+ * confirms that VIP is the packet's. Returns the usable backend, or NULL
+ * (no entry, a backend gone, down or reassigned, a VIP gone or renumbered)
+ * for the VIP lookup path. *fv is the entry, if any. */
+static __always_inline struct backend *conntrack_backend(const struct pkt *p, struct flow_val **fv)
 {
 	struct flow_val *v = bpf_map_lookup_elem(&conntrack, &p->flow);
-	__u64 now;
+	struct backend *be;
+	__u32 bid;
 
+	*fv = v;
 	if (!v)
 		return NULL;
-	now = bpf_ktime_get_coarse_ns();
+	bid = v->backend_id;
+	be = bpf_map_lookup_elem(&backends, &bid);
+	if (!be || (be->flags & (BACKEND_F_VALID | BACKEND_F_DOWN)) != BACKEND_F_VALID ||
+	    !vip_id_matches(be->vip_id, p))
+		return NULL;
+	return be;
+}
+
+/* Stamps a tracked flow that keeps its backend; the entry is written at
+ * most once a second, not per packet. The LRU lookup itself marks the
+ * entry as recently used. */
+static __always_inline void conntrack_touch(struct flow_val *v)
+{
+	__u64 now = bpf_ktime_get_coarse_ns();
+
 	if (now - v->last_seen_ns > NSEC_PER_SEC)
 		v->last_seen_ns = now;
-	return v;
 }
 
 /* A tracked flow's packet with SYN, FIN or RST (the rare case; plain

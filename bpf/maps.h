@@ -25,6 +25,28 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vips SEC(".maps");
 
+/* VIP id -> its key, or all zero for a free id. The established-flow path
+ * finds a flow's VIP through its backend (backend.vip_id) and checks here
+ * that this VIP still exists and is the one the packet is addressed to,
+ * instead of hashing the packet's (address, port, protocol) into vips. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct vip_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vip_keys SEC(".maps");
+
+/* The no-VIP pre-filter (vipfilter.h), rebuilt by the loader from all VIPs
+ * whenever one is added or removed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct vip_bitmap);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vip_filter SEC(".maps");
+
 /* Address -> number of VIPs on it. Only the rare paths read it (fragments,
  * IPv6 extension headers, broken L4): there the port is unknown, and the
  * address alone decides between "ours, drop and count" and "not ours, pass". */

@@ -63,11 +63,13 @@ enum pkt_tcp {
 	PKT_TCP_END = 2, /* FIN or RST: the connection is ending */
 };
 
+/* Aligned so the destination address can be compared as two 8-byte words
+ * (conntrack.h). */
 struct pkt {
 	struct flow_key flow; /* addresses IPv4-mapped, ports network order */
 	__u32 len;            /* whole frame, for byte counters */
 	__u8 tcp;             /* PKT_TCP_*; 0 for UDP */
-};
+} __attribute__((aligned(8)));
 
 /* TCP header flag bits, in the byte at offset 13. */
 #define TH_FIN 0x01

@@ -27,9 +27,9 @@ static __always_inline void count_drop(enum drop_reason reason)
 }
 
 /* Every verdict leaves through here so xdp_actions sees all of them. */
-static __always_inline int count_action(struct xdp_md *ctx, int action)
+static __always_inline int count_action(__u32 ingress_ifindex, int action)
 {
-	__u32 slot = ctx->ingress_ifindex;
+	__u32 slot = ingress_ifindex;
 	__u32 idx;
 	__u64 *c;
 

@@ -41,6 +41,17 @@ struct vip_key {
 	__u8 pad;
 };
 
+/* The no-VIP pre-filter: one bit per fold of (address, port, protocol),
+ * set for every VIP (vipfilter.h). 2^16 bits, 8 KiB: one array entry. */
+enum {
+	VIP_FILTER_BITS = 1 << 16,
+	VIP_FILTER_WORDS = VIP_FILTER_BITS / 64,
+};
+
+struct vip_bitmap {
+	__u64 bits[VIP_FILTER_WORDS];
+};
+
 struct vip_meta {
 	__u32 vip_id; /* index into lookup tables and vip_stats */
 	__u8 mode;    /* enum fwd_mode */

@@ -8,6 +8,7 @@
 #include "stats.h"
 #include "sched.h"
 #include "conntrack.h"
+#include "vipfilter.h"
 #include "dr.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -35,15 +36,51 @@ static __always_inline int drop(enum drop_reason reason)
 	return XDP_DROP;
 }
 
-static __always_inline int process(struct xdp_md *ctx)
+/* A packet of a tracked flow whose backend is no longer usable, of an
+ * untracked flow, or a SYN reusing a closing flow's 5-tuple: find its VIP
+ * and place it. fv is its (stale) entry, if any. */
+static __always_inline int place(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
+				 struct flow_val *fv)
 {
-	struct pkt p = {}; /* zeroed: flow_key padding is part of the hash key */
 	enum drop_reason reason = DROP_NONE;
 	struct vip_key vk = {};
 	struct vip_meta *meta;
+	struct backend *be = NULL;
+	__u32 vip_id, bid, ct_flags;
+
+	__builtin_memcpy(vk.addr, p->flow.dst, sizeof(vk.addr));
+	vk.port = p->flow.dport;
+	vk.proto = p->flow.proto;
+	meta = bpf_map_lookup_elem(&vips, &vk);
+	if (!meta)
+		return XDP_PASS; /* a pre-filter false positive, or a VIP's address with another port */
+	/* Only DR exists so far; the loader refuses any other mode. */
+	vip_id = meta->vip_id;
+	ct_flags = conntrack_new_flags(fv, p->tcp);
+
+	bid = schedule(p, meta, &reason);
+	if (bid) {
+		be = backend_for(bid, vip_id);
+		if (!be)
+			reason = DROP_BACKEND_INVALID;
+	}
+	/* The VIP counts every packet sent to it, a flow only once placed. */
+	count_lb(&vip_stats, vip_id, p->len, be != NULL);
+	if (!be)
+		return drop(reason);
+	conntrack_insert(p, bid, ct_flags);
+	count_lb(&backend_stats, bid, p->len, 1);
+	return dr_forward(ctx, ifindex, be);
+}
+
+/* Cheapest first: a clear pre-filter bit passes non-VIP traffic with no
+ * hash lookup; an established flow costs one (the connection table); only
+ * placing a flow looks the VIP up. */
+static __always_inline int process(struct xdp_md *ctx, __u32 ifindex)
+{
+	struct pkt p = {}; /* zeroed: flow_key padding is part of the hash key */
 	struct flow_val *fv;
 	struct backend *be;
-	__u32 vip_id, bid, ct_flags;
 
 	switch (parse_packet(ctx, &p)) {
 	case PARSE_OK:
@@ -58,51 +95,28 @@ static __always_inline int process(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
-	__builtin_memcpy(vk.addr, p.flow.dst, sizeof(vk.addr));
-	vk.port = p.flow.dport;
-	vk.proto = p.flow.proto;
-	meta = bpf_map_lookup_elem(&vips, &vk);
-	if (!meta)
+	if (!vip_filter_may_match(&p.flow))
 		return XDP_PASS;
-	/* Only DR exists so far; the loader refuses any other mode. */
-	vip_id = meta->vip_id;
 
-	fv = conntrack_lookup(&p);
-	if (fv) {
-		bid = fv->backend_id;
-		be = backend_for(bid, vip_id);
-		/* An established packet carries no SYN, FIN or RST: one byte
-		 * compare, and the entry is not written. */
-		if (be && (!p.tcp || conntrack_flagged(fv, p.tcp))) {
-			count_lb(&vip_stats, vip_id, p.len, 0);
-			count_lb(&backend_stats, bid, p.len, 0);
-			return dr_forward(ctx, be);
-		}
-		/* Backend gone, down or reassigned, or a SYN reusing the
-		 * 5-tuple of a closing flow: place it as a new flow below. */
+	be = conntrack_backend(&p, &fv);
+	/* An established packet carries no SYN, FIN or RST: one byte
+	 * compare, and the entry is not written. */
+	if (be && (!p.tcp || conntrack_flagged(fv, p.tcp))) {
+		conntrack_touch(fv);
+		count_lb(&vip_stats, be->vip_id, p.len, 0);
+		count_lb(&backend_stats, fv->backend_id, p.len, 0);
+		return dr_forward(ctx, ifindex, be);
 	}
-	ct_flags = conntrack_new_flags(fv, p.tcp);
-
-	be = NULL;
-	bid = schedule(&p, meta, &reason);
-	if (bid) {
-		be = backend_for(bid, vip_id);
-		if (!be)
-			reason = DROP_BACKEND_INVALID;
-	}
-	/* The VIP counts every packet sent to it, a flow only once placed. */
-	count_lb(&vip_stats, vip_id, p.len, be != NULL);
-	if (!be)
-		return drop(reason);
-	conntrack_insert(&p, bid, ct_flags);
-	count_lb(&backend_stats, bid, p.len, 1);
-	return dr_forward(ctx, be);
+	return place(ctx, ifindex, &p, fv);
 }
 
 SEC("xdp")
 int xdplb_main(struct xdp_md *ctx)
 {
-	return count_action(ctx, process(ctx));
+	/* Read once: each read of the field is three dependent loads. */
+	__u32 ifindex = ctx->ingress_ifindex;
+
+	return count_action(ifindex, process(ctx, ifindex));
 }
 
 /* For peer ends of veth pairs: a veth delivers XDP_TX/redirected frames

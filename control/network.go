@@ -179,24 +179,63 @@ func family(a netip.Addr) int {
 
 // Resolve implements Network.
 func (n *NetlinkNetwork) Resolve(ctx context.Context, addr netip.Addr) (Neighbour, error) {
-	addr = addr.Unmap()
+	return n.resolveWith(ctx, addr.Unmap(), &resolveCache{})
+}
+
+// resolveCache holds what one batch of resolutions shares: neighbour tables
+// by interface and family, listed once.
+type resolveCache struct {
+	neighs map[[2]int]map[netip.Addr]*netlink.Neigh
+}
+
+func (c *resolveCache) neighbours(h *netlink.Handle, l netlink.Link, fam int) (map[netip.Addr]*netlink.Neigh, error) {
+	k := [2]int{l.Attrs().Index, fam}
+	if m, ok := c.neighs[k]; ok {
+		return m, nil
+	}
+	list, err := h.NeighList(l.Attrs().Index, fam)
+	if err != nil {
+		return nil, fmt.Errorf("list neighbours of %s: %w", l.Attrs().Name, err)
+	}
+	m := make(map[netip.Addr]*netlink.Neigh, len(list))
+	for i := range list {
+		if ip, ok := netip.AddrFromSlice(list[i].IP); ok {
+			if _, dup := m[ip.Unmap()]; !dup {
+				m[ip.Unmap()] = &list[i]
+			}
+		}
+	}
+	if c.neighs == nil {
+		c.neighs = map[[2]int]map[netip.Addr]*netlink.Neigh{}
+	}
+	c.neighs[k] = m
+	return m, nil
+}
+
+// resolveAll resolves many addresses with one neighbour dump per
+// interface (the reconciler's batchResolver).
+func (n *NetlinkNetwork) resolveAll(ctx context.Context, addrs []netip.Addr) map[netip.Addr]resolved {
+	c := &resolveCache{}
+	out := make(map[netip.Addr]resolved, len(addrs))
+	for _, a := range addrs {
+		nb, err := n.resolveWith(ctx, a.Unmap(), c)
+		out[a] = resolved{nb, err}
+	}
+	return out
+}
+
+func (n *NetlinkNetwork) resolveWith(ctx context.Context, addr netip.Addr, c *resolveCache) (Neighbour, error) {
 	l, err := n.route(addr)
 	if err != nil {
 		return Neighbour{}, err
 	}
 	attrs := l.Attrs()
 	nb := Neighbour{Ifindex: attrs.Index, Iface: attrs.Name, SrcMAC: attrs.HardwareAddr}
-	neighs, err := n.h.NeighList(attrs.Index, family(addr))
+	neighs, err := c.neighbours(n.h, l, family(addr))
 	if err != nil {
-		return Neighbour{}, fmt.Errorf("list neighbours of %s: %w", attrs.Name, err)
+		return Neighbour{}, err
 	}
-	var found *netlink.Neigh
-	for i := range neighs {
-		if ip, ok := netip.AddrFromSlice(neighs[i].IP); ok && ip.Unmap() == addr {
-			found = &neighs[i]
-			break
-		}
-	}
+	found := neighs[addr]
 	if found != nil && found.State&nudValid != 0 && len(found.HardwareAddr) == 6 {
 		nb.MAC = slices.Clone(found.HardwareAddr)
 	} else {
@@ -366,20 +405,35 @@ func (n *NetlinkNetwork) Forget(keep map[netip.Addr]bool) {
 // directly connected subnet of an attached interface that has an address of
 // the backend's family.
 func (n *NetlinkNetwork) CheckState(s State) error {
+	// Backends are shared between VIPs: ask the kernel once per address
+	// and once per interface and family.
+	routes := map[netip.Addr]netlink.Link{}
+	hasAddrs := map[[2]int]bool{}
 	for _, v := range s.VIPs {
 		if v.Mode != "" && v.Mode != ModeDR {
 			continue
 		}
 		for _, b := range v.Backends {
-			l, err := n.route(b.Address)
-			if err != nil {
-				return asInvalid(fmt.Errorf("vip %s: %w", v.ID(), err))
+			l, ok := routes[b.Address.Unmap()]
+			if !ok {
+				var err error
+				if l, err = n.route(b.Address); err != nil {
+					return asInvalid(fmt.Errorf("vip %s: %w", v.ID(), err))
+				}
+				routes[b.Address.Unmap()] = l
 			}
-			addrs, err := n.h.AddrList(l, family(b.Address.Unmap()))
-			if err != nil {
-				return fmt.Errorf("addresses of %s: %w", l.Attrs().Name, err)
+			fam := family(b.Address.Unmap())
+			k := [2]int{l.Attrs().Index, fam}
+			has, ok := hasAddrs[k]
+			if !ok {
+				addrs, err := n.h.AddrList(l, fam)
+				if err != nil {
+					return fmt.Errorf("addresses of %s: %w", l.Attrs().Name, err)
+				}
+				has = len(addrs) > 0
+				hasAddrs[k] = has
 			}
-			if len(addrs) == 0 {
+			if !has {
 				return invalidf("vip %s: interface %s has no %s address to reach backend %s",
 					v.ID(), l.Attrs().Name, familyName(b.Address), b.Address)
 			}
@@ -401,19 +455,19 @@ func hostPrefix(a netip.Addr) netip.Prefix {
 
 // announceIface picks the interface to add addr to: the attached interface
 // with a subnet containing it, else (force) the first attached interface.
-func (n *NetlinkNetwork) announceIface(addr netip.Addr, force bool) (netlink.Link, bool, error) {
+func (n *NetlinkNetwork) announceIface(addr netip.Addr, force bool, c *linkCache) (netlink.Link, bool, error) {
 	var first netlink.Link
 	for _, name := range n.names {
-		l, err := n.h.LinkByName(name)
+		l, err := c.link(n.h, name)
 		if err != nil {
-			return nil, false, fmt.Errorf("interface %s: %w", name, err)
+			return nil, false, err
 		}
 		if first == nil {
 			first = l
 		}
-		addrs, err := n.h.AddrList(l, family(addr))
+		addrs, err := c.addrs(n.h, l, family(addr))
 		if err != nil {
-			return nil, false, fmt.Errorf("addresses of %s: %w", name, err)
+			return nil, false, err
 		}
 		for _, a := range addrs {
 			p, ok := ipnetPrefix(a.IPNet)
@@ -441,11 +495,58 @@ func ipnetPrefix(n *net.IPNet) (netip.Prefix, bool) {
 	return netip.PrefixFrom(a, ones), true
 }
 
-// hasAddr reports whether addr is configured on l with any prefix length.
-func (n *NetlinkNetwork) hasAddr(l netlink.Link, addr netip.Addr) (bool, error) {
-	addrs, err := n.h.AddrList(l, family(addr))
+// linkCache holds the links and addresses one Announce call reads: a
+// thousand VIPs must not cost two thousand netlink dumps.
+type linkCache struct {
+	links map[string]netlink.Link
+	addrL map[[2]int][]netlink.Addr
+}
+
+func (c *linkCache) link(h *netlink.Handle, name string) (netlink.Link, error) {
+	if l, ok := c.links[name]; ok {
+		return l, nil
+	}
+	l, err := h.LinkByName(name)
 	if err != nil {
-		return false, fmt.Errorf("addresses of %s: %w", l.Attrs().Name, err)
+		return nil, fmt.Errorf("interface %s: %w", name, err)
+	}
+	if c.links == nil {
+		c.links = map[string]netlink.Link{}
+	}
+	c.links[name] = l
+	return l, nil
+}
+
+func (c *linkCache) addrs(h *netlink.Handle, l netlink.Link, fam int) ([]netlink.Addr, error) {
+	k := [2]int{l.Attrs().Index, fam}
+	if a, ok := c.addrL[k]; ok {
+		return a, nil
+	}
+	a, err := h.AddrList(l, fam)
+	if err != nil {
+		return nil, fmt.Errorf("addresses of %s: %w", l.Attrs().Name, err)
+	}
+	if c.addrL == nil {
+		c.addrL = map[[2]int][]netlink.Addr{}
+	}
+	c.addrL[k] = a
+	return a, nil
+}
+
+// changed forgets l's addresses after we added one.
+func (c *linkCache) changed(l netlink.Link) {
+	for k := range c.addrL {
+		if k[0] == l.Attrs().Index {
+			delete(c.addrL, k)
+		}
+	}
+}
+
+// hasAddr reports whether addr is configured on l with any prefix length.
+func (n *NetlinkNetwork) hasAddr(l netlink.Link, addr netip.Addr, c *linkCache) (bool, error) {
+	addrs, err := c.addrs(n.h, l, family(addr))
+	if err != nil {
+		return false, err
 	}
 	for _, a := range addrs {
 		if p, ok := ipnetPrefix(a.IPNet); ok && p.Addr() == addr {
@@ -464,9 +565,10 @@ func (n *NetlinkNetwork) Announce(_ context.Context, want map[netip.Addr]bool) e
 	defer n.mu.Unlock()
 	var errs []error
 	keep := map[announced]bool{}
+	c := &linkCache{}
 	for _, addr := range sortedAddrs(want) {
 		addr = addr.Unmap()
-		l, ok, err := n.announceIface(addr, want[addr])
+		l, ok, err := n.announceIface(addr, want[addr], c)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -479,10 +581,10 @@ func (n *NetlinkNetwork) Announce(_ context.Context, want map[netip.Addr]bool) e
 		rec := announced{Iface: name, Prefix: p}
 		if slices.Contains(n.announced, rec) {
 			keep[rec] = true
-			if has, err := n.hasAddr(l, addr); err != nil || has {
+			if has, err := n.hasAddr(l, addr, c); err != nil || has {
 				continue // present (or unknown): nothing to do
 			}
-		} else if has, err := n.hasAddr(l, addr); err != nil {
+		} else if has, err := n.hasAddr(l, addr, c); err != nil {
 			errs = append(errs, err)
 			continue
 		} else if has {
@@ -496,6 +598,7 @@ func (n *NetlinkNetwork) Announce(_ context.Context, want map[netip.Addr]bool) e
 		} else {
 			nlAddr.Flags = unix.IFA_F_NODAD
 		}
+		c.changed(l)
 		if err := n.h.AddrAdd(l, nlAddr); err != nil && !errors.Is(err, unix.EEXIST) {
 			errs = append(errs, fmt.Errorf("announce %s on %s: %w", addr, name, err))
 			continue

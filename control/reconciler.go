@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -71,7 +72,32 @@ type Reconciler struct {
 	// the map.
 	tables map[uint32][]MaglevBackend
 
+	// What the maps hold after the last pass, valid while clean: a change
+	// of the desired state then touches only the VIPs whose config
+	// changed (ReconcileChanged) instead of reading and walking them all.
+	clean    bool
+	last     map[VIPID]VIP                    // config of every VIP as reconciled
+	metas    map[loader.VIPKey]loader.VIPMeta // the VIP map
+	kept     map[uint32][]loader.Backend      // backend entries by VIP id
+	beUsed   map[uint32]bool                  // backend ids in use
+	announce map[netip.Addr]bool              // last Announce request
+	neigh    map[netip.Addr]Neighbour         // resolved backends, refreshed by every full pass
+	pass     map[netip.Addr]resolved          // resolutions of the running pass
+	layouts  *maglevCache
+
 	ok, failed atomic.Uint64
+}
+
+// resolved is one Resolve result.
+type resolved struct {
+	nb  Neighbour
+	err error
+}
+
+// batchResolver is a Network that resolves many addresses at once (one
+// neighbour dump per interface instead of one per address).
+type batchResolver interface {
+	resolveAll(ctx context.Context, addrs []netip.Addr) map[netip.Addr]resolved
 }
 
 // NewReconciler returns a reconciler; health may be nil (all up).
@@ -88,6 +114,8 @@ func NewReconciler(src StateSource, dp Datapath, nw Network, health Health, log 
 		info:       map[backendKey]BackendInfo{},
 		healthUp:   map[backendKey]bool{},
 		tables:     map[uint32][]MaglevBackend{},
+		neigh:      map[netip.Addr]Neighbour{},
+		layouts:    newMaglevCache(),
 	}
 }
 
@@ -121,15 +149,20 @@ func (r *Reconciler) Run(ctx context.Context) {
 	}
 	healthCh := r.health.Changes()
 	for {
+		var err error
 		select {
 		case <-ctx.Done():
 			return
 		case <-stateCh:
+			err = r.ReconcileChanged(ctx)
 		case <-netCh:
+			err = r.Reconcile(ctx)
 		case <-healthCh:
+			err = r.Reconcile(ctx)
 		case <-t.C:
+			err = r.Reconcile(ctx)
 		}
-		if err := r.Reconcile(ctx); err != nil && ctx.Err() == nil {
+		if err != nil && ctx.Err() == nil {
 			r.log.Error("reconcile", "err", err)
 		}
 	}
@@ -198,22 +231,232 @@ func sameBackend(a, b loader.Backend) bool {
 		a.Ifindex == b.Ifindex && slices.Equal(a.MAC, b.MAC) && slices.Equal(a.SrcMAC, b.SrcMAC) && a.Down == b.Down
 }
 
-// Reconcile runs one pass and counts it in xdplb_reconciles_total.
+// Reconcile runs one full pass and counts it in xdplb_reconciles_total: it
+// reads the maps, the network and the health of every backend.
 func (r *Reconciler) Reconcile(ctx context.Context) error {
+	return r.run(ctx, false)
+}
+
+// ReconcileChanged runs a pass after a change of the desired state: when
+// the last pass succeeded, it reconciles only the VIPs whose config
+// differs from what that pass reconciled, from what it left in the maps,
+// with the backends' neighbours as last resolved. Otherwise, it is a full
+// pass. Network and health changes need full passes (Run does them).
+func (r *Reconciler) ReconcileChanged(ctx context.Context) error {
+	return r.run(ctx, true)
+}
+
+func (r *Reconciler) run(ctx context.Context, changedOnly bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	err := r.reconcile(ctx)
+	start := time.Now()
+	var err error
+	full := !changedOnly || !r.clean
+	if full {
+		err = r.reconcile(ctx)
+	} else {
+		err = r.reconcileChanged(ctx)
+	}
+	r.clean = err == nil
+	r.pass = nil
 	if err != nil {
 		r.failed.Add(1)
 	} else {
 		r.ok.Add(1)
 	}
+	r.log.Debug("reconciled", "full", full, "took", time.Since(start), "ok", err == nil)
 	return err
+}
+
+// sameVIP reports whether two normalized VIP configs are equal.
+func sameVIP(a, b *VIP) bool {
+	return a.Address == b.Address && a.Port == b.Port && a.Protocol == b.Protocol && a.Mode == b.Mode &&
+		a.Scheduler == b.Scheduler && samePtr(a.Announce, b.Announce) && samePtr(a.HealthCheck, b.HealthCheck) &&
+		slices.Equal(a.Backends, b.Backends)
+}
+
+func samePtr[T comparable](a, b *T) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// announceWant is what Announce is asked for st.
+func announceWant(st State) map[netip.Addr]bool {
+	announce := map[netip.Addr]bool{}
+	for _, v := range st.VIPs {
+		if v.Announce == nil || *v.Announce {
+			announce[v.Address] = announce[v.Address] || v.Announce != nil
+		}
+	}
+	return announce
+}
+
+// reconcileChanged is the incremental pass (see ReconcileChanged).
+func (r *Reconciler) reconcileChanged(ctx context.Context) error {
+	st := r.src.State()
+	r.health.Sync(st)
+	next := make(map[VIPID]VIP, len(st.VIPs))
+	var changed []VIP
+	for _, v := range st.VIPs {
+		vid := v.ID()
+		next[vid] = v
+		if old, ok := r.last[vid]; !ok || !sameVIP(&old, &v) {
+			changed = append(changed, v)
+		}
+	}
+	var errs []error
+	// Removed VIPs first, as in a full pass.
+	var removed []VIPID
+	for vid := range r.last {
+		if _, ok := next[vid]; !ok {
+			removed = append(removed, vid)
+		}
+	}
+	slices.SortFunc(removed, func(a, b VIPID) int { return compareVIPID(a, b) })
+	for _, vid := range removed {
+		k := VIPKeyOf(vid)
+		m, ok := r.metas[k]
+		r.forgetInfo(r.last[vid])
+		delete(r.last, vid)
+		if !ok {
+			continue
+		}
+		if err := r.dp.DeleteVIP(k); err != nil {
+			errs = append(errs, fmt.Errorf("delete vip %s: %w", vid, err))
+			continue
+		}
+		delete(r.metas, k)
+		delete(r.tables, m.ID)
+		if err := r.dp.DeleteLookupTable(m.ID); err != nil {
+			errs = append(errs, fmt.Errorf("delete lookup table of vip %s: %w", vid, err))
+		}
+		for _, b := range r.kept[m.ID] {
+			if err := r.dp.DeleteBackend(b.ID); err != nil {
+				errs = append(errs, fmt.Errorf("delete backend %s of vip %s: %w", b.Addr, vid, err))
+				continue
+			}
+			delete(r.beUsed, b.ID)
+		}
+		delete(r.kept, m.ID)
+		r.log.Info("vip removed", "vip", vid)
+	}
+
+	r.prefetch(ctx, changed, true)
+	vipUsed := map[uint32]bool{}
+	for _, m := range r.metas {
+		vipUsed[m.ID] = true
+	}
+	liveAddrs := map[netip.Addr]bool{}
+	for _, v := range changed {
+		vid := v.ID()
+		key := VIPKeyOf(vid)
+		cur, exists := r.metas[key]
+		id := cur.ID
+		if !exists {
+			var err error
+			if id, err = r.vipIDs.alloc(vipUsed, r.dp.MaxVIPs()); err != nil {
+				errs = append(errs, fmt.Errorf("vip %s: %w", vid, err))
+				continue
+			}
+		}
+		if old, ok := r.last[vid]; ok {
+			r.forgetInfo(old)
+		}
+		curBackends := r.kept[id]
+		beByRef := make(map[backendRef]loader.Backend, len(curBackends))
+		for _, b := range curBackends {
+			beByRef[backendRef{b.VIPID, b.Addr.Unmap(), b.Port}] = b
+		}
+		res, err := r.reconcileVIP(ctx, v, id, exists, cur, beByRef, curBackends, r.beUsed, r.info, r.healthUp, liveAddrs)
+		if err != nil {
+			// The maps are not what we know any more: the next pass is full.
+			errs = append(errs, err)
+			continue
+		}
+		r.remember(v, key, res)
+	}
+	if want := announceWant(st); r.net != nil && !maps.Equal(want, r.announce) {
+		if err := r.net.Announce(ctx, want); err != nil {
+			errs = append(errs, fmt.Errorf("announce: %w", err))
+		} else {
+			r.announce = want
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// forgetInfo drops what the last pass decided about v's backends.
+func (r *Reconciler) forgetInfo(v VIP) {
+	vid := v.ID()
+	for _, b := range v.Backends {
+		k := backendKey{vid, b.Address.Unmap(), b.Port}
+		delete(r.info, k)
+		delete(r.healthUp, k)
+	}
+}
+
+// remember records what reconcileVIP left in the maps for v.
+func (r *Reconciler) remember(v VIP, key loader.VIPKey, res vipResult) {
+	r.last[v.ID()] = v
+	r.metas[key] = res.meta
+	for _, b := range r.kept[res.meta.ID] {
+		delete(r.beUsed, b.ID)
+	}
+	for _, b := range res.kept {
+		r.beUsed[b.ID] = true
+	}
+	r.kept[res.meta.ID] = res.kept
+}
+
+// prefetch resolves, in one batch when the network can, the backends of vips
+// that the running pass will ask for; cached: addresses resolved by an
+// earlier pass are taken as they were.
+func (r *Reconciler) prefetch(ctx context.Context, vips []VIP, cached bool) {
+	r.pass = map[netip.Addr]resolved{}
+	var addrs []netip.Addr
+	for _, v := range vips {
+		for _, b := range v.Backends {
+			a := b.Address.Unmap()
+			if _, ok := r.pass[a]; ok {
+				continue
+			}
+			if nb, ok := r.neigh[a]; ok && cached {
+				r.pass[a] = resolved{nb: nb}
+				continue
+			}
+			r.pass[a] = resolved{} // placeholder: to resolve
+			addrs = append(addrs, a)
+		}
+	}
+	for _, a := range addrs {
+		delete(r.pass, a)
+	}
+	br, ok := r.net.(batchResolver)
+	if !ok || len(addrs) == 0 {
+		return // resolved one by one, memoized in r.pass
+	}
+	for a, res := range br.resolveAll(ctx, addrs) {
+		r.pass[a] = res
+		if res.err == nil && res.nb.MAC != nil {
+			r.neigh[a] = res.nb
+		} else {
+			delete(r.neigh, a)
+		}
+	}
 }
 
 func (r *Reconciler) reconcile(ctx context.Context) error {
 	st := r.src.State()
 	r.health.Sync(st)
+	// A full pass re-reads the network: start the neighbour cache afresh.
+	r.neigh = map[netip.Addr]Neighbour{}
+	r.prefetch(ctx, st.VIPs, false)
+	r.last = make(map[VIPID]VIP, len(st.VIPs))
+	r.metas = make(map[loader.VIPKey]loader.VIPMeta, len(st.VIPs))
+	r.kept = make(map[uint32][]loader.Backend, len(st.VIPs))
+	r.announce = nil
 	curVIPs, err := r.dp.VIPs()
 	if err != nil {
 		return fmt.Errorf("read vips: %w", err)
@@ -240,6 +483,7 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 		beByVIP[b.VIPID] = append(beByVIP[b.VIPID], b)
 	}
 
+	r.beUsed = beUsed
 	var errs []error
 	want := map[loader.VIPKey]bool{}
 	for _, v := range st.VIPs {
@@ -286,10 +530,12 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 			}
 		}
 		vipIDs[id] = true
-		if err := r.reconcileVIP(ctx, v, id, exists, cur, beByRef, beByVIP[id], beUsed, info, healthUp, liveAddrs); err != nil {
+		res, err := r.reconcileVIP(ctx, v, id, exists, cur, beByRef, beByVIP[id], beUsed, info, healthUp, liveAddrs)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
+		r.remember(v, key, res)
 		if v.Announce == nil || *v.Announce {
 			announce[vid.Addr] = announce[vid.Addr] || v.Announce != nil
 		}
@@ -322,6 +568,8 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 	if r.net != nil {
 		if err := r.net.Announce(ctx, announce); err != nil {
 			errs = append(errs, fmt.Errorf("announce: %w", err))
+		} else {
+			r.announce = announce
 		}
 	}
 	return errors.Join(errs...)
@@ -337,11 +585,18 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 // (its flows are placed again by the data plane); a drained one keeps its
 // entry as is (its flows continue). When every configured, not drained
 // backend fails, the VIP has no table and is marked NoHealthy.
+// vipResult is what reconcileVIP left in the maps.
+type vipResult struct {
+	meta loader.VIPMeta
+	kept []loader.Backend // the VIP's backend entries
+}
+
 func (r *Reconciler) reconcileVIP(ctx context.Context, v VIP, id uint32, exists bool, cur loader.VIPMeta,
 	beByRef map[backendRef]loader.Backend, curBackends []loader.Backend, beUsed map[uint32]bool,
-	info map[backendKey]BackendInfo, healthUp map[backendKey]bool, liveAddrs map[netip.Addr]bool) error {
+	info map[backendKey]BackendInfo, healthUp map[backendKey]bool, liveAddrs map[netip.Addr]bool) (vipResult, error) {
 	vid := v.ID()
 	var errs []error
+	var kept []loader.Backend
 	var maglev []MaglevBackend
 	var late []loader.Backend // entries going down, written after the table
 	keep := map[uint32]bool{}
@@ -386,13 +641,14 @@ func (r *Reconciler) reconcileVIP(ctx context.Context, v VIP, id uint32, exists 
 				// Keep the entry (last known MAC) for its open flows; it
 				// only leaves the table, and follows the checks.
 				keep[bid] = true
+				want := old
 				if old.Down == up {
-					want := old
 					want.Down = !up
 					if err := put(want, !old.Down); err != nil {
 						errs = append(errs, fmt.Errorf("put backend %s of vip %s: %w", addr, vid, err))
 					}
 				}
+				kept = append(kept, want)
 			}
 			info[key] = bi
 			continue
@@ -415,6 +671,7 @@ func (r *Reconciler) reconcileVIP(ctx context.Context, v VIP, id uint32, exists 
 		want := loader.Backend{ID: bid, VIPID: id, Addr: addr, Port: b.Port,
 			MAC: nb.MAC, SrcMAC: nb.SrcMAC, Ifindex: uint32(nb.Ifindex), Down: !up}
 		keep[bid] = true
+		kept = append(kept, want)
 		if !had || !sameBackend(old, want) {
 			if err := put(want, had && !old.Down); err != nil {
 				errs = append(errs, fmt.Errorf("put backend %s of vip %s: %w", addr, vid, err))
@@ -435,7 +692,7 @@ func (r *Reconciler) reconcileVIP(ctx context.Context, v VIP, id uint32, exists 
 	if len(errs) > 0 {
 		// Leave the table and entry as they are rather than publish a
 		// table over backends that were not written.
-		return errors.Join(errs...)
+		return vipResult{}, errors.Join(errs...)
 	}
 
 	noHealthy := active > 0 && healthy == 0
@@ -461,17 +718,17 @@ func (r *Reconciler) reconcileVIP(ctx context.Context, v VIP, id uint32, exists 
 		// The VIP entry first, so that packets of new flows are counted
 		// under the right reason as soon as the table is gone.
 		if err := putMeta(); err != nil {
-			return err
+			return vipResult{}, err
 		}
 		if err := r.syncTable(id, vid, nil); err != nil {
-			return err
+			return vipResult{}, err
 		}
 	} else {
 		if err := r.syncTable(id, vid, maglev); err != nil {
-			return err
+			return vipResult{}, err
 		}
 		if err := putMeta(); err != nil {
-			return err
+			return vipResult{}, err
 		}
 	}
 
@@ -487,7 +744,7 @@ func (r *Reconciler) reconcileVIP(ctx context.Context, v VIP, id uint32, exists 
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return vipResult{meta: meta, kept: kept}, errors.Join(errs...)
 }
 
 // syncTable makes VIP id's lookup table the Maglev table of backends (none:
@@ -514,7 +771,7 @@ func (r *Reconciler) syncTable(id uint32, vid VIPID, backends []MaglevBackend) e
 		r.tables[id] = nil
 		return nil
 	}
-	table := BuildMaglev(backends, r.dp.LookupTableSize())
+	table := r.layouts.build(backends, r.dp.LookupTableSize())
 	if !slices.Equal(curTable, table) {
 		if err := r.dp.PutLookupTable(id, table); err != nil {
 			return fmt.Errorf("put lookup table of vip %s: %w", vid, err)
@@ -560,11 +817,24 @@ func (r *Reconciler) logHealth(vid VIPID, b Backend, key backendKey, up bool) {
 	}
 }
 
+// resolve resolves addr once per pass (many VIPs share backends).
 func (r *Reconciler) resolve(ctx context.Context, addr netip.Addr) (Neighbour, error) {
 	if r.net == nil {
 		return Neighbour{}, errors.New("no network")
 	}
-	return r.net.Resolve(ctx, addr)
+	if res, ok := r.pass[addr]; ok {
+		return res.nb, res.err
+	}
+	nb, err := r.net.Resolve(ctx, addr)
+	if r.pass != nil {
+		r.pass[addr] = resolved{nb, err}
+	}
+	if err == nil && nb.MAC != nil {
+		r.neigh[addr] = nb
+	} else {
+		delete(r.neigh, addr)
+	}
+	return nb, err
 }
 
 func sortedKeys(m map[loader.VIPKey]loader.VIPMeta) []loader.VIPKey {

@@ -21,8 +21,9 @@ import (
 // DefaultSocketPath is where the daemon listens unless told otherwise.
 const DefaultSocketPath = "/run/xdplb/xdplb.sock"
 
-// maxBody bounds request bodies; a whole state of thousands of VIPs fits.
-const maxBody = 1 << 20
+// maxBody bounds request bodies: a whole state of a thousand VIPs with a
+// thousand backends each (about 40 bytes of JSON per backend) fits.
+const maxBody = 64 << 20
 
 // ErrDaemonRunning is returned when another daemon answers on the socket.
 var ErrDaemonRunning = errors.New("another daemon is running")
@@ -197,9 +198,11 @@ func (s *Server) applied(r *http.Request) {
 	if s.Reconciler == nil {
 		return
 	}
-	if err := s.Reconciler.Reconcile(r.Context()); err != nil {
+	start := time.Now()
+	if err := s.Reconciler.ReconcileChanged(r.Context()); err != nil {
 		s.log().Error("reconcile after api change", "err", err)
 	}
+	s.log().Debug("api change applied", "took", time.Since(start))
 }
 
 func (s *Server) listVIPs(w http.ResponseWriter, r *http.Request) {

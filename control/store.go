@@ -1,13 +1,14 @@
 package control
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"reflect"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -32,6 +33,14 @@ type Store struct {
 	// it fail.
 	persist func(path string, data []byte) error
 	subs    []chan struct{}
+	// yaml holds each VIP's part of the state file as last written, so a
+	// change re-encodes only the VIPs it touched.
+	yaml map[VIPID]vipYAML
+}
+
+type vipYAML struct {
+	v VIP
+	b []byte
 }
 
 // OpenStore opens the state in dir (created with mode 0700 if missing). A
@@ -202,22 +211,22 @@ func (s *Store) update(change func(*State) error) error {
 	if err := change(&next); err != nil {
 		return err
 	}
-	if err := s.check(&next); err != nil {
+	if err := s.checkAgainst(&next, &s.state); err != nil {
 		return err
 	}
 	// Normalized states compare equal when they mean the same, so an
 	// idempotent apply writes nothing and wakes nobody.
-	if reflect.DeepEqual(next, s.state) {
+	if sameState(&next, &s.state) {
 		return nil
 	}
-	data, err := MarshalState(next)
+	data, cache, err := s.marshal(next)
 	if err != nil {
 		return err
 	}
 	if err := s.persist(s.path, data); err != nil {
 		return fmt.Errorf("save state: %w", err)
 	}
-	s.state = next
+	s.state, s.yaml = next, cache
 	for _, ch := range s.subs {
 		select {
 		case ch <- struct{}{}:
@@ -227,18 +236,104 @@ func (s *Store) update(change func(*State) error) error {
 	return nil
 }
 
+// yamlListHead starts MarshalState's output of a state with VIPs; each VIP
+// follows as an item of that list, encoded the same whatever its
+// neighbours.
+const yamlListHead = "vips:\n"
+
+// marshal is MarshalState(st) (st is normalized) from the VIPs' cached
+// parts where they did not change, and the cache for the result.
+func (s *Store) marshal(st State) ([]byte, map[VIPID]vipYAML, error) {
+	if len(st.VIPs) == 0 {
+		b, err := MarshalState(st)
+		return b, nil, err
+	}
+	cache := make(map[VIPID]vipYAML, len(st.VIPs))
+	out := []byte(yamlListHead)
+	for _, v := range st.VIPs {
+		c, ok := s.yaml[v.ID()]
+		if !ok || !sameVIP(&c.v, &v) {
+			b, err := MarshalState(State{VIPs: []VIP{v}})
+			if err != nil {
+				return nil, nil, err
+			}
+			item, ok := bytes.CutPrefix(b, []byte(yamlListHead))
+			if !ok {
+				return nil, nil, fmt.Errorf("marshal state: unexpected encoding of vip %s", v.ID())
+			}
+			c = vipYAML{v: v.Clone(), b: item}
+		}
+		cache[v.ID()] = c
+		out = append(out, c.b...)
+	}
+	return out, cache, nil
+}
+
 // check normalizes st in place and runs every validation on it.
 func (s *Store) check(st *State) error {
+	return s.checkAgainst(st, nil)
+}
+
+// checkAgainst is check for a change from prev (nil: none): the extra
+// check, which asks the kernel about every backend, sees only the
+// backends that prev does not have already (with their VIPs). A weight
+// change then costs no netlink request, and applying a state that adds
+// one VIP costs only that VIP's backends.
+func (s *Store) checkAgainst(st, prev *State) error {
 	Normalize(st)
 	if err := Validate(*st); err != nil {
 		return err
 	}
-	if s.extra != nil {
-		if err := s.extra(st.Clone()); err != nil {
-			return asInvalid(err)
-		}
+	if s.extra == nil {
+		return nil
+	}
+	sub := *st
+	if prev != nil {
+		sub = newBackends(*st, *prev)
+	}
+	if err := s.extra(sub.Clone()); err != nil {
+		return asInvalid(err)
 	}
 	return nil
+}
+
+// newBackends is the part of st that prev lacks: every VIP that is new or
+// whose mode changed, and of the others the backends (by address and
+// port) that are new. Both states are normalized.
+func newBackends(st, prev State) State {
+	old := make(map[VIPID]*VIP, len(prev.VIPs))
+	for i := range prev.VIPs {
+		old[prev.VIPs[i].ID()] = &prev.VIPs[i]
+	}
+	out := State{VIPs: []VIP{}}
+	for _, v := range st.VIPs {
+		o, ok := old[v.ID()]
+		if !ok || o.Mode != v.Mode {
+			out.VIPs = append(out.VIPs, v)
+			continue
+		}
+		had := make(map[backendRef]bool, len(o.Backends))
+		for _, b := range o.Backends {
+			had[backendRef{Addr: b.Address, Port: b.Port}] = true
+		}
+		var add []Backend
+		for _, b := range v.Backends {
+			if !had[backendRef{Addr: b.Address, Port: b.Port}] {
+				add = append(add, b)
+			}
+		}
+		if len(add) > 0 {
+			nv := v
+			nv.Backends = add
+			out.VIPs = append(out.VIPs, nv)
+		}
+	}
+	return out
+}
+
+// sameState reports whether two normalized states are equal.
+func sameState(a, b *State) bool {
+	return slices.EqualFunc(a.VIPs, b.VIPs, func(x, y VIP) bool { return sameVIP(&x, &y) })
 }
 
 func canonicalID(id VIPID) VIPID {

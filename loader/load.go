@@ -165,6 +165,10 @@ func Load(opts Options) (*Datapath, error) {
 		d.objs.Close()
 		return nil, err
 	}
+	if err := d.rebuildVIPIndex(); err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("rebuild vip index: %w", err)
+	}
 	for _, name := range opts.Interfaces {
 		if err := d.attach(name); err != nil {
 			d.Close()
@@ -184,6 +188,7 @@ func loadSpec(opts Options) (*ebpf.CollectionSpec, error) {
 	sizes := map[string]uint32{
 		"vips":          opts.MaxVIPs,
 		"vip_addrs":     opts.MaxVIPs, // at most one address per VIP
+		"vip_keys":      opts.MaxVIPs,
 		"lookup":        opts.MaxVIPs,
 		"vip_stats":     opts.MaxVIPs,
 		"backends":      opts.MaxBackends,

@@ -58,13 +58,29 @@ func (d *Datapath) PutVIP(k VIPKey, m VIPMeta) error {
 			return fmt.Errorf("put vip %s: %w", k, err)
 		}
 	}
-	// The address first: from the moment the VIP exists, fragments to it
-	// are ours to drop.
+	// The address, the pre-filter bit and the id's key first: from the
+	// moment the VIP exists, fragments to it are ours to drop, its packets
+	// get past the filter and its flows take the established path.
 	if err := d.objs.VipAddrs.Put(ck.Addr, uint32(countAddr(cur, k.canonical())+1)); err != nil {
 		return fmt.Errorf("put vip %s: address: %w", k, err)
 	}
+	old, existed := cur[k.canonical()]
+	cur[k.canonical()] = m
+	if err := d.writeVIPFilter(cur); err != nil {
+		return fmt.Errorf("put vip %s: %w", k, err)
+	}
+	if err := d.setVIPKey(m.ID, ck); err != nil {
+		return fmt.Errorf("put vip %s: %w", k, err)
+	}
 	if err := d.objs.Vips.Put(ck, vipMetaToC(m)); err != nil {
 		return fmt.Errorf("put vip %s: %w", k, err)
+	}
+	// Renumbered: the old id is free, and flows still naming its backends
+	// are placed again, as before the established path skipped the VIP map.
+	if existed && old.ID != m.ID {
+		if err := d.setVIPKey(old.ID, xdplbVipKey{}); err != nil {
+			return fmt.Errorf("put vip %s: %w", k, err)
+		}
 	}
 	return nil
 }
@@ -96,11 +112,25 @@ func (d *Datapath) DeleteVIP(k VIPKey) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	// Free the id first: the VIP's established flows stop with it.
+	var m xdplbVipMeta
+	err = d.objs.Vips.Lookup(ck, &m)
+	switch {
+	case err == nil:
+		if err := d.setVIPKey(m.VipId, xdplbVipKey{}); err != nil {
+			return fmt.Errorf("delete vip %s: %w", k, err)
+		}
+	case !errors.Is(err, ebpf.ErrKeyNotExist):
+		return fmt.Errorf("delete vip %s: %w", k, err)
+	}
 	if err := d.objs.Vips.Delete(ck); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete vip %s: %w", k, err)
 	}
 	cur, err := d.VIPs()
 	if err != nil {
+		return fmt.Errorf("delete vip %s: %w", k, err)
+	}
+	if err := d.writeVIPFilter(cur); err != nil {
 		return fmt.Errorf("delete vip %s: %w", k, err)
 	}
 	n := countAddr(cur, k.canonical())

@@ -88,6 +88,11 @@ const (
 	xdplbSchedKindSCHED_SH     xdplbSchedKind = 2
 )
 
+type xdplbVipBitmap struct {
+	_    structs.HostLayout
+	Bits [1024]uint64
+}
+
 type xdplbVipFlags uint32
 
 const (
@@ -120,6 +125,8 @@ const (
 	xdplbMapDrops              = "drops"
 	xdplbMapLookup             = "lookup"
 	xdplbMapVipAddrs           = "vip_addrs"
+	xdplbMapVipFilter          = "vip_filter"
+	xdplbMapVipKeys            = "vip_keys"
 	xdplbMapVipStats           = "vip_stats"
 	xdplbMapVips               = "vips"
 	xdplbMapXdpActions         = "xdp_actions"
@@ -189,6 +196,8 @@ type xdplbMapSpecs struct {
 	Drops        *ebpf.MapSpec `ebpf:"drops"`
 	Lookup       *ebpf.MapSpec `ebpf:"lookup"`
 	VipAddrs     *ebpf.MapSpec `ebpf:"vip_addrs"`
+	VipFilter    *ebpf.MapSpec `ebpf:"vip_filter"`
+	VipKeys      *ebpf.MapSpec `ebpf:"vip_keys"`
 	VipStats     *ebpf.MapSpec `ebpf:"vip_stats"`
 	Vips         *ebpf.MapSpec `ebpf:"vips"`
 	XdpActions   *ebpf.MapSpec `ebpf:"xdp_actions"`
@@ -232,6 +241,8 @@ type xdplbMaps struct {
 	Drops        *ebpf.Map `ebpf:"drops"`
 	Lookup       *ebpf.Map `ebpf:"lookup"`
 	VipAddrs     *ebpf.Map `ebpf:"vip_addrs"`
+	VipFilter    *ebpf.Map `ebpf:"vip_filter"`
+	VipKeys      *ebpf.Map `ebpf:"vip_keys"`
 	VipStats     *ebpf.Map `ebpf:"vip_stats"`
 	Vips         *ebpf.Map `ebpf:"vips"`
 	XdpActions   *ebpf.Map `ebpf:"xdp_actions"`
@@ -245,6 +256,8 @@ func (m *xdplbMaps) Close() error {
 		m.Drops,
 		m.Lookup,
 		m.VipAddrs,
+		m.VipFilter,
+		m.VipKeys,
 		m.VipStats,
 		m.Vips,
 		m.XdpActions,

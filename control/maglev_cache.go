@@ -1,0 +1,64 @@
+package control
+
+import (
+	"cmp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// maglevCacheSize bounds the layouts a maglevCache keeps.
+const maglevCacheSize = 16
+
+// maglevCache remembers Maglev layouts by backend set. Many VIPs share
+// one pool of backends, and their tables then differ only in the backend
+// ids: the layout (which backend takes which slot) depends on the keys and
+// weights alone, so it is built once and relabelled per VIP.
+type maglevCache struct {
+	layouts map[string][]uint32 // slot -> 1 + index in the sorted set, 0 empty
+}
+
+func newMaglevCache() *maglevCache { return &maglevCache{layouts: map[string][]uint32{}} }
+
+// build returns BuildMaglev(backends, size), from the cache when it can.
+func (c *maglevCache) build(backends []MaglevBackend, size uint32) []uint32 {
+	bs := make([]MaglevBackend, 0, len(backends))
+	for _, b := range backends {
+		if b.Weight > 0 {
+			bs = append(bs, b)
+		}
+	}
+	slices.SortFunc(bs, func(a, b MaglevBackend) int { return cmp.Compare(a.Key, b.Key) })
+	var k strings.Builder
+	k.WriteString(strconv.FormatUint(uint64(size), 10))
+	for i, b := range bs {
+		if i > 0 && bs[i-1].Key == b.Key {
+			// Equal keys are ordered by id: the layout depends on the ids.
+			return BuildMaglev(backends, size)
+		}
+		k.WriteByte('|')
+		k.WriteString(b.Key)
+		k.WriteByte('/')
+		k.WriteString(strconv.FormatUint(uint64(b.Weight), 10))
+	}
+	key := k.String()
+	layout, ok := c.layouts[key]
+	if !ok {
+		idx := make([]MaglevBackend, len(bs))
+		for i, b := range bs {
+			idx[i] = MaglevBackend{ID: uint32(i + 1), Key: b.Key, Weight: b.Weight}
+		}
+		layout = BuildMaglev(idx, size)
+		if len(c.layouts) >= maglevCacheSize {
+			clear(c.layouts)
+		}
+		c.layouts[key] = layout
+	}
+	table := make([]uint32, len(layout))
+	for i, n := range layout {
+		if n != 0 {
+			table[i] = bs[n-1].ID
+		}
+	}
+	return table
+}
