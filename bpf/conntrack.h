@@ -7,7 +7,16 @@
 #include "maps.h"
 #include "parse.h"
 
-#define NSEC_PER_SEC 1000000000ULL
+/* A tracked flow's stamp is rewritten at most every this many kernel ticks
+ * (0.26 s at HZ=1000, 2.6 s at HZ=100): the idle limits it serves are
+ * minutes (loader.OpenFlowIdle*), and a write per packet would bounce the
+ * entry's cache line between CPUs. */
+#define FLOW_TOUCH_TICKS 256
+
+/* The flow clock is bpf_jiffies64: the verifier inlines it on x86-64 into
+ * one load of the kernel's jiffies (~0.3 ns), where bpf_ktime_get_coarse_ns
+ * is a helper call (~7 ns). The loader converts ticks with the measured
+ * tick rate. */
 
 /* A backend entry is usable for a VIP while it is valid, not down and still
  * owned by that VIP: ids are reused, and a stale flow must not follow an id
@@ -67,14 +76,14 @@ static __always_inline struct backend *conntrack_backend(const struct pkt *p, st
 }
 
 /* Stamps a tracked flow that keeps its backend; the entry is written at
- * most once a second, not per packet. The LRU lookup itself marks the
- * entry as recently used. */
+ * most every FLOW_TOUCH_TICKS, not per packet. The LRU lookup itself marks
+ * the entry as recently used. */
 static __always_inline void conntrack_touch(struct flow_val *v)
 {
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = bpf_jiffies64();
 
-	if (now - v->last_seen_ns > NSEC_PER_SEC)
-		v->last_seen_ns = now;
+	if (now - v->last_seen > FLOW_TOUCH_TICKS)
+		v->last_seen = now;
 }
 
 /* A tracked flow's packet with SYN, FIN or RST (the rare case; plain
@@ -112,7 +121,7 @@ static __always_inline void conntrack_insert(const struct pkt *p, __u32 backend_
 	struct flow_val v = {
 		.backend_id = backend_id,
 		.flags = flags,
-		.last_seen_ns = bpf_ktime_get_coarse_ns(),
+		.last_seen = bpf_jiffies64(),
 	};
 
 	bpf_map_update_elem(&conntrack, &p->flow, &v, BPF_ANY);

@@ -69,10 +69,13 @@ struct {
 
 /* One lookup table per VIP: slot -> backend id. No BPF_F_INNER_MAP, so the
  * kernel refuses an inner map whose size differs from the template: a table
- * can never be shorter than cfg_lookup_size. */
+ * can never be shorter than cfg_lookup_size. BPF_F_MMAPABLE: the loader
+ * fills a new table through one mmap and a copy instead of per-entry
+ * syscall work; the kernel also refuses tables without it. */
 struct lookup_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, DEFAULT_LOOKUP_SIZE);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, __u32);
 };

@@ -95,7 +95,7 @@ struct flow_key {
 struct flow_val {
 	__u32 backend_id;
 	__u32 flags; /* FLOW_F_* */
-	__u64 last_seen_ns; /* bpf_ktime_get_coarse_ns, refreshed at most once a second */
+	__u64 last_seen; /* bpf_jiffies64 (kernel ticks), refreshed every FLOW_TOUCH_TICKS */
 };
 
 enum flow_flags {

@@ -14,7 +14,8 @@ import (
 // calls Sync with the desired state on every pass (level-triggered), reads
 // Up for every backend, and reconciles again on every Changes signal.
 type Health interface {
-	// Sync makes the set of probed targets match st.
+	// Sync makes the set of probed targets match st, which it must not
+	// change (the reconciler shares it with the store).
 	Sync(st State)
 	// Up is false while a checked backend is down or pending; a backend
 	// without a check is always up.
@@ -51,11 +52,20 @@ type HealthChecker struct {
 	// backend without a check (always up) from one whose check has no
 	// result yet.
 	checked map[string]healthcheck.Target
-	last    []healthcheck.Target
-	// known are the backends of the last Sync, checked or not; a backend
+	// vips holds what the last Sync derived from each VIP, so that a Sync
+	// redoes only the VIPs whose config changed; order is their order.
+	vips  map[VIPID]*healthVIP
+	order []VIPID
+	last  []healthcheck.Target // handed to the Manager last; nil: never
+}
+
+// healthVIP is what Sync derived from a VIP.
+type healthVIP struct {
+	v VIP // a copy (the caller may change its state after Sync); weights and drain flags as first seen
+	// known are the ids of v's backends, checked or not; a backend
 	// missing from it was added since and begins down (pending).
-	known  map[string]bool
-	synced bool
+	known   map[string]bool
+	targets []healthcheck.Target
 }
 
 // NewHealthChecker returns a Health on top of m. The first Sync is taken as
@@ -63,7 +73,7 @@ type HealthChecker struct {
 // stop forwarding; backends that appear in later Syncs begin down until they
 // pass rise checks.
 func NewHealthChecker(m HealthTargets) *HealthChecker {
-	return &HealthChecker{m: m, checked: map[string]healthcheck.Target{}, known: map[string]bool{}}
+	return &HealthChecker{m: m, checked: map[string]healthcheck.Target{}, vips: map[VIPID]*healthVIP{}}
 }
 
 // HealthTargetID names the health-check target of a backend of a VIP:
@@ -113,46 +123,111 @@ func checkSpec(v *VIP, hc HealthCheck, b Backend) healthcheck.Spec {
 
 // Sync implements Health. It hands the Manager the targets of st, and does
 // nothing when they are the ones of the last Sync: the reconciler calls it
-// on every pass.
+// on every pass. Only the VIPs whose config changed since the last Sync
+// cost work; a pass over an unchanged state compares configs only.
 func (h *HealthChecker) Sync(st State) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	known := make(map[string]bool, len(h.known))
-	var targets []healthcheck.Target
+	synced := h.last != nil
+	vips := make(map[VIPID]*healthVIP, len(st.VIPs))
+	order := make([]VIPID, 0, len(st.VIPs))
+	same := synced && len(st.VIPs) == len(h.order)
+	var redone []*healthVIP // VIPs whose targets changed, with their old ids
+	var gone []*healthVIP
 	for i := range st.VIPs {
 		v := &st.VIPs[i]
-		for _, b := range v.Backends {
-			id := HealthTargetID(v.ID(), b.Address, b.Port)
-			known[id] = true
-			spec, ok := HealthSpec(v, b)
-			if !ok {
-				continue
+		vid := v.ID()
+		if same && h.order[i] != vid {
+			same = false
+		}
+		order = append(order, vid)
+		old := h.vips[vid]
+		if old != nil && sameChecks(&old.v, v) {
+			vips[vid] = old
+			continue
+		}
+		hv := h.syncVIP(v, old, synced)
+		vips[vid] = hv
+		if old == nil || !slices.EqualFunc(hv.targets, old.targets, sameTarget) {
+			same = false
+			redone = append(redone, hv)
+			if old != nil {
+				gone = append(gone, old)
 			}
-			// A backend that was there before (with or without a check)
-			// keeps forwarding while its first checks run; only a new
-			// one must prove itself first.
-			startUp := !h.synced || h.known[id]
-			if old, had := h.checked[id]; had {
-				startUp = old.StartUp // the Manager keeps its state; keep the target stable
-			}
-			targets = append(targets, healthcheck.Target{ID: id, Spec: spec, StartUp: startUp})
 		}
 	}
-	h.known, h.synced = known, true
-	// No sort: a normalized state is sorted, so equal states give equal
-	// target lists; another order only costs one more Set.
-	if h.last != nil && slices.EqualFunc(targets, h.last, sameTarget) {
+	for vid, old := range h.vips {
+		if _, ok := vips[vid]; !ok {
+			same = false
+			gone = append(gone, old)
+		}
+	}
+	h.vips, h.order = vips, order
+	if same {
 		return
 	}
-	checked := make(map[string]healthcheck.Target, len(targets))
-	for _, t := range targets {
-		checked[t.ID] = t
+	for _, old := range gone {
+		for _, t := range old.targets {
+			delete(h.checked, t.ID)
+		}
 	}
-	h.checked, h.last = checked, targets
-	if targets == nil {
-		h.last = []healthcheck.Target{} // Set(nil) once, then equal
+	for _, hv := range redone {
+		for _, t := range hv.targets {
+			h.checked[t.ID] = t
+		}
+	}
+	n := 0
+	for _, hv := range vips {
+		n += len(hv.targets)
+	}
+	targets := make([]healthcheck.Target, 0, n)
+	for i := range st.VIPs {
+		targets = append(targets, vips[st.VIPs[i].ID()].targets...)
+	}
+	// Like a normalized state, the list is sorted: equal states give
+	// equal lists; another order only costs one more Set.
+	if synced && slices.EqualFunc(targets, h.last, sameTarget) {
+		return
+	}
+	h.last = targets
+	if len(targets) == 0 {
+		h.m.Set(nil) // as before: an empty list is nil to the Manager
+		return
 	}
 	h.m.Set(targets)
+}
+
+// sameChecks reports whether a and b have the same targets: they differ
+// at most in the weights and drain flags of their backends.
+func sameChecks(a, b *VIP) bool {
+	x, y := *a, *b
+	x.Backends, y.Backends = nil, nil
+	return sameVIP(&x, &y) && slices.EqualFunc(a.Backends, b.Backends, func(p, q Backend) bool {
+		return p.Address == q.Address && p.Port == q.Port
+	})
+}
+
+// syncVIP derives the targets of v; old (may be nil) is what the last Sync
+// derived from the VIP of the same id, synced whether there was one.
+func (h *HealthChecker) syncVIP(v *VIP, old *healthVIP, synced bool) *healthVIP {
+	hv := &healthVIP{v: v.Clone(), known: make(map[string]bool, len(v.Backends))}
+	for _, b := range v.Backends {
+		id := HealthTargetID(v.ID(), b.Address, b.Port)
+		hv.known[id] = true
+		spec, ok := HealthSpec(v, b)
+		if !ok {
+			continue
+		}
+		// A backend that was there before (with or without a check)
+		// keeps forwarding while its first checks run; only a new one
+		// must prove itself first.
+		startUp := !synced || old != nil && old.known[id]
+		if t, had := h.checked[id]; had {
+			startUp = t.StartUp // the Manager keeps its state; keep the target stable
+		}
+		hv.targets = append(hv.targets, healthcheck.Target{ID: id, Spec: spec, StartUp: startUp})
+	}
+	return hv
 }
 
 func sameTarget(a, b healthcheck.Target) bool {

@@ -70,7 +70,9 @@ func BuildMaglev(backends []MaglevBackend, size uint32) []uint32 {
 			skip[i] = uint32(hashKey(b.Key, seedSkip)%uint64(size-1)) + 1
 		}
 	}
-	taken := make([]bool, size)
+	// One bit per slot: the walks probe the slots at random, and a bitmap
+	// of a big table stays in the L1 cache where a []bool does not.
+	taken := make([]uint64, (size+63)/64)
 	filled := uint32(0)
 	for {
 		for i := range bs {
@@ -80,13 +82,13 @@ func BuildMaglev(backends []MaglevBackend, size uint32) []uint32 {
 			}
 			acc[i] -= maxW
 			c := next[i]
-			for taken[c] {
+			for taken[c/64]&(1<<(c%64)) != 0 {
 				c += skip[i]
 				if c >= size {
 					c -= size
 				}
 			}
-			taken[c] = true
+			taken[c/64] |= 1 << (c % 64)
 			table[c] = bs[i].ID
 			c += skip[i]
 			if c >= size {

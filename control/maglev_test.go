@@ -235,3 +235,24 @@ func BenchmarkBuildMaglev(b *testing.B) {
 		BuildMaglev(bs, testMaglevSize)
 	}
 }
+
+// TestMaglevTablesStable pins the tables themselves: a faster build must
+// place every slot as before, or an upgrade moves flows.
+func TestMaglevTablesStable(t *testing.T) {
+	var bs []MaglevBackend
+	for j := range 1000 {
+		a := netip.AddrFrom4([4]byte{10, 201, 8 + byte(j>>8), byte(j)})
+		bs = append(bs, MaglevBackend{ID: uint32(j + 1), Key: MaglevKey(a, 80), Weight: uint32(1 + j%7*9)})
+	}
+	var h uint64
+	for _, size := range []uint32{DefaultMaglevSize, 251, 65521} {
+		for _, n := range []int{1, 3, 1000} {
+			for _, id := range BuildMaglev(bs[:n], size) {
+				h = h*31 + uint64(id)
+			}
+		}
+	}
+	if h != 0x3a939a788171a28e {
+		t.Fatalf("tables changed: checksum %#x", h)
+	}
+}

@@ -339,11 +339,21 @@ type notifyingDatapath struct {
 
 func (d *notifyingDatapath) PutLookupTable(id uint32, t []uint32) error {
 	err := d.Datapath.PutLookupTable(id, t)
+	d.notify()
+	return err
+}
+
+func (d *notifyingDatapath) PutLookupTables(tables map[uint32][]uint32) error {
+	err := d.Datapath.PutLookupTables(tables)
+	d.notify()
+	return err
+}
+
+func (d *notifyingDatapath) notify() {
 	select {
 	case d.tableWritten <- time.Now():
 	default:
 	}
-	return err
 }
 
 // TestRunAppliesHealthChangeAtOnce runs the reconciler with a real Manager

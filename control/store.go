@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -29,18 +30,24 @@ type Store struct {
 	path  string
 	state State
 	extra func(State) error
-	// persist writes data to path atomically; a field so tests can make
-	// it fail.
+	// persist writes data to path atomically and keeps no reference to
+	// data; a field so tests can make it fail.
 	persist func(path string, data []byte) error
 	subs    []chan struct{}
 	// yaml holds each VIP's part of the state file as last written, so a
 	// change re-encodes only the VIPs it touched.
 	yaml map[VIPID]vipYAML
+	buf  []byte // the last state file written, reused by the next
 }
 
+// vipYAML is the item of VIP v in the state file: b, and for a VIP with
+// backends, b split into the head (up to the backends key) and one item
+// per backend, in v's order.
 type vipYAML struct {
-	v VIP
-	b []byte
+	v     VIP
+	b     []byte
+	head  []byte
+	items [][]byte
 }
 
 // OpenStore opens the state in dir (created with mode 0700 if missing). A
@@ -100,6 +107,15 @@ func (s *Store) State() State {
 	return s.state.Clone()
 }
 
+// sharedState returns the desired state without a copy, for readers that
+// do not change it: the store never changes a state it holds, it swaps in
+// a new one that shares the unchanged VIPs.
+func (s *Store) sharedState() State {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state
+}
+
 // VIP returns a copy of one VIP.
 func (s *Store) VIP(id VIPID) (VIP, error) {
 	s.mu.Lock()
@@ -124,38 +140,46 @@ func (s *Store) Subscribe() <-chan struct{} {
 
 // AddVIP adds v; ErrExists if a VIP with its address, port and protocol exists.
 func (s *Store) AddVIP(v VIP) error {
-	return s.update(func(st *State) error {
-		v = v.Clone()
-		normalizeVIP(&v)
-		if findVIP(st, v.ID()) >= 0 {
-			return fmt.Errorf("vip %s: %w", v.ID(), ErrExists)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v = v.Clone()
+	normalizeVIP(&v)
+	if findVIP(&s.state, v.ID()) >= 0 {
+		return fmt.Errorf("vip %s: %w", v.ID(), ErrExists)
+	}
+	// The place Normalize would sort it to: after its equals, as a stable
+	// sort keeps them.
+	i, _ := slices.BinarySearchFunc(s.state.VIPs, v, func(a, b VIP) int {
+		if c := compareVIPID(a.ID(), b.ID()); c != 0 {
+			return c
 		}
-		st.VIPs = append(st.VIPs, v)
-		return nil
+		return -1
 	})
+	if err := validateVIP(&v, i); err != nil {
+		return err
+	}
+	next := State{VIPs: slices.Insert(slices.Clone(s.state.VIPs), i, v)}
+	sub := State{VIPs: []VIP{v}}
+	return s.commit(next, &sub, &v)
 }
 
 // DeleteVIP removes a VIP and its backends.
 func (s *Store) DeleteVIP(id VIPID) error {
-	return s.update(func(st *State) error {
-		i := findVIP(st, id)
-		if i < 0 {
-			return fmt.Errorf("vip %s: %w", canonicalID(id), ErrNotFound)
-		}
-		st.VIPs = append(st.VIPs[:i], st.VIPs[i+1:]...)
-		return nil
-	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := findVIP(&s.state, id)
+	if i < 0 {
+		return fmt.Errorf("vip %s: %w", canonicalID(id), ErrNotFound)
+	}
+	next := State{VIPs: slices.Delete(slices.Clone(s.state.VIPs), i, i+1)}
+	sub := State{VIPs: []VIP{}}
+	return s.commit(next, &sub, nil)
 }
 
 // AddBackend adds b to a VIP; ErrExists if the VIP has it already. b.Weight
 // is taken as given (0 is drained): callers apply DefaultWeight.
 func (s *Store) AddBackend(id VIPID, b Backend) error {
-	return s.update(func(st *State) error {
-		i := findVIP(st, id)
-		if i < 0 {
-			return fmt.Errorf("vip %s: %w", canonicalID(id), ErrNotFound)
-		}
-		v := &st.VIPs[i]
+	return s.updateVIP(id, func(v *VIP) error {
 		b.Address = b.Address.Unmap()
 		if findBackend(v, b.Address, b.Port) >= 0 {
 			return fmt.Errorf("vip %s: backend %s: %w", v.ID(), BackendName(b.Address, b.Port), ErrExists)
@@ -168,8 +192,8 @@ func (s *Store) AddBackend(id VIPID, b Backend) error {
 // SetBackend changes the weight or drain flag of a backend. Port 0 and the
 // VIP's port name the same backend.
 func (s *Store) SetBackend(id VIPID, addr netip.Addr, port uint16, p BackendPatch) error {
-	return s.update(func(st *State) error {
-		v, j, err := lookupBackend(st, id, addr, port)
+	return s.updateVIP(id, func(v *VIP) error {
+		j, err := lookupBackend(v, addr, port)
 		if err != nil {
 			return err
 		}
@@ -185,8 +209,8 @@ func (s *Store) SetBackend(id VIPID, addr netip.Addr, port uint16, p BackendPatc
 
 // DeleteBackend removes a backend from a VIP.
 func (s *Store) DeleteBackend(id VIPID, addr netip.Addr, port uint16) error {
-	return s.update(func(st *State) error {
-		v, j, err := lookupBackend(st, id, addr, port)
+	return s.updateVIP(id, func(v *VIP) error {
+		j, err := lookupBackend(v, addr, port)
 		if err != nil {
 			return err
 		}
@@ -197,29 +221,60 @@ func (s *Store) DeleteBackend(id VIPID, addr netip.Addr, port uint16) error {
 
 // Replace swaps in a whole new state (apply).
 func (s *Store) Replace(next State) error {
-	return s.update(func(st *State) error {
-		*st = next.Clone()
-		return nil
-	})
-}
-
-// update runs change on a copy of the state and commits the result.
-func (s *Store) update(change func(*State) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	next := s.state.Clone()
-	if err := change(&next); err != nil {
-		return err
-	}
-	if err := s.checkAgainst(&next, &s.state); err != nil {
+	st := next.Clone()
+	if err := s.checkAgainst(&st, &s.state); err != nil {
 		return err
 	}
 	// Normalized states compare equal when they mean the same, so an
 	// idempotent apply writes nothing and wakes nobody.
-	if sameState(&next, &s.state) {
+	if sameState(&st, &s.state) {
 		return nil
 	}
-	data, cache, err := s.marshal(next)
+	return s.commit(st, nil, nil) // checked with the extra check above
+}
+
+// updateVIP runs change on a copy of one VIP and commits the result. The
+// other VIPs are neither copied nor checked again: the store never changes
+// a VIP it holds, so the new state shares them with the old one.
+func (s *Store) updateVIP(id VIPID, change func(*VIP) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := findVIP(&s.state, id)
+	if i < 0 {
+		return fmt.Errorf("vip %s: %w", canonicalID(id), ErrNotFound)
+	}
+	old := &s.state.VIPs[i]
+	v := old.Clone()
+	if err := change(&v); err != nil {
+		return err
+	}
+	normalizeVIP(&v) // the key stays: changes touch backends only
+	if err := validateVIP(&v, i); err != nil {
+		return err
+	}
+	if sameVIP(&v, old) {
+		return nil
+	}
+	next := State{VIPs: slices.Clone(s.state.VIPs)}
+	next.VIPs[i] = v
+	sub := newBackends(State{VIPs: []VIP{v}}, State{VIPs: []VIP{*old}})
+	return s.commit(next, &sub, &v)
+}
+
+// commit makes next (normalized and valid) the state: the extra check on
+// sub (what next adds, see newBackends; nil: checked already), the write
+// to disk, the swap and the notifications. changed (nil: any) is
+// the only VIP that next adds or changes; its other VIPs are then the
+// store's own, unchanged.
+func (s *Store) commit(next State, sub *State, changed *VIP) error {
+	if s.extra != nil && sub != nil {
+		if err := s.extra(sub.Clone()); err != nil {
+			return asInvalid(err)
+		}
+	}
+	data, cache, err := s.marshal(next, changed)
 	if err != nil {
 		return err
 	}
@@ -227,6 +282,9 @@ func (s *Store) update(change func(*State) error) error {
 		return fmt.Errorf("save state: %w", err)
 	}
 	s.state, s.yaml = next, cache
+	if len(next.VIPs) > 0 {
+		s.buf = data
+	}
 	for _, ch := range s.subs {
 		select {
 		case ch <- struct{}{}:
@@ -242,31 +300,156 @@ func (s *Store) update(change func(*State) error) error {
 const yamlListHead = "vips:\n"
 
 // marshal is MarshalState(st) (st is normalized) from the VIPs' cached
-// parts where they did not change, and the cache for the result.
-func (s *Store) marshal(st State) ([]byte, map[VIPID]vipYAML, error) {
+// parts where they did not change, and the cache for the result. With
+// changed set, every other VIP of st is taken as unchanged.
+func (s *Store) marshal(st State, changed *VIP) ([]byte, map[VIPID]vipYAML, error) {
 	if len(st.VIPs) == 0 {
 		b, err := MarshalState(st)
 		return b, nil, err
 	}
-	cache := make(map[VIPID]vipYAML, len(st.VIPs))
-	out := []byte(yamlListHead)
-	for _, v := range st.VIPs {
-		c, ok := s.yaml[v.ID()]
-		if !ok || !sameVIP(&c.v, &v) {
-			b, err := MarshalState(State{VIPs: []VIP{v}})
-			if err != nil {
+	var cache map[VIPID]vipYAML
+	if changed != nil && len(s.yaml) > 0 {
+		// The other VIPs are in the cache already.
+		cache = maps.Clone(s.yaml)
+	} else {
+		cache = make(map[VIPID]vipYAML, len(st.VIPs))
+	}
+	size := len(yamlListHead)
+	for i := range st.VIPs {
+		v := &st.VIPs[i]
+		id := v.ID()
+		c, ok := s.yaml[id]
+		if !ok || (changed == nil || changed.ID() == id) && !sameVIP(&c.v, v) {
+			var err error
+			if c, err = encodeVIP(*v, c); err != nil {
 				return nil, nil, err
 			}
-			item, ok := bytes.CutPrefix(b, []byte(yamlListHead))
-			if !ok {
-				return nil, nil, fmt.Errorf("marshal state: unexpected encoding of vip %s", v.ID())
-			}
-			c = vipYAML{v: v.Clone(), b: item}
+			cache[id] = c
+		} else if changed == nil {
+			cache[id] = c
 		}
-		cache[v.ID()] = c
-		out = append(out, c.b...)
+		size += len(c.b)
+	}
+	// The state file is as big as the state: reuse the buffer of the last
+	// write (persist keeps no reference to it).
+	out := s.buf[:0]
+	if cap(out) < size {
+		out = make([]byte, 0, size+size/8)
+	}
+	out = append(out, yamlListHead...)
+	for i := range st.VIPs {
+		out = append(out, cache[st.VIPs[i].ID()].b...)
 	}
 	return out, cache, nil
+}
+
+// yamlBackendsKey and yamlBackendItem begin the backends of a VIP item and
+// each of its backends in MarshalState's output.
+const (
+	yamlBackendsKey = "\n    backends:\n"
+	yamlBackendItem = "      - "
+)
+
+// encodeVIP is v's item of MarshalState's list. prev is the item of an
+// earlier version of v (the zero value: none): when only backends changed,
+// it encodes only the backends prev does not have, so changing one backend
+// of a big VIP costs one backend. The result keeps v, which the store never
+// changes, without a copy.
+func encodeVIP(v VIP, prev vipYAML) (vipYAML, error) {
+	hv, hp := v, prev.v
+	hv.Backends, hp.Backends = nil, nil
+	var add []Backend
+	if prev.head != nil && sameVIP(&hv, &hp) {
+		// Both lists are sorted by address and port (normalized).
+		items := make([][]byte, len(v.Backends))
+		k := 0
+		for j, b := range v.Backends {
+			for k < len(prev.v.Backends) && compareAddrPort(prev.v.Backends[k].Address, prev.v.Backends[k].Port, b.Address, b.Port) < 0 {
+				k++
+			}
+			if k < len(prev.v.Backends) && prev.v.Backends[k] == b {
+				items[j] = prev.items[k]
+			} else {
+				add = append(add, b)
+			}
+		}
+		if len(add) == 0 && len(v.Backends) > 0 {
+			return joinVIP(v, prev.head, items), nil
+		}
+		if len(add) < len(v.Backends) {
+			hv.Backends = add
+			enc, err := splitVIP(hv)
+			if err == nil && len(enc.items) == len(add) {
+				k := 0
+				for j := range items {
+					if items[j] == nil {
+						items[j] = enc.items[k]
+						k++
+					}
+				}
+				return joinVIP(v, prev.head, items), nil
+			}
+		}
+	}
+	enc, err := splitVIP(v)
+	if err != nil {
+		return vipYAML{}, err
+	}
+	return enc, nil
+}
+
+// splitVIP encodes v alone and splits the result into its head and one
+// item per backend.
+func splitVIP(v VIP) (vipYAML, error) {
+	b, err := MarshalState(State{VIPs: []VIP{v}})
+	if err != nil {
+		return vipYAML{}, err
+	}
+	item, ok := bytes.CutPrefix(b, []byte(yamlListHead))
+	if !ok {
+		return vipYAML{}, fmt.Errorf("marshal state: unexpected encoding of vip %s", v.ID())
+	}
+	if len(v.Backends) == 0 {
+		return vipYAML{v: v, b: item}, nil
+	}
+	// Backends are the last key, and their items are indented more than
+	// it, so its last occurrence is the key.
+	k := bytes.LastIndex(item, []byte(yamlBackendsKey))
+	if k < 0 {
+		return vipYAML{}, fmt.Errorf("marshal state: unexpected encoding of vip %s", v.ID())
+	}
+	head, rest := item[:k+len(yamlBackendsKey)], item[k+len(yamlBackendsKey):]
+	items := make([][]byte, 0, len(v.Backends))
+	sep := []byte("\n" + yamlBackendItem)
+	for len(rest) > 0 {
+		if !bytes.HasPrefix(rest, []byte(yamlBackendItem)) {
+			return vipYAML{}, fmt.Errorf("marshal state: unexpected encoding of vip %s", v.ID())
+		}
+		n := len(rest)
+		if e := bytes.Index(rest, sep); e >= 0 {
+			n = e + 1
+		}
+		items = append(items, rest[:n:n])
+		rest = rest[n:]
+	}
+	if len(items) != len(v.Backends) {
+		return vipYAML{}, fmt.Errorf("marshal state: unexpected encoding of vip %s", v.ID())
+	}
+	return vipYAML{v: v, b: item, head: head[:len(head):len(head)], items: items}, nil
+}
+
+// joinVIP is the item of v from its head and its backends' items.
+func joinVIP(v VIP, head []byte, items [][]byte) vipYAML {
+	n := len(head)
+	for _, it := range items {
+		n += len(it)
+	}
+	b := make([]byte, 0, n)
+	b = append(b, head...)
+	for _, it := range items {
+		b = append(b, it...)
+	}
+	return vipYAML{v: v, b: b, head: head, items: items}
 }
 
 // check normalizes st in place and runs every validation on it.
@@ -371,17 +554,12 @@ func findBackend(v *VIP, addr netip.Addr, port uint16) int {
 	return -1
 }
 
-func lookupBackend(st *State, id VIPID, addr netip.Addr, port uint16) (*VIP, int, error) {
-	i := findVIP(st, id)
-	if i < 0 {
-		return nil, -1, fmt.Errorf("vip %s: %w", canonicalID(id), ErrNotFound)
-	}
-	v := &st.VIPs[i]
+func lookupBackend(v *VIP, addr netip.Addr, port uint16) (int, error) {
 	j := findBackend(v, addr, port)
 	if j < 0 {
-		return nil, -1, fmt.Errorf("vip %s: backend %s: %w", v.ID(), BackendName(addr.Unmap(), port), ErrNotFound)
+		return -1, fmt.Errorf("vip %s: backend %s: %w", v.ID(), BackendName(addr.Unmap(), port), ErrNotFound)
 	}
-	return v, j, nil
+	return j, nil
 }
 
 // writeFileAtomic replaces path with data so that a crash leaves either the

@@ -370,31 +370,33 @@ func TestOpenFlowIdle(t *testing.T) {
 			if fb := flowsByBackend(t, d); fb[tt.id] != 1 {
 				t.Fatalf("fresh flow not open: %v", fb)
 			}
-			seen := time.Duration(ctEntry(t, d, tt.f).LastSeenNs)
+			const hz = 250
+			ticks := func(d time.Duration) uint64 { return uint64(d.Seconds() * hz) }
+			seen := ctEntry(t, d, tt.f).LastSeen
 			for _, c := range []struct {
-				now  time.Duration
+				now  uint64
 				open bool
 			}{
-				{seen - time.Second, true}, // stamped while we walked
+				{seen - hz, true}, // stamped while we walked
 				{seen, true},
-				{seen + tt.idle - 1, true},
-				{seen + tt.idle, false},
-				{seen + OpenFlowIdleTCP + time.Hour, false},
+				{seen + ticks(tt.idle) - 1, true},
+				{seen + ticks(tt.idle), false},
+				{seen + ticks(OpenFlowIdleTCP+time.Hour), false},
 			} {
-				fb, err := d.openFlowsByBackend(c.now)
+				fb, err := d.openFlowsByBackend(c.now, hz)
 				must(t, err)
 				if got := fb[tt.id] == 1; got != c.open {
-					t.Errorf("%v after the last packet: open %v, want %v (%v)", c.now-seen, got, c.open, fb)
+					t.Errorf("%d ticks after the last packet: open %v, want %v (%v)", int64(c.now-seen), got, c.open, fb)
 				}
 			}
 
 			// Age the entry through the map: the next packet stamps it anew.
 			old := ctEntry(t, d, tt.f)
-			old.LastSeenNs -= uint64(2 * time.Second)
+			old.LastSeen -= 2 * 256 // FLOW_TOUCH_TICKS twice
 			must(t, d.objs.Conntrack.Put(ctKey(tt.f), old))
 			sendTo(t, d, tt.f, tt.id)
-			if v := ctEntry(t, d, tt.f); v.LastSeenNs < uint64(seen) {
-				t.Errorf("a packet after 2s idle left last_seen at %d, want >= %d", v.LastSeenNs, seen)
+			if v := ctEntry(t, d, tt.f); v.LastSeen < seen {
+				t.Errorf("a packet after 512 idle ticks left last_seen at %d, want >= %d", v.LastSeen, seen)
 			}
 		})
 	}

@@ -104,9 +104,20 @@ type Datapath struct {
 	dropNames map[uint32]string
 
 	// mu serialises writers that read before they write (vip_addrs
-	// counts, id checks) and the attachment list.
+	// counts, id checks) and the attachment list, and guards the VIP index.
 	mu    sync.Mutex
 	links []*attachment
+
+	// The VIP index mirrors vips, vip_addrs and vip_filter so a VIP write
+	// reads no map and writes only the entries it changes. Load rebuilds
+	// it from the maps; this Datapath must be their only writer.
+	vipIndex  map[VIPKey]VIPMeta // canonical key -> meta
+	vipIDs    map[uint32]VIPKey  // id -> canonical key
+	addrCount map[[16]byte]uint32
+	bitCount  map[uint32]uint32 // pre-filter bit -> VIPs folding to it
+	filter    xdplbVipBitmap
+
+	ticks *tickClock // the connection table's clock, guarded by mu
 }
 
 // Load loads the program, reuses compatible pinned maps under
@@ -161,11 +172,17 @@ func Load(opts Options) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("load bpf objects: %w", err)
 	}
+	if d.ticks, err = newTickClock(); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
 	if err := d.checkLookupCompatible(); err != nil {
+		d.ticks.Close()
 		d.objs.Close()
 		return nil, err
 	}
 	if err := d.rebuildVIPIndex(); err != nil {
+		d.ticks.Close()
 		d.objs.Close()
 		return nil, fmt.Errorf("rebuild vip index: %w", err)
 	}
@@ -210,8 +227,9 @@ func loadSpec(opts Options) (*ebpf.CollectionSpec, error) {
 }
 
 // checkLookupCompatible catches a pinned lookup map created for another
-// table size: its inner template is fixed at creation, so every table we
-// build would be refused later. Slot 0 is never a VIP id, so a trial insert
+// table size or layout (before tables were BPF_F_MMAPABLE): its inner
+// template is fixed at creation, so every table we build would be refused
+// later. Slot 0 is never a VIP id, so a trial insert
 // there touches nothing live.
 func (d *Datapath) checkLookupCompatible() error {
 	inner, err := ebpf.NewMap(d.innerSpec)
@@ -220,8 +238,8 @@ func (d *Datapath) checkLookupCompatible() error {
 	}
 	defer inner.Close()
 	if err := d.objs.Lookup.Put(uint32(0), inner); err != nil {
-		return fmt.Errorf("%w: pinned lookup map under %s does not take tables of size %d (%v); "+
-			"restart with the previous size or remove that directory", ErrIncompatiblePin, d.pinDir, d.opts.LookupSize, err)
+		return fmt.Errorf("%w: pinned lookup map under %s does not take tables of size %d of this build (%v); "+
+			"restart with the previous size and build, or remove that directory (this drops the connection table)", ErrIncompatiblePin, d.pinDir, d.opts.LookupSize, err)
 	}
 	if err := d.objs.Lookup.Delete(uint32(0)); err != nil {
 		return fmt.Errorf("remove trial lookup table: %w", err)
@@ -265,7 +283,7 @@ func (d *Datapath) Close() error {
 		errs = append(errs, a.link.Close())
 	}
 	d.links = nil
-	errs = append(errs, d.objs.Close())
+	errs = append(errs, d.objs.Close(), d.ticks.Close())
 	return errors.Join(errs...)
 }
 

@@ -1,10 +1,14 @@
 package loader
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // batchChunk is how many entries one batch syscall moves.
@@ -44,16 +48,12 @@ func (d *Datapath) PutVIP(k VIPKey, m VIPMeta) error {
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	cur, err := d.VIPs()
-	if err != nil {
-		return fmt.Errorf("put vip %s: %w", k, err)
+	k = k.canonical()
+	if other, ok := d.vipIDs[m.ID]; ok && other != k {
+		return fmt.Errorf("put vip %s: %w: id %d already used by %s", k, ErrInvalid, m.ID, other)
 	}
-	for other, om := range cur {
-		if om.ID == m.ID && other != k.canonical() {
-			return fmt.Errorf("put vip %s: %w: id %d already used by %s", k, ErrInvalid, m.ID, other)
-		}
-	}
-	if old, ok := cur[k.canonical()]; !ok || old.ID != m.ID {
+	old, existed := d.vipIndex[k]
+	if !existed || old.ID != m.ID {
 		if err := d.zeroCounters(d.objs.VipStats, m.ID); err != nil {
 			return fmt.Errorf("put vip %s: %w", k, err)
 		}
@@ -61,13 +61,17 @@ func (d *Datapath) PutVIP(k VIPKey, m VIPMeta) error {
 	// The address, the pre-filter bit and the id's key first: from the
 	// moment the VIP exists, fragments to it are ours to drop, its packets
 	// get past the filter and its flows take the established path.
-	if err := d.objs.VipAddrs.Put(ck.Addr, uint32(countAddr(cur, k.canonical())+1)); err != nil {
-		return fmt.Errorf("put vip %s: address: %w", k, err)
-	}
-	old, existed := cur[k.canonical()]
-	cur[k.canonical()] = m
-	if err := d.writeVIPFilter(cur); err != nil {
-		return fmt.Errorf("put vip %s: %w", k, err)
+	if !existed {
+		if err := d.setAddrCount(ck.Addr, d.addrCount[ck.Addr]+1); err != nil {
+			return fmt.Errorf("put vip %s: address: %w", k, err)
+		}
+		if err := d.addFilterBit(vipFilterBit(ck)); err != nil {
+			return fmt.Errorf("put vip %s: %w", k, err)
+		}
+		// Recorded now: a failure below leaves a counted address and a
+		// set bit, which the next put or delete of k accounts for.
+		d.vipIndex[k] = m
+		d.vipIDs[m.ID] = k
 	}
 	if err := d.setVIPKey(m.ID, ck); err != nil {
 		return fmt.Errorf("put vip %s: %w", k, err)
@@ -75,9 +79,12 @@ func (d *Datapath) PutVIP(k VIPKey, m VIPMeta) error {
 	if err := d.objs.Vips.Put(ck, vipMetaToC(m)); err != nil {
 		return fmt.Errorf("put vip %s: %w", k, err)
 	}
+	d.vipIndex[k] = m
+	d.vipIDs[m.ID] = k
 	// Renumbered: the old id is free, and flows still naming its backends
 	// are placed again, as before the established path skipped the VIP map.
 	if existed && old.ID != m.ID {
+		delete(d.vipIDs, old.ID)
 		if err := d.setVIPKey(old.ID, xdplbVipKey{}); err != nil {
 			return fmt.Errorf("put vip %s: %w", k, err)
 		}
@@ -91,17 +98,6 @@ func (k VIPKey) canonical() VIPKey {
 	return k
 }
 
-// countAddr counts the VIPs other than except on except's address.
-func countAddr(vips map[VIPKey]VIPMeta, except VIPKey) int {
-	n := 0
-	for k := range vips {
-		if k != except && k.Addr == except.Addr {
-			n++
-		}
-	}
-	return n
-}
-
 // DeleteVIP removes a VIP; deleting an absent VIP is not an error. Its
 // lookup table and backends are separate entries (DeleteLookupTable,
 // DeleteBackend).
@@ -112,37 +108,24 @@ func (d *Datapath) DeleteVIP(k VIPKey) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	k = k.canonical()
+	m, ok := d.vipIndex[k]
+	if !ok {
+		return nil
+	}
 	// Free the id first: the VIP's established flows stop with it.
-	var m xdplbVipMeta
-	err = d.objs.Vips.Lookup(ck, &m)
-	switch {
-	case err == nil:
-		if err := d.setVIPKey(m.VipId, xdplbVipKey{}); err != nil {
-			return fmt.Errorf("delete vip %s: %w", k, err)
-		}
-	case !errors.Is(err, ebpf.ErrKeyNotExist):
+	if err := d.setVIPKey(m.ID, xdplbVipKey{}); err != nil {
 		return fmt.Errorf("delete vip %s: %w", k, err)
 	}
 	if err := d.objs.Vips.Delete(ck); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete vip %s: %w", k, err)
 	}
-	cur, err := d.VIPs()
-	if err != nil {
+	delete(d.vipIndex, k)
+	delete(d.vipIDs, m.ID)
+	if err := d.clearFilterBit(vipFilterBit(ck)); err != nil {
 		return fmt.Errorf("delete vip %s: %w", k, err)
 	}
-	if err := d.writeVIPFilter(cur); err != nil {
-		return fmt.Errorf("delete vip %s: %w", k, err)
-	}
-	n := countAddr(cur, k.canonical())
-	if n == 0 {
-		err = d.objs.VipAddrs.Delete(ck.Addr)
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			err = nil
-		}
-	} else {
-		err = d.objs.VipAddrs.Put(ck.Addr, uint32(n))
-	}
-	if err != nil {
+	if err := d.setAddrCount(ck.Addr, d.addrCount[ck.Addr]-1); err != nil {
 		return fmt.Errorf("delete vip %s: address: %w", k, err)
 	}
 	return nil
@@ -217,55 +200,108 @@ func (d *Datapath) zeroCounters(m *ebpf.Map, id uint32) error {
 
 // PutLookupTable builds a new table for vipID and swaps it in with one map
 // update, so the program sees either the old or the new table, never a mix.
+// The swap waits for an RCU grace period in the kernel (~12 ms at HZ=250):
+// to write many tables, PutLookupTables pays it once.
 func (d *Datapath) PutLookupTable(vipID uint32, table []uint32) error {
-	if vipID == 0 || vipID >= d.opts.MaxVIPs {
-		return fmt.Errorf("put lookup table %d: %w: vip id outside 1..%d", vipID, ErrInvalid, d.opts.MaxVIPs-1)
-	}
-	if uint32(len(table)) != d.opts.LookupSize {
-		return fmt.Errorf("put lookup table %d: %w: %d entries, want %d", vipID, ErrInvalid, len(table), d.opts.LookupSize)
-	}
-	for i, id := range table {
-		if id >= d.opts.MaxBackends {
-			return fmt.Errorf("put lookup table %d: %w: slot %d holds backend id %d", vipID, ErrInvalid, i, id)
-		}
-	}
-	inner, err := ebpf.NewMap(d.innerSpec)
+	inner, err := d.newLookupTable(vipID, table)
 	if err != nil {
-		return fmt.Errorf("put lookup table %d: create: %w", vipID, err)
+		return err
 	}
 	defer inner.Close() // the outer map keeps its own reference
-	if err := fillArray(inner, table); err != nil {
-		return fmt.Errorf("put lookup table %d: fill: %w", vipID, err)
-	}
 	if err := d.objs.Lookup.Put(vipID, inner); err != nil {
 		return fmt.Errorf("put lookup table %d: swap: %w", vipID, err)
 	}
 	return nil
 }
 
-func fillArray(m *ebpf.Map, vals []uint32) error {
-	keys := make([]uint32, len(vals))
-	for i := range keys {
-		keys[i] = uint32(i)
-	}
-	for start := 0; start < len(vals); start += batchChunk * 4 {
-		end := min(start+batchChunk*4, len(vals))
-		_, err := m.BatchUpdate(keys[start:end], vals[start:end], nil)
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			return putEach(m, keys[start:], vals[start:])
+// PutLookupTables is PutLookupTable for several VIPs: every table is built
+// first, then all are swapped in by one batch update, so the kernel waits
+// for one RCU grace period instead of one per table. Each VIP still sees
+// its old or its new table, never a mix; on error, tables of VIPs before
+// the failing one may already be swapped in.
+func (d *Datapath) PutLookupTables(tables map[uint32][]uint32) error {
+	ids := slices.Sorted(maps.Keys(tables))
+	inners := make([]*ebpf.Map, 0, len(ids))
+	defer func() {
+		for _, m := range inners {
+			m.Close()
 		}
+	}()
+	fds := make([]uint32, 0, len(ids))
+	for _, id := range ids {
+		inner, err := d.newLookupTable(id, tables[id])
 		if err != nil {
 			return err
+		}
+		inners = append(inners, inner)
+		fds = append(fds, uint32(inner.FD()))
+	}
+	for start := 0; start < len(ids); start += batchChunk {
+		end := min(start+batchChunk, len(ids))
+		_, err := d.objs.Lookup.BatchUpdate(ids[start:end], fds[start:end], nil)
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			for i := start; i < len(ids); i++ {
+				if err := d.objs.Lookup.Put(ids[i], inners[i]); err != nil {
+					return fmt.Errorf("put lookup table %d: swap: %w", ids[i], err)
+				}
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("put lookup tables: swap: %w", err)
 		}
 	}
 	return nil
 }
 
-func putEach(m *ebpf.Map, keys, vals []uint32) error {
-	for i := range keys {
-		if err := m.Put(keys[i], vals[i]); err != nil {
-			return err
+// newLookupTable checks a table and creates a filled inner map for it; the
+// caller swaps it in and closes it.
+func (d *Datapath) newLookupTable(vipID uint32, table []uint32) (*ebpf.Map, error) {
+	if vipID == 0 || vipID >= d.opts.MaxVIPs {
+		return nil, fmt.Errorf("put lookup table %d: %w: vip id outside 1..%d", vipID, ErrInvalid, d.opts.MaxVIPs-1)
+	}
+	if uint32(len(table)) != d.opts.LookupSize {
+		return nil, fmt.Errorf("put lookup table %d: %w: %d entries, want %d", vipID, ErrInvalid, len(table), d.opts.LookupSize)
+	}
+	for i, id := range table {
+		if id >= d.opts.MaxBackends {
+			return nil, fmt.Errorf("put lookup table %d: %w: slot %d holds backend id %d", vipID, ErrInvalid, i, id)
 		}
+	}
+	inner, err := ebpf.NewMap(d.innerSpec)
+	if err != nil {
+		return nil, fmt.Errorf("put lookup table %d: create: %w", vipID, err)
+	}
+	err = withTableMemory(inner, unix.PROT_READ|unix.PROT_WRITE, func(mem []byte) {
+		for i, id := range table {
+			binary.NativeEndian.PutUint32(mem[i*tableStride:], id)
+		}
+	})
+	if err != nil {
+		inner.Close()
+		return nil, fmt.Errorf("put lookup table %d: fill: %w", vipID, err)
+	}
+	return inner, nil
+}
+
+// tableStride is the distance between two slots of a mmapped lookup table:
+// an ARRAY map lays its values out on 8-byte boundaries, whatever their size.
+const tableStride = 8
+
+// withTableMemory maps a lookup table (BPF_F_MMAPABLE, bpf/maps.h) and
+// calls fn with its slots, tableStride bytes apart. One mmap and a copy
+// replace the batch update, which costs ~20 ms for a 65537-slot table. The
+// mapping is ours and removed at once: Map.Memory would keep it, and with
+// it the table's kernel memory, until the garbage collector runs.
+func withTableMemory(m *ebpf.Map, prot int, fn func([]byte)) error {
+	size := int(m.MaxEntries()) * tableStride
+	mem, err := unix.Mmap(m.FD(), 0, size, prot, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("mmap: %w", err)
+	}
+	fn(mem)
+	if err := unix.Munmap(mem); err != nil {
+		return fmt.Errorf("munmap: %w", err)
 	}
 	return nil
 }
@@ -282,9 +318,9 @@ func (d *Datapath) LookupTable(vipID uint32) ([]uint32, error) {
 	}
 	defer inner.Close()
 	out := make([]uint32, inner.MaxEntries())
-	err = readArray(inner, func(slot uint32, id uint32) {
-		if slot < uint32(len(out)) {
-			out[slot] = id
+	err = withTableMemory(inner, unix.PROT_READ, func(mem []byte) {
+		for i := range out {
+			out[i] = binary.NativeEndian.Uint32(mem[i*tableStride:])
 		}
 	})
 	if err != nil {

@@ -9,7 +9,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
-	"golang.org/x/sys/unix"
 )
 
 // actionNames are the XDP verdicts in kernel order (XDP_ABORTED = 0 ...),
@@ -173,36 +172,32 @@ const (
 // OpenFlowIdleUDP. Finished flows stay in the table until the LRU evicts
 // them and are not counted.
 func (d *Datapath) FlowsByBackend() (map[uint32]int, error) {
-	now, err := monotonicCoarse()
+	d.mu.Lock()
+	hz, err := d.ticks.rate()
+	var now uint64
+	if err == nil {
+		now, err = d.ticks.now()
+	}
+	d.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
-	return d.openFlowsByBackend(now)
+	return d.openFlowsByBackend(now, hz)
 }
 
-// monotonicCoarse reads the clock behind bpf_ktime_get_coarse_ns, which
-// stamps flow_val.last_seen_ns.
-func monotonicCoarse() (time.Duration, error) {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
-		return 0, fmt.Errorf("read monotonic clock: %w", err)
-	}
-	return time.Duration(ts.Nano()), nil
-}
-
-// openFlowsByBackend is FlowsByBackend at a given time of the coarse
-// monotonic clock.
-func (d *Datapath) openFlowsByBackend(now time.Duration) (map[uint32]int, error) {
+// openFlowsByBackend is FlowsByBackend at a given time in kernel ticks
+// (the clock of flow_val.last_seen) at hz ticks a second.
+func (d *Datapath) openFlowsByBackend(now, hz uint64) (map[uint32]int, error) {
 	out := make(map[uint32]int)
 	err := d.walkConntrack(func(k xdplbFlowKey, v xdplbFlowVal) {
-		if flowOpen(k, v, now) {
+		if flowOpen(k, v, now, hz) {
 			out[v.BackendId]++
 		}
 	})
 	return out, err
 }
 
-func flowOpen(k xdplbFlowKey, v xdplbFlowVal, now time.Duration) bool {
+func flowOpen(k xdplbFlowKey, v xdplbFlowVal, now, hz uint64) bool {
 	if v.Flags&uint32(xdplbFlowFlagsFLOW_F_CLOSING) != 0 {
 		return false
 	}
@@ -211,8 +206,7 @@ func flowOpen(k xdplbFlowKey, v xdplbFlowVal, now time.Duration) bool {
 		idle = OpenFlowIdleUDP
 	}
 	// An entry refreshed during the walk is stamped after now: fresh.
-	seen := time.Duration(v.LastSeenNs)
-	return seen >= now || now-seen < idle
+	return v.LastSeen >= now || now-v.LastSeen < uint64(idle.Seconds())*hz
 }
 
 // ConntrackEntries is the number of connection-table entries, finished

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/cilium/ebpf"
 )
 
 // vipFoldMul is VIP_FOLD_MUL of bpf/vipfilter.h.
@@ -35,17 +37,53 @@ func vipFilterFor(vips map[VIPKey]VIPMeta) (xdplbVipBitmap, error) {
 	return f, nil
 }
 
-// writeVIPFilter replaces the pre-filter with the bits of vips in one
-// update. Adding a VIP writes it before the VIP exists, removing one after
-// it is gone: a bit set too early or left set is only a false positive.
-func (d *Datapath) writeVIPFilter(vips map[VIPKey]VIPMeta) error {
-	f, err := vipFilterFor(vips)
-	if err != nil {
-		return err
+// addFilterBit counts one more VIP on bit and writes the pre-filter when
+// the bit was clear. A VIP's bit is set before the VIP exists and cleared
+// after it is gone: a bit set too early or left set is only a false
+// positive.
+func (d *Datapath) addFilterBit(bit uint32) error {
+	d.bitCount[bit]++
+	if d.bitCount[bit] > 1 {
+		return nil
 	}
-	if err := d.objs.VipFilter.Put(uint32(0), f); err != nil {
+	d.filter.Bits[bit/64] |= 1 << (bit % 64)
+	return d.writeVIPFilter()
+}
+
+// clearFilterBit counts one VIP less on bit and clears it with the last.
+func (d *Datapath) clearFilterBit(bit uint32) error {
+	if d.bitCount[bit] > 1 {
+		d.bitCount[bit]--
+		return nil
+	}
+	delete(d.bitCount, bit)
+	d.filter.Bits[bit/64] &^= 1 << (bit % 64)
+	return d.writeVIPFilter()
+}
+
+// writeVIPFilter writes the indexed pre-filter in one update (8 KiB, the
+// map's only value).
+func (d *Datapath) writeVIPFilter() error {
+	if err := d.objs.VipFilter.Put(uint32(0), d.filter); err != nil {
 		return fmt.Errorf("write vip filter: %w", err)
 	}
+	return nil
+}
+
+// setAddrCount records how many VIPs an address has (vip_addrs); zero
+// removes it.
+func (d *Datapath) setAddrCount(addr [16]byte, n uint32) error {
+	if n == 0 {
+		delete(d.addrCount, addr)
+		if err := d.objs.VipAddrs.Delete(addr); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+		return nil
+	}
+	if err := d.objs.VipAddrs.Put(addr, n); err != nil {
+		return err
+	}
+	d.addrCount[addr] = n
 	return nil
 }
 
@@ -58,26 +96,52 @@ func (d *Datapath) setVIPKey(id uint32, k xdplbVipKey) error {
 	return nil
 }
 
-// rebuildVIPIndex makes vip_filter and vip_keys match the vips map. Load
-// runs it: maps pinned by a build without them, or a crash between two
-// updates, leave them behind the VIPs.
+// rebuildVIPIndex builds the VIP index from the vips map and makes
+// vip_filter, vip_addrs and vip_keys match it. Load runs it: maps pinned by
+// a build without them, or a crash between two updates, leave them behind
+// the VIPs.
 func (d *Datapath) rebuildVIPIndex() error {
 	vips, err := d.VIPs()
 	if err != nil {
 		return err
 	}
-	if err := d.writeVIPFilter(vips); err != nil {
-		return err
-	}
+	d.vipIndex = vips
+	d.vipIDs = make(map[uint32]VIPKey, len(vips))
+	d.addrCount = make(map[[16]byte]uint32)
+	d.bitCount = make(map[uint32]uint32)
+	d.filter = xdplbVipBitmap{}
 	want := make(map[uint32]xdplbVipKey, len(vips))
 	for k, m := range vips {
 		ck, err := vipKeyToC(k)
 		if err != nil {
 			return err
 		}
+		d.vipIDs[m.ID] = k
+		d.addrCount[ck.Addr]++
+		bit := vipFilterBit(ck)
+		d.bitCount[bit]++
+		d.filter.Bits[bit/64] |= 1 << (bit % 64)
 		want[m.ID] = ck
 	}
+	if err := d.writeVIPFilter(); err != nil {
+		return err
+	}
+	var stale [][16]byte // deleted after the walk, which they would disturb
+	err = iterate(d.objs.VipAddrs, func(addr [16]byte, _ uint32) {
+		if d.addrCount[addr] == 0 {
+			stale = append(stale, addr)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("read vip addresses: %w", err)
+	}
 	var errs []error
+	for _, addr := range stale {
+		errs = append(errs, d.objs.VipAddrs.Delete(addr))
+	}
+	for addr, n := range d.addrCount {
+		errs = append(errs, d.objs.VipAddrs.Put(addr, n))
+	}
 	err = readArray(d.objs.VipKeys, func(id uint32, have xdplbVipKey) {
 		if have != want[id] {
 			errs = append(errs, d.setVIPKey(id, want[id]))

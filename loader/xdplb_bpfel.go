@@ -62,10 +62,10 @@ type xdplbFlowKey struct {
 }
 
 type xdplbFlowVal struct {
-	_          structs.HostLayout
-	BackendId  uint32
-	Flags      uint32
-	LastSeenNs uint64
+	_         structs.HostLayout
+	BackendId uint32
+	Flags     uint32
+	LastSeen  uint64
 }
 
 type xdplbFwdMode uint32

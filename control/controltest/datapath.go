@@ -25,6 +25,8 @@ type Datapath struct {
 	tables   map[uint32][]uint32
 	writes   []string // "put-backend 3", "put-table 1", "put-vip 1", "del-vip 1", ...
 	failPut  error
+	// failTables is returned by PutLookupTables when set.
+	failTables error
 
 	vipCounters     map[uint32]loader.Counters
 	backendCounters map[uint32]loader.Counters
@@ -211,13 +213,52 @@ func (f *Datapath) DeleteBackend(id uint32) error {
 func (f *Datapath) PutLookupTable(vipID uint32, t []uint32) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	return f.putTable(vipID, t)
+}
+
+// PutLookupTables checks every table first and writes all or none, as the
+// loader's single batched map update does; a failure set with
+// SetFailTables is returned before anything is written.
+func (f *Datapath) PutLookupTables(tables map[uint32][]uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failTables != nil {
+		return f.failTables
+	}
+	ids := slices.Sorted(maps.Keys(tables))
+	saved := maps.Clone(f.tables)
+	for _, id := range ids {
+		if err := f.putTable(id, tables[id]); err != nil {
+			f.tables = saved
+			return err
+		}
+	}
+	return nil
+}
+
+// SetFailTables makes PutLookupTables return err; nil makes it work again.
+func (f *Datapath) SetFailTables(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failTables = err
+}
+
+func (f *Datapath) putTable(vipID uint32, t []uint32) error {
 	if uint32(len(t)) != f.lookupSize {
 		return fmt.Errorf("table of %d entries, want %d", len(t), f.lookupSize)
 	}
 	// The data plane must never point at a backend that is not there.
+	// Each id once: a table has many more slots than backends.
+	seen := make([]bool, f.maxBacks)
 	for _, b := range t {
-		if _, ok := f.backends[b]; b != 0 && !ok {
+		if b == 0 || b < f.maxBacks && seen[b] {
+			continue
+		}
+		if _, ok := f.backends[b]; !ok {
 			return fmt.Errorf("table points at missing backend %d", b)
+		}
+		if b < f.maxBacks {
+			seen[b] = true
 		}
 	}
 	f.tables[vipID] = slices.Clone(t)
