@@ -69,7 +69,9 @@ demo: deps build
 # A benchmark, not a test: it prints and writes vm-tests/bench/RESULTS.md,
 # and never fails on a timing.
 bench: bench-deps build
-	$(GO) test -run '^$$' -bench . -benchtime 2000000x ./loader/
+	$(GO) test -run '^$$' -bench Program -benchtime 2000000x ./loader/
+	$(GO) test -run '^$$' -bench 'PutLookupTable|PutVIPs' ./loader/
+	$(GO) test -run '^$$' -bench 'SingleChange|Apply1000x32|BuildMaglev' -benchtime 3x ./control/
 	$(GO) run ./vm-tests/bench -binary $(BIN) -out vm-tests/bench/RESULTS.md
 
 clean:

@@ -14,6 +14,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/xdplb/xdplb/vm-tests/lab"
 )
 
 // The veth wire's addresses. They exist only inside its two namespaces.
@@ -211,21 +213,8 @@ func (n *vethNode) stats() (vethIfStats, error) {
 	return vethIfStats{RxPackets: s.RxPackets, RxDropped: s.RxDropped}, nil
 }
 
-// do runs fn on an OS thread inside n's namespace. The thread is discarded
-// afterwards (never unlocked), so the namespace cannot leak into other
-// goroutines.
-func (n *vethNode) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := netns.Set(n.ns); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", n.NetNS, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
+// do runs fn on an OS thread inside n's namespace, then discards the thread.
+func (n *vethNode) do(fn func() error) error { return lab.InNetNS(n.ns, n.NetNS, fn) }
 
 // onClose registers f to run at Close, before the namespaces go.
 func (w *vethWire) onClose(f func() error) { w.closers = append(w.closers, f) }

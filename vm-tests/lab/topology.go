@@ -444,15 +444,19 @@ func addAddr(h *netlink.Handle, link netlink.Link, p netip.Prefix) error {
 	return nil
 }
 
-// Do runs fn on an OS thread inside n's namespace. The thread is discarded
-// afterwards (never unlocked), so the namespace cannot leak into other
-// goroutines. Sockets created by fn stay in n's namespace for their lifetime.
-func (n *Node) Do(fn func() error) error {
+// Do runs fn on an OS thread inside n's namespace (see InNetNS). Sockets
+// created by fn stay in n's namespace for their lifetime.
+func (n *Node) Do(fn func() error) error { return InNetNS(n.ns, n.NetNS, fn) }
+
+// InNetNS runs fn on an OS thread inside the namespace ns (named name in
+// errors). The thread is discarded afterwards (never unlocked), so the
+// namespace cannot leak into other goroutines.
+func InNetNS(ns netns.NsHandle, name string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		if err := netns.Set(n.ns); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", n.NetNS, err)
+		if err := netns.Set(ns); err != nil {
+			errc <- fmt.Errorf("enter netns %s: %w", name, err)
 			return
 		}
 		errc <- fn()
