@@ -146,6 +146,12 @@ func RunDaemonWith(ctx context.Context, cfg DaemonConfig, open OpenDatapath) (er
 	if err != nil {
 		return err
 	}
+	// A state larger than the maps is a configuration error, refused when
+	// it is given, not a failed map write later.
+	store.SetLimits(loader.DefaultMaxVIPs, loader.DefaultMaxBackends)
+	if err := ValidateLimits(store.State(), loader.DefaultMaxVIPs, loader.DefaultMaxBackends); err != nil {
+		return fmt.Errorf("state in %s: %w", cfg.StateDir, err)
+	}
 	if cfg.ConfigFile != "" {
 		st, err := LoadConfig(cfg.ConfigFile)
 		if err != nil {

@@ -30,6 +30,9 @@ type Store struct {
 	path  string
 	state State
 	extra func(State) error
+	// maxVIPs, maxBackends: the data plane's capacity (0: no limit), see
+	// SetLimits.
+	maxVIPs, maxBackends uint32
 	// persist writes data to path atomically and keeps no reference to
 	// data; a field so tests can make it fail.
 	persist func(path string, data []byte) error
@@ -269,6 +272,9 @@ func (s *Store) updateVIP(id VIPID, change func(*VIP) error) error {
 // the only VIP that next adds or changes; its other VIPs are then the
 // store's own, unchanged.
 func (s *Store) commit(next State, sub *State, changed *VIP) error {
+	if err := checkCapacity(next, s.maxVIPs, s.maxBackends); err != nil {
+		return err
+	}
 	if s.extra != nil && sub != nil {
 		if err := s.extra(sub.Clone()); err != nil {
 			return asInvalid(err)
@@ -601,4 +607,12 @@ func writeFileAtomic(path string, data []byte) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// SetLimits makes every later change refuse a state larger than the data
+// plane's maps: maxVIPs and maxBackends count ids 1..max-1 (0: no limit).
+func (s *Store) SetLimits(maxVIPs, maxBackends uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.maxVIPs, s.maxBackends = maxVIPs, maxBackends
 }

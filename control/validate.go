@@ -166,8 +166,8 @@ func Validate(s State) error { return ValidateLimits(s, 0, 0) }
 // VIP ids are 1..maxVIPs-1 and backend ids 1..maxBackends-1, one per backend
 // of each VIP, so at most maxVIPs-1 VIPs and maxBackends-1 backends in all.
 func ValidateLimits(s State, maxVIPs, maxBackends uint32) error {
-	if maxVIPs > 0 && len(s.VIPs) > int(maxVIPs)-1 {
-		return invalidf("%d vips: at most %d fit in the data plane", len(s.VIPs), int(maxVIPs)-1)
+	if err := checkCapacity(s, maxVIPs, maxBackends); err != nil {
+		return err
 	}
 	seen := make(map[VIPID]bool, len(s.VIPs))
 	total := 0
@@ -183,6 +183,20 @@ func ValidateLimits(s State, maxVIPs, maxBackends uint32) error {
 		}
 		seen[id] = true
 		total += len(v.Backends)
+	}
+	return nil
+}
+
+// checkCapacity refuses a state with more VIPs or backends (over all VIPs)
+// than the data plane's maps hold (ids 1..max-1; 0: no limit). It is cheap:
+// the store runs it on every change.
+func checkCapacity(s State, maxVIPs, maxBackends uint32) error {
+	if maxVIPs > 0 && len(s.VIPs) > int(maxVIPs)-1 {
+		return invalidf("%d vips: at most %d fit in the data plane", len(s.VIPs), int(maxVIPs)-1)
+	}
+	total := 0
+	for i := range s.VIPs {
+		total += len(s.VIPs[i].Backends)
 	}
 	if maxBackends > 0 && total > int(maxBackends)-1 {
 		return invalidf("%d backends in all vips: at most %d fit in the data plane", total, int(maxBackends)-1)
