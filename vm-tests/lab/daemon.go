@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -98,26 +97,9 @@ func StartDaemon(ctx context.Context, o DaemonOptions) (*Daemon, error) {
 	d.cmd = exec.Command("ip", args...)
 	d.cmd.Stdout = logf
 	d.cmd.Stderr = logf
-	// Own process group: a Ctrl-C at the terminal reaches us, and we stop
-	// the daemon in order, instead of both racing. Pdeathsig: if we die
-	// without cleaning up (killed, test timeout), the daemon still gets
-	// SIGTERM and removes what it can.
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	started := make(chan error, 1)
-	go func() {
-		// Pdeathsig fires when the thread that forked the child exits, not
-		// the process: keep this thread until the child is gone.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := d.cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		d.waitErr = d.cmd.Wait()
-		close(d.done)
-	}()
-	if err := <-started; err != nil {
+	// If we die without stopping it (killed, test timeout), the daemon still
+	// gets SIGTERM and removes what it can (see startChild).
+	if err := startChild(d.cmd, &d.waitErr, d.done); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("start daemon: %w", err)
 	}

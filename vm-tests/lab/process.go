@@ -56,24 +56,7 @@ func (n *Node) StartProcess(o ProcessOptions, name string, args ...string) (*Pro
 		p.logf = f
 		p.cmd.Stdout, p.cmd.Stderr = f, f
 	}
-	// Own process group: a Ctrl-C at the terminal reaches only us, and we
-	// stop the process in order.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	started := make(chan error, 1)
-	go func() {
-		// Pdeathsig fires when the forking thread exits: keep this thread
-		// until the child is gone.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := p.cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		p.waitErr = p.cmd.Wait()
-		close(p.done)
-	}()
-	if err := <-started; err != nil {
+	if err := startChild(p.cmd, &p.waitErr, p.done); err != nil {
 		p.closeLog()
 		return nil, fmt.Errorf("start %s in %s: %w", p.Name, n.NetNS, err)
 	}
@@ -156,4 +139,27 @@ func (p *Process) LogTail(n int) string {
 // "net/ipv4/ip_forward") inside n's namespace.
 func (n *Node) SetSysctl(name, value string) error {
 	return n.Do(func() error { return writeSysctls(map[string]string{name: value}) })
+}
+
+// startChild starts cmd in a process group of its own (a Ctrl-C at the
+// terminal reaches only us, and we stop the child in order) with Pdeathsig
+// SIGTERM (if we die without stopping it, the kernel does). Pdeathsig fires
+// when the forking thread exits, not the process, so that thread is kept
+// until the child is gone; then *waitErr holds how it ended and done is
+// closed.
+func startChild(cmd *exec.Cmd, waitErr *error, done chan struct{}) error {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		*waitErr = cmd.Wait()
+		close(done)
+	}()
+	return <-started
 }
