@@ -23,12 +23,16 @@
  * that now belongs to another VIP. A down backend's entry stays VALID (ids
  * and counters survive a flap) but takes no packets: its flows are placed
  * again. Both flags are tested with one compare. */
+static __always_inline int backend_usable(const struct backend *be)
+{
+	return (be->flags & (BACKEND_F_VALID | BACKEND_F_DOWN)) == BACKEND_F_VALID;
+}
+
 static __always_inline struct backend *backend_for(__u32 id, __u32 vip_id)
 {
 	struct backend *be = bpf_map_lookup_elem(&backends, &id);
 
-	if (!be || (be->flags & (BACKEND_F_VALID | BACKEND_F_DOWN)) != BACKEND_F_VALID ||
-	    be->vip_id != vip_id)
+	if (!be || !backend_usable(be) || be->vip_id != vip_id)
 		return NULL;
 	return be;
 }
@@ -69,8 +73,7 @@ static __always_inline struct backend *conntrack_backend(const struct pkt *p, st
 		return NULL;
 	bid = v->backend_id;
 	be = bpf_map_lookup_elem(&backends, &bid);
-	if (!be || (be->flags & (BACKEND_F_VALID | BACKEND_F_DOWN)) != BACKEND_F_VALID ||
-	    !vip_id_matches(be->vip_id, p))
+	if (!be || !backend_usable(be) || !vip_id_matches(be->vip_id, p))
 		return NULL;
 	return be;
 }
