@@ -18,8 +18,10 @@ type Datapath interface {
 	PutBackend(loader.Backend) error
 	DeleteBackend(id uint32) error
 
-	// PutLookupTable replaces a VIP's whole table atomically; len(table)
-	// must be LookupTableSize(), entries are backend ids (0: empty).
+	// PutLookupTable makes table a VIP's table; len(table) must be
+	// LookupTableSize(), entries are backend ids (0: empty). A table in
+	// use may be rewritten slot by slot (each slot atomically), so every
+	// backend the old or the new table names must be usable meanwhile.
 	PutLookupTable(vipID uint32, table []uint32) error
 	LookupTable(vipID uint32) ([]uint32, error) // nil when the VIP has none
 	DeleteLookupTable(vipID uint32) error

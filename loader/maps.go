@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync/atomic"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -198,27 +200,57 @@ func (d *Datapath) zeroCounters(m *ebpf.Map, id uint32) error {
 	return nil
 }
 
-// PutLookupTable builds a new table for vipID and swaps it in with one map
-// update, so the program sees either the old or the new table, never a mix.
-// The swap waits for an RCU grace period in the kernel (~12 ms at HZ=250):
-// to write many tables, PutLookupTables pays it once.
+// PutLookupTable makes table vipID's lookup table. A VIP without a table
+// gets a new one, filled before it is inserted. A VIP with one has the
+// slots that differ written in place, through the table's memory: a swap
+// would wait for an RCU grace period in the kernel (~12 ms at HZ=250),
+// which is most of what a weight or health change costs.
+//
+// In place, the program may see a mix of the old and the new table while
+// the write runs: every slot flips with one atomic 32-bit store, and the
+// program reads one slot per new flow, so each flow is placed by the old or
+// the new value of its slot, as a flow arriving just before or just after a
+// swap would be. Every value in the mix is usable as long as the caller
+// keeps the reconciler's order: a backend's entry is written before any
+// slot names it, the slots that leave a backend are written before it is
+// marked down or deleted, and an id is not reused at once.
 func (d *Datapath) PutLookupTable(vipID uint32, table []uint32) error {
-	inner, err := d.newLookupTable(vipID, table)
-	if err != nil {
+	if err := d.checkLookupTable(vipID, table); err != nil {
 		return err
 	}
-	defer inner.Close() // the outer map keeps its own reference
-	if err := d.objs.Lookup.Put(vipID, inner); err != nil {
-		return fmt.Errorf("put lookup table %d: swap: %w", vipID, err)
+	var cur *ebpf.Map
+	err := d.objs.Lookup.Lookup(vipID, &cur)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		inner, err := d.newLookupTable(vipID, table)
+		if err != nil {
+			return err
+		}
+		defer inner.Close() // the outer map keeps its own reference
+		if err := d.objs.Lookup.Put(vipID, inner); err != nil {
+			return fmt.Errorf("put lookup table %d: insert: %w", vipID, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("put lookup table %d: %w", vipID, err)
+	}
+	defer cur.Close()
+	if cur.MaxEntries() != uint32(len(table)) {
+		return fmt.Errorf("put lookup table %d: %w: map holds %d slots, table has %d", vipID, ErrIncompatiblePin, cur.MaxEntries(), len(table))
+	}
+	err = withTableMemory(cur, unix.PROT_READ|unix.PROT_WRITE, func(mem []byte) { writeSlots(mem, table) })
+	if err != nil {
+		return fmt.Errorf("put lookup table %d: write: %w", vipID, err)
 	}
 	return nil
 }
 
-// PutLookupTables is PutLookupTable for several VIPs: every table is built
-// first, then all are swapped in by one batch update, so the kernel waits
-// for one RCU grace period instead of one per table. Each VIP still sees
-// its old or its new table, never a mix; on error, tables of VIPs before
-// the failing one may already be swapped in.
+// PutLookupTables writes the tables of several VIPs, meant for VIPs new to
+// the data plane (a whole apply): every table is built and filled first,
+// then all are inserted by one batch update, so the kernel waits for at
+// most one RCU grace period (for VIPs that had a table) instead of one per
+// table. Each VIP sees its old table or its new one, never a mix; on
+// error, tables of VIPs before the failing one may already be in.
 func (d *Datapath) PutLookupTables(tables map[uint32][]uint32) error {
 	ids := slices.Sorted(maps.Keys(tables))
 	inners := make([]*ebpf.Map, 0, len(ids))
@@ -254,34 +286,77 @@ func (d *Datapath) PutLookupTables(tables map[uint32][]uint32) error {
 	return nil
 }
 
-// newLookupTable checks a table and creates a filled inner map for it; the
-// caller swaps it in and closes it.
-func (d *Datapath) newLookupTable(vipID uint32, table []uint32) (*ebpf.Map, error) {
+// checkLookupTable refuses a table the program could not use.
+func (d *Datapath) checkLookupTable(vipID uint32, table []uint32) error {
 	if vipID == 0 || vipID >= d.opts.MaxVIPs {
-		return nil, fmt.Errorf("put lookup table %d: %w: vip id outside 1..%d", vipID, ErrInvalid, d.opts.MaxVIPs-1)
+		return fmt.Errorf("put lookup table %d: %w: vip id outside 1..%d", vipID, ErrInvalid, d.opts.MaxVIPs-1)
+	}
+	if table == nil {
+		return nil // the caller checks the table as it writes it
 	}
 	if uint32(len(table)) != d.opts.LookupSize {
-		return nil, fmt.Errorf("put lookup table %d: %w: %d entries, want %d", vipID, ErrInvalid, len(table), d.opts.LookupSize)
+		return fmt.Errorf("put lookup table %d: %w: %d entries, want %d", vipID, ErrInvalid, len(table), d.opts.LookupSize)
 	}
 	for i, id := range table {
 		if id >= d.opts.MaxBackends {
-			return nil, fmt.Errorf("put lookup table %d: %w: slot %d holds backend id %d", vipID, ErrInvalid, i, id)
+			return fmt.Errorf("put lookup table %d: %w: slot %d holds backend id %d", vipID, ErrInvalid, i, id)
 		}
+	}
+	return nil
+}
+
+// newLookupTable checks a table and creates a filled inner map for it; the
+// caller inserts it and closes it.
+func (d *Datapath) newLookupTable(vipID uint32, table []uint32) (*ebpf.Map, error) {
+	if err := d.checkLookupTable(vipID, nil); err != nil {
+		return nil, err
+	}
+	if uint32(len(table)) != d.opts.LookupSize {
+		return nil, fmt.Errorf("put lookup table %d: %w: %d entries, want %d", vipID, ErrInvalid, len(table), d.opts.LookupSize)
 	}
 	inner, err := ebpf.NewMap(d.innerSpec)
 	if err != nil {
 		return nil, fmt.Errorf("put lookup table %d: create: %w", vipID, err)
 	}
+	bad := -1
 	err = withTableMemory(inner, unix.PROT_READ|unix.PROT_WRITE, func(mem []byte) {
+		// Checked while filling: one pass over the table, not two (a
+		// whole apply fills 1,000 of them). Nobody sees the map yet.
+		slots := unsafe.Slice((*uint32)(unsafe.Pointer(&mem[0])), len(mem)/4)
 		for i, id := range table {
-			binary.NativeEndian.PutUint32(mem[i*tableStride:], id)
+			if id >= d.opts.MaxBackends {
+				bad = i
+				return
+			}
+			slots[i*tableStride/4] = id
 		}
 	})
+	if err == nil && bad >= 0 {
+		err = fmt.Errorf("%w: slot %d holds backend id %d", ErrInvalid, bad, table[bad])
+	}
 	if err != nil {
 		inner.Close()
 		return nil, fmt.Errorf("put lookup table %d: fill: %w", vipID, err)
 	}
 	return inner, nil
+}
+
+// writeSlots stores in mem, the memory of a table in use, the slots of
+// table that differ from it, each with one atomic store, and returns how
+// many it wrote. Slots that stay are not written: their cache lines stay
+// shared with the CPUs that read them.
+func writeSlots(mem []byte, table []uint32) int {
+	n := 0
+	for i, id := range table {
+		// Aligned: the mapping starts on a page, slots are tableStride
+		// apart.
+		slot := (*uint32)(unsafe.Pointer(&mem[i*tableStride]))
+		if atomic.LoadUint32(slot) != id {
+			atomic.StoreUint32(slot, id)
+			n++
+		}
+	}
+	return n
 }
 
 // tableStride is the distance between two slots of a mmapped lookup table:
