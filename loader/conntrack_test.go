@@ -1,0 +1,78 @@
+package loader
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/xdplb/xdplb/vm-tests/testutil"
+)
+
+// The connection table uses the common LRU list (bpf/maps.h): a table
+// pinned by a build with per-CPU lists (BPF_F_NO_COMMON_LRU) has the same
+// key, value and size but other flags, and must be refused, not reused.
+func TestLoadRefusesPerCPULRUConntrackPin(t *testing.T) {
+	testutil.RequireRoot(t)
+	opts := testOptions(testutil.MountBPFFS(t))
+	spec, err := loadXdplb()
+	must(t, err)
+	ct := spec.Maps["conntrack"].Copy()
+	if ct.Flags&unix.BPF_F_NO_COMMON_LRU != 0 {
+		t.Fatalf("conntrack flags %#x: per-CPU LRU lists", ct.Flags)
+	}
+	ct.Flags |= unix.BPF_F_NO_COMMON_LRU
+	ct.MaxEntries = opts.ConntrackSize
+	ct.Pinning = ebpf.PinNone
+	old, err := ebpf.NewMap(ct)
+	must(t, err)
+	t.Cleanup(func() { old.Close() })
+	dir := filepath.Join(opts.BPFFS, pinSubdir)
+	must(t, os.MkdirAll(dir, 0o700))
+	must(t, old.Pin(filepath.Join(dir, "conntrack")))
+
+	if d, err := Load(opts); !errors.Is(err, ErrIncompatiblePin) {
+		if err == nil {
+			d.Remove()
+		}
+		t.Fatalf("load over a per-CPU LRU conntrack pin: %v, want ErrIncompatiblePin", err)
+	}
+}
+
+// With the common LRU list one CPU can fill the whole table; per-CPU
+// lists would give it size/CPUs entries and evict beyond that.
+func TestConntrackOneCPUFillsTable(t *testing.T) {
+	testutil.RequireRoot(t)
+	opts := testOptions(testutil.MountBPFFS(t))
+	d := load(t, opts)
+	t.Cleanup(func() { d.Remove() })
+	setupVIPs(t, d)
+	// One CPU only: the thread is thrown away when the test ends locked.
+	runtime.LockOSThread()
+	var one unix.CPUSet
+	one.Set(0)
+	must(t, unix.SchedSetaffinity(0, &one))
+	syn := flow{src: client4, dst: vipAddr4, dport: 80, syn: true}.build(t)
+	// Every run a new source port: as many flows as the table holds.
+	n := int(opts.ConntrackSize)
+	for i := range n {
+		syn[sport4], syn[sport4+1] = byte(i>>8), byte(i)
+		syn[srcLastByte4] = byte(10 + i>>16)
+		if r := mustRun(t, d.Program(), syn); r.verdict != xdpTX {
+			t.Fatalf("flow %d: verdict %d", i, r.verdict)
+		}
+	}
+	got, err := d.ConntrackEntries()
+	must(t, err)
+	// Per-CPU lists would cap one CPU at size/CPUs; the common list
+	// keeps at most a small local cache per CPU free.
+	cpus, err := ebpf.PossibleCPU()
+	must(t, err)
+	if got < n-128*cpus {
+		t.Fatalf("%d entries after %d new flows into a table of %d", got, n, n)
+	}
+}
