@@ -304,3 +304,6 @@ func (d *Datapath) MaxVIPs() uint32 { return d.opts.MaxVIPs }
 
 // MaxBackends bounds backend ids: 1..MaxBackends()-1.
 func (d *Datapath) MaxBackends() uint32 { return d.opts.MaxBackends }
+
+// ConntrackSize is the connection table's size in entries.
+func (d *Datapath) ConntrackSize() uint32 { return d.opts.ConntrackSize }
