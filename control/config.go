@@ -30,6 +30,14 @@ func LoadConfig(path string) (State, error) {
 // a default); a backend without a `weight:` key gets DefaultWeight, while an
 // explicit `weight: 0` stays 0 (drained).
 func ParseState(b []byte) (State, error) {
+	if s, ok := parseStateFast(b); ok {
+		return s, nil
+	}
+	return parseStateYAML(b)
+}
+
+// parseStateYAML is ParseState through yaml.v3 alone.
+func parseStateYAML(b []byte) (State, error) {
 	var s State
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(b))
@@ -150,6 +158,20 @@ func deref(n *yaml.Node) *yaml.Node {
 func MarshalState(s State) ([]byte, error) {
 	s = s.Clone()
 	Normalize(&s)
+	if len(s.VIPs) > 0 {
+		out, ok := []byte(yamlListHead), true
+		for i := 0; ok && i < len(s.VIPs); i++ {
+			out, ok = appendVIPYAML(out, &s.VIPs[i])
+		}
+		if ok {
+			return out, nil
+		}
+	}
+	return marshalStateYAML(s)
+}
+
+// marshalStateYAML is MarshalState of a normalized copy through yaml.v3.
+func marshalStateYAML(s State) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)

@@ -54,11 +54,15 @@ func (c *maglevCache) build(backends []MaglevBackend, size uint32) []uint32 {
 		}
 		c.layouts[key] = layout
 	}
+	// ids[n] is the id of layout entry n, ids[0] the empty slot: one load
+	// per slot and no branch (a whole apply relabels 65M slots).
+	ids := make([]uint32, len(bs)+1)
+	for i, b := range bs {
+		ids[i+1] = b.ID
+	}
 	table := make([]uint32, len(layout))
 	for i, n := range layout {
-		if n != 0 {
-			table[i] = bs[n-1].ID
-		}
+		table[i] = ids[n]
 	}
 	return table
 }

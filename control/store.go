@@ -41,6 +41,19 @@ type Store struct {
 	// change re-encodes only the VIPs it touched.
 	yaml map[VIPID]vipYAML
 	buf  []byte // the last state file written, reused by the next
+	// stale: a change went to the journal, not through yaml; the next
+	// state file is encoded checking every VIP against yaml.
+	stale bool
+
+	// The journal (journal.go): base is the hash of the state file on
+	// disk when journaling is on (empty: off, the next change rewrites the
+	// state file), baseSize its size, jf the open journal and journalSize
+	// its size. journalMin is the state-file size from which it is on.
+	base        string
+	baseSize    int64
+	jf          *os.File
+	journalSize int64
+	journalMin  int
 }
 
 // vipYAML is the item of VIP v in the state file: b, and for a VIP with
@@ -63,9 +76,10 @@ func OpenStore(dir string, extra func(State) error) (*Store, error) {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
 	s := &Store{
-		path:    filepath.Join(dir, StateFile),
-		extra:   extra,
-		persist: writeFileAtomic,
+		path:       filepath.Join(dir, StateFile),
+		extra:      extra,
+		persist:    writeFileAtomic,
+		journalMin: journalMinState,
 	}
 	removeTemps(dir)
 	b, err := os.ReadFile(s.path)
@@ -80,10 +94,20 @@ func OpenStore(dir string, extra func(State) error) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state file %s is corrupt (fix or remove it): %w", s.path, err)
 	}
+	replayed, err := replayJournal(dir, b, &st)
+	if err != nil {
+		return nil, fmt.Errorf("state %s is corrupt (fix or remove it): %w", s.path, err)
+	}
 	if err := s.check(&st); err != nil {
 		return nil, fmt.Errorf("state file %s: %w", s.path, err)
 	}
 	s.state = st
+	s.baseSize = int64(len(b))
+	if !replayed && len(b) >= s.journalMin {
+		// Replayed records stay in their journal until the first change
+		// rewrites the state file.
+		s.base = stateHash(b)
+	}
 	return s, nil
 }
 
@@ -163,7 +187,7 @@ func (s *Store) AddVIP(v VIP) error {
 	}
 	next := State{VIPs: slices.Insert(slices.Clone(s.state.VIPs), i, v)}
 	sub := State{VIPs: []VIP{v}}
-	return s.commit(next, &sub, &v)
+	return s.commit(next, &sub, &v, &journalRecord{Set: &v})
 }
 
 // DeleteVIP removes a VIP and its backends.
@@ -176,7 +200,7 @@ func (s *Store) DeleteVIP(id VIPID) error {
 	}
 	next := State{VIPs: slices.Delete(slices.Clone(s.state.VIPs), i, i+1)}
 	sub := State{VIPs: []VIP{}}
-	return s.commit(next, &sub, nil)
+	return s.commit(next, &sub, nil, &journalRecord{Del: canonicalID(id).String()})
 }
 
 // AddBackend adds b to a VIP; ErrExists if the VIP has it already. b.Weight
@@ -235,7 +259,7 @@ func (s *Store) Replace(next State) error {
 	if sameState(&st, &s.state) {
 		return nil
 	}
-	return s.commit(st, nil, nil) // checked with the extra check above
+	return s.commit(st, nil, nil, nil) // checked with the extra check above
 }
 
 // updateVIP runs change on a copy of one VIP and commits the result. The
@@ -263,15 +287,16 @@ func (s *Store) updateVIP(id VIPID, change func(*VIP) error) error {
 	next := State{VIPs: slices.Clone(s.state.VIPs)}
 	next.VIPs[i] = v
 	sub := newBackends(State{VIPs: []VIP{v}}, State{VIPs: []VIP{*old}})
-	return s.commit(next, &sub, &v)
+	return s.commit(next, &sub, &v, &journalRecord{Set: &v})
 }
 
 // commit makes next (normalized and valid) the state: the extra check on
 // sub (what next adds, see newBackends; nil: checked already), the write
 // to disk, the swap and the notifications. changed (nil: any) is
 // the only VIP that next adds or changes; its other VIPs are then the
-// store's own, unchanged.
-func (s *Store) commit(next State, sub *State, changed *VIP) error {
+// store's own, unchanged. rec (nil: none) is the change as a journal
+// record, written instead of the state file when the journal takes it.
+func (s *Store) commit(next State, sub *State, changed *VIP, rec *journalRecord) error {
 	if err := checkCapacity(next, s.maxVIPs, s.maxBackends); err != nil {
 		return err
 	}
@@ -280,6 +305,20 @@ func (s *Store) commit(next State, sub *State, changed *VIP) error {
 			return asInvalid(err)
 		}
 	}
+	if rec != nil {
+		ok, err := s.journal(*rec)
+		if err != nil {
+			return fmt.Errorf("save state: %w", err)
+		}
+		if ok {
+			s.state, s.stale = next, true
+			s.notify()
+			return nil
+		}
+	}
+	if s.stale {
+		changed = nil // the cache may hold older versions of journaled VIPs
+	}
 	data, cache, err := s.marshal(next, changed)
 	if err != nil {
 		return err
@@ -287,17 +326,23 @@ func (s *Store) commit(next State, sub *State, changed *VIP) error {
 	if err := s.persist(s.path, data); err != nil {
 		return fmt.Errorf("save state: %w", err)
 	}
-	s.state, s.yaml = next, cache
+	s.state, s.yaml, s.stale = next, cache, false
+	s.rebased(data)
 	if len(next.VIPs) > 0 {
 		s.buf = data
 	}
+	s.notify()
+	return nil
+}
+
+// notify tells every subscriber that the state changed.
+func (s *Store) notify() {
 	for _, ch := range s.subs {
 		select {
 		case ch <- struct{}{}:
 		default: // a notification is pending already
 		}
 	}
-	return nil
 }
 
 // yamlListHead starts MarshalState's output of a state with VIPs; each VIP
