@@ -101,14 +101,20 @@ func (p *netProber) dialTCP(ctx context.Context, network, addr string) (net.Conn
 }
 
 func (p *netProber) probeTCP(ctx context.Context, s Spec) Result {
-	c, err := p.dialer.DialTCP(ctx, "tcp", netip.AddrPort{}, s.Target)
+	// Not Dialer.DialTCP: given no local address it binds to 0.0.0.0:0
+	// before connecting, a syscall more and an ephemeral port taken for
+	// every destination (the bind path), where connect alone picks a port
+	// per destination, so that ports are shared.
+	c, err := p.dialer.DialContext(ctx, "tcp", s.Target.String())
 	if err != nil {
 		return Result{Reason: reason(ctx, err)}
 	}
 	// Reset on close, as in dialTCP.
-	if err := c.SetLinger(0); err != nil {
-		c.Close()
-		return Result{Reason: "set linger: " + shortError(err)}
+	if tc, ok := c.(*net.TCPConn); ok {
+		if err := tc.SetLinger(0); err != nil {
+			c.Close()
+			return Result{Reason: "set linger: " + shortError(err)}
+		}
 	}
 	c.Close()
 	return Result{OK: true, Reason: ReasonOK}
