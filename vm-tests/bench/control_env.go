@@ -4,14 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -143,52 +140,4 @@ func (e *ctlEnv) permanentNeighbours(ctx context.Context, addrs []netip.Addr) (i
 		}
 	}
 	return n, nil
-}
-
-// ctlCheckListeners answers TCP health checks in the backend namespace: one
-// listener per port on every address, accepting and closing.
-type ctlCheckListeners struct {
-	lns      []net.Listener
-	accepted atomic.Uint64
-	wg       sync.WaitGroup
-}
-
-func (e *ctlEnv) listen(ports []int) (*ctlCheckListeners, error) {
-	cl := &ctlCheckListeners{}
-	err := e.lab.Backends[0].Do(func() error {
-		for _, p := range ports {
-			ln, err := net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", p))
-			if err != nil {
-				return fmt.Errorf("listen on %d: %w", p, err)
-			}
-			cl.lns = append(cl.lns, ln)
-		}
-		return nil
-	})
-	for _, ln := range cl.lns {
-		cl.wg.Add(1)
-		go func() {
-			defer cl.wg.Done()
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				cl.accepted.Add(1)
-				c.Close()
-			}
-		}()
-	}
-	if err != nil {
-		cl.Close()
-		return nil, err
-	}
-	return cl, nil
-}
-
-func (cl *ctlCheckListeners) Close() {
-	for _, ln := range cl.lns {
-		ln.Close()
-	}
-	cl.wg.Wait()
 }

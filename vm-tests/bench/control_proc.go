@@ -94,26 +94,33 @@ func ctlParseKB(v string) (uint64, error) {
 	return n * 1024, nil
 }
 
-// ctlProcCPU returns the user+system CPU time the process has used.
-func ctlProcCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+// ctlProcCPU returns the user and system CPU time the process has used.
+func ctlProcCPU(pid int) (user, sys time.Duration, err error) {
+	return ctlStatCPU(fmt.Sprintf("/proc/%d/stat", pid))
+}
+
+// ctlStatCPU reads utime and stime from a /proc stat file (a process's or
+// a thread's).
+func ctlStatCPU(path string) (user, sys time.Duration, err error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// The command name may hold spaces; fields start after its ')'.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+		return 0, 0, fmt.Errorf("parse %s", path)
 	}
 	f := strings.Fields(string(b[i+1:]))
 	// After ')': state(3) ... utime is field 14, stime 15 (1-based) -> 11, 12 here.
 	if len(f) < 13 {
-		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(f))
+		return 0, 0, fmt.Errorf("parse %s: %d fields", path, len(f))
 	}
 	u, err1 := strconv.ParseUint(f[11], 10, 64)
 	s, err2 := strconv.ParseUint(f[12], 10, 64)
 	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("parse /proc/%d/stat times", pid)
+		return 0, 0, fmt.Errorf("parse %s times", path)
 	}
-	return time.Duration(u+s) * time.Second / ctlClockTicks, nil
+	tick := time.Second / ctlClockTicks
+	return time.Duration(u) * tick, time.Duration(s) * tick, nil
 }

@@ -28,17 +28,18 @@ const (
 
 // pktParams size a run.
 type pktParams struct {
-	rounds   int // each round times every path once, floor and xdplb side by side
-	repeat   int // BPF_PROG_TEST_RUN repeat count of the repeat-mode runs
-	newFlows int // distinct SYNs per family per round, one single run each
-	retries  int // re-measurements of a repeat run the machine disturbed
+	rounds    int // each round times every path once, floor and xdplb side by side
+	repeat    int // BPF_PROG_TEST_RUN repeat count of the repeat-mode runs
+	newRepeat int // repeat count of a new-flow harness run: that many new flows
+	newFlows  int // distinct SYNs per family per round, one single run each
+	retries   int // re-measurements of a repeat run the machine disturbed
 }
 
 func pktParamsFor(quick bool) pktParams {
 	if quick {
-		return pktParams{rounds: 5, repeat: 200_000, newFlows: 300, retries: 3}
+		return pktParams{rounds: 5, repeat: 200_000, newRepeat: 5_000, newFlows: 300, retries: 3}
 	}
-	return pktParams{rounds: 21, repeat: 1_000_000, newFlows: 2000, retries: 5}
+	return pktParams{rounds: 21, repeat: 1_000_000, newRepeat: 20_000, newFlows: 2000, retries: 5}
 }
 
 // The paths measured, in table order.
@@ -47,7 +48,8 @@ type pktPath int
 const (
 	pktEstablished pktPath = iota
 	pktUDP
-	pktNew
+	pktNew     // through the new-flow harness, the table with room
+	pktNewFull // the same with the table full: every insert evicts
 	pktPassPath
 	pktNumPaths
 )
@@ -55,12 +57,16 @@ const (
 var pktPathNames = [pktNumPaths]string{
 	pktEstablished: "established TCP flow (ACK)",
 	pktUDP:         "UDP to a VIP (established)",
-	pktNew:         "new TCP flow (SYN)",
+	pktNew:         "new TCP flow (SYN), table not full",
+	pktNewFull:     "new TCP flow (SYN), table full (every insert evicts)",
 	pktPassPath:    "no VIP (pass)",
 }
 
-// pktLimits are the targets, as ratios to the floor.
-var pktLimits = [pktNumPaths]float64{pktEstablished: 6, pktUDP: 6, pktNew: 8, pktPassPath: 3}
+// pktLimits are the targets, as ratios to the floor; 0 is no
+// target. The new-flow target is taken with the table full: an LB that has
+// seen more flows than its table holds (the default is 1,048,576) stays
+// full, so that is the steady state of a busy one.
+var pktLimits = [pktNumPaths]float64{pktEstablished: 6, pktUDP: 6, pktNewFull: 8, pktPassPath: 3}
 
 // pktSeries holds one path and family's figures, one per round.
 type pktSeries struct {
@@ -76,6 +82,7 @@ func (s *pktSeries) add(floor, xdplb float64) {
 // pktSingles holds single-run figures of one family, one IQM per round.
 type pktSingles struct {
 	syn, ack, cold, floor []float64
+	extra                 []float64 // repeat-mode established + (SYN - ACK)
 }
 
 // pktBench is the loaded floor and xdplb programs with xdplb configured.
@@ -84,9 +91,13 @@ type pktBench struct {
 	log   *slog.Logger
 	dp    *loader.Datapath
 	floor *ebpf.Program
-	// Repeat-mode frames per family and path; pktNew's is a SYN, timed
-	// only under the floor (see measureRound).
+	// Repeat-mode frames per family and path; pktNew's and pktNewFull's
+	// are a SYN whose tuple the harnesses rewrite on every run.
 	frames [][pktNumPaths][]byte
+	// New-flow harnesses per family, with xdplb and the floor as targets.
+	newXdplb, newFloor []*progs.NewFlowHarness
+	inserted           int // flows the xdplb harness runs created
+	fillNote           string
 
 	series    [][pktNumPaths]pktSeries
 	singles   []pktSingles
@@ -133,26 +144,42 @@ func runPacketCost(ctx context.Context, c config) (Section, error) {
 			return Section{}, fmt.Errorf("round %d: %w", r, err)
 		}
 	}
-	c.Log.Info("packet cost measured", "rounds", p.rounds, "elapsed", time.Since(start).Round(time.Millisecond))
 	notes, err := b.afterChecks()
 	if err != nil {
 		return Section{}, err
 	}
+	// Then the steady state of a busy LB: the table full, so every insert
+	// evicts the least recently used entry.
+	if err := b.fill(); err != nil {
+		return Section{}, fmt.Errorf("fill the connection table: %w", err)
+	}
+	for r := range p.rounds {
+		if err := ctx.Err(); err != nil {
+			return Section{}, err
+		}
+		if err := b.measureFullRound(r); err != nil {
+			return Section{}, fmt.Errorf("table-full round %d: %w", r, err)
+		}
+	}
+	if err := b.checkNoDrops(); err != nil {
+		return Section{}, err
+	}
+	c.Log.Info("packet cost measured", "rounds", p.rounds, "elapsed", time.Since(start).Round(time.Millisecond))
 	return b.section(notes), nil
 }
 
-// pktConntrackSize leaves room for every flow the run creates on any one
-// CPU: the table's LRU lists are per CPU (BPF_F_NO_COMMON_LRU), each with
-// size/possible-CPUs free entries, and an eviction would be timed as part
-// of an insert.
+// pktConntrackSize leaves room for every flow the table-not-full rounds
+// create (single runs and harness runs, retries included), so that none
+// of them evicts. The LRU list is shared, but each CPU keeps a local cache
+// of up to 128 free entries the others cannot take: room for those too.
 func pktConntrackSize(p pktParams) (uint32, error) {
 	cpus, err := ebpf.PossibleCPU()
 	if err != nil {
 		return 0, fmt.Errorf("possible cpus: %w", err)
 	}
-	need := (len(pktFamilies)*(p.rounds*p.newFlows+3))*5/4 + 1024
+	need := len(pktFamilies)*(p.rounds*(p.newFlows+p.newRepeat*(p.retries+1))+3)*9/8 + 1024*cpus
 	size := uint32(1 << 16)
-	for int(size) < need*cpus {
+	for int(size) < need {
 		size <<= 1
 	}
 	return size, nil
@@ -175,6 +202,19 @@ func pktNewBench(log *slog.Logger, p pktParams, bpffs string) (*pktBench, error)
 	if err := b.configure(); err != nil {
 		b.close()
 		return nil, err
+	}
+	for _, fam := range pktFamilies {
+		for _, h := range []struct {
+			target *ebpf.Program
+			to     *[]*progs.NewFlowHarness
+		}{{b.dp.Program(), &b.newXdplb}, {b.floor, &b.newFloor}} {
+			nf, err := progs.LoadNewFlowHarness(h.target, fam.sportOff, fam.saddrOff)
+			if err != nil {
+				b.close()
+				return nil, err
+			}
+			*h.to = append(*h.to, nf)
+		}
 	}
 	b.series = make([][pktNumPaths]pktSeries, len(pktFamilies))
 	b.singles = make([]pktSingles, len(pktFamilies))
@@ -213,6 +253,7 @@ func (b *pktBench) configure() error {
 			pktEstablished: {src: fam.client, dst: fam.vip, sport: 40000, dport: pktTCPPort, ack: true},
 			pktUDP:         {src: fam.client, dst: fam.vip, sport: 40000, dport: pktUDPPort, udp: true},
 			pktNew:         {src: fam.client, dst: fam.vip, sport: 40001, dport: pktTCPPort, syn: true},
+			pktNewFull:     {src: fam.client, dst: fam.vip, sport: 40001, dport: pktTCPPort, syn: true},
 			pktPassPath:    {src: fam.client, dst: fam.other, sport: 40000, dport: pktTCPPort, ack: true},
 		}
 		for path, f := range flows {
@@ -227,6 +268,9 @@ func (b *pktBench) configure() error {
 }
 
 func (b *pktBench) close() {
+	for _, h := range append(b.newXdplb, b.newFloor...) {
+		h.Close()
+	}
 	if b.floor != nil {
 		b.floor.Close()
 	}
@@ -296,6 +340,19 @@ func (b *pktBench) check() error {
 		if after-before != 3 {
 			return fmt.Errorf("%s: %d connection-table entries created, want 3 (tcp, udp, new flow)", fam.name, after-before)
 		}
+		// The harnesses: a new tuple each run, forwarded as the SYN is.
+		for _, h := range []*progs.NewFlowHarness{b.newXdplb[i], b.newFloor[i]} {
+			opts := ebpf.RunOptions{Data: fr[pktNew], DataOut: make([]byte, len(fr[pktNew])+256)}
+			v, err := h.Program().Run(&opts)
+			if err != nil {
+				return fmt.Errorf("%s new-flow harness: %w", fam.name, err)
+			}
+			if v != pktXDPTX || !bytes.Equal(opts.DataOut[:12], pktDRRewrite(fr[pktNew])[:12]) &&
+				!bytes.Equal(opts.DataOut[:12], pktMACSwap(fr[pktNew])[:12]) {
+				return fmt.Errorf("%s new-flow harness: verdict %d, MACs %x", fam.name, v, opts.DataOut[:12])
+			}
+		}
+		b.inserted++
 	}
 	return nil
 }
@@ -310,14 +367,19 @@ func (b *pktBench) check() error {
 // where it does is measured again, and after the last retry the kernel's
 // figure plus half its step stands. The caller holds the OS thread.
 func (b *pktBench) perPacket(prog *ebpf.Program, in []byte, verdict uint32) (float64, error) {
-	slack := 1.05 + 20e3/float64(b.p.repeat)
+	return b.perPacketN(prog, in, verdict, b.p.repeat)
+}
+
+// perPacketN is perPacket with a repeat count of its own.
+func (b *pktBench) perPacketN(prog *ebpf.Program, in []byte, verdict uint32, repeat int) (float64, error) {
+	slack := 1.05 + 20e3/float64(repeat)
 	var kernel float64
 	for range b.p.retries + 1 {
 		before, err := pktThreadCPU()
 		if err != nil {
 			return 0, err
 		}
-		v, per, err := prog.Benchmark(in, b.p.repeat, nil)
+		v, per, err := prog.Benchmark(in, repeat, nil)
 		if err != nil {
 			return 0, err
 		}
@@ -330,7 +392,7 @@ func (b *pktBench) perPacket(prog *ebpf.Program, in []byte, verdict uint32) (flo
 		}
 		b.runs++
 		kernel = float64(per.Nanoseconds())
-		cpu := float64(after-before) / float64(b.p.repeat)
+		cpu := float64(after-before) / float64(repeat)
 		if cpu < kernel+slack {
 			if cpu < kernel-1 {
 				b.stolen++
@@ -377,16 +439,22 @@ func (b *pktBench) measureRound(round int) error {
 			if round%2 == 1 {
 				progsInOrder[0], progsInOrder[1] = progsInOrder[1], progsInOrder[0]
 			}
+			if path == pktNewFull {
+				continue // measureFullRound, once the table is full
+			}
 			for _, prog := range progsInOrder {
 				isFloor := prog == b.floor
-				if path == pktNew && !isFloor {
-					continue // a repeated SYN would hit the table: see below
-				}
 				verdict := uint32(pktXDPTX)
 				if path == pktPassPath && !isFloor {
 					verdict = pktXDPPass
 				}
-				ns, err := b.perPacket(prog, fr[path], verdict)
+				var ns float64
+				var err error
+				if path == pktNew {
+					ns, err = b.newFlowRun(fi, isFloor)
+				} else {
+					ns, err = b.perPacket(prog, fr[path], verdict)
+				}
 				if err != nil {
 					return fmt.Errorf("%s %s: %w", fam.name, pktPathNames[path], err)
 				}
@@ -397,14 +465,76 @@ func (b *pktBench) measureRound(round int) error {
 				}
 			}
 		}
+		// The old single-run figure, kept as a note: cold caches, and
+		// the kernel timer's cost cancelled by a difference.
 		extra, err := b.newFlowExtra(round, fi)
 		if err != nil {
 			return fmt.Errorf("%s new flows: %w", fam.name, err)
 		}
-		xdplb[pktNew] = xdplb[pktEstablished] + extra
+		b.singles[fi].extra = append(b.singles[fi].extra, xdplb[pktEstablished]+extra)
 		for path := range pktNumPaths {
-			b.series[fi][path].add(floor[path], xdplb[path])
+			if path != pktNewFull {
+				b.series[fi][path].add(floor[path], xdplb[path])
+			}
 		}
+	}
+	return nil
+}
+
+// newFlowRun times family fi's SYN through its new-flow harness, with
+// xdplb or the floor as the target: every repeat is a 5-tuple never seen
+// before, and the harness's own cost is in both figures.
+func (b *pktBench) newFlowRun(fi int, floor bool) (float64, error) {
+	h := b.newXdplb[fi]
+	if floor {
+		h = b.newFloor[fi]
+	}
+	runs := b.runs
+	ns, err := b.perPacketN(h.Program(), b.frames[fi][pktNew], pktXDPTX, b.p.newRepeat)
+	if !floor {
+		b.inserted += (b.runs - runs) * b.p.newRepeat
+	}
+	return ns, err
+}
+
+// fill inserts new flows until the connection table is full, so that
+// from then on every insert evicts.
+func (b *pktBench) fill() error {
+	size := int(b.dp.ConntrackSize())
+	if _, _, err := b.newXdplb[0].Program().Benchmark(b.frames[0][pktNew], size, nil); err != nil {
+		return err
+	}
+	b.inserted += size
+	entries, err := b.dp.ConntrackEntries()
+	if err != nil {
+		return err
+	}
+	b.fillNote = fmt.Sprintf("Table full: %d new flows were inserted into a table of %d entries, which then held %d "+
+		"(the LRU keeps a few free entries per CPU).", b.inserted, size, entries)
+	if entries < size*9/10 {
+		return fmt.Errorf("%d entries after %d inserts into %d, want a full table", entries, b.inserted, size)
+	}
+	return nil
+}
+
+// measureFullRound times new flows into the full table, floor and xdplb
+// through their harnesses side by side, order alternating by round.
+func (b *pktBench) measureFullRound(round int) error {
+	for fi, fam := range pktFamilies {
+		var floor, xdplb float64
+		for i := range 2 {
+			isFloor := (i == 0) == (round%2 == 0)
+			ns, err := b.newFlowRun(fi, isFloor)
+			if err != nil {
+				return fmt.Errorf("%s %s: %w", fam.name, pktPathNames[pktNewFull], err)
+			}
+			if isFloor {
+				floor = ns
+			} else {
+				xdplb = ns
+			}
+		}
+		b.series[fi][pktNewFull].add(floor, xdplb)
 	}
 	return nil
 }
@@ -473,12 +603,12 @@ func (b *pktBench) newFlowExtra(round, fi int) (float64, error) {
 	return pktIQM(syn) - pktIQM(ack), nil
 }
 
-// afterChecks makes sure nothing was dropped and no flow was evicted (an
-// eviction would have been timed as part of an insert), and returns notes.
-func (b *pktBench) afterChecks() ([]string, error) {
+// checkNoDrops makes sure xdplb dropped nothing: a timed drop is no
+// forwarding cost.
+func (b *pktBench) checkNoDrops() error {
 	drops, err := b.dp.DropCounters()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	var errs []error
 	for reason, n := range drops {
@@ -486,14 +616,21 @@ func (b *pktBench) afterChecks() ([]string, error) {
 			errs = append(errs, fmt.Errorf("xdplb dropped %d packets (%s) during the run", n, reason))
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
+	return errors.Join(errs...)
+}
+
+// afterChecks, after the table-not-full rounds, makes sure nothing was
+// dropped and no flow was evicted (an eviction would have been timed as
+// part of an insert), and returns notes.
+func (b *pktBench) afterChecks() ([]string, error) {
+	if err := b.checkNoDrops(); err != nil {
 		return nil, err
 	}
 	entries, err := b.dp.ConntrackEntries()
 	if err != nil {
 		return nil, err
 	}
-	want := len(pktFamilies) * (3 + b.p.rounds*b.p.newFlows)
+	want := len(pktFamilies)*(3+b.p.rounds*b.p.newFlows) + b.inserted
 	var notes []string
 	if entries != want {
 		notes = append(notes, fmt.Sprintf("**The connection table holds %d entries, %d flows were created: "+

@@ -32,13 +32,18 @@ type pktFamily struct {
 	vip     netip.Addr
 	other   netip.Addr // an address that is no VIP
 	backend netip.Addr
+	// Frame offsets the new-flow harness rewrites: the TCP source port
+	// and the last 4 bytes of the source address.
+	sportOff, saddrOff uint32
 }
 
 var pktFamilies = []pktFamily{
 	{"IPv4", netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.100"),
-		netip.MustParseAddr("10.0.0.200"), netip.MustParseAddr("10.0.1.1")},
+		netip.MustParseAddr("10.0.0.200"), netip.MustParseAddr("10.0.1.1"),
+		14 + 20, 14 + 12},
 	{"IPv6", netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::100"),
-		netip.MustParseAddr("2001:db8::200"), netip.MustParseAddr("2001:db8:1::1")},
+		netip.MustParseAddr("2001:db8::200"), netip.MustParseAddr("2001:db8:1::1"),
+		14 + 40, 14 + 8 + 12},
 }
 
 // Service ports of the VIPs.
