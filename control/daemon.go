@@ -33,15 +33,21 @@ type DaemonConfig struct {
 	SocketPath    string
 	MaglevSize    uint32
 	ConntrackSize uint32
-	Version       string
-	Logger        *slog.Logger
+	// DetachOnExit removes the XDP program, its pins and the announced
+	// VIP addresses when the daemon stops (a clean uninstall); by default
+	// they stay and forwarding continues without the daemon.
+	DetachOnExit bool
+	Version      string
+	Logger       *slog.Logger
 }
 
 // DatapathCloser is a data plane the daemon owns: Close releases its
-// handles but keeps programs, maps and links pinned.
+// handles but keeps programs, maps and links pinned; Remove also detaches
+// and unpins everything.
 type DatapathCloser interface {
 	Datapath
 	Close() error
+	Remove() error
 }
 
 // OpenDatapath loads the data plane; RunDaemon uses loader.Load.
@@ -118,8 +124,13 @@ func RunDaemonWith(ctx context.Context, cfg DaemonConfig, open OpenDatapath) (er
 	log := cfg.Logger
 	start := time.Now()
 
-	// The socket first: a second daemon must not touch the running one's
-	// data plane.
+	// The state dir's lock, then the socket: a second daemon must touch
+	// neither the running one's state nor its data plane.
+	lock, err := LockStateDir(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
 	apiLn, err := ListenUnix(ctx, cfg.SocketPath)
 	if err != nil {
 		return err
@@ -175,6 +186,10 @@ func RunDaemonWith(ctx context.Context, cfg DaemonConfig, open OpenDatapath) (er
 		return fmt.Errorf("load data plane: %w", err)
 	}
 	defer func() {
+		if cfg.DetachOnExit {
+			detachOnExit(dp, nw, log)
+			return
+		}
 		if cerr := dp.Close(); cerr != nil {
 			log.Warn("close data plane", "err", cerr)
 		}
@@ -230,4 +245,19 @@ func RunDaemonWith(ctx context.Context, cfg DaemonConfig, open OpenDatapath) (er
 	cancel()
 	wg.Wait()
 	return err
+}
+
+// detachOnExit withdraws the announced VIP addresses and removes the
+// program, its links and maps: after it the host forwards nothing for
+// xdplb. The desired state stays in the state directory.
+func detachOnExit(dp DatapathCloser, nw Network, log *slog.Logger) {
+	// The daemon's context is done; withdrawing takes no waiting.
+	if err := nw.Announce(context.Background(), nil); err != nil {
+		log.Warn("withdraw announced addresses", "err", err)
+	}
+	if err := dp.Remove(); err != nil {
+		log.Warn("remove data plane", "err", err)
+		return
+	}
+	log.Info("daemon stopped and detached: XDP program, maps and announced addresses removed")
 }

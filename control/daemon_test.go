@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -98,12 +99,24 @@ func TestDaemonServesAndStops(t *testing.T) {
 	if err := c.AddVIP(context.Background(), VIP{Address: id.Addr, Port: 80, Protocol: TCP}); err != nil {
 		t.Fatal(err)
 	}
-	// A second daemon on the same socket refuses to start.
-	if err := RunDaemonWith(context.Background(), cfg, func(loader.Options) (DatapathCloser, error) {
+	// A second daemon on the same socket refuses to start; so does one on
+	// the same state dir with another socket, and neither removes the
+	// running one's socket.
+	second := func(loader.Options) (DatapathCloser, error) {
 		t.Error("second daemon opened the data plane")
 		return dp, nil
-	}); !errors.Is(err, ErrDaemonRunning) {
+	}
+	if err := RunDaemonWith(context.Background(), cfg, second); !errors.Is(err, ErrStateDirLocked) {
 		t.Errorf("second daemon: %v", err)
+	}
+	other := cfg
+	other.SocketPath = filepath.Join(t.TempDir(), "other.sock")
+	err = RunDaemonWith(context.Background(), other, second)
+	if !errors.Is(err, ErrStateDirLocked) || !strings.Contains(err.Error(), fmt.Sprintf("(pid %d)", os.Getpid())) {
+		t.Errorf("second daemon on the same state dir: %v", err)
+	}
+	if _, err := c.Status(context.Background()); err != nil {
+		t.Errorf("first daemon after the second was refused: %v", err)
 	}
 	cancel()
 	if err := <-done; err != nil {
@@ -121,4 +134,71 @@ func TestDaemonServesAndStops(t *testing.T) {
 	if err != nil || len(st.State().VIPs) != 1 {
 		t.Fatalf("restored state: %v %v", st, err)
 	}
+}
+
+func TestDaemonDetachOnExit(t *testing.T) {
+	for _, detach := range []bool{false, true} {
+		t.Run(fmt.Sprint("detach=", detach), func(t *testing.T) {
+			cfg := daemonConfig(t)
+			cfg.DetachOnExit = detach
+			dp := newTestDatapath()
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				done <- RunDaemonWith(ctx, cfg, func(loader.Options) (DatapathCloser, error) { return dp, nil })
+			}()
+			c := NewClient(cfg.SocketPath)
+			defer c.Close()
+			var err error
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				if err = c.AddVIP(context.Background(), VIP{Address: netip.MustParseAddr("192.0.2.10"), Port: 80, Protocol: TCP}); err == nil {
+					break
+				}
+			}
+			cancel()
+			if err != nil {
+				t.Fatalf("add vip: %v (exit: %v)", err, <-done)
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("daemon exit: %v", err)
+			}
+			vips, _ := dp.VIPs()
+			if dp.Removed() != detach || (len(vips) == 0) != detach {
+				t.Errorf("removed %v with %d vips left, want removed %v", dp.Removed(), len(vips), detach)
+			}
+			// The desired state stays either way, and the lock is free.
+			st, err := OpenStore(cfg.StateDir, nil)
+			if err != nil || len(st.State().VIPs) != 1 {
+				t.Fatalf("state after exit: %v", err)
+			}
+			l, err := LockStateDir(cfg.StateDir)
+			if err != nil {
+				t.Fatalf("lock after exit: %v", err)
+			}
+			l.Unlock()
+		})
+	}
+}
+
+func TestLockStateDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	l, err := LockStateDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LockStateDir(dir); !errors.Is(err, ErrStateDirLocked) {
+		t.Fatalf("second lock: %v", err)
+	}
+	if err := Detach(context.Background(), DetachConfig{StateDir: dir, BPFFS: t.TempDir()}); !errors.Is(err, ErrStateDirLocked) ||
+		!strings.Contains(err.Error(), "stop the daemon first") {
+		t.Fatalf("detach while locked: %v", err)
+	}
+	if err := l.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	l, err = LockStateDir(dir)
+	if err != nil {
+		t.Fatalf("lock after unlock: %v", err)
+	}
+	l.Unlock()
 }

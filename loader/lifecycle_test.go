@@ -229,11 +229,26 @@ func TestAttachUpdatesPinnedLink(t *testing.T) {
 			t.Errorf("close pass: %v", err)
 		}
 
-		if err := d.Remove(); err != nil {
-			t.Errorf("remove: %v", err)
+		// The offline uninstall (xdplb detach): the daemon is gone, only
+		// the pins hold the link and the maps.
+		if err := d.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+		if removed, err := RemovePinned(bpffs); err != nil || !removed {
+			t.Errorf("RemovePinned: %v, %v", removed, err)
 		}
 		if l, _ := netlink.LinkByName("xlb0"); l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached {
-			t.Errorf("xdp still attached after Remove")
+			t.Errorf("xdp still attached after RemovePinned")
+		}
+		if _, err := os.Stat(filepath.Join(bpffs, "xdplb")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("pin dir after RemovePinned: %v", err)
+		}
+		if removed, err := RemovePinned(bpffs); err != nil || removed {
+			t.Errorf("second RemovePinned: %v, %v, want nothing to remove", removed, err)
+		}
+		// A directory that is no bpffs holds no pins of ours.
+		if removed, err := RemovePinned(t.TempDir()); err != nil || removed {
+			t.Errorf("RemovePinned on a plain dir: %v, %v", removed, err)
 		}
 	})
 }

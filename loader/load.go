@@ -7,8 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -290,10 +292,96 @@ func (d *Datapath) Close() error {
 // Remove detaches every link pinned under the pin dir (not only ours),
 // unpins every map and closes all handles: a clean uninstall.
 func (d *Datapath) Remove() error {
+	links, err := pinnedLinkIDs(d.pinDir)
+	if err != nil {
+		return err
+	}
 	// Removing a pin on bpffs unpins it; a link without pin and fd detaches.
 	errs := []error{os.RemoveAll(d.pinDir)}
 	errs = append(errs, d.Close())
+	for _, id := range links {
+		errs = append(errs, waitLinkGone(id, 5*time.Second))
+	}
 	return errors.Join(errs...)
+}
+
+// RemovePinned detaches and removes what an earlier Load pinned under
+// bpffs (the XDP links, the program's maps, the connection table), without
+// loading anything: the offline half of a clean uninstall. Removing a
+// link's pin drops its last reference, which detaches XDP. It reports
+// whether there was anything to remove.
+func RemovePinned(bpffs string) (bool, error) {
+	if bpffs == "" {
+		bpffs = DefaultBPFFS
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(bpffs, &st); errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("statfs %s: %w", bpffs, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return false, nil // no bpffs, so no pins of ours
+	}
+	pinDir := filepath.Join(bpffs, pinSubdir)
+	if _, err := os.Stat(pinDir); errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	links, err := pinnedLinkIDs(pinDir)
+	if err != nil {
+		return false, err
+	}
+	if err := os.RemoveAll(pinDir); err != nil {
+		return true, fmt.Errorf("remove %s: %w", pinDir, err)
+	}
+	// The kernel frees an unpinned link after an RCU grace period, from a
+	// work queue: wait for it, so that XDP is off when this returns.
+	for _, id := range links {
+		if err := waitLinkGone(id, 5*time.Second); err != nil {
+			return true, err
+		}
+	}
+	return true, nil
+}
+
+// pinnedLinkIDs returns the ids of the XDP links pinned in pinDir.
+func pinnedLinkIDs(pinDir string) ([]link.ID, error) {
+	pins, err := filepath.Glob(linkPinPath(pinDir, "*"))
+	if err != nil {
+		return nil, err
+	}
+	var ids []link.ID
+	for _, pin := range pins {
+		l, err := link.LoadPinnedLink(pin, nil)
+		if err != nil {
+			return nil, fmt.Errorf("load pinned link %s: %w", pin, err)
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			return nil, fmt.Errorf("pinned link %s info: %w", pin, err)
+		}
+		ids = append(ids, info.ID)
+	}
+	return ids, nil
+}
+
+// waitLinkGone waits until no link has id any more.
+func waitLinkGone(id link.ID, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		l, err := link.NewFromID(id)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err == nil {
+			l.Close()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("link %d still exists %s after its pin was removed", id, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // LookupTableSize is the size of every lookup table.

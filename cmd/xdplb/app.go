@@ -59,12 +59,13 @@ type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	runDaemon      func(context.Context, control.DaemonConfig) error
+	runDetach      func(context.Context, control.DetachConfig) error
 }
 
 // run is the whole program: it parses args, runs the command and maps the
 // result to an exit code. Errors are printed as one line on stderr.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, runDaemon: control.RunDaemon}
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, runDaemon: control.RunDaemon, runDetach: control.Detach}
 	return e.run(ctx, args)
 }
 
@@ -109,6 +110,7 @@ func (e *env) newApp() *cli.App {
 			e.statusCommand(),
 			e.applyCommand(),
 			e.exportCommand(),
+			e.detachCommand(),
 			e.demoCommand(),
 			e.versionCommand(),
 		},

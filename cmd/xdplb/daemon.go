@@ -50,6 +50,7 @@ func (e *env) daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9642", Usage: "listen address of the Prometheus /metrics endpoint"},
 			&cli.Uint64Flag{Name: "maglev-size", Value: 65537, Usage: "per-VIP lookup table size, a prime"},
 			&cli.Uint64Flag{Name: "conntrack-size", Value: 1 << 20, Usage: "connection table entries"},
+			&cli.BoolFlag{Name: "detach-on-exit", Usage: "on exit, detach XDP and remove pins and announced addresses (default: leave them, forwarding continues)"},
 		}, logFlags()...),
 		Action: e.daemon,
 	}
@@ -95,6 +96,7 @@ func (e *env) daemon(c *cli.Context) error {
 		SocketPath:    c.String("socket"),
 		MaglevSize:    uint32(maglev),
 		ConntrackSize: uint32(ct),
+		DetachOnExit:  c.Bool("detach-on-exit"),
 		Version:       version,
 		Logger:        logger,
 	})
@@ -102,6 +104,35 @@ func (e *env) daemon(c *cli.Context) error {
 		return fmt.Errorf("daemon: %w", err)
 	}
 	return nil
+}
+
+func (e *env) detachCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "detach",
+		Usage: "with the daemon stopped: detach XDP, remove the pinned maps and withdraw announced VIP addresses",
+		Description: "A clean uninstall of the data plane. The desired state stays in the state directory;\n" +
+			"refused while a daemon runs on that state directory.",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "state-dir", Value: control.DefaultStateDir, Usage: "the stopped daemon's --state-dir"},
+			&cli.StringFlag{Name: "bpffs", Value: control.DefaultBPFFS, Usage: "the stopped daemon's --bpffs"},
+		}, logFlags()...),
+		Action: func(c *cli.Context) error {
+			if err := wantArgs(c, 0, "no arguments"); err != nil {
+				return err
+			}
+			logger, err := newLogger(c, e.stderr)
+			if err != nil {
+				return err
+			}
+			err = e.runDetach(c.Context, control.DetachConfig{
+				StateDir: c.String("state-dir"), BPFFS: c.String("bpffs"), Logger: logger,
+			})
+			if err != nil {
+				return fmt.Errorf("detach: %w", err)
+			}
+			return nil
+		},
+	}
 }
 
 func (e *env) versionCommand() *cli.Command {

@@ -68,10 +68,10 @@ func TestDaemonFlags(t *testing.T) {
 		{
 			args: []string{"--socket", "/tmp/x.sock", "daemon", "--iface", "eth0", "--iface", "eth1", "--xdp-mode", "native",
 				"--state-dir", "/s", "--bpffs", "/b", "--config", "/c.yaml", "--metrics-addr", "[::1]:9000",
-				"--maglev-size", "251", "--conntrack-size", "4096", "--log-level", "debug", "--log-format", "json"},
+				"--maglev-size", "251", "--conntrack-size", "4096", "--detach-on-exit", "--log-level", "debug", "--log-format", "json"},
 			want: control.DaemonConfig{Interfaces: []string{"eth0", "eth1"}, XDPMode: "native", StateDir: "/s",
 				BPFFS: "/b", ConfigFile: "/c.yaml", MetricsAddr: "[::1]:9000", SocketPath: "/tmp/x.sock",
-				MaglevSize: 251, ConntrackSize: 4096},
+				MaglevSize: 251, ConntrackSize: 4096, DetachOnExit: true},
 		},
 		{
 			args: []string{"daemon", "--iface", "eth0", "--xdp-mode", "generic"},
@@ -127,4 +127,49 @@ func TestDaemonMissingInterface(t *testing.T) {
 	r := runCLI(t, t.Context(), "", "--socket", filepath.Join(dir, "x.sock"), "daemon", "--iface", "xdplbnone0",
 		"--state-dir", dir, "--bpffs", dir, "--metrics-addr", "127.0.0.1:0")
 	wantOneLineError(t, r, exitError, `^xdplb: daemon: .*xdplbnone0`)
+}
+
+// TestDetachCommand checks detach hands its flags to control.Detach and
+// reports its error as one line.
+func TestDetachCommand(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want control.DetachConfig
+		err  error
+	}{
+		{[]string{"detach"}, control.DetachConfig{StateDir: "/var/lib/xdplb", BPFFS: "/sys/fs/bpf"}, nil},
+		{[]string{"detach", "--state-dir", "/s", "--bpffs", "/b"}, control.DetachConfig{StateDir: "/s", BPFFS: "/b"},
+			control.ErrStateDirLocked},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var got *control.DetachConfig
+			var stdout, stderr bytes.Buffer
+			e := &env{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr,
+				runDetach: func(_ context.Context, cfg control.DetachConfig) error {
+					got = &cfg
+					return tc.err
+				}}
+			code := e.run(t.Context(), append([]string{"xdplb"}, tc.args...))
+			if got == nil {
+				t.Fatalf("detach not run: exit %d, stderr %q", code, stderr.String())
+			}
+			if got.Logger == nil {
+				t.Error("no logger")
+			}
+			got.Logger = nil
+			if *got != tc.want {
+				t.Errorf("detach config %+v, want %+v", *got, tc.want)
+			}
+			if tc.err == nil {
+				if code != exitOK || stderr.Len() != 0 {
+					t.Errorf("exit %d, stderr %q", code, stderr.String())
+				}
+				return
+			}
+			wantOneLineError(t, result{stdout: stdout.String(), stderr: stderr.String(), code: code}, exitError,
+				`^xdplb: detach: state dir in use`)
+		})
+	}
+	r := runCLI(t, t.Context(), "", "detach", "now")
+	wantOneLineError(t, r, exitUsage, `^xdplb: detach: want no arguments$`)
 }

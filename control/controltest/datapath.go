@@ -35,6 +35,7 @@ type Datapath struct {
 	drops           map[string]uint64
 	flows           map[uint32]int
 	ifaces          []loader.IfaceStatus
+	removed         bool
 }
 
 // NewDatapath returns an empty data plane with these limits: lookup tables
@@ -346,3 +347,22 @@ func (f *Datapath) Status() (loader.Status, error) {
 
 // Close does nothing: there is nothing to release.
 func (f *Datapath) Close() error { return nil }
+
+// Remove empties the data plane, as unpinning every map does.
+func (f *Datapath) Remove() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.vips = map[loader.VIPKey]loader.VIPMeta{}
+	f.backends = map[uint32]loader.Backend{}
+	f.tables = map[uint32][]uint32{}
+	f.writes = append(f.writes, "remove")
+	f.removed = true
+	return nil
+}
+
+// Removed reports whether Remove was called.
+func (f *Datapath) Removed() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.removed
+}
