@@ -2,6 +2,8 @@ package loader
 
 import (
 	"errors"
+	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -74,5 +76,62 @@ func TestConntrackOneCPUFillsTable(t *testing.T) {
 	must(t, err)
 	if got < n-128*cpus {
 		t.Fatalf("%d entries after %d new flows into a table of %d", got, n, n)
+	}
+}
+
+// A full connection table degrades gracefully: new flows evict the least
+// recently used entries, and an established flow whose entry was evicted
+// is placed again by the Maglev table, on the backend it had, as long as
+// the backend set did not change meanwhile.
+func TestFullConntrackKeepsBackends(t *testing.T) {
+	d := newDatapath(t)
+	must(t, d.PutVIP(vip4TCP, VIPMeta{ID: 1, Mode: ModeDR, Hash: HashMaglev}))
+	for _, id := range []uint32{1, 2, 3} {
+		putBackend(t, d, id, 1, netip.MustParseAddr(fmt.Sprintf("10.0.1.%d", id)), loIfindex)
+	}
+	must(t, d.PutLookupTable(1, fill(d.LookupTableSize(), 1, 2, 3)))
+
+	const early = 64
+	placed := map[uint16]uint32{}
+	for i := range early {
+		sport := uint16(20000 + i)
+		placed[sport] = backendOf(t, mustRun(t, d.Program(), flow{src: client4, dst: vipAddr4, dport: 80, sport: sport, syn: true}.build(t)))
+	}
+	spread := map[uint32]bool{}
+	for _, b := range placed {
+		spread[b] = true
+	}
+	if len(spread) < 3 {
+		t.Fatalf("the early flows went to %d of 3 backends: %v", len(spread), placed)
+	}
+
+	// Three tables' worth of new flows: every early entry is evicted.
+	syn := flow{src: client4, dst: vipAddr4, dport: 80, syn: true}.build(t)
+	size := int(d.ConntrackSize())
+	for i := range 3 * size {
+		syn[sport4], syn[sport4+1] = byte(i>>8), byte(i)
+		syn[srcLastByte4] = byte(10 + i>>16)
+		if r := mustRun(t, d.Program(), syn); r.verdict != xdpTX {
+			t.Fatalf("new flow %d into a full table: verdict %d", i, r.verdict)
+		}
+	}
+	n, err := d.ConntrackEntries()
+	must(t, err)
+	if n > size {
+		t.Fatalf("%d entries in a table of %d", n, size)
+	}
+
+	for sport, want := range placed {
+		ack := flow{src: client4, dst: vipAddr4, dport: 80, sport: sport, ack: true}.build(t)
+		if got := backendOf(t, mustRun(t, d.Program(), ack)); got != want {
+			t.Errorf("flow from port %d went to backend %d after eviction, want %d", sport, got, want)
+		}
+	}
+	drops, err := d.DropCounters()
+	must(t, err)
+	for reason, c := range drops {
+		if c != 0 {
+			t.Errorf("%d packets dropped (%s)", c, reason)
+		}
 	}
 }

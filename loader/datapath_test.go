@@ -45,7 +45,7 @@ func testOptions(bpffs string) Options {
 	}
 }
 
-func load(t *testing.T, opts Options) *Datapath {
+func load(t testing.TB, opts Options) *Datapath {
 	t.Helper()
 	d, err := Load(opts)
 	if err != nil {
