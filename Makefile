@@ -13,7 +13,7 @@ DEB_PKGS := clang llvm libbpf-dev bpftool iproute2 nftables ca-certificates
 # ... and the real peers the benchmark measures against.
 BENCH_PKGS := nginx-light wrk haproxy
 
-.PHONY: all build deps bench-deps install-pkgs generate generate-check vet lint test test-unit test-e2e demo bench clean
+.PHONY: all build deps bench-deps install-pkgs generate generate-check vet lint test test-unit test-e2e fuzz demo bench clean
 
 all: build
 
@@ -54,8 +54,17 @@ vet:
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
 
+# FUZZ_CI bounds the fuzzing run of `make test`; `make fuzz` runs longer.
+FUZZ_CI ?= 30s
+FUZZTIME ?= 10m
+
 test: deps generate-check vet build
 	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -run '^$$' -fuzz '^FuzzXDP$$' -fuzztime $(FUZZ_CI) ./loader/
+
+# Random and mutated frames through the real XDP program (root).
+fuzz: deps
+	$(GO) test -run '^$$' -fuzz '^FuzzXDP$$' -fuzztime $(FUZZTIME) ./loader/
 
 test-unit:
 	$(GO) test -count=1 ./control/... ./cmd/... ./healthcheck/...

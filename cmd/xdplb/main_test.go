@@ -698,3 +698,48 @@ func TestBackendHealthAndForcedDelete(t *testing.T) {
 		t.Fatalf("after del: %v %+v", err, bs)
 	}
 }
+
+// TestDaemonRefusesBadInputs: inputs that are well-formed but that the
+// daemon refuses against its state and its map sizes. Each gives one line
+// and exit 1, and the state is unchanged.
+func TestDaemonRefusesBadInputs(t *testing.T) {
+	l := startLab(t)
+	l.store.SetLimits(3, 4) // VIP ids 1..2, backend ids 1..3
+	const vip = "10.0.0.100:80/tcp"
+	l.ok("vip", "add", vip)
+	l.ok("vip", "add", "[2001:db8::100]:80/tcp")
+	l.ok("backend", "add", vip, "10.0.0.11")
+	l.ok("backend", "add", vip, "10.0.0.12")
+	before := l.exported()
+
+	for _, tc := range []struct {
+		args []string
+		re   string
+	}{
+		{[]string{"vip", "add", vip}, `^xdplb: vip add: .*10\.0\.0\.100:80/tcp.*exist`},
+		{[]string{"vip", "add", "10.0.0.101:80/tcp"}, `^xdplb: vip add: .*(VIPs|vips)`},
+		{[]string{"vip", "del", "10.0.0.99:80/tcp"}, `^xdplb: vip del: .*10\.0\.0\.99:80/tcp`},
+		{[]string{"backend", "add", vip, "10.0.0.11"}, `^xdplb: backend add: .*10\.0\.0\.11.*exist`},
+		{[]string{"backend", "add", vip, "2001:db8::11"}, `^xdplb: backend add: .*(IPv6|family)`},
+		{[]string{"backend", "add", "10.0.0.99:80/tcp", "10.0.0.13"}, `^xdplb: backend add: .*10\.0\.0\.99:80/tcp`},
+		{[]string{"backend", "add", vip, "10.0.0.13:8080"}, `^xdplb: backend add: .*port`},
+		{[]string{"backend", "set", vip, "10.0.0.19", "--drain"}, `^xdplb: backend set: .*10\.0\.0\.19`},
+		{[]string{"backend", "del", vip, "10.0.0.19"}, `^xdplb: backend del: .*10\.0\.0\.19`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			r := l.run(tc.args...)
+			t.Log(strings.TrimSpace(r.stderr))
+			wantOneLineError(t, r, exitError, tc.re)
+		})
+	}
+	if after := l.exported(); after != before {
+		t.Fatalf("state changed by refused inputs:\n%s\nwant\n%s", after, before)
+	}
+	// One backend more than the backend map holds.
+	l.ok("backend", "add", "[2001:db8::100]:80/tcp", "2001:db8::11")
+	before = l.exported()
+	wantOneLineError(t, l.run("backend", "add", "[2001:db8::100]:80/tcp", "2001:db8::12"), exitError, `^xdplb: backend add: .*backends`)
+	if after := l.exported(); after != before {
+		t.Errorf("state changed by refused inputs:\n%s\nwant\n%s", after, before)
+	}
+}
