@@ -165,6 +165,14 @@ func (d *Daemon) Stop() error {
 	}
 }
 
+// Kill ends the daemon with SIGKILL, as a crash would: it cleans up
+// nothing. The pins, the link and the state dir stay as they were.
+func (d *Daemon) Kill() {
+	defer d.logf.Close()
+	_ = d.cmd.Process.Kill() // `ip netns exec` execs the daemon: this is its pid
+	<-d.done
+}
+
 // Exited reports whether the daemon process has ended.
 func (d *Daemon) Exited() bool {
 	select {
