@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultSocketPath is where the daemon listens unless told otherwise.
@@ -86,7 +88,13 @@ func ListenUnix(ctx context.Context, path string) (net.Listener, error) {
 			return nil, fmt.Errorf("remove stale socket: %w", err)
 		}
 	}
+	// Created 0600 (umask 0177 for the bind), not chmodded afterwards: a
+	// client must never find it open to all, even for a moment. The
+	// umask is the process's; nothing else creates files while the
+	// daemon starts.
+	old := unix.Umask(0o177)
 	ln, err := net.Listen("unix", path)
+	unix.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
