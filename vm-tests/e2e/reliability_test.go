@@ -340,3 +340,73 @@ func TestKillDuringApply(t *testing.T) {
 	e.load(netip.AddrPortFrom(lab.VIP4, lab.HTTPPort), 60)
 	t.Logf("%d of %d kills came before the apply was acknowledged", killedMidway, len(files)-1)
 }
+
+// xdpState tells whether the LB's interface has an XDP program and the
+// VIP address announced, as the kernel shows them.
+func (e *env) xdpState() (attached, announced bool) {
+	e.t.Helper()
+	link, err := e.lab.LB.Exec(e.ctx, "ip", "-d", "link", "show", "dev", lab.Iface)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	addrs, err := e.lab.LB.Exec(e.ctx, "ip", "-4", "addr", "show", "dev", lab.Iface)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return strings.Contains(link, "prog/xdp"), strings.Contains(addrs, lab.VIP4.String()+"/32")
+}
+
+// TestUninstall removes xdplb both ways: `xdplb detach` after a normal stop,
+// and `daemon --detach-on-exit`. Each leaves no XDP program, no pins and
+// no announced address, and keeps the desired state for the next start.
+func TestUninstall(t *testing.T) {
+	e := setup(t)
+	target := netip.AddrPortFrom(lab.VIP4, lab.HTTPPort)
+	vip := target.String() + "/tcp"
+	e.addVIP(vip, func(n *lab.Node) netip.Addr { return n.IPv4 })
+	e.load(target, 30)
+	pins := filepath.Join(e.bpffs, "xdplb")
+	stateDir := filepath.Join(e.dir, "state")
+
+	checkGone := func(how string) {
+		t.Helper()
+		if attached, announced := e.xdpState(); attached || announced {
+			t.Errorf("%s: xdp attached %v, vip address announced %v; want neither", how, attached, announced)
+		}
+		if _, err := os.Stat(pins); !os.IsNotExist(err) {
+			t.Errorf("%s: pin dir %s: %v, want it gone", how, pins, err)
+		}
+		if got, err := e.lab.Client.Get(e.ctx, target, time.Second); err == nil {
+			t.Errorf("%s: the vip still answers (%q)", how, got)
+		}
+	}
+
+	// A plain stop leaves everything in place; detach removes it.
+	e.stop()
+	if attached, announced := e.xdpState(); !attached || !announced {
+		t.Fatalf("after a plain stop: xdp attached %v, vip announced %v; want both", attached, announced)
+	}
+	out, err := e.lab.LB.Exec(e.ctx, binary, "detach", "--state-dir", stateDir, "--bpffs", e.bpffs)
+	if err != nil {
+		t.Fatalf("xdplb detach: %v\n%s", err, out)
+	}
+	checkGone("xdplb detach")
+
+	// The state is kept: a new daemon serves the VIP again; with
+	// --detach-on-exit it removes everything when it stops.
+	d, err := lab.StartDaemon(e.ctx, lab.DaemonOptions{Binary: binary, Node: e.lab.LB, Dir: e.dir, BPFFS: e.bpffs,
+		XDPMode: "native", ExtraArgs: []string{"--detach-on-exit"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.d = d
+	if _, err := e.d.WaitBackendsUp(e.ctx, vip, len(e.lab.Backends), 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.load(target, 30)
+	e.stop()
+	checkGone("daemon --detach-on-exit")
+	if _, err := os.Stat(filepath.Join(stateDir, control.StateFile)); err != nil {
+		t.Errorf("state file after uninstall: %v", err)
+	}
+}
