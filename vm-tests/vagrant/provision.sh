@@ -16,7 +16,7 @@ be*)
 	ip -6 addr replace "$vip6/128" dev lo nodad
 	;;
 lb)
-	apt-get update -qq && apt-get install -y -qq make git golang-go >/dev/null
+	apt-get update -qq && apt-get install -y -qq make git golang-go jq >/dev/null
 	echo "build with: cd /vagrant && make build (Go >= 1.26 from go.dev if Debian's is older)"
 	;;
 client)
