@@ -239,29 +239,37 @@ func sameTarget(a, b healthcheck.Target) bool {
 
 // Up implements Health.
 func (h *HealthChecker) Up(vip VIPID, b Backend) bool {
-	id := HealthTargetID(vip, b.Address, b.Port)
-	h.mu.Lock()
-	t, checked := h.checked[id]
-	h.mu.Unlock()
+	t, checked := h.target(vip, b)
 	if !checked {
 		return true
 	}
-	if st, ok := h.m.Status(id); ok {
+	if st, ok := h.m.Status(t.ID); ok {
 		return st.Up
 	}
 	return t.StartUp
 }
 
+// target is the check target of backend b of vip, if it has one. A VIP
+// without checks (the last Sync gave it no targets) answers without
+// naming its backend: the reconciler asks for every backend of every
+// VIP it touches.
+func (h *HealthChecker) target(vip VIPID, b Backend) (healthcheck.Target, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if hv := h.vips[vip]; hv == nil || len(hv.targets) == 0 {
+		return healthcheck.Target{}, false
+	}
+	t, ok := h.checked[HealthTargetID(vip, b.Address, b.Port)]
+	return t, ok
+}
+
 // Status implements Health.
 func (h *HealthChecker) Status(vip VIPID, b Backend) (healthcheck.Status, bool) {
-	id := HealthTargetID(vip, b.Address, b.Port)
-	h.mu.Lock()
-	t, checked := h.checked[id]
-	h.mu.Unlock()
+	t, checked := h.target(vip, b)
 	if !checked {
 		return healthcheck.Status{}, false
 	}
-	if st, ok := h.m.Status(id); ok {
+	if st, ok := h.m.Status(t.ID); ok {
 		return st, true
 	}
 	return healthcheck.Status{Up: t.StartUp}, true

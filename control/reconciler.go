@@ -365,6 +365,21 @@ func (r *Reconciler) reconcileChanged(ctx context.Context) error {
 		r.log.Info("vip removed", "vip", vid)
 	}
 
+	// A VIP whose backends only changed weights or drain flags keeps its
+	// backend entries: only its table and backend states move
+	// (reweight). The rest take the whole way.
+	rest := changed[:0:0]
+	for _, v := range changed {
+		done, err := r.reweight(v)
+		if err != nil {
+			errs = append(errs, err) // the next pass is full
+		}
+		if !done {
+			rest = append(rest, v)
+		}
+	}
+	changed = rest
+
 	r.prefetch(ctx, changed, true)
 	var vipUsed map[uint32]bool // built when a new VIP needs an id
 	// Announce asks the same while no VIP came or went, nor changed its
@@ -425,6 +440,98 @@ func (r *Reconciler) reconcileChanged(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// reweight reconciles v when it differs from what the last pass
+// reconciled only in its backends' weights and drain flags, and reports
+// whether it did. Backend entries, MACs and ids stay as they are: the
+// neighbours are taken as the last pass resolved them, as in any pass
+// after a state change (a neighbour change runs a full pass of its own),
+// and a backend whose health moved since sends v the whole way. What changes is the lookup table, the backends'
+// states and the VIP's no-healthy flag, written in the order reconcileVIP
+// writes them. A weight change on a VIP of 1,000 backends then costs its
+// Maglev table, not the resolution and rewrite of 1,000 backends.
+func (r *Reconciler) reweight(v VIP) (bool, error) {
+	vid := v.ID()
+	old, ok := r.last[vid]
+	if !ok || !sameChecks(&old, &v) {
+		return false, nil
+	}
+	key := VIPKeyOf(vid)
+	cur, exists := r.metas[key]
+	if !exists {
+		return false, nil
+	}
+	type change struct {
+		key backendKey
+		bi  BackendInfo
+	}
+	var states []change
+	maglev := make([]MaglevBackend, 0, len(v.Backends))
+	active, healthy := 0, 0
+	for _, b := range v.Backends {
+		addr := b.Address.Unmap()
+		k := backendKey{vid, addr, b.Port}
+		bi, known := r.info[k]
+		up, seen := r.healthUp[k]
+		if !known || !seen || r.health.Up(vid, b) != up {
+			// Not all decided by the last pass, or the health moved
+			// since (its own pass may not have run yet): the whole way.
+			return false, nil
+		}
+		drained := b.Weight == 0 || b.Drain
+		if !drained {
+			active++
+			if up {
+				healthy++
+			}
+		}
+		if st := backendState(drained, up, bi.MAC != ""); st != bi.State {
+			bi.State = st
+			states = append(states, change{k, bi})
+		}
+		if bi.State == BackendUp {
+			port := b.Port
+			if port == 0 {
+				port = v.Port
+			}
+			maglev = append(maglev, MaglevBackend{ID: bi.ID, Key: MaglevKey(addr, port), Weight: b.Weight})
+		}
+	}
+	noHealthy := active > 0 && healthy == 0
+	meta := vipMeta(v, cur.ID, noHealthy)
+	putMeta := func() error {
+		if cur == meta {
+			return nil
+		}
+		if noHealthy {
+			r.log.Warn("vip has no healthy backend: new flows are dropped", "vip", vid, "backends", active)
+		} else if cur.NoHealthy {
+			r.log.Info("vip has a healthy backend again", "vip", vid)
+		}
+		if err := r.dp.PutVIP(key, meta); err != nil {
+			return fmt.Errorf("put vip %s: %w", vid, err)
+		}
+		return nil
+	}
+	// As in reconcileVIP: without a table the entry first, so that new
+	// flows are counted under the right reason; with one, the table first.
+	var err error
+	if len(maglev) == 0 {
+		if err = putMeta(); err == nil {
+			err = r.syncTable(cur.ID, vid, nil)
+		}
+	} else if err = r.syncTable(cur.ID, vid, maglev); err == nil {
+		err = putMeta()
+	}
+	if err != nil {
+		return true, err
+	}
+	for _, c := range states {
+		r.info[c.key] = c.bi
+	}
+	r.remember(v, key, vipResult{meta: meta, kept: r.kept[cur.ID]})
+	return true, nil
 }
 
 // forgetInfo drops what the last pass decided about v's backends.

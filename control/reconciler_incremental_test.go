@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -213,5 +214,87 @@ func TestStoreExtraCheckSeesOnlyNewBackends(t *testing.T) {
 	}
 	if got := seen[3].VIPs[0].Backends[0].Address; got != netip.MustParseAddr("10.0.0.3") {
 		t.Fatalf("check of the new backend saw %s", got)
+	}
+}
+
+// Weight and drain changes take reconcile's weight-only way (reweight):
+// random ones, with some backends down and one unresolved, must leave the
+// maps and the backend states exactly as a full pass would, writing only
+// lookup tables and VIP entries. A health change not yet reconciled sends
+// the VIP the whole way.
+func TestReweightMatchesFullPass(t *testing.T) {
+	addrs := []string{"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"}
+	f := newHealthFixture(t, 251, addrs[:5]...) // 10.0.0.6 has no MAC: unresolved
+	for _, a := range addrs[5:] {
+		if err := f.store.AddBackend(vip1, be(a, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addVIP(t, f.store, vip2, be("10.0.0.1", 100), be("10.0.0.2", 100))
+	f.health.set(vip1, "10.0.0.3", false, "connect refused")
+	f.reconcile(t)
+
+	rng := rand.New(rand.NewPCG(3, 4))
+	states := func() map[string]string {
+		out := map[string]string{}
+		for _, a := range addrs {
+			bi, _ := f.rec.Backend(vip1, netip.MustParseAddr(a), 0)
+			out[a] = bi.State
+		}
+		return out
+	}
+	for round := range 200 {
+		a := netip.MustParseAddr(addrs[rng.IntN(len(addrs))])
+		var p BackendPatch
+		switch rng.IntN(3) {
+		case 0:
+			w := uint32(rng.IntN(3) * 50) // 0 drains too
+			p.Weight = &w
+		case 1:
+			d := true
+			p.Drain = &d
+		default:
+			d := false
+			p.Drain = &d
+		}
+		if err := f.store.SetBackend(vip1, a, 0, p); err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range f.reconcileChanged(t) {
+			if !strings.HasPrefix(w, "put-table ") && !strings.HasPrefix(w, "del-table ") && !strings.HasPrefix(w, "put-vip ") {
+				t.Fatalf("round %d: a weight change wrote %q", round, w)
+			}
+		}
+		incremental, tables := states(), f.dp.LookupTables()
+		vips := dpVIPs(t, f.dp)
+		if got := f.reconcile(t); len(got) != 0 {
+			t.Fatalf("round %d: a full pass after the weight-only one writes %v", round, got)
+		}
+		if full := states(); !maps.Equal(incremental, full) {
+			t.Fatalf("round %d: backend states %v, a full pass makes them %v", round, incremental, full)
+		}
+		if !maps.EqualFunc(tables, f.dp.LookupTables(), slices.Equal) || !maps.Equal(vips, dpVIPs(t, f.dp)) {
+			t.Fatalf("round %d: the full pass changed the tables or VIP entries", round)
+		}
+	}
+
+	// A health change whose own pass has not run: the weight change takes
+	// the whole way and brings it in (the backend entry is rewritten).
+	w, undrain := uint32(100), false
+	if err := f.store.SetBackend(vip1, netip.MustParseAddr("10.0.0.1"), 0, BackendPatch{Weight: &w, Drain: &undrain}); err != nil {
+		t.Fatal(err)
+	}
+	f.reconcileChanged(t)
+	f.health.set(vip1, "10.0.0.1", false, "timeout")
+	w = 70
+	if err := f.store.SetBackend(vip1, netip.MustParseAddr("10.0.0.2"), 0, BackendPatch{Weight: &w}); err != nil {
+		t.Fatal(err)
+	}
+	got := f.reconcileChanged(t)
+	if !slices.ContainsFunc(got, func(s string) bool { return strings.HasPrefix(s, "put-backend ") }) {
+		t.Fatalf("weight change after a health change writes %v, want the down backend's entry too", got)
+	}
+	if bi, _ := f.rec.Backend(vip1, netip.MustParseAddr("10.0.0.1"), 0); bi.State != BackendDown {
+		t.Fatalf("10.0.0.1 is %s after the pass, want down", bi.State)
 	}
 }
