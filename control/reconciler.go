@@ -28,6 +28,7 @@ type StateSource interface {
 // after a change of one VIP then costs that VIP, not a copy of them all.
 type sharedSource interface {
 	sharedState() State
+	generation() uint64
 }
 
 // state is the desired state, shared with the source when it can be: the
@@ -94,7 +95,12 @@ type Reconciler struct {
 	// What the maps hold after the last pass, valid while clean: a change
 	// of the desired state then touches only the VIPs whose config
 	// changed (ReconcileChanged) instead of reading and walking them all.
-	clean    bool
+	clean bool
+	// done: the last pass succeeded on the store's state number doneGen
+	// (or a newer one); a pass after a change has nothing to do while
+	// the number stays.
+	done     bool
+	doneGen  uint64
 	last     map[VIPID]VIP                    // config of every VIP as reconciled
 	metas    map[loader.VIPKey]loader.VIPMeta // the VIP map
 	kept     map[uint32][]loader.Backend      // backend entries by VIP id
@@ -274,12 +280,26 @@ func (r *Reconciler) run(ctx context.Context, changedOnly bool) error {
 	start := time.Now()
 	var err error
 	full := !changedOnly || !r.clean
+	// A change wakes both the loop and the API call that made it: the
+	// second finds the state reconciled by the first and has nothing to
+	// do (a pass over an unchanged state still compares every VIP).
+	src, shared := r.src.(sharedSource)
+	var gen uint64
+	if shared {
+		gen = src.generation()
+		if !full && r.done && r.doneGen == gen {
+			return nil
+		}
+	}
 	if full {
 		err = r.reconcile(ctx)
 	} else {
 		err = r.reconcileChanged(ctx)
 	}
 	r.clean = err == nil
+	// The pass read a state at least as new as gen: if it changed
+	// meanwhile, the next call sees another number and runs.
+	r.doneGen, r.done = gen, err == nil && shared
 	r.pass, r.passCached = nil, false
 	if err != nil {
 		r.failed.Add(1)

@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"math/rand/v2"
 	"net/netip"
@@ -296,5 +297,56 @@ func TestReweightMatchesFullPass(t *testing.T) {
 	}
 	if bi, _ := f.rec.Backend(vip1, netip.MustParseAddr("10.0.0.1"), 0); bi.State != BackendDown {
 		t.Fatalf("10.0.0.1 is %s after the pass, want down", bi.State)
+	}
+}
+
+// A pass after a change that an earlier pass has reconciled already (the
+// loop and the API call both run one) does no work, not even a compare of
+// every VIP; a new change, or a failed pass, makes the next one run.
+func TestReconcileChangedSkipsReconciledState(t *testing.T) {
+	f := newHealthFixture(t, 251, "10.0.0.1", "10.0.0.2")
+	syncs := func() int {
+		f.health.mu.Lock()
+		defer f.health.mu.Unlock()
+		return len(f.health.synced)
+	}
+	w := uint32(50)
+	if err := f.store.SetBackend(vip1, netip.MustParseAddr("10.0.0.1"), 0, BackendPatch{Weight: &w}); err != nil {
+		t.Fatal(err)
+	}
+	before := syncs()
+	if got := f.reconcileChanged(t); len(got) != 1 {
+		t.Fatalf("the change writes %v, want its table", got)
+	}
+	if syncs() != before+1 {
+		t.Fatalf("the pass after the change did not run")
+	}
+	if got := f.reconcileChanged(t); len(got) != 0 || syncs() != before+1 {
+		t.Fatalf("a second pass on the same state ran (writes %v)", got)
+	}
+	// A full pass always runs.
+	f.reconcile(t)
+	if syncs() != before+2 {
+		t.Fatal("a full pass was skipped")
+	}
+	// After a failed pass the next one runs, whole.
+	f.dp.SetFailPut(errors.New("map full"))
+	if err := f.store.SetBackend(vip1, netip.MustParseAddr("10.0.0.2"), 0, BackendPatch{Weight: &w}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.AddBackend(vip1, be("10.0.0.3", 100)); err != nil {
+		t.Fatal(err)
+	}
+	f.nw.setMAC("10.0.0.3", mac(3))
+	if err := f.rec.ReconcileChanged(context.Background()); err == nil {
+		t.Fatal("a pass with failing writes succeeded")
+	}
+	f.dp.SetFailPut(nil)
+	n := syncs()
+	if err := f.rec.ReconcileChanged(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if syncs() != n+1 {
+		t.Fatal("the pass after a failed one was skipped")
 	}
 }

@@ -29,6 +29,7 @@ type Store struct {
 	mu    sync.Mutex
 	path  string
 	state State
+	gen   uint64 // counts the states swapped in; see generation
 	extra func(State) error
 	// maxVIPs, maxBackends: the data plane's capacity (0: no limit), see
 	// SetLimits.
@@ -141,6 +142,14 @@ func (s *Store) sharedState() State {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.state
+}
+
+// generation changes whenever the state does: a reader that saw this
+// number has seen the state since.
+func (s *Store) generation() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen
 }
 
 // VIP returns a copy of one VIP.
@@ -312,6 +321,7 @@ func (s *Store) commit(next State, sub *State, changed *VIP, rec *journalRecord)
 		}
 		if ok {
 			s.state, s.stale = next, true
+			s.gen++
 			s.notify()
 			return nil
 		}
@@ -327,6 +337,7 @@ func (s *Store) commit(next State, sub *State, changed *VIP, rec *journalRecord)
 		return fmt.Errorf("save state: %w", err)
 	}
 	s.state, s.yaml, s.stale = next, cache, false
+	s.gen++
 	s.rebased(data)
 	if len(next.VIPs) > 0 {
 		s.buf = data

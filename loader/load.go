@@ -289,20 +289,10 @@ func (d *Datapath) Close() error {
 	return errors.Join(errs...)
 }
 
-// Remove detaches every link pinned under the pin dir (not only ours),
-// unpins every map and closes all handles: a clean uninstall.
+// Remove closes all handles, detaches every link pinned under the pin dir
+// (not only ours) and unpins every map: a clean uninstall.
 func (d *Datapath) Remove() error {
-	links, err := pinnedLinkIDs(d.pinDir)
-	if err != nil {
-		return err
-	}
-	// Removing a pin on bpffs unpins it; a link without pin and fd detaches.
-	errs := []error{os.RemoveAll(d.pinDir)}
-	errs = append(errs, d.Close())
-	for _, id := range links {
-		errs = append(errs, waitLinkGone(id, 5*time.Second))
-	}
-	return errors.Join(errs...)
+	return errors.Join(d.Close(), removePinDir(d.pinDir))
 }
 
 // RemovePinned detaches and removes what an earlier Load pinned under
@@ -327,21 +317,27 @@ func RemovePinned(bpffs string) (bool, error) {
 	if _, err := os.Stat(pinDir); errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}
+	return true, removePinDir(pinDir)
+}
+
+// removePinDir removes pinDir and waits until the XDP links pinned there
+// are gone. Removing a pin on bpffs unpins it; a link without pin and fd
+// detaches, but the kernel frees it after an RCU grace period, from a work
+// queue: the wait makes XDP off when this returns.
+func removePinDir(pinDir string) error {
 	links, err := pinnedLinkIDs(pinDir)
 	if err != nil {
-		return false, err
+		return err
 	}
 	if err := os.RemoveAll(pinDir); err != nil {
-		return true, fmt.Errorf("remove %s: %w", pinDir, err)
+		return fmt.Errorf("remove %s: %w", pinDir, err)
 	}
-	// The kernel frees an unpinned link after an RCU grace period, from a
-	// work queue: wait for it, so that XDP is off when this returns.
 	for _, id := range links {
 		if err := waitLinkGone(id, 5*time.Second); err != nil {
-			return true, err
+			return err
 		}
 	}
-	return true, nil
+	return nil
 }
 
 // pinnedLinkIDs returns the ids of the XDP links pinned in pinDir.
