@@ -58,16 +58,9 @@ func TestConntrackOneCPUFillsTable(t *testing.T) {
 	var one unix.CPUSet
 	one.Set(0)
 	must(t, unix.SchedSetaffinity(0, &one))
-	syn := flow{src: client4, dst: vipAddr4, dport: 80, syn: true}.build(t)
-	// Every run a new source port: as many flows as the table holds.
+	// As many flows as the table holds.
 	n := int(opts.ConntrackSize)
-	for i := range n {
-		syn[sport4], syn[sport4+1] = byte(i>>8), byte(i)
-		syn[srcLastByte4] = byte(10 + i>>16)
-		if r := mustRun(t, d.Program(), syn); r.verdict != xdpTX {
-			t.Fatalf("flow %d: verdict %d", i, r.verdict)
-		}
-	}
+	newFlows(t, d, n)
 	got, err := d.ConntrackEntries()
 	must(t, err)
 	// Per-CPU lists would cap one CPU at size/CPUs; the common list
@@ -106,15 +99,8 @@ func TestFullConntrackKeepsBackends(t *testing.T) {
 	}
 
 	// Three tables' worth of new flows: every early entry is evicted.
-	syn := flow{src: client4, dst: vipAddr4, dport: 80, syn: true}.build(t)
 	size := int(d.ConntrackSize())
-	for i := range 3 * size {
-		syn[sport4], syn[sport4+1] = byte(i>>8), byte(i)
-		syn[srcLastByte4] = byte(10 + i>>16)
-		if r := mustRun(t, d.Program(), syn); r.verdict != xdpTX {
-			t.Fatalf("new flow %d into a full table: verdict %d", i, r.verdict)
-		}
-	}
+	newFlows(t, d, 3*size)
 	n, err := d.ConntrackEntries()
 	must(t, err)
 	if n > size {
@@ -132,6 +118,21 @@ func TestFullConntrackKeepsBackends(t *testing.T) {
 	for reason, c := range drops {
 		if c != 0 {
 			t.Errorf("%d packets dropped (%s)", c, reason)
+		}
+	}
+}
+
+// newFlows runs n SYNs of distinct 5-tuples (a new source port each, the
+// source address moving on every 65,536) to vipAddr4:80/tcp, each of
+// which must be forwarded.
+func newFlows(t *testing.T, d *Datapath, n int) {
+	t.Helper()
+	syn := flow{src: client4, dst: vipAddr4, dport: 80, syn: true}.build(t)
+	for i := range n {
+		syn[sport4], syn[sport4+1] = byte(i>>8), byte(i)
+		syn[srcLastByte4] = byte(10 + i>>16)
+		if r := mustRun(t, d.Program(), syn); r.verdict != xdpTX {
+			t.Fatalf("new flow %d: verdict %d", i, r.verdict)
 		}
 	}
 }
