@@ -53,6 +53,16 @@ func TestLoadReusesPinnedMaps(t *testing.T) {
 		t.Fatalf("vip counters after reload %v (%v)", vc, err)
 	}
 
+	// While d2 has the pins, nobody else loads or removes them: a second
+	// daemon on the same bpffs is refused.
+	if _, err := Load(opts); !errors.Is(err, ErrPinsInUse) {
+		t.Errorf("second load of the same pins: %v, want ErrPinsInUse", err)
+	}
+	if _, err := RemovePinned(bpffs); !errors.Is(err, ErrPinsInUse) {
+		t.Errorf("RemovePinned under a loaded datapath: %v, want ErrPinsInUse", err)
+	}
+	must(t, d2.Close())
+
 	// Another size must not silently replace the pinned state.
 	bad := opts
 	bad.ConntrackSize *= 2
@@ -65,6 +75,7 @@ func TestLoadReusesPinnedMaps(t *testing.T) {
 		t.Errorf("load with another lookup size: %v, want ErrIncompatiblePin", err)
 	}
 
+	d2 = load(t, opts)
 	must(t, d2.Remove())
 	if _, err := os.Stat(filepath.Join(bpffs, "xdplb")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("pin dir after Remove: %v", err)

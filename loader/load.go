@@ -11,6 +11,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -33,6 +34,9 @@ var (
 	ErrIncompatiblePin = errors.New("incompatible pinned state")
 	// ErrInvalid marks arguments the data plane cannot hold.
 	ErrInvalid = errors.New("invalid argument")
+	// ErrPinsInUse means another process has the pinned state loaded:
+	// two writers of the same maps would undo each other's changes.
+	ErrPinsInUse = errors.New("pinned state in use")
 )
 
 // Options configure Load.
@@ -101,6 +105,7 @@ type Datapath struct {
 	opts      Options
 	log       *slog.Logger
 	pinDir    string
+	pinLock   *os.File // holds the flock on pinDir (see lockPinDir)
 	objs      xdplbObjects
 	innerSpec *ebpf.MapSpec
 	dropNames map[uint32]string
@@ -145,7 +150,20 @@ func Load(opts Options) (*Datapath, error) {
 	if err := os.MkdirAll(pinDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create pin dir: %w", err)
 	}
+	pinLock, err := lockPinDir(pinDir)
+	if err != nil {
+		return nil, err
+	}
+	d, err := loadLocked(opts, pinDir, pinLock)
+	if err != nil {
+		pinLock.Close()
+		return nil, err
+	}
+	return d, nil
+}
 
+// loadLocked is Load once the pin dir is ours.
+func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error) {
 	spec, err := loadSpec(opts)
 	if err != nil {
 		return nil, err
@@ -158,6 +176,7 @@ func Load(opts Options) (*Datapath, error) {
 		opts:      opts,
 		log:       opts.Logger,
 		pinDir:    pinDir,
+		pinLock:   pinLock,
 		innerSpec: spec.Maps["lookup"].InnerMap.Copy(),
 		dropNames: names,
 	}
@@ -278,6 +297,24 @@ func (d *Datapath) PinPath() string { return d.pinDir }
 // Close releases handles. Pins and links stay, so forwarding continues and
 // the next Load picks them up.
 func (d *Datapath) Close() error {
+	return errors.Join(d.closeHandles(), d.unlockPins())
+}
+
+// unlockPins lets go of the pin dir's lock, once.
+func (d *Datapath) unlockPins() error {
+	d.mu.Lock()
+	f := d.pinLock
+	d.pinLock = nil
+	d.mu.Unlock()
+	if f == nil {
+		return nil
+	}
+	return f.Close()
+}
+
+// closeHandles closes the links, maps and programs, keeping the pin dir's
+// lock.
+func (d *Datapath) closeHandles() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs []error
@@ -292,7 +329,8 @@ func (d *Datapath) Close() error {
 // Remove closes all handles, detaches every link pinned under the pin dir
 // (not only ours) and unpins every map: a clean uninstall.
 func (d *Datapath) Remove() error {
-	return errors.Join(d.Close(), removePinDir(d.pinDir))
+	// The lock is let go last: nobody loads the pins while they go.
+	return errors.Join(d.closeHandles(), removePinDir(d.pinDir), d.unlockPins())
 }
 
 // RemovePinned detaches and removes what an earlier Load pinned under
@@ -317,7 +355,32 @@ func RemovePinned(bpffs string) (bool, error) {
 	if _, err := os.Stat(pinDir); errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}
+	lock, err := lockPinDir(pinDir)
+	if err != nil {
+		return false, err
+	}
+	defer lock.Close()
 	return true, removePinDir(pinDir)
+}
+
+// lockPinDir takes an exclusive flock on the pin dir, without waiting: the
+// process that loaded the pinned maps is their only writer, and nobody
+// removes them under it. A second daemon on the same bpffs (with another
+// state dir) is refused here rather than fighting over the maps. The
+// kernel drops the lock when its holder dies.
+func lockPinDir(pinDir string) (*os.File, error) {
+	f, err := os.Open(pinDir)
+	if err != nil {
+		return nil, fmt.Errorf("open pin dir: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %s is held by another xdplb process (a daemon on another state dir?)", ErrPinsInUse, pinDir)
+		}
+		return nil, fmt.Errorf("lock pin dir %s: %w", pinDir, err)
+	}
+	return f, nil
 }
 
 // removePinDir removes pinDir and waits until the XDP links pinned there
@@ -325,28 +388,28 @@ func RemovePinned(bpffs string) (bool, error) {
 // detaches, but the kernel frees it after an RCU grace period, from a work
 // queue: the wait makes XDP off when this returns.
 func removePinDir(pinDir string) error {
-	links, err := pinnedLinkIDs(pinDir)
+	links, err := pinnedLinks(pinDir)
 	if err != nil {
 		return err
 	}
 	if err := os.RemoveAll(pinDir); err != nil {
 		return fmt.Errorf("remove %s: %w", pinDir, err)
 	}
-	for _, id := range links {
-		if err := waitLinkGone(id, 5*time.Second); err != nil {
+	for _, l := range links {
+		if err := waitDetached(l, 5*time.Second); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// pinnedLinkIDs returns the ids of the XDP links pinned in pinDir.
-func pinnedLinkIDs(pinDir string) ([]link.ID, error) {
+// pinnedLinks returns what is known of the XDP links pinned in pinDir.
+func pinnedLinks(pinDir string) ([]link.Info, error) {
 	pins, err := filepath.Glob(linkPinPath(pinDir, "*"))
 	if err != nil {
 		return nil, err
 	}
-	var ids []link.ID
+	var infos []link.Info
 	for _, pin := range pins {
 		l, err := link.LoadPinnedLink(pin, nil)
 		if err != nil {
@@ -357,27 +420,46 @@ func pinnedLinkIDs(pinDir string) ([]link.ID, error) {
 		if err != nil {
 			return nil, fmt.Errorf("pinned link %s info: %w", pin, err)
 		}
-		ids = append(ids, info.ID)
+		infos = append(infos, *info)
 	}
-	return ids, nil
+	return infos, nil
 }
 
-// waitLinkGone waits until no link has id any more.
-func waitLinkGone(id link.ID, timeout time.Duration) error {
+// waitDetached waits until the link is gone and its program is off its
+// interface. Both are needed: the kernel frees a link's id before it
+// detaches the program.
+func waitDetached(l link.Info, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		l, err := link.NewFromID(id)
-		if errors.Is(err, os.ErrNotExist) {
+		gone := false
+		if ll, err := link.NewFromID(l.ID); errors.Is(err, os.ErrNotExist) {
+			gone = true
+		} else if err == nil {
+			ll.Close()
+		}
+		if gone && !xdpProgOn(l) {
 			return nil
 		}
-		if err == nil {
-			l.Close()
-		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("link %d still exists %s after its pin was removed", id, timeout)
+			return fmt.Errorf("xdp link %d still attached %s after its pin was removed", l.ID, timeout)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// xdpProgOn reports whether l's program is still attached to l's
+// interface, as netlink shows it.
+func xdpProgOn(l link.Info) bool {
+	xdp := l.XDP()
+	if xdp == nil {
+		return false
+	}
+	nl, err := netlink.LinkByIndex(int(xdp.Ifindex))
+	if err != nil {
+		return false // the interface is gone, and its program with it
+	}
+	a := nl.Attrs().Xdp
+	return a != nil && a.Attached && a.ProgId == uint32(l.Program)
 }
 
 // LookupTableSize is the size of every lookup table.
