@@ -10,14 +10,7 @@ import (
 // BenchmarkPutLookupTable writes one full table of the default size, the
 // cost of every lookup-table change the control plane makes.
 func BenchmarkPutLookupTable(b *testing.B) {
-	testutil.RequireRoot(b)
-	opts := testOptions(testutil.MountBPFFS(b))
-	opts.LookupSize = DefaultLookupSize
-	d, err := Load(opts)
-	if err != nil {
-		b.Fatalf("load: %v", err)
-	}
-	b.Cleanup(func() { d.Remove() })
+	d, opts := defaultTableDatapath(b)
 	table := make([]uint32, opts.LookupSize)
 	for i := range table {
 		table[i] = uint32(1 + i%32)
@@ -82,4 +75,19 @@ func BenchmarkPutVIPs(b *testing.B) {
 			}
 		}
 	}
+}
+
+// defaultTableDatapath loads the program with lookup tables of the default
+// size, the size the control plane writes; Remove runs at cleanup.
+func defaultTableDatapath(b *testing.B) (*Datapath, Options) {
+	b.Helper()
+	testutil.RequireRoot(b)
+	opts := testOptions(testutil.MountBPFFS(b))
+	opts.LookupSize = DefaultLookupSize
+	d, err := Load(opts)
+	if err != nil {
+		b.Fatalf("load: %v", err)
+	}
+	b.Cleanup(func() { d.Remove() })
+	return d, opts
 }

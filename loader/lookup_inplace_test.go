@@ -6,8 +6,6 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
-
-	"github.com/xdplb/xdplb/vm-tests/testutil"
 )
 
 // innerID is the id of the table map vipID's entry holds.
@@ -120,14 +118,7 @@ func TestWriteSlots(t *testing.T) {
 // table: the default-size table alternates between two layouts that
 // differ in about 1/32 of the slots.
 func BenchmarkPutLookupTableInPlace(b *testing.B) {
-	testutil.RequireRoot(b)
-	opts := testOptions(testutil.MountBPFFS(b))
-	opts.LookupSize = DefaultLookupSize
-	d, err := Load(opts)
-	if err != nil {
-		b.Fatalf("load: %v", err)
-	}
-	b.Cleanup(func() { d.Remove() })
+	d, opts := defaultTableDatapath(b)
 	tables := [2][]uint32{make([]uint32, opts.LookupSize), make([]uint32, opts.LookupSize)}
 	for i := range tables[0] {
 		tables[0][i] = uint32(1 + i%32)

@@ -143,13 +143,7 @@ func (e *env) diagnose() {
 // start starts the daemon (again) with the env's state dir and bpffs.
 func (e *env) start() {
 	e.t.Helper()
-	d, err := lab.StartDaemon(e.ctx, lab.DaemonOptions{
-		Binary: binary, Node: e.lab.LB, Dir: e.dir, BPFFS: e.bpffs, XDPMode: "native",
-	})
-	if err != nil {
-		e.t.Fatalf("start daemon: %v", err)
-	}
-	e.d = d
+	e.startBinary(binary)
 }
 
 // stop stops the daemon and expects a clean exit.
