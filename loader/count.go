@@ -51,18 +51,6 @@ func (d *Datapath) conntrackCount() (int, error) {
 	return readCountIter(l)
 }
 
-// mapElemCount returns the number of elements of m from the per-CPU
-// counters the kernel keeps for hash maps (LRU ones included), through a
-// bpf_map iterator (bpf/count.c) loaded for this one call.
-func mapElemCount(m *ebpf.Map) (int, error) {
-	l, err := newCountIter(m)
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return readCountIter(l)
-}
-
 // newCountIter loads bpf/count.c for m and returns its iterator link. It
 // wraps errNoCount when the kernel cannot count.
 func newCountIter(m *ebpf.Map) (*link.Iter, error) {

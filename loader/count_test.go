@@ -165,3 +165,15 @@ func BenchmarkConntrackEntries(b *testing.B) {
 		}
 	})
 }
+
+// mapElemCount returns the number of elements of m from the per-CPU
+// counters the kernel keeps for hash maps (LRU ones included), through a
+// bpf_map iterator (bpf/count.c) loaded for this one call.
+func mapElemCount(m *ebpf.Map) (int, error) {
+	l, err := newCountIter(m)
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return readCountIter(l)
+}

@@ -48,14 +48,7 @@ func run(m *testing.M) int {
 }
 
 func build(out string) error {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
-		if _, err := os.Stat(goBin); err != nil {
-			goBin = "/usr/local/go/bin/go"
-		}
-	}
-	cmd := exec.Command(goBin, "build", "-o", out, "github.com/xdplb/xdplb/cmd/xdplb")
+	cmd := exec.Command(goBinary(), "build", "-o", out, "github.com/xdplb/xdplb/cmd/xdplb")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%w:\n%s", err, b)

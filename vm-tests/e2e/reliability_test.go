@@ -66,9 +66,17 @@ func buildUpgrade(t *testing.T) string {
 	return bin
 }
 
+// goBinary is the go command: on PATH, else under GOROOT, else where
+// `make deps` expects it.
 func goBinary() string {
 	if p, err := exec.LookPath("go"); err == nil {
 		return p
+	}
+	if root := os.Getenv("GOROOT"); root != "" {
+		p := filepath.Join(root, "bin", "go")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
 	}
 	return "/usr/local/go/bin/go"
 }
