@@ -38,14 +38,14 @@ install-pkgs:
 	fi
 
 generate:
-	$(GO) generate ./loader/ ./vm-tests/bench/progs/
+	$(GO) generate ./loader/ ./bench/progs/
 
 # Regenerates the bpf2go output and fails if it differs from what is committed.
 generate-check: generate
-	@if ! git diff --quiet -- loader/ vm-tests/bench/progs/ || \
-		[ -n "$$(git ls-files --others --exclude-standard loader/ vm-tests/bench/progs/)" ]; then \
+	@if ! git diff --quiet -- loader/ bench/progs/ || \
+		[ -n "$$(git ls-files --others --exclude-standard loader/ bench/progs/)" ]; then \
 		echo "generated files differ from the committed ones; run 'make generate' and commit:"; \
-		git status --short loader/ vm-tests/bench/progs/; exit 1; \
+		git status --short loader/ bench/progs/; exit 1; \
 	fi
 
 vet:
@@ -53,6 +53,8 @@ vet:
 		if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
+	@bash .ci/check-imports
+	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run 'go mod tidy'"; exit 1; }
 
 # FUZZ_CI bounds the fuzzing run of `make test`; `make fuzz` runs longer.
 FUZZ_CI ?= 30s
@@ -67,7 +69,7 @@ fuzz: deps
 	$(GO) test -run '^$$' -fuzz '^FuzzXDP$$' -fuzztime $(FUZZTIME) ./loader/
 
 test-unit:
-	$(GO) test -count=1 ./control/... ./cmd/... ./healthcheck/...
+	$(GO) test -count=1 ./control/... ./cmd/... ./healthcheck/... ./internal/...
 
 test-e2e: build
 	$(GO) test -count=1 -v -timeout 15m ./vm-tests/...
@@ -75,13 +77,13 @@ test-e2e: build
 demo: deps build
 	./$(BIN) demo
 
-# A benchmark, not a test: it prints and writes vm-tests/bench/RESULTS.md,
+# A benchmark, not a test: it prints and writes bench/RESULTS.md,
 # and never fails on a timing.
 bench: bench-deps build
 	$(GO) test -run '^$$' -bench Program -benchtime 2000000x ./loader/
 	$(GO) test -run '^$$' -bench 'PutLookupTable|PutVIPs' ./loader/
-	$(GO) test -run '^$$' -bench 'SingleChange|Apply1000x32|BuildMaglev' -benchtime 3x ./control/
-	$(GO) run ./vm-tests/bench -binary $(BIN) -out vm-tests/bench/RESULTS.md
+	$(GO) test -run '^$$' -bench 'SingleChange|Apply1000x32|BuildMaglev' -benchtime 3x ./control/reconcile/
+	$(GO) run ./bench/cmd/xdplb-bench -binary $(BIN) -out bench/RESULTS.md
 
 clean:
 	rm -rf bin/

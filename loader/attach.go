@@ -166,18 +166,20 @@ func AttachPass(ifindex int) (io.Closer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load bpf spec: %w", err)
 	}
-	// Only the program is assigned, so no map (the big conntrack included)
+	// Only the program is loaded, so no map (the big conntrack included)
 	// is created.
-	var objs struct {
-		Prog *ebpf.Program `ebpf:"xdplb_pass"`
+	var progs xdplbProgramSpecs
+	if err := spec.Assign(&progs); err != nil {
+		return nil, fmt.Errorf("bpf spec: %w", err)
 	}
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		return nil, fmt.Errorf("load xdplb_pass: %w", err)
-	}
-	l, _, err := attachXDP(objs.Prog, ifindex, XDPModeAuto)
+	prog, err := ebpf.NewProgram(progs.XdplbPass)
 	if err != nil {
-		objs.Prog.Close()
-		return nil, fmt.Errorf("attach xdplb_pass to ifindex %d: %w", ifindex, err)
+		return nil, fmt.Errorf("load %s: %w", xdplbProgXdplbPass, err)
 	}
-	return &passAttachment{prog: objs.Prog, link: l}, nil
+	l, _, err := attachXDP(prog, ifindex, XDPModeAuto)
+	if err != nil {
+		prog.Close()
+		return nil, fmt.Errorf("attach %s to ifindex %d: %w", xdplbProgXdplbPass, ifindex, err)
+	}
+	return &passAttachment{prog: prog, link: l}, nil
 }

@@ -8,7 +8,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 
-	"github.com/xdplb/xdplb/vm-tests/testutil"
+	"github.com/xdplb/xdplb/internal/testutil"
 )
 
 // Offsets in the untagged frames flow.build makes: the last byte of the

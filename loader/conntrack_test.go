@@ -12,7 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/xdplb/xdplb/vm-tests/testutil"
+	"github.com/xdplb/xdplb/internal/testutil"
 )
 
 // The connection table uses the common LRU list (bpf/maps.h): a table

@@ -9,7 +9,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/xdplb/xdplb/vm-tests/testutil"
+	"github.com/xdplb/xdplb/internal/testutil"
 )
 
 // fillConntrack puts n distinct flows, numbered from first, into the

@@ -12,7 +12,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/xdplb/xdplb/vm-tests/testutil"
+	"github.com/xdplb/xdplb/internal/testutil"
 )
 
 const (

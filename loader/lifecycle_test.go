@@ -2,19 +2,18 @@ package loader
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
-	"runtime"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/xdplb/xdplb/vm-tests/testutil"
+	"github.com/xdplb/xdplb/internal/testutil"
 )
 
 func TestLoadReusesPinnedMaps(t *testing.T) {
@@ -163,33 +162,13 @@ func TestVIPAddressRefcount(t *testing.T) {
 	}
 }
 
-// inNetns runs fn on a locked OS thread inside a new network namespace;
-// the thread is discarded afterwards so no other goroutine inherits it.
-func inNetns(t *testing.T, fn func()) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		ns, err := netns.New()
-		if err != nil {
-			t.Errorf("new netns: %v", err)
-			return
-		}
-		defer ns.Close()
-		fn()
-	}()
-	<-done
-}
-
 func TestAttachUpdatesPinnedLink(t *testing.T) {
 	testutil.RequireRoot(t)
 	bpffs := testutil.MountBPFFS(t)
-	inNetns(t, func() {
+	testutil.InNetNS(t, testutil.NewNetNS(t, ""), func() error {
 		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "xlb0"}, PeerName: "xlb1"}
 		if err := netlink.LinkAdd(veth); err != nil {
-			t.Errorf("add veth: %v", err)
-			return
+			return fmt.Errorf("add veth: %w", err)
 		}
 		for _, n := range []string{"xlb0", "xlb1"} {
 			l, _ := netlink.LinkByName(n)
@@ -200,13 +179,11 @@ func TestAttachUpdatesPinnedLink(t *testing.T) {
 		opts.XDPMode = XDPModeNative
 		d, err := Load(opts)
 		if err != nil {
-			t.Errorf("load: %v", err)
-			return
+			return fmt.Errorf("load: %w", err)
 		}
 		st, err := d.Status()
 		if err != nil || len(st.Interfaces) != 1 {
-			t.Errorf("status %+v (%v)", st, err)
-			return
+			return fmt.Errorf("status %+v (%v)", st, err)
 		}
 		first := st.Interfaces[0]
 		info, _ := d.Program().Info()
@@ -224,8 +201,7 @@ func TestAttachUpdatesPinnedLink(t *testing.T) {
 		// A restart updates the same link with the new program.
 		d, err = Load(opts)
 		if err != nil {
-			t.Errorf("reload: %v", err)
-			return
+			return fmt.Errorf("reload: %w", err)
 		}
 		st, _ = d.Status()
 		if len(st.Interfaces) != 1 || st.Interfaces[0].LinkID != first.LinkID || st.Interfaces[0].ProgramID == first.ProgramID {
@@ -261,5 +237,6 @@ func TestAttachUpdatesPinnedLink(t *testing.T) {
 		if removed, err := RemovePinned(t.TempDir()); err != nil || removed {
 			t.Errorf("RemovePinned on a plain dir: %v, %v", removed, err)
 		}
+		return nil
 	})
 }

@@ -15,17 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Defaults for Options left zero.
-const (
-	DefaultBPFFS         = "/sys/fs/bpf"
-	DefaultLookupSize    = 65537
-	DefaultConntrackSize = 1 << 20
-	DefaultMaxVIPs       = 1024
-	DefaultMaxBackends   = 65536
-
-	// pinSubdir holds every pin of xdplb under Options.BPFFS.
-	pinSubdir = "xdplb"
-)
+// pinSubdir holds every pin of xdplb under Options.BPFFS.
+const pinSubdir = "xdplb"
 
 var (
 	// ErrIncompatiblePin means pinned state from an earlier run does not
@@ -38,67 +29,6 @@ var (
 	// two writers of the same maps would undo each other's changes.
 	ErrPinsInUse = errors.New("pinned state in use")
 )
-
-// Options configure Load.
-type Options struct {
-	BPFFS         string   // default "/sys/fs/bpf"; pins go to BPFFS/xdplb; mounted as bpffs if it is not one
-	Interfaces    []string // may be empty (tests): load and pin, attach nothing
-	XDPMode       XDPMode  // native|generic|auto; default auto
-	LookupSize    uint32   // default 65537, must be prime
-	ConntrackSize uint32   // default 1<<20
-	MaxVIPs       uint32   // default 1024
-	MaxBackends   uint32   // default 65536
-	Logger        *slog.Logger
-}
-
-func (o *Options) setDefaults() error {
-	if o.BPFFS == "" {
-		o.BPFFS = DefaultBPFFS
-	}
-	if o.XDPMode == "" {
-		o.XDPMode = XDPModeAuto
-	}
-	switch o.XDPMode {
-	case XDPModeNative, XDPModeGeneric, XDPModeAuto:
-	default:
-		return fmt.Errorf("%w: xdp mode %q (want native, generic or auto)", ErrInvalid, o.XDPMode)
-	}
-	if o.LookupSize == 0 {
-		o.LookupSize = DefaultLookupSize
-	}
-	if !isPrime(o.LookupSize) {
-		return fmt.Errorf("%w: lookup table size %d is not prime", ErrInvalid, o.LookupSize)
-	}
-	if o.ConntrackSize == 0 {
-		o.ConntrackSize = DefaultConntrackSize
-	}
-	if o.MaxVIPs == 0 {
-		o.MaxVIPs = DefaultMaxVIPs
-	}
-	if o.MaxBackends == 0 {
-		o.MaxBackends = DefaultMaxBackends
-	}
-	// Id 0 is reserved in both, so one slot is not enough.
-	if o.MaxVIPs < 2 || o.MaxBackends < 2 {
-		return fmt.Errorf("%w: max vips %d and max backends %d must be at least 2", ErrInvalid, o.MaxVIPs, o.MaxBackends)
-	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	return nil
-}
-
-func isPrime(n uint32) bool {
-	if n < 2 {
-		return false
-	}
-	for i := uint64(2); i*i <= uint64(n); i++ {
-		if uint64(n)%i == 0 {
-			return false
-		}
-	}
-	return true
-}
 
 // Datapath owns the loaded program, its maps and its XDP links.
 type Datapath struct {
@@ -129,9 +59,15 @@ type Datapath struct {
 
 // Load loads the program, reuses compatible pinned maps under
 // opts.BPFFS/xdplb (pinning new ones), and attaches to opts.Interfaces
-// through pinned bpf_links, updating an existing link in place.
+// through pinned bpf_links, updating an existing link in place. It fills
+// zero fields with Defaults and refuses what Validate refuses, except an
+// empty opts.Interfaces, and an interface CheckInterfaces does not find.
 func Load(opts Options) (*Datapath, error) {
-	if err := opts.setDefaults(); err != nil {
+	opts.Defaults()
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	if err := opts.CheckInterfaces(); err != nil {
 		return nil, err
 	}
 	mounted, err := ensureBPFFS(opts.BPFFS)
@@ -164,7 +100,7 @@ func Load(opts Options) (*Datapath, error) {
 
 // loadLocked is Load once the pin dir is ours.
 func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error) {
-	spec, err := loadSpec(opts)
+	spec, specs, err := loadSpec(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -177,7 +113,7 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 		log:       opts.Logger,
 		pinDir:    pinDir,
 		pinLock:   pinLock,
-		innerSpec: spec.Maps["lookup"].InnerMap.Copy(),
+		innerSpec: specs.Lookup.InnerMap.Copy(),
 		dropNames: names,
 	}
 	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}})
@@ -218,33 +154,36 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 	return d, nil
 }
 
-func loadSpec(opts Options) (*ebpf.CollectionSpec, error) {
+// loadSpec returns the program's spec sized for opts, and its named parts.
+func loadSpec(opts Options) (*ebpf.CollectionSpec, *xdplbSpecs, error) {
 	spec, err := loadXdplb()
 	if err != nil {
-		return nil, fmt.Errorf("load bpf spec: %w", err)
+		return nil, nil, fmt.Errorf("load bpf spec: %w", err)
 	}
-	sizes := map[string]uint32{
-		"vips":          opts.MaxVIPs,
-		"vip_addrs":     opts.MaxVIPs, // at most one address per VIP
-		"vip_keys":      opts.MaxVIPs,
-		"lookup":        opts.MaxVIPs,
-		"vip_stats":     opts.MaxVIPs,
-		"backends":      opts.MaxBackends,
-		"backend_stats": opts.MaxBackends,
-		"conntrack":     opts.ConntrackSize,
+	var s xdplbSpecs
+	if err := spec.Assign(&s); err != nil {
+		return nil, nil, fmt.Errorf("bpf spec: %w", err)
 	}
-	for name, n := range sizes {
-		m, ok := spec.Maps[name]
-		if !ok {
-			return nil, fmt.Errorf("bpf spec has no map %s", name)
-		}
-		m.MaxEntries = n
+	for _, size := range []struct {
+		m *ebpf.MapSpec
+		n uint32
+	}{
+		{s.Vips, opts.MaxVIPs},
+		{s.VipAddrs, opts.MaxVIPs}, // at most one address per VIP
+		{s.VipKeys, opts.MaxVIPs},
+		{s.Lookup, opts.MaxVIPs},
+		{s.VipStats, opts.MaxVIPs},
+		{s.Backends, opts.MaxBackends},
+		{s.BackendStats, opts.MaxBackends},
+		{s.Conntrack, opts.ConntrackSize},
+	} {
+		size.m.MaxEntries = size.n
 	}
-	spec.Maps["lookup"].InnerMap.MaxEntries = opts.LookupSize
-	if err := spec.Variables["cfg_lookup_size"].Set(opts.LookupSize); err != nil {
-		return nil, fmt.Errorf("set cfg_lookup_size: %w", err)
+	s.Lookup.InnerMap.MaxEntries = opts.LookupSize
+	if err := s.CfgLookupSize.Set(opts.LookupSize); err != nil {
+		return nil, nil, fmt.Errorf("set %s: %w", xdplbVarCfgLookupSize, err)
 	}
-	return spec, nil
+	return spec, &s, nil
 }
 
 // checkLookupCompatible catches a pinned lookup map created for another

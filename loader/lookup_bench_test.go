@@ -4,7 +4,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/xdplb/xdplb/vm-tests/testutil"
+	"github.com/xdplb/xdplb/internal/testutil"
 )
 
 // BenchmarkPutLookupTable writes one full table of the default size, the

@@ -277,10 +277,10 @@ func (d *Datapath) Status() (Status, error) {
 	fill := func(name string, m *ebpf.Map, n int) {
 		st.Maps = append(st.Maps, MapFill{Name: name, Entries: n, MaxEntries: m.MaxEntries()})
 	}
-	fill("vips", d.objs.Vips, len(vips))
-	fill("vip_addrs", d.objs.VipAddrs, addrs)
-	fill("backends", d.objs.Backends, len(bes))
-	fill("lookup", d.objs.Lookup, tables)
-	fill("conntrack", d.objs.Conntrack, ct)
+	fill(xdplbMapVips, d.objs.Vips, len(vips))
+	fill(xdplbMapVipAddrs, d.objs.VipAddrs, addrs)
+	fill(xdplbMapBackends, d.objs.Backends, len(bes))
+	fill(xdplbMapLookup, d.objs.Lookup, tables)
+	fill(xdplbMapConntrack, d.objs.Conntrack, ct)
 	return st, nil
 }

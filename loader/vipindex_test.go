@@ -6,7 +6,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/xdplb/xdplb/vm-tests/testutil"
+	"github.com/xdplb/xdplb/internal/testutil"
 )
 
 // checkVIPIndex compares vip_filter, vip_addrs and vip_keys with a full

@@ -11,7 +11,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/xdplb/xdplb/control"
+	"github.com/xdplb/xdplb/control/api"
+	"github.com/xdplb/xdplb/control/daemon"
 )
 
 // Exit codes of the binary.
@@ -58,14 +59,14 @@ func withPath(c *cli.Context, err error) error {
 type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
-	runDaemon      func(context.Context, control.DaemonConfig) error
-	runDetach      func(context.Context, control.DetachConfig) error
+	runDaemon      func(context.Context, daemon.Config) error
+	runDetach      func(context.Context, daemon.DetachConfig) error
 }
 
 // run is the whole program: it parses args, runs the command and maps the
 // result to an exit code. Errors are printed as one line on stderr.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, runDaemon: control.RunDaemon, runDetach: control.Detach}
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, runDaemon: daemon.Run, runDetach: daemon.Detach}
 	return e.run(ctx, args)
 }
 
@@ -98,7 +99,7 @@ func (e *env) newApp() *cli.App {
 			&cli.StringFlag{
 				Name:    "socket",
 				Usage:   "unix socket of the daemon's API",
-				Value:   control.DefaultSocketPath,
+				Value:   api.DefaultSocketPath,
 				EnvVars: []string{"XDPLB_SOCKET"},
 			},
 		},
@@ -152,99 +153,9 @@ func groupAction(c *cli.Context) error {
 	return cli.ShowSubcommandHelp(c)
 }
 
-// reorderArgs moves the flags of the command being run in front of its
-// positional arguments, so `vip add 10.0.0.1:80/tcp --mode dr` works:
-// urfave/cli v2 stops parsing flags at the first positional argument.
-// Everything after "--" stays positional.
-func reorderArgs(app *cli.App, args []string) []string {
-	if len(args) == 0 {
-		return args
-	}
-	out := []string{args[0]}
-	flags, cmds := app.Flags, app.Commands
-	rest := args[1:]
-	for {
-		// Flags in front of a command name belong to the level above it.
-		i := 0
-		for i < len(rest) && isFlag(rest[i]) {
-			i += flagSpan(flags, rest, i)
-		}
-		if i >= len(rest) || rest[i] == "--" {
-			return append(out, rest...)
-		}
-		if cmd := findCommand(cmds, rest[i]); cmd != nil && len(cmd.Subcommands) > 0 {
-			out = append(out, rest[:i+1]...)
-			rest = rest[i+1:]
-			flags, cmds = cmd.Flags, cmd.Subcommands
-			continue
-		} else if cmd != nil {
-			out = append(out, rest[:i+1]...)
-			return append(out, splitFlags(cmd.Flags, rest[i+1:])...)
-		}
-		// Not a command: leave it to urfave/cli to report.
-		return append(out, rest...)
-	}
-}
-
-// splitFlags returns tail with its flags first, then "--" and the
-// positional arguments in their original order.
-func splitFlags(flags []cli.Flag, tail []string) []string {
-	var fl, pos []string
-	for i := 0; i < len(tail); {
-		if tail[i] == "--" {
-			pos = append(pos, tail[i+1:]...)
-			break
-		}
-		if isFlag(tail[i]) {
-			n := flagSpan(flags, tail, i)
-			fl = append(fl, tail[i:i+n]...)
-			i += n
-			continue
-		}
-		pos = append(pos, tail[i])
-		i++
-	}
-	if len(pos) == 0 {
-		return fl
-	}
-	return append(append(fl, "--"), pos...)
-}
-
-func isFlag(s string) bool { return len(s) > 1 && s[0] == '-' && s != "--" }
-
-// flagSpan is how many arguments the flag at args[i] uses: 2 when it takes
-// a value given as the next argument, else 1.
-func flagSpan(flags []cli.Flag, args []string, i int) int {
-	name := strings.TrimLeft(args[i], "-")
-	if strings.Contains(name, "=") {
-		return 1
-	}
-	for _, f := range flags {
-		for _, n := range f.Names() {
-			if n != name {
-				continue
-			}
-			if tv, ok := f.(interface{ TakesValue() bool }); ok && tv.TakesValue() && i+1 < len(args) {
-				return 2
-			}
-			return 1
-		}
-	}
-	return 1
-}
-
-func findCommand(cmds []*cli.Command, name string) *cli.Command {
-	for _, c := range cmds {
-		if c.HasName(name) {
-			return c
-		}
-	}
-	return nil
-}
-
 // client returns an API client for the --socket given to the program.
-func client(c *cli.Context) *control.Client {
-	return control.NewClient(c.String("socket"))
+func client(c *cli.Context) *api.Client {
+	return api.NewClient(c.String("socket"))
 }
 
 // apiError rewords the errors of a client call; above all "the daemon is

@@ -7,7 +7,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/xdplb/xdplb/control"
+	"github.com/xdplb/xdplb/control/api"
+	"github.com/xdplb/xdplb/control/model"
 )
 
 func (e *env) backendCommand() *cli.Command {
@@ -20,7 +21,7 @@ func (e *env) backendCommand() *cli.Command {
 				Usage:     "add a backend to a VIP",
 				ArgsUsage: "VIP ADDR[:PORT]",
 				Flags: []cli.Flag{
-					&cli.IntFlag{Name: "weight", Value: control.DefaultWeight, Usage: "share of new flows, 0-65535 (0: no new flows)"},
+					&cli.IntFlag{Name: "weight", Value: model.DefaultWeight, Usage: "share of new flows, 0-65535 (0: no new flows)"},
 				},
 				Action: e.backendAdd,
 			},
@@ -56,22 +57,22 @@ func (e *env) backendCommand() *cli.Command {
 }
 
 // backendArgs parses "VIP ADDR[:PORT]".
-func backendArgs(c *cli.Context) (control.VIPID, netip.Addr, uint16, error) {
+func backendArgs(c *cli.Context) (model.VIPID, netip.Addr, uint16, error) {
 	id, err := vipArg(c, 2, "VIP ADDR[:PORT]")
 	if err != nil {
-		return control.VIPID{}, netip.Addr{}, 0, err
+		return model.VIPID{}, netip.Addr{}, 0, err
 	}
-	addr, port, err := control.ParseBackendAddr(c.Args().Get(1))
+	addr, port, err := model.ParseBackendAddr(c.Args().Get(1))
 	if err != nil {
-		return control.VIPID{}, netip.Addr{}, 0, usageError{withPath(c, err)}
+		return model.VIPID{}, netip.Addr{}, 0, usageError{withPath(c, err)}
 	}
 	return id, addr, port, nil
 }
 
 func weightFlag(c *cli.Context) (uint32, error) {
 	w := c.Int("weight")
-	if w < 0 || w > control.MaxWeight {
-		return 0, usagef(c, "--weight %d: want 0-%d", w, control.MaxWeight)
+	if w < 0 || w > model.MaxWeight {
+		return 0, usagef(c, "--weight %d: want 0-%d", w, model.MaxWeight)
 	}
 	return uint32(w), nil
 }
@@ -85,7 +86,7 @@ func (e *env) backendAdd(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	b := control.Backend{Address: addr, Port: port, Weight: w}
+	b := model.Backend{Address: addr, Port: port, Weight: w}
 	if err := client(c).AddBackend(c.Context, id, b); err != nil {
 		return apiError(c, err)
 	}
@@ -106,7 +107,7 @@ func (e *env) backendSet(c *cli.Context) error {
 	if n != 1 {
 		return usagef(c, "want exactly one of --weight N, --drain, --enable")
 	}
-	var p control.BackendPatch
+	var p model.BackendPatch
 	switch {
 	case c.IsSet("weight"):
 		w, err := weightFlag(c)
@@ -156,7 +157,7 @@ func (e *env) backendList(c *cli.Context) error {
 	})
 	if format == "json" {
 		if bs == nil {
-			bs = []control.BackendStatus{}
+			bs = []api.BackendStatus{}
 		}
 		return writeJSON(e.stdout, bs)
 	}

@@ -6,7 +6,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/xdplb/xdplb/control"
+	"github.com/xdplb/xdplb/control/config"
+	"github.com/xdplb/xdplb/control/model"
 )
 
 func (e *env) applyCommand() *cli.Command {
@@ -31,7 +32,7 @@ func (e *env) apply(c *cli.Context) error {
 	// Parse here first, so a typo is reported with the file's name and
 	// nothing is sent to the daemon.
 	var (
-		st  control.State
+		st  model.State
 		err error
 	)
 	if path == "-" {
@@ -39,10 +40,10 @@ func (e *env) apply(c *cli.Context) error {
 		if data, err = io.ReadAll(e.stdin); err != nil {
 			return fmt.Errorf("apply: read stdin: %w", err)
 		}
-		if st, err = control.ParseState(data); err != nil {
+		if st, err = config.Parse(data); err != nil {
 			return fmt.Errorf("apply: stdin: %w", err)
 		}
-	} else if st, err = control.LoadConfig(path); err != nil {
+	} else if st, err = config.Load(path); err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
 	if err := client(c).Apply(c.Context, st); err != nil {
@@ -67,7 +68,7 @@ func (e *env) export(c *cli.Context) error {
 	if err != nil {
 		return apiError(c, err)
 	}
-	data, err := control.MarshalState(st)
+	data, err := config.Marshal(st)
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}

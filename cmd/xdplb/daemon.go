@@ -2,14 +2,17 @@ package main
 
 import (
 	"fmt"
+	"github.com/xdplb/xdplb/control/api"
 	"io"
 	"log/slog"
+	"math"
 	"runtime"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/xdplb/xdplb/control"
+	"github.com/xdplb/xdplb/control/daemon"
+	"github.com/xdplb/xdplb/loader"
 )
 
 func logFlags() []cli.Flag {
@@ -43,13 +46,13 @@ func (e *env) daemonCommand() *cli.Command {
 		Usage: "run the load balancer: load and attach the XDP program, serve the API",
 		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "iface", Usage: "interface to attach to (required, repeatable)"},
-			&cli.StringFlag{Name: "xdp-mode", Value: "auto", Usage: "native, generic or auto (native, else generic)"},
-			&cli.StringFlag{Name: "state-dir", Value: "/var/lib/xdplb", Usage: "directory of the persisted desired state"},
-			&cli.StringFlag{Name: "bpffs", Value: "/sys/fs/bpf", Usage: "bpffs mount; pins go under DIR/xdplb (mounted if it is not a bpffs)"},
+			&cli.StringFlag{Name: "xdp-mode", Value: string(loader.DefaultXDPMode), Usage: "native, generic or auto (native, else generic)"},
+			&cli.StringFlag{Name: "state-dir", Value: daemon.DefaultStateDir, Usage: "directory of the persisted desired state"},
+			&cli.StringFlag{Name: "bpffs", Value: loader.DefaultBPFFS, Usage: "bpffs mount; pins go under DIR/xdplb (mounted if it is not a bpffs)"},
 			&cli.StringFlag{Name: "config", Usage: "YAML state file to apply at start"},
-			&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9642", Usage: "listen address of the Prometheus /metrics endpoint"},
-			&cli.Uint64Flag{Name: "maglev-size", Value: 65537, Usage: "per-VIP lookup table size, a prime"},
-			&cli.Uint64Flag{Name: "conntrack-size", Value: 1 << 20, Usage: "connection table entries"},
+			&cli.StringFlag{Name: "metrics-addr", Value: api.DefaultMetricsAddr, Usage: "listen address of the Prometheus /metrics endpoint"},
+			&cli.Uint64Flag{Name: "maglev-size", Value: loader.DefaultLookupSize, Usage: "per-VIP lookup table size, a prime"},
+			&cli.Uint64Flag{Name: "conntrack-size", Value: loader.DefaultConntrackSize, Usage: "connection table entries"},
 			&cli.BoolFlag{Name: "detach-on-exit", Usage: "on exit, detach XDP and remove pins and announced addresses (default: leave them, forwarding continues)"},
 		}, logFlags()...),
 		Action: e.daemon,
@@ -66,39 +69,33 @@ func (e *env) daemon(c *cli.Context) error {
 			ifaces = append(ifaces, i)
 		}
 	}
-	if len(ifaces) == 0 {
-		return usagef(c, "want at least one --iface IFACE")
+	opts := loader.Options{
+		BPFFS:         c.String("bpffs"),
+		Interfaces:    ifaces,
+		XDPMode:       loader.XDPMode(c.String("xdp-mode")),
+		LookupSize:    uint32Flag(c, "maglev-size"),
+		ConntrackSize: uint32Flag(c, "conntrack-size"),
+		MaxVIPs:       loader.DefaultMaxVIPs,
+		MaxBackends:   loader.DefaultMaxBackends,
 	}
-	switch m := c.String("xdp-mode"); m {
-	case "native", "generic", "auto":
-	default:
-		return usagef(c, "unknown --xdp-mode %q: want native, generic or auto", m)
-	}
-	maglev := c.Uint64("maglev-size")
-	if maglev < 3 || maglev > 1<<31 || !control.IsPrime(uint32(maglev)) {
-		return usagef(c, "--maglev-size %d: want a prime between 3 and 2^31", maglev)
-	}
-	ct := c.Uint64("conntrack-size")
-	if ct < 1 || ct > 1<<31 {
-		return usagef(c, "--conntrack-size %d: want 1 to 2^31", ct)
+	// The data plane's rules are loader's: checked here too, before
+	// anything starts, so a bad flag is a usage error (exit 2).
+	if err := opts.Validate(); err != nil {
+		return usagef(c, "%s", err)
 	}
 	logger, err := newLogger(c, e.stderr)
 	if err != nil {
 		return err
 	}
-	err = e.runDaemon(c.Context, control.DaemonConfig{
-		Interfaces:    ifaces,
-		XDPMode:       c.String("xdp-mode"),
-		StateDir:      c.String("state-dir"),
-		BPFFS:         c.String("bpffs"),
-		ConfigFile:    c.String("config"),
-		MetricsAddr:   c.String("metrics-addr"),
-		SocketPath:    c.String("socket"),
-		MaglevSize:    uint32(maglev),
-		ConntrackSize: uint32(ct),
-		DetachOnExit:  c.Bool("detach-on-exit"),
-		Version:       version,
-		Logger:        logger,
+	opts.Logger = logger
+	err = e.runDaemon(c.Context, daemon.Config{
+		Options:      opts,
+		StateDir:     c.String("state-dir"),
+		ConfigFile:   c.String("config"),
+		MetricsAddr:  c.String("metrics-addr"),
+		SocketPath:   c.String("socket"),
+		DetachOnExit: c.Bool("detach-on-exit"),
+		Version:      version,
 	})
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
@@ -113,8 +110,8 @@ func (e *env) detachCommand() *cli.Command {
 		Description: "A clean uninstall of the data plane. The desired state stays in the state directory;\n" +
 			"refused while a daemon runs on that state directory.",
 		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "state-dir", Value: control.DefaultStateDir, Usage: "the stopped daemon's --state-dir"},
-			&cli.StringFlag{Name: "bpffs", Value: control.DefaultBPFFS, Usage: "the stopped daemon's --bpffs"},
+			&cli.StringFlag{Name: "state-dir", Value: daemon.DefaultStateDir, Usage: "the stopped daemon's --state-dir"},
+			&cli.StringFlag{Name: "bpffs", Value: loader.DefaultBPFFS, Usage: "the stopped daemon's --bpffs"},
 		}, logFlags()...),
 		Action: func(c *cli.Context) error {
 			if err := wantArgs(c, 0, "no arguments"); err != nil {
@@ -124,7 +121,7 @@ func (e *env) detachCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			err = e.runDetach(c.Context, control.DetachConfig{
+			err = e.runDetach(c.Context, daemon.DetachConfig{
 				StateDir: c.String("state-dir"), BPFFS: c.String("bpffs"), Logger: logger,
 			})
 			if err != nil {
@@ -147,4 +144,15 @@ func (e *env) versionCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// uint32Flag reads a Uint64Flag that the data plane takes as uint32
+// (urfave/cli v2 has no Uint32Flag); a value beyond 2^32-1 reads as 0,
+// which Options.Validate refuses rather than taking the default.
+func uint32Flag(c *cli.Context, name string) uint32 {
+	v := c.Uint64(name)
+	if v > math.MaxUint32 {
+		return 0
+	}
+	return uint32(v)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/xdplb/xdplb/loader"
 	"io"
 	"path/filepath"
 	"reflect"
@@ -12,7 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/xdplb/xdplb/control"
+	"github.com/xdplb/xdplb/control/api"
+	"github.com/xdplb/xdplb/control/daemon"
+	"github.com/xdplb/xdplb/control/reconcile"
+	"github.com/xdplb/xdplb/control/state"
 )
 
 // startLab serves the real control API, backed by a real store in a temp
@@ -20,22 +24,22 @@ import (
 func startLab(t *testing.T) *testDaemon {
 	t.Helper()
 	dir := t.TempDir()
-	store, err := control.OpenStore(filepath.Join(dir, "state"), nil)
+	store, err := state.Open(filepath.Join(dir, "state"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dp := newFakeDatapath()
 	health := newFakeHealth()
-	srv := &control.Server{
+	srv := &api.Server{
 		Store:      store,
 		Datapath:   dp,
-		Reconciler: control.NewReconciler(store, dp, fakeNetwork{}, health, nil),
+		Reconciler: reconcile.NewReconciler(store, dp, fakeNetwork{}, health, nil),
 		Version:    "test",
 		StartTime:  time.Now().Add(-time.Minute),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	sock := filepath.Join(dir, "xdplb.sock")
-	ln, err := control.ListenUnix(ctx, sock)
+	ln, err := api.ListenUnix(ctx, sock)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -57,38 +61,32 @@ func TestDaemonFlags(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
 		env  string // XDPLB_SOCKET
-		want control.DaemonConfig
+		want daemon.Config
 	}{
 		{
 			args: []string{"daemon", "--iface", "eth0"},
-			want: control.DaemonConfig{Interfaces: []string{"eth0"}, XDPMode: "auto", StateDir: "/var/lib/xdplb",
-				BPFFS: "/sys/fs/bpf", MetricsAddr: "127.0.0.1:9642", SocketPath: "/run/xdplb/xdplb.sock",
-				MaglevSize: 65537, ConntrackSize: 1 << 20},
+			want: daemon.Config{Options: loader.Options{BPFFS: "/sys/fs/bpf", Interfaces: []string{"eth0"}, XDPMode: "auto", LookupSize: 65537, ConntrackSize: 1 << 20, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends}, StateDir: "/var/lib/xdplb", MetricsAddr: "127.0.0.1:9642", SocketPath: "/run/xdplb/xdplb.sock"},
 		},
 		{
 			args: []string{"--socket", "/tmp/x.sock", "daemon", "--iface", "eth0", "--iface", "eth1", "--xdp-mode", "native",
 				"--state-dir", "/s", "--bpffs", "/b", "--config", "/c.yaml", "--metrics-addr", "[::1]:9000",
 				"--maglev-size", "251", "--conntrack-size", "4096", "--detach-on-exit", "--log-level", "debug", "--log-format", "json"},
-			want: control.DaemonConfig{Interfaces: []string{"eth0", "eth1"}, XDPMode: "native", StateDir: "/s",
-				BPFFS: "/b", ConfigFile: "/c.yaml", MetricsAddr: "[::1]:9000", SocketPath: "/tmp/x.sock",
-				MaglevSize: 251, ConntrackSize: 4096, DetachOnExit: true},
+			want: daemon.Config{Options: loader.Options{BPFFS: "/b", Interfaces: []string{"eth0", "eth1"}, XDPMode: "native", LookupSize: 251, ConntrackSize: 4096, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends}, StateDir: "/s", ConfigFile: "/c.yaml", MetricsAddr: "[::1]:9000", SocketPath: "/tmp/x.sock", DetachOnExit: true},
 		},
 		{
 			args: []string{"daemon", "--iface", "eth0", "--xdp-mode", "generic"},
 			env:  "/tmp/env.sock",
-			want: control.DaemonConfig{Interfaces: []string{"eth0"}, XDPMode: "generic", StateDir: "/var/lib/xdplb",
-				BPFFS: "/sys/fs/bpf", MetricsAddr: "127.0.0.1:9642", SocketPath: "/tmp/env.sock",
-				MaglevSize: 65537, ConntrackSize: 1 << 20},
+			want: daemon.Config{Options: loader.Options{BPFFS: "/sys/fs/bpf", Interfaces: []string{"eth0"}, XDPMode: "generic", LookupSize: 65537, ConntrackSize: 1 << 20, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends}, StateDir: "/var/lib/xdplb", MetricsAddr: "127.0.0.1:9642", SocketPath: "/tmp/env.sock"},
 		},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			if tc.env != "" {
 				t.Setenv("XDPLB_SOCKET", tc.env)
 			}
-			var got *control.DaemonConfig
+			var got *daemon.Config
 			var stderr bytes.Buffer
 			e := &env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: &stderr,
-				runDaemon: func(_ context.Context, cfg control.DaemonConfig) error {
+				runDaemon: func(_ context.Context, cfg daemon.Config) error {
 					got = &cfg
 					cfg.Logger.Debug("probe")
 					return errors.New("stopped")
@@ -129,23 +127,23 @@ func TestDaemonMissingInterface(t *testing.T) {
 	wantOneLineError(t, r, exitError, `^xdplb: daemon: .*xdplbnone0`)
 }
 
-// TestDetachCommand checks detach hands its flags to control.Detach and
+// TestDetachCommand checks detach hands its flags to daemon.Detach and
 // reports its error as one line.
 func TestDetachCommand(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
-		want control.DetachConfig
+		want daemon.DetachConfig
 		err  error
 	}{
-		{[]string{"detach"}, control.DetachConfig{StateDir: "/var/lib/xdplb", BPFFS: "/sys/fs/bpf"}, nil},
-		{[]string{"detach", "--state-dir", "/s", "--bpffs", "/b"}, control.DetachConfig{StateDir: "/s", BPFFS: "/b"},
-			control.ErrStateDirLocked},
+		{[]string{"detach"}, daemon.DetachConfig{StateDir: "/var/lib/xdplb", BPFFS: "/sys/fs/bpf"}, nil},
+		{[]string{"detach", "--state-dir", "/s", "--bpffs", "/b"}, daemon.DetachConfig{StateDir: "/s", BPFFS: "/b"},
+			state.ErrLocked},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
-			var got *control.DetachConfig
+			var got *daemon.DetachConfig
 			var stdout, stderr bytes.Buffer
 			e := &env{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr,
-				runDetach: func(_ context.Context, cfg control.DetachConfig) error {
+				runDetach: func(_ context.Context, cfg daemon.DetachConfig) error {
 					got = &cfg
 					return tc.err
 				}}

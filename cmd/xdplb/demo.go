@@ -6,7 +6,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/xdplb/xdplb/vm-tests/lab"
+	"github.com/xdplb/xdplb/internal/lab"
 )
 
 func (e *env) demoCommand() *cli.Command {

@@ -7,8 +7,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/xdplb/xdplb/control"
-	"github.com/xdplb/xdplb/control/controltest"
+	"github.com/xdplb/xdplb/control/model"
+	"github.com/xdplb/xdplb/control/reconcile/reconciletest"
 	"github.com/xdplb/xdplb/healthcheck"
 	"github.com/xdplb/xdplb/loader"
 )
@@ -16,8 +16,8 @@ import (
 // newFakeDatapath is an in-memory data plane whose VIP and backend
 // counters grow by a fixed step on every read, so that two stats samples
 // always differ, and which reports fixed verdicts and drops.
-func newFakeDatapath() *controltest.Datapath {
-	dp := controltest.NewDatapath(251, 64, 256)
+func newFakeDatapath() *reconciletest.Datapath {
+	dp := reconciletest.NewDatapath(251, 64, 256)
 	// For every id: n*id packets, 100*n*id bytes and id flows, where n
 	// counts the reads so far. The fake calls this locked.
 	var reads uint64
@@ -41,50 +41,55 @@ func newFakeDatapath() *controltest.Datapath {
 // address's last byte.
 type fakeNetwork struct{}
 
-func (fakeNetwork) Resolve(_ context.Context, addr netip.Addr) (control.Neighbour, error) {
-	b := addr.As16()
-	return control.Neighbour{
-		Ifindex: 1,
-		Iface:   "lo",
-		SrcMAC:  net.HardwareAddr{2, 0, 0, 0, 0, 1},
-		MAC:     net.HardwareAddr{2, 0, 0, 0, 0, b[15]},
-	}, nil
+func (fakeNetwork) ResolveAll(_ context.Context, addrs []netip.Addr) map[netip.Addr]model.Resolution {
+	out := make(map[netip.Addr]model.Resolution, len(addrs))
+	for _, addr := range addrs {
+		b := addr.As16()
+		out[addr] = model.Resolution{Neighbour: model.Neighbour{
+			Ifindex: 1,
+			Iface:   "lo",
+			SrcMAC:  net.HardwareAddr{2, 0, 0, 0, 0, 1},
+			MAC:     net.HardwareAddr{2, 0, 0, 0, 0, b[15]},
+		}}
+	}
+	return out
 }
 
+func (fakeNetwork) Forget(map[netip.Addr]bool)                          {}
 func (fakeNetwork) Announce(context.Context, map[netip.Addr]bool) error { return nil }
 func (fakeNetwork) Changes() <-chan struct{}                            { return nil }
 
-// fakeHealth is a control.Health the test sets: a backend without a
+// fakeHealth is a reconcile.Health the test sets: a backend without a
 // status is unchecked (always up).
 type fakeHealth struct {
 	mu     sync.Mutex
-	status map[string]healthcheck.Status // by control.HealthTargetID
+	status map[string]healthcheck.Status // by model.HealthTargetID
 }
 
 func newFakeHealth() *fakeHealth { return &fakeHealth{status: map[string]healthcheck.Status{}} }
 
 // set gives backend addr of vip a check result.
 func (h *fakeHealth) set(vip, addr string, up bool, reason string, since time.Time) {
-	id, err := control.ParseVIPID(vip)
+	id, err := model.ParseVIPID(vip)
 	if err != nil {
 		panic(err)
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.status[control.HealthTargetID(id, netip.MustParseAddr(addr), 0)] = healthcheck.Status{Up: up, Known: true, Reason: reason, Since: since}
+	h.status[model.HealthTargetID(id, netip.MustParseAddr(addr), 0)] = healthcheck.Status{Up: up, Known: true, Reason: reason, Since: since}
 }
 
-func (h *fakeHealth) Sync(control.State) {}
+func (h *fakeHealth) Sync(model.State) {}
 
-func (h *fakeHealth) Up(vip control.VIPID, b control.Backend) bool {
+func (h *fakeHealth) Up(vip model.VIPID, b model.Backend) bool {
 	st, ok := h.Status(vip, b)
 	return !ok || st.Up
 }
 
-func (h *fakeHealth) Status(vip control.VIPID, b control.Backend) (healthcheck.Status, bool) {
+func (h *fakeHealth) Status(vip model.VIPID, b model.Backend) (healthcheck.Status, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	st, ok := h.status[control.HealthTargetID(vip, b.Address, b.Port)]
+	st, ok := h.status[model.HealthTargetID(vip, b.Address, b.Port)]
 	return st, ok
 }
 

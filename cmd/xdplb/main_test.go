@@ -14,8 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/xdplb/xdplb/control"
-	"github.com/xdplb/xdplb/control/controltest"
+	"github.com/xdplb/xdplb/control/api"
+	"github.com/xdplb/xdplb/control/config"
+	"github.com/xdplb/xdplb/control/model"
+	"github.com/xdplb/xdplb/control/reconcile/reconciletest"
+	"github.com/xdplb/xdplb/control/state"
 )
 
 // result is what one run of the CLI produced.
@@ -36,8 +39,8 @@ func runCLI(t *testing.T, ctx context.Context, stdin string, args ...string) res
 type testDaemon struct {
 	t      *testing.T
 	socket string
-	store  *control.Store
-	dp     *controltest.Datapath
+	store  *state.Store
+	dp     *reconciletest.Datapath
 	health *fakeHealth
 }
 
@@ -104,9 +107,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"vip", "list", "--bogus"}, `vip list: flag provided but not defined: -bogus`},
 		{[]string{"--bogus", "vip", "list"}, `flag provided but not defined: -bogus`},
 		{[]string{"backend", "add", "10.0.0.1:80/tcp", "10.0.0.2", "--weight", "abc"}, `backend add: invalid value "abc" for flag -weight`},
-		{[]string{"daemon"}, `daemon: want at least one --iface IFACE`},
-		{[]string{"daemon", "--iface", "lo", "--xdp-mode", "fast"}, `daemon: unknown --xdp-mode "fast"`},
-		{[]string{"daemon", "--iface", "lo", "--maglev-size", "65536"}, `daemon: --maglev-size 65536: want a prime`},
+		{[]string{"daemon"}, `daemon: at least one --iface is required`},
+		{[]string{"daemon", "--iface", "lo", "--xdp-mode", "fast"}, `daemon: --xdp-mode "fast": want native, generic or auto`},
+		{[]string{"daemon", "--iface", "lo", "--maglev-size", "65536"}, `daemon: --maglev-size 65536: must be a prime`},
 		{[]string{"daemon", "--iface", "lo", "--log-level", "loud"}, `daemon: unknown --log-level "loud"`},
 		{[]string{"daemon", "--iface", "lo", "--log-format", "xml"}, `daemon: unknown --log-format "xml"`},
 		{[]string{"daemon", "--iface", "lo", "--conntrack-size", "0"}, `daemon: --conntrack-size 0`},
@@ -180,7 +183,7 @@ func TestVIPAddListDel(t *testing.T) {
 		}
 	}
 
-	var vips []control.VIP
+	var vips []model.VIP
 	if err := json.Unmarshal([]byte(l.ok("vip", "list", "-o", "json")), &vips); err != nil {
 		t.Fatalf("vip list -o json: %v", err)
 	}
@@ -188,14 +191,14 @@ func TestVIPAddListDel(t *testing.T) {
 		t.Fatalf("vip list -o json: %d VIPs, want 3", len(vips))
 	}
 	v6 := vips[2]
-	if v6.ID().String() != "[2001:db8::1]:443/tcp" || v6.Scheduler != control.SchedSH || v6.Announce == nil || *v6.Announce {
+	if v6.ID().String() != "[2001:db8::1]:443/tcp" || v6.Scheduler != model.SchedSH || v6.Announce == nil || *v6.Announce {
 		t.Errorf("v6 VIP = %+v", v6)
 	}
 	if hc := v6.HealthCheck; hc == nil || hc.Type != "http" || hc.Path != "/healthz" ||
-		hc.Interval != control.Duration(2*time.Second) || hc.Timeout != control.Duration(300*time.Millisecond) || hc.Rise != 3 || hc.Fall != 4 {
+		hc.Interval != model.Duration(2*time.Second) || hc.Timeout != model.Duration(300*time.Millisecond) || hc.Rise != 3 || hc.Fall != 4 {
 		t.Errorf("v6 health check = %+v", v6.HealthCheck)
 	}
-	if a := vips[0].Announce; vips[0].Protocol != control.UDP || a == nil || !*a {
+	if a := vips[0].Announce; vips[0].Protocol != model.UDP || a == nil || !*a {
 		t.Errorf("udp VIP = %+v, want announce on", vips[0])
 	}
 
@@ -235,9 +238,9 @@ func TestBackends(t *testing.T) {
 	// DR cannot change the port: the VIP's own port is the same as none.
 	l.ok("backend", "add", vip, "10.0.0.13:80", "--weight", "0")
 
-	list := func() []control.BackendStatus {
+	list := func() []api.BackendStatus {
 		t.Helper()
-		var bs []control.BackendStatus
+		var bs []api.BackendStatus
 		if err := json.Unmarshal([]byte(l.ok("backend", "list", vip, "-o", "json")), &bs); err != nil {
 			t.Fatalf("backend list -o json: %v", err)
 		}
@@ -263,7 +266,7 @@ func TestBackends(t *testing.T) {
 	if bs[0].Weight != 100 || !bs[0].Drain || bs[1].Weight != 7 || bs[1].Drain {
 		t.Errorf("after set: %+v", bs)
 	}
-	waitFor(t, func() bool { return list()[0].State == control.BackendDraining }, "drained backend shown as draining")
+	waitFor(t, func() bool { return list()[0].State == model.BackendDraining }, "drained backend shown as draining")
 
 	out := l.ok("backend", "list", vip)
 	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
@@ -398,11 +401,11 @@ func TestApplyExportRoundTrip(t *testing.T) {
 	}
 	exported := l.exported()
 
-	want, err := control.LoadConfig(file)
+	want, err := config.Load(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantYAML, err := control.MarshalState(want)
+	wantYAML, err := config.Marshal(want)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -473,9 +476,9 @@ func TestStats(t *testing.T) {
 	l.ok("backend", "add", "10.0.0.100:80/tcp", "10.0.0.11")
 	l.ok("backend", "add", "10.0.0.100:80/tcp", "10.0.0.12")
 
-	var st control.Stats
+	var st api.Stats
 	waitFor(t, func() bool {
-		st = control.Stats{}
+		st = api.Stats{}
 		if err := json.Unmarshal([]byte(l.ok("stats", "-o", "json")), &st); err != nil {
 			t.Fatalf("stats -o json: %v", err)
 		}
@@ -516,7 +519,7 @@ func TestStatsWatch(t *testing.T) {
 	n := 0
 	var prev time.Time
 	for dec.More() {
-		var st control.Stats
+		var st api.Stats
 		if err := dec.Decode(&st); err != nil {
 			t.Fatalf("sample %d: %v", n, err)
 		}
@@ -541,18 +544,18 @@ func TestStatsWatch(t *testing.T) {
 
 func TestWriteStatsTable(t *testing.T) {
 	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	b := func(a string, p, by, f uint64) control.BackendStats {
-		return control.BackendStats{Address: netip.MustParseAddr(a), CounterSet: control.CounterSet{Packets: p, Bytes: by, Flows: f}}
+	b := func(a string, p, by, f uint64) api.BackendStats {
+		return api.BackendStats{Address: netip.MustParseAddr(a), CounterSet: api.CounterSet{Packets: p, Bytes: by, Flows: f}}
 	}
-	prev := control.Stats{Time: t0, VIPs: []control.VIPStats{
-		{VIP: "10.0.0.1:80/tcp", CounterSet: control.CounterSet{Packets: 100, Bytes: 1000, Flows: 1},
-			Backends: []control.BackendStats{b("10.0.0.12", 50, 500, 1)}},
+	prev := api.Stats{Time: t0, VIPs: []api.VIPStats{
+		{VIP: "10.0.0.1:80/tcp", CounterSet: api.CounterSet{Packets: 100, Bytes: 1000, Flows: 1},
+			Backends: []api.BackendStats{b("10.0.0.12", 50, 500, 1)}},
 	}}
-	cur := control.Stats{Time: t0.Add(2 * time.Second), VIPs: []control.VIPStats{
+	cur := api.Stats{Time: t0.Add(2 * time.Second), VIPs: []api.VIPStats{
 		{VIP: "[2001:db8::1]:80/tcp"},
-		{VIP: "10.0.0.1:80/tcp", CounterSet: control.CounterSet{Packets: 2100, Bytes: 3001000, Flows: 9},
-			Backends: []control.BackendStats{b("10.0.0.12", 40, 400, 1), b("10.0.0.11", 7, 70, 7)}},
-	}, Actions: []control.ActionStats{{Iface: "eth1", Action: "tx", Count: 5}, {Iface: "eth0", Action: "tx", Count: 9}}}
+		{VIP: "10.0.0.1:80/tcp", CounterSet: api.CounterSet{Packets: 2100, Bytes: 3001000, Flows: 9},
+			Backends: []api.BackendStats{b("10.0.0.12", 40, 400, 1), b("10.0.0.11", 7, 70, 7)}},
+	}, Actions: []api.ActionStats{{Iface: "eth1", Action: "tx", Count: 5}, {Iface: "eth0", Action: "tx", Count: 9}}}
 	var buf bytes.Buffer
 	if err := writeStatsTable(&buf, prev, cur); err != nil {
 		t.Fatal(err)
@@ -575,7 +578,7 @@ eth1   tx      5
 func TestStatus(t *testing.T) {
 	l := startLab(t)
 	l.ok("vip", "add", "10.0.0.100:80/tcp")
-	var st control.DaemonStatus
+	var st api.DaemonStatus
 	if err := json.Unmarshal([]byte(l.ok("status", "-o", "json")), &st); err != nil {
 		t.Fatalf("status -o json: %v", err)
 	}
@@ -622,7 +625,7 @@ func TestBackendString(t *testing.T) {
 			t.Errorf("backendString(%s, %d) = %q, want %q", tc.addr, tc.port, got, tc.want)
 		}
 		// What is printed parses back to the same backend.
-		a, p, err := control.ParseBackendAddr(got)
+		a, p, err := model.ParseBackendAddr(got)
 		if err != nil || a != netip.MustParseAddr(tc.addr) || p != tc.port {
 			t.Errorf("ParseBackendAddr(%q) = %v, %d, %v", got, a, p, err)
 		}
@@ -676,7 +679,7 @@ func TestBackendHealthAndForcedDelete(t *testing.T) {
 			t.Fatalf("backend list line %d: want match %q in\n%s", i, re, out)
 		}
 	}
-	var bs []control.BackendStatus
+	var bs []api.BackendStatus
 	if err := json.Unmarshal([]byte(l.ok("backend", "list", vip, "-o", "json")), &bs); err != nil {
 		t.Fatal(err)
 	}

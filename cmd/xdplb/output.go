@@ -9,7 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/xdplb/xdplb/control"
+	"github.com/xdplb/xdplb/control/model"
 )
 
 // table writes aligned columns; rows are written in the order given, so
@@ -48,7 +48,7 @@ func backendString(a netip.Addr, port uint16) string {
 	return netip.AddrPortFrom(a, port).String()
 }
 
-func compareVIPID(a, b control.VIPID) int {
+func compareVIPID(a, b model.VIPID) int {
 	if c := a.Addr.Compare(b.Addr); c != 0 {
 		return c
 	}
@@ -58,7 +58,7 @@ func compareVIPID(a, b control.VIPID) int {
 	return strings.Compare(string(a.Protocol), string(b.Protocol))
 }
 
-func sortVIPs(vips []control.VIP) {
+func sortVIPs(vips []model.VIP) {
 	sort.SliceStable(vips, func(i, j int) bool { return compareVIPID(vips[i].ID(), vips[j].ID()) < 0 })
 }
 

@@ -9,7 +9,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/xdplb/xdplb/control"
+	"github.com/xdplb/xdplb/control/api"
+	"github.com/xdplb/xdplb/control/model"
 )
 
 func (e *env) statsCommand() *cli.Command {
@@ -82,7 +83,7 @@ func (e *env) stats(c *cli.Context) error {
 
 // sample reads the counters once; rates divide by the time between two
 // samples, taken from the daemon (when it read the maps) or else from here.
-func sample(c *cli.Context, cl *control.Client) (control.Stats, error) {
+func sample(c *cli.Context, cl *api.Client) (api.Stats, error) {
 	st, err := cl.Stats(c.Context)
 	if err != nil {
 		return st, apiError(c, err)
@@ -107,9 +108,9 @@ func rate(prev, cur uint64, dt time.Duration) float64 {
 }
 
 // writeStatsTable prints cur's counters with the rates since prev.
-func writeStatsTable(w io.Writer, prev, cur control.Stats) error {
+func writeStatsTable(w io.Writer, prev, cur api.Stats) error {
 	dt := cur.Time.Sub(prev.Time)
-	old := map[counterKey]control.CounterSet{}
+	old := map[counterKey]api.CounterSet{}
 	for _, v := range prev.VIPs {
 		old[counterKey{v.VIP, ""}] = v.CounterSet
 		for _, b := range v.Backends {
@@ -117,10 +118,10 @@ func writeStatsTable(w io.Writer, prev, cur control.Stats) error {
 		}
 	}
 
-	vips := append([]control.VIPStats(nil), cur.VIPs...)
+	vips := append([]api.VIPStats(nil), cur.VIPs...)
 	sortVIPStats(vips)
 	t := newTable(w, "VIP", "BACKEND", "PACKETS", "BYTES", "FLOWS", "PPS", "BPS")
-	add := func(vip, backend string, cs control.CounterSet) {
+	add := func(vip, backend string, cs api.CounterSet) {
 		p, ok := old[counterKey{vip, backend}]
 		pps, bps := "-", "-"
 		if ok {
@@ -142,7 +143,7 @@ func writeStatsTable(w io.Writer, prev, cur control.Stats) error {
 
 	if len(cur.Actions) > 0 {
 		fmt.Fprintln(w)
-		acts := append([]control.ActionStats(nil), cur.Actions...)
+		acts := append([]api.ActionStats(nil), cur.Actions...)
 		sort.SliceStable(acts, func(i, j int) bool {
 			if acts[i].Iface != acts[j].Iface {
 				return acts[i].Iface < acts[j].Iface
@@ -178,10 +179,10 @@ func writeStatsTable(w io.Writer, prev, cur control.Stats) error {
 
 // sortVIPStats orders VIPs as `vip list` does and each VIP's backends by
 // address; the strings that do not parse (none should) go last by name.
-func sortVIPStats(vips []control.VIPStats) {
+func sortVIPStats(vips []api.VIPStats) {
 	sort.SliceStable(vips, func(i, j int) bool {
-		a, errA := control.ParseVIPID(vips[i].VIP)
-		b, errB := control.ParseVIPID(vips[j].VIP)
+		a, errA := model.ParseVIPID(vips[i].VIP)
+		b, errB := model.ParseVIPID(vips[j].VIP)
 		switch {
 		case errA == nil && errB == nil:
 			return compareVIPID(a, b) < 0
@@ -192,7 +193,7 @@ func sortVIPStats(vips []control.VIPStats) {
 		}
 	})
 	for i := range vips {
-		bs := append([]control.BackendStats(nil), vips[i].Backends...)
+		bs := append([]api.BackendStats(nil), vips[i].Backends...)
 		sort.SliceStable(bs, func(x, y int) bool {
 			return lessBackend(bs[x].Address, bs[x].Port, bs[y].Address, bs[y].Port)
 		})

@@ -7,7 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/xdplb/xdplb/control"
+	"github.com/xdplb/xdplb/control/api"
 )
 
 func (e *env) statusCommand() *cli.Command {
@@ -37,7 +37,7 @@ func (e *env) status(c *cli.Context) error {
 	return writeStatus(e, st)
 }
 
-func writeStatus(e *env, st control.DaemonStatus) error {
+func writeStatus(e *env, st api.DaemonStatus) error {
 	w := e.stdout
 	t := newTable(w, "version:", st.Version)
 	if !st.StartTime.IsZero() {
@@ -52,7 +52,7 @@ func writeStatus(e *env, st control.DaemonStatus) error {
 	}
 
 	fmt.Fprintln(w)
-	ifs := append([]control.IfaceInfo(nil), st.Interfaces...)
+	ifs := append([]api.IfaceInfo(nil), st.Interfaces...)
 	sort.SliceStable(ifs, func(i, j int) bool { return ifs[i].Name < ifs[j].Name })
 	t = newTable(w, "IFACE", "IFINDEX", "XDP MODE", "PROGRAM ID", "LINK ID")
 	for _, i := range ifs {
@@ -64,7 +64,7 @@ func writeStatus(e *env, st control.DaemonStatus) error {
 	}
 
 	fmt.Fprintln(w)
-	maps := append([]control.MapInfo(nil), st.Maps...)
+	maps := append([]api.MapInfo(nil), st.Maps...)
 	sort.SliceStable(maps, func(i, j int) bool { return maps[i].Name < maps[j].Name })
 	t = newTable(w, "MAP", "ENTRIES", "MAX", "FILL")
 	for _, m := range maps {

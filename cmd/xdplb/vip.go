@@ -7,7 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/xdplb/xdplb/control"
+	"github.com/xdplb/xdplb/control/model"
 )
 
 func (e *env) vipCommand() *cli.Command {
@@ -25,10 +25,10 @@ func (e *env) vipCommand() *cli.Command {
 					&cli.StringFlag{Name: "check", Usage: "health check: tcp, http, udp or none"},
 					&cli.IntFlag{Name: "check-port", Usage: "port probed", DefaultText: "the backend's port"},
 					&cli.StringFlag{Name: "check-path", Usage: "HTTP path probed", DefaultText: "/"},
-					&cli.StringFlag{Name: "check-interval", Usage: "time between probes", DefaultText: control.DefaultCheckInterval.String()},
-					&cli.StringFlag{Name: "check-timeout", Usage: "probe timeout", DefaultText: control.DefaultCheckTimeout.String()},
-					&cli.IntFlag{Name: "rise", Usage: "successes before a backend is up", DefaultText: strconv.Itoa(control.DefaultRise)},
-					&cli.IntFlag{Name: "fall", Usage: "failures before a backend is down", DefaultText: strconv.Itoa(control.DefaultFall)},
+					&cli.StringFlag{Name: "check-interval", Usage: "time between probes", DefaultText: model.DefaultCheckInterval.String()},
+					&cli.StringFlag{Name: "check-timeout", Usage: "probe timeout", DefaultText: model.DefaultCheckTimeout.String()},
+					&cli.IntFlag{Name: "rise", Usage: "successes before a backend is up", DefaultText: strconv.Itoa(model.DefaultRise)},
+					&cli.IntFlag{Name: "fall", Usage: "failures before a backend is down", DefaultText: strconv.Itoa(model.DefaultFall)},
 					&cli.BoolFlag{Name: "announce", Usage: "answer ARP/NDP for the VIP", DefaultText: "on inside an attached interface's subnet"},
 					&cli.BoolFlag{Name: "no-announce", Usage: "do not answer ARP/NDP for the VIP", DefaultText: "off"},
 				},
@@ -52,36 +52,36 @@ func (e *env) vipCommand() *cli.Command {
 
 // vipFromFlags builds the VIP of `vip add` from its argument and flags,
 // checking everything that can be checked without the daemon.
-func vipFromFlags(c *cli.Context) (control.VIP, error) {
+func vipFromFlags(c *cli.Context) (model.VIP, error) {
 	if err := wantArgs(c, 1, "ADDR:PORT/PROTO"); err != nil {
-		return control.VIP{}, err
+		return model.VIP{}, err
 	}
-	id, err := control.ParseVIPID(c.Args().First())
+	id, err := model.ParseVIPID(c.Args().First())
 	if err != nil {
-		return control.VIP{}, usageError{withPath(c, err)}
+		return model.VIP{}, usageError{withPath(c, err)}
 	}
-	v := control.VIP{Address: id.Addr, Port: id.Port, Protocol: id.Protocol, Backends: []control.Backend{}}
+	v := model.VIP{Address: id.Addr, Port: id.Port, Protocol: id.Protocol, Backends: []model.Backend{}}
 
 	if m := c.String("mode"); m != "" {
-		switch mode := control.Mode(m); mode {
-		case control.ModeDR, control.ModeNAT, control.ModeFullNAT:
+		switch mode := model.Mode(m); mode {
+		case model.ModeDR, model.ModeNAT, model.ModeFullNAT:
 			v.Mode = mode
 		default:
-			return control.VIP{}, usagef(c, "unknown mode %q: want dr, nat or fullnat", m)
+			return model.VIP{}, usagef(c, "unknown mode %q: want dr, nat or fullnat", m)
 		}
 	}
 	if s := c.String("scheduler"); s != "" {
-		switch sched := control.Scheduler(s); sched {
-		case control.SchedMaglev, control.SchedSH, control.SchedRR, control.SchedWRR,
-			control.SchedRandom, control.SchedLC, control.SchedWLC:
+		switch sched := model.Scheduler(s); sched {
+		case model.SchedMaglev, model.SchedSH, model.SchedRR, model.SchedWRR,
+			model.SchedRandom, model.SchedLC, model.SchedWLC:
 			v.Scheduler = sched
 		default:
-			return control.VIP{}, usagef(c, "unknown scheduler %q: want maglev, sh, rr, wrr, random, lc or wlc", s)
+			return model.VIP{}, usagef(c, "unknown scheduler %q: want maglev, sh, rr, wrr, random, lc or wlc", s)
 		}
 	}
 
 	if c.IsSet("announce") && c.IsSet("no-announce") {
-		return control.VIP{}, usagef(c, "--announce and --no-announce exclude each other")
+		return model.VIP{}, usagef(c, "--announce and --no-announce exclude each other")
 	}
 	if c.IsSet("announce") || c.IsSet("no-announce") {
 		on := c.IsSet("announce") && c.Bool("announce") || c.IsSet("no-announce") && !c.Bool("no-announce")
@@ -90,7 +90,7 @@ func vipFromFlags(c *cli.Context) (control.VIP, error) {
 
 	hc, err := checkFromFlags(c)
 	if err != nil {
-		return control.VIP{}, err
+		return model.VIP{}, err
 	}
 	v.HealthCheck = hc
 	return v, nil
@@ -98,7 +98,7 @@ func vipFromFlags(c *cli.Context) (control.VIP, error) {
 
 // checkFromFlags returns the health check given by the --check* flags, or
 // nil when none is given (the daemon's defaults apply).
-func checkFromFlags(c *cli.Context) (*control.HealthCheck, error) {
+func checkFromFlags(c *cli.Context) (*model.HealthCheck, error) {
 	given := false
 	for _, f := range []string{"check", "check-port", "check-path", "check-interval", "check-timeout", "rise", "fall"} {
 		given = given || c.IsSet(f)
@@ -106,10 +106,10 @@ func checkFromFlags(c *cli.Context) (*control.HealthCheck, error) {
 	if !given {
 		return nil, nil
 	}
-	hc := &control.HealthCheck{Type: c.String("check"), Path: c.String("check-path")}
+	hc := &model.HealthCheck{Type: c.String("check"), Path: c.String("check-path")}
 	switch hc.Type {
-	case control.CheckTCP, control.CheckHTTP, control.CheckUDP:
-	case control.CheckNone:
+	case model.CheckTCP, model.CheckHTTP, model.CheckUDP:
+	case model.CheckNone:
 		if c.IsSet("check-port") || c.IsSet("check-path") || c.IsSet("check-interval") ||
 			c.IsSet("check-timeout") || c.IsSet("rise") || c.IsSet("fall") {
 			return nil, usagef(c, "--check none takes no other check flags")
@@ -121,7 +121,7 @@ func checkFromFlags(c *cli.Context) (*control.HealthCheck, error) {
 	default:
 		return nil, usagef(c, "unknown check %q: want tcp, http, udp or none", hc.Type)
 	}
-	if c.IsSet("check-path") && hc.Type != control.CheckHTTP {
+	if c.IsSet("check-path") && hc.Type != model.CheckHTTP {
 		return nil, usagef(c, "--check-path needs --check http")
 	}
 	if c.IsSet("check-port") {
@@ -133,7 +133,7 @@ func checkFromFlags(c *cli.Context) (*control.HealthCheck, error) {
 	}
 	for _, d := range []struct {
 		flag string
-		dst  *control.Duration
+		dst  *model.Duration
 	}{{"check-interval", &hc.Interval}, {"check-timeout", &hc.Timeout}} {
 		if !c.IsSet(d.flag) {
 			continue
@@ -142,7 +142,7 @@ func checkFromFlags(c *cli.Context) (*control.HealthCheck, error) {
 		if err != nil {
 			return nil, err
 		}
-		*d.dst = control.Duration(v)
+		*d.dst = model.Duration(v)
 	}
 	for _, n := range []struct {
 		flag string
@@ -152,8 +152,8 @@ func checkFromFlags(c *cli.Context) (*control.HealthCheck, error) {
 			continue
 		}
 		v := c.Int(n.flag)
-		if v < 1 || v > control.MaxRiseFall {
-			return nil, usagef(c, "--%s %d: want 1-%d", n.flag, v, control.MaxRiseFall)
+		if v < 1 || v > model.MaxRiseFall {
+			return nil, usagef(c, "--%s %d: want 1-%d", n.flag, v, model.MaxRiseFall)
 		}
 		*n.dst = v
 	}
@@ -196,13 +196,13 @@ func (e *env) vipDel(c *cli.Context) error {
 }
 
 // vipArg checks there are exactly n arguments and parses the first as a VIP.
-func vipArg(c *cli.Context, n int, usage string) (control.VIPID, error) {
+func vipArg(c *cli.Context, n int, usage string) (model.VIPID, error) {
 	if err := wantArgs(c, n, usage); err != nil {
-		return control.VIPID{}, err
+		return model.VIPID{}, err
 	}
-	id, err := control.ParseVIPID(c.Args().First())
+	id, err := model.ParseVIPID(c.Args().First())
 	if err != nil {
-		return control.VIPID{}, usageError{withPath(c, err)}
+		return model.VIPID{}, usageError{withPath(c, err)}
 	}
 	return id, nil
 }
@@ -222,7 +222,7 @@ func (e *env) vipList(c *cli.Context) error {
 	sortVIPs(vips)
 	if format == "json" {
 		if vips == nil {
-			vips = []control.VIP{}
+			vips = []model.VIP{}
 		}
 		return writeJSON(e.stdout, vips)
 	}
@@ -234,8 +234,8 @@ func (e *env) vipList(c *cli.Context) error {
 	return t.flush()
 }
 
-func checkString(hc *control.HealthCheck) string {
-	if hc == nil || hc.Type == "" || hc.Type == control.CheckNone {
+func checkString(hc *model.HealthCheck) string {
+	if hc == nil || hc.Type == "" || hc.Type == model.CheckNone {
 		return "-"
 	}
 	s := hc.Type

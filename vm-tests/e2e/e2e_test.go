@@ -16,9 +16,10 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/xdplb/xdplb/control"
-	"github.com/xdplb/xdplb/vm-tests/lab"
-	"github.com/xdplb/xdplb/vm-tests/testutil"
+	"github.com/xdplb/xdplb/control/api"
+	"github.com/xdplb/xdplb/control/model"
+	"github.com/xdplb/xdplb/internal/lab"
+	"github.com/xdplb/xdplb/internal/testutil"
 )
 
 // binary is the xdplb binary under test: built once by TestMain, or taken
@@ -158,7 +159,7 @@ func (e *env) cli(args ...string) string {
 	return out
 }
 
-func (e *env) stats() control.Stats {
+func (e *env) stats() api.Stats {
 	e.t.Helper()
 	st, err := e.d.Stats(e.ctx)
 	if err != nil {
@@ -266,8 +267,8 @@ func testDR(t *testing.T, vipAddr netip.Addr, addrOf func(*lab.Node) netip.Addr,
 	// the client's and the data plane's packet counts agree (bounded).
 	var (
 		client lab.Counter
-		vs     control.VIPStats
-		after  control.Stats
+		vs     api.VIPStats
+		after  api.Stats
 	)
 	deadline := time.Now().Add(3 * time.Second)
 	for {
@@ -300,7 +301,7 @@ func testDR(t *testing.T, vipAddr netip.Addr, addrOf func(*lab.Node) netip.Addr,
 		t.Errorf("VIP bytes = %d, want %d (the client's %d IP bytes + %d Ethernet headers)", vs.Bytes, want, client.Bytes, client.Packets)
 	}
 
-	var sum control.CounterSet
+	var sum api.CounterSet
 	for _, bs := range vs.Backends {
 		be := backendByAddr(e.lab, addrOf, bs.Address)
 		if be == nil {
@@ -423,7 +424,7 @@ func labelPairs(m *dto.Metric) []string {
 }
 
 // diffVIP returns the VIP's counters in after minus those in before.
-func diffVIP(t *testing.T, before, after control.Stats, vip string) control.VIPStats {
+func diffVIP(t *testing.T, before, after api.Stats, vip string) api.VIPStats {
 	t.Helper()
 	cur, ok := lab.VIPStats(after, vip)
 	if !ok {
@@ -444,12 +445,12 @@ func diffVIP(t *testing.T, before, after control.Stats, vip string) control.VIPS
 	return out
 }
 
-func sub(a, b control.CounterSet) control.CounterSet {
-	return control.CounterSet{Packets: a.Packets - b.Packets, Bytes: a.Bytes - b.Bytes, Flows: a.Flows - b.Flows}
+func sub(a, b api.CounterSet) api.CounterSet {
+	return api.CounterSet{Packets: a.Packets - b.Packets, Bytes: a.Bytes - b.Bytes, Flows: a.Flows - b.Flows}
 }
 
-func actionDelta(before, after control.Stats, iface, action string) uint64 {
-	count := func(st control.Stats) uint64 {
+func actionDelta(before, after api.Stats, iface, action string) uint64 {
+	count := func(st api.Stats) uint64 {
 		var n uint64
 		for _, a := range st.Actions {
 			if a.Iface == iface && a.Action == action {
@@ -484,7 +485,7 @@ func TestRestartRestoresState(t *testing.T) {
 	e.load(target, 30)
 
 	e.start()
-	var vips []control.VIP
+	var vips []model.VIP
 	if err := e.d.CLIJSON(e.ctx, &vips, "vip", "list"); err != nil {
 		t.Fatal(err)
 	}
@@ -522,7 +523,7 @@ func TestNonVIPTrafficPasses(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var status control.DaemonStatus
+	var status api.DaemonStatus
 	if err := e.d.CLIJSON(e.ctx, &status, "status"); err != nil {
 		t.Fatal(err)
 	}

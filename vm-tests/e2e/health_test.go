@@ -8,8 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/xdplb/xdplb/control"
-	"github.com/xdplb/xdplb/vm-tests/lab"
+	"github.com/xdplb/xdplb/control/api"
+	"github.com/xdplb/xdplb/control/model"
+	"github.com/xdplb/xdplb/internal/lab"
 )
 
 // Health checking as the tests configure it: the issue's numbers.
@@ -146,7 +147,7 @@ func TestFailover(t *testing.T) {
 	if err := e.servers["be2"].Stop(); err != nil {
 		t.Fatal(err)
 	}
-	down, seenDown, err := e.d.WaitBackendState(e.ctx, vip, be2.IPv4, control.BackendDown, 3*time.Second)
+	down, seenDown, err := e.d.WaitBackendState(e.ctx, vip, be2.IPv4, model.BackendDown, 3*time.Second)
 	if err != nil {
 		stopStream(t, stream)
 		t.Fatalf("be2's server stopped at T0; the daemon did not report it down: %v", err)
@@ -163,7 +164,7 @@ func TestFailover(t *testing.T) {
 	if err := e.servers["be2"].Start(); err != nil {
 		t.Fatal(err)
 	}
-	up, seenUp, err := e.d.WaitBackendState(e.ctx, vip, be2.IPv4, control.BackendUp, 3*time.Second)
+	up, seenUp, err := e.d.WaitBackendState(e.ctx, vip, be2.IPv4, model.BackendUp, 3*time.Second)
 	if err != nil {
 		stopStream(t, stream)
 		t.Fatalf("be2's server restarted at T1; the daemon did not report it up: %v", err)
@@ -331,16 +332,16 @@ func TestDrainUnderLoad(t *testing.T) {
 
 	e.cli("backend", "set", vip, drained.IPv4.String(), "--drain")
 	tDrain := time.Now()
-	st, _, err := e.d.WaitBackend(e.ctx, vip, drained.IPv4, 2*time.Second, func(b control.BackendStatus) bool {
-		return b.State == control.BackendDraining && b.Flows >= held
+	st, _, err := e.d.WaitBackend(e.ctx, vip, drained.IPv4, 2*time.Second, func(b api.BackendStatus) bool {
+		return b.State == model.BackendDraining && b.Flows >= held
 	})
 	if err != nil {
 		t.Errorf("after the drain, backend list does not show %s draining with its %d open connections: %v", drained.Name, held, err)
 	}
 	// Once the stream's last connections to it have closed, the only open
 	// flows left are the long-lived ones.
-	st, _, err = e.d.WaitBackend(e.ctx, vip, drained.IPv4, time.Second, func(b control.BackendStatus) bool {
-		return b.State == control.BackendDraining && b.Flows == held
+	st, _, err = e.d.WaitBackend(e.ctx, vip, drained.IPv4, time.Second, func(b api.BackendStatus) bool {
+		return b.State == model.BackendDraining && b.Flows == held
 	})
 	if err != nil {
 		t.Errorf("backend list shows %d open flows on draining %s, want exactly its %d long-lived connections: %v", st.Flows, drained.Name, held, err)
@@ -364,7 +365,7 @@ func TestDrainUnderLoad(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond) // load continues on the draining backend's open connections
 	rs := ka.Close()
 	tClosed := time.Now()
-	st, seen0, err := e.d.WaitBackend(e.ctx, vip, drained.IPv4, 3*time.Second, func(b control.BackendStatus) bool { return b.Flows == 0 })
+	st, seen0, err := e.d.WaitBackend(e.ctx, vip, drained.IPv4, 3*time.Second, func(b api.BackendStatus) bool { return b.Flows == 0 })
 	if err != nil {
 		t.Errorf("open flows of %s did not drop to 0 after its connections closed (FIN): %v", drained.Name, err)
 	} else {
@@ -424,7 +425,7 @@ func TestDrainUnderLoad(t *testing.T) {
 }
 
 // backends returns `backend list VIP`.
-func (e *env) backends(vip string) []control.BackendStatus {
+func (e *env) backends(vip string) []api.BackendStatus {
 	e.t.Helper()
 	bs, err := e.d.Backends(e.ctx, vip)
 	if err != nil {
@@ -461,7 +462,7 @@ func TestAllBackendsDown(t *testing.T) {
 		}
 	}
 	for _, be := range e.lab.Backends {
-		if _, _, err := e.d.WaitBackendState(e.ctx, vip, be.IPv4, control.BackendDown, 3*time.Second); err != nil {
+		if _, _, err := e.d.WaitBackendState(e.ctx, vip, be.IPv4, model.BackendDown, 3*time.Second); err != nil {
 			t.Fatalf("every server stopped at T0: %v", err)
 		}
 	}
@@ -526,7 +527,7 @@ func TestAllBackendsDown(t *testing.T) {
 		Interval: 20 * time.Millisecond, Duration: 5 * time.Second, Timeout: time.Second, FirstPort: streamPort2,
 	})
 	defer resume.Stop()
-	_, seenUp, err := e.d.WaitBackendState(e.ctx, vip, be1.IPv4, control.BackendUp, 3*time.Second)
+	_, seenUp, err := e.d.WaitBackendState(e.ctx, vip, be1.IPv4, model.BackendUp, 3*time.Second)
 	if err != nil {
 		stopStream(t, resume)
 		t.Fatalf("be1's server restarted at T1: %v", err)

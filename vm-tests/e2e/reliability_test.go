@@ -15,9 +15,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/xdplb/xdplb/control"
-	"github.com/xdplb/xdplb/vm-tests/lab"
-	"github.com/xdplb/xdplb/vm-tests/testutil"
+	"github.com/xdplb/xdplb/control/api"
+	"github.com/xdplb/xdplb/control/config"
+	"github.com/xdplb/xdplb/control/model"
+	"github.com/xdplb/xdplb/control/state"
+	"github.com/xdplb/xdplb/internal/lab"
+	"github.com/xdplb/xdplb/internal/testutil"
 )
 
 // buildUpgrade builds an xdplb whose XDP program differs from the one
@@ -122,9 +125,9 @@ func (e *env) startBinary(bin string) {
 	e.d = d
 }
 
-func (e *env) status() control.DaemonStatus {
+func (e *env) status() api.DaemonStatus {
 	e.t.Helper()
-	var st control.DaemonStatus
+	var st api.DaemonStatus
 	if err := e.d.CLIJSON(e.ctx, &st, "status"); err != nil {
 		e.t.Fatal(err)
 	}
@@ -132,7 +135,7 @@ func (e *env) status() control.DaemonStatus {
 }
 
 // mapEntries is how many entries the status shows in the map named name.
-func mapEntries(t *testing.T, st control.DaemonStatus, name string) int {
+func mapEntries(t *testing.T, st api.DaemonStatus, name string) int {
 	t.Helper()
 	for _, m := range st.Maps {
 		if m.Name == name {
@@ -252,17 +255,17 @@ func TestHitlessRestartAndUpgrade(t *testing.T) {
 // applyState is state number i of TestKillDuringApply: 20 to 100 VIPs on
 // the lab's VIP address, each with the three backends at weights that
 // name the state, so that any two states differ.
-func applyState(l *lab.Lab, i int) control.State {
+func applyState(l *lab.Lab, i int) model.State {
 	n := 20 * (1 + i%5)
-	st := control.State{VIPs: make([]control.VIP, 0, n)}
+	st := model.State{VIPs: make([]model.VIP, 0, n)}
 	for p := range n {
-		v := control.VIP{Address: lab.VIP4, Port: uint16(lab.HTTPPort) + uint16(p), Protocol: control.TCP, Mode: control.ModeDR}
+		v := model.VIP{Address: lab.VIP4, Port: uint16(lab.HTTPPort) + uint16(p), Protocol: model.TCP, Mode: model.ModeDR}
 		for j, be := range l.Backends {
-			v.Backends = append(v.Backends, control.Backend{Address: be.IPv4, Weight: uint32(100 + 10*i + j)})
+			v.Backends = append(v.Backends, model.Backend{Address: be.IPv4, Weight: uint32(100 + 10*i + j)})
 		}
 		st.VIPs = append(st.VIPs, v)
 	}
-	control.Normalize(&st)
+	model.Normalize(&st)
 	return st
 }
 
@@ -274,10 +277,10 @@ func applyState(l *lab.Lab, i int) control.State {
 func TestKillDuringApply(t *testing.T) {
 	e := setup(t)
 	files := make([]string, 11)
-	states := make([]control.State, len(files))
+	states := make([]model.State, len(files))
 	for i := range files {
 		states[i] = applyState(e.lab, i)
-		b, err := control.MarshalState(states[i])
+		b, err := config.Marshal(states[i])
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -313,13 +316,13 @@ func TestKillDuringApply(t *testing.T) {
 		e.d = nil
 		e.start()
 
-		got, err := control.ParseState([]byte(e.cli("export")))
+		got, err := config.Parse([]byte(e.cli("export")))
 		if err != nil {
 			t.Fatalf("round %d: export: %v", i, err)
 		}
-		same := func(s control.State) bool {
-			a, errA := control.MarshalState(got)
-			b, errB := control.MarshalState(s)
+		same := func(s model.State) bool {
+			a, errA := config.Marshal(got)
+			b, errB := config.Marshal(s)
 			return errA == nil && errB == nil && bytes.Equal(a, b)
 		}
 		switch {
@@ -414,7 +417,7 @@ func TestUninstall(t *testing.T) {
 	e.load(target, 30)
 	e.stop()
 	checkGone("daemon --detach-on-exit")
-	if _, err := os.Stat(filepath.Join(stateDir, control.StateFile)); err != nil {
+	if _, err := os.Stat(filepath.Join(stateDir, state.File)); err != nil {
 		t.Errorf("state file after uninstall: %v", err)
 	}
 }

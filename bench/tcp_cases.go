@@ -1,0 +1,247 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/xdplb/xdplb/internal/lab"
+)
+
+// tcpEnv is the lab and what the cases need to set themselves up.
+type tcpEnv struct {
+	lab    *lab.Lab
+	dir    string // temporary directory of the section
+	binary string // xdplb
+	log    *slog.Logger
+}
+
+// tcpCase is one path from the client to the backends. Each case is set up
+// right before its runs and torn down right after, so the load balancer
+// namespace only ever holds the one being measured: no XDP program on the
+// LB's interface while the kernel or HAProxy forwards, no conntrack while
+// xdplb does.
+type tcpCase struct {
+	Name string
+	// Balanced: the case spreads connections over all backends (a path
+	// check then wants to see more than one of them answer).
+	Balanced bool
+	Up       func(ctx context.Context, e *tcpEnv) (target netip.AddrPort, down func() error, err error)
+}
+
+var tcpCases = []tcpCase{
+	{Name: "direct", Up: tcpUpDirect},
+	{Name: "xdplb DR", Balanced: true, Up: tcpUpXDPLB},
+	{Name: "nftables DNAT", Balanced: true, Up: tcpUpNftables},
+	{Name: "HAProxy (TCP mode)", Balanced: true, Up: tcpUpHAProxy},
+}
+
+// tcpUpDirect: the client talks to the first backend itself, the ceiling.
+func tcpUpDirect(_ context.Context, e *tcpEnv) (netip.AddrPort, func() error, error) {
+	return netip.AddrPortFrom(e.lab.Backends[0].IPv4, lab.HTTPPort), func() error { return nil }, nil
+}
+
+// tcpUpXDPLB starts the daemon with native XDP on the LB and a DR VIP over
+// the three backends (Maglev, the default scheduler, no health check: the
+// backends are up as soon as their MACs are resolved). A fresh state
+// directory each time, so the daemon starts empty.
+func tcpUpXDPLB(ctx context.Context, e *tcpEnv) (netip.AddrPort, func() error, error) {
+	dir, err := os.MkdirTemp(e.dir, "xdplb-")
+	if err != nil {
+		return netip.AddrPort{}, nil, fmt.Errorf("daemon dir: %w", err)
+	}
+	// The daemon mounts a bpffs here inside its own mount namespace (that
+	// of `ip netns exec`): its pins go away with it.
+	bpffs := filepath.Join(dir, "bpffs")
+	if err := os.Mkdir(bpffs, 0o700); err != nil {
+		return netip.AddrPort{}, nil, fmt.Errorf("bpffs dir: %w", err)
+	}
+	d, err := lab.StartDaemon(ctx, lab.DaemonOptions{Binary: e.binary, Node: e.lab.LB, Dir: dir, BPFFS: bpffs, XDPMode: "native"})
+	if err != nil {
+		return netip.AddrPort{}, nil, err
+	}
+	target := netip.AddrPortFrom(lab.VIP4, lab.HTTPPort)
+	vip := target.String() + "/tcp"
+	cmds := [][]string{{"vip", "add", vip, "--mode", "dr"}}
+	for _, be := range e.lab.Backends {
+		cmds = append(cmds, []string{"backend", "add", vip, be.IPv4.String()})
+	}
+	for _, args := range cmds {
+		if _, err := d.CLI(ctx, args...); err != nil {
+			return netip.AddrPort{}, nil, errors.Join(err, d.Stop())
+		}
+	}
+	if _, err := d.WaitBackendsUp(ctx, vip, len(e.lab.Backends), 15*time.Second); err != nil {
+		return netip.AddrPort{}, nil, errors.Join(err, fmt.Errorf("daemon log:\n%s", d.LogTail(20)), d.Stop())
+	}
+	return target, d.Stop, nil
+}
+
+const tcpNftTable = "xlbbench"
+
+// tcpSNAT4 is the source address the nftables case gives its connections to
+// the backends: an address of its own on the LB, clear of the lab's hosts
+// and VIP. Not the LB's own address, which HAProxy's connections use: the
+// backends keep TIME_WAIT sockets from every case, and a SYN that reuses
+// such a 4-tuple with another sender's TCP timestamps fails PAWS and is
+// retransmitted a second later. Seen here: after a HAProxy run, masquerade
+// to the LB's address stalled the next nftables run to a fifth of its rate.
+var tcpSNAT4 = netip.MustParseAddr("10.200.0.200")
+
+// tcpUpNftables makes the LB namespace a kernel load balancer: DNAT of the
+// LB's own address, port 80, to the backends in turn (numgen inc: round
+// robin over new connections, like HAProxy's), and SNAT towards the
+// backends to tcpSNAT4, so that their answers come back through the LB to
+// be un-NATed. SNAT on the LB (masquerade to an address of its own) is how
+// a one-armed kernel LB gets its return path without touching the
+// backends' routes, which the direct and DR cases need unchanged.
+func tcpUpNftables(ctx context.Context, e *tcpEnv) (_ netip.AddrPort, _ func() error, err error) {
+	lb := e.lab.LB
+	target := netip.AddrPortFrom(lb.IPv4, lab.HTTPPort)
+	var elems, addrs []string
+	for i, be := range e.lab.Backends {
+		elems = append(elems, fmt.Sprintf("%d : %s", i, be.IPv4))
+		addrs = append(addrs, be.IPv4.String())
+	}
+	ruleset := fmt.Sprintf(`table ip %[1]s {
+  chain pre {
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr %[2]s tcp dport %[3]d dnat to numgen inc mod %[4]d map { %[5]s }
+  }
+  chain post {
+    type nat hook postrouting priority srcnat; policy accept;
+    ip daddr { %[6]s } tcp dport %[3]d snat to %[7]s
+  }
+}
+`, tcpNftTable, lb.IPv4, lab.HTTPPort, len(e.lab.Backends), strings.Join(elems, ", "), strings.Join(addrs, ", "), tcpSNAT4)
+	file := filepath.Join(e.dir, "nftables.conf")
+	if err := os.WriteFile(file, []byte(ruleset), 0o644); err != nil {
+		return netip.AddrPort{}, nil, fmt.Errorf("nft ruleset: %w", err)
+	}
+	snat := tcpSNAT4.String() + "/32"
+	// Undone in reverse, whatever was done, also when a later step fails.
+	var undo []func() error
+	down := func() error {
+		var errs []error
+		for i := len(undo) - 1; i >= 0; i-- {
+			errs = append(errs, undo[i]())
+		}
+		return errors.Join(errs...)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, down())
+		}
+	}()
+	bg := context.Background() // teardown runs also after an interrupt
+	steps := []tcpStep{
+		{func() error { _, err := lb.Exec(ctx, "ip", "addr", "add", snat, "dev", lb.Iface); return err },
+			func() error { _, err := lb.Exec(bg, "ip", "addr", "del", snat, "dev", lb.Iface); return err }},
+		// Forwarding back out of the interface it came in on would make the
+		// kernel send the client ICMP redirects: not what a LB should do.
+		tcpSysctlStep(lb, "net/ipv4/conf/all/send_redirects", "0"),
+		tcpSysctlStep(lb, "net/ipv4/conf/"+lb.Iface+"/send_redirects", "0"),
+		tcpSysctlStep(lb, "net/ipv4/ip_forward", "1"),
+		{func() error {
+			if _, err := lb.Exec(ctx, "nft", "-f", file); err != nil {
+				return fmt.Errorf("%w\nruleset:\n%s", err, ruleset)
+			}
+			return nil
+		}, func() error { _, err := lb.Exec(bg, "nft", "delete", "table", "ip", tcpNftTable); return err }},
+	}
+	for _, st := range steps {
+		if err := st.do(); err != nil {
+			return netip.AddrPort{}, nil, err
+		}
+		undo = append(undo, st.undo)
+	}
+	return target, down, nil
+}
+
+// tcpStep is one change to a namespace and how to take it back.
+type tcpStep struct{ do, undo func() error }
+
+// tcpSysctlStep sets a sysctl of n; its undo restores the value it had.
+func tcpSysctlStep(n *lab.Node, name, value string) tcpStep {
+	var old string
+	return tcpStep{
+		do: func() error {
+			var err error
+			if old, err = n.Sysctl(name); err != nil {
+				return err
+			}
+			return n.SetSysctl(name, value)
+		},
+		undo: func() error { return n.SetSysctl(name, old) },
+	}
+}
+
+// tcpHAProxyConf: TCP mode, one thread (2 cores, one of them busy with wrk),
+// round robin over the backends, no logging. maxconn stays within the file
+// descriptor limit HAProxy may raise itself to.
+const tcpHAProxyConf = `global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind {{BIND}}
+    default_backend be
+backend be
+    balance roundrobin
+{{SERVERS}}`
+
+// tcpUpHAProxy runs HAProxy on the LB's own address, port 80. It opens its
+// own connections to the backends, so their answers come back to it.
+func tcpUpHAProxy(ctx context.Context, e *tcpEnv) (netip.AddrPort, func() error, error) {
+	lb := e.lab.LB
+	target := netip.AddrPortFrom(lb.IPv4, lab.HTTPPort)
+	var servers strings.Builder
+	names := map[string]bool{}
+	for _, be := range e.lab.Backends {
+		fmt.Fprintf(&servers, "    server %s %s\n", be.Name, netip.AddrPortFrom(be.IPv4, lab.HTTPPort))
+		names[be.Name] = true
+	}
+	conf := strings.NewReplacer("{{BIND}}", target.String(), "{{SERVERS}}", servers.String()).Replace(tcpHAProxyConf)
+	file := filepath.Join(e.dir, "haproxy.cfg")
+	if err := os.WriteFile(file, []byte(conf), 0o644); err != nil {
+		return netip.AddrPort{}, nil, fmt.Errorf("haproxy config: %w", err)
+	}
+	// -db: stay in the foreground, so Stop signals HAProxy itself.
+	p, err := lb.StartProcess(lab.ProcessOptions{LogPath: filepath.Join(e.dir, "haproxy.log")}, "haproxy", "-db", "-f", file)
+	if err != nil {
+		return netip.AddrPort{}, nil, err
+	}
+	if err := tcpWaitServes(ctx, lb, target, func(name string) bool { return names[name] }, p); err != nil {
+		return netip.AddrPort{}, nil, errors.Join(err, p.Stop())
+	}
+	return target, p.Stop, nil
+}
+
+// tcpCheckPath sends a few requests on new connections from the client
+// through the case's path: all must be answered, and a balancing case must
+// reach more than one backend. A path that only half works would otherwise
+// show up as a throughput figure.
+func tcpCheckPath(ctx context.Context, e *tcpEnv, c tcpCase, target netip.AddrPort) error {
+	seen := map[string]int{}
+	for range 3 * len(e.lab.Backends) {
+		name, err := e.lab.Client.Get(ctx, target, 2*time.Second)
+		if err != nil {
+			return fmt.Errorf("%s: path check to %s: %w", c.Name, target, err)
+		}
+		seen[name]++
+	}
+	if c.Balanced && len(seen) < 2 {
+		return fmt.Errorf("%s: path check to %s: only %v answered", c.Name, target, seen)
+	}
+	return nil
+}

@@ -1,0 +1,103 @@
+package bench
+
+import (
+	"fmt"
+	"slices"
+	"time"
+)
+
+// vethSection turns the runs into the report's table, targets and notes.
+func vethSection(runs map[string][]vethRun, rounds int, dur time.Duration) Section {
+	s := Section{
+		Title: "Packets per second through veth",
+		Method: fmt.Sprintf("Two network namespaces joined by one veth pair. The generator is an XDP program of the benchmark "+
+			"(`progs/trafficgen.c`) run by `BPF_PROG_TEST_RUN` in live-frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`, one "+
+			"thread, ingress = the generator's veth): it writes a %d-byte UDP/IPv4 frame to the VIP and returns `XDP_TX`, "+
+			"which sends it out of the generator's veth into the LB's. For new flows it also writes a source port and "+
+			"source address from a per-CPU sequence number, so every frame is a new 5-tuple. Both generators are also attached "+
+			"to an idle veth pair, so each test run finds its program in the kernel's XDP dispatcher already and does not stall "+
+			"on the two RCU grace periods it otherwise costs (that stall, not the wire, set the rate before). The LB's veth has one XDP "+
+			"link, made by `loader.Load` (native mode); each case swaps the program behind it: the floor (swap MACs, "+
+			"`XDP_TX`), xdplb with one UDP VIP whose 3 DR backends sit behind the generator's MAC (so DR sends every "+
+			"frame back with `XDP_TX`), or, for nftables, a pass program (a veth end takes its peer's XDP frames only "+
+			"while it runs XDP) with the kernel forwarding: `dnat to numgen random mod 3` over 3 backend addresses with "+
+			"static neighbours back through the generator's veth, conntrack on. The generator's veth runs an `XDP_DROP` "+
+			"sink, so the kernel stack never receives the returning frames; its rx_packets counter (the veth counts "+
+			"every frame its XDP program saw) is what arrived. Rate = frames back / generator run time. "+
+			"%d rounds of %s per case after a warm-up round, cases interleaved and rotated each round; medians; ratios "+
+			"are taken within each round, then the median.", vethFrameLen, rounds, dur),
+		Header: []string{"case", "Mpps (median)", "spread (min-max)", "ratio to floor", "ns/frame over floor", "Mpps per gen CPU-s", "back/sent"},
+	}
+	floor := vethMedian(vethRates(runs[vethFloor]))
+	for _, name := range []string{vethFloor, vethXdplbOne, vethXdplbNew, vethNftOne, vethNftNew} {
+		rates := vethRates(runs[name])
+		if len(rates) == 0 {
+			continue
+		}
+		med := vethMedian(rates)
+		over := "-"
+		if name != vethFloor && med > 0 && floor > 0 {
+			over = fmt.Sprintf("%.0f", 1e3/med-1e3/floor)
+		}
+		perCPU := make([]float64, 0, len(runs[name]))
+		for _, r := range runs[name] {
+			perCPU = append(perCPU, r.MppsPerCPU())
+		}
+		var sent, back uint64
+		for _, r := range runs[name] {
+			sent += r.Sent
+			back += r.Returned
+		}
+		s.Rows = append(s.Rows, []string{
+			name,
+			fmt.Sprintf("%.3f", med),
+			fmt.Sprintf("%.3f-%.3f", slices.Min(rates), slices.Max(rates)),
+			fmt.Sprintf("%.2fx", vethRatio(runs, name, vethFloor)),
+			over,
+			fmt.Sprintf("%.3f", vethMedian(perCPU)),
+			fmt.Sprintf("%.1f%%", 100*float64(back)/float64(max(sent, 1))),
+		})
+	}
+	s.Targets = []Target{
+		{Name: "veth: xdplb DR established / floor", Got: vethRatio(runs, vethXdplbOne, vethFloor), Limit: vethVsFloorMin, Unit: "x"},
+		{Name: "veth: xdplb DR new flows / floor", Got: vethRatio(runs, vethXdplbNew, vethFloor), Limit: vethVsFloorMin, Unit: "x"},
+		{Name: "veth: xdplb DR established / nftables DNAT one flow", Got: vethRatio(runs, vethXdplbOne, vethNftOne), Limit: vethVsNftMin, Unit: "x"},
+		{Name: "veth: xdplb DR new flows / nftables DNAT new flows", Got: vethRatio(runs, vethXdplbNew, vethNftNew), Limit: vethVsNftMin, Unit: "x"},
+	}
+	s.Notes = append([]string{fmt.Sprintf("The same ratios per generator CPU-second (median of per-round ratios): "+
+		"xdplb established / floor %.2fx, xdplb new flows / floor %.2fx, xdplb established / nftables one flow %.2fx, "+
+		"xdplb new flows / nftables new flows %.2fx.",
+		vethCPURatio(runs, vethXdplbOne, vethFloor), vethCPURatio(runs, vethXdplbNew, vethFloor),
+		vethCPURatio(runs, vethXdplbOne, vethNftOne), vethCPURatio(runs, vethXdplbNew, vethNftNew))}, vethNotes()...)
+	return s
+}
+
+func vethRates(runs []vethRun) []float64 {
+	out := make([]float64, 0, len(runs))
+	for _, r := range runs {
+		out = append(out, r.Mpps())
+	}
+	return out
+}
+
+// vethNotes are the method's limits.
+func vethNotes() []string {
+	return []string{
+		"veth is a software wire: no NIC, no DMA, no interrupts. The generator, the LB's XDP program and the sink share the machine's CPUs; " +
+			"the generator's transmit schedules the LB veth's NAPI on the generator's own CPU, so a frame's whole path usually runs on one CPU. " +
+			"The rate is therefore 1 / (generator + veth hand-over + LB + veth hand-over + sink), and a ratio to the floor understates the LB " +
+			"program's own cost: the column ns/frame over floor (1/rate minus 1/floor rate) is that cost, measured on the wire.",
+		"Mpps per gen CPU-s divides the frames by the generator thread's CPU time instead of wall time: since the whole path runs inline in that " +
+			"thread, it is nearly free of the time the thread spent waiting for a CPU while other work ran (it overstates the rate if the kernel " +
+			"defers softirq work to ksoftirqd). The targets use the wall-clock rates, ratios within one round.",
+		"On a real NIC the generator's share disappears and the LB program's cost weighs more: read the packet-cost section (BPF_PROG_TEST_RUN) for the program alone.",
+		"New flows: a perf profile of the xdplb new-flow case (taken when this benchmark was written) puts most of the time in the kernel's LRU hash " +
+			"(lookup_nulls_elem_raw for the miss and the insert, bpf_lru_pop_free for eviction), far more than in xdplb's own instructions; a smaller " +
+			"connection table did not make it faster, so it is not only cache misses on a large table.",
+		"New flows: xdplb inserts every frame into its LRU connection table (default 1,048,576 entries), which is full after the first ~1M frames, so most " +
+			"runs measure insertion with eviction. nftables creates a conntrack entry per frame up to nf_conntrack_max, then evicts unreplied entries (early drop).",
+		"back/sent below 100% means frames were lost on the wire (a full veth ring when the receiving side is the slower one, or conntrack dropping new flows); " +
+			"the rate counts only frames that came back.",
+		"The machine is shared (2 CPUs, other benchmark sections and helpers may run at the same time): absolute Mpps drift, ratios taken within one round much less.",
+	}
+}

@@ -1,0 +1,156 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"github.com/xdplb/xdplb/control/model"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+)
+
+// Client talks to the daemon's API on its unix socket; the CLI is its only
+// user. Errors carry the daemon's one-line message as is.
+type Client struct {
+	socket string
+	hc     *http.Client
+}
+
+// NewClient returns a client for the daemon listening on socketPath.
+func NewClient(socketPath string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socketPath)
+		},
+		DisableCompression: true,
+	}
+	return &Client{socket: socketPath, hc: &http.Client{Transport: tr}}
+}
+
+// do sends in (if not nil) as JSON and decodes the answer into out (if not
+// nil).
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://xdplb"+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("daemon not reachable on %s: %w", c.socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		var ae APIError
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+		if json.Unmarshal(b, &ae) == nil && ae.Error != "" {
+			return errors.New(strings.TrimSpace(ae.Error))
+		}
+		return fmt.Errorf("daemon: %s", resp.Status)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode response: %w", err)
+	}
+	return nil
+}
+
+func vipPath(id model.VIPID) string { return "/v1/vips/" + url.PathEscape(id.String()) }
+
+func backendPath(id model.VIPID, addr netip.Addr, port uint16) string {
+	b := addr.String()
+	if port != 0 {
+		b = netip.AddrPortFrom(addr, port).String()
+	}
+	return vipPath(id) + "/backends/" + url.PathEscape(b)
+}
+
+// VIPs lists the configured VIPs.
+func (c *Client) VIPs(ctx context.Context) ([]model.VIP, error) {
+	var out []model.VIP
+	return out, c.do(ctx, http.MethodGet, "/v1/vips", nil, &out)
+}
+
+// AddVIP adds a VIP.
+func (c *Client) AddVIP(ctx context.Context, v model.VIP) error {
+	return c.do(ctx, http.MethodPost, "/v1/vips", v, nil)
+}
+
+// DeleteVIP deletes a VIP and its backends.
+func (c *Client) DeleteVIP(ctx context.Context, id model.VIPID) error {
+	return c.do(ctx, http.MethodDelete, vipPath(id), nil, nil)
+}
+
+// Backends lists a VIP's backends with their state.
+func (c *Client) Backends(ctx context.Context, id model.VIPID) ([]BackendStatus, error) {
+	var out []BackendStatus
+	return out, c.do(ctx, http.MethodGet, vipPath(id)+"/backends", nil, &out)
+}
+
+// AddBackend adds a backend to a VIP.
+func (c *Client) AddBackend(ctx context.Context, id model.VIPID, b model.Backend) error {
+	return c.do(ctx, http.MethodPost, vipPath(id)+"/backends", b, nil)
+}
+
+// SetBackend changes a backend's weight or drain flag.
+func (c *Client) SetBackend(ctx context.Context, id model.VIPID, addr netip.Addr, port uint16, p model.BackendPatch) error {
+	return c.do(ctx, http.MethodPatch, backendPath(id, addr, port), p, nil)
+}
+
+// DeleteBackend removes a backend from a VIP. Without force the daemon
+// refuses (409, ErrHasFlows in the message) while the backend has open flows.
+func (c *Client) DeleteBackend(ctx context.Context, id model.VIPID, addr netip.Addr, port uint16, force bool) error {
+	p := backendPath(id, addr, port)
+	if force {
+		p += "?force=true"
+	}
+	return c.do(ctx, http.MethodDelete, p, nil, nil)
+}
+
+// State returns the whole desired state.
+func (c *Client) State(ctx context.Context) (model.State, error) {
+	var out model.State
+	return out, c.do(ctx, http.MethodGet, "/v1/state", nil, &out)
+}
+
+// Apply replaces the whole desired state.
+func (c *Client) Apply(ctx context.Context, st model.State) error {
+	return c.do(ctx, http.MethodPut, "/v1/state", st, nil)
+}
+
+// Stats returns the counters.
+func (c *Client) Stats(ctx context.Context) (Stats, error) {
+	var out Stats
+	return out, c.do(ctx, http.MethodGet, "/v1/stats", nil, &out)
+}
+
+// Status returns the daemon's status.
+func (c *Client) Status(ctx context.Context) (DaemonStatus, error) {
+	var out DaemonStatus
+	return out, c.do(ctx, http.MethodGet, "/v1/status", nil, &out)
+}
+
+// Close releases idle connections.
+func (c *Client) Close() { c.hc.CloseIdleConnections() }

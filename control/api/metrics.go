@@ -1,0 +1,262 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"github.com/xdplb/xdplb/control/model"
+	"github.com/xdplb/xdplb/control/reconcile"
+	"github.com/xdplb/xdplb/control/state"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/xdplb/xdplb/healthcheck"
+)
+
+// DefaultMetricsAddr is where /metrics is served unless told otherwise.
+const DefaultMetricsAddr = "127.0.0.1:9642"
+
+var (
+	descVIPPackets = prometheus.NewDesc("xdplb_vip_packets_total", "Packets received for a VIP.", []string{"vip"}, nil)
+	descVIPBytes   = prometheus.NewDesc("xdplb_vip_bytes_total", "Bytes received for a VIP.", []string{"vip"}, nil)
+	descVIPFlows   = prometheus.NewDesc("xdplb_vip_flows_total", "New flows scheduled for a VIP.", []string{"vip"}, nil)
+	descBePackets  = prometheus.NewDesc("xdplb_backend_packets_total", "Packets forwarded to a backend.", []string{"vip", "backend"}, nil)
+	descBeBytes    = prometheus.NewDesc("xdplb_backend_bytes_total", "Bytes forwarded to a backend.", []string{"vip", "backend"}, nil)
+	descBeFlows    = prometheus.NewDesc("xdplb_backend_flows_total", "New flows scheduled to a backend.", []string{"vip", "backend"}, nil)
+	descBeUp       = prometheus.NewDesc("xdplb_backend_up", "1 if the backend takes new flows.", []string{"vip", "backend"}, nil)
+	descBeWeight   = prometheus.NewDesc("xdplb_backend_weight", "Configured weight of a backend.", []string{"vip", "backend"}, nil)
+	descActions    = prometheus.NewDesc("xdplb_xdp_actions_total", "XDP verdicts returned, per interface.", []string{"iface", "action"}, nil)
+	descDrops      = prometheus.NewDesc("xdplb_drops_total", "Packets dropped by the XDP program, per reason.", []string{"reason"}, nil)
+	descConntrack  = prometheus.NewDesc("xdplb_conntrack_entries", "Entries in the connection table.", nil, nil)
+	descReconciles = prometheus.NewDesc("xdplb_reconciles_total", "Reconciler passes by result.", []string{"result"}, nil)
+	descBuildInfo  = prometheus.NewDesc("xdplb_build_info", "Version of the running daemon.", []string{"version"}, nil)
+	descScrapeErrs = prometheus.NewDesc("xdplb_scrape_errors_total", "Errors reading the data plane while serving /metrics.", nil, nil)
+)
+
+// Collector exposes the data plane's counters; it reads the maps at scrape
+// time, so it holds no copies that could drift.
+type Collector struct {
+	dp      reconcile.Datapath
+	src     *state.Store
+	rec     *reconcile.Reconciler
+	version string
+	ifname  func(int) string
+	errs    atomic.Uint64
+	log     *slog.Logger
+}
+
+// NewCollector returns a collector; rec may be nil (no reconcile counts).
+func NewCollector(dp reconcile.Datapath, src *state.Store, rec *reconcile.Reconciler, version string, log *slog.Logger) *Collector {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Collector{dp: dp, src: src, rec: rec, version: version, ifname: IfaceName, log: log}
+}
+
+// IfaceName names an interface by index for labels; index 0 collects the
+// interfaces beyond the counter array.
+func IfaceName(ifindex int) string {
+	if ifindex == 0 {
+		return "other"
+	}
+	if ifi, err := net.InterfaceByIndex(ifindex); err == nil {
+		return ifi.Name
+	}
+	return "if" + strconv.Itoa(ifindex)
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descVIPPackets, descVIPBytes, descVIPFlows, descBePackets, descBeBytes,
+		descBeFlows, descBeUp, descBeWeight, descActions, descDrops, descConntrack, descReconciles, descBuildInfo, descScrapeErrs} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	if err := c.collect(ch); err != nil {
+		c.errs.Add(1)
+		c.log.Warn("metrics scrape", "err", err)
+	}
+	ch <- prometheus.MustNewConstMetric(descScrapeErrs, prometheus.CounterValue, float64(c.errs.Load()))
+	ch <- prometheus.MustNewConstMetric(descBuildInfo, prometheus.GaugeValue, 1, c.version)
+	if c.rec != nil {
+		ok, failed := c.rec.Counts()
+		ch <- prometheus.MustNewConstMetric(descReconciles, prometheus.CounterValue, float64(ok), "ok")
+		ch <- prometheus.MustNewConstMetric(descReconciles, prometheus.CounterValue, float64(failed), "error")
+	}
+}
+
+func (c *Collector) collect(ch chan<- prometheus.Metric) error {
+	var errs []error
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	vips, err := c.dp.VIPs()
+	if err != nil {
+		return fmt.Errorf("read vips: %w", err)
+	}
+	vipName := map[uint32]model.VIPID{}
+	for k, m := range vips {
+		vipName[m.ID] = reconcile.VIPIDOf(k)
+	}
+	if vc, err := c.dp.VIPCounters(); err != nil {
+		errs = append(errs, fmt.Errorf("read vip counters: %w", err))
+	} else {
+		for id, vid := range vipName {
+			s := vc[id]
+			counter(descVIPPackets, s.Packets, vid.String())
+			counter(descVIPBytes, s.Bytes, vid.String())
+			counter(descVIPFlows, s.Flows, vid.String())
+		}
+	}
+	if bes, err := c.dp.Backends(); err != nil {
+		errs = append(errs, fmt.Errorf("read backends: %w", err))
+	} else if bc, err := c.dp.BackendCounters(); err != nil {
+		errs = append(errs, fmt.Errorf("read backend counters: %w", err))
+	} else {
+		for id, b := range bes {
+			vid, ok := vipName[b.VIPID]
+			if !ok {
+				continue
+			}
+			s := bc[id]
+			l := model.BackendName(b.Addr, b.Port)
+			counter(descBePackets, s.Packets, vid.String(), l)
+			counter(descBeBytes, s.Bytes, vid.String(), l)
+			counter(descBeFlows, s.Flows, vid.String(), l)
+		}
+	}
+	for _, v := range c.src.State().VIPs {
+		for _, b := range v.Backends {
+			l := model.BackendName(b.Address, b.Port)
+			ch <- prometheus.MustNewConstMetric(descBeWeight, prometheus.GaugeValue, float64(b.Weight), v.ID().String(), l)
+			up := 0.0
+			if c.rec != nil {
+				if bi, ok := c.rec.Backend(v.ID(), b.Address, b.Port); ok && bi.State == model.BackendUp {
+					up = 1
+				}
+			}
+			ch <- prometheus.MustNewConstMetric(descBeUp, prometheus.GaugeValue, up, v.ID().String(), l)
+		}
+	}
+	if acts, err := c.dp.ActionCounters(); err != nil {
+		errs = append(errs, fmt.Errorf("read action counters: %w", err))
+	} else {
+		sum := map[[2]string]uint64{} // two ifindexes may share a name label ("other")
+		var order [][2]string
+		for _, a := range acts {
+			k := [2]string{c.ifname(int(a.Ifindex)), a.Action}
+			if _, ok := sum[k]; !ok {
+				order = append(order, k)
+			}
+			sum[k] += a.Count
+		}
+		for _, k := range order {
+			counter(descActions, sum[k], k[0], k[1])
+		}
+	}
+	if drops, err := c.dp.DropCounters(); err != nil {
+		errs = append(errs, fmt.Errorf("read drop counters: %w", err))
+	} else {
+		for reason, n := range drops {
+			counter(descDrops, n, reason)
+		}
+	}
+	if n, err := c.dp.ConntrackEntries(); err != nil {
+		errs = append(errs, fmt.Errorf("count conntrack entries: %w", err))
+	} else {
+		ch <- prometheus.MustNewConstMetric(descConntrack, prometheus.GaugeValue, float64(n))
+	}
+	return errors.Join(errs...)
+}
+
+// ProbeBuckets are the bounds of xdplb_healthcheck_duration_seconds: from
+// 100µs (a TCP connect on the same segment) to 5s (the longest sensible
+// timeout), about three per decade.
+var ProbeBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}
+
+// HealthMetrics counts what the health checker does; it is fed by the
+// healthcheck.Manager's OnProbe and OnTransition hooks, as the events
+// happen, since there is no map to read at scrape time.
+type HealthMetrics struct {
+	duration    *prometheus.HistogramVec
+	transitions *prometheus.CounterVec
+}
+
+// NewHealthMetrics returns the health-check metrics, all at zero.
+func NewHealthMetrics() *HealthMetrics {
+	m := &HealthMetrics{
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "xdplb_healthcheck_duration_seconds",
+			Help:    "Duration of health-check probes, by check type, failed ones included.",
+			Buckets: ProbeBuckets,
+		}, []string{"type"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xdplb_healthcheck_transitions_total",
+			Help: "Backends that went up or down by their health checks.",
+		}, []string{"to"}),
+	}
+	// Both directions exist from the start, so that rate() and alerts see
+	// a 0 rather than no series.
+	m.transitions.WithLabelValues("up")
+	m.transitions.WithLabelValues("down")
+	return m
+}
+
+// ObserveProbe is a healthcheck.Options.OnProbe.
+func (m *HealthMetrics) ObserveProbe(k healthcheck.Kind, d time.Duration, _ bool) {
+	m.duration.WithLabelValues(string(k)).Observe(d.Seconds())
+}
+
+// ObserveTransition is a healthcheck.Options.OnTransition.
+func (m *HealthMetrics) ObserveTransition(t healthcheck.Transition) {
+	to := "down"
+	if t.Up {
+		to = "up"
+	}
+	m.transitions.WithLabelValues(to).Inc()
+}
+
+// Describe implements prometheus.Collector.
+func (m *HealthMetrics) Describe(ch chan<- *prometheus.Desc) {
+	m.duration.Describe(ch)
+	m.transitions.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (m *HealthMetrics) Collect(ch chan<- prometheus.Metric) {
+	m.duration.Collect(ch)
+	m.transitions.Collect(ch)
+}
+
+// ServeMetrics serves /metrics for c and more (e.g. HealthMetrics) on ln
+// until ctx is done. It uses its own registry: the process-global one holds
+// nothing of ours.
+func ServeMetrics(ctx context.Context, ln net.Listener, c *Collector, log *slog.Logger, more ...prometheus.Collector) error {
+	reg := prometheus.NewRegistry()
+	for _, c := range append([]prometheus.Collector{c}, more...) {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register collector: %w", err)
+		}
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogErrorLog{log}}))
+	return serveUntilDone(ctx, ln, mux, "metrics")
+}
+
+type slogErrorLog struct{ log *slog.Logger }
+
+func (l slogErrorLog) Println(v ...any) {
+	if l.log != nil {
+		l.log.Warn("metrics handler", "err", fmt.Sprint(v...))
+	}
+}

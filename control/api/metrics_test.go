@@ -1,0 +1,248 @@
+package api
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xdplb/xdplb/control/model"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/xdplb/xdplb/control/reconcile/reconciletest"
+	"github.com/xdplb/xdplb/healthcheck"
+	"github.com/xdplb/xdplb/loader"
+)
+
+func TestCollector(t *testing.T) {
+	f := newRecFixture(t, nil)
+	f.nw.setMAC("10.0.0.1", mac(1))
+	f.nw.setMAC("10.0.0.2", mac(2))
+	addVIP(t, f.store, vip1, be("10.0.0.1", 100), model.Backend{Address: be("10.0.0.2", 0).Address, Weight: 30, Drain: true})
+	f.reconcile(t)
+	f.dp.SetVIPCounters(1, loader.Counters{Packets: 10, Bytes: 1500, Flows: 3})
+	f.dp.SetBackendCounters(1, loader.Counters{Packets: 7, Bytes: 700, Flows: 2})
+	f.dp.SetBackendCounters(2, loader.Counters{Packets: 3, Bytes: 800, Flows: 1})
+	f.dp.SetActions(loader.ActionCount{Ifindex: 1, Action: "tx", Count: 9}, loader.ActionCount{Ifindex: 0, Action: "pass", Count: 4})
+	f.dp.SetDrops("no_backend", 5)
+	f.dp.SetFlows(1, 6)
+
+	c := NewCollector(f.dp, f.store, f.rec, "v1.2.3", nil)
+	c.ifname = func(i int) string { return map[int]string{0: "other", 1: "lo"}[i] }
+	want := `
+# HELP xdplb_vip_packets_total Packets received for a VIP.
+# TYPE xdplb_vip_packets_total counter
+xdplb_vip_packets_total{vip="10.0.0.100:80/tcp"} 10
+# HELP xdplb_vip_bytes_total Bytes received for a VIP.
+# TYPE xdplb_vip_bytes_total counter
+xdplb_vip_bytes_total{vip="10.0.0.100:80/tcp"} 1500
+# HELP xdplb_vip_flows_total New flows scheduled for a VIP.
+# TYPE xdplb_vip_flows_total counter
+xdplb_vip_flows_total{vip="10.0.0.100:80/tcp"} 3
+# HELP xdplb_backend_packets_total Packets forwarded to a backend.
+# TYPE xdplb_backend_packets_total counter
+xdplb_backend_packets_total{backend="10.0.0.1",vip="10.0.0.100:80/tcp"} 7
+xdplb_backend_packets_total{backend="10.0.0.2",vip="10.0.0.100:80/tcp"} 3
+# HELP xdplb_backend_bytes_total Bytes forwarded to a backend.
+# TYPE xdplb_backend_bytes_total counter
+xdplb_backend_bytes_total{backend="10.0.0.1",vip="10.0.0.100:80/tcp"} 700
+xdplb_backend_bytes_total{backend="10.0.0.2",vip="10.0.0.100:80/tcp"} 800
+# HELP xdplb_backend_flows_total New flows scheduled to a backend.
+# TYPE xdplb_backend_flows_total counter
+xdplb_backend_flows_total{backend="10.0.0.1",vip="10.0.0.100:80/tcp"} 2
+xdplb_backend_flows_total{backend="10.0.0.2",vip="10.0.0.100:80/tcp"} 1
+# HELP xdplb_backend_up 1 if the backend takes new flows.
+# TYPE xdplb_backend_up gauge
+xdplb_backend_up{backend="10.0.0.1",vip="10.0.0.100:80/tcp"} 1
+xdplb_backend_up{backend="10.0.0.2",vip="10.0.0.100:80/tcp"} 0
+# HELP xdplb_backend_weight Configured weight of a backend.
+# TYPE xdplb_backend_weight gauge
+xdplb_backend_weight{backend="10.0.0.1",vip="10.0.0.100:80/tcp"} 100
+xdplb_backend_weight{backend="10.0.0.2",vip="10.0.0.100:80/tcp"} 30
+# HELP xdplb_xdp_actions_total XDP verdicts returned, per interface.
+# TYPE xdplb_xdp_actions_total counter
+xdplb_xdp_actions_total{action="pass",iface="other"} 4
+xdplb_xdp_actions_total{action="tx",iface="lo"} 9
+# HELP xdplb_drops_total Packets dropped by the XDP program, per reason.
+# TYPE xdplb_drops_total counter
+xdplb_drops_total{reason="no_backend"} 5
+# HELP xdplb_conntrack_entries Entries in the connection table.
+# TYPE xdplb_conntrack_entries gauge
+xdplb_conntrack_entries 6
+# HELP xdplb_reconciles_total Reconciler passes by result.
+# TYPE xdplb_reconciles_total counter
+xdplb_reconciles_total{result="error"} 0
+xdplb_reconciles_total{result="ok"} 1
+# HELP xdplb_build_info Version of the running daemon.
+# TYPE xdplb_build_info gauge
+xdplb_build_info{version="v1.2.3"} 1
+# HELP xdplb_scrape_errors_total Errors reading the data plane while serving /metrics.
+# TYPE xdplb_scrape_errors_total counter
+xdplb_scrape_errors_total 0
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := testutil.GatherAndLint(registryWith(t, c)); err != nil || len(n) != 0 {
+		t.Fatalf("lint: %v %v", n, err)
+	}
+}
+
+type failingCounters struct{ *reconciletest.Datapath }
+
+func (failingCounters) DropCounters() (map[string]uint64, error) { return nil, errTest }
+
+func TestCollectorCountsItsErrors(t *testing.T) {
+	f := newRecFixture(t, nil)
+	c := NewCollector(failingCounters{f.dp}, f.store, f.rec, "dev", nil)
+	for range 2 {
+		testutil.CollectAndCount(c)
+	}
+	// Two scrapes above and the one of CollectAndCompare.
+	want := `
+# HELP xdplb_scrape_errors_total Errors reading the data plane while serving /metrics.
+# TYPE xdplb_scrape_errors_total counter
+xdplb_scrape_errors_total 3
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "xdplb_scrape_errors_total"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestServeMetrics(t *testing.T) {
+	f := newRecFixture(t, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	hm := NewHealthMetrics()
+	hm.ObserveProbe(healthcheck.TCP, 3*time.Millisecond, true)
+	go func() { done <- ServeMetrics(ctx, ln, NewCollector(f.dp, f.store, f.rec, "v9", nil), nil, hm) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	resp, err := http.Get("http://" + ln.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `xdplb_build_info{version="v9"} 1`) {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	for _, line := range []string{`xdplb_healthcheck_duration_seconds_count{type="tcp"} 1`, `xdplb_healthcheck_transitions_total{to="down"} 0`} {
+		if !strings.Contains(string(b), line) {
+			t.Errorf("/metrics lacks %q", line)
+		}
+	}
+	// Its own registry: no Go runtime metrics of the global one.
+	if strings.Contains(string(b), "go_goroutines") {
+		t.Fatal("global registry served")
+	}
+}
+
+func registryWith(t *testing.T, c *Collector) *prometheus.Registry {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(c); err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}
+
+func TestHealthMetrics(t *testing.T) {
+	hm := NewHealthMetrics()
+	for _, d := range []time.Duration{50 * time.Microsecond, 300 * time.Microsecond, 2 * time.Millisecond, 600 * time.Millisecond} {
+		hm.ObserveProbe(healthcheck.TCP, d, true)
+	}
+	hm.ObserveProbe(healthcheck.HTTP, 6*time.Second, false) // beyond the last bucket: +Inf only
+	hm.ObserveTransition(healthcheck.Transition{ID: "a", Up: false, Reason: "timeout"})
+	hm.ObserveTransition(healthcheck.Transition{ID: "b", Up: false, Reason: "timeout"})
+	hm.ObserveTransition(healthcheck.Transition{ID: "a", Up: true, Reason: "ok"})
+
+	want := `
+# HELP xdplb_healthcheck_transitions_total Backends that went up or down by their health checks.
+# TYPE xdplb_healthcheck_transitions_total counter
+xdplb_healthcheck_transitions_total{to="down"} 2
+xdplb_healthcheck_transitions_total{to="up"} 1
+`
+	if err := testutil.CollectAndCompare(hm, strings.NewReader(want), "xdplb_healthcheck_transitions_total"); err != nil {
+		t.Error(err)
+	}
+	want = `
+# HELP xdplb_healthcheck_duration_seconds Duration of health-check probes, by check type, failed ones included.
+# TYPE xdplb_healthcheck_duration_seconds histogram
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.0001"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.00025"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.0005"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.001"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.0025"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.005"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.01"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.025"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.05"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.1"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.25"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="0.5"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="1"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="2.5"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="5"} 0
+xdplb_healthcheck_duration_seconds_bucket{type="http",le="+Inf"} 1
+xdplb_healthcheck_duration_seconds_sum{type="http"} 6
+xdplb_healthcheck_duration_seconds_count{type="http"} 1
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.0001"} 1
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.00025"} 1
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.0005"} 2
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.001"} 2
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.0025"} 3
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.005"} 3
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.01"} 3
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.025"} 3
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.05"} 3
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.1"} 3
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.25"} 3
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="0.5"} 3
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="1"} 4
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="2.5"} 4
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="5"} 4
+xdplb_healthcheck_duration_seconds_bucket{type="tcp",le="+Inf"} 4
+xdplb_healthcheck_duration_seconds_sum{type="tcp"} 0.6023499999999999
+xdplb_healthcheck_duration_seconds_count{type="tcp"} 4
+`
+	if err := testutil.CollectAndCompare(hm, strings.NewReader(want), "xdplb_healthcheck_duration_seconds"); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestCollectorBackendUpFollowsHealth: xdplb_backend_up is 1 only for a
+// backend that takes new flows: not when down, not when drained.
+func TestCollectorBackendUpFollowsHealth(t *testing.T) {
+	f := newHealthFixture(t, testTableSize, "10.0.0.1", "10.0.0.2", "10.0.0.3")
+	drain := true
+	if err := f.store.SetBackend(vip1, netip.MustParseAddr("10.0.0.3"), 0, model.BackendPatch{Drain: &drain}); err != nil {
+		t.Fatal(err)
+	}
+	f.health.set(vip1, "10.0.0.2", false, "timeout")
+	f.reconcile(t)
+	want := `
+# HELP xdplb_backend_up 1 if the backend takes new flows.
+# TYPE xdplb_backend_up gauge
+xdplb_backend_up{backend="10.0.0.1",vip="10.0.0.100:80/tcp"} 1
+xdplb_backend_up{backend="10.0.0.2",vip="10.0.0.100:80/tcp"} 0
+xdplb_backend_up{backend="10.0.0.3",vip="10.0.0.100:80/tcp"} 0
+`
+	c := NewCollector(f.dp, f.store, f.rec, "dev", nil)
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "xdplb_backend_up"); err != nil {
+		t.Error(err)
+	}
+}

@@ -1,0 +1,524 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"github.com/xdplb/xdplb/control/model"
+	"github.com/xdplb/xdplb/control/reconcile"
+	"github.com/xdplb/xdplb/control/state"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultSocketPath is where the daemon listens unless told otherwise.
+const DefaultSocketPath = "/run/xdplb/xdplb.sock"
+
+// maxBody bounds request bodies: a whole state of a thousand VIPs with a
+// thousand backends each (about 40 bytes of JSON per backend) fits.
+const maxBody = 64 << 20
+
+// ErrDaemonRunning is returned when another daemon answers on the socket.
+var ErrDaemonRunning = errors.New("another daemon is running")
+
+// ErrHasFlows is why a backend that still has open flows is not deleted
+// without force (409).
+var ErrHasFlows = errors.New("backend has open flows")
+
+// hasFlowsError is an ErrHasFlows whose text is the message alone.
+type hasFlowsError struct{ msg string }
+
+func (e *hasFlowsError) Error() string { return e.msg }
+func (e *hasFlowsError) Unwrap() error { return ErrHasFlows }
+
+// Server is the daemon's HTTP+JSON API (routes in types.go).
+type Server struct {
+	Store      *state.Store
+	Datapath   reconcile.Datapath
+	Reconciler *reconcile.Reconciler // may be nil (no backend status, no immediate apply)
+	Version    string
+	StartTime  time.Time
+	Log        *slog.Logger
+}
+
+// Handler returns the API's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/vips", s.listVIPs)
+	mux.HandleFunc("POST /v1/vips", s.addVIP)
+	mux.HandleFunc("DELETE /v1/vips/{vip}", s.deleteVIP)
+	mux.HandleFunc("GET /v1/vips/{vip}/backends", s.listBackends)
+	mux.HandleFunc("POST /v1/vips/{vip}/backends", s.addBackend)
+	mux.HandleFunc("PATCH /v1/vips/{vip}/backends/{backend}", s.setBackend)
+	mux.HandleFunc("DELETE /v1/vips/{vip}/backends/{backend}", s.deleteBackend)
+	mux.HandleFunc("GET /v1/state", s.getState)
+	mux.HandleFunc("PUT /v1/state", s.putState)
+	mux.HandleFunc("GET /v1/stats", s.getStats)
+	mux.HandleFunc("GET /v1/status", s.getStatus)
+	return mux
+}
+
+// ListenUnix prepares the API socket: its directory (0755), no stale socket
+// (but ErrDaemonRunning if a daemon answers on it), mode 0600.
+func ListenUnix(ctx context.Context, path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("socket dir: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		dctx, cancel := context.WithTimeout(ctx, time.Second)
+		c, err := (&net.Dialer{}).DialContext(dctx, "unix", path)
+		cancel()
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%w on %s", ErrDaemonRunning, path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	// Created 0600 (umask 0177 for the bind), not chmodded afterwards: a
+	// client must never find it open to all, even for a moment. The
+	// umask is the process's; nothing else creates files while the
+	// daemon starts.
+	old := unix.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	unix.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	// We remove the file ourselves on shutdown; Close must not race that.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("socket mode: %w", err)
+	}
+	return ln, nil
+}
+
+// Serve serves the API on ln until ctx is done.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	return serveUntilDone(ctx, ln, s.Handler(), "api")
+}
+
+// serveUntilDone serves h on ln until ctx is done, then shuts down,
+// giving open requests two seconds to finish. what names the server in
+// the error.
+func serveUntilDone(ctx context.Context, ln net.Listener, h http.Handler, what string) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	stop := context.AfterFunc(ctx, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	})
+	defer stop()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve %s: %w", what, err)
+	}
+	return nil
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// errorStatus maps the store's sentinel errors to HTTP statuses.
+func errorStatus(err error) int {
+	switch {
+	case errors.Is(err, model.ErrInvalid):
+		return http.StatusBadRequest
+	case errors.Is(err, model.ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, model.ErrExists), errors.Is(err, ErrHasFlows):
+		return http.StatusConflict
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	code := errorStatus(err)
+	if code == http.StatusInternalServerError {
+		s.log().Error("api request", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	msg := strings.ReplaceAll(err.Error(), "\n", "; ")
+	writeJSON(w, code, APIError{Error: msg})
+}
+
+// decode reads one JSON value, refusing unknown fields, trailing data and
+// bodies over maxBody; errors wrap ErrInvalid.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: request body: %v", model.ErrInvalid, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: request body: trailing data", model.ErrInvalid)
+	}
+	return nil
+}
+
+func pathVIP(r *http.Request) (model.VIPID, error) {
+	id, err := model.ParseVIPID(r.PathValue("vip"))
+	if err != nil {
+		return model.VIPID{}, fmt.Errorf("%w: %v", model.ErrInvalid, err)
+	}
+	return id, nil
+}
+
+func pathBackend(r *http.Request) (model.VIPID, netip.Addr, uint16, error) {
+	id, err := pathVIP(r)
+	if err != nil {
+		return model.VIPID{}, netip.Addr{}, 0, err
+	}
+	addr, port, err := model.ParseBackendAddr(r.PathValue("backend"))
+	if err != nil {
+		return model.VIPID{}, netip.Addr{}, 0, fmt.Errorf("%w: %v", model.ErrInvalid, err)
+	}
+	return id, addr, port, nil
+}
+
+// applied runs a reconcile after a change, so the data plane matches when
+// the CLI returns. The change is stored either way; a failure here is
+// logged and retried by the reconcile loop.
+func (s *Server) applied(r *http.Request) {
+	if s.Reconciler == nil {
+		return
+	}
+	start := time.Now()
+	if err := s.Reconciler.ReconcileChanged(r.Context()); err != nil {
+		s.log().Error("reconcile after api change", "err", err)
+	}
+	s.log().Debug("api change applied", "took", time.Since(start))
+}
+
+func (s *Server) listVIPs(w http.ResponseWriter, r *http.Request) {
+	vips := s.Store.State().VIPs
+	if vips == nil {
+		vips = []model.VIP{}
+	}
+	writeJSON(w, http.StatusOK, vips)
+}
+
+func (s *Server) addVIP(w http.ResponseWriter, r *http.Request) {
+	var v model.VIP
+	if err := decode(w, r, &v); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if err := s.Store.AddVIP(v); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log().Info("vip added by api", "vip", v.ID())
+	s.applied(r)
+	w.WriteHeader(http.StatusCreated)
+}
+
+func (s *Server) deleteVIP(w http.ResponseWriter, r *http.Request) {
+	id, err := pathVIP(r)
+	if err == nil {
+		err = s.Store.DeleteVIP(id)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log().Info("vip deleted by api", "vip", id)
+	s.applied(r)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) listBackends(w http.ResponseWriter, r *http.Request) {
+	id, err := pathVIP(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	v, err := s.Store.VIP(id)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	flows, err := s.Datapath.FlowsByBackend()
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("count flows: %w", err))
+		return
+	}
+	out := make([]BackendStatus, 0, len(v.Backends))
+	for _, b := range v.Backends {
+		out = append(out, s.backendStatus(id, b, flows))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) backendStatus(id model.VIPID, b model.Backend, flows map[uint32]int) BackendStatus {
+	bs := BackendStatus{Backend: b, State: model.BackendUnresolved}
+	if b.Weight == 0 || b.Drain {
+		bs.State = model.BackendDraining
+	}
+	if s.Reconciler == nil {
+		return bs
+	}
+	if bi, ok := s.Reconciler.Backend(id, b.Address, b.Port); ok {
+		bs.State, bs.MAC = bi.State, bi.MAC
+		if bi.ID != 0 {
+			bs.Flows = flows[bi.ID]
+		}
+	}
+	if hs, ok := s.Reconciler.HealthStatus(id, b); ok {
+		bs.Check = "pending" // no probe has answered yet
+		if hs.Known {
+			bs.Check = hs.Reason
+		}
+		if !hs.Since.IsZero() {
+			bs.CheckSince = hs.Since
+		}
+	}
+	return bs
+}
+
+func (s *Server) addBackend(w http.ResponseWriter, r *http.Request) {
+	id, err := pathVIP(r)
+	// Weight 0 means "no new flows", so an absent weight must not read as 0.
+	var req struct {
+		model.Backend
+		Weight *uint32 `json:"weight"`
+	}
+	if err == nil {
+		err = decode(w, r, &req)
+	}
+	b := req.Backend
+	b.Weight = model.DefaultWeight
+	if req.Weight != nil {
+		b.Weight = *req.Weight
+	}
+	if err == nil {
+		err = s.Store.AddBackend(id, b)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log().Info("backend added by api", "vip", id, "backend", b.Address)
+	s.applied(r)
+	w.WriteHeader(http.StatusCreated)
+}
+
+func (s *Server) setBackend(w http.ResponseWriter, r *http.Request) {
+	id, addr, port, err := pathBackend(r)
+	var p model.BackendPatch
+	if err == nil {
+		err = decode(w, r, &p)
+	}
+	if err == nil {
+		err = s.Store.SetBackend(id, addr, port, p)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log().Info("backend changed by api", "vip", id, "backend", addr)
+	s.applied(r)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// deleteBackend refuses, unless ?force=true, to delete a backend that
+// still has open flows: they would be placed again on another backend and
+// broken. The operator drains it first and waits for FLOWS to reach 0.
+func (s *Server) deleteBackend(w http.ResponseWriter, r *http.Request) {
+	id, addr, port, err := pathBackend(r)
+	force := false
+	if err == nil {
+		if f := r.URL.Query().Get("force"); f != "" {
+			if force, err = strconv.ParseBool(f); err != nil {
+				err = fmt.Errorf("%w: force=%q: want true or false", model.ErrInvalid, f)
+			}
+		}
+	}
+	if err == nil && !force {
+		err = s.checkNoFlows(id, addr, port)
+	}
+	if err == nil {
+		err = s.Store.DeleteBackend(id, addr, port)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log().Info("backend deleted by api", "vip", id, "backend", addr, "force", force)
+	s.applied(r)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// checkNoFlows returns an ErrHasFlows error when the backend has open
+// flows in the connection table.
+func (s *Server) checkNoFlows(id model.VIPID, addr netip.Addr, port uint16) error {
+	if s.Reconciler == nil {
+		return nil
+	}
+	if port == id.Port {
+		port = 0 // the same backend, as the store names it
+	}
+	bi, ok := s.Reconciler.Backend(id, addr, port)
+	if !ok || bi.ID == 0 {
+		return nil // never written to the data plane: no flows
+	}
+	flows, err := s.Datapath.FlowsByBackend()
+	if err != nil {
+		return fmt.Errorf("count flows: %w", err)
+	}
+	if n := flows[bi.ID]; n > 0 {
+		return &hasFlowsError{fmt.Sprintf("vip %s: backend %s still has %d open flows: drain it and wait, or use --force",
+			id, model.BackendName(addr.Unmap(), port), n)}
+	}
+	return nil
+}
+
+func (s *Server) getState(w http.ResponseWriter, r *http.Request) {
+	st := s.Store.State()
+	if st.VIPs == nil {
+		st.VIPs = []model.VIP{}
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) putState(w http.ResponseWriter, r *http.Request) {
+	var st model.State
+	if err := decode(w, r, &st); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if err := s.Store.Replace(st); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log().Info("state applied by api", "vips", len(st.VIPs))
+	s.applied(r)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// Stats assembles the counters of every configured VIP and backend.
+func (s *Server) Stats() (Stats, error) {
+	st := Stats{Time: time.Now(), VIPs: []VIPStats{}, Actions: []ActionStats{}, Drops: map[string]uint64{}}
+	vips, err := s.Datapath.VIPs()
+	if err != nil {
+		return st, fmt.Errorf("read vips: %w", err)
+	}
+	vc, err := s.Datapath.VIPCounters()
+	if err != nil {
+		return st, fmt.Errorf("read vip counters: %w", err)
+	}
+	bes, err := s.Datapath.Backends()
+	if err != nil {
+		return st, fmt.Errorf("read backends: %w", err)
+	}
+	bc, err := s.Datapath.BackendCounters()
+	if err != nil {
+		return st, fmt.Errorf("read backend counters: %w", err)
+	}
+	type ref struct {
+		vip  uint32
+		addr netip.Addr
+		port uint16
+	}
+	byRef := map[ref]uint32{}
+	for id, mb := range bes {
+		byRef[ref{mb.VIPID, mb.Addr.Unmap(), mb.Port}] = id
+	}
+	for _, v := range s.Store.State().VIPs {
+		vs := VIPStats{VIP: v.ID().String(), Backends: []BackendStats{}}
+		meta, inMaps := vips[reconcile.VIPKeyOf(v.ID())]
+		if inMaps {
+			c := vc[meta.ID]
+			vs.CounterSet = CounterSet{Packets: c.Packets, Bytes: c.Bytes, Flows: c.Flows}
+		}
+		for _, b := range v.Backends {
+			bst := BackendStats{Address: b.Address, Port: b.Port}
+			if id, ok := byRef[ref{meta.ID, b.Address.Unmap(), b.Port}]; inMaps && ok {
+				c := bc[id]
+				bst.CounterSet = CounterSet{Packets: c.Packets, Bytes: c.Bytes, Flows: c.Flows}
+			}
+			vs.Backends = append(vs.Backends, bst)
+		}
+		st.VIPs = append(st.VIPs, vs)
+	}
+	acts, err := s.Datapath.ActionCounters()
+	if err != nil {
+		return st, fmt.Errorf("read action counters: %w", err)
+	}
+	for _, a := range acts {
+		st.Actions = append(st.Actions, ActionStats{Iface: IfaceName(int(a.Ifindex)), Action: a.Action, Count: a.Count})
+	}
+	slices.SortStableFunc(st.Actions, func(a, b ActionStats) int { return strings.Compare(a.Iface, b.Iface) })
+	drops, err := s.Datapath.DropCounters()
+	if err != nil {
+		return st, fmt.Errorf("read drop counters: %w", err)
+	}
+	for k, v := range drops {
+		st.Drops[k] = v
+	}
+	return st, nil
+}
+
+func (s *Server) getStats(w http.ResponseWriter, r *http.Request) {
+	st, err := s.Stats()
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
+	ds, err := s.Datapath.Status()
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("data plane status: %w", err))
+		return
+	}
+	state := s.Store.State()
+	out := DaemonStatus{
+		Version:    s.Version,
+		StartTime:  s.StartTime,
+		Uptime:     time.Since(s.StartTime).Truncate(time.Second).String(),
+		PinPath:    ds.PinPath,
+		Interfaces: []IfaceInfo{},
+		Maps:       []MapInfo{},
+		VIPs:       len(state.VIPs),
+	}
+	for _, v := range state.VIPs {
+		out.Backends += len(v.Backends)
+	}
+	for _, i := range ds.Interfaces {
+		out.Interfaces = append(out.Interfaces, IfaceInfo{Name: i.Name, Ifindex: i.Ifindex, XDPMode: string(i.Mode),
+			ProgramID: i.ProgramID, LinkID: i.LinkID})
+	}
+	for _, m := range ds.Maps {
+		out.Maps = append(out.Maps, MapInfo{Name: m.Name, Entries: m.Entries, MaxEntries: m.MaxEntries})
+	}
+	writeJSON(w, http.StatusOK, out)
+}

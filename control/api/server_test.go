@@ -1,0 +1,290 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xdplb/xdplb/control/model"
+	"github.com/xdplb/xdplb/control/reconcile"
+
+	"github.com/xdplb/xdplb/loader"
+)
+
+type apiFixture struct {
+	*recFixture
+	client *Client
+	socket string
+	hc     *http.Client
+}
+
+func newAPIFixture(t *testing.T) *apiFixture {
+	t.Helper()
+	return newAPIFixtureWithHealth(t, nil)
+}
+
+// newAPIFixtureWithHealth is newAPIFixture with the reconciler's Health.
+func newAPIFixtureWithHealth(t *testing.T, h reconcile.Health) *apiFixture {
+	t.Helper()
+	f := newRecFixture(t, nil)
+	f.rec = reconcile.NewReconciler(f.store, f.dp, f.nw, h, nil)
+	// Short path: unix socket paths are limited to 108 bytes.
+	dir, err := os.MkdirTemp("", "xlb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "run", "xdplb.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	ln, err := ListenUnix(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{Store: f.store, Datapath: f.dp, Reconciler: f.rec, Version: "test", StartTime: time.Now()}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	return &apiFixture{recFixture: f, client: NewClient(sock), socket: sock, hc: hc}
+}
+
+func (f *apiFixture) raw(t *testing.T, method, path, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://xdplb"+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := f.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(resp.Body)
+	return resp.StatusCode, b.String()
+}
+
+func TestServerSocket(t *testing.T) {
+	f := newAPIFixture(t)
+	fi, err := os.Stat(f.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v, want 0600", fi.Mode().Perm())
+	}
+	di, _ := os.Stat(filepath.Dir(f.socket))
+	if di.Mode().Perm() != 0o755 {
+		t.Fatalf("socket dir mode %v, want 0755", di.Mode().Perm())
+	}
+	// A second daemon must not take over a live socket.
+	if _, err := ListenUnix(context.Background(), f.socket); !errors.Is(err, ErrDaemonRunning) {
+		t.Fatalf("second listen: %v, want ErrDaemonRunning", err)
+	}
+}
+
+func TestListenUnixRemovesStaleSocket(t *testing.T) {
+	dir, err := os.MkdirTemp("", "xlb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "s.sock")
+	ln, err := ListenUnix(context.Background(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close() // leaves the file behind, as a crashed daemon does
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("stale socket not left behind: %v", err)
+	}
+	ln, err = ListenUnix(context.Background(), sock)
+	if err != nil {
+		t.Fatalf("listen over stale socket: %v", err)
+	}
+	ln.Close()
+}
+
+func TestAPIRoundTrip(t *testing.T) {
+	f := newAPIFixture(t)
+	ctx := context.Background()
+	f.nw.setMAC("10.0.0.1", mac(1))
+	f.nw.setMAC("10.0.0.2", mac(2))
+	v := model.VIP{Address: vip1.Addr, Port: 80, Protocol: model.TCP, Backends: []model.Backend{be("10.0.0.1", 100)}}
+	if err := f.client.AddVIP(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+	// Applied before the call returned.
+	if _, ok := dpVIPs(t, f.dp)[reconcile.VIPKeyOf(vip1)]; !ok {
+		t.Fatal("vip not in the data plane after add")
+	}
+	err := f.client.AddVIP(ctx, v)
+	if err == nil || !strings.Contains(err.Error(), "10.0.0.100:80/tcp") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("duplicate add: %v, want a one-line error naming the vip", err)
+	}
+	if code, body := f.raw(t, "POST", "/v1/vips", `{"address":"10.0.0.100","port":80,"protocol":"tcp","backends":[]}`); code != http.StatusConflict || !strings.Contains(body, `"error"`) {
+		t.Fatalf("duplicate: %d %s", code, body)
+	}
+	vips, err := f.client.VIPs(ctx)
+	if err != nil || len(vips) != 1 || vips[0].ID() != vip1 || vips[0].Mode != model.ModeDR {
+		t.Fatalf("VIPs = %+v, %v", vips, err)
+	}
+
+	if err := f.client.AddBackend(ctx, vip1, be("10.0.0.2", 50)); err != nil {
+		t.Fatal(err)
+	}
+	drain := true
+	if err := f.client.SetBackend(ctx, vip1, netip.MustParseAddr("10.0.0.1"), 0, model.BackendPatch{Drain: &drain}); err != nil {
+		t.Fatal(err)
+	}
+	f.dp.SetFlows(1, 4)
+	bs, err := f.client.Backends(ctx, vip1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bs) != 2 || bs[0].State != model.BackendDraining || bs[0].Flows != 4 || bs[0].MAC != mac(1).String() ||
+		bs[1].State != model.BackendUp || bs[1].Weight != 50 {
+		t.Fatalf("backends %+v", bs)
+	}
+	if err := f.client.DeleteBackend(ctx, vip1, netip.MustParseAddr("10.0.0.9"), 0, false); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("delete unknown backend: %v", err)
+	}
+	if err := f.client.DeleteBackend(ctx, vip1, netip.MustParseAddr("10.0.0.2"), 0, false); err != nil {
+		t.Fatal(err)
+	}
+
+	st, err := f.client.State(ctx)
+	if err != nil || len(st.VIPs) != 1 || len(st.VIPs[0].Backends) != 1 {
+		t.Fatalf("state %+v %v", st, err)
+	}
+	vip2 := model.VIPID{Addr: netip.MustParseAddr("2001:db8::1"), Port: 443, Protocol: model.TCP}
+	st.VIPs = append(st.VIPs, model.VIP{Address: vip2.Addr, Port: 443, Protocol: model.TCP, Backends: []model.Backend{}})
+	if err := f.client.Apply(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	if vips, _ := f.client.VIPs(ctx); len(vips) != 2 {
+		t.Fatalf("after apply: %+v", vips)
+	}
+	if err := f.client.DeleteVIP(ctx, vip2); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.client.DeleteVIP(ctx, vip2); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("second delete: %v", err)
+	}
+	if code, _ := f.raw(t, "DELETE", "/v1/vips/"+strings.ReplaceAll(vip2.String(), "/", "%2F"), ""); code != http.StatusNotFound {
+		t.Fatalf("delete unknown: %d", code)
+	}
+}
+
+func TestAPIBadRequests(t *testing.T) {
+	f := newAPIFixture(t)
+	for _, tc := range []struct {
+		name, method, path, body string
+		code                     int
+	}{
+		{"bad json", "POST", "/v1/vips", `{"address":`, 400},
+		{"unknown field", "POST", "/v1/vips", `{"address":"10.0.0.1","port":80,"protocol":"tcp","colour":"red"}`, 400},
+		{"trailing data", "POST", "/v1/vips", `{"address":"10.0.0.1","port":80,"protocol":"tcp"} {}`, 400},
+		{"invalid vip", "POST", "/v1/vips", `{"address":"10.0.0.1","port":0,"protocol":"tcp"}`, 400},
+		{"bad vip in path", "DELETE", "/v1/vips/nonsense", ``, 400},
+		{"unknown vip", "GET", "/v1/vips/10.9.9.9:80%2Ftcp/backends", ``, 404},
+		{"too large", "PUT", "/v1/state", `{"vips":[` + strings.Repeat(" ", maxBody) + `]}`, 400},
+		{"wrong method", "PATCH", "/v1/vips", `{}`, 405},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body := f.raw(t, tc.method, tc.path, tc.body)
+			if code != tc.code {
+				t.Fatalf("%s %s: %d %s, want %d", tc.method, tc.path, code, body, tc.code)
+			}
+			if code != 405 && (!strings.HasPrefix(body, `{"error":`) || strings.Count(strings.TrimSpace(body), "\n") != 0) {
+				t.Fatalf("body %q is not a one-line APIError", body)
+			}
+		})
+	}
+}
+
+func TestAPIStatsAndStatus(t *testing.T) {
+	f := newAPIFixture(t)
+	ctx := context.Background()
+	f.nw.setMAC("10.0.0.1", mac(1))
+	if err := f.client.AddVIP(ctx, model.VIP{Address: vip1.Addr, Port: 80, Protocol: model.TCP, Backends: []model.Backend{be("10.0.0.1", 100)}}); err != nil {
+		t.Fatal(err)
+	}
+	f.dp.SetVIPCounters(1, loader.Counters{Packets: 10, Bytes: 1000, Flows: 2})
+	f.dp.SetBackendCounters(1, loader.Counters{Packets: 9, Bytes: 900, Flows: 2})
+	f.dp.SetActions(loader.ActionCount{Ifindex: 1, Action: "tx", Count: 9}, loader.ActionCount{Ifindex: 0, Action: "pass", Count: 3})
+	f.dp.SetDrops("no_backend", 1)
+
+	s, err := f.client.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.VIPs) != 1 || s.VIPs[0].VIP != "10.0.0.100:80/tcp" || s.VIPs[0].Packets != 10 || s.VIPs[0].Bytes != 1000 ||
+		len(s.VIPs[0].Backends) != 1 || s.VIPs[0].Backends[0].Packets != 9 || s.VIPs[0].Backends[0].Flows != 2 {
+		t.Fatalf("stats %+v", s)
+	}
+	if s.Drops["no_backend"] != 1 || len(s.Actions) != 2 || s.Time.IsZero() {
+		t.Fatalf("stats %+v", s)
+	}
+	ds, err := f.client.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds.Version != "test" || ds.VIPs != 1 || ds.Backends != 1 || len(ds.Interfaces) != 1 ||
+		ds.Interfaces[0].XDPMode != "native" || ds.PinPath == "" || len(ds.Maps) != 2 {
+		t.Fatalf("status %+v", ds)
+	}
+}
+
+func TestClientDaemonDown(t *testing.T) {
+	c := NewClient(filepath.Join(t.TempDir(), "none.sock"))
+	_, err := c.VIPs(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "daemon not reachable") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+func TestAPIBackendWeightDefault(t *testing.T) {
+	f := newAPIFixture(t)
+	if code, body := f.raw(t, "POST", "/v1/vips", `{"address":"10.0.0.100","port":80,"protocol":"tcp","backends":[]}`); code != 201 {
+		t.Fatalf("add vip: %d %s", code, body)
+	}
+	for _, tc := range []struct{ body string }{
+		{`{"address":"10.0.0.1"}`},
+		{`{"address":"10.0.0.2","weight":0}`},
+		{`{"address":"10.0.0.3","weight":7}`},
+	} {
+		if code, body := f.raw(t, "POST", "/v1/vips/10.0.0.100:80%2Ftcp/backends", tc.body); code != 201 {
+			t.Fatalf("add backend %s: %d %s", tc.body, code, body)
+		}
+	}
+	v, err := f.store.VIP(model.VIPID{Addr: netip.MustParseAddr("10.0.0.100"), Port: 80, Protocol: model.TCP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]uint32{}
+	for _, b := range v.Backends {
+		got[b.Address.String()] = b.Weight
+	}
+	want := map[string]uint32{"10.0.0.1": model.DefaultWeight, "10.0.0.2": 0, "10.0.0.3": 7}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("backend %s weight %d, want %d", k, got[k], w)
+		}
+	}
+}

@@ -1,0 +1,111 @@
+// Package api is the daemon's HTTP+JSON API on its unix socket: the wire
+// types, the server, the client the CLI uses, and the Prometheus metrics.
+package api
+
+import (
+	"github.com/xdplb/xdplb/control/model"
+	"net/netip"
+	"time"
+)
+
+// Types carried as JSON between the daemon's API (server.go) and its only
+// client, the CLI (client.go).
+//
+// Routes (HTTP on the unix socket; {vip} is "ADDR:PORT/PROTO" and {backend}
+// is "ADDR" or "ADDR:PORT", both path-escaped):
+//
+//	GET    /v1/vips                          -> []VIP
+//	POST   /v1/vips                   VIP    -> 201
+//	DELETE /v1/vips/{vip}                    -> 204
+//	GET    /v1/vips/{vip}/backends           -> []BackendStatus
+//	POST   /v1/vips/{vip}/backends    Backend      -> 201
+//	PATCH  /v1/vips/{vip}/backends/{backend} BackendPatch -> 204
+//	DELETE /v1/vips/{vip}/backends/{backend}[?force=true] -> 204; 409 while it has open flows, unless forced
+//	GET    /v1/state                         -> State
+//	PUT    /v1/state                  State  -> 204 (apply)
+//	GET    /v1/stats                         -> Stats
+//	GET    /v1/status                        -> DaemonStatus
+//
+// Errors are a 4xx/5xx status with APIError as the body.
+
+// APIError is the body of every failed request.
+type APIError struct {
+	Error string `json:"error"`
+}
+
+// BackendStatus is a backend with what the daemon knows of it now.
+type BackendStatus struct {
+	model.Backend
+	State string `json:"state"`
+	MAC   string `json:"mac,omitempty"`
+	Flows int    `json:"flows"` // open flows in the connection table that point at it
+	// Health checks (empty without a check): the last probe's outcome
+	// ("ok", "connect refused", "timeout", "http 503", ...) and when the
+	// backend last changed between up and down.
+	Check      string    `json:"check,omitempty"`
+	CheckSince time.Time `json:"check_since,omitzero"`
+}
+
+// CounterSet is packets, bytes and new flows since the program was loaded.
+type CounterSet struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+	Flows   uint64 `json:"flows"`
+}
+
+// BackendStats are the counters of one backend of a VIP.
+type BackendStats struct {
+	Address netip.Addr `json:"address"`
+	Port    uint16     `json:"port,omitempty"`
+	CounterSet
+}
+
+// VIPStats are the counters of one VIP and its backends.
+type VIPStats struct {
+	VIP string `json:"vip"` // "ADDR:PORT/PROTO"
+	CounterSet
+	Backends []BackendStats `json:"backends"`
+}
+
+// ActionStats is how often the program returned an action on an interface.
+type ActionStats struct {
+	Iface  string `json:"iface"`
+	Action string `json:"action"`
+	Count  uint64 `json:"count"`
+}
+
+// Stats is what `xdplb stats` shows; rates are computed by the CLI from two samples.
+type Stats struct {
+	Time    time.Time         `json:"time"`
+	VIPs    []VIPStats        `json:"vips"`
+	Actions []ActionStats     `json:"actions"`
+	Drops   map[string]uint64 `json:"drops"`
+}
+
+// IfaceInfo is one interface the program is attached to.
+type IfaceInfo struct {
+	Name      string `json:"name"`
+	Ifindex   int    `json:"ifindex"`
+	XDPMode   string `json:"xdp_mode"`
+	ProgramID uint32 `json:"program_id"`
+	LinkID    uint32 `json:"link_id"`
+}
+
+// MapInfo is how full one map is.
+type MapInfo struct {
+	Name       string `json:"name"`
+	Entries    int    `json:"entries"`
+	MaxEntries uint32 `json:"max_entries"`
+}
+
+// DaemonStatus is what `xdplb status` shows.
+type DaemonStatus struct {
+	Version    string      `json:"version"`
+	StartTime  time.Time   `json:"start_time"`
+	Uptime     string      `json:"uptime"`
+	PinPath    string      `json:"pin_path"`
+	Interfaces []IfaceInfo `json:"interfaces"`
+	Maps       []MapInfo   `json:"maps"`
+	VIPs       int         `json:"vips"`
+	Backends   int         `json:"backends"`
+}

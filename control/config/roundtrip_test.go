@@ -1,0 +1,122 @@
+package config
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"reflect"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/xdplb/xdplb/control/model"
+)
+
+// randomState has VIPs of every shape the fast codec writes, and some it
+// leaves to yaml.v3 (IPv6, health checks).
+func randomState(r *rand.Rand, vips int, slow bool) model.State {
+	st := model.State{VIPs: []model.VIP{}}
+	words := []string{"tcp", "udp"}
+	for i := range vips {
+		v := model.VIP{Address: netip.AddrFrom4([4]byte{10, byte(r.IntN(256)), byte(i >> 8), byte(i)}),
+			Port: uint16(r.IntN(65536)), Protocol: model.Protocol(words[r.IntN(2)])}
+		if r.IntN(2) == 0 {
+			v.Mode, v.Scheduler = model.ModeDR, []model.Scheduler{model.SchedMaglev, model.SchedSH, model.SchedRR}[r.IntN(3)]
+		}
+		if r.IntN(3) == 0 {
+			a := r.IntN(2) == 0
+			v.Announce = &a
+		}
+		for j := range r.IntN(5) {
+			b := model.Backend{Address: netip.AddrFrom4([4]byte{10, 1, byte(i), byte(j)}), Weight: uint32(r.IntN(3)) * uint32(r.Uint32()>>r.IntN(32))}
+			if r.IntN(3) == 0 {
+				b.Port = uint16(r.IntN(65536))
+			}
+			b.Drain = r.IntN(4) == 0
+			v.Backends = append(v.Backends, b)
+		}
+		if slow && r.IntN(4) == 0 {
+			v.HealthCheck = &model.HealthCheck{Type: model.CheckHTTP, Path: "/healthz", Interval: model.DefaultCheckInterval}
+		}
+		if slow && r.IntN(4) == 0 {
+			v.Address = netip.MustParseAddr(fmt.Sprintf("2001:db8::%x", i+1))
+			for j := range v.Backends {
+				v.Backends[j].Address = netip.MustParseAddr(fmt.Sprintf("2001:db8:1::%x", j+1))
+			}
+		}
+		st.VIPs = append(st.VIPs, v)
+	}
+	model.Normalize(&st)
+	return st
+}
+
+// Export and apply round-trip any state, and export writes what yaml.v3
+// writes of the model's own types, so files written by older versions read
+// the same.
+func TestRoundTripRandomStates(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for n := range 300 {
+		st := randomState(r, 1+n%7, n%2 == 1)
+		got, err := Marshal(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		enc := yaml.NewEncoder(&buf)
+		enc.SetIndent(2)
+		if err := enc.Encode(st); err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != buf.String() {
+			t.Fatalf("state %d: Marshal\n%s\nyaml.v3 of the model\n%s", n, got, buf.String())
+		}
+		back, err := Parse(got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(back, st) {
+			t.Fatalf("state %d: round trip\n%+v\nwant %+v", n, back, st)
+		}
+	}
+}
+
+// Inputs in every YAML shape parse, or are refused, as yaml.v3 decides.
+func TestParseShapes(t *testing.T) {
+	head := "vips:\n  - address: 10.0.0.1\n    port: 80\n    protocol: tcp\n"
+	cases := map[string]struct {
+		in      string
+		wantErr bool
+		weight  uint32 // of the first backend, when there is one
+	}{
+		"comment":          {in: head + "    # hi\n    backends: []\n"},
+		"flow backends":    {in: head + "    backends:\n      - {address: 10.0.1.1, weight: 5}\n", weight: 5},
+		"quoted":           {in: head + "    mode: \"dr\"\n    backends: []\n"},
+		"no weight":        {in: head + "    backends:\n      - address: 10.0.1.1\n", weight: model.DefaultWeight},
+		"weight 0":         {in: head + "    backends:\n      - address: 10.0.1.1\n        weight: 0\n", weight: 0},
+		"octal-looking":    {in: head + "    backends:\n      - address: 10.0.1.1\n        weight: 010\n", weight: 8},
+		"duplicate key":    {in: head + "    port: 81\n    backends: []\n", wantErr: true},
+		"unknown key":      {in: head + "    color: red\n    backends: []\n", wantErr: true},
+		"no final newline": {in: head + "    backends: []"},
+		"indent 4":         {in: "vips:\n    - address: 10.0.0.1\n      port: 80\n      protocol: tcp\n"},
+		"port too big":     {in: head + "    backends:\n      - address: 10.0.1.1\n        port: 70000\n", wantErr: true},
+		"bool word":        {in: "vips:\n  - address: 10.0.0.1\n    port: 80\n    protocol: yes\n"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			got, err := Parse([]byte(tc.in))
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("Parse: %+v, %v; want error: %v", got, err, tc.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			if len(got.VIPs) != 1 || got.VIPs[0].Port != 80 {
+				t.Fatalf("Parse: %+v", got)
+			}
+			if bs := got.VIPs[0].Backends; len(bs) > 0 && bs[0].Weight != tc.weight {
+				t.Fatalf("weight %d, want %d", bs[0].Weight, tc.weight)
+			}
+		})
+	}
+}

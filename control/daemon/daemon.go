@@ -1,0 +1,261 @@
+// Package daemon wires the control plane together: the state, the network
+// stack, the data plane, health checks, the reconciler and the API, and
+// undoes it all on request (detach).
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/xdplb/xdplb/control/api"
+	"github.com/xdplb/xdplb/control/config"
+	"github.com/xdplb/xdplb/control/model"
+	"github.com/xdplb/xdplb/control/netstack"
+	"github.com/xdplb/xdplb/control/reconcile"
+	"github.com/xdplb/xdplb/control/state"
+
+	"github.com/xdplb/xdplb/healthcheck"
+	"github.com/xdplb/xdplb/loader"
+)
+
+// DefaultStateDir holds the desired state (ARCHITECTURE.md); the data
+// plane's defaults are loader's.
+const DefaultStateDir = "/var/lib/xdplb"
+
+// Config is the daemon's command line: the data plane's options (loader
+// owns their defaults and rules) and the control plane's own.
+type Config struct {
+	loader.Options
+	StateDir    string
+	ConfigFile  string // replaces the stored state at start when set
+	MetricsAddr string
+	SocketPath  string
+	// DetachOnExit removes the XDP program, its pins and the announced
+	// VIP addresses when the daemon stops (a clean uninstall); by default
+	// they stay and forwarding continues without the daemon.
+	DetachOnExit bool
+	Version      string
+}
+
+// DatapathCloser is a data plane the daemon owns: Close releases its
+// handles but keeps programs, maps and links pinned; Remove also detaches
+// and unpins everything.
+type DatapathCloser interface {
+	reconcile.Datapath
+	Close() error
+	Remove() error
+}
+
+// OpenDatapath loads the data plane; RunDaemon uses loader.Load.
+type OpenDatapath func(loader.Options) (DatapathCloser, error)
+
+// Run runs the daemon until ctx is cancelled, then cleans up. The XDP
+// program, its maps and the announced VIP addresses stay in place when it
+// returns, so forwarding continues across a restart or upgrade.
+func Run(ctx context.Context, cfg Config) error {
+	return RunWith(ctx, cfg, func(o loader.Options) (DatapathCloser, error) {
+		dp, err := loader.Load(o)
+		if err != nil {
+			return nil, err
+		}
+		return dp, nil
+	})
+}
+
+func (cfg *Config) defaults() error {
+	cfg.Options.Defaults()
+	if cfg.StateDir == "" {
+		cfg.StateDir = DefaultStateDir
+	}
+	if cfg.SocketPath == "" {
+		cfg.SocketPath = api.DefaultSocketPath
+	}
+	if cfg.MetricsAddr == "" {
+		cfg.MetricsAddr = api.DefaultMetricsAddr
+	}
+	if err := cfg.Options.Validate(); err != nil {
+		return err
+	}
+	return cfg.Options.CheckInterfaces()
+}
+
+// RunWith is Run with the data plane opened by open (tests use a fake).
+func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
+	if err := cfg.defaults(); err != nil {
+		return err
+	}
+	log := cfg.Logger
+	start := time.Now()
+
+	// The state dir's lock, then the socket: a second daemon must touch
+	// neither the running one's state nor its data plane.
+	lock, err := state.LockDir(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	apiLn, err := api.ListenUnix(ctx, cfg.SocketPath)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		apiLn.Close()
+		if rerr := os.Remove(cfg.SocketPath); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			log.Warn("remove socket", "err", rerr)
+		}
+	}()
+	metricsLn, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics listener: %w", err)
+	}
+	defer metricsLn.Close()
+
+	nw, err := netstack.New(netstack.Options{Interfaces: cfg.Interfaces, StateDir: cfg.StateDir, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer nw.Close()
+
+	if err := migrateYAMLState(cfg.StateDir, log); err != nil {
+		return err
+	}
+	store, err := state.Open(cfg.StateDir, nw.CheckState)
+	if err != nil {
+		return err
+	}
+	// A state larger than the maps is a configuration error, refused when
+	// it is given, not a failed map write later.
+	store.SetLimits(cfg.MaxVIPs, cfg.MaxBackends)
+	if err := model.ValidateLimits(store.State(), cfg.MaxVIPs, cfg.MaxBackends); err != nil {
+		return fmt.Errorf("state in %s: %w", cfg.StateDir, err)
+	}
+	if cfg.ConfigFile != "" {
+		st, err := config.Load(cfg.ConfigFile)
+		if err != nil {
+			return fmt.Errorf("config %s: %w", cfg.ConfigFile, err)
+		}
+		if err := store.Replace(st); err != nil {
+			return fmt.Errorf("config %s: %w", cfg.ConfigFile, err)
+		}
+		log.Info("state replaced from config file", "file", cfg.ConfigFile, "vips", len(st.VIPs))
+	}
+
+	dp, err := open(cfg.Options)
+	if err != nil {
+		return fmt.Errorf("load data plane: %w", err)
+	}
+	defer func() {
+		if cfg.DetachOnExit {
+			detachOnExit(dp, nw, log)
+			return
+		}
+		if cerr := dp.Close(); cerr != nil {
+			log.Warn("close data plane", "err", cerr)
+		}
+		log.Info("daemon stopped; XDP program, maps and announced addresses stay in place, forwarding continues")
+	}()
+
+	// Health first: the initial reconcile hands it the restored state, whose
+	// backends begin up (a restart must not stop forwarding).
+	hm := api.NewHealthMetrics()
+	checks := healthcheck.NewManager(healthcheck.Options{
+		Clock:        healthcheck.RealClock(),
+		Prober:       healthcheck.NewProber(),
+		Logger:       log,
+		OnProbe:      hm.ObserveProbe,
+		OnTransition: hm.ObserveTransition,
+	})
+	rec := reconcile.NewReconciler(store, dp, nw, reconcile.NewHealthChecker(checks), log)
+	if err := rec.Reconcile(ctx); err != nil {
+		return fmt.Errorf("initial reconcile: %w", err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	goRun := func(fn func()) {
+		wg.Add(1)
+		go func() { defer wg.Done(); fn() }()
+	}
+	srv := &api.Server{Store: store, Datapath: dp, Reconciler: rec, Version: cfg.Version, StartTime: start, Log: log}
+	goRun(func() {
+		if err := srv.Serve(ctx, apiLn); err != nil {
+			errc <- err
+		}
+	})
+	coll := api.NewCollector(dp, store, rec, cfg.Version, log)
+	goRun(func() {
+		if err := api.ServeMetrics(ctx, metricsLn, coll, log, hm); err != nil {
+			errc <- err
+		}
+	})
+	goRun(func() { nw.Watch(ctx) })
+	goRun(func() { checks.Run(ctx) })
+	goRun(func() { rec.Run(ctx) })
+	log.Info("daemon running", "iface", cfg.Interfaces, "socket", cfg.SocketPath,
+		"metrics", metricsLn.Addr().String(), "state_dir", cfg.StateDir, "vips", len(store.State().VIPs))
+
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		log.Error("daemon server failed", "err", err)
+	}
+	cancel()
+	wg.Wait()
+	return err
+}
+
+// detachOnExit withdraws the announced VIP addresses and removes the
+// program, its links and maps: after it the host forwards nothing for
+// xdplb. The desired state stays in the state directory.
+func detachOnExit(dp DatapathCloser, nw reconcile.Network, log *slog.Logger) {
+	// The daemon's context is done; withdrawing takes no waiting.
+	if err := nw.Announce(context.Background(), nil); err != nil {
+		log.Warn("withdraw announced addresses", "err", err)
+	}
+	if err := dp.Remove(); err != nil {
+		log.Warn("remove data plane", "err", err)
+		return
+	}
+	log.Info("daemon stopped and detached: XDP program, maps and announced addresses removed")
+}
+
+// migrateYAMLState turns the state of an xdplb that kept it as YAML
+// (state.yaml and its journal) into the state file of this one, once: the
+// YAML stays beside it, renamed, so nothing an operator had is lost.
+func migrateYAMLState(dir string, log *slog.Logger) error {
+	old := filepath.Join(dir, legacyStateFile)
+	b, err := os.ReadFile(old)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read state: %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, state.File)); err == nil {
+		return nil // migrated already; the YAML is a leftover
+	}
+	st, err := config.Parse(b)
+	if err != nil {
+		return fmt.Errorf("state file %s is corrupt (fix or remove it): %w", old, err)
+	}
+	if err := state.Migrate(dir, b, st); err != nil {
+		return fmt.Errorf("migrate %s: %w", old, err)
+	}
+	if err := os.Rename(old, old+".migrated"); err != nil {
+		return fmt.Errorf("migrate %s: %w", old, err)
+	}
+	log.Info("state migrated to JSON", "from", old, "to", filepath.Join(dir, state.File), "vips", len(st.VIPs))
+	return nil
+}
+
+// legacyStateFile is where xdplb kept the desired state before state.File.
+const legacyStateFile = "state.yaml"

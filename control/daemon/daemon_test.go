@@ -1,0 +1,216 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xdplb/xdplb/control/api"
+	"github.com/xdplb/xdplb/control/reconcile"
+	"github.com/xdplb/xdplb/control/reconcile/reconciletest"
+
+	"github.com/xdplb/xdplb/control/model"
+	"github.com/xdplb/xdplb/control/state"
+	"github.com/xdplb/xdplb/loader"
+)
+
+func daemonConfig(t *testing.T) Config {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "xlbd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return Config{
+		Options:     loader.Options{Interfaces: []string{"lo"}, LookupSize: testTableSize},
+		StateDir:    filepath.Join(dir, "state"),
+		SocketPath:  filepath.Join(dir, "run", "xdplb.sock"),
+		MetricsAddr: "127.0.0.1:0",
+		Version:     "test",
+	}
+}
+
+func TestDaemonFlagErrors(t *testing.T) {
+	open := func(loader.Options) (DatapathCloser, error) {
+		t.Fatal("data plane opened despite a bad flag")
+		return nil, nil
+	}
+	for _, tc := range []struct {
+		change func(*Config)
+		want   string
+	}{
+		{func(c *Config) { c.LookupSize = 65536 }, "--maglev-size 65536: must be a prime"},
+		{func(c *Config) { c.Interfaces = []string{"nosuch0"} }, "interface nosuch0 not found"},
+		{func(c *Config) { c.Interfaces = nil }, "at least one --iface"},
+		{func(c *Config) { c.XDPMode = loader.XDPMode("fast") }, `--xdp-mode "fast"`},
+	} {
+		cfg := daemonConfig(t)
+		tc.change(&cfg)
+		err := RunWith(context.Background(), cfg, open)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("err %v, want %q", err, tc.want)
+		}
+	}
+}
+
+func TestDaemonBadConfigFailsFast(t *testing.T) {
+	cfg := daemonConfig(t)
+	cfg.ConfigFile = filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(cfg.ConfigFile, []byte("vips:\n  - address: 10.0.0.300\n    port: 80\n    protocol: tcp\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := RunWith(context.Background(), cfg, func(loader.Options) (DatapathCloser, error) {
+		return newTestDatapath(), nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "bad.yaml") {
+		t.Fatalf("err %v", err)
+	}
+	if _, err := os.Stat(cfg.SocketPath); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket left behind: %v", err)
+	}
+}
+
+func TestDaemonServesAndStops(t *testing.T) {
+	cfg := daemonConfig(t)
+	dp := newTestDatapath()
+	optsc := make(chan loader.Options, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- RunWith(ctx, cfg, func(o loader.Options) (DatapathCloser, error) { optsc <- o; return dp, nil })
+	}()
+	c := api.NewClient(cfg.SocketPath)
+	defer c.Close()
+	var err error
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err = c.Status(context.Background()); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		cancel()
+		t.Fatalf("daemon not serving: %v (exit: %v)", err, <-done)
+	}
+	if opts := <-optsc; opts.LookupSize != testTableSize || opts.XDPMode != loader.XDPModeAuto || len(opts.Interfaces) != 1 {
+		t.Errorf("loader options %+v", opts)
+	}
+	id := model.VIPID{Addr: netip.MustParseAddr("192.0.2.10"), Port: 80, Protocol: model.TCP}
+	if err := c.AddVIP(context.Background(), model.VIP{Address: id.Addr, Port: 80, Protocol: model.TCP}); err != nil {
+		t.Fatal(err)
+	}
+	// A second daemon on the same socket refuses to start; so does one on
+	// the same state dir with another socket, and neither removes the
+	// running one's socket.
+	second := func(loader.Options) (DatapathCloser, error) {
+		t.Error("second daemon opened the data plane")
+		return dp, nil
+	}
+	if err := RunWith(context.Background(), cfg, second); !errors.Is(err, state.ErrLocked) {
+		t.Errorf("second daemon: %v", err)
+	}
+	other := cfg
+	other.SocketPath = filepath.Join(t.TempDir(), "other.sock")
+	err = RunWith(context.Background(), other, second)
+	if !errors.Is(err, state.ErrLocked) || !strings.Contains(err.Error(), fmt.Sprintf("(pid %d)", os.Getpid())) {
+		t.Errorf("second daemon on the same state dir: %v", err)
+	}
+	if _, err := c.Status(context.Background()); err != nil {
+		t.Errorf("first daemon after the second was refused: %v", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("daemon exit: %v", err)
+	}
+	if _, err := os.Stat(cfg.SocketPath); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket not removed: %v", err)
+	}
+	vips, _ := dp.VIPs()
+	if _, ok := vips[reconcile.VIPKeyOf(id)]; !ok {
+		t.Fatal("vip not written to the data plane")
+	}
+	// The state survives: a restarted daemon's store has the VIP.
+	st, err := state.Open(cfg.StateDir, nil)
+	if err != nil || len(st.State().VIPs) != 1 {
+		t.Fatalf("restored state: %v %v", st, err)
+	}
+}
+
+func TestDaemonDetachOnExit(t *testing.T) {
+	for _, detach := range []bool{false, true} {
+		t.Run(fmt.Sprint("detach=", detach), func(t *testing.T) {
+			cfg := daemonConfig(t)
+			cfg.DetachOnExit = detach
+			dp := newTestDatapath()
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				done <- RunWith(ctx, cfg, func(loader.Options) (DatapathCloser, error) { return dp, nil })
+			}()
+			c := api.NewClient(cfg.SocketPath)
+			defer c.Close()
+			var err error
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				if err = c.AddVIP(context.Background(), model.VIP{Address: netip.MustParseAddr("192.0.2.10"), Port: 80, Protocol: model.TCP}); err == nil {
+					break
+				}
+			}
+			cancel()
+			if err != nil {
+				t.Fatalf("add vip: %v (exit: %v)", err, <-done)
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("daemon exit: %v", err)
+			}
+			vips, _ := dp.VIPs()
+			if dp.Removed() != detach || (len(vips) == 0) != detach {
+				t.Errorf("removed %v with %d vips left, want removed %v", dp.Removed(), len(vips), detach)
+			}
+			// The desired state stays either way, and the lock is free.
+			st, err := state.Open(cfg.StateDir, nil)
+			if err != nil || len(st.State().VIPs) != 1 {
+				t.Fatalf("state after exit: %v", err)
+			}
+			l, err := state.LockDir(cfg.StateDir)
+			if err != nil {
+				t.Fatalf("lock after exit: %v", err)
+			}
+			l.Unlock()
+		})
+	}
+}
+
+func TestLockStateDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	l, err := state.LockDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := state.LockDir(dir); !errors.Is(err, state.ErrLocked) {
+		t.Fatalf("second lock: %v", err)
+	}
+	if err := Detach(context.Background(), DetachConfig{StateDir: dir, BPFFS: t.TempDir()}); !errors.Is(err, state.ErrLocked) ||
+		!strings.Contains(err.Error(), "stop the daemon first") {
+		t.Fatalf("detach while locked: %v", err)
+	}
+	if err := l.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	l, err = state.LockDir(dir)
+	if err != nil {
+		t.Fatalf("lock after unlock: %v", err)
+	}
+	l.Unlock()
+}
+
+const testTableSize = 251
+
+// newTestDatapath is an empty fake data plane with small limits.
+func newTestDatapath() *reconciletest.Datapath {
+	return reconciletest.NewDatapath(testTableSize, 16, 64)
+}

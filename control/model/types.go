@@ -1,0 +1,239 @@
+// Package model holds the desired state's types (VIPs, backends, checks),
+// their normalisation and validation, and the naming and comparison helpers
+// the rest of the control plane shares. It imports nothing of ours but
+// healthcheck, whose timing rules it applies so that they have one owner.
+package model
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Protocol of a VIP, as written in configs and on the command line.
+type Protocol string
+
+const (
+	TCP Protocol = "tcp"
+	UDP Protocol = "udp"
+)
+
+// Mode is the forwarding mode of a VIP.
+type Mode string
+
+const (
+	ModeDR      Mode = "dr"
+	ModeNAT     Mode = "nat"
+	ModeFullNAT Mode = "fullnat"
+)
+
+// Scheduler picks the backend of a new flow.
+type Scheduler string
+
+const (
+	SchedMaglev Scheduler = "maglev"
+	SchedSH     Scheduler = "sh"
+	SchedRR     Scheduler = "rr"
+	SchedWRR    Scheduler = "wrr"
+	SchedRandom Scheduler = "random"
+	SchedLC     Scheduler = "lc"
+	SchedWLC    Scheduler = "wlc"
+)
+
+// DefaultWeight is a backend's weight when none is given.
+const DefaultWeight = 100
+
+// Duration is a time.Duration written as "1s", "500ms" in YAML and JSON.
+type Duration time.Duration
+
+// HealthCheck configures the active probes of a VIP's backends.
+type HealthCheck struct {
+	Type     string   `json:"type,omitempty" yaml:"type,omitempty"` // tcp|http|udp|none
+	Port     uint16   `json:"port,omitempty" yaml:"port,omitempty"`
+	Path     string   `json:"path,omitempty" yaml:"path,omitempty"`
+	Interval Duration `json:"interval,omitempty" yaml:"interval,omitempty"`
+	Timeout  Duration `json:"timeout,omitempty" yaml:"timeout,omitempty"`
+	Rise     int      `json:"rise,omitempty" yaml:"rise,omitempty"`
+	Fall     int      `json:"fall,omitempty" yaml:"fall,omitempty"`
+}
+
+// Backend is a real server behind a VIP.
+type Backend struct {
+	Address netip.Addr `json:"address" yaml:"address"`
+	Port    uint16     `json:"port,omitempty" yaml:"port,omitempty"` // 0: the VIP's port
+	Weight  uint32     `json:"weight" yaml:"weight"`
+	Drain   bool       `json:"drain,omitempty" yaml:"drain,omitempty"`
+}
+
+// VIP is a virtual service and its backends.
+type VIP struct {
+	Address     netip.Addr   `json:"address" yaml:"address"`
+	Port        uint16       `json:"port" yaml:"port"`
+	Protocol    Protocol     `json:"protocol" yaml:"protocol"`
+	Mode        Mode         `json:"mode,omitempty" yaml:"mode,omitempty"`
+	Scheduler   Scheduler    `json:"scheduler,omitempty" yaml:"scheduler,omitempty"`
+	Announce    *bool        `json:"announce,omitempty" yaml:"announce,omitempty"` // nil: on when inside an attached subnet
+	HealthCheck *HealthCheck `json:"healthcheck,omitempty" yaml:"healthcheck,omitempty"`
+	Backends    []Backend    `json:"backends" yaml:"backends"`
+}
+
+// State is the whole desired state: what `export` prints and `apply` takes.
+type State struct {
+	VIPs []VIP `json:"vips" yaml:"vips"`
+}
+
+// VIPID is the key of a VIP: "10.0.0.1:80/tcp" or "[2001:db8::1]:80/tcp".
+type VIPID struct {
+	Addr     netip.Addr
+	Port     uint16
+	Protocol Protocol
+}
+
+func (id VIPID) String() string {
+	return netip.AddrPortFrom(id.Addr, id.Port).String() + "/" + string(id.Protocol)
+}
+
+// ID returns the key of v.
+func (v *VIP) ID() VIPID { return VIPID{Addr: v.Address, Port: v.Port, Protocol: v.Protocol} }
+
+// ParseVIPID parses "ADDR:PORT/PROTO".
+func ParseVIPID(s string) (VIPID, error) {
+	ap, proto, ok := strings.Cut(s, "/")
+	if !ok {
+		return VIPID{}, fmt.Errorf("vip %q: want ADDR:PORT/PROTO", s)
+	}
+	addrPort, err := netip.ParseAddrPort(ap)
+	if err != nil {
+		return VIPID{}, fmt.Errorf("vip %q: %w", s, err)
+	}
+	p := Protocol(strings.ToLower(proto))
+	if p != TCP && p != UDP {
+		return VIPID{}, fmt.Errorf("vip %q: protocol must be tcp or udp", s)
+	}
+	if addrPort.Port() == 0 {
+		return VIPID{}, fmt.Errorf("vip %q: port must be 1-65535", s)
+	}
+	return VIPID{Addr: addrPort.Addr().Unmap(), Port: addrPort.Port(), Protocol: p}, nil
+}
+
+// ParseBackendAddr parses "ADDR" or "ADDR:PORT" ("[V6]:PORT" for IPv6 with a port).
+func ParseBackendAddr(s string) (netip.Addr, uint16, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return a.Unmap(), 0, nil
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.Addr{}, 0, fmt.Errorf("backend %q: want ADDR or ADDR:PORT", s)
+	}
+	return ap.Addr().Unmap(), ap.Port(), nil
+}
+
+// String prints a Duration as Go does ("1.5s").
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalText writes a Duration as "1s"; YAML and JSON both use it.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText reads "1s", "500ms", or a bare number of seconds.
+func (d *Duration) UnmarshalText(b []byte) error {
+	s := string(b)
+	if v, err := time.ParseDuration(s); err == nil {
+		*d = Duration(v)
+		return nil
+	}
+	if secs, err := strconv.ParseFloat(s, 64); err == nil {
+		*d = Duration(secs * float64(time.Second))
+		return nil
+	}
+	return fmt.Errorf("duration %q: want a value like 1s or 500ms", s)
+}
+
+// BackendPatch changes a backend; nil fields stay as they are.
+type BackendPatch struct {
+	Weight *uint32 `json:"weight,omitempty"`
+	Drain  *bool   `json:"drain,omitempty"`
+}
+
+// Apply makes the change on b.
+func (p BackendPatch) Apply(b *Backend) {
+	if p.Weight != nil {
+		b.Weight = *p.Weight
+	}
+	if p.Drain != nil {
+		b.Drain = *p.Drain
+	}
+}
+
+// Backend states shown by `backend list`.
+const (
+	BackendUp         = "up"
+	BackendDraining   = "draining"   // weight 0 or drain: open flows only
+	BackendUnresolved = "unresolved" // no neighbour entry (MAC) yet
+	BackendDown       = "down"       // failed health checks
+)
+
+// BackendState is what `backend list` shows: draining wins over down (the
+// operator's decision first), down over unresolved (the checks say more
+// than a missing MAC).
+func BackendState(drained, up, resolved bool) string {
+	switch {
+	case drained:
+		return BackendDraining
+	case !up:
+		return BackendDown
+	case !resolved:
+		return BackendUnresolved
+	default:
+		return BackendUp
+	}
+}
+
+// Drained reports whether b takes no new flows (weight 0 or drain).
+func (b Backend) Drained() bool { return b.Weight == 0 || b.Drain }
+
+// Neighbour is where a DR backend is: the interface it is reached through
+// and its MAC.
+type Neighbour struct {
+	Ifindex int
+	Iface   string
+	SrcMAC  net.HardwareAddr // MAC of the egress interface
+	MAC     net.HardwareAddr // nil: not resolved (yet)
+}
+
+// Resolution is the outcome of resolving one backend address.
+type Resolution struct {
+	Neighbour
+	Err error
+}
+
+// Clone returns a deep copy of s.
+func (s State) Clone() State {
+	out := State{}
+	if s.VIPs != nil {
+		out.VIPs = make([]VIP, len(s.VIPs))
+		for i := range s.VIPs {
+			out.VIPs[i] = s.VIPs[i].Clone()
+		}
+	}
+	return out
+}
+
+// Clone returns a deep copy of v.
+func (v VIP) Clone() VIP {
+	out := v
+	if v.Announce != nil {
+		a := *v.Announce
+		out.Announce = &a
+	}
+	if v.HealthCheck != nil {
+		hc := *v.HealthCheck
+		out.HealthCheck = &hc
+	}
+	if v.Backends != nil {
+		out.Backends = append([]Backend{}, v.Backends...)
+	}
+	return out
+}

@@ -1,0 +1,319 @@
+package model
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/xdplb/xdplb/healthcheck"
+)
+
+// Sentinel errors of the store and validation; the API maps them to 404,
+// 409 and 400. They are always wrapped with the VIP or backend concerned.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+	ErrInvalid  = errors.New("invalid")
+)
+
+// Health check types.
+const (
+	CheckNone = "none"
+	CheckTCP  = "tcp"
+	CheckHTTP = "http"
+	CheckUDP  = "udp"
+)
+
+// Health check defaults and bounds, applied by Normalize and checked by Validate.
+const (
+	DefaultCheckInterval = Duration(time.Second)
+	DefaultCheckTimeout  = Duration(500 * time.Millisecond)
+	DefaultRise          = 2
+	DefaultFall          = 3
+	MinCheckInterval     = Duration(healthcheck.MinInterval)
+	MaxRiseFall          = healthcheck.MaxRiseFall
+	MaxWeight            = 65535
+)
+
+// invalidError is a validation problem: its text is the message alone (one
+// line, ready for the CLI), and it matches ErrInvalid and its cause, if any.
+type invalidError struct {
+	msg   string
+	cause error
+}
+
+func (e *invalidError) Error() string { return e.msg }
+
+func (e *invalidError) Unwrap() []error {
+	if e.cause != nil {
+		return []error{ErrInvalid, e.cause}
+	}
+	return []error{ErrInvalid}
+}
+
+func Invalidf(format string, args ...any) error {
+	return &invalidError{msg: fmt.Sprintf(format, args...)}
+}
+
+// AsInvalid makes err match ErrInvalid, keeping its text and chain.
+func AsInvalid(err error) error {
+	if err == nil || errors.Is(err, ErrInvalid) {
+		return err
+	}
+	return &invalidError{msg: err.Error(), cause: err}
+}
+
+// Normalize fills defaults and puts s into its canonical form, so that two
+// equal configurations compare equal and export the same text: addresses
+// unmapped, names lower-cased, mode dr and scheduler maglev when empty,
+// health-check defaults when a check is set, a backend port equal to the
+// VIP port written as 0, VIPs sorted by (address, port, protocol) and
+// backends by (address, port), empty lists non-nil.
+//
+// Weights are not defaulted: 0 is meaningful (no new flows). Whoever creates
+// a backend without a weight applies DefaultWeight (the CLI flag default,
+// ParseState for a missing `weight:` key).
+func Normalize(s *State) {
+	if s.VIPs == nil {
+		s.VIPs = []VIP{}
+	}
+	for i := range s.VIPs {
+		NormalizeVIP(&s.VIPs[i])
+	}
+	slices.SortStableFunc(s.VIPs, func(a, b VIP) int { return CompareVIPID(a.ID(), b.ID()) })
+}
+
+// NormalizeVIP is Normalize of one VIP.
+func NormalizeVIP(v *VIP) {
+	v.Address = v.Address.Unmap()
+	v.Protocol = Protocol(strings.ToLower(string(v.Protocol)))
+	v.Mode = Mode(strings.ToLower(string(v.Mode)))
+	if v.Mode == "" {
+		v.Mode = ModeDR
+	}
+	v.Scheduler = Scheduler(strings.ToLower(string(v.Scheduler)))
+	if v.Scheduler == "" {
+		v.Scheduler = SchedMaglev
+	}
+	if v.HealthCheck != nil {
+		normalizeCheck(v.HealthCheck)
+	}
+	if v.Backends == nil {
+		v.Backends = []Backend{}
+	}
+	for i := range v.Backends {
+		b := &v.Backends[i]
+		b.Address = b.Address.Unmap()
+		if b.Port == v.Port {
+			b.Port = 0
+		}
+	}
+	slices.SortStableFunc(v.Backends, func(a, b Backend) int {
+		return compareAddrPort(a.Address, a.Port, b.Address, b.Port)
+	})
+}
+
+func normalizeCheck(hc *HealthCheck) {
+	hc.Type = strings.ToLower(hc.Type)
+	if hc.Type == "" || hc.Type == CheckNone {
+		// Nothing is probed: the other fields mean nothing, and clearing
+		// them keeps one spelling of "no check" whatever flag defaults the
+		// caller sent along.
+		*hc = HealthCheck{Type: CheckNone}
+		return
+	}
+	if hc.Interval == 0 {
+		hc.Interval = DefaultCheckInterval
+	}
+	if hc.Timeout == 0 {
+		// The timeout must stay below the interval, also for short intervals.
+		hc.Timeout = min(DefaultCheckTimeout, hc.Interval/2)
+	}
+	if hc.Rise == 0 {
+		hc.Rise = DefaultRise
+	}
+	if hc.Fall == 0 {
+		hc.Fall = DefaultFall
+	}
+	if hc.Type == CheckHTTP && hc.Path == "" {
+		hc.Path = "/"
+	}
+}
+
+// Validate checks a normalized state (see Normalize; empty fields that
+// Normalize fills are errors here) and returns the first problem in VIP order,
+// wrapping ErrInvalid. It changes nothing.
+func Validate(s State) error { return ValidateLimits(s, 0, 0) }
+
+// ValidateLimits is Validate plus the data plane's map sizes (0: no limit):
+// VIP ids are 1..maxVIPs-1 and backend ids 1..maxBackends-1, one per backend
+// of each VIP, so at most maxVIPs-1 VIPs and maxBackends-1 backends in all.
+func ValidateLimits(s State, maxVIPs, maxBackends uint32) error {
+	if err := CheckCapacity(s, maxVIPs, maxBackends); err != nil {
+		return err
+	}
+	seen := make(map[VIPID]bool, len(s.VIPs))
+	for i := range s.VIPs {
+		v := &s.VIPs[i]
+		if err := ValidateVIP(v, i); err != nil {
+			return err
+		}
+		id := v.ID()
+		id.Addr = id.Addr.Unmap()
+		if seen[id] {
+			return Invalidf("vip %s: duplicate vip", id)
+		}
+		seen[id] = true
+	}
+	return nil
+}
+
+// checkCapacity refuses a state with more VIPs or backends (over all VIPs)
+// than the data plane's maps hold (ids 1..max-1; 0: no limit). It is cheap:
+// the store runs it on every change.
+func CheckCapacity(s State, maxVIPs, maxBackends uint32) error {
+	if maxVIPs > 0 && len(s.VIPs) > int(maxVIPs)-1 {
+		return Invalidf("%d vips: at most %d fit in the data plane", len(s.VIPs), int(maxVIPs)-1)
+	}
+	total := 0
+	for i := range s.VIPs {
+		total += len(s.VIPs[i].Backends)
+	}
+	if maxBackends > 0 && total > int(maxBackends)-1 {
+		return Invalidf("%d backends in all vips: at most %d fit in the data plane", total, int(maxBackends)-1)
+	}
+	return nil
+}
+
+// ValidateVIP checks one normalized VIP; index names it in messages when its
+// address is missing.
+func ValidateVIP(v *VIP, index int) error {
+	if !v.Address.IsValid() {
+		return Invalidf("vip #%d: address is missing or malformed", index+1)
+	}
+	name := v.ID().String()
+	if err := checkAddr(v.Address); err != nil {
+		return Invalidf("vip %s: address %s", name, err)
+	}
+	if v.Port == 0 {
+		return Invalidf("vip %s: port must be 1-65535", name)
+	}
+	if v.Protocol != TCP && v.Protocol != UDP {
+		return Invalidf("vip %s: protocol %q: want tcp or udp", name, v.Protocol)
+	}
+	switch v.Mode {
+	case ModeDR:
+	case ModeNAT, ModeFullNAT:
+		return Invalidf("vip %s: mode %s is not supported yet", name, v.Mode)
+	default:
+		return Invalidf("vip %s: unknown mode %q: want dr, nat or fullnat", name, v.Mode)
+	}
+	switch v.Scheduler {
+	case SchedMaglev, SchedSH:
+	case SchedRR, SchedWRR, SchedRandom, SchedLC, SchedWLC:
+		return Invalidf("vip %s: scheduler %s is not supported yet", name, v.Scheduler)
+	default:
+		return Invalidf("vip %s: unknown scheduler %q: want maglev, sh, rr, wrr, random, lc or wlc", name, v.Scheduler)
+	}
+	if v.HealthCheck != nil {
+		if err := validateCheck(v); err != nil {
+			return Invalidf("vip %s: healthcheck: %s", name, err)
+		}
+	}
+	type bkey struct {
+		addr netip.Addr
+		port uint16
+	}
+	seen := make(map[bkey]bool, len(v.Backends))
+	for j := range v.Backends {
+		b := &v.Backends[j]
+		if !b.Address.IsValid() {
+			return Invalidf("vip %s: backend #%d: address is missing or malformed", name, j+1)
+		}
+		port := b.Port
+		if port == 0 {
+			port = v.Port
+		}
+		addr := b.Address.Unmap()
+		bname := BackendName(addr, b.Port)
+		if err := checkAddr(addr); err != nil {
+			return Invalidf("vip %s: backend %s: address %s", name, bname, err)
+		}
+		if addr.Is4() != v.Address.Unmap().Is4() {
+			return Invalidf("vip %s: backend %s: address family differs from the vip's", name, bname)
+		}
+		if addr == v.Address.Unmap() {
+			return Invalidf("vip %s: backend %s: backend address is the vip address", name, bname)
+		}
+		if v.Mode == ModeDR && port != v.Port {
+			return Invalidf("vip %s: backend %s: dr mode cannot change the port: use the vip port %d or none", name, bname, v.Port)
+		}
+		if b.Weight > MaxWeight {
+			return Invalidf("vip %s: backend %s: weight %d: want 0-%d", name, bname, b.Weight, MaxWeight)
+		}
+		k := bkey{addr, port}
+		if seen[k] {
+			return Invalidf("vip %s: backend %s: duplicate backend", name, bname)
+		}
+		seen[k] = true
+	}
+	return nil
+}
+
+// checkAddr rejects addresses that can never be a VIP or a backend.
+func checkAddr(a netip.Addr) error {
+	switch {
+	case a.Zone() != "":
+		return errors.New("must not have a zone")
+	case a.IsUnspecified():
+		return errors.New("is unspecified")
+	case a.IsLoopback():
+		return errors.New("is a loopback address")
+	case a.IsMulticast():
+		return errors.New("is a multicast address")
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return errors.New("is the broadcast address")
+	}
+	return nil
+}
+
+// validateCheck checks the health check of v. The timing rules (interval at
+// least 100ms, timeout above 0 and below the interval, rise and fall 1-100)
+// are the prober's own, healthcheck.Spec.Validate, so that the two can never
+// disagree; the rules about the configuration's form are here.
+func validateCheck(v *VIP) error {
+	hc := v.HealthCheck
+	switch hc.Type {
+	case CheckNone:
+		return nil
+	case CheckTCP, CheckUDP, CheckHTTP:
+	default:
+		return fmt.Errorf("unknown type %q: want tcp, http, udp or none", hc.Type)
+	}
+	if hc.Type == CheckHTTP && !strings.HasPrefix(hc.Path, "/") {
+		// Normalize writes "/" for an empty path, so "" is an error here.
+		return fmt.Errorf("path %q: must start with /", hc.Path)
+	}
+	if hc.Type != CheckHTTP && hc.Path != "" {
+		return fmt.Errorf("path %q: only http checks have a path", hc.Path)
+	}
+	// Any backend stands for all: the target's address does not change
+	// the timing rules.
+	spec := checkSpec(v, *hc, Backend{Address: v.Address})
+	if err := spec.Validate(); err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), healthcheck.ErrInvalidSpec.Error()+": "))
+	}
+	return nil
+}
+
+// BackendName is how a backend is named in messages and on the command line:
+// "ADDR" when it uses the VIP's port (port 0), else "ADDR:PORT".
+func BackendName(addr netip.Addr, port uint16) string {
+	if port == 0 {
+		return addr.String()
+	}
+	return netip.AddrPortFrom(addr, port).String()
+}

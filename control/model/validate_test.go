@@ -1,0 +1,245 @@
+package model
+
+import (
+	"errors"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func boolp(b bool) *bool { return &b }
+
+// validState is a normalized state that passes Validate; cases change one thing.
+func validState() State {
+	return State{VIPs: []VIP{
+		{
+			Address: netip.MustParseAddr("10.200.0.100"), Port: 80, Protocol: TCP,
+			Mode: ModeDR, Scheduler: SchedMaglev,
+			HealthCheck: &HealthCheck{Type: CheckHTTP, Path: "/healthz",
+				Interval: Duration(time.Second), Timeout: Duration(500 * time.Millisecond), Rise: 2, Fall: 3},
+			Backends: []Backend{
+				{Address: netip.MustParseAddr("10.200.0.11"), Weight: 100},
+				{Address: netip.MustParseAddr("10.200.0.12"), Weight: 0, Drain: true},
+			},
+		},
+		{
+			Address: netip.MustParseAddr("2001:db8::1"), Port: 53, Protocol: UDP,
+			Mode: ModeDR, Scheduler: SchedSH, Announce: boolp(false),
+			Backends: []Backend{{Address: netip.MustParseAddr("2001:db8::11"), Port: 53, Weight: 65535}},
+		},
+	}}
+}
+
+func TestValidateValid(t *testing.T) {
+	cases := map[string]func(*State){
+		"base":        func(*State) {},
+		"empty":       func(s *State) { *s = State{} },
+		"no backends": func(s *State) { s.VIPs[0].Backends = nil },
+		"check none":  func(s *State) { s.VIPs[0].HealthCheck = &HealthCheck{Type: CheckNone} },
+		"tcp check": func(s *State) {
+			s.VIPs[0].HealthCheck = &HealthCheck{Type: CheckTCP, Port: 8080, Interval: Duration(100 * time.Millisecond), Timeout: 1, Rise: 1, Fall: 100}
+		},
+		"udp check": func(s *State) { s.VIPs[0].HealthCheck.Type = CheckUDP; s.VIPs[0].HealthCheck.Path = "" },
+		"same addr two vips": func(s *State) {
+			v := s.VIPs[0]
+			v.Port = 443
+			s.VIPs = append(s.VIPs, v)
+		},
+		"same addr port other proto": func(s *State) {
+			v := s.VIPs[0]
+			v.Protocol = UDP
+			s.VIPs = append(s.VIPs, v)
+		},
+		"backend port = vip port": func(s *State) { s.VIPs[0].Backends[0].Port = 80 },
+		"link-local backend": func(s *State) {
+			s.VIPs[1].Backends[0].Address = netip.MustParseAddr("fe80::1")
+		},
+	}
+	for name, mod := range cases {
+		t.Run(name, func(t *testing.T) {
+			s := validState()
+			mod(&s)
+			if err := Validate(s); err != nil {
+				t.Fatalf("Validate: %v", err)
+			}
+		})
+	}
+}
+
+func TestValidateErrors(t *testing.T) {
+	cases := []struct {
+		name string
+		mod  func(*State)
+		want string // substring of the one-line error
+	}{
+		{"vip address missing", func(s *State) { s.VIPs[0].Address = netip.Addr{} }, "vip #1: address is missing"},
+		{"vip unspecified", func(s *State) { s.VIPs[0].Address = netip.MustParseAddr("0.0.0.0") }, "vip 0.0.0.0:80/tcp: address is unspecified"},
+		{"vip unspecified v6", func(s *State) { s.VIPs[1].Address = netip.MustParseAddr("::") }, "vip [::]:53/udp: address is unspecified"},
+		{"vip loopback", func(s *State) { s.VIPs[0].Address = netip.MustParseAddr("127.0.0.1") }, "address is a loopback address"},
+		{"vip multicast", func(s *State) { s.VIPs[0].Address = netip.MustParseAddr("224.0.0.1") }, "address is a multicast address"},
+		{"vip multicast v6", func(s *State) { s.VIPs[1].Address = netip.MustParseAddr("ff02::1") }, "address is a multicast address"},
+		{"vip broadcast", func(s *State) { s.VIPs[0].Address = netip.MustParseAddr("255.255.255.255") }, "address is the broadcast address"},
+		{"vip zone", func(s *State) { s.VIPs[1].Address = netip.MustParseAddr("2001:db8::1%eth0") }, "must not have a zone"},
+		{"vip port 0", func(s *State) { s.VIPs[0].Port = 0 }, "vip 10.200.0.100:0/tcp: port must be 1-65535"},
+		{"protocol", func(s *State) { s.VIPs[0].Protocol = "sctp" }, `protocol "sctp": want tcp or udp`},
+		{"duplicate vip", func(s *State) { s.VIPs = append(s.VIPs, s.VIPs[0]) }, "vip 10.200.0.100:80/tcp: duplicate vip"},
+		{"duplicate vip mapped", func(s *State) {
+			v := s.VIPs[0].Clone()
+			v.Address = netip.MustParseAddr("::ffff:10.200.0.100")
+			s.VIPs = append(s.VIPs, v)
+		}, "duplicate vip"},
+		{"mode nat", func(s *State) { s.VIPs[0].Mode = ModeNAT }, "vip 10.200.0.100:80/tcp: mode nat is not supported yet"},
+		{"mode fullnat", func(s *State) { s.VIPs[0].Mode = ModeFullNAT }, "mode fullnat is not supported yet"},
+		{"mode unknown", func(s *State) { s.VIPs[0].Mode = "tun" }, `unknown mode "tun"`},
+		{"mode empty", func(s *State) { s.VIPs[0].Mode = "" }, `unknown mode ""`},
+		{"scheduler rr", func(s *State) { s.VIPs[0].Scheduler = SchedRR }, "scheduler rr is not supported yet"},
+		{"scheduler wlc", func(s *State) { s.VIPs[0].Scheduler = SchedWLC }, "scheduler wlc is not supported yet"},
+		{"scheduler unknown", func(s *State) { s.VIPs[0].Scheduler = "hash" }, `unknown scheduler "hash"`},
+		{"check type", func(s *State) { s.VIPs[0].HealthCheck.Type = "icmp" }, `vip 10.200.0.100:80/tcp: healthcheck: unknown type "icmp"`},
+		{"check interval", func(s *State) { s.VIPs[0].HealthCheck.Interval = Duration(99 * time.Millisecond) }, "healthcheck: interval 99ms: want at least 100ms"},
+		{"check timeout 0", func(s *State) { s.VIPs[0].HealthCheck.Timeout = 0 }, "healthcheck: timeout 0s"},
+		{"check timeout = interval", func(s *State) { s.VIPs[0].HealthCheck.Timeout = Duration(time.Second) }, "healthcheck: timeout 1s: want more than 0 and less than the interval 1s"},
+		{"check rise 0", func(s *State) { s.VIPs[0].HealthCheck.Rise = 0 }, "healthcheck: rise 0: want 1-100"},
+		{"check rise 101", func(s *State) { s.VIPs[0].HealthCheck.Rise = 101 }, "healthcheck: rise 101"},
+		{"check fall 0", func(s *State) { s.VIPs[0].HealthCheck.Fall = 0 }, "healthcheck: fall 0: want 1-100"},
+		{"check fall 101", func(s *State) { s.VIPs[0].HealthCheck.Fall = 101 }, "healthcheck: fall 101"},
+		{"check http path", func(s *State) { s.VIPs[0].HealthCheck.Path = "healthz" }, `healthcheck: path "healthz": must start with /`},
+		{"check http empty path", func(s *State) { s.VIPs[0].HealthCheck.Path = "" }, `healthcheck: path "": must start with /`},
+		{"check tcp with path", func(s *State) { s.VIPs[0].HealthCheck.Type = CheckTCP }, `healthcheck: path "/healthz": only http checks have a path`},
+		{"check timeout above interval", func(s *State) { s.VIPs[0].HealthCheck.Timeout = Duration(2 * time.Second) }, "healthcheck: timeout 2s: want more than 0 and less than the interval 1s"},
+		{"check interval 0", func(s *State) { s.VIPs[0].HealthCheck.Interval = 0 }, "healthcheck: interval 0s: want at least 100ms"},
+		{"check udp timeout", func(s *State) {
+			*s.VIPs[0].HealthCheck = HealthCheck{Type: CheckUDP, Interval: Duration(100 * time.Millisecond), Timeout: Duration(100 * time.Millisecond), Rise: 1, Fall: 1}
+		}, "healthcheck: timeout 100ms: want more than 0 and less than the interval 100ms"},
+		{"backend missing address", func(s *State) { s.VIPs[0].Backends[1].Address = netip.Addr{} }, "vip 10.200.0.100:80/tcp: backend #2: address is missing"},
+		{"backend unspecified", func(s *State) { s.VIPs[0].Backends[0].Address = netip.MustParseAddr("0.0.0.0") }, "backend 0.0.0.0: address is unspecified"},
+		{"backend loopback", func(s *State) { s.VIPs[1].Backends[0].Address = netip.MustParseAddr("::1") }, "vip [2001:db8::1]:53/udp: backend [::1]:53: address is a loopback address"},
+		{"backend multicast", func(s *State) { s.VIPs[0].Backends[0].Address = netip.MustParseAddr("239.1.1.1") }, "backend 239.1.1.1: address is a multicast address"},
+		{"backend broadcast", func(s *State) { s.VIPs[0].Backends[0].Address = netip.MustParseAddr("255.255.255.255") }, "backend 255.255.255.255: address is the broadcast address"},
+		{"backend is vip", func(s *State) { s.VIPs[0].Backends[0].Address = s.VIPs[0].Address }, "backend 10.200.0.100: backend address is the vip address"},
+		{"family v6 in v4", func(s *State) { s.VIPs[0].Backends[0].Address = netip.MustParseAddr("2001:db8::11") }, "vip 10.200.0.100:80/tcp: backend 2001:db8::11: address family differs from the vip's"},
+		{"family v4 in v6", func(s *State) { s.VIPs[1].Backends[0].Address = netip.MustParseAddr("10.0.0.1") }, "address family differs"},
+		{"dr port change", func(s *State) { s.VIPs[0].Backends[0].Port = 8080 }, "vip 10.200.0.100:80/tcp: backend 10.200.0.11:8080: dr mode cannot change the port"},
+		{"weight", func(s *State) { s.VIPs[0].Backends[0].Weight = 65536 }, "backend 10.200.0.11: weight 65536: want 0-65535"},
+		{"duplicate backend", func(s *State) { s.VIPs[0].Backends = append(s.VIPs[0].Backends, s.VIPs[0].Backends[0]) }, "backend 10.200.0.11: duplicate backend"},
+		{"duplicate backend port 0 vs vip port", func(s *State) {
+			b := s.VIPs[0].Backends[0]
+			b.Port = 80
+			s.VIPs[0].Backends = append(s.VIPs[0].Backends, b)
+		}, "backend 10.200.0.11:80: duplicate backend"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := validState()
+			tc.mod(&s)
+			err := Validate(s)
+			if err == nil {
+				t.Fatalf("Validate: no error, want %q", tc.want)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %v does not wrap ErrInvalid", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q, want it to contain %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error %q is not one line", err)
+			}
+			if again := Validate(s); again == nil || again.Error() != err.Error() {
+				t.Errorf("not deterministic: %v then %v", err, again)
+			}
+		})
+	}
+}
+
+func TestValidateFirstProblemInOrder(t *testing.T) {
+	s := validState()
+	s.VIPs[0].Port = 0
+	s.VIPs[1].Protocol = "icmp"
+	err := Validate(s)
+	if err == nil || !strings.Contains(err.Error(), "port must be") {
+		t.Fatalf("got %v, want the first vip's problem", err)
+	}
+}
+
+func TestValidateLimits(t *testing.T) {
+	s := validState() // 2 vips, 3 backends
+	cases := []struct {
+		maxVIPs, maxBackends uint32
+		want                 string
+	}{
+		{0, 0, ""},
+		{3, 4, ""},
+		{2, 0, "2 vips: at most 1 fit"},
+		{0, 3, "3 backends in all vips: at most 2 fit"},
+	}
+	for _, tc := range cases {
+		err := ValidateLimits(s, tc.maxVIPs, tc.maxBackends)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("limits %d/%d: %v", tc.maxVIPs, tc.maxBackends, err)
+		case tc.want != "" && (err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("limits %d/%d: got %v, want %q", tc.maxVIPs, tc.maxBackends, err, tc.want)
+		}
+	}
+}
+
+func TestNormalize(t *testing.T) {
+	s := State{VIPs: []VIP{
+		{
+			Address: netip.MustParseAddr("::ffff:10.0.0.2"), Port: 80, Protocol: "TCP",
+			HealthCheck: &HealthCheck{Type: "HTTP"},
+			Backends: []Backend{
+				{Address: netip.MustParseAddr("10.0.1.2"), Port: 80, Weight: 0},
+				{Address: netip.MustParseAddr("::ffff:10.0.1.1"), Weight: 7},
+			},
+		},
+		{Address: netip.MustParseAddr("10.0.0.1"), Port: 443, Protocol: UDP, Mode: "DR", Scheduler: "SH",
+			HealthCheck: &HealthCheck{Type: CheckTCP, Interval: Duration(200 * time.Millisecond)}},
+		{Address: netip.MustParseAddr("10.0.0.1"), Port: 443, Protocol: TCP,
+			HealthCheck: &HealthCheck{Type: CheckNone, Interval: Duration(time.Second), Rise: 2, Port: 9}},
+		{Address: netip.MustParseAddr("2001:db8::1"), Port: 80, Protocol: TCP, Announce: boolp(true),
+			HealthCheck: &HealthCheck{}},
+		{Address: netip.MustParseAddr("10.0.0.1"), Port: 80, Protocol: TCP,
+			HealthCheck: &HealthCheck{Type: CheckUDP, Interval: Duration(3 * time.Second), Timeout: Duration(2 * time.Second), Rise: 5, Fall: 6, Port: 53}},
+	}}
+	Normalize(&s)
+	want := State{VIPs: []VIP{
+		{Address: netip.MustParseAddr("10.0.0.1"), Port: 80, Protocol: TCP, Mode: ModeDR, Scheduler: SchedMaglev,
+			HealthCheck: &HealthCheck{Type: CheckUDP, Interval: Duration(3 * time.Second), Timeout: Duration(2 * time.Second), Rise: 5, Fall: 6, Port: 53},
+			Backends:    []Backend{}},
+		{Address: netip.MustParseAddr("10.0.0.1"), Port: 443, Protocol: TCP, Mode: ModeDR, Scheduler: SchedMaglev,
+			HealthCheck: &HealthCheck{Type: CheckNone}, Backends: []Backend{}},
+		{Address: netip.MustParseAddr("10.0.0.1"), Port: 443, Protocol: UDP, Mode: ModeDR, Scheduler: SchedSH,
+			HealthCheck: &HealthCheck{Type: CheckTCP, Interval: Duration(200 * time.Millisecond), Timeout: Duration(100 * time.Millisecond), Rise: 2, Fall: 3},
+			Backends:    []Backend{}},
+		{Address: netip.MustParseAddr("10.0.0.2"), Port: 80, Protocol: TCP, Mode: ModeDR, Scheduler: SchedMaglev,
+			HealthCheck: &HealthCheck{Type: CheckHTTP, Path: "/", Interval: DefaultCheckInterval, Timeout: DefaultCheckTimeout, Rise: 2, Fall: 3},
+			Backends: []Backend{
+				{Address: netip.MustParseAddr("10.0.1.1"), Weight: 7},
+				{Address: netip.MustParseAddr("10.0.1.2"), Weight: 0},
+			}},
+		{Address: netip.MustParseAddr("2001:db8::1"), Port: 80, Protocol: TCP, Mode: ModeDR, Scheduler: SchedMaglev,
+			Announce: boolp(true), HealthCheck: &HealthCheck{Type: CheckNone}, Backends: []Backend{}},
+	}}
+	if !reflect.DeepEqual(s, want) {
+		t.Fatalf("Normalize:\n got %+v\nwant %+v", s, want)
+	}
+	if err := Validate(s); err != nil {
+		t.Fatalf("normalized state invalid: %v", err)
+	}
+	// Idempotent.
+	again := s.Clone()
+	Normalize(&again)
+	if !reflect.DeepEqual(again, s) {
+		t.Fatal("Normalize is not idempotent")
+	}
+
+	var empty State
+	Normalize(&empty)
+	if empty.VIPs == nil || len(empty.VIPs) != 0 {
+		t.Fatalf("empty state: %#v", empty)
+	}
+}

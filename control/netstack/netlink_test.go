@@ -1,0 +1,265 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"github.com/xdplb/xdplb/control/model"
+	"github.com/xdplb/xdplb/internal/testutil"
+	"golang.org/x/sys/unix"
+)
+
+// newNetns creates a named network namespace, deleted in Cleanup.
+func newNetns(t *testing.T, suffix string) netns.NsHandle {
+	return testutil.NewNetNS(t, fmt.Sprintf("xlbtest%d%s", os.Getpid()%100000, suffix))
+}
+
+type netFixture struct {
+	ns       netns.NsHandle
+	h        *netlink.Handle
+	lb, peer netlink.Link
+}
+
+func mustIPNet(t *testing.T, s string) *net.IPNet {
+	t.Helper()
+	p := netip.MustParsePrefix(s)
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// newNetFixture: lb0 (10.77.0.1/24, fd77::1/64) in a fresh namespace
+// <-veth-> peer0 (10.77.0.2/24, fd77::2/64) in another.
+func newNetFixture(t *testing.T) *netFixture {
+	ns, peerNS := newNetns(t, "a"), newNetns(t, "b")
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	ph, err := netlink.NewHandleAt(peerNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ph.Close)
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "lb0"}, PeerName: "peer0", PeerNamespace: netlink.NsFd(peerNS)}
+	if err := h.LinkAdd(veth); err != nil {
+		t.Fatalf("add veth: %v", err)
+	}
+	f := &netFixture{ns: ns, h: h}
+	for _, c := range []struct {
+		h     *netlink.Handle
+		link  *netlink.Link
+		name  string
+		addrs []string
+	}{{h, &f.lb, "lb0", []string{"10.77.0.1/24", "fd77::1/64"}}, {ph, &f.peer, "peer0", []string{"10.77.0.2/24", "fd77::2/64"}}} {
+		h := c.h
+		l, err := h.LinkByName(c.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range c.addrs {
+			if err := h.AddrAdd(l, &netlink.Addr{IPNet: mustIPNet(t, a), Flags: unix.IFA_F_NODAD}); err != nil {
+				t.Fatalf("add %s: %v", a, err)
+			}
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+		if l, err = h.LinkByName(c.name); err != nil {
+			t.Fatal(err)
+		}
+		*c.link = l
+	}
+	return f
+}
+
+func (f *netFixture) network(t *testing.T, dir string) *Netlink {
+	t.Helper()
+	n, err := New(Options{Interfaces: []string{"lb0"}, StateDir: dir, Namespace: &f.ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	return n
+}
+
+func (f *netFixture) addrs(t *testing.T) []string {
+	t.Helper()
+	as, err := f.h.AddrList(f.lb, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, a := range as {
+		if a.IP.IsLinkLocalUnicast() {
+			continue
+		}
+		s := a.IPNet.String()
+		if a.Label != "" && a.Label != "lb0" {
+			s += " " + a.Label
+		}
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestNetlinkRouteCheck(t *testing.T) {
+	f := newNetFixture(t)
+	n := f.network(t, "")
+	// Off-link: routed through a gateway, and no route at all.
+	if err := f.h.RouteAdd(&netlink.Route{Dst: mustIPNet(t, "10.99.0.0/24"), Gw: net.ParseIP("10.77.0.2"), LinkIndex: f.lb.Attrs().Index}); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"10.99.0.5", "192.0.2.7", "10.77.0.1"} {
+		_, err := n.Resolve(context.Background(), netip.MustParseAddr(a))
+		if !errors.Is(err, model.ErrInvalid) {
+			t.Errorf("resolve %s: %v, want ErrInvalid", a, err)
+		}
+	}
+	_, err := n.Resolve(context.Background(), netip.MustParseAddr("10.99.0.5"))
+	if err == nil || err.Error() != "backend 10.99.0.5 is not on a directly connected subnet of lb0" {
+		t.Errorf("message %q", err)
+	}
+	_, err = n.Resolve(context.Background(), netip.MustParseAddr("192.0.2.7"))
+	if err == nil || !strings.HasPrefix(err.Error(), "backend 192.0.2.7 is not on a directly connected subnet of lb0 (no route: ") {
+		t.Errorf("message without a route %q", err)
+	}
+	st := model.State{VIPs: []model.VIP{{Address: netip.MustParseAddr("10.77.0.100"), Port: 80, Protocol: model.TCP, Mode: model.ModeDR,
+		Backends: []model.Backend{be("10.77.0.2", 100)}}}}
+	if err := n.CheckState(st); err != nil {
+		t.Errorf("check on-link backend: %v", err)
+	}
+	st.VIPs[0].Backends = append(st.VIPs[0].Backends, be("10.99.0.5", 100))
+	if err := n.CheckState(st); !errors.Is(err, model.ErrInvalid) {
+		t.Errorf("check off-link backend: %v, want ErrInvalid", err)
+	}
+
+	// On-link, IPv4 and IPv6: the MAC gets resolved (managed entry or poke).
+	for _, a := range []string{"10.77.0.2", "fd77::2"} {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			nb, err := n.Resolve(context.Background(), netip.MustParseAddr(a))
+			if err != nil {
+				t.Fatalf("resolve %s: %v", a, err)
+			}
+			if nb.Ifindex != f.lb.Attrs().Index || nb.Iface != "lb0" || nb.SrcMAC.String() != f.lb.Attrs().HardwareAddr.String() {
+				t.Fatalf("resolve %s: %+v", a, nb)
+			}
+			if nb.MAC.String() == f.peer.Attrs().HardwareAddr.String() {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("resolve %s: MAC %v, want %v", a, nb.MAC, f.peer.Attrs().HardwareAddr)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	// This kernel (>= 5.16) takes managed entries: the kernel keeps them resolved.
+	neighs, err := f.h.NeighList(f.lb.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	managed := slices.ContainsFunc(neighs, func(nb netlink.Neigh) bool {
+		return nb.IP.Equal(net.ParseIP("10.77.0.2")) && nb.FlagsExt&netlink.NTF_EXT_MANAGED != 0
+	})
+	if !managed {
+		t.Errorf("no managed neighbour entry for 10.77.0.2: %+v", neighs)
+	}
+}
+
+func TestNetlinkWatchSignalsMACChange(t *testing.T) {
+	f := newNetFixture(t)
+	n := f.network(t, "")
+	ip := netip.MustParseAddr("10.77.0.9")
+	old := net.HardwareAddr{0x02, 0, 0, 0, 0x77, 1}
+	neigh := netlink.Neigh{LinkIndex: f.lb.Attrs().Index, IP: net.IP(ip.AsSlice()), State: netlink.NUD_PERMANENT, HardwareAddr: old}
+	if err := f.h.NeighAdd(&neigh); err != nil {
+		t.Fatal(err)
+	}
+	nb, err := n.Resolve(context.Background(), ip)
+	if err != nil || nb.MAC.String() != old.String() {
+		t.Fatalf("resolve: %+v %v", nb, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { n.Watch(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(200 * time.Millisecond) // let the subscription start
+	select {
+	case <-n.Changes():
+		t.Fatal("signalled without a change")
+	default:
+	}
+	neigh.HardwareAddr = net.HardwareAddr{0x02, 0, 0, 0, 0x77, 2}
+	if err := f.h.NeighSet(&neigh); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-n.Changes():
+	case <-time.After(3 * time.Second):
+		t.Fatal("no change signalled after the neighbour's MAC changed")
+	}
+}
+
+func TestNetlinkAnnounce(t *testing.T) {
+	f := newNetFixture(t)
+	dir := t.TempDir()
+	n := f.network(t, dir)
+	// The operator's own /32 on the interface: never touched.
+	if err := f.h.AddrAdd(f.lb, &netlink.Addr{IPNet: mustIPNet(t, "10.77.0.50/32")}); err != nil {
+		t.Fatal(err)
+	}
+	base := f.addrs(t)
+	want := map[netip.Addr]bool{
+		netip.MustParseAddr("10.77.0.100"):  false, // inside 10.77.0.0/24
+		netip.MustParseAddr("10.77.0.50"):   false, // already there
+		netip.MustParseAddr("fd77::100"):    false,
+		netip.MustParseAddr("192.0.2.1"):    false, // outside, not forced: routers' job
+		netip.MustParseAddr("198.51.100.1"): true,  // forced
+	}
+	if err := n.Announce(context.Background(), want); err != nil {
+		t.Fatal(err)
+	}
+	got := f.addrs(t)
+	wantAddrs := append(slices.Clone(base), "10.77.0.100/32 lb0:xlb", "198.51.100.1/32 lb0:xlb", "fd77::100/128")
+	slices.Sort(wantAddrs)
+	if !slices.Equal(got, wantAddrs) {
+		t.Fatalf("addresses %v, want %v", got, wantAddrs)
+	}
+	if err := n.Announce(context.Background(), want); err != nil || !slices.Equal(f.addrs(t), wantAddrs) {
+		t.Fatalf("second announce changed something: %v %v", f.addrs(t), err)
+	}
+
+	// A restarted daemon withdraws what the previous one added, and only that.
+	n2 := f.network(t, dir)
+	delete(want, netip.MustParseAddr("10.77.0.100"))
+	if err := n2.Announce(context.Background(), want); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.addrs(t); slices.Contains(got, "10.77.0.100/32 lb0:xlb") || !slices.Contains(got, "fd77::100/128") {
+		t.Fatalf("after withdrawing one: %v", got)
+	}
+	if err := n2.Announce(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.addrs(t); !slices.Equal(got, base) {
+		t.Fatalf("after withdrawing all: %v, want %v", got, base)
+	}
+	if !slices.Contains(base, "10.77.0.50/32") || !strings.Contains(strings.Join(base, " "), "10.77.0.1/24") {
+		t.Fatalf("base %v", base)
+	}
+}
+
+func be(a string, w uint32) model.Backend {
+	return model.Backend{Address: netip.MustParseAddr(a), Weight: w}
+}

@@ -1,0 +1,45 @@
+package reconcile
+
+import (
+	"github.com/xdplb/xdplb/loader"
+)
+
+// Datapath is what the reconciler and the metrics collector need of the
+// data plane; *loader.Datapath implements it, and tests use a fake.
+type Datapath interface {
+	// Limits fixed at load time.
+	LookupTableSize() uint32 // prime, e.g. 65537
+	MaxVIPs() uint32         // model.VIP ids are 1..MaxVIPs()-1
+	MaxBackends() uint32     // backend ids are 1..MaxBackends()-1
+
+	VIPs() (map[loader.VIPKey]loader.VIPMeta, error)
+	PutVIP(loader.VIPKey, loader.VIPMeta) error
+	DeleteVIP(loader.VIPKey) error
+
+	Backends() (map[uint32]loader.Backend, error)
+	PutBackend(loader.Backend) error
+	DeleteBackend(id uint32) error
+
+	// PutLookupTable makes table a VIP's table; len(table) must be
+	// LookupTableSize(), entries are backend ids (0: empty). A table in
+	// use may be rewritten slot by slot (each slot atomically), so every
+	// backend the old or the new table names must be usable meanwhile.
+	PutLookupTable(vipID uint32, table []uint32) error
+	// PutLookupTables gives the new VIPs of tables their tables in one
+	// map update, which pays at most one RCU grace period (~12 ms here)
+	// for them all.
+	PutLookupTables(tables map[uint32][]uint32) error
+	LookupTable(vipID uint32) ([]uint32, error) // nil when the model.VIP has none
+	DeleteLookupTable(vipID uint32) error
+
+	VIPCounters() (map[uint32]loader.Counters, error)     // by model.VIP id
+	BackendCounters() (map[uint32]loader.Counters, error) // by backend id
+	ActionCounters() ([]loader.ActionCount, error)
+	DropCounters() (map[string]uint64, error) // by drop reason name
+	// FlowsByBackend counts open flows per backend id: connection-table
+	// entries not closed by a TCP FIN/RST and seen within the idle
+	// timeout (loader.OpenFlowIdleTCP, loader.OpenFlowIdleUDP).
+	FlowsByBackend() (map[uint32]int, error)
+	ConntrackEntries() (int, error)
+	Status() (loader.Status, error)
+}

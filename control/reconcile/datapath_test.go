@@ -1,0 +1,14 @@
+package reconcile_test
+
+import (
+	"github.com/xdplb/xdplb/control/reconcile"
+	"github.com/xdplb/xdplb/control/reconcile/reconciletest"
+)
+
+// The fake the tests use stands in for the daemon's data plane (the method
+// set of daemon.DatapathCloser, which this package may not import).
+var _ interface {
+	reconcile.Datapath
+	Close() error
+	Remove() error
+} = (*reconciletest.Datapath)(nil)

@@ -1,0 +1,368 @@
+// Package controltest provides an in-memory data plane for tests of the
+// control plane and of the programs built on it.
+package reconciletest
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+
+	"github.com/xdplb/xdplb/loader"
+)
+
+// Datapath is an in-memory reconcile.Datapath (and reconcile.DatapathCloser).
+// It holds its maps as Go maps, refuses the writes the real maps would
+// refuse or that would let a packet reach a missing backend, and logs every
+// write in order. Its counters are what the test sets, or what a counters
+// function returns at every read. It is safe for concurrent use.
+type Datapath struct {
+	mu                            sync.Mutex
+	lookupSize, maxVIPs, maxBacks uint32
+
+	vips     map[loader.VIPKey]loader.VIPMeta
+	backends map[uint32]loader.Backend
+	tables   map[uint32][]uint32
+	writes   []string // "put-backend 3", "put-table 1", "put-vip 1", "del-vip 1", ...
+	failPut  error
+	// failTables is returned by PutLookupTables when set.
+	failTables error
+
+	vipCounters     map[uint32]loader.Counters
+	backendCounters map[uint32]loader.Counters
+	countersFunc    func(ids []uint32) map[uint32]loader.Counters
+	actions         []loader.ActionCount
+	drops           map[string]uint64
+	flows           map[uint32]int
+	ifaces          []loader.IfaceStatus
+	removed         bool
+}
+
+// NewDatapath returns an empty data plane with these limits: lookup tables
+// of lookupSize entries, VIP ids 1..maxVIPs-1 and backend ids
+// 1..maxBackends-1. It reports one interface, eth0 (ifindex 2), in native
+// mode, until SetInterfaces says otherwise.
+func NewDatapath(lookupSize, maxVIPs, maxBackends uint32) *Datapath {
+	return &Datapath{
+		lookupSize:      lookupSize,
+		maxVIPs:         maxVIPs,
+		maxBacks:        maxBackends,
+		vips:            map[loader.VIPKey]loader.VIPMeta{},
+		backends:        map[uint32]loader.Backend{},
+		tables:          map[uint32][]uint32{},
+		vipCounters:     map[uint32]loader.Counters{},
+		backendCounters: map[uint32]loader.Counters{},
+		drops:           map[string]uint64{},
+		flows:           map[uint32]int{},
+		ifaces:          []loader.IfaceStatus{{Name: "eth0", Ifindex: 2, Mode: loader.XDPModeNative, ProgramID: 7, LinkID: 8}},
+	}
+}
+
+func (f *Datapath) record(format string, args ...any) {
+	f.writes = append(f.writes, fmt.Sprintf(format, args...))
+}
+
+// TakeWrites returns the writes since the last call, oldest first, and
+// forgets them: "put-vip N", "del-vip N", "put-backend N", "del-backend N",
+// "put-table N" and "del-table N", with N the VIP or backend id.
+func (f *Datapath) TakeWrites() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	w := f.writes
+	f.writes = nil
+	return w
+}
+
+// LookupTables returns a copy of every lookup table, by VIP id.
+func (f *Datapath) LookupTables() map[uint32][]uint32 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[uint32][]uint32, len(f.tables))
+	for id, t := range f.tables {
+		out[id] = slices.Clone(t)
+	}
+	return out
+}
+
+// SetFailPut makes PutBackend return err; nil makes it work again.
+func (f *Datapath) SetFailPut(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failPut = err
+}
+
+// SetVIPCounters sets the counters of VIP id.
+func (f *Datapath) SetVIPCounters(id uint32, c loader.Counters) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.vipCounters[id] = c
+}
+
+// SetBackendCounters sets the counters of backend id.
+func (f *Datapath) SetBackendCounters(id uint32, c loader.Counters) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.backendCounters[id] = c
+}
+
+// SetCountersFunc makes VIPCounters and BackendCounters return fn(ids) at
+// every read, with ids the sorted ids of the VIPs or backends in the maps,
+// instead of the counters set. fn runs with the data plane locked, so it
+// may keep state without a lock of its own.
+func (f *Datapath) SetCountersFunc(fn func(ids []uint32) map[uint32]loader.Counters) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.countersFunc = fn
+}
+
+// SetActions sets the XDP verdict counters.
+func (f *Datapath) SetActions(a ...loader.ActionCount) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.actions = slices.Clone(a)
+}
+
+// SetDrops sets the drop counter of reason.
+func (f *Datapath) SetDrops(reason string, n uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.drops[reason] = n
+}
+
+// SetFlows sets the connection table entries of backend id; their sum is
+// ConntrackEntries.
+func (f *Datapath) SetFlows(id uint32, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.flows[id] = n
+}
+
+// SetInterfaces sets the interfaces Status reports.
+func (f *Datapath) SetInterfaces(ifaces ...loader.IfaceStatus) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ifaces = slices.Clone(ifaces)
+}
+
+func (f *Datapath) LookupTableSize() uint32 { return f.lookupSize }
+func (f *Datapath) MaxVIPs() uint32         { return f.maxVIPs }
+func (f *Datapath) MaxBackends() uint32     { return f.maxBacks }
+
+func (f *Datapath) VIPs() (map[loader.VIPKey]loader.VIPMeta, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.vips), nil
+}
+
+func (f *Datapath) PutVIP(k loader.VIPKey, m loader.VIPMeta) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if m.ID == 0 || m.ID >= f.maxVIPs {
+		return fmt.Errorf("vip id %d out of range", m.ID)
+	}
+	f.vips[k] = m
+	f.record("put-vip %d", m.ID)
+	return nil
+}
+
+func (f *Datapath) DeleteVIP(k loader.VIPKey) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	m, ok := f.vips[k]
+	if !ok {
+		return fmt.Errorf("vip %v: not found", k)
+	}
+	delete(f.vips, k)
+	f.record("del-vip %d", m.ID)
+	return nil
+}
+
+func (f *Datapath) Backends() (map[uint32]loader.Backend, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[uint32]loader.Backend, len(f.backends))
+	for id, b := range f.backends {
+		b.MAC, b.SrcMAC = slices.Clone(b.MAC), slices.Clone(b.SrcMAC)
+		out[id] = b
+	}
+	return out, nil
+}
+
+func (f *Datapath) PutBackend(b loader.Backend) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failPut != nil {
+		return f.failPut
+	}
+	if b.ID == 0 || b.ID >= f.maxBacks {
+		return fmt.Errorf("backend id %d out of range", b.ID)
+	}
+	b.MAC, b.SrcMAC = slices.Clone(b.MAC), slices.Clone(b.SrcMAC)
+	f.backends[b.ID] = b
+	f.record("put-backend %d", b.ID)
+	return nil
+}
+
+func (f *Datapath) DeleteBackend(id uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.backends, id)
+	f.record("del-backend %d", id)
+	return nil
+}
+
+func (f *Datapath) PutLookupTable(vipID uint32, t []uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.putTable(vipID, t)
+}
+
+// PutLookupTables checks every table first and writes all or none, as the
+// loader's single batched map update does; a failure set with
+// SetFailTables is returned before anything is written.
+func (f *Datapath) PutLookupTables(tables map[uint32][]uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failTables != nil {
+		return f.failTables
+	}
+	ids := slices.Sorted(maps.Keys(tables))
+	saved := maps.Clone(f.tables)
+	for _, id := range ids {
+		if err := f.putTable(id, tables[id]); err != nil {
+			f.tables = saved
+			return err
+		}
+	}
+	return nil
+}
+
+// SetFailTables makes PutLookupTables return err; nil makes it work again.
+func (f *Datapath) SetFailTables(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failTables = err
+}
+
+func (f *Datapath) putTable(vipID uint32, t []uint32) error {
+	if uint32(len(t)) != f.lookupSize {
+		return fmt.Errorf("table of %d entries, want %d", len(t), f.lookupSize)
+	}
+	// The data plane must never point at a backend that is not there.
+	// Each id once: a table has many more slots than backends.
+	seen := make([]bool, f.maxBacks)
+	for _, b := range t {
+		if b == 0 || b < f.maxBacks && seen[b] {
+			continue
+		}
+		if _, ok := f.backends[b]; !ok {
+			return fmt.Errorf("table points at missing backend %d", b)
+		}
+		if b < f.maxBacks {
+			seen[b] = true
+		}
+	}
+	f.tables[vipID] = slices.Clone(t)
+	f.record("put-table %d", vipID)
+	return nil
+}
+
+func (f *Datapath) LookupTable(vipID uint32) ([]uint32, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.tables[vipID]), nil
+}
+
+func (f *Datapath) DeleteLookupTable(vipID uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.tables, vipID)
+	f.record("del-table %d", vipID)
+	return nil
+}
+
+func (f *Datapath) VIPCounters() (map[uint32]loader.Counters, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.countersFunc != nil {
+		ids := make([]uint32, 0, len(f.vips))
+		for _, m := range f.vips {
+			ids = append(ids, m.ID)
+		}
+		slices.Sort(ids)
+		return f.countersFunc(ids), nil
+	}
+	return maps.Clone(f.vipCounters), nil
+}
+
+func (f *Datapath) BackendCounters() (map[uint32]loader.Counters, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.countersFunc != nil {
+		return f.countersFunc(slices.Sorted(maps.Keys(f.backends))), nil
+	}
+	return maps.Clone(f.backendCounters), nil
+}
+
+func (f *Datapath) ActionCounters() ([]loader.ActionCount, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.actions), nil
+}
+
+func (f *Datapath) DropCounters() (map[string]uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.drops), nil
+}
+
+func (f *Datapath) FlowsByBackend() (map[uint32]int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.flows), nil
+}
+
+func (f *Datapath) ConntrackEntries() (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, c := range f.flows {
+		n += c
+	}
+	return n, nil
+}
+
+func (f *Datapath) Status() (loader.Status, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return loader.Status{
+		PinPath:    "/sys/fs/bpf/xdplb",
+		Interfaces: slices.Clone(f.ifaces),
+		Maps: []loader.MapFill{
+			{Name: "vips", Entries: len(f.vips), MaxEntries: f.maxVIPs},
+			{Name: "backends", Entries: len(f.backends), MaxEntries: f.maxBacks},
+		},
+	}, nil
+}
+
+// Close does nothing: there is nothing to release.
+func (f *Datapath) Close() error { return nil }
+
+// Remove empties the data plane, as unpinning every map does.
+func (f *Datapath) Remove() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.vips = map[loader.VIPKey]loader.VIPMeta{}
+	f.backends = map[uint32]loader.Backend{}
+	f.tables = map[uint32][]uint32{}
+	f.writes = append(f.writes, "remove")
+	f.removed = true
+	return nil
+}
+
+// Removed reports whether Remove was called.
+func (f *Datapath) Removed() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.removed
+}

@@ -1,0 +1,146 @@
+package loader
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+)
+
+// The data plane's defaults, written here only: the daemon's config and
+// the CLI's flag defaults read them (ARCHITECTURE.md).
+const (
+	DefaultBPFFS         = "/sys/fs/bpf"
+	DefaultXDPMode       = XDPModeAuto
+	DefaultLookupSize    = 65537 // prime
+	DefaultConntrackSize = 1 << 20
+	DefaultMaxVIPs       = 1024
+	DefaultMaxBackends   = 65536
+)
+
+// Options configure Load. A zero field takes its default (see Defaults).
+// Validate words its errors after the daemon's flags, given in brackets.
+type Options struct {
+	BPFFS         string   // [--bpffs] DefaultBPFFS; pins go to BPFFS/xdplb; mounted as bpffs if it is not one
+	Interfaces    []string // [--iface] Load accepts none (tests): it loads and pins, attaches nothing
+	XDPMode       XDPMode  // [--xdp-mode] native|generic|auto; DefaultXDPMode
+	LookupSize    uint32   // [--maglev-size] a prime; DefaultLookupSize
+	ConntrackSize uint32   // [--conntrack-size] DefaultConntrackSize
+	MaxVIPs       uint32   // DefaultMaxVIPs
+	MaxBackends   uint32   // DefaultMaxBackends
+	Logger        *slog.Logger
+}
+
+// Defaults sets every zero field but Interfaces to its default (Logger
+// to one that discards).
+func (o *Options) Defaults() {
+	if o.BPFFS == "" {
+		o.BPFFS = DefaultBPFFS
+	}
+	if o.XDPMode == "" {
+		o.XDPMode = DefaultXDPMode
+	}
+	if o.LookupSize == 0 {
+		o.LookupSize = DefaultLookupSize
+	}
+	if o.ConntrackSize == 0 {
+		o.ConntrackSize = DefaultConntrackSize
+	}
+	if o.MaxVIPs == 0 {
+		o.MaxVIPs = DefaultMaxVIPs
+	}
+	if o.MaxBackends == 0 {
+		o.MaxBackends = DefaultMaxBackends
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate reports the first setting a daemon cannot run with; the error
+// wraps ErrInvalid. It checks the values as they are, so call Defaults
+// first for zero fields to mean defaults. It asks the kernel nothing:
+// whether the interfaces exist is CheckInterfaces' question. Load applies
+// the same checks but accepts no interface at all.
+func (o Options) Validate() error {
+	if len(o.Interfaces) == 0 {
+		return invalidf("at least one --iface is required")
+	}
+	return o.validate()
+}
+
+// validate is Validate without the need for an interface.
+func (o Options) validate() error {
+	if o.BPFFS == "" {
+		return invalidf("--bpffs %q: want a directory", o.BPFFS)
+	}
+	if _, err := ParseXDPMode(string(o.XDPMode)); err != nil {
+		return err
+	}
+	if !IsPrime(o.LookupSize) {
+		return invalidf("--maglev-size %d: must be a prime number (e.g. %d)", o.LookupSize, DefaultLookupSize)
+	}
+	if o.ConntrackSize == 0 {
+		return invalidf("--conntrack-size %d: must be at least 1", o.ConntrackSize)
+	}
+	// Id 0 is reserved in both, so one slot is not enough.
+	if o.MaxVIPs < 2 || o.MaxBackends < 2 {
+		return invalidf("max vips %d and max backends %d must be at least 2", o.MaxVIPs, o.MaxBackends)
+	}
+	seen := make(map[string]bool, len(o.Interfaces))
+	for _, name := range o.Interfaces {
+		if seen[name] {
+			return invalidf("--iface %s given twice", name)
+		}
+		seen[name] = true
+	}
+	return nil
+}
+
+// CheckInterfaces reports the first of o.Interfaces that is not an
+// interface of the caller's network namespace. Load checks this before it
+// loads anything.
+func (o Options) CheckInterfaces() error {
+	for _, name := range o.Interfaces {
+		if _, err := net.InterfaceByName(name); err != nil {
+			return fmt.Errorf("interface %s not found", name)
+		}
+	}
+	return nil
+}
+
+// ParseXDPMode returns the mode named s; the error wraps ErrInvalid.
+func ParseXDPMode(s string) (XDPMode, error) {
+	switch m := XDPMode(s); m {
+	case XDPModeNative, XDPModeGeneric, XDPModeAuto:
+		return m, nil
+	}
+	return "", invalidf("--xdp-mode %q: want native, generic or auto", s)
+}
+
+// IsPrime reports whether n is prime: a lookup table's size must be, or
+// Maglev's permutations do not cover it.
+func IsPrime(n uint32) bool {
+	if n < 2 {
+		return false
+	}
+	if n%2 == 0 {
+		return n == 2
+	}
+	for d := uint64(3); d*d <= uint64(n); d += 2 {
+		if uint64(n)%d == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// invalidError is an ErrInvalid whose text is only its message: it reaches
+// users as it is, in the words of the flags.
+type invalidError struct{ msg string }
+
+func (e *invalidError) Error() string { return e.msg }
+func (e *invalidError) Unwrap() error { return ErrInvalid }
+
+func invalidf(format string, args ...any) error {
+	return &invalidError{msg: fmt.Sprintf(format, args...)}
+}
