@@ -62,23 +62,8 @@ func vipFromFlags(c *cli.Context) (model.VIP, error) {
 	}
 	v := model.VIP{Address: id.Addr, Port: id.Port, Protocol: id.Protocol, Backends: []model.Backend{}}
 
-	if m := c.String("mode"); m != "" {
-		switch mode := model.Mode(m); mode {
-		case model.ModeDR, model.ModeNAT, model.ModeFullNAT:
-			v.Mode = mode
-		default:
-			return model.VIP{}, usagef(c, "unknown mode %q: want dr, nat or fullnat", m)
-		}
-	}
-	if s := c.String("scheduler"); s != "" {
-		switch sched := model.Scheduler(s); sched {
-		case model.SchedMaglev, model.SchedSH, model.SchedRR, model.SchedWRR,
-			model.SchedRandom, model.SchedLC, model.SchedWLC:
-			v.Scheduler = sched
-		default:
-			return model.VIP{}, usagef(c, "unknown scheduler %q: want maglev, sh, rr, wrr, random, lc or wlc", s)
-		}
-	}
+	v.Mode = model.Mode(c.String("mode"))
+	v.Scheduler = model.Scheduler(c.String("scheduler"))
 
 	if c.IsSet("announce") && c.IsSet("no-announce") {
 		return model.VIP{}, usagef(c, "--announce and --no-announce exclude each other")
@@ -93,6 +78,13 @@ func vipFromFlags(c *cli.Context) (model.VIP, error) {
 		return model.VIP{}, err
 	}
 	v.HealthCheck = hc
+	// The rules are the model's: what the daemon would refuse is a usage
+	// error here, before the daemon is asked.
+	check := v.Clone()
+	model.NormalizeVIP(&check)
+	if err := model.ValidateVIP(&check, 0); err != nil {
+		return model.VIP{}, usageError{withPath(c, err)}
+	}
 	return v, nil
 }
 
