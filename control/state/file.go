@@ -33,9 +33,49 @@ type envelope struct {
 
 // encodeFile is the content of File for st.
 func encodeFile(st model.State) ([]byte, error) {
-	body, err := json.Marshal(st)
-	if err != nil {
-		return nil, fmt.Errorf("encode state: %w", err)
+	return encodeFileCached(st, nil)
+}
+
+// vipCache holds each VIP's JSON as last written: JSON composes, so the
+// state's encoding is its VIPs' encodings joined, and a rewrite of a big
+// state after a single change re-encodes that VIP only.
+type vipCache map[model.VIPID]cachedVIP
+
+type cachedVIP struct {
+	v   model.VIP // the store never changes a VIP it holds
+	enc []byte
+}
+
+// encodeFileCached is encodeFile through c (nil: no cache), which it
+// updates to hold exactly st's VIPs.
+func encodeFileCached(st model.State, c vipCache) ([]byte, error) {
+	body := []byte(`{"vips":[`)
+	seen := make(map[model.VIPID]bool, len(st.VIPs))
+	for i := range st.VIPs {
+		v := &st.VIPs[i]
+		id := v.ID()
+		e, ok := c[id]
+		if !ok || !model.EqualVIP(&e.v, v) {
+			b, err := json.Marshal(v)
+			if err != nil {
+				return nil, fmt.Errorf("encode state: %w", err)
+			}
+			e = cachedVIP{v: *v, enc: b}
+			if c != nil {
+				c[id] = e
+			}
+		}
+		seen[id] = true
+		if i > 0 {
+			body = append(body, ',')
+		}
+		body = append(body, e.enc...)
+	}
+	body = append(body, "]}"...)
+	for id := range c {
+		if !seen[id] {
+			delete(c, id)
+		}
 	}
 	sum := sha256.Sum256(body)
 	out := make([]byte, 0, len(body)+128)

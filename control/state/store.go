@@ -35,6 +35,7 @@ type Store struct {
 	persist func(path string, data []byte) error
 	subs    []chan struct{}
 	journal journal
+	enc     vipCache // each VIP's part of the state file
 }
 
 // Open opens the state in dir (created with mode 0700 if missing). A
@@ -51,6 +52,7 @@ func Open(dir string, extra func(model.State) error) (*Store, error) {
 		path:    filepath.Join(dir, File),
 		extra:   extra,
 		persist: writeAtomic,
+		enc:     vipCache{},
 		journal: journal{path: filepath.Join(dir, JournalFile), min: journalMinState},
 	}
 	removeTemps(dir)
@@ -285,7 +287,7 @@ func (s *Store) commit(next model.State, sub *model.State, rec *journalRecord) e
 		}
 	}
 	if !journaled {
-		data, err := encodeFile(next)
+		data, err := encodeFileCached(next, s.enc)
 		if err != nil {
 			return err
 		}
