@@ -37,7 +37,7 @@ func benchNetwork(st model.State) *fakeNetwork {
 	for _, v := range st.VIPs {
 		for _, b := range v.Backends {
 			a := b.Address.As4()
-			nw.macs[b.Address] = mac(a[3])
+			nw.SetMAC(b.Address.String(), mac(a[3]))
 		}
 	}
 	return nw

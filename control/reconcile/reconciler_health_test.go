@@ -18,60 +18,6 @@ import (
 	"github.com/xdplb/xdplb/loader"
 )
 
-// fakeHealth is a Health the test drives: every backend is up unless set
-// down, and set signals Changes as the Manager does after a transition.
-type fakeHealth struct {
-	mu      sync.Mutex
-	down    map[string]string // target id -> reason
-	synced  []model.State
-	changes chan struct{}
-}
-
-func newFakeHealth() *fakeHealth {
-	return &fakeHealth{down: map[string]string{}, changes: make(chan struct{}, 1)}
-}
-
-func (h *fakeHealth) set(vip model.VIPID, addr string, up bool, reason string) {
-	id := model.HealthTargetID(vip, netip.MustParseAddr(addr), 0)
-	h.mu.Lock()
-	if up {
-		delete(h.down, id)
-	} else {
-		h.down[id] = reason
-	}
-	h.mu.Unlock()
-	select {
-	case h.changes <- struct{}{}:
-	default:
-	}
-}
-
-func (h *fakeHealth) Sync(st model.State) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.synced = append(h.synced, st)
-}
-
-func (h *fakeHealth) Up(vip model.VIPID, b model.Backend) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	_, down := h.down[model.HealthTargetID(vip, b.Address, b.Port)]
-	return !down
-}
-
-func (h *fakeHealth) Status(vip model.VIPID, b model.Backend) (healthcheck.Status, bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	reason, down := h.down[model.HealthTargetID(vip, b.Address, b.Port)]
-	if !down {
-		reason = "ok"
-	}
-	return healthcheck.Status{Up: !down, Known: true, Reason: reason,
-		Since: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)}, true
-}
-
-func (h *fakeHealth) Changes() <-chan struct{} { return h.changes }
-
 // healthFixture is a reconciler over a fake data plane of the given table
 // size, with fakeHealth and a log the test can read.
 type healthFixture struct {
@@ -307,12 +253,11 @@ func TestReconcilePendingBackendJoinsWhenUp(t *testing.T) {
 func TestReconcileSyncsHealthEveryPass(t *testing.T) {
 	f := newHealthFixture(t, testTableSize, "10.0.0.1")
 	f.reconcile(t)
-	f.health.mu.Lock()
-	defer f.health.mu.Unlock()
-	if len(f.health.synced) != 2 {
-		t.Fatalf("%d Syncs for 2 passes", len(f.health.synced))
+	synced := f.health.Synced()
+	if len(synced) != 2 {
+		t.Fatalf("%d Syncs for 2 passes", len(synced))
 	}
-	if got := f.health.synced[1]; len(got.VIPs) != 1 || got.VIPs[0].ID() != vip1 || len(got.VIPs[0].Backends) != 1 {
+	if got := synced[1]; len(got.VIPs) != 1 || got.VIPs[0].ID() != vip1 || len(got.VIPs[0].Backends) != 1 {
 		t.Fatalf("synced %+v", got)
 	}
 }

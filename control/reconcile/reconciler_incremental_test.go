@@ -36,9 +36,7 @@ func TestReconcileChangedTouchesOnlyTheChangedVIP(t *testing.T) {
 	f.reconcile(t)
 	id2 := dpVIPs(t, f.dp)[VIPKeyOf(vip2)].ID
 
-	f.nw.mu.Lock()
-	f.nw.resolves = 0
-	f.nw.mu.Unlock()
+	f.nw.ResetResolves()
 	w := uint32(50)
 	if err := f.store.SetBackend(vip2, netip.MustParseAddr("10.0.0.1"), 0, model.BackendPatch{Weight: &w}); err != nil {
 		t.Fatal(err)
@@ -46,7 +44,7 @@ func TestReconcileChangedTouchesOnlyTheChangedVIP(t *testing.T) {
 	if got, want := f.reconcileChanged(t), []string{"put-table " + itoa(id2)}; !slices.Equal(got, want) {
 		t.Fatalf("weight change writes %v, want %v", got, want)
 	}
-	if n := f.nw.resolves; n != 0 {
+	if n := f.nw.Resolves(); n != 0 {
 		t.Fatalf("weight change resolved %d backends, want 0 (cached)", n)
 	}
 	if got := f.reconcile(t); len(got) != 0 {
@@ -293,9 +291,7 @@ func TestReweightMatchesFullPass(t *testing.T) {
 func TestReconcileChangedSkipsReconciledState(t *testing.T) {
 	f := newHealthFixture(t, 251, "10.0.0.1", "10.0.0.2")
 	syncs := func() int {
-		f.health.mu.Lock()
-		defer f.health.mu.Unlock()
-		return len(f.health.synced)
+		return len(f.health.Synced())
 	}
 	w := uint32(50)
 	if err := f.store.SetBackend(vip1, netip.MustParseAddr("10.0.0.1"), 0, model.BackendPatch{Weight: &w}); err != nil {

@@ -115,13 +115,13 @@ func TestReconcileFirstWritesInOrderThenNothing(t *testing.T) {
 	}
 	b := dpBackends(t, f.dp)[1]
 	if b.VIPID != 1 || b.Addr != netip.MustParseAddr("10.0.0.1") || b.MAC.String() != mac(1).String() ||
-		b.SrcMAC.String() != fakeSrcMAC.String() || b.Ifindex != 2 {
+		b.SrcMAC.String() != reconciletest.SrcMAC.String() || b.Ifindex != 2 {
 		t.Fatalf("backend 1 = %+v", b)
 	}
 	if got := tableIDs(t, f.dp, 1); !slices.Equal(got, []uint32{1, 2}) {
 		t.Fatalf("table points at %v", got)
 	}
-	if got := f.nw.announced; len(got) != 1 || got[vip1.Addr] {
+	if got := f.nw.Announced(); len(got) != 1 || got[vip1.Addr] {
 		t.Fatalf("announce request %v, want the vip address not forced", got)
 	}
 
@@ -194,8 +194,8 @@ func TestReconcileRecoversIDs(t *testing.T) {
 	// A previous daemon left VIP id 5 and backend ids 7 and 9, and an
 	// orphan backend 3 of a VIP that never got its entry.
 	for _, err := range []error{
-		dp.PutBackend(loader.Backend{ID: 7, VIPID: 5, Addr: netip.MustParseAddr("10.0.0.1"), MAC: mac(1), SrcMAC: fakeSrcMAC, Ifindex: 2}),
-		dp.PutBackend(loader.Backend{ID: 9, VIPID: 5, Addr: netip.MustParseAddr("10.0.0.2"), MAC: mac(2), SrcMAC: fakeSrcMAC, Ifindex: 2}),
+		dp.PutBackend(loader.Backend{ID: 7, VIPID: 5, Addr: netip.MustParseAddr("10.0.0.1"), MAC: mac(1), SrcMAC: reconciletest.SrcMAC, Ifindex: 2}),
+		dp.PutBackend(loader.Backend{ID: 9, VIPID: 5, Addr: netip.MustParseAddr("10.0.0.2"), MAC: mac(2), SrcMAC: reconciletest.SrcMAC, Ifindex: 2}),
 		dp.PutLookupTable(5, BuildMaglev([]MaglevBackend{
 			{ID: 7, Key: MaglevKey(netip.MustParseAddr("10.0.0.1"), 80), Weight: 100},
 			{ID: 9, Key: MaglevKey(netip.MustParseAddr("10.0.0.2"), 80), Weight: 100},
@@ -255,7 +255,7 @@ func TestReconcileUnresolvedThenNeighbourUpdate(t *testing.T) {
 	}
 
 	// The neighbour update reaches Run, which brings the backend in.
-	<-f.nw.changes // drain the signals of the set-up
+	<-f.nw.Changes() // drain the signals of the set-up
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { f.rec.Run(ctx); close(done) }()
@@ -294,8 +294,8 @@ func TestReconcileRemovesVIPInOrder(t *testing.T) {
 	if want := []string{"del-vip 1", "del-table 1", "del-backend 1"}; !slices.Equal(w, want) {
 		t.Fatalf("writes %v, want %v", w, want)
 	}
-	if len(f.nw.announced) != 0 {
-		t.Fatalf("still announcing %v", f.nw.announced)
+	if len(f.nw.Announced()) != 0 {
+		t.Fatalf("still announcing %v", f.nw.Announced())
 	}
 }
 

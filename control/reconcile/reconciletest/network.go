@@ -99,3 +99,10 @@ func (n *Network) Changes() <-chan struct{} { return n.changes }
 
 // Forget implements reconcile.Network.
 func (n *Network) Forget(map[netip.Addr]bool) {}
+
+// ResetResolves starts the count of Resolves again from 0.
+func (n *Network) ResetResolves() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.resolves = 0
+}
