@@ -46,11 +46,14 @@ func startLab(t *testing.T) *testDaemon {
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
+	loop := make(chan struct{})
+	go func() { srv.Reconciler.Run(ctx); close(loop) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
 		}
+		<-loop
 	})
 	return &testDaemon{t: t, socket: sock, store: store, dp: dp, health: health}
 }

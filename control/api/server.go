@@ -47,7 +47,7 @@ func (e *hasFlowsError) Unwrap() error { return ErrHasFlows }
 type Server struct {
 	Store      *state.Store
 	Datapath   reconcile.Datapath
-	Reconciler *reconcile.Reconciler // may be nil (no backend status, no immediate apply)
+	Reconciler *reconcile.Reconciler // may be nil (no backend status, no wait); its Run must be running
 	Version    string
 	StartTime  time.Time
 	Log        *slog.Logger
@@ -209,8 +209,10 @@ func (s *Server) applied(r *http.Request) {
 	if s.Reconciler == nil {
 		return
 	}
+	// The reconciler's loop applies the change; the answer waits for it,
+	// so that the maps hold the change when the CLI returns.
 	start := time.Now()
-	if err := s.Reconciler.ReconcileChanged(r.Context()); err != nil {
+	if err := s.Reconciler.Wait(r.Context(), s.Store.Generation()); err != nil {
 		s.log().Error("reconcile after api change", "err", err)
 	}
 	s.log().Debug("api change applied", "took", time.Since(start))

@@ -51,11 +51,14 @@ func newAPIFixtureWithHealth(t *testing.T, h reconcile.Health) *apiFixture {
 	srv := &Server{Store: f.store, Datapath: f.dp, Reconciler: f.rec, Version: "test", StartTime: time.Now()}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
+	loop := make(chan struct{})
+	go func() { f.rec.Run(ctx); close(loop) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Error(err)
 		}
+		<-loop
 	})
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
