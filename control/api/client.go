@@ -6,13 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/xdplb/xdplb/control/model"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"strings"
+
+	"github.com/xdplb/xdplb/control/model"
 )
 
 // Client talks to the daemon's API on its unix socket; the CLI is its only

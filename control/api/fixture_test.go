@@ -2,9 +2,10 @@ package api
 
 import (
 	"context"
-	"github.com/xdplb/xdplb/loader"
 	"net/netip"
 	"testing"
+
+	"github.com/xdplb/xdplb/loader"
 
 	"github.com/xdplb/xdplb/control/model"
 	"github.com/xdplb/xdplb/control/reconcile"

@@ -4,15 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/xdplb/xdplb/control/model"
-	"github.com/xdplb/xdplb/control/reconcile"
-	"github.com/xdplb/xdplb/control/state"
 	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/xdplb/xdplb/control/model"
+	"github.com/xdplb/xdplb/control/reconcile"
+	"github.com/xdplb/xdplb/control/state"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -96,46 +97,28 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 }
 
 func (c *Collector) collect(ch chan<- prometheus.Metric) error {
-	var errs []error
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
-	vips, err := c.dp.VIPs()
-	if err != nil {
-		return fmt.Errorf("read vips: %w", err)
-	}
-	vipName := map[uint32]model.VIPID{}
-	for k, m := range vips {
-		vipName[m.ID] = reconcile.VIPIDOf(k)
-	}
-	if vc, err := c.dp.VIPCounters(); err != nil {
-		errs = append(errs, fmt.Errorf("read vip counters: %w", err))
-	} else {
-		for id, vid := range vipName {
-			s := vc[id]
-			counter(descVIPPackets, s.Packets, vid.String())
-			counter(descVIPBytes, s.Bytes, vid.String())
-			counter(descVIPFlows, s.Flows, vid.String())
+	st, _ := c.src.Snapshot()
+	snap, err := snapshot(c.dp, st, c.ifname)
+	errs := []error{err}
+	for _, vs := range snap.VIPs {
+		if vs.mapped {
+			counter(descVIPPackets, vs.Packets, vs.VIP)
+			counter(descVIPBytes, vs.Bytes, vs.VIP)
+			counter(descVIPFlows, vs.Flows, vs.VIP)
 		}
-	}
-	if bes, err := c.dp.Backends(); err != nil {
-		errs = append(errs, fmt.Errorf("read backends: %w", err))
-	} else if bc, err := c.dp.BackendCounters(); err != nil {
-		errs = append(errs, fmt.Errorf("read backend counters: %w", err))
-	} else {
-		for id, b := range bes {
-			vid, ok := vipName[b.VIPID]
-			if !ok {
-				continue
+		for _, bs := range vs.Backends {
+			if bs.mapped {
+				l := model.BackendName(bs.Address, bs.Port)
+				counter(descBePackets, bs.Packets, vs.VIP, l)
+				counter(descBeBytes, bs.Bytes, vs.VIP, l)
+				counter(descBeFlows, bs.Flows, vs.VIP, l)
 			}
-			s := bc[id]
-			l := model.BackendName(b.Addr, b.Port)
-			counter(descBePackets, s.Packets, vid.String(), l)
-			counter(descBeBytes, s.Bytes, vid.String(), l)
-			counter(descBeFlows, s.Flows, vid.String(), l)
 		}
 	}
-	for _, v := range c.src.State().VIPs {
+	for _, v := range st.VIPs {
 		for _, b := range v.Backends {
 			l := model.BackendName(b.Address, b.Port)
 			ch <- prometheus.MustNewConstMetric(descBeWeight, prometheus.GaugeValue, float64(b.Weight), v.ID().String(), l)
@@ -148,28 +131,20 @@ func (c *Collector) collect(ch chan<- prometheus.Metric) error {
 			ch <- prometheus.MustNewConstMetric(descBeUp, prometheus.GaugeValue, up, v.ID().String(), l)
 		}
 	}
-	if acts, err := c.dp.ActionCounters(); err != nil {
-		errs = append(errs, fmt.Errorf("read action counters: %w", err))
-	} else {
-		sum := map[[2]string]uint64{} // two ifindexes may share a name label ("other")
-		var order [][2]string
-		for _, a := range acts {
-			k := [2]string{c.ifname(int(a.Ifindex)), a.Action}
-			if _, ok := sum[k]; !ok {
-				order = append(order, k)
-			}
-			sum[k] += a.Count
+	sum := map[[2]string]uint64{} // two ifindexes may share a name label ("other")
+	var order [][2]string
+	for _, a := range snap.Actions {
+		k := [2]string{a.Iface, a.Action}
+		if _, ok := sum[k]; !ok {
+			order = append(order, k)
 		}
-		for _, k := range order {
-			counter(descActions, sum[k], k[0], k[1])
-		}
+		sum[k] += a.Count
 	}
-	if drops, err := c.dp.DropCounters(); err != nil {
-		errs = append(errs, fmt.Errorf("read drop counters: %w", err))
-	} else {
-		for reason, n := range drops {
-			counter(descDrops, n, reason)
-		}
+	for _, k := range order {
+		counter(descActions, sum[k], k[0], k[1])
+	}
+	for reason, n := range snap.Drops {
+		counter(descDrops, n, reason)
 	}
 	if n, err := c.dp.ConntrackEntries(); err != nil {
 		errs = append(errs, fmt.Errorf("count conntrack entries: %w", err))

@@ -5,9 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/xdplb/xdplb/control/model"
-	"github.com/xdplb/xdplb/control/reconcile"
-	"github.com/xdplb/xdplb/control/state"
 	"io"
 	"log/slog"
 	"net"
@@ -15,10 +12,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/xdplb/xdplb/control/model"
+	"github.com/xdplb/xdplb/control/reconcile"
+	"github.com/xdplb/xdplb/control/state"
 
 	"golang.org/x/sys/unix"
 )
@@ -426,65 +426,8 @@ func (s *Server) putState(w http.ResponseWriter, r *http.Request) {
 
 // Stats assembles the counters of every configured VIP and backend.
 func (s *Server) Stats() (Stats, error) {
-	st := Stats{Time: time.Now(), VIPs: []VIPStats{}, Actions: []ActionStats{}, Drops: map[string]uint64{}}
-	vips, err := s.Datapath.VIPs()
-	if err != nil {
-		return st, fmt.Errorf("read vips: %w", err)
-	}
-	vc, err := s.Datapath.VIPCounters()
-	if err != nil {
-		return st, fmt.Errorf("read vip counters: %w", err)
-	}
-	bes, err := s.Datapath.Backends()
-	if err != nil {
-		return st, fmt.Errorf("read backends: %w", err)
-	}
-	bc, err := s.Datapath.BackendCounters()
-	if err != nil {
-		return st, fmt.Errorf("read backend counters: %w", err)
-	}
-	type ref struct {
-		vip  uint32
-		addr netip.Addr
-		port uint16
-	}
-	byRef := map[ref]uint32{}
-	for id, mb := range bes {
-		byRef[ref{mb.VIPID, mb.Addr.Unmap(), mb.Port}] = id
-	}
-	for _, v := range s.Store.State().VIPs {
-		vs := VIPStats{VIP: v.ID().String(), Backends: []BackendStats{}}
-		meta, inMaps := vips[reconcile.VIPKeyOf(v.ID())]
-		if inMaps {
-			c := vc[meta.ID]
-			vs.CounterSet = CounterSet{Packets: c.Packets, Bytes: c.Bytes, Flows: c.Flows}
-		}
-		for _, b := range v.Backends {
-			bst := BackendStats{Address: b.Address, Port: b.Port}
-			if id, ok := byRef[ref{meta.ID, b.Address.Unmap(), b.Port}]; inMaps && ok {
-				c := bc[id]
-				bst.CounterSet = CounterSet{Packets: c.Packets, Bytes: c.Bytes, Flows: c.Flows}
-			}
-			vs.Backends = append(vs.Backends, bst)
-		}
-		st.VIPs = append(st.VIPs, vs)
-	}
-	acts, err := s.Datapath.ActionCounters()
-	if err != nil {
-		return st, fmt.Errorf("read action counters: %w", err)
-	}
-	for _, a := range acts {
-		st.Actions = append(st.Actions, ActionStats{Iface: IfaceName(int(a.Ifindex)), Action: a.Action, Count: a.Count})
-	}
-	slices.SortStableFunc(st.Actions, func(a, b ActionStats) int { return strings.Compare(a.Iface, b.Iface) })
-	drops, err := s.Datapath.DropCounters()
-	if err != nil {
-		return st, fmt.Errorf("read drop counters: %w", err)
-	}
-	for k, v := range drops {
-		st.Drops[k] = v
-	}
-	return st, nil
+	st, _ := s.Store.Snapshot()
+	return snapshot(s.Datapath, st, IfaceName)
 }
 
 func (s *Server) getStats(w http.ResponseWriter, r *http.Request) {

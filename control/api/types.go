@@ -3,9 +3,10 @@
 package api
 
 import (
-	"github.com/xdplb/xdplb/control/model"
 	"net/netip"
 	"time"
+
+	"github.com/xdplb/xdplb/control/model"
 )
 
 // Types carried as JSON between the daemon's API (server.go) and its only
@@ -58,6 +59,7 @@ type BackendStats struct {
 	Address netip.Addr `json:"address"`
 	Port    uint16     `json:"port,omitempty"`
 	CounterSet
+	mapped bool // the backend has an entry in the maps
 }
 
 // VIPStats are the counters of one VIP and its backends.
@@ -65,6 +67,7 @@ type VIPStats struct {
 	VIP string `json:"vip"` // "ADDR:PORT/PROTO"
 	CounterSet
 	Backends []BackendStats `json:"backends"`
+	mapped   bool           // the VIP has an entry in the maps
 }
 
 // ActionStats is how often the program returned an action on an interface.
