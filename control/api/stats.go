@@ -14,8 +14,7 @@ import (
 
 // snapshot reads the counters of every VIP and backend of st, the XDP
 // actions and the drops from dp, interfaces named by ifname: what `xdplb
-// stats` shows and /metrics
-// exports, read once, in one place. A read that fails leaves its part out
+// stats` shows and /metrics exports, read once, in one place. A read that fails leaves its part out
 // and is reported; the rest is still there (the metrics serve it).
 func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (Stats, error) {
 	out := Stats{Time: time.Now(), VIPs: []VIPStats{}, Actions: []ActionStats{}, Drops: map[string]uint64{}}
