@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/xdplb/xdplb/loader"
+
 	"github.com/xdplb/xdplb/internal/lab"
 )
 
@@ -62,7 +64,7 @@ func tcpUpXDPLB(ctx context.Context, e *tcpEnv) (netip.AddrPort, func() error, e
 	if err := os.Mkdir(bpffs, 0o700); err != nil {
 		return netip.AddrPort{}, nil, fmt.Errorf("bpffs dir: %w", err)
 	}
-	d, err := lab.StartDaemon(ctx, lab.DaemonOptions{Binary: e.binary, Node: e.lab.LB, Dir: dir, BPFFS: bpffs, XDPMode: "native"})
+	d, err := lab.StartDaemon(ctx, lab.DaemonOptions{Binary: e.binary, Node: e.lab.LB, Dir: dir, BPFFS: bpffs, XDPMode: string(loader.XDPModeNative)})
 	if err != nil {
 		return netip.AddrPort{}, nil, err
 	}

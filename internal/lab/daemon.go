@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/xdplb/xdplb/loader"
+
 	"github.com/xdplb/xdplb/control/api"
 	"github.com/xdplb/xdplb/control/model"
 )
@@ -37,9 +39,9 @@ type DaemonOptions struct {
 }
 
 // DefaultMetricsAddr is where StartDaemon has the daemon serve /metrics
-// unless told otherwise. Every lab's LB namespace has its own loopback, so
-// the address is always free there.
-const DefaultMetricsAddr = "127.0.0.1:9642"
+// unless told otherwise: the daemon's own default. Every lab's LB
+// namespace has its own loopback, so the address is always free there.
+const DefaultMetricsAddr = api.DefaultMetricsAddr
 
 // Daemon is a running `xdplb daemon`.
 type Daemon struct {
@@ -58,7 +60,7 @@ type Daemon struct {
 // `ip netns exec` and waits until its API answers.
 func StartDaemon(ctx context.Context, o DaemonOptions) (*Daemon, error) {
 	if o.XDPMode == "" {
-		o.XDPMode = "native"
+		o.XDPMode = string(loader.XDPModeNative)
 	}
 	if o.MetricsAddr == "" {
 		o.MetricsAddr = DefaultMetricsAddr
