@@ -287,7 +287,7 @@ func (s *Server) backendStatus(id model.VIPID, b model.Backend, flows map[uint32
 		return bs
 	}
 	if bi, ok := s.Reconciler.Backend(id, b.Address, b.Port); ok {
-		bs.State, bs.MAC = bi.State, bi.MAC
+		bs.State, bs.MAC = bi.State, bi.MAC.String()
 		if bi.ID != 0 {
 			bs.Flows = flows[bi.ID]
 		}

@@ -20,6 +20,7 @@ type mirror struct {
 	vips     map[loader.VIPKey]loader.VIPMeta
 	backends map[uint32]loader.Backend
 	byVIP    map[uint32][]uint32 // backend ids by VIP id, ascending
+	byRef    map[backendRef]uint32
 	tables   map[uint32][]MaglevBackend
 }
 
@@ -28,6 +29,7 @@ func newMirror() *mirror {
 		vips:     map[loader.VIPKey]loader.VIPMeta{},
 		backends: map[uint32]loader.Backend{},
 		byVIP:    map[uint32][]uint32{},
+		byRef:    map[backendRef]uint32{},
 		tables:   map[uint32][]MaglevBackend{},
 	}
 }
@@ -45,9 +47,11 @@ func (m *mirror) read(dp Datapath) error {
 	}
 	m.vips, m.backends = vips, backends
 	m.byVIP = make(map[uint32][]uint32, len(vips))
+	m.byRef = make(map[backendRef]uint32, len(backends))
 	for _, id := range slices.Sorted(maps.Keys(backends)) {
 		b := backends[id]
 		m.byVIP[b.VIPID] = append(m.byVIP[b.VIPID], id)
+		m.byRef[refOf(b)] = id
 	}
 	ids := make(map[uint32]bool, len(vips))
 	for _, meta := range vips {
@@ -58,10 +62,12 @@ func (m *mirror) read(dp Datapath) error {
 }
 
 func (m *mirror) putBackend(b loader.Backend) {
-	if old, ok := m.backends[b.ID]; ok && old.VIPID != b.VIPID {
+	if old, ok := m.backends[b.ID]; ok {
 		m.dropFromVIP(old.VIPID, b.ID)
+		delete(m.byRef, refOf(old))
 	}
 	m.backends[b.ID] = b
+	m.byRef[refOf(b)] = b.ID
 	ids := m.byVIP[b.VIPID]
 	if i, found := slices.BinarySearch(ids, b.ID); !found {
 		m.byVIP[b.VIPID] = slices.Insert(ids, i, b.ID)
@@ -71,6 +77,7 @@ func (m *mirror) putBackend(b loader.Backend) {
 func (m *mirror) deleteBackend(id uint32) {
 	if b, ok := m.backends[id]; ok {
 		m.dropFromVIP(b.VIPID, id)
+		delete(m.byRef, refOf(b))
 		delete(m.backends, id)
 	}
 }
@@ -102,39 +109,52 @@ type backendRef struct {
 	Port uint16
 }
 
-// entriesOf is the backend entries of VIP id, by ref.
-func (m *mirror) entriesOf(id uint32) map[backendRef]loader.Backend {
-	out := make(map[backendRef]loader.Backend, len(m.byVIP[id]))
-	for _, bid := range m.byVIP[id] {
-		b := m.backends[bid]
-		out[backendRef{b.VIPID, b.Addr.Unmap(), b.Port}] = b
+func refOf(b loader.Backend) backendRef { return backendRef{b.VIPID, b.Addr.Unmap(), b.Port} }
+
+// entry is the backend entry of ref, if the maps have one.
+func (m *mirror) entry(ref backendRef) (loader.Backend, bool) {
+	id, ok := m.byRef[ref]
+	if !ok {
+		return loader.Backend{}, false
 	}
-	return out
+	return m.backends[id], true
 }
 
 // ids allocates the VIP and backend ids of one pass: ids in the maps are
 // in use, and so is every id the pass hands out, even when the pass
-// deletes its entry later (a freed id is reused by a later pass only).
+// deletes its entry later (a freed id is reused by a later pass only). The
+// sets of ids in use are built on the first allocation: most passes
+// allocate nothing, and the maps hold tens of thousands of backends.
 type ids struct {
+	m                    *mirror
 	vips, backends       *idAllocator
 	vipUsed, backendUsed map[uint32]bool
 	maxVIPs, maxBackends uint32
 }
 
 func (r *Reconciler) newIDs() *ids {
-	a := &ids{vips: &r.vipIDs, backends: &r.backendIDs, maxVIPs: r.dp.MaxVIPs(), maxBackends: r.dp.MaxBackends(),
-		vipUsed: make(map[uint32]bool, len(r.maps.vips)), backendUsed: make(map[uint32]bool, len(r.maps.backends))}
-	for _, m := range r.maps.vips {
-		a.vipUsed[m.ID] = true
-	}
-	for id := range r.maps.backends {
-		a.backendUsed[id] = true
-	}
-	return a
+	return &ids{m: r.maps, vips: &r.vipIDs, backends: &r.backendIDs, maxVIPs: r.dp.MaxVIPs(), maxBackends: r.dp.MaxBackends()}
 }
 
-func (a *ids) vip() (uint32, error)     { return a.vips.alloc(a.vipUsed, a.maxVIPs) }
-func (a *ids) backend() (uint32, error) { return a.backends.alloc(a.backendUsed, a.maxBackends) }
+func (a *ids) vip() (uint32, error) {
+	if a.vipUsed == nil {
+		a.vipUsed = make(map[uint32]bool, len(a.m.vips))
+		for _, meta := range a.m.vips {
+			a.vipUsed[meta.ID] = true
+		}
+	}
+	return a.vips.alloc(a.vipUsed, a.maxVIPs)
+}
+
+func (a *ids) backend() (uint32, error) {
+	if a.backendUsed == nil {
+		a.backendUsed = make(map[uint32]bool, len(a.m.backends))
+		for id := range a.m.backends {
+			a.backendUsed[id] = true
+		}
+	}
+	return a.backends.alloc(a.backendUsed, a.maxBackends)
+}
 
 // idAllocator hands out ids round-robin in 1..limit-1 rather than the
 // lowest free one: a deleted backend's id is then reused as late as

@@ -68,13 +68,14 @@ func planVIP(v model.VIP, m *mirror, a *ids, up func(model.VIPID, model.Backend)
 			return p
 		}
 	}
-	had := m.entriesOf(id)
 	healthy := 0
 	p.backends = make([]backendPlan, 0, len(v.Backends))
 	for _, b := range v.Backends {
 		addr := b.Address.Unmap()
-		bp := backendPlan{b: b, key: backendKey{vid, addr, b.Port}, up: up(vid, b), res: res(addr)}
-		bp.old, bp.had = had[backendRef{id, addr, b.Port}]
+		// Filled in place: a backendPlan is big, and a VIP may have thousands.
+		p.backends = append(p.backends, backendPlan{b: b, key: backendKey{vid, addr, b.Port}, up: up(vid, b), res: res(addr)})
+		bp := &p.backends[len(p.backends)-1]
+		bp.old, bp.had = m.entry(backendRef{id, addr, b.Port})
 		drained := b.Drained()
 		if !drained {
 			p.active++
@@ -98,7 +99,7 @@ func planVIP(v model.VIP, m *mirror, a *ids, up func(model.VIPID, model.Backend)
 			bp.entry = loader.Backend{ID: bid, VIPID: id, Addr: addr, Port: b.Port,
 				MAC: nb.MAC, SrcMAC: nb.SrcMAC, Ifindex: uint32(nb.Ifindex), Down: !bp.up}
 			bp.hasEntry = true
-			bp.info = BackendInfo{ID: bid, State: bp.info.State, MAC: nb.MAC.String(), Iface: nb.Iface}
+			bp.info = BackendInfo{ID: bid, State: bp.info.State, MAC: nb.MAC, Iface: nb.Iface}
 			if bp.info.State == model.BackendUp {
 				p.members = append(p.members, MaglevBackend{ID: bid, Key: MaglevKey(addr, v.BackendPort(b)), Weight: b.Weight})
 			}
@@ -106,7 +107,6 @@ func planVIP(v model.VIP, m *mirror, a *ids, up func(model.VIPID, model.Backend)
 			bp.entry, bp.hasEntry = bp.old, true
 			bp.entry.Down = !bp.up // it follows the checks
 		}
-		p.backends = append(p.backends, bp)
 	}
 	p.meta = vipMeta(v, id, p.active > 0 && healthy == 0)
 	return p

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -56,8 +57,8 @@ const ReconcileInterval = 5 * time.Second
 // BackendInfo is what the reconciler last decided about a backend.
 type BackendInfo struct {
 	ID    uint32
-	State string // model.BackendUp, BackendDraining, BackendUnresolved, BackendDown
-	MAC   string
+	State string           // model.BackendUp, BackendDraining, BackendUnresolved, BackendDown
+	MAC   net.HardwareAddr // nil: not resolved
 	Iface string
 }
 
@@ -87,16 +88,14 @@ type Reconciler struct {
 	layouts    *maglevCache
 	// neigh holds the resolved backends, refreshed by every full pass.
 	neigh map[netip.Addr]model.Neighbour
-	// What the last passes decided, for `backend list`, the metrics and
-	// the logs (each health or resolution change logged once).
-	info       map[backendKey]BackendInfo
-	healthUp   map[backendKey]bool
-	unresolved map[netip.Addr]bool
+	// vips holds, by VIP, what the last passes decided: for `backend
+	// list`, the metrics and the logs (each health change logged once),
+	// and the config as reconciled, which is what the maps hold while
+	// clean (the last pass succeeded).
+	vips       map[model.VIPID]*vipState
+	unresolved map[netip.Addr]bool // each resolution problem logged once
 	announce   map[netip.Addr]bool // the last Announce request; nil: none yet
-	// last is the config of every VIP as reconciled, valid while clean:
-	// the last pass succeeded, so the maps hold what it planned.
-	last  map[model.VIPID]model.VIP
-	clean bool
+	clean      bool
 	// doneGen is the state generation the last successful pass read.
 	doneGen uint64
 
@@ -117,8 +116,7 @@ func NewReconciler(src Source, dp Datapath, nw Network, health Health, log *slog
 		maps:       newMirror(),
 		layouts:    newMaglevCache(),
 		neigh:      map[netip.Addr]model.Neighbour{},
-		info:       map[backendKey]BackendInfo{},
-		healthUp:   map[backendKey]bool{},
+		vips:       map[model.VIPID]*vipState{},
 		unresolved: map[netip.Addr]bool{},
 		progress:   progress{done: make(chan struct{})},
 	}
@@ -131,8 +129,7 @@ func (r *Reconciler) Counts() (ok, failed uint64) { return r.ok.Load(), r.fail.L
 func (r *Reconciler) Backend(vip model.VIPID, addr netip.Addr, port uint16) (BackendInfo, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	bi, ok := r.info[backendKey{vip, addr.Unmap(), port}]
-	return bi, ok
+	return r.vips[vip].backend(addr.Unmap(), port)
 }
 
 // HealthStatus is the health-check state of a backend; false when its VIP
@@ -240,15 +237,14 @@ func (r *Reconciler) reconcileAll(ctx context.Context, st model.State) error {
 			removed = append(removed, k)
 		}
 	}
-	r.healthUp, r.info = r.logPlans(plans, r.healthUp, map[backendKey]bool{}), map[backendKey]BackendInfo{}
+	decided := r.decide(plans)
 	failed, err := r.apply(diff(r.maps, plans, removed, true))
 	errs := []error{err}
 
-	r.last = make(map[model.VIPID]model.VIP, len(st.VIPs))
+	r.vips = make(map[model.VIPID]*vipState, len(plans))
 	live := map[netip.Addr]bool{}
-	for _, p := range plans {
-		r.last[p.v.ID()] = p.v
-		r.remember(p)
+	for i, p := range plans {
+		r.vips[p.v.ID()] = decided[i]
 		for _, b := range p.v.Backends {
 			live[b.Address.Unmap()] = true
 		}
@@ -270,17 +266,16 @@ func (r *Reconciler) reconcileChanged(ctx context.Context, st model.State) error
 	for _, v := range st.VIPs {
 		vid := v.ID()
 		next[vid] = true
-		if old, ok := r.last[vid]; !ok || !model.EqualVIP(&old, &v) {
+		if old, ok := r.vips[vid]; !ok || !model.EqualVIP(&old.v, &v) {
 			changed = append(changed, v)
 		}
 	}
 	var removed []loader.VIPKey
-	for vid, old := range r.last {
+	for vid := range r.vips {
 		if next[vid] {
 			continue
 		}
-		r.forget(old, model.VIP{})
-		delete(r.last, vid)
+		delete(r.vips, vid)
 		if _, ok := r.maps.vips[VIPKeyOf(vid)]; ok {
 			removed = append(removed, VIPKeyOf(vid))
 		}
@@ -290,21 +285,25 @@ func (r *Reconciler) reconcileChanged(ctx context.Context, st model.State) error
 	res := r.resolve(ctx, changed)
 	a := r.newIDs()
 	plans := make([]vipPlan, len(changed))
+	moved := false // a VIP came, or changed its address or announce flag
 	for i, v := range changed {
 		plans[i] = planVIP(v, r.maps, a, r.health.Up, res)
-		if old, ok := r.last[v.ID()]; ok {
-			r.forget(old, v)
+		old, ok := r.vips[v.ID()]
+		if !ok || old.v.Address != v.Address || (old.v.Announce == nil) != (v.Announce == nil) ||
+			old.v.Announce != nil && *old.v.Announce != *v.Announce {
+			moved = true
 		}
 	}
-	r.logPlans(plans, r.healthUp, r.healthUp)
+	decided := r.decide(plans)
 	failed, err := r.apply(diff(r.maps, plans, removed, false))
 	errs := []error{err}
-	for _, p := range plans {
-		r.last[p.v.ID()] = p.v
-		r.remember(p)
+	for i, p := range plans {
+		r.vips[p.v.ID()] = decided[i]
 		errs = append(errs, p.err)
 	}
-	errs = append(errs, r.announceVIPs(ctx, st, plans, failed, false))
+	if announce := len(removed) > 0 || len(failed) > 0 || r.announce == nil || moved; announce {
+		errs = append(errs, r.announceVIPs(ctx, st, plans, failed, false))
+	}
 	return errors.Join(errs...)
 }
 
@@ -344,27 +343,6 @@ func (r *Reconciler) resolve(ctx context.Context, vips []model.VIP) func(netip.A
 
 var errNoNetwork = errors.New("no network")
 
-// remember records what the pass decided about p's backends.
-func (r *Reconciler) remember(p vipPlan) {
-	for _, bp := range p.backends {
-		r.info[bp.key] = bp.info
-	}
-}
-
-// forget drops what earlier passes decided about the backends of old that
-// v (the zero VIP: none) does not have.
-func (r *Reconciler) forget(old, v model.VIP) {
-	vid := old.ID()
-	for _, b := range old.Backends {
-		if v.FindBackend(b.Address, b.Port) >= 0 && v.ID() == vid {
-			continue
-		}
-		k := backendKey{vid, b.Address.Unmap(), b.Port}
-		delete(r.info, k)
-		delete(r.healthUp, k)
-	}
-}
-
 // announceVIPs asks the network to announce the VIPs of st that are in the
 // maps: announced after the entries exist, withdrawn after they are gone.
 // A pass after a change asks only when the set changed.
@@ -394,34 +372,57 @@ func (r *Reconciler) announceVIPs(ctx context.Context, st model.State, plans []v
 	return nil
 }
 
-// logPlans logs, once per change, what plans decide that an operator must
-// know: a backend going down or coming back (prev: the health the last
-// passes saw), a backend that cannot be resolved, a VIP without a healthy
-// backend. It records the plans' health in next and returns it.
-func (r *Reconciler) logPlans(plans []vipPlan, prev, next map[backendKey]bool) map[backendKey]bool {
-	for _, p := range plans {
+// vipState is what the passes decided about a VIP.
+type vipState struct {
+	v    model.VIP     // the config as reconciled (normalized: backends sorted)
+	info []BackendInfo // by index of v.Backends; nil: the VIP was not planned
+	up   []bool        // the health each backend had, likewise
+}
+
+// index finds a backend of s by its address and port as configured.
+func (s *vipState) index(addr netip.Addr, port uint16) (int, bool) {
+	if s == nil || s.info == nil {
+		return 0, false
+	}
+	return slices.BinarySearchFunc(s.v.Backends, addr, func(b model.Backend, a netip.Addr) int {
+		if c := b.Address.Compare(a); c != 0 {
+			return c
+		}
+		return cmp.Compare(b.Port, port)
+	})
+}
+
+func (s *vipState) backend(addr netip.Addr, port uint16) (BackendInfo, bool) {
+	if j, ok := s.index(addr, port); ok {
+		return s.info[j], true
+	}
+	return BackendInfo{}, false
+}
+
+// decide turns plans into the VIPs' new states and logs, once per change,
+// what they decide that an operator must know: a backend going down or
+// coming back, one that cannot be resolved, a VIP without a healthy
+// backend.
+func (r *Reconciler) decide(plans []vipPlan) []*vipState {
+	out := make([]*vipState, len(plans))
+	for i, p := range plans {
+		vid := p.v.ID()
+		ns := &vipState{v: p.v}
+		out[i] = ns
 		if p.err != nil {
 			continue
 		}
-		vid := p.v.ID()
-		for _, bp := range p.backends {
-			r.logHealth(vid, bp.b, bp.up, prev)
-			next[bp.key] = bp.up
-			addr := bp.key.Addr
-			switch {
-			case bp.res.Err != nil || bp.res.MAC == nil:
-				if !r.unresolved[addr] {
-					r.unresolved[addr] = true
-					if bp.res.Err != nil {
-						r.log.Warn("backend unreachable", "vip", vid, "backend", addr, "err", bp.res.Err)
-					} else {
-						r.log.Info("backend MAC not resolved yet", "vip", vid, "backend", addr)
-					}
-				}
-			case r.unresolved[addr]:
-				delete(r.unresolved, addr)
-				r.log.Info("backend MAC resolved", "vip", vid, "backend", addr, "mac", bp.res.MAC.String())
+		ns.info, ns.up = make([]BackendInfo, len(p.backends)), make([]bool, len(p.backends))
+		old := r.vips[vid]
+		aligned := old != nil && old.info != nil && model.SameTargets(&old.v, &p.v)
+		for j, bp := range p.backends {
+			ns.info[j], ns.up[j] = bp.info, bp.up
+			k, seen := j, aligned
+			if !aligned {
+				k, seen = old.index(bp.key.Addr, bp.key.Port)
 			}
+			r.logHealth(vid, bp.b, bp.up, seen, seen && old.up[k])
+			r.logResolution(vid, bp)
 		}
 		switch noHealthy := p.meta.NoHealthy; {
 		case noHealthy && (!p.exists || !p.cur.NoHealthy):
@@ -430,14 +431,13 @@ func (r *Reconciler) logPlans(plans []vipPlan, prev, next map[backendKey]bool) m
 			r.log.Info("vip has a healthy backend again", "vip", vid)
 		}
 	}
-	return next
+	return out
 }
 
-// logHealth logs a backend's health once per change: a backend that goes
-// down (with the reason of its last check), comes back, or is new and
-// waits for its first checks.
-func (r *Reconciler) logHealth(vid model.VIPID, b model.Backend, up bool, prev map[backendKey]bool) {
-	was, seen := prev[backendKey{vid, b.Address.Unmap(), b.Port}]
+// logHealth logs a backend's health once per change (was: its health in
+// the last pass, if seen): a backend that goes down (with the reason of
+// its last check), comes back, or is new and waits for its first checks.
+func (r *Reconciler) logHealth(vid model.VIPID, b model.Backend, up, seen, was bool) {
 	if seen && was == up || !seen && up {
 		return
 	}
@@ -450,6 +450,26 @@ func (r *Reconciler) logHealth(vid model.VIPID, b model.Backend, up bool, prev m
 		r.log.Info("backend up", "vip", vid, "backend", name, "reason", st.Reason)
 	default:
 		r.log.Warn("backend down", "vip", vid, "backend", name, "reason", st.Reason)
+	}
+}
+
+// logResolution logs a backend that cannot be resolved, and when it is
+// again, once per address.
+func (r *Reconciler) logResolution(vid model.VIPID, bp backendPlan) {
+	addr := bp.key.Addr
+	switch {
+	case bp.res.Err != nil || bp.res.MAC == nil:
+		if !r.unresolved[addr] {
+			r.unresolved[addr] = true
+			if bp.res.Err != nil {
+				r.log.Warn("backend unreachable", "vip", vid, "backend", addr, "err", bp.res.Err)
+			} else {
+				r.log.Info("backend MAC not resolved yet", "vip", vid, "backend", addr)
+			}
+		}
+	case len(r.unresolved) > 0 && r.unresolved[addr]:
+		delete(r.unresolved, addr)
+		r.log.Info("backend MAC resolved", "vip", vid, "backend", addr, "mac", bp.res.MAC.String())
 	}
 }
 
