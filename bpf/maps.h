@@ -136,3 +136,64 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } drops SEC(".maps");
+
+/* Events that are not drops (enum event), per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EVENT_MAX);
+	__type(key, enum event);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");
+
+/* ICMP errors about a VIP's flows forwarded or translated, by VIP id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vip_icmp SEC(".maps");
+
+/* VIP id -> the SNAT address of a full-NAT VIP (IPv4-mapped for IPv4).
+ * Looked up by id on every full-NAT packet: an array lookup is inlined. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, __u8[16]);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vip_snat SEC(".maps");
+
+/* Reply 5-tuple -> how to translate it back (struct nat_state). A plain
+ * hash, not an LRU: an LRU could evict the translation of a live flow and
+ * hand its SNAT port to another, which full NAT must never do. Entries are
+ * reclaimed when expired, by the program when it wants the port and by the
+ * daemon's sweep. BPF_F_NO_PREALLOC: memory grows with the NAT flows, so a
+ * DR-only LB pays nothing for a table sized like the connection table. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DEFAULT_CONNTRACK_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct flow_key);
+	__type(value, struct nat_state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nat_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_params SEC(".maps");
+
+/* The attached interfaces, for NAT's redirects: the FIB may name an egress
+ * the program is not on, and XDP can only send through one that is. Not
+ * pinned: each load fills its own with the interfaces it attaches to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, MAX_IFINDEX_SLOTS);
+	__type(key, __u32);
+	__type(value, struct bpf_devmap_val);
+} tx_ports SEC(".maps");

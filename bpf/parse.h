@@ -28,7 +28,12 @@
  *  IP total/payload length beyond the end of the frame | XDP_PASS (so any frame cut
  *                                                      |   short after the IP header)
  *  IPv4 with options                                   | parsed normally (L4 at ihl*4)
- *  ICMP, ICMPv6 (NDP), other L4 protocols              | XDP_PASS
+ *  ICMP/ICMPv6 error (v4 dest unreachable, time       | quoted flow a VIP's or a NAT
+ *    exceeded; v6 dest unreachable, packet too big,    |   flow's: forwarded or translated
+ *    time exceeded) quoting TCP/UDP, outer IPv4        |   (icmp.h); else XDP_PASS
+ *    without options, inner IPv4 without options, no   |
+ *    IPv6 extension headers, 8 quoted L4 bytes         |
+ *  other ICMP, ICMPv6 (NDP), other L4 protocols        | XDP_PASS
  *  IPv4 fragment (MF set or offset != 0)               | dst is a VIP address: XDP_DROP,
  *                                                      |   DROP_FRAGMENT; else XDP_PASS
  *  IPv6 Fragment header                                | as above, DROP_FRAGMENT
@@ -54,6 +59,7 @@ enum parse_result {
 	PARSE_FRAGMENT,     /* pkt.flow.dst is set */
 	PARSE_IPV6_EXT,     /* pkt.flow.dst is set */
 	PARSE_MALFORMED_L4, /* pkt.flow.dst is set */
+	PARSE_ICMP_ERROR,   /* pkt.flow is the quoted packet's 5-tuple as quoted */
 };
 
 /* The TCP flags the data plane acts on, folded into one byte of struct pkt
@@ -69,7 +75,17 @@ struct pkt {
 	struct flow_key flow; /* addresses IPv4-mapped, ports network order */
 	__u32 len;            /* whole frame, for byte counters */
 	__u8 tcp;             /* PKT_TCP_*; 0 for UDP */
+	__u8 v6;              /* IPv6, else IPv4 */
+	/* Offsets from the frame's start, for the NAT rewrites: the IP
+	 * header (14 or 18 with a VLAN tag) and the TCP/UDP header, or for an
+	 * ICMP error the ICMP header; its quoted IP header follows 8 bytes on. */
+	__u8 l3_off;
+	__u8 l4_off;
 } __attribute__((aligned(8)));
+
+/* Bounds the verifier can carry through the rewrites. */
+#define L3_OFF_MAX (14 + 4)
+#define L4_OFF_MAX (L3_OFF_MAX + 60)
 
 /* TCP header flag bits, in the byte at offset 13. */
 #define TH_FIN 0x01
@@ -79,6 +95,8 @@ struct pkt {
 #define TH_FLAGS_OFF 13
 
 #define VLAN_HDR_LEN 4
+#define ICMP_HDR_LEN 8
+#define ICMP_QUOTED_L4 8 /* RFC 792: at least 64 bits of the quoted datagram */
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 
@@ -143,6 +161,72 @@ static __always_inline int parse_l4(__u8 proto, void *l4, void *data_end, __u32 
 	return parse_udp(l4, data_end, l4_len, p);
 }
 
+/* The ports of a quoted TCP/UDP header: the first four bytes of both. */
+static __always_inline void quoted_ports(const void *l4, struct pkt *p)
+{
+	const __be16 *ports = l4;
+
+	p->flow.sport = ports[0];
+	p->flow.dport = ports[1];
+}
+
+static __always_inline int parse_quoted_ipv4(struct iphdr *ih, void *data_end, struct pkt *p)
+{
+	if ((void *)(ih + 1) + ICMP_QUOTED_L4 > data_end)
+		return PARSE_PASS;
+	if (ih->version != 4 || ih->ihl != 5)
+		return PARSE_PASS;
+	if (ih->protocol != IPPROTO_TCP && ih->protocol != IPPROTO_UDP)
+		return PARSE_PASS;
+	if (ih->frag_off & bpf_htons(IP_OFFSET)) /* no ports quoted */
+		return PARSE_PASS;
+	addr_from_v4(p->flow.src, ih->saddr);
+	addr_from_v4(p->flow.dst, ih->daddr);
+	p->flow.proto = ih->protocol;
+	quoted_ports(ih + 1, p);
+	return PARSE_ICMP_ERROR;
+}
+
+/* ICMP errors that quote a flow: destination unreachable (fragmentation
+ * needed and port unreachable among them) and time exceeded. */
+static __always_inline int parse_icmp4(struct iphdr *iph, void *data_end, struct pkt *p)
+{
+	__u8 *icmp = (void *)(iph + 1);
+
+	if (iph->ihl != 5 || (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+		return PARSE_PASS;
+	if ((void *)icmp + ICMP_HDR_LEN > data_end)
+		return PARSE_PASS;
+	if (icmp[0] != 3 && icmp[0] != 11)
+		return PARSE_PASS;
+	p->l4_off = p->l3_off + sizeof(*iph);
+	return parse_quoted_ipv4((void *)icmp + ICMP_HDR_LEN, data_end, p);
+}
+
+static __always_inline int parse_icmp6(struct ipv6hdr *ip6, void *data_end, struct pkt *p)
+{
+	__u8 *icmp = (void *)(ip6 + 1);
+	struct ipv6hdr *ih;
+
+	if ((void *)icmp + ICMP_HDR_LEN > data_end)
+		return PARSE_PASS;
+	/* 1 destination unreachable, 2 packet too big, 3 time exceeded */
+	if (icmp[0] < 1 || icmp[0] > 3)
+		return PARSE_PASS;
+	ih = (void *)icmp + ICMP_HDR_LEN;
+	if ((void *)(ih + 1) + ICMP_QUOTED_L4 > data_end)
+		return PARSE_PASS;
+	if (ih->version != 6 || (ih->nexthdr != IPPROTO_TCP && ih->nexthdr != IPPROTO_UDP))
+		return PARSE_PASS;
+	p->l4_off = p->l3_off + sizeof(*ip6);
+	p->v6 = 1;
+	__builtin_memcpy(p->flow.src, &ih->saddr, 16);
+	__builtin_memcpy(p->flow.dst, &ih->daddr, 16);
+	p->flow.proto = ih->nexthdr;
+	quoted_ports(ih + 1, p);
+	return PARSE_ICMP_ERROR;
+}
+
 static __always_inline int parse_ipv4(struct iphdr *iph, void *data_end, struct pkt *p)
 {
 	__u32 hlen, tot_len;
@@ -157,6 +241,8 @@ static __always_inline int parse_ipv4(struct iphdr *iph, void *data_end, struct 
 	 * variable-offset packet pointer, and the same test. */
 	if (tot_len < hlen || tot_len > (__u64)(data_end - (void *)iph))
 		return PARSE_PASS;
+	if (iph->protocol == IPPROTO_ICMP)
+		return parse_icmp4(iph, data_end, p);
 	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
 		return PARSE_PASS;
 
@@ -164,6 +250,7 @@ static __always_inline int parse_ipv4(struct iphdr *iph, void *data_end, struct 
 	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return PARSE_FRAGMENT;
 	addr_from_v4(p->flow.src, iph->saddr);
+	p->l4_off = p->l3_off + hlen;
 	/* hlen is ihl*4 <= 60, so the verifier can bound the L4 pointer. */
 	return parse_l4(iph->protocol, (void *)iph + hlen, data_end, tot_len - hlen, p);
 }
@@ -205,9 +292,13 @@ static __always_inline int parse_ipv6(struct ipv6hdr *ip6, void *data_end, struc
 		__builtin_memcpy(p->flow.dst, &ip6->daddr, 16);
 		return PARSE_IPV6_EXT;
 	}
+	if (nh == IPPROTO_ICMPV6)
+		return parse_icmp6(ip6, data_end, p); /* errors only: NDP passes */
 	if (nh != IPPROTO_TCP && nh != IPPROTO_UDP)
-		return PARSE_PASS; /* ICMPv6 (NDP) included */
+		return PARSE_PASS;
 
+	p->v6 = 1;
+	p->l4_off = p->l3_off + sizeof(*ip6);
 	__builtin_memcpy(p->flow.src, &ip6->saddr, 16);
 	__builtin_memcpy(p->flow.dst, &ip6->daddr, 16);
 	return parse_l4(nh, ip6 + 1, data_end, plen, p);
@@ -235,6 +326,7 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct pkt *p)
 		proto = *(__be16 *)(l3 + 2);
 		l3 += VLAN_HDR_LEN;
 	}
+	p->l3_off = l3 - data;
 
 	if (proto == bpf_htons(ETH_P_IP))
 		return parse_ipv4(l3, data_end, p);

@@ -45,3 +45,19 @@ static __always_inline int count_action(__u32 ingress_ifindex, int action)
 		*c += 1;
 	return action;
 }
+
+static __always_inline void count_event(enum event ev)
+{
+	__u64 *c = bpf_map_lookup_elem(&events, &ev);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline void count_vip_icmp(__u32 vip_id)
+{
+	__u64 *c = bpf_map_lookup_elem(&vip_icmp, &vip_id);
+
+	if (c)
+		*c += 1;
+}

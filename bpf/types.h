@@ -7,7 +7,9 @@
  * Go fills them with netip.Addr.As16(). Ports are in network byte order. */
 
 enum fwd_mode {
-	FWD_MODE_DR = 1,
+	FWD_MODE_DR = 1,      /* MAC rewrite; the backend owns the VIP on loopback */
+	FWD_MODE_NAT = 2,     /* destination rewritten, replies reversed (nat.h) */
+	FWD_MODE_FULLNAT = 3, /* NAT plus the source: SNAT address and port */
 };
 
 /* How the scheduler hashes a new flow into the VIP's lookup table. */
@@ -25,7 +27,25 @@ enum drop_reason {
 	DROP_IPV6_EXT = 5,        /* IPv6 extension header to a VIP address */
 	DROP_REDIRECT_FAILED = 6, /* bpf_redirect to the egress interface failed */
 	DROP_NO_HEALTHY_BACKEND = 7, /* every backend of the VIP failed its health checks */
-	DROP_REASON_MAX = 8,
+	DROP_SNAT_EXHAUSTED = 8,  /* full NAT: every port tried is held by a live flow */
+	DROP_NAT_TABLE_FULL = 9,  /* nat_flows has no room for the flow's reply translation */
+	DROP_REASON_MAX = 10,
+};
+
+/* Packets not dropped but worth counting (map events): the NAT paths
+ * pass to the kernel what they cannot forward themselves, and the ICMP
+ * paths count what they translated. */
+enum event {
+	EV_NONE = 0,
+	EV_FIB_NO_NEIGH = 1,     /* next hop not resolved: passed translated, the kernel resolves it */
+	EV_FIB_FAILED = 2,       /* no route, unreachable, forwarding disabled: passed untouched */
+	EV_FRAG_NEEDED = 3,      /* larger than the egress MTU: passed untouched */
+	EV_TTL_EXCEEDED = 4,     /* TTL/hop limit would reach 0: passed untouched */
+	EV_EGRESS_NOT_XDP = 5,   /* egress interface is not one of ours: passed translated */
+	EV_ICMP_TO_BACKEND = 6,  /* ICMP error about a VIP flow sent to its backend */
+	EV_ICMP_TO_CLIENT = 7,   /* ICMP error about a NAT flow translated back to the client */
+	EV_NAT_REPLY = 8,        /* reply of a NAT flow translated back */
+	EVENT_MAX = 9,
 };
 
 /* Slots per interface in the xdp action counters: XDP_ABORTED..XDP_REDIRECT. */
@@ -81,6 +101,10 @@ enum backend_flags {
 	/* Failed its health checks: takes no packets, its flows are placed
 	 * again (the entry stays so counters and ids survive a flap). */
 	BACKEND_F_DOWN = 2,
+	/* The VIP's mode, copied here so the established path never looks
+	 * the VIP up; neither set is DR. */
+	BACKEND_F_NAT = 4,
+	BACKEND_F_FULLNAT = 8,
 };
 
 struct flow_key {
@@ -102,6 +126,40 @@ enum flow_flags {
 	/* A TCP FIN or RST was seen: the flow is ending, it no longer counts
 	 * as open, and a SYN on the same 5-tuple starts a new flow. */
 	FLOW_F_CLOSING = 1,
+	/* Full NAT keeps the flow's SNAT port (network order) in the top half
+	 * of flow_val.flags, so the connection table's layout (and its pins)
+	 * stay those of the releases before NAT. */
+	FLOW_SNAT_PORT_SHIFT = 16,
+};
+
+/* A NAT flow's reply translation, keyed by the reply's 5-tuple as it
+ * arrives from the backend (map nat_flows): source the backend, destination
+ * the client (nat) or the SNAT address and port (full NAT). */
+struct nat_state {
+	__u8 vip[16];    /* the reply's new source */
+	__u8 client[16]; /* full NAT: the reply's new destination */
+	__u16 vip_port;    /* network byte order */
+	__u16 client_port; /* network byte order; full NAT only */
+	__u32 vip_id;
+	__u32 flags;     /* NAT_F_* */
+	__u32 pad;
+	__u64 last_seen; /* bpf_jiffies64, refreshed as flow_val.last_seen */
+};
+
+enum nat_flags {
+	NAT_F_CLOSING = 1, /* FIN or RST seen either way: reclaimed after nat_config.closing_ticks */
+	NAT_F_FULL = 2,    /* a full-NAT mapping: holds an SNAT port */
+};
+
+/* Set by the loader at load (map nat_params, one entry): ticks need the
+ * kernel's measured HZ, which a const of the object cannot wait for. */
+struct nat_config {
+	__u16 snat_port_lo;    /* host order */
+	__u16 pad;
+	__u32 snat_port_count; /* >= 1 */
+	__u64 tcp_idle_ticks;  /* an idle TCP translation may be reclaimed after this */
+	__u64 udp_idle_ticks;
+	__u64 closing_ticks;   /* after a FIN or RST */
 };
 
 struct lb_counters {

@@ -41,3 +41,33 @@ static __always_inline int vip_filter_may_match(const struct flow_key *k)
 		return 1;
 	return (f->bits[(bit / 64) & (VIP_FILTER_WORDS - 1)] >> (bit % 64)) & 1;
 }
+
+/*
+ * The same bitmap holds a second fold, over a NAT backend's address,
+ * salted so the two rarely share bits: a reply of a NAT flow comes from
+ * there, and a clear bit passes a non-VIP packet without looking
+ * nat_flows up. The address alone, not its port: a backend entry does not
+ * know its VIP's port or protocol, and the loader writes it before the VIP.
+ * The loader computes the same fold as replyFilterBit.
+ */
+#define REPLY_FOLD_SALT 0x5bd1e995U
+
+static __always_inline __u32 reply_filter_bit(const struct flow_key *k)
+{
+	__u32 w[4];
+	__u32 h;
+
+	__builtin_memcpy(w, k->src, sizeof(w));
+	h = w[0] ^ w[1] ^ w[2] ^ w[3] ^ REPLY_FOLD_SALT;
+	return (h * VIP_FOLD_MUL) >> 16;
+}
+
+static __always_inline int reply_filter_may_match(const struct flow_key *k)
+{
+	__u32 zero = 0, bit = reply_filter_bit(k);
+	struct vip_bitmap *f = bpf_map_lookup_elem(&vip_filter, &zero);
+
+	if (!f)
+		return 1;
+	return (f->bits[(bit / 64) & (VIP_FILTER_WORDS - 1)] >> (bit % 64)) & 1;
+}

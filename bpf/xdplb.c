@@ -10,6 +10,8 @@
 #include "conntrack.h"
 #include "vipfilter.h"
 #include "dr.h"
+#include "nat.h"
+#include "icmp.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -20,6 +22,8 @@ const enum sched_kind unused_sched_kind __attribute__((unused));
 const enum backend_flags unused_backend_flags __attribute__((unused));
 const enum vip_flags unused_vip_flags __attribute__((unused));
 const enum flow_flags unused_flow_flags __attribute__((unused));
+const enum nat_flags unused_nat_flags __attribute__((unused));
+const struct nat_state unused_nat_state __attribute__((unused));
 
 /* The rare paths with no port to match: ours (a VIP address) or not. */
 static __always_inline int drop_if_vip_addr(const struct pkt *p, enum drop_reason reason)
@@ -35,6 +39,11 @@ static __always_inline int drop(enum drop_reason reason)
 	count_drop(reason);
 	return XDP_DROP;
 }
+
+/* The forward path's answer for a packet that is not a VIP's after all (a
+ * pre-filter false positive, or another port of a VIP's address): it may
+ * still be a NAT reply. */
+#define NOT_A_VIP (-1)
 
 /* A packet of a tracked flow whose backend is no longer usable, of an
  * untracked flow, or a SYN reusing a closing flow's 5-tuple: find its VIP
@@ -53,8 +62,7 @@ static __always_inline int place(struct xdp_md *ctx, __u32 ifindex, const struct
 	vk.proto = p->flow.proto;
 	meta = bpf_map_lookup_elem(&vips, &vk);
 	if (!meta)
-		return XDP_PASS; /* a pre-filter false positive, or a VIP's address with another port */
-	/* Only DR exists so far; the loader refuses any other mode. */
+		return NOT_A_VIP;
 	vip_id = meta->vip_id;
 	ct_flags = conntrack_new_flags(fv, p->tcp);
 
@@ -68,19 +76,53 @@ static __always_inline int place(struct xdp_md *ctx, __u32 ifindex, const struct
 	count_lb(&vip_stats, vip_id, p->len, be != NULL);
 	if (!be)
 		return drop(reason);
-	conntrack_insert(p, bid, ct_flags);
 	count_lb(&backend_stats, bid, p->len, 1);
+	if (backend_is_nat(be)) {
+		int ret = nat_new_flow(ctx, ifindex, p, be, bid, vip_id, ct_flags, &reason);
+
+		if (ret == XDP_DROP && reason != DROP_NONE)
+			count_drop(reason);
+		return ret;
+	}
+	conntrack_insert(p, bid, ct_flags);
 	return dr_forward(ctx, ifindex, be);
 }
 
-/* Cheapest first: a clear pre-filter bit passes non-VIP traffic with no
- * hash lookup; an established flow costs one (the connection table); only
- * placing a flow looks the VIP up. */
+/* A packet addressed to a possible VIP (its pre-filter bit is set). */
+static __always_inline int forward(struct xdp_md *ctx, __u32 ifindex, struct pkt *p)
+{
+	struct flow_val *fv;
+	struct backend *be;
+
+	be = conntrack_backend(p, &fv);
+	/* An established packet carries no SYN, FIN or RST: one byte
+	 * compare, and the entry is not written. */
+	if (be && (!p->tcp || conntrack_flagged(fv, p->tcp))) {
+		if (backend_is_nat(be)) {
+			int ret = nat_established(ctx, ifindex, p, be, fv);
+
+			if (ret == NAT_REPLACE)
+				return place(ctx, ifindex, p, fv);
+			count_lb(&vip_stats, be->vip_id, p->len, 0);
+			count_lb(&backend_stats, fv->backend_id, p->len, 0);
+			return ret;
+		}
+		conntrack_touch(fv);
+		count_lb(&vip_stats, be->vip_id, p->len, 0);
+		count_lb(&backend_stats, fv->backend_id, p->len, 0);
+		return dr_forward(ctx, ifindex, be);
+	}
+	return place(ctx, ifindex, p, fv);
+}
+
+/* Cheapest first: clear pre-filter bits pass non-VIP traffic with no hash
+ * lookup; an established flow costs one (the connection table); only
+ * placing a flow looks the VIP up, and only a packet from a NAT backend's
+ * address and port looks nat_flows up. */
 static __always_inline int process(struct xdp_md *ctx, __u32 ifindex)
 {
 	struct pkt p = {}; /* zeroed: flow_key padding is part of the hash key */
-	struct flow_val *fv;
-	struct backend *be;
+	int ret;
 
 	switch (parse_packet(ctx, &p)) {
 	case PARSE_OK:
@@ -91,23 +133,20 @@ static __always_inline int process(struct xdp_md *ctx, __u32 ifindex)
 		return drop_if_vip_addr(&p, DROP_IPV6_EXT);
 	case PARSE_MALFORMED_L4:
 		return drop_if_vip_addr(&p, DROP_MALFORMED_L4);
+	case PARSE_ICMP_ERROR:
+		return icmp_error(ctx, ifindex, &p);
 	default:
 		return XDP_PASS;
 	}
 
-	if (!vip_filter_may_match(&p.flow))
-		return XDP_PASS;
-
-	be = conntrack_backend(&p, &fv);
-	/* An established packet carries no SYN, FIN or RST: one byte
-	 * compare, and the entry is not written. */
-	if (be && (!p.tcp || conntrack_flagged(fv, p.tcp))) {
-		conntrack_touch(fv);
-		count_lb(&vip_stats, be->vip_id, p.len, 0);
-		count_lb(&backend_stats, fv->backend_id, p.len, 0);
-		return dr_forward(ctx, ifindex, be);
+	if (vip_filter_may_match(&p.flow)) {
+		ret = forward(ctx, ifindex, &p);
+		if (ret != NOT_A_VIP)
+			return ret;
 	}
-	return place(ctx, ifindex, &p, fv);
+	if (reply_filter_may_match(&p.flow))
+		return nat_reply(ctx, ifindex, &p);
+	return XDP_PASS;
 }
 
 SEC("xdp")

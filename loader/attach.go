@@ -53,6 +53,10 @@ func (d *Datapath) attach(name string) error {
 	}
 	pin := linkPinPath(d.pinDir, name)
 	prog := d.objs.XdplbMain
+	// NAT may send through it as soon as the program runs on it.
+	if err := d.objs.TxPorts.Put(uint32(ifc.Index), xdplbBpfDevmapVal{Ifindex: uint32(ifc.Index)}); err != nil {
+		return fmt.Errorf("add %s to tx_ports: %w", name, err)
+	}
 
 	if l, err := d.pinnedLink(pin, ifc.Index); err != nil {
 		return err

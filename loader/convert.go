@@ -76,18 +76,7 @@ func (d *Datapath) backendToC(b Backend) (xdplbBackend, error) {
 	if b.VIPID == 0 || b.VIPID >= d.opts.MaxVIPs {
 		return xdplbBackend{}, fmt.Errorf("%w: vip id %d outside 1..%d", ErrInvalid, b.VIPID, d.opts.MaxVIPs-1)
 	}
-	if b.Ifindex == 0 {
-		return xdplbBackend{}, fmt.Errorf("%w: backend %d has no egress interface", ErrInvalid, b.ID)
-	}
 	a, err := addr16(b.Addr)
-	if err != nil {
-		return xdplbBackend{}, err
-	}
-	mac, err := mac6(b.MAC, "backend mac")
-	if err != nil {
-		return xdplbBackend{}, err
-	}
-	src, err := mac6(b.SrcMAC, "source mac")
 	if err != nil {
 		return xdplbBackend{}, err
 	}
@@ -96,6 +85,31 @@ func (d *Datapath) backendToC(b Backend) (xdplbBackend, error) {
 	flags := uint16(xdplbBackendFlagsBACKEND_F_VALID)
 	if b.Down {
 		flags |= uint16(xdplbBackendFlagsBACKEND_F_DOWN)
+	}
+	var mac, src [6]byte
+	switch b.Mode {
+	case 0, ModeDR: // the zero Backend is a DR one
+		if b.Ifindex == 0 {
+			return xdplbBackend{}, fmt.Errorf("%w: backend %d has no egress interface", ErrInvalid, b.ID)
+		}
+		if mac, err = mac6(b.MAC, "backend mac"); err != nil {
+			return xdplbBackend{}, err
+		}
+		if src, err = mac6(b.SrcMAC, "source mac"); err != nil {
+			return xdplbBackend{}, err
+		}
+	case ModeNAT, ModeFullNAT:
+		// The next hop comes from the FIB per packet; MACs and an
+		// interface given anyway are kept for `status`, never used.
+		if len(b.MAC) == 6 {
+			copy(mac[:], b.MAC)
+		}
+		if len(b.SrcMAC) == 6 {
+			copy(src[:], b.SrcMAC)
+		}
+		flags |= modeFlag(b.Mode)
+	default:
+		return xdplbBackend{}, fmt.Errorf("%w: backend %d: forwarding mode %d", ErrInvalid, b.ID, b.Mode)
 	}
 	return xdplbBackend{
 		Addr:    a,
@@ -108,17 +122,48 @@ func (d *Datapath) backendToC(b Backend) (xdplbBackend, error) {
 	}, nil
 }
 
+// modeFlag is the backend flag of a NAT mode (BACKEND_F_NAT, _FULLNAT).
+func modeFlag(m ForwardMode) uint16 {
+	switch m {
+	case ModeNAT:
+		return uint16(xdplbBackendFlagsBACKEND_F_NAT)
+	case ModeFullNAT:
+		return uint16(xdplbBackendFlagsBACKEND_F_FULLNAT)
+	}
+	return 0
+}
+
+func modeFromFlags(f uint16) ForwardMode {
+	switch {
+	case f&uint16(xdplbBackendFlagsBACKEND_F_FULLNAT) != 0:
+		return ModeFullNAT
+	case f&uint16(xdplbBackendFlagsBACKEND_F_NAT) != 0:
+		return ModeNAT
+	}
+	return ModeDR
+}
+
 func backendFromC(id uint32, b xdplbBackend) Backend {
 	return Backend{
+		Mode:    modeFromFlags(b.Flags),
 		ID:      id,
 		VIPID:   b.VipId,
 		Addr:    addrFrom16(b.Addr),
 		Port:    fromNetPort(b.Port),
-		MAC:     net.HardwareAddr(append([]byte(nil), b.Mac[:]...)),
-		SrcMAC:  net.HardwareAddr(append([]byte(nil), b.SrcMac[:]...)),
+		MAC:     macFromC(b.Mac, b.Flags),
+		SrcMAC:  macFromC(b.SrcMac, b.Flags),
 		Ifindex: b.Ifindex,
 		Down:    b.Flags&uint16(xdplbBackendFlagsBACKEND_F_DOWN) != 0,
 	}
+}
+
+// macFromC is a stored MAC; a NAT backend's all-zero one reads as none,
+// as it was written.
+func macFromC(m [6]byte, flags uint16) net.HardwareAddr {
+	if m == ([6]byte{}) && modeFromFlags(flags) != ModeDR {
+		return nil
+	}
+	return net.HardwareAddr(append([]byte(nil), m[:]...))
 }
 
 func vipMetaToC(m VIPMeta) xdplbVipMeta {

@@ -61,7 +61,7 @@ func backendAt(vip VIPKey, id uint32) Backend {
 	if vip.Addr.Is6() {
 		addr = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 1, 15: byte(id)})
 	}
-	return Backend{ID: id, VIPID: 1, Addr: addr, MAC: backendMAC(id), SrcMAC: lbOutMAC, Ifindex: loIfindex}
+	return Backend{ID: id, VIPID: 1, Addr: addr, MAC: backendMAC(id), SrcMAC: lbOutMAC, Mode: ModeDR, Ifindex: loIfindex}
 }
 
 func flowsByBackend(t testing.TB, d *Datapath) map[uint32]int {
@@ -300,7 +300,7 @@ func TestNoHealthyBackend(t *testing.T) {
 		must(t, d.PutVIP(keys[id], VIPMeta{ID: id, Mode: ModeDR, Hash: HashMaglev, NoHealthy: id == 5 || id == 7}))
 	}
 	must(t, d.PutLookupTable(7, make([]uint32, size)))
-	down := Backend{ID: 9, VIPID: 8, Addr: netip.MustParseAddr("10.0.1.9"), MAC: backendMAC(9), SrcMAC: lbOutMAC, Ifindex: loIfindex, Down: true}
+	down := Backend{ID: 9, VIPID: 8, Addr: netip.MustParseAddr("10.0.1.9"), MAC: backendMAC(9), SrcMAC: lbOutMAC, Mode: ModeDR, Ifindex: loIfindex, Down: true}
 	must(t, d.PutBackend(down))
 	must(t, d.PutLookupTable(8, fill(size, 9)))
 

@@ -51,10 +51,17 @@ type Datapath struct {
 	vipIndex  map[VIPKey]VIPMeta // canonical key -> meta
 	vipIDs    map[uint32]VIPKey  // id -> canonical key
 	addrCount map[[16]byte]uint32
-	bitCount  map[uint32]uint32 // pre-filter bit -> VIPs folding to it
+	bitCount  map[uint32]uint32 // pre-filter bit -> VIPs and NAT backends folding to it
+	replyBits map[uint32]uint32 // NAT backend id -> its reply bit in the pre-filter
 	filter    xdplbVipBitmap
 
 	ticks *tickClock // the connection table's clock, guarded by mu
+
+	eventNames map[uint32]string
+	natParams  xdplbNatConfig // as written at load
+	natMu      sync.Mutex     // guards the last sweep's result
+	natStats   NATStats
+	natSwept   bool
 }
 
 // Load loads the program, reuses compatible pinned maps under
@@ -108,13 +115,21 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 	if err != nil {
 		return nil, err
 	}
+	events, err := eventNames(spec)
+	if err != nil {
+		return nil, err
+	}
 	d := &Datapath{
-		opts:      opts,
-		log:       opts.Logger,
-		pinDir:    pinDir,
-		pinLock:   pinLock,
-		innerSpec: specs.Lookup.InnerMap.Copy(),
-		dropNames: names,
+		opts:       opts,
+		log:        opts.Logger,
+		pinDir:     pinDir,
+		pinLock:    pinLock,
+		innerSpec:  specs.Lookup.InnerMap.Copy(),
+		dropNames:  names,
+		eventNames: events,
+	}
+	if err := replaceStaleCounterPins(spec, pinDir, d.log); err != nil {
+		return nil, err
 	}
 	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}})
 	if err != nil {
@@ -138,6 +153,11 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 		d.objs.Close()
 		return nil, err
 	}
+	if err := d.writeNATParams(); err != nil {
+		d.ticks.Close()
+		d.objs.Close()
+		return nil, err
+	}
 	if err := d.rebuildVIPIndex(); err != nil {
 		d.ticks.Close()
 		d.objs.Close()
@@ -150,8 +170,37 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 		}
 	}
 	d.log.Info("data plane loaded", "pin_path", pinDir, "interfaces", opts.Interfaces,
-		"lookup_size", opts.LookupSize, "conntrack_size", opts.ConntrackSize)
+		"lookup_size", opts.LookupSize, "conntrack_size", opts.ConntrackSize, "snat_ports", opts.SNATPorts.String())
 	return d, nil
+}
+
+// counterPins are the pinned maps that hold only counters: when a new
+// build changes one's size (a drop reason added), its pin is replaced and
+// the counters restart from zero, rather than refusing every pin and the
+// connection table with them.
+var counterPins = []string{xdplbMapDrops, xdplbMapEvents, xdplbMapXdpActions}
+
+func replaceStaleCounterPins(spec *ebpf.CollectionSpec, pinDir string, log *slog.Logger) error {
+	for _, name := range counterPins {
+		path := filepath.Join(pinDir, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("load pinned %s: %w", name, err)
+		}
+		cerr := spec.Maps[name].Compatible(m)
+		m.Close()
+		if cerr == nil {
+			continue
+		}
+		log.Warn("pinned counters do not match this build: they restart from zero", "map", name, "reason", cerr)
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("replace pinned %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // loadSpec returns the program's spec sized for opts, and its named parts.
@@ -176,6 +225,9 @@ func loadSpec(opts Options) (*ebpf.CollectionSpec, *xdplbSpecs, error) {
 		{s.Backends, opts.MaxBackends},
 		{s.BackendStats, opts.MaxBackends},
 		{s.Conntrack, opts.ConntrackSize},
+		{s.NatFlows, opts.ConntrackSize}, // at most one translation per flow
+		{s.VipSnat, opts.MaxVIPs},
+		{s.VipIcmp, opts.MaxVIPs},
 	} {
 		size.m.MaxEntries = size.n
 	}

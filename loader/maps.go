@@ -23,12 +23,37 @@ func (d *Datapath) VIPs() (map[VIPKey]VIPMeta, error) {
 	var m xdplbVipMeta
 	it := d.objs.Vips.Iterate()
 	for it.Next(&k, &m) {
-		out[vipKeyFromC(k)] = vipMetaFromC(m)
+		meta := vipMetaFromC(m)
+		if meta.Mode == ModeFullNAT {
+			var a [16]byte
+			if err := d.objs.VipSnat.Lookup(meta.ID, &a); err != nil {
+				return nil, fmt.Errorf("read snat address of vip %d: %w", meta.ID, err)
+			}
+			if a != ([16]byte{}) {
+				meta.SNATAddr = addrFrom16(a)
+			}
+		}
+		out[vipKeyFromC(k)] = meta
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("iterate vips: %w", err)
 	}
 	return out, nil
+}
+
+// snatToC is the vip_snat value of m: its SNAT address for full NAT, all
+// zero (none) otherwise.
+func snatToC(m VIPMeta) ([16]byte, error) {
+	if m.Mode != ModeFullNAT {
+		if m.SNATAddr.IsValid() {
+			return [16]byte{}, fmt.Errorf("%w: snat address %s on a vip that is not full nat", ErrInvalid, m.SNATAddr)
+		}
+		return [16]byte{}, nil
+	}
+	if !m.SNATAddr.IsValid() {
+		return [16]byte{}, fmt.Errorf("%w: full nat needs a snat address", ErrInvalid)
+	}
+	return addr16(m.SNATAddr)
 }
 
 // PutVIP adds or updates a VIP. A VIP new to the data plane starts with
@@ -41,8 +66,15 @@ func (d *Datapath) PutVIP(k VIPKey, m VIPMeta) error {
 	if m.ID == 0 || m.ID >= d.opts.MaxVIPs {
 		return fmt.Errorf("put vip %s: %w: id %d outside 1..%d", k, ErrInvalid, m.ID, d.opts.MaxVIPs-1)
 	}
-	if m.Mode != ModeDR {
-		return fmt.Errorf("put vip %s: %w: forwarding mode %d not supported", k, ErrInvalid, m.Mode)
+	if m.Mode != ModeDR && !m.Mode.IsNAT() {
+		return fmt.Errorf("put vip %s: %w: forwarding mode %d", k, ErrInvalid, m.Mode)
+	}
+	snat, err := snatToC(m)
+	if err != nil {
+		return fmt.Errorf("put vip %s: %w", k, err)
+	}
+	if m.SNATAddr.IsValid() && m.SNATAddr.Unmap().Is4() != k.Addr.Unmap().Is4() {
+		return fmt.Errorf("put vip %s: %w: snat address %s is of another family", k, ErrInvalid, m.SNATAddr)
 	}
 	if m.Hash != HashMaglev && m.Hash != HashSource {
 		return fmt.Errorf("put vip %s: %w: hash kind %d", k, ErrInvalid, m.Hash)
@@ -57,6 +89,9 @@ func (d *Datapath) PutVIP(k VIPKey, m VIPMeta) error {
 	old, existed := d.vipIndex[k]
 	if !existed || old.ID != m.ID {
 		if err := d.zeroCounters(d.objs.VipStats, m.ID); err != nil {
+			return fmt.Errorf("put vip %s: %w", k, err)
+		}
+		if err := d.zeroICMPCounter(m.ID); err != nil {
 			return fmt.Errorf("put vip %s: %w", k, err)
 		}
 	}
@@ -77,6 +112,13 @@ func (d *Datapath) PutVIP(k VIPKey, m VIPMeta) error {
 	}
 	if err := d.setVIPKey(m.ID, ck); err != nil {
 		return fmt.Errorf("put vip %s: %w", k, err)
+	}
+	// Before the meta: the address a full-NAT flow is sent from exists
+	// as soon as the VIP says full NAT.
+	if !existed || old.ID != m.ID || old.SNATAddr != m.SNATAddr {
+		if err := d.objs.VipSnat.Put(m.ID, snat); err != nil {
+			return fmt.Errorf("put vip %s: snat address: %w", k, err)
+		}
 	}
 	if err := d.objs.Vips.Put(ck, vipMetaToC(m)); err != nil {
 		return fmt.Errorf("put vip %s: %w", k, err)
@@ -118,6 +160,11 @@ func (d *Datapath) DeleteVIP(k VIPKey) error {
 	// Free the id first: the VIP's established flows stop with it.
 	if err := d.setVIPKey(m.ID, xdplbVipKey{}); err != nil {
 		return fmt.Errorf("delete vip %s: %w", k, err)
+	}
+	if m.SNATAddr.IsValid() {
+		if err := d.objs.VipSnat.Put(m.ID, [16]byte{}); err != nil {
+			return fmt.Errorf("delete vip %s: snat address: %w", k, err)
+		}
 	}
 	if err := d.objs.Vips.Delete(ck); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete vip %s: %w", k, err)
@@ -170,6 +217,11 @@ func (d *Datapath) PutBackend(b Backend) error {
 			return fmt.Errorf("put backend %d: %w", b.ID, err)
 		}
 	}
+	// The reply bit before the entry, so the first reply finds it set; a
+	// bit left set by a failure below is only a false positive.
+	if err := d.setReplyBit(b.ID, replyFilterBit(cb.Addr), b.Mode.IsNAT()); err != nil {
+		return fmt.Errorf("put backend %d: %w", b.ID, err)
+	}
 	if err := d.objs.Backends.Put(b.ID, cb); err != nil {
 		return fmt.Errorf("put backend %d: %w", b.ID, err)
 	}
@@ -182,8 +234,13 @@ func (d *Datapath) DeleteBackend(id uint32) error {
 	if id == 0 || id >= d.opts.MaxBackends {
 		return fmt.Errorf("delete backend %d: %w: id outside 1..%d", id, ErrInvalid, d.opts.MaxBackends-1)
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	// An array entry cannot be deleted; all-zero means flags without VALID.
 	if err := d.objs.Backends.Put(id, xdplbBackend{}); err != nil {
+		return fmt.Errorf("delete backend %d: %w", id, err)
+	}
+	if err := d.setReplyBit(id, 0, false); err != nil {
 		return fmt.Errorf("delete backend %d: %w", id, err)
 	}
 	return nil
@@ -196,6 +253,17 @@ func (d *Datapath) zeroCounters(m *ebpf.Map, id uint32) error {
 	}
 	if err := m.Put(id, make([]xdplbLbCounters, cpus)); err != nil {
 		return fmt.Errorf("reset counters %d: %w", id, err)
+	}
+	return nil
+}
+
+func (d *Datapath) zeroICMPCounter(id uint32) error {
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return err
+	}
+	if err := d.objs.VipIcmp.Put(id, make([]uint64, cpus)); err != nil {
+		return fmt.Errorf("reset icmp counter %d: %w", id, err)
 	}
 	return nil
 }

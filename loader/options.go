@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
+	"strings"
 )
 
 // The data plane's defaults, written here only: the daemon's config and
@@ -17,16 +19,22 @@ const (
 	DefaultMaxBackends   = 65536
 )
 
+// DefaultSNATPorts are the source ports full NAT takes (--snat-ports). They
+// overlap the kernel's ephemeral range: a reply to an LB socket on the SNAT
+// address whose 5-tuple has no translation still goes to the kernel.
+var DefaultSNATPorts = PortRange{Lo: 20000, Hi: 60999}
+
 // Options configure Load. A zero field takes its default (see Defaults).
 // Validate words its errors after the daemon's flags, given in brackets.
 type Options struct {
-	BPFFS         string   // [--bpffs] DefaultBPFFS; pins go to BPFFS/xdplb; mounted as bpffs if it is not one
-	Interfaces    []string // [--iface] Load accepts none (tests): it loads and pins, attaches nothing
-	XDPMode       XDPMode  // [--xdp-mode] native|generic|auto; DefaultXDPMode
-	LookupSize    uint32   // [--maglev-size] a prime; DefaultLookupSize
-	ConntrackSize uint32   // [--conntrack-size] DefaultConntrackSize
-	MaxVIPs       uint32   // DefaultMaxVIPs
-	MaxBackends   uint32   // DefaultMaxBackends
+	BPFFS         string    // [--bpffs] DefaultBPFFS; pins go to BPFFS/xdplb; mounted as bpffs if it is not one
+	Interfaces    []string  // [--iface] Load accepts none (tests): it loads and pins, attaches nothing
+	XDPMode       XDPMode   // [--xdp-mode] native|generic|auto; DefaultXDPMode
+	LookupSize    uint32    // [--maglev-size] a prime; DefaultLookupSize
+	ConntrackSize uint32    // [--conntrack-size] DefaultConntrackSize
+	MaxVIPs       uint32    // DefaultMaxVIPs
+	MaxBackends   uint32    // DefaultMaxBackends
+	SNATPorts     PortRange // [--snat-ports] full NAT's source ports; DefaultSNATPorts
 	Logger        *slog.Logger
 }
 
@@ -50,6 +58,9 @@ func (o *Options) Defaults() {
 	}
 	if o.MaxBackends == 0 {
 		o.MaxBackends = DefaultMaxBackends
+	}
+	if o.SNATPorts == (PortRange{}) {
+		o.SNATPorts = DefaultSNATPorts
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -86,6 +97,9 @@ func (o Options) validate() error {
 	if o.MaxVIPs < 2 || o.MaxBackends < 2 {
 		return invalidf("max vips %d and max backends %d must be at least 2", o.MaxVIPs, o.MaxBackends)
 	}
+	if o.SNATPorts.Lo == 0 || o.SNATPorts.Lo > o.SNATPorts.Hi {
+		return invalidf("--snat-ports %s: want LO-HI with 1 <= LO <= HI <= 65535", o.SNATPorts)
+	}
 	seen := make(map[string]bool, len(o.Interfaces))
 	for _, name := range o.Interfaces {
 		if seen[name] {
@@ -115,6 +129,21 @@ func ParseXDPMode(s string) (XDPMode, error) {
 		return m, nil
 	}
 	return "", invalidf("--xdp-mode %q: want native, generic or auto", s)
+}
+
+// ParsePortRange parses "LO-HI" (or one port) as --snat-ports takes it;
+// the error wraps ErrInvalid.
+func ParsePortRange(s string) (PortRange, error) {
+	lo, hi, found := strings.Cut(strings.TrimSpace(s), "-")
+	if !found {
+		hi = lo
+	}
+	l, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+	h, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+	if err1 != nil || err2 != nil || l == 0 || l > h {
+		return PortRange{}, invalidf("--snat-ports %q: want LO-HI with 1 <= LO <= HI <= 65535", s)
+	}
+	return PortRange{Lo: uint16(l), Hi: uint16(h)}, nil
 }
 
 // IsPrime reports whether n is prime: a lookup table's size must be, or

@@ -29,6 +29,7 @@ func TestDefaultsFillsEveryField(t *testing.T) {
 		ConntrackSize: DefaultConntrackSize,
 		MaxVIPs:       DefaultMaxVIPs,
 		MaxBackends:   DefaultMaxBackends,
+		SNATPorts:     DefaultSNATPorts,
 		Logger:        o.Logger,
 	}
 	if !reflect.DeepEqual(o, want) {
@@ -45,7 +46,8 @@ func TestDefaultsFillsEveryField(t *testing.T) {
 
 func TestDefaultsKeepsSetFields(t *testing.T) {
 	set := Options{BPFFS: "/b", Interfaces: []string{"eth0"}, XDPMode: XDPModeNative, LookupSize: 251,
-		ConntrackSize: 4096, MaxVIPs: 16, MaxBackends: 64, Logger: testOptions("").Logger}
+		ConntrackSize: 4096, MaxVIPs: 16, MaxBackends: 64, SNATPorts: PortRange{Lo: 1000, Hi: 1001},
+		Logger: testOptions("").Logger}
 	o := set
 	o.Defaults()
 	if !reflect.DeepEqual(o, set) {

@@ -70,6 +70,15 @@ func (d *Datapath) VIPCounters() (map[uint32]Counters, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read vip counters: %w", err)
 	}
+	err = readPerCPU(d.objs.VipIcmp, func(id uint32, per []uint64) {
+		if c, ok := out[id]; ok {
+			c.ICMPErrors = sum64(per)
+			out[id] = c
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read vip icmp counters: %w", err)
+	}
 	return out, nil
 }
 
@@ -282,5 +291,10 @@ func (d *Datapath) Status() (Status, error) {
 	fill(xdplbMapBackends, d.objs.Backends, len(bes))
 	fill(xdplbMapLookup, d.objs.Lookup, tables)
 	fill(xdplbMapConntrack, d.objs.Conntrack, ct)
+	nat, err := d.NATStats()
+	if err != nil {
+		return Status{}, err
+	}
+	fill(xdplbMapNatFlows, d.objs.NatFlows, nat.Entries)
 	return st, nil
 }

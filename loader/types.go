@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 )
@@ -17,8 +18,14 @@ const (
 type ForwardMode uint8
 
 const (
-	ModeDR ForwardMode = 1
+	ModeDR      ForwardMode = 1 // MAC rewrite; the backend owns the VIP
+	ModeNAT     ForwardMode = 2 // destination address and port rewritten, replies reversed
+	ModeFullNAT ForwardMode = 3 // ModeNAT plus the source: an LB address and a port of Options.SNATPorts
 )
+
+// IsNAT reports whether m rewrites addresses (its next hop comes from the
+// kernel's FIB, not from Backend.MAC).
+func (m ForwardMode) IsNAT() bool { return m == ModeNAT || m == ModeFullNAT }
 
 // HashKind says what a new flow is hashed on to pick a lookup table slot
 // (bpf enum sched_kind).
@@ -44,14 +51,22 @@ type VIPMeta struct {
 	// NoHealthy: backends are configured but every one failed its checks;
 	// new flows are dropped as "no_healthy_backend" (VIP_F_NO_HEALTHY).
 	NoHealthy bool
+	// SNATAddr is the source address of a ModeFullNAT VIP's translated
+	// packets (map vip_snat); unset for the other modes.
+	SNATAddr netip.Addr
 }
 
-// Backend is one backend of one VIP as the data plane sees it.
+// Backend is one backend of one VIP as the data plane sees it. A backend
+// of a NAT VIP needs no MAC, SrcMAC or Ifindex: its next hop is looked up
+// per packet in the kernel's FIB (bpf_fib_lookup).
 type Backend struct {
-	ID      uint32 // 1..MaxBackends-1; 0 marks an empty lookup-table slot
-	VIPID   uint32
-	Addr    netip.Addr
-	Port    uint16 // 0: the VIP's port
+	ID    uint32 // 1..MaxBackends-1; 0 marks an empty lookup-table slot
+	VIPID uint32
+	Addr  netip.Addr
+	Port  uint16 // 0: the VIP's port
+	// Mode is the forwarding mode of the backend's VIP: the established
+	// path reads it here, never looking the VIP up.
+	Mode    ForwardMode
 	MAC     net.HardwareAddr
 	SrcMAC  net.HardwareAddr // MAC of the egress interface
 	Ifindex uint32           // egress interface
@@ -60,11 +75,32 @@ type Backend struct {
 	Down bool
 }
 
+// PortRange is an inclusive range of ports.
+type PortRange struct{ Lo, Hi uint16 }
+
+func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.Lo, r.Hi) }
+
+// Size is the number of ports in r.
+func (r PortRange) Size() int { return int(r.Hi) - int(r.Lo) + 1 }
+
+// NATStats describes the NAT table (map nat_flows).
+type NATStats struct {
+	Entries int // reply translations, live or expired but not yet reclaimed
+	// SNATPortsInUse counts live full-NAT mappings: (SNAT address,
+	// port, backend) triples held by a flow that is neither expired nor
+	// closed.
+	SNATPortsInUse int
+}
+
 // Counters are summed over CPUs.
 type Counters struct {
 	Packets uint64
 	Bytes   uint64
 	Flows   uint64
+	// ICMPErrors counts the ICMP/ICMPv6 errors about the VIP's flows
+	// that were forwarded to a backend or translated back to a client
+	// (VIP counters only).
+	ICMPErrors uint64
 }
 
 // XDPMode selects how the program is attached.

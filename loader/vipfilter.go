@@ -23,6 +23,43 @@ func vipFilterBit(k xdplbVipKey) uint32 {
 	return (h * vipFoldMul) >> 16
 }
 
+// replyFoldSalt is REPLY_FOLD_SALT of bpf/vipfilter.h.
+const replyFoldSalt = 0x5bd1e995
+
+// replyFilterBit is the pre-filter bit of a NAT backend's replies: the
+// fold of reply_filter_bit in bpf/vipfilter.h, over the address alone.
+func replyFilterBit(addr [16]byte) uint32 {
+	h := uint32(replyFoldSalt)
+	for i := 0; i < len(addr); i += 4 {
+		h ^= binary.LittleEndian.Uint32(addr[i:])
+	}
+	return (h * vipFoldMul) >> 16
+}
+
+// setReplyBit gives backend id the reply bit bit (has: it has one; a DR
+// backend has none), clearing the one it had. Called with mu held.
+func (d *Datapath) setReplyBit(id, bit uint32, has bool) error {
+	old, had := d.replyBits[id]
+	if had == has && old == bit {
+		return nil
+	}
+	if has {
+		if err := d.addFilterBit(bit); err != nil {
+			return err
+		}
+		d.replyBits[id] = bit
+	}
+	if had {
+		if !has {
+			delete(d.replyBits, id)
+		}
+		if err := d.clearFilterBit(old); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // vipFilterFor sets the bit of every VIP in vips.
 func vipFilterFor(vips map[VIPKey]VIPMeta) (xdplbVipBitmap, error) {
 	var f xdplbVipBitmap
@@ -122,6 +159,18 @@ func (d *Datapath) rebuildVIPIndex() error {
 		d.bitCount[bit]++
 		d.filter.Bits[bit/64] |= 1 << (bit % 64)
 		want[m.ID] = ck
+	}
+	d.replyBits = make(map[uint32]uint32)
+	err = readArray(d.objs.Backends, func(id uint32, b xdplbBackend) {
+		if b.valid() && modeFromFlags(b.Flags) != ModeDR {
+			bit := replyFilterBit(b.Addr)
+			d.replyBits[id] = bit
+			d.bitCount[bit]++
+			d.filter.Bits[bit/64] |= 1 << (bit % 64)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("read backends: %w", err)
 	}
 	if err := d.writeVIPFilter(); err != nil {
 		return err

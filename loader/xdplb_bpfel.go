@@ -27,9 +27,20 @@ type xdplbBackend struct {
 type xdplbBackendFlags uint32
 
 const (
-	xdplbBackendFlagsBACKEND_F_VALID xdplbBackendFlags = 1
-	xdplbBackendFlagsBACKEND_F_DOWN  xdplbBackendFlags = 2
+	xdplbBackendFlagsBACKEND_F_VALID   xdplbBackendFlags = 1
+	xdplbBackendFlagsBACKEND_F_DOWN    xdplbBackendFlags = 2
+	xdplbBackendFlagsBACKEND_F_NAT     xdplbBackendFlags = 4
+	xdplbBackendFlagsBACKEND_F_FULLNAT xdplbBackendFlags = 8
 )
+
+type xdplbBpfDevmapVal struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	BpfProg struct {
+		_  structs.HostLayout
+		Fd int32
+	}
+}
 
 type xdplbDropReason uint32
 
@@ -42,13 +53,31 @@ const (
 	xdplbDropReasonDROP_IPV6EXT            xdplbDropReason = 5
 	xdplbDropReasonDROP_REDIRECT_FAILED    xdplbDropReason = 6
 	xdplbDropReasonDROP_NO_HEALTHY_BACKEND xdplbDropReason = 7
-	xdplbDropReasonDROP_REASON_MAX         xdplbDropReason = 8
+	xdplbDropReasonDROP_SNAT_EXHAUSTED     xdplbDropReason = 8
+	xdplbDropReasonDROP_NAT_TABLE_FULL     xdplbDropReason = 9
+	xdplbDropReasonDROP_REASON_MAX         xdplbDropReason = 10
+)
+
+type xdplbEvent uint32
+
+const (
+	xdplbEventEV_NONE            xdplbEvent = 0
+	xdplbEventEV_FIB_NO_NEIGH    xdplbEvent = 1
+	xdplbEventEV_FIB_FAILED      xdplbEvent = 2
+	xdplbEventEV_FRAG_NEEDED     xdplbEvent = 3
+	xdplbEventEV_TTL_EXCEEDED    xdplbEvent = 4
+	xdplbEventEV_EGRESS_NOT_XDP  xdplbEvent = 5
+	xdplbEventEV_ICMP_TO_BACKEND xdplbEvent = 6
+	xdplbEventEV_ICMP_TO_CLIENT  xdplbEvent = 7
+	xdplbEventEV_NAT_REPLY       xdplbEvent = 8
+	xdplbEventEVENT_MAX          xdplbEvent = 9
 )
 
 type xdplbFlowFlags uint32
 
 const (
-	xdplbFlowFlagsFLOW_F_CLOSING xdplbFlowFlags = 1
+	xdplbFlowFlagsFLOW_F_CLOSING       xdplbFlowFlags = 1
+	xdplbFlowFlagsFLOW_SNAT_PORT_SHIFT xdplbFlowFlags = 16
 )
 
 type xdplbFlowKey struct {
@@ -71,7 +100,9 @@ type xdplbFlowVal struct {
 type xdplbFwdMode uint32
 
 const (
-	xdplbFwdModeFWD_MODE_DR xdplbFwdMode = 1
+	xdplbFwdModeFWD_MODE_DR      xdplbFwdMode = 1
+	xdplbFwdModeFWD_MODE_NAT     xdplbFwdMode = 2
+	xdplbFwdModeFWD_MODE_FULLNAT xdplbFwdMode = 3
 )
 
 type xdplbLbCounters struct {
@@ -79,6 +110,35 @@ type xdplbLbCounters struct {
 	Packets uint64
 	Bytes   uint64
 	Flows   uint64
+}
+
+type xdplbNatConfig struct {
+	_             structs.HostLayout
+	SnatPortLo    uint16
+	Pad           uint16
+	SnatPortCount uint32
+	TcpIdleTicks  uint64
+	UdpIdleTicks  uint64
+	ClosingTicks  uint64
+}
+
+type xdplbNatFlags uint32
+
+const (
+	xdplbNatFlagsNAT_F_CLOSING xdplbNatFlags = 1
+	xdplbNatFlagsNAT_F_FULL    xdplbNatFlags = 2
+)
+
+type xdplbNatState struct {
+	_          structs.HostLayout
+	Vip        [16]uint8
+	Client     [16]uint8
+	VipPort    uint16
+	ClientPort uint16
+	VipId      uint32
+	Flags      uint32
+	Pad        uint32
+	LastSeen   uint64
 }
 
 type xdplbSchedKind uint32
@@ -123,10 +183,16 @@ const (
 	xdplbMapBackends           = "backends"
 	xdplbMapConntrack          = "conntrack"
 	xdplbMapDrops              = "drops"
+	xdplbMapEvents             = "events"
 	xdplbMapLookup             = "lookup"
+	xdplbMapNatFlows           = "nat_flows"
+	xdplbMapNatParams          = "nat_params"
+	xdplbMapTxPorts            = "tx_ports"
 	xdplbMapVipAddrs           = "vip_addrs"
 	xdplbMapVipFilter          = "vip_filter"
+	xdplbMapVipIcmp            = "vip_icmp"
 	xdplbMapVipKeys            = "vip_keys"
+	xdplbMapVipSnat            = "vip_snat"
 	xdplbMapVipStats           = "vip_stats"
 	xdplbMapVips               = "vips"
 	xdplbMapXdpActions         = "xdp_actions"
@@ -136,6 +202,8 @@ const (
 	xdplbVarUnusedBackendFlags = "unused_backend_flags"
 	xdplbVarUnusedFlowFlags    = "unused_flow_flags"
 	xdplbVarUnusedFwdMode      = "unused_fwd_mode"
+	xdplbVarUnusedNatFlags     = "unused_nat_flags"
+	xdplbVarUnusedNatState     = "unused_nat_state"
 	xdplbVarUnusedSchedKind    = "unused_sched_kind"
 	xdplbVarUnusedVipFlags     = "unused_vip_flags"
 )
@@ -194,10 +262,16 @@ type xdplbMapSpecs struct {
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	Drops        *ebpf.MapSpec `ebpf:"drops"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
 	Lookup       *ebpf.MapSpec `ebpf:"lookup"`
+	NatFlows     *ebpf.MapSpec `ebpf:"nat_flows"`
+	NatParams    *ebpf.MapSpec `ebpf:"nat_params"`
+	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
 	VipAddrs     *ebpf.MapSpec `ebpf:"vip_addrs"`
 	VipFilter    *ebpf.MapSpec `ebpf:"vip_filter"`
+	VipIcmp      *ebpf.MapSpec `ebpf:"vip_icmp"`
 	VipKeys      *ebpf.MapSpec `ebpf:"vip_keys"`
+	VipSnat      *ebpf.MapSpec `ebpf:"vip_snat"`
 	VipStats     *ebpf.MapSpec `ebpf:"vip_stats"`
 	Vips         *ebpf.MapSpec `ebpf:"vips"`
 	XdpActions   *ebpf.MapSpec `ebpf:"xdp_actions"`
@@ -211,6 +285,8 @@ type xdplbVariableSpecs struct {
 	UnusedBackendFlags *ebpf.VariableSpec `ebpf:"unused_backend_flags"`
 	UnusedFlowFlags    *ebpf.VariableSpec `ebpf:"unused_flow_flags"`
 	UnusedFwdMode      *ebpf.VariableSpec `ebpf:"unused_fwd_mode"`
+	UnusedNatFlags     *ebpf.VariableSpec `ebpf:"unused_nat_flags"`
+	UnusedNatState     *ebpf.VariableSpec `ebpf:"unused_nat_state"`
 	UnusedSchedKind    *ebpf.VariableSpec `ebpf:"unused_sched_kind"`
 	UnusedVipFlags     *ebpf.VariableSpec `ebpf:"unused_vip_flags"`
 }
@@ -239,10 +315,16 @@ type xdplbMaps struct {
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	Drops        *ebpf.Map `ebpf:"drops"`
+	Events       *ebpf.Map `ebpf:"events"`
 	Lookup       *ebpf.Map `ebpf:"lookup"`
+	NatFlows     *ebpf.Map `ebpf:"nat_flows"`
+	NatParams    *ebpf.Map `ebpf:"nat_params"`
+	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
 	VipAddrs     *ebpf.Map `ebpf:"vip_addrs"`
 	VipFilter    *ebpf.Map `ebpf:"vip_filter"`
+	VipIcmp      *ebpf.Map `ebpf:"vip_icmp"`
 	VipKeys      *ebpf.Map `ebpf:"vip_keys"`
+	VipSnat      *ebpf.Map `ebpf:"vip_snat"`
 	VipStats     *ebpf.Map `ebpf:"vip_stats"`
 	Vips         *ebpf.Map `ebpf:"vips"`
 	XdpActions   *ebpf.Map `ebpf:"xdp_actions"`
@@ -254,10 +336,16 @@ func (m *xdplbMaps) Close() error {
 		m.Backends,
 		m.Conntrack,
 		m.Drops,
+		m.Events,
 		m.Lookup,
+		m.NatFlows,
+		m.NatParams,
+		m.TxPorts,
 		m.VipAddrs,
 		m.VipFilter,
+		m.VipIcmp,
 		m.VipKeys,
+		m.VipSnat,
 		m.VipStats,
 		m.Vips,
 		m.XdpActions,
@@ -272,6 +360,8 @@ type xdplbVariables struct {
 	UnusedBackendFlags *ebpf.Variable `ebpf:"unused_backend_flags"`
 	UnusedFlowFlags    *ebpf.Variable `ebpf:"unused_flow_flags"`
 	UnusedFwdMode      *ebpf.Variable `ebpf:"unused_fwd_mode"`
+	UnusedNatFlags     *ebpf.Variable `ebpf:"unused_nat_flags"`
+	UnusedNatState     *ebpf.Variable `ebpf:"unused_nat_state"`
 	UnusedSchedKind    *ebpf.Variable `ebpf:"unused_sched_kind"`
 	UnusedVipFlags     *ebpf.Variable `ebpf:"unused_vip_flags"`
 }

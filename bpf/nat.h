@@ -1,0 +1,449 @@
+/* nat.h: NAT and full NAT: rewriting a flow's packets toward its backend, SNAT ports, and reversing the replies. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "maps.h"
+#include "parse.h"
+#include "csum.h"
+#include "fib.h"
+#include "stats.h"
+#include "sched.h"
+#include "conntrack.h"
+
+/*
+ * A NAT flow has two entries: the connection table's (client 5-tuple ->
+ * backend, and for full NAT the SNAT port in flow_val.flags) for the
+ * packets toward the backend, and nat_flows' (the reply's 5-tuple -> VIP
+ * and client) for the packets back. The reply's 5-tuple is what the
+ * backend sends: from the backend's address and port, to the client (nat)
+ * or to the SNAT address and port (full NAT), so a reply is found with the
+ * packet's own flow key.
+ *
+ * Full NAT's (SNAT address, port, backend address, port) is the nat_flows
+ * key, so holding a port is owning the key: a new flow inserts it with
+ * BPF_NOEXIST, which one CPU wins, and no lock is taken. The ports tried
+ * start at a hash of the client's 5-tuple, so a flow placed again (after
+ * its connection-table entry was evicted, or after a restart) finds its own
+ * mapping first and keeps its port.
+ */
+
+/* Ports tried for a new full-NAT flow before it is dropped as
+ * snat_exhausted: with 16 tries a range is "exhausted" for a new flow when
+ * 16 consecutive ports from its hash are live, which a uniformly 80% full
+ * range gives 2.8% of new flows. */
+#define SNAT_TRIES 16
+
+/* Returned by the NAT paths when the packet must be placed again. */
+#define NAT_REPLACE (-1)
+
+static __always_inline int backend_is_nat(const struct backend *be)
+{
+	return be->flags & (BACKEND_F_NAT | BACKEND_F_FULLNAT);
+}
+
+static __always_inline __be16 backend_port(const struct backend *be, __be16 vip_port)
+{
+	return be->port ? be->port : vip_port;
+}
+
+static __always_inline struct nat_config *nat_cfg(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&nat_params, &zero);
+}
+
+static __always_inline const __u8 *snat_addr(__u32 vip_id)
+{
+	const __u8 *a = bpf_map_lookup_elem(&vip_snat, &vip_id);
+	const __u64 *w = (const __u64 *)(const void *)a;
+
+	/* All zero: the control plane has not given the VIP an address. */
+	if (!a || (w[0] == 0 && w[1] == 0))
+		return NULL;
+	return a;
+}
+
+/* The reply's 5-tuple of a flow sent to be from (src, sport). */
+static __always_inline void nat_reply_key(struct flow_key *rk, const struct backend *be, __be16 bport,
+					  const __u8 src[16], __be16 sport, __u8 proto)
+{
+	__builtin_memcpy(rk->src, be->addr, 16);
+	__builtin_memcpy(rk->dst, src, 16);
+	rk->sport = bport;
+	rk->dport = sport;
+	rk->proto = proto;
+}
+
+static __always_inline int nat_expired(const struct nat_state *ns, __u64 now, const struct nat_config *cfg,
+				       __u8 proto)
+{
+	__u64 idle = proto == IPPROTO_TCP ? cfg->tcp_idle_ticks : cfg->udp_idle_ticks;
+
+	if (ns->flags & NAT_F_CLOSING)
+		idle = cfg->closing_ticks;
+	return now > ns->last_seen && now - ns->last_seen > idle;
+}
+
+static __always_inline int addr_eq(const __u8 a[16], const __u8 b[16])
+{
+	const __u64 *x = (const __u64 *)(const void *)a;
+	const __u64 *y = (const __u64 *)(const void *)b;
+
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+/* Is this translation the one of the flow that wants it? */
+static __always_inline int nat_same_flow(const struct nat_state *cur, const struct nat_state *want)
+{
+	return cur->vip_id == want->vip_id && cur->vip_port == want->vip_port &&
+	       cur->client_port == want->client_port && addr_eq(cur->client, want->client) &&
+	       addr_eq(cur->vip, want->vip);
+}
+
+/* Finds the full-NAT flow a port: rk holds the reply key but its port.
+ * Returns 0 with rk->dport set, or the drop reason. */
+static __always_inline enum drop_reason snat_alloc(const struct pkt *p, struct flow_key *rk,
+						   const struct nat_state *want, const struct nat_config *cfg)
+{
+	__u32 h = flow_hash(&p->flow, SCHED_MAGLEV);
+	__u32 count = cfg->snat_port_count;
+
+	if (!count)
+		return DROP_SNAT_EXHAUSTED;
+	for (int i = 0; i < SNAT_TRIES; i++) {
+		struct nat_state *cur;
+		long err;
+
+		rk->dport = bpf_htons(cfg->snat_port_lo + (h + i) % count);
+		cur = bpf_map_lookup_elem(&nat_flows, rk);
+		if (cur) {
+			if (nat_same_flow(cur, want)) {
+				/* Ours from before: a SYN on a closing flow starts afresh. */
+				cur->flags = want->flags;
+				cur->last_seen = want->last_seen;
+				return DROP_NONE;
+			}
+			if (!nat_expired(cur, want->last_seen, cfg, p->flow.proto))
+				continue;
+			/* Expired: one CPU's insert below wins the port; a CPU that
+			 * loses goes on to the next. */
+			bpf_map_delete_elem(&nat_flows, rk);
+		}
+		err = bpf_map_update_elem(&nat_flows, rk, want, BPF_NOEXIST);
+		if (!err)
+			return DROP_NONE;
+		if (err != -17 /* EEXIST: another CPU took it */)
+			return DROP_NAT_TABLE_FULL;
+	}
+	return DROP_SNAT_EXHAUSTED;
+}
+
+/* Rewrites a TCP/UDP packet's addresses and ports and fixes the IPv4
+ * header and L4 checksums. Every bound is checked before the first write,
+ * so a failure (-1) leaves the packet as it came. */
+static __always_inline int nat_rewrite(struct xdp_md *ctx, const struct pkt *p, const __u8 src[16],
+				       __be16 sport, const __u8 dst[16], __be16 dport)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 l3 = p->l3_off, l4 = p->l4_off;
+	__u32 addrs, ports;
+	__u16 *check;
+
+	if (l3 > L3_OFF_MAX || l4 > L4_OFF_MAX)
+		return -1;
+	addrs = csum_diff_addr(0, p->flow.src, src, p->v6);
+	addrs = csum_diff_addr(addrs, p->flow.dst, dst, p->v6);
+	ports = csum_diff16(addrs, p->flow.sport, sport);
+	ports = csum_diff16(ports, p->flow.dport, dport);
+
+	if (p->flow.proto == IPPROTO_TCP) {
+		struct tcphdr *th = data + l4;
+
+		if ((void *)(th + 1) > data_end)
+			return -1;
+		check = &th->check;
+	} else {
+		struct udphdr *uh = data + l4;
+
+		if ((void *)(uh + 1) > data_end)
+			return -1;
+		check = &uh->check;
+	}
+	if (p->v6) {
+		struct ipv6hdr *ip6 = data + l3;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		__builtin_memcpy(&ip6->saddr, src, 16);
+		__builtin_memcpy(&ip6->daddr, dst, 16);
+	} else {
+		struct iphdr *iph = data + l3;
+
+		if ((void *)(iph + 1) > data_end)
+			return -1;
+		__builtin_memcpy(&iph->saddr, src + 12, 4);
+		__builtin_memcpy(&iph->daddr, dst + 12, 4);
+		iph->check = csum_apply(iph->check, addrs);
+	}
+	/* Both L4 headers start with the ports. */
+	{
+		__be16 *pp = data + l4;
+
+		if ((void *)(pp + 2) > data_end)
+			return -1;
+		pp[0] = sport;
+		pp[1] = dport;
+	}
+	if (p->flow.proto == IPPROTO_TCP)
+		*check = csum_apply(*check, ports);
+	else
+		*check = csum_apply_udp(*check, ports, p->v6);
+	return 0;
+}
+
+/* The IP header's TTL or hop limit; 0 when the header is out of reach. */
+static __always_inline __u8 ip_ttl(struct xdp_md *ctx, __u32 l3, int v6)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	if (l3 > L3_OFF_MAX)
+		return 0;
+	if (v6) {
+		struct ipv6hdr *ip6 = data + l3;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return 0;
+		return ip6->hop_limit;
+	} else {
+		struct iphdr *iph = data + l3;
+
+		if ((void *)(iph + 1) > data_end)
+			return 0;
+		return iph->ttl;
+	}
+}
+
+/* The IP packet's length, for the FIB's MTU check. */
+static __always_inline __u16 ip_tot_len(struct xdp_md *ctx, __u32 l3, int v6)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	if (l3 > L3_OFF_MAX)
+		return 0;
+	if (v6) {
+		struct ipv6hdr *ip6 = data + l3;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return 0;
+		return bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
+	} else {
+		struct iphdr *iph = data + l3;
+
+		if ((void *)(iph + 1) > data_end)
+			return 0;
+		return bpf_ntohs(iph->tot_len);
+	}
+}
+
+/* Decrements the TTL or hop limit as a router does (IPv4: and the header
+ * checksum); the caller checked it is above 1. */
+static __always_inline void ip_dec_ttl(struct xdp_md *ctx, __u32 l3, int v6)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	if (l3 > L3_OFF_MAX)
+		return;
+	if (v6) {
+		struct ipv6hdr *ip6 = data + l3;
+
+		if ((void *)(ip6 + 1) <= data_end)
+			ip6->hop_limit--;
+	} else {
+		struct iphdr *iph = data + l3;
+		__u16 *w = (void *)iph + 8; /* TTL and protocol */
+		__u16 old;
+
+		if ((void *)(iph + 1) > data_end)
+			return;
+		old = *w;
+		iph->ttl--;
+		iph->check = csum_apply(iph->check, csum_diff16(0, old, *w));
+	}
+}
+
+/*
+ * Routes a packet whose new addresses and ports are given, then rewrites
+ * and sends it. What the program cannot send itself goes to the kernel,
+ * counted: untouched when the kernel must answer it (TTL, MTU, no route:
+ * it sends the ICMP error a router would, from the packet as it came) or
+ * translated when only the next hop is missing (no neighbour entry yet, an
+ * egress without XDP), so the kernel forwards it and resolves the
+ * neighbour on the way.
+ */
+static __always_inline int nat_send(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
+				    const __u8 src[16], __be16 sport, const __u8 dst[16], __be16 dport)
+{
+	struct bpf_fib_lookup fib = {};
+	__u32 l3 = p->l3_off;
+	long rc;
+
+	if (ip_ttl(ctx, l3, p->v6) <= 1) {
+		count_event(EV_TTL_EXCEEDED);
+		return XDP_PASS;
+	}
+	fib.sport = sport;
+	fib.dport = dport;
+	rc = fib_next_hop(ctx, ifindex, p->v6, src, dst, p->flow.proto, ip_tot_len(ctx, l3, p->v6), &fib);
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+		break;
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		if (nat_rewrite(ctx, p, src, sport, dst, dport) == 0)
+			count_event(EV_FIB_NO_NEIGH);
+		return XDP_PASS;
+	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
+		count_event(EV_FRAG_NEEDED);
+		return XDP_PASS;
+	default:
+		count_event(EV_FIB_FAILED);
+		return XDP_PASS;
+	}
+	if (nat_rewrite(ctx, p, src, sport, dst, dport))
+		return XDP_PASS;
+	if (!bpf_map_lookup_elem(&tx_ports, &fib.ifindex)) {
+		count_event(EV_EGRESS_NOT_XDP);
+		return XDP_PASS;
+	}
+	ip_dec_ttl(ctx, l3, p->v6);
+	return fib_send(ctx, ifindex, &fib);
+}
+
+/* The state of a new NAT flow's reply translation. */
+static __always_inline void nat_state_for(struct nat_state *ns, const struct pkt *p, __u32 vip_id, __u32 flags,
+					  __u64 now)
+{
+	__builtin_memcpy(ns->vip, p->flow.dst, 16);
+	__builtin_memcpy(ns->client, p->flow.src, 16);
+	ns->vip_port = p->flow.dport;
+	ns->client_port = p->flow.sport;
+	ns->vip_id = vip_id;
+	ns->flags = flags;
+	ns->last_seen = now;
+}
+
+/* A new flow of a NAT VIP placed on be (id bid): records both entries and
+ * sends the packet; ct_flags are the connection-table flags (conntrack.h). */
+static __always_inline int nat_new_flow(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
+					const struct backend *be, __u32 bid, __u32 vip_id, __u32 ct_flags,
+					enum drop_reason *reason)
+{
+	struct nat_state ns = {};
+	struct flow_key rk = {};
+	__be16 bport = backend_port(be, p->flow.dport);
+	__u64 now = bpf_jiffies64();
+	const __u8 *src = p->flow.src;
+	__be16 sport = p->flow.sport;
+
+	nat_state_for(&ns, p, vip_id, ct_flags & FLOW_F_CLOSING ? NAT_F_CLOSING : 0, now);
+	if (be->flags & BACKEND_F_FULLNAT) {
+		struct nat_config *cfg = nat_cfg();
+
+		src = snat_addr(vip_id);
+		if (!src || !cfg) {
+			*reason = DROP_BACKEND_INVALID;
+			return XDP_DROP;
+		}
+		ns.flags |= NAT_F_FULL;
+		nat_reply_key(&rk, be, bport, src, 0, p->flow.proto);
+		*reason = snat_alloc(p, &rk, &ns, cfg);
+		if (*reason != DROP_NONE)
+			return XDP_DROP;
+		sport = rk.dport;
+		ct_flags |= (__u32)sport << FLOW_SNAT_PORT_SHIFT;
+	} else {
+		/* The client's 5-tuple makes the key unique: no allocation. */
+		nat_reply_key(&rk, be, bport, src, sport, p->flow.proto);
+		if (bpf_map_update_elem(&nat_flows, &rk, &ns, BPF_ANY)) {
+			*reason = DROP_NAT_TABLE_FULL;
+			return XDP_DROP;
+		}
+	}
+	conntrack_insert(p, bid, ct_flags);
+	return nat_send(ctx, ifindex, p, src, sport, be->addr, bport);
+}
+
+/*
+ * A packet of an established NAT flow. Every FLOW_TOUCH_TICKS, when the
+ * connection-table entry is stamped, the reply translation is stamped too
+ * (so a flow that only sends keeps it) and checked: a translation reclaimed
+ * meanwhile, or a full-NAT VIP whose SNAT address changed, makes the flow
+ * placed again (NAT_REPLACE). A FIN or RST marks the translation closing.
+ */
+static __always_inline int nat_established(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
+					   const struct backend *be, struct flow_val *fv)
+{
+	__be16 bport = backend_port(be, p->flow.dport);
+	const __u8 *src = p->flow.src;
+	__be16 sport = p->flow.sport;
+	__u64 now = bpf_jiffies64();
+
+	if (be->flags & BACKEND_F_FULLNAT) {
+		src = snat_addr(be->vip_id);
+		if (!src)
+			return NAT_REPLACE;
+		sport = fv->flags >> FLOW_SNAT_PORT_SHIFT;
+	}
+	if (now - fv->last_seen > FLOW_TOUCH_TICKS || (p->tcp & PKT_TCP_END)) {
+		struct nat_state *ns;
+		struct flow_key rk = {};
+
+		nat_reply_key(&rk, be, bport, src, sport, p->flow.proto);
+		ns = bpf_map_lookup_elem(&nat_flows, &rk);
+		if (!ns || ns->vip_id != be->vip_id || ns->client_port != p->flow.sport ||
+		    !addr_eq(ns->client, p->flow.src))
+			return NAT_REPLACE;
+		fv->last_seen = now;
+		ns->last_seen = now;
+		if ((p->tcp & PKT_TCP_END) && !(ns->flags & NAT_F_CLOSING))
+			ns->flags |= NAT_F_CLOSING;
+	}
+	return nat_send(ctx, ifindex, p, src, sport, be->addr, bport);
+}
+
+/* A packet from a NAT backend: if it is a reply of a NAT flow, translated
+ * back (source the VIP, and for full NAT destination the client) and sent
+ * toward the client; anything else goes to the kernel untouched. */
+static __always_inline int nat_reply(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p)
+{
+	struct nat_state *ns = bpf_map_lookup_elem(&nat_flows, &p->flow);
+	const __u8 *dst = p->flow.dst;
+	__be16 dport = p->flow.dport;
+	__u64 now;
+
+	if (!ns)
+		return XDP_PASS;
+	if (ns->flags & NAT_F_FULL) {
+		dst = ns->client;
+		dport = ns->client_port;
+	}
+	now = bpf_jiffies64();
+	if (now - ns->last_seen > FLOW_TOUCH_TICKS)
+		ns->last_seen = now;
+	if ((p->tcp & PKT_TCP_END) && !(ns->flags & NAT_F_CLOSING))
+		ns->flags |= NAT_F_CLOSING;
+	count_event(EV_NAT_REPLY);
+	return nat_send(ctx, ifindex, p, ns->vip, ns->vip_port, dst, dport);
+}
