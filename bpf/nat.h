@@ -17,6 +17,7 @@
 #include "stats.h"
 #include "sched.h"
 #include "conntrack.h"
+#include "mtu.h"
 
 /*
  * A NAT flow has two entries: the connection table's (client 5-tuple ->
@@ -234,6 +235,18 @@ static __always_inline __u8 ip_ttl(struct xdp_md *ctx, __u32 l3, int v6)
 	}
 }
 
+/* Whether an IPv4 packet has DF set. */
+static __always_inline int ip_dont_fragment(struct xdp_md *ctx, __u32 l3)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *iph = data + l3;
+
+	if (l3 > L3_OFF_MAX || (void *)(iph + 1) > data_end)
+		return 1;
+	return !!(iph->frag_off & bpf_htons(0x4000));
+}
+
 /* The IP packet's length, for the FIB's MTU check. */
 static __always_inline __u16 ip_tot_len(struct xdp_md *ctx, __u32 l3, int v6)
 {
@@ -286,12 +299,12 @@ static __always_inline void ip_dec_ttl(struct xdp_md *ctx, __u32 l3, int v6)
 
 /*
  * Routes a packet whose new addresses and ports are given, then rewrites
- * and sends it. What the program cannot send itself goes to the kernel,
- * counted: untouched when the kernel must answer it (TTL, MTU, no route:
- * it sends the ICMP error a router would, from the packet as it came) or
- * translated when only the next hop is missing (no neighbour entry yet, an
- * egress without XDP), so the kernel forwards it and resolves the
- * neighbour on the way.
+ * and sends it. A packet too big for the egress MTU is answered as a
+ * router does (mtu.h). What the program cannot send itself goes to the
+ * kernel, counted: untouched when the kernel must answer it (TTL, no
+ * route), translated when only the next hop is missing (no neighbour entry
+ * yet, an egress without XDP) or an IPv4 packet must be fragmented, so the
+ * kernel forwards it, resolving the neighbour on the way.
  */
 static __always_inline int nat_send(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
 				    const __u8 src[16], __be16 sport, const __u8 dst[16], __be16 dport)
@@ -315,8 +328,13 @@ static __always_inline int nat_send(struct xdp_md *ctx, __u32 ifindex, const str
 			count_event(EV_FIB_NO_NEIGH);
 		return XDP_PASS;
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
-		count_event(EV_FRAG_NEEDED);
-		return XDP_PASS;
+		if (!p->v6 && !ip_dont_fragment(ctx, l3)) {
+			/* The kernel fragments it on the way out. */
+			if (nat_rewrite(ctx, p, src, sport, dst, dport) == 0)
+				count_event(EV_FRAG_NEEDED);
+			return XDP_PASS;
+		}
+		return mtu_exceeded(ctx, p, fib.mtu_result);
 	default:
 		count_event(EV_FIB_FAILED);
 		return XDP_PASS;

@@ -1,0 +1,178 @@
+/* mtu.h: answering a packet too big for the egress MTU as a router does: ICMP fragmentation needed or ICMPv6 packet too big. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "parse.h"
+#include "csum.h"
+#include "stats.h"
+
+/*
+ * The frame becomes the error in place, sent back out of the interface it
+ * came in on (XDP_TX, MACs swapped, a VLAN tag kept): a new IP and ICMP
+ * header are grown in front of the packet's own IP header, which with the
+ * first 8 bytes of its L4 header is the quoted part, and the rest is cut.
+ * The error comes from the address the packet was sent to (the VIP for a
+ * client's packet): the sender matches it by the quoted header only.
+ * Quoted: an IPv4 header without options, or the IPv6 header, plus 8
+ * bytes; anything else is passed to the kernel.
+ */
+
+#define MTU_ERR_TTL 64
+#define ICMP_FRAG_QUOTE (sizeof(struct iphdr) + ICMP_QUOTED_L4)
+#define ICMP6_PTB_QUOTE (sizeof(struct ipv6hdr) + ICMP_QUOTED_L4)
+
+/* The one's complement sum of n 4-byte-aligned bytes at p, folded. */
+static __always_inline __u16 csum_region(void *p, __u32 n, __u32 seed)
+{
+	return ~csum_fold(bpf_csum_diff(NULL, 0, p, n, seed));
+}
+
+/* Moves the Ethernet header (and VLAN tag) grow bytes forward, to the new
+ * start of the frame, swapping the MACs on the way. */
+static __always_inline int mtu_move_l2(void *data, void *data_end, __u32 grow, __u32 l3)
+{
+	struct ethhdr *eth = data, *old = data + grow;
+	__u8 mac[ETH_ALEN];
+
+	if ((void *)(old + 1) > data_end || data + grow + L3_OFF_MAX > data_end)
+		return -1;
+	__builtin_memcpy(mac, old->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, old->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+	eth->h_proto = old->h_proto;
+	if (l3 > sizeof(*eth)) /* the tag and the encapsulated ethertype */
+		__builtin_memcpy((void *)(eth + 1), (void *)(old + 1), VLAN_HDR_LEN);
+	return 0;
+}
+
+static __always_inline int mtu_frag_needed4(struct xdp_md *ctx, const struct pkt *p, __u16 mtu)
+{
+	const __u32 grow = sizeof(struct iphdr) + ICMP_HDR_LEN;
+	__u32 l3 = p->l3_off, len;
+	void *data, *data_end;
+	struct iphdr *iph, *old;
+	__be32 src, dst;
+	__u8 *icmp;
+
+	if (l3 != 14 && l3 != 18)
+		return XDP_PASS;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	old = data + l3;
+	if ((void *)(old + 1) + ICMP_QUOTED_L4 > data_end || old->ihl != 5)
+		return XDP_PASS;
+	src = old->daddr;
+	dst = old->saddr;
+
+	if (bpf_xdp_adjust_head(ctx, -(int)grow))
+		return XDP_PASS;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (mtu_move_l2(data, data_end, grow, l3))
+		return XDP_DROP; /* cannot happen: the bytes were there before the move */
+	len = l3 + grow + ICMP_FRAG_QUOTE;
+	if (bpf_xdp_adjust_tail(ctx, (int)len - (int)(data_end - data)))
+		return XDP_DROP;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (l3 > L3_OFF_MAX)
+		return XDP_DROP;
+	iph = data + l3;
+	icmp = (void *)(iph + 1);
+	if ((void *)icmp + ICMP_HDR_LEN + ICMP_FRAG_QUOTE > data_end)
+		return XDP_DROP;
+
+	*(__u16 *)iph = bpf_htons(0x45c0); /* version 4, ihl 5, DSCP CS6 as the kernel's ICMP */
+	iph->tot_len = bpf_htons(sizeof(*iph) + ICMP_HDR_LEN + ICMP_FRAG_QUOTE);
+	iph->id = 0;
+	iph->frag_off = 0;
+	iph->ttl = MTU_ERR_TTL;
+	iph->protocol = IPPROTO_ICMP;
+	iph->check = 0;
+	iph->saddr = src;
+	iph->daddr = dst;
+	iph->check = csum_region(iph, sizeof(*iph), 0);
+
+	icmp[0] = 3; /* destination unreachable */
+	icmp[1] = 4; /* fragmentation needed and DF set */
+	*(__u16 *)(icmp + 2) = 0;
+	*(__u16 *)(icmp + 4) = 0;
+	*(__be16 *)(icmp + 6) = bpf_htons(mtu);
+	*(__u16 *)(icmp + 2) = csum_region(icmp, ICMP_HDR_LEN + ICMP_FRAG_QUOTE, 0);
+	return XDP_TX;
+}
+
+static __always_inline int mtu_packet_too_big6(struct xdp_md *ctx, const struct pkt *p, __u32 mtu)
+{
+	const __u32 grow = sizeof(struct ipv6hdr) + ICMP_HDR_LEN;
+	const __u32 plen = ICMP_HDR_LEN + ICMP6_PTB_QUOTE;
+	__u32 l3 = p->l3_off, len, sum = 0;
+	struct ipv6hdr *ip6, *old;
+	void *data, *data_end;
+	struct in6_addr src, dst;
+	__u8 *icmp;
+
+	if (l3 != 14 && l3 != 18)
+		return XDP_PASS;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	old = data + l3;
+	if ((void *)(old + 1) + ICMP_QUOTED_L4 > data_end)
+		return XDP_PASS;
+	src = old->daddr;
+	dst = old->saddr;
+
+	if (bpf_xdp_adjust_head(ctx, -(int)grow))
+		return XDP_PASS;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (mtu_move_l2(data, data_end, grow, l3))
+		return XDP_DROP;
+	len = l3 + grow + ICMP6_PTB_QUOTE;
+	if (bpf_xdp_adjust_tail(ctx, (int)len - (int)(data_end - data)))
+		return XDP_DROP;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (l3 > L3_OFF_MAX)
+		return XDP_DROP;
+	ip6 = data + l3;
+	icmp = (void *)(ip6 + 1);
+	if ((void *)icmp + plen > data_end)
+		return XDP_DROP;
+
+	*(__be32 *)ip6 = bpf_htonl(0x60000000);
+	ip6->payload_len = bpf_htons(plen);
+	ip6->nexthdr = IPPROTO_ICMPV6;
+	ip6->hop_limit = MTU_ERR_TTL;
+	ip6->saddr = src;
+	ip6->daddr = dst;
+
+	icmp[0] = 2; /* packet too big */
+	icmp[1] = 0;
+	*(__u16 *)(icmp + 2) = 0;
+	*(__be32 *)(icmp + 4) = bpf_htonl(mtu);
+	/* The pseudo-header: both addresses, the length and next header. */
+	sum = bpf_csum_diff(NULL, 0, (void *)&ip6->saddr, 32, 0);
+	sum = csum_add(sum, bpf_htonl(plen));
+	sum = csum_add(sum, bpf_htonl(IPPROTO_ICMPV6));
+	*(__u16 *)(icmp + 2) = csum_region(icmp, plen, sum);
+	return XDP_TX;
+}
+
+/* A packet of a NAT flow, as it came (untranslated), is larger than the
+ * egress MTU and may not be fragmented: answered with the error a router
+ * sends, quoting it. */
+static __always_inline int mtu_exceeded(struct xdp_md *ctx, const struct pkt *p, __u16 mtu)
+{
+	count_event(EV_FRAG_NEEDED);
+	if (p->v6)
+		return mtu_packet_too_big6(ctx, p, mtu);
+	return mtu_frag_needed4(ctx, p, mtu);
+}
