@@ -76,14 +76,15 @@ static __always_inline int place(struct xdp_md *ctx, __u32 ifindex, const struct
 	count_lb(&vip_stats, vip_id, p->len, be != NULL);
 	if (!be)
 		return drop(reason);
-	count_lb(&backend_stats, bid, p->len, 1);
 	if (backend_is_nat(be)) {
 		int ret = nat_new_flow(ctx, ifindex, p, be, bid, vip_id, ct_flags, &reason);
 
-		if (ret == XDP_DROP && reason != DROP_NONE)
-			count_drop(reason);
+		if (reason != DROP_NONE)
+			return drop(reason);
+		count_lb(&backend_stats, bid, p->len, 1);
 		return ret;
 	}
+	count_lb(&backend_stats, bid, p->len, 1);
 	conntrack_insert(p, bid, ct_flags);
 	return dr_forward(ctx, ifindex, be);
 }

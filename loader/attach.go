@@ -53,10 +53,6 @@ func (d *Datapath) attach(name string) error {
 	}
 	pin := linkPinPath(d.pinDir, name)
 	prog := d.objs.XdplbMain
-	// NAT may send through it as soon as the program runs on it.
-	if err := d.objs.TxPorts.Put(uint32(ifc.Index), xdplbBpfDevmapVal{Ifindex: uint32(ifc.Index)}); err != nil {
-		return fmt.Errorf("add %s to tx_ports: %w", name, err)
-	}
 
 	if l, err := d.pinnedLink(pin, ifc.Index); err != nil {
 		return err
@@ -81,6 +77,20 @@ func (d *Datapath) attach(name string) error {
 	}
 	d.addLink(&attachment{name: name, ifindex: ifc.Index, mode: flagMode(flags), link: l})
 	d.log.Info("xdp program attached", "iface", name, "mode", flagMode(flags))
+	return nil
+}
+
+// addTxPorts lets NAT send through the interfaces named (map tx_ports).
+func (d *Datapath) addTxPorts(names []string) error {
+	for _, name := range names {
+		ifc, err := net.InterfaceByName(name)
+		if err != nil {
+			return fmt.Errorf("interface %s: %w", name, err)
+		}
+		if err := d.objs.TxPorts.Put(uint32(ifc.Index), xdplbBpfDevmapVal{Ifindex: uint32(ifc.Index)}); err != nil {
+			return fmt.Errorf("add %s to tx_ports: %w", name, err)
+		}
+	}
 	return nil
 }
 

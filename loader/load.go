@@ -163,6 +163,13 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 		d.objs.Close()
 		return nil, fmt.Errorf("rebuild vip index: %w", err)
 	}
+	// Every interface in tx_ports before the program runs on any: it may
+	// send a NAT packet out of another one at once.
+	if err := d.addTxPorts(opts.Interfaces); err != nil {
+		d.ticks.Close()
+		d.objs.Close()
+		return nil, err
+	}
 	for _, name := range opts.Interfaces {
 		if err := d.attach(name); err != nil {
 			d.Close()
