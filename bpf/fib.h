@@ -17,11 +17,13 @@
 #endif
 
 /* Asks the FIB for the route from src to dst of a packet of tot_len bytes
- * (the MTU is checked against it) arriving on ifindex. */
+ * (the MTU is checked against it) arriving on ifindex; fib is all
+ * overwritten. */
 static __always_inline long fib_next_hop(struct xdp_md *ctx, __u32 ifindex, int v6, const __u8 src[16],
 					 const __u8 dst[16], __u8 proto, __u16 tot_len,
 					 struct bpf_fib_lookup *fib)
 {
+	__builtin_memset(fib, 0, sizeof(*fib));
 	fib->ifindex = ifindex;
 	fib->l4_protocol = proto;
 	fib->tot_len = tot_len;

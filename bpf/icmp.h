@@ -18,6 +18,7 @@
 #include "vipfilter.h"
 #include "dr.h"
 #include "nat.h"
+#include "scratch.h"
 
 /*
  * An ICMP error quotes the packet it is about, and the quoted 5-tuple
@@ -50,17 +51,6 @@ static __always_inline int vip_id_matches_key(__u32 vip_id, const struct flow_ke
 	return k && addr_eq(k->addr, fk->dst) && k->port == fk->dport && k->proto == fk->proto;
 }
 
-/* The new headers of a translated ICMP error: outer addresses, and the
- * quoted packet's addresses and ports. */
-struct icmp_nat {
-	__u8 src[16];
-	__u8 dst[16];
-	__u8 in_src[16];
-	__u8 in_dst[16];
-	__be16 in_sport;
-	__be16 in_dport;
-};
-
 /* Rewrites the outer and the quoted headers to t and fixes every checksum
  * that covers them: the outer IPv4 header, the ICMP message (which covers
  * the quoted packet, and for ICMPv6 the outer addresses), the quoted IPv4
@@ -72,7 +62,6 @@ static __always_inline int icmp_rewrite(struct xdp_md *ctx, const struct pkt *p,
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 l3 = p->l3_off;
 	__u32 ip_len = p->v6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
-	__u8 osrc[16] = {}, odst[16] = {};
 	__u32 outer = 0, inner = 0, icmp_diff;
 	__u16 *icmp_check, *in_l4_check = NULL;
 	__be16 *in_ports;
@@ -87,19 +76,8 @@ static __always_inline int icmp_rewrite(struct xdp_md *ctx, const struct pkt *p,
 	in_ports = in_l3 + ip_len;
 	icmp_check = data + l3 + ip_len + 2;
 
-	if (p->v6) {
-		struct ipv6hdr *ip6 = data + l3;
-
-		__builtin_memcpy(osrc, &ip6->saddr, 16);
-		__builtin_memcpy(odst, &ip6->daddr, 16);
-	} else {
-		struct iphdr *iph = data + l3;
-
-		addr_from_v4(osrc, iph->saddr);
-		addr_from_v4(odst, iph->daddr);
-	}
-	outer = csum_diff_addr(0, osrc, t->src, p->v6);
-	outer = csum_diff_addr(outer, odst, t->dst, p->v6);
+	outer = csum_diff_addr(0, t->old_src, t->src, p->v6);
+	outer = csum_diff_addr(outer, t->old_dst, t->dst, p->v6);
 	inner = csum_diff_addr(0, p->flow.src, t->in_src, p->v6);
 	inner = csum_diff_addr(inner, p->flow.dst, t->in_dst, p->v6);
 
@@ -160,16 +138,20 @@ static __always_inline int icmp_rewrite(struct xdp_md *ctx, const struct pkt *p,
 static __always_inline int icmp_send(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
 				     const struct icmp_nat *t)
 {
-	struct bpf_fib_lookup fib = {};
+	struct scratch *sc = scratch_get();
+	struct bpf_fib_lookup *fib;
 	__u32 l3 = p->l3_off;
 	long rc;
 
+	if (!sc)
+		return XDP_PASS;
+	fib = &sc->fib;
 	if (ip_ttl(ctx, l3, p->v6) <= 1) {
 		count_event(EV_TTL_EXCEEDED);
 		return XDP_PASS;
 	}
 	rc = fib_next_hop(ctx, ifindex, p->v6, t->src, t->dst, p->v6 ? IPPROTO_ICMPV6 : IPPROTO_ICMP,
-			  ip_tot_len(ctx, l3, p->v6), &fib);
+			  ip_tot_len(ctx, l3, p->v6), fib);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		if (icmp_rewrite(ctx, p, t) == 0)
 			count_event(EV_FIB_NO_NEIGH);
@@ -181,15 +163,15 @@ static __always_inline int icmp_send(struct xdp_md *ctx, __u32 ifindex, const st
 	}
 	if (icmp_rewrite(ctx, p, t))
 		return XDP_PASS;
-	if (!bpf_map_lookup_elem(&tx_ports, &fib.ifindex)) {
+	if (!bpf_map_lookup_elem(&tx_ports, &fib->ifindex)) {
 		count_event(EV_EGRESS_NOT_XDP);
 		return XDP_PASS;
 	}
 	ip_dec_ttl(ctx, l3, p->v6);
-	return fib_send(ctx, ifindex, &fib);
+	return fib_send(ctx, ifindex, fib);
 }
 
-/* The outer source and destination addresses as they are. */
+/* Starts t with the outer addresses as they are, new and old. */
 static __always_inline int icmp_outer_addrs(struct xdp_md *ctx, const struct pkt *p, struct icmp_nat *t)
 {
 	void *data = (void *)(long)ctx->data;
@@ -213,16 +195,17 @@ static __always_inline int icmp_outer_addrs(struct xdp_md *ctx, const struct pkt
 		addr_from_v4(t->src, iph->saddr);
 		addr_from_v4(t->dst, iph->daddr);
 	}
+	__builtin_memcpy(t->old_src, t->src, 16);
+	__builtin_memcpy(t->old_dst, t->dst, 16);
 	return 0;
 }
 
 /* An error about a VIP flow's reply: to the flow's backend. */
 static __always_inline int icmp_to_backend(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
-					   const struct flow_key *fk)
+					   const struct flow_key *fk, struct icmp_nat *t)
 {
 	struct flow_val *fv = bpf_map_lookup_elem(&conntrack, fk);
 	struct backend *be = NULL;
-	struct icmp_nat t = {};
 	__be16 bport;
 
 	if (fv) {
@@ -234,9 +217,9 @@ static __always_inline int icmp_to_backend(struct xdp_md *ctx, __u32 ifindex, co
 	}
 	if (!be) {
 		enum drop_reason reason = DROP_NONE;
+		struct scratch *sc = scratch_get();
 		struct vip_key vk = {};
 		struct vip_meta *meta;
-		struct pkt q = {};
 		__u32 bid;
 
 		__builtin_memcpy(vk.addr, fk->dst, 16);
@@ -245,10 +228,13 @@ static __always_inline int icmp_to_backend(struct xdp_md *ctx, __u32 ifindex, co
 		meta = bpf_map_lookup_elem(&vips, &vk);
 		if (!meta)
 			return ICMP_NOT_OURS;
+		if (!sc)
+			return XDP_PASS;
 		/* Not a SYN: the Maglev table, as for any packet of a flow we
 		 * do not hold. */
-		q.flow = *fk;
-		bid = schedule(&q, meta, &reason);
+		__builtin_memset(&sc->quoted, 0, sizeof(sc->quoted));
+		sc->quoted.flow = *fk;
+		bid = schedule(&sc->quoted, meta, &reason);
 		be = bid ? backend_for(bid, meta->vip_id) : NULL;
 		if (!be)
 			return XDP_PASS;
@@ -264,14 +250,14 @@ static __always_inline int icmp_to_backend(struct xdp_md *ctx, __u32 ifindex, co
 	 * the SNAT address and port (quoted destination, and outer source so
 	 * that the backend, which may have no route to the reporting router,
 	 * takes it as from us). */
-	if (icmp_outer_addrs(ctx, p, &t))
+	if (icmp_outer_addrs(ctx, p, t))
 		return XDP_PASS;
 	bport = backend_port(be, fk->dport);
-	__builtin_memcpy(t.dst, be->addr, 16);
-	__builtin_memcpy(t.in_src, be->addr, 16);
-	t.in_sport = bport;
-	__builtin_memcpy(t.in_dst, p->flow.dst, 16);
-	t.in_dport = p->flow.dport;
+	__builtin_memcpy(t->dst, be->addr, 16);
+	__builtin_memcpy(t->in_src, be->addr, 16);
+	t->in_sport = bport;
+	__builtin_memcpy(t->in_dst, p->flow.dst, 16);
+	t->in_dport = p->flow.dport;
 	if (be->flags & BACKEND_F_FULLNAT) {
 		const __u8 *snat = snat_addr(be->vip_id);
 
@@ -279,48 +265,54 @@ static __always_inline int icmp_to_backend(struct xdp_md *ctx, __u32 ifindex, co
 		 * there is no flow at the backend to tell. */
 		if (!snat || !fv)
 			return XDP_PASS;
-		__builtin_memcpy(t.src, snat, 16);
-		__builtin_memcpy(t.in_dst, snat, 16);
-		t.in_dport = fv->flags >> FLOW_SNAT_PORT_SHIFT;
+		__builtin_memcpy(t->src, snat, 16);
+		__builtin_memcpy(t->in_dst, snat, 16);
+		t->in_dport = fv->flags >> FLOW_SNAT_PORT_SHIFT;
 	}
-	return icmp_send(ctx, ifindex, p, &t);
+	return icmp_send(ctx, ifindex, p, t);
 }
 
 /* An error about a packet we translated toward a NAT backend: back to the
  * flow's client, as its replies are translated. */
 static __always_inline int icmp_to_client(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
-					  const struct flow_key *fk)
+					  const struct flow_key *fk, struct icmp_nat *t)
 {
 	struct nat_state *ns = bpf_map_lookup_elem(&nat_flows, fk);
-	struct icmp_nat t = {};
 
 	if (!ns)
 		return XDP_PASS;
-	if (icmp_outer_addrs(ctx, p, &t))
+	if (icmp_outer_addrs(ctx, p, t))
 		return XDP_PASS;
 	count_vip_icmp(ns->vip_id);
 	count_event(EV_ICMP_TO_CLIENT);
 	/* From the backend itself (port unreachable): from the VIP, as the
 	 * client knows it; from a router: as it is. */
-	if (addr_eq(t.src, fk->src))
-		__builtin_memcpy(t.src, ns->vip, 16);
-	__builtin_memcpy(t.in_src, p->flow.src, 16);
-	t.in_sport = p->flow.sport;
+	if (addr_eq(t->src, fk->src))
+		__builtin_memcpy(t->src, ns->vip, 16);
+	__builtin_memcpy(t->in_src, p->flow.src, 16);
+	t->in_sport = p->flow.sport;
 	if (ns->flags & NAT_F_FULL) {
-		__builtin_memcpy(t.dst, ns->client, 16);
-		__builtin_memcpy(t.in_src, ns->client, 16);
-		t.in_sport = ns->client_port;
+		__builtin_memcpy(t->dst, ns->client, 16);
+		__builtin_memcpy(t->in_src, ns->client, 16);
+		t->in_sport = ns->client_port;
 	}
-	__builtin_memcpy(t.in_dst, ns->vip, 16);
-	t.in_dport = ns->vip_port;
-	return icmp_send(ctx, ifindex, p, &t);
+	__builtin_memcpy(t->in_dst, ns->vip, 16);
+	t->in_dport = ns->vip_port;
+	return icmp_send(ctx, ifindex, p, t);
 }
 
 /* p->flow is the quoted 5-tuple (parse.h, PARSE_ICMP_ERROR). */
 static __always_inline int icmp_error(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p)
 {
 	struct flow_key fk = {};
+	struct scratch *sc = scratch_get();
+	struct icmp_nat *t;
 	int ret;
+
+	if (!sc)
+		return XDP_PASS;
+	t = &sc->icmp;
+	__builtin_memset(t, 0, sizeof(*t));
 
 	__builtin_memcpy(fk.src, p->flow.dst, 16);
 	__builtin_memcpy(fk.dst, p->flow.src, 16);
@@ -328,11 +320,11 @@ static __always_inline int icmp_error(struct xdp_md *ctx, __u32 ifindex, const s
 	fk.dport = p->flow.sport;
 	fk.proto = p->flow.proto;
 	if (vip_filter_may_match(&fk)) {
-		ret = icmp_to_backend(ctx, ifindex, p, &fk);
+		ret = icmp_to_backend(ctx, ifindex, p, &fk, t);
 		if (ret != ICMP_NOT_OURS)
 			return ret;
 	}
 	if (reply_filter_may_match(&fk))
-		return icmp_to_client(ctx, ifindex, p, &fk);
+		return icmp_to_client(ctx, ifindex, p, &fk, t);
 	return XDP_PASS;
 }

@@ -18,6 +18,7 @@
 #include "sched.h"
 #include "conntrack.h"
 #include "mtu.h"
+#include "scratch.h"
 
 /*
  * A NAT flow has two entries: the connection table's (client 5-tuple ->
@@ -73,7 +74,8 @@ static __always_inline const __u8 *snat_addr(__u32 vip_id)
 	return a;
 }
 
-/* The reply's 5-tuple of a flow sent to be from (src, sport). */
+/* The reply's 5-tuple of a flow sent to be from (src, sport); every byte
+ * is written. */
 static __always_inline void nat_reply_key(struct flow_key *rk, const struct backend *be, __be16 bport,
 					  const __u8 src[16], __be16 sport, __u8 proto)
 {
@@ -82,6 +84,10 @@ static __always_inline void nat_reply_key(struct flow_key *rk, const struct back
 	rk->sport = bport;
 	rk->dport = sport;
 	rk->proto = proto;
+	/* Part of the hash key: a scratch key has old bytes there. */
+	rk->pad[0] = 0;
+	rk->pad[1] = 0;
+	rk->pad[2] = 0;
 }
 
 static __always_inline int nat_expired(const struct nat_state *ns, __u64 now, const struct nat_config *cfg,
@@ -309,17 +315,19 @@ static __always_inline void ip_dec_ttl(struct xdp_md *ctx, __u32 l3, int v6)
 static __always_inline int nat_send(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
 				    const __u8 src[16], __be16 sport, const __u8 dst[16], __be16 dport)
 {
-	struct bpf_fib_lookup fib = {};
+	struct scratch *sc = scratch_get();
+	struct bpf_fib_lookup *fib;
 	__u32 l3 = p->l3_off;
 	long rc;
 
+	if (!sc)
+		return XDP_PASS;
+	fib = &sc->fib;
 	if (ip_ttl(ctx, l3, p->v6) <= 1) {
 		count_event(EV_TTL_EXCEEDED);
 		return XDP_PASS;
 	}
-	fib.sport = sport;
-	fib.dport = dport;
-	rc = fib_next_hop(ctx, ifindex, p->v6, src, dst, p->flow.proto, ip_tot_len(ctx, l3, p->v6), &fib);
+	rc = fib_next_hop(ctx, ifindex, p->v6, src, dst, p->flow.proto, ip_tot_len(ctx, l3, p->v6), fib);
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
 		break;
@@ -334,19 +342,19 @@ static __always_inline int nat_send(struct xdp_md *ctx, __u32 ifindex, const str
 				count_event(EV_FRAG_NEEDED);
 			return XDP_PASS;
 		}
-		return mtu_exceeded(ctx, p, fib.mtu_result);
+		return mtu_exceeded(ctx, p, fib->mtu_result);
 	default:
 		count_event(EV_FIB_FAILED);
 		return XDP_PASS;
 	}
 	if (nat_rewrite(ctx, p, src, sport, dst, dport))
 		return XDP_PASS;
-	if (!bpf_map_lookup_elem(&tx_ports, &fib.ifindex)) {
+	if (!bpf_map_lookup_elem(&tx_ports, &fib->ifindex)) {
 		count_event(EV_EGRESS_NOT_XDP);
 		return XDP_PASS;
 	}
 	ip_dec_ttl(ctx, l3, p->v6);
-	return fib_send(ctx, ifindex, &fib);
+	return fib_send(ctx, ifindex, fib);
 }
 
 /* The state of a new NAT flow's reply translation. */
@@ -359,6 +367,7 @@ static __always_inline void nat_state_for(struct nat_state *ns, const struct pkt
 	ns->client_port = p->flow.sport;
 	ns->vip_id = vip_id;
 	ns->flags = flags;
+	ns->pad = 0;
 	ns->last_seen = now;
 }
 
@@ -368,14 +377,21 @@ static __always_inline int nat_new_flow(struct xdp_md *ctx, __u32 ifindex, const
 					const struct backend *be, __u32 bid, __u32 vip_id, __u32 ct_flags,
 					enum drop_reason *reason)
 {
-	struct nat_state ns = {};
-	struct flow_key rk = {};
+	struct scratch *sc = scratch_get();
 	__be16 bport = backend_port(be, p->flow.dport);
 	__u64 now = bpf_jiffies64();
 	const __u8 *src = p->flow.src;
 	__be16 sport = p->flow.sport;
+	struct nat_state *ns;
+	struct flow_key *rk;
 
-	nat_state_for(&ns, p, vip_id, ct_flags & FLOW_F_CLOSING ? NAT_F_CLOSING : 0, now);
+	if (!sc) {
+		*reason = DROP_NAT_TABLE_FULL;
+		return XDP_DROP;
+	}
+	ns = &sc->ns;
+	rk = &sc->rk;
+	nat_state_for(ns, p, vip_id, ct_flags & FLOW_F_CLOSING ? NAT_F_CLOSING : 0, now);
 	if (be->flags & BACKEND_F_FULLNAT) {
 		struct nat_config *cfg = nat_cfg();
 
@@ -384,17 +400,17 @@ static __always_inline int nat_new_flow(struct xdp_md *ctx, __u32 ifindex, const
 			*reason = DROP_BACKEND_INVALID;
 			return XDP_DROP;
 		}
-		ns.flags |= NAT_F_FULL;
-		nat_reply_key(&rk, be, bport, src, 0, p->flow.proto);
-		*reason = snat_alloc(p, &rk, &ns, cfg);
+		ns->flags |= NAT_F_FULL;
+		nat_reply_key(rk, be, bport, src, 0, p->flow.proto);
+		*reason = snat_alloc(p, rk, ns, cfg);
 		if (*reason != DROP_NONE)
 			return XDP_DROP;
-		sport = rk.dport;
+		sport = rk->dport;
 		ct_flags |= (__u32)sport << FLOW_SNAT_PORT_SHIFT;
 	} else {
 		/* The client's 5-tuple makes the key unique: no allocation. */
-		nat_reply_key(&rk, be, bport, src, sport, p->flow.proto);
-		if (bpf_map_update_elem(&nat_flows, &rk, &ns, BPF_ANY)) {
+		nat_reply_key(rk, be, bport, src, sport, p->flow.proto);
+		if (bpf_map_update_elem(&nat_flows, rk, ns, BPF_ANY)) {
 			*reason = DROP_NAT_TABLE_FULL;
 			return XDP_DROP;
 		}
@@ -425,11 +441,13 @@ static __always_inline int nat_established(struct xdp_md *ctx, __u32 ifindex, co
 		sport = fv->flags >> FLOW_SNAT_PORT_SHIFT;
 	}
 	if (now - fv->last_seen > FLOW_TOUCH_TICKS || (p->tcp & PKT_TCP_END)) {
+		struct scratch *sc = scratch_get();
 		struct nat_state *ns;
-		struct flow_key rk = {};
 
-		nat_reply_key(&rk, be, bport, src, sport, p->flow.proto);
-		ns = bpf_map_lookup_elem(&nat_flows, &rk);
+		if (!sc)
+			return NAT_REPLACE;
+		nat_reply_key(&sc->rk, be, bport, src, sport, p->flow.proto);
+		ns = bpf_map_lookup_elem(&nat_flows, &sc->rk);
 		if (!ns || ns->vip_id != be->vip_id || ns->client_port != p->flow.sport ||
 		    !addr_eq(ns->client, p->flow.src))
 			return NAT_REPLACE;

@@ -187,6 +187,7 @@ const (
 	xdplbMapLookup             = "lookup"
 	xdplbMapNatFlows           = "nat_flows"
 	xdplbMapNatParams          = "nat_params"
+	xdplbMapScratch            = "scratch"
 	xdplbMapTxPorts            = "tx_ports"
 	xdplbMapVipAddrs           = "vip_addrs"
 	xdplbMapVipFilter          = "vip_filter"
@@ -266,6 +267,7 @@ type xdplbMapSpecs struct {
 	Lookup       *ebpf.MapSpec `ebpf:"lookup"`
 	NatFlows     *ebpf.MapSpec `ebpf:"nat_flows"`
 	NatParams    *ebpf.MapSpec `ebpf:"nat_params"`
+	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
 	VipAddrs     *ebpf.MapSpec `ebpf:"vip_addrs"`
 	VipFilter    *ebpf.MapSpec `ebpf:"vip_filter"`
@@ -319,6 +321,7 @@ type xdplbMaps struct {
 	Lookup       *ebpf.Map `ebpf:"lookup"`
 	NatFlows     *ebpf.Map `ebpf:"nat_flows"`
 	NatParams    *ebpf.Map `ebpf:"nat_params"`
+	Scratch      *ebpf.Map `ebpf:"scratch"`
 	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
 	VipAddrs     *ebpf.Map `ebpf:"vip_addrs"`
 	VipFilter    *ebpf.Map `ebpf:"vip_filter"`
@@ -340,6 +343,7 @@ func (m *xdplbMaps) Close() error {
 		m.Lookup,
 		m.NatFlows,
 		m.NatParams,
+		m.Scratch,
 		m.TxPorts,
 		m.VipAddrs,
 		m.VipFilter,
