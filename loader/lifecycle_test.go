@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -239,4 +240,42 @@ func TestAttachUpdatesPinnedLink(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// The build before NAT pinned a drops map with fewer reasons: its pin is
+// replaced (counters restart at zero) and everything else is kept, so an
+// upgrade keeps the connection table.
+func TestLoadReplacesStaleCounterPins(t *testing.T) {
+	testutil.RequireRoot(t)
+	bpffs := testutil.MountBPFFS(t)
+	opts := testOptions(bpffs)
+	d := load(t, opts)
+	setupVIPs(t, d)
+	mustRun(t, d.Program(), flow{src: client4, dst: vipAddr4, dport: 80, syn: true}.build(t))
+	must(t, d.Close())
+
+	// A drops map as the old build made it: 8 reasons.
+	path := filepath.Join(bpffs, pinSubdir, xdplbMapDrops)
+	must(t, os.Remove(path))
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "drops", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 8})
+	must(t, err)
+	must(t, old.Pin(path))
+	old.Close()
+
+	d2 := load(t, opts)
+	t.Cleanup(func() { d2.Close() })
+	if n, err := d2.ConntrackEntries(); err != nil || n != 1 {
+		t.Errorf("conntrack entries after the upgrade %d (%v), want 1", n, err)
+	}
+	drops, err := d2.DropCounters()
+	must(t, err)
+	if _, ok := drops["snat_exhausted"]; !ok {
+		t.Errorf("drop reasons after the upgrade %v: no snat_exhausted", drops)
+	}
+	pinned, err := ebpf.LoadPinnedMap(path, nil)
+	must(t, err)
+	defer pinned.Close()
+	if pinned.MaxEntries() != uint32(xdplbDropReasonDROP_REASON_MAX) {
+		t.Errorf("pinned drops holds %d reasons, want %d", pinned.MaxEntries(), xdplbDropReasonDROP_REASON_MAX)
+	}
 }

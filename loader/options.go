@@ -19,10 +19,13 @@ const (
 	DefaultMaxBackends   = 65536
 )
 
-// DefaultSNATPorts are the source ports full NAT takes (--snat-ports). They
-// overlap the kernel's ephemeral range: a reply to an LB socket on the SNAT
-// address whose 5-tuple has no translation still goes to the kernel.
-var DefaultSNATPorts = PortRange{Lo: 20000, Hi: 60999}
+// DefaultSNATPorts are the source ports full NAT takes (--snat-ports):
+// below the kernel's ephemeral range (net.ipv4.ip_local_port_range,
+// 32768-60999 by default), because the LB's own connections from the SNAT
+// address (health checks to the same backends above all) take their source
+// ports from there, and one that matched a live mapping's 5-tuple would
+// have its replies translated to that mapping's client.
+var DefaultSNATPorts = PortRange{Lo: 1024, Hi: 32767}
 
 // Options configure Load. A zero field takes its default (see Defaults).
 // Validate words its errors after the daemon's flags, given in brackets.
