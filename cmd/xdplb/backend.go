@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -161,10 +162,29 @@ func (e *env) backendList(c *cli.Context) error {
 		}
 		return writeJSON(e.stdout, bs)
 	}
+	if len(bs) > 0 && bs[0].Mode.IsNAT() {
+		return writeNATBackends(e.stdout, bs)
+	}
 	t := newTable(e.stdout, "BACKEND", "WEIGHT", "STATE", "FLOWS", "CHECK", "MAC")
 	for _, b := range bs {
 		t.row(backendString(b.Address, b.Port), strconv.FormatUint(uint64(b.Weight), 10),
 			orDash(b.State), strconv.Itoa(b.Flows), orDash(b.Check), orDash(b.MAC))
+	}
+	return t.flush()
+}
+
+// writeNATBackends is the table of a nat or fullnat VIP's backends: no MAC
+// (the next hop is the kernel's FIB's) but the mode, the egress interface
+// and, for fullnat, the source address the backend sees.
+func writeNATBackends(w io.Writer, bs []api.BackendStatus) error {
+	t := newTable(w, "BACKEND", "WEIGHT", "STATE", "FLOWS", "CHECK", "MODE", "IFACE", "SNAT")
+	for _, b := range bs {
+		snat := "-"
+		if b.SNATAddr.IsValid() {
+			snat = b.SNATAddr.String()
+		}
+		t.row(backendString(b.Address, b.Port), strconv.FormatUint(uint64(b.Weight), 10),
+			orDash(b.State), strconv.Itoa(b.Flows), orDash(b.Check), string(b.Mode), orDash(b.Iface), snat)
 	}
 	return t.flush()
 }

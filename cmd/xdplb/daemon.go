@@ -53,6 +53,7 @@ func (e *env) daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "metrics-addr", Value: api.DefaultMetricsAddr, Usage: "listen address of the Prometheus /metrics endpoint"},
 			&cli.Uint64Flag{Name: "maglev-size", Value: loader.DefaultLookupSize, Usage: "per-VIP lookup table size, a prime"},
 			&cli.Uint64Flag{Name: "conntrack-size", Value: loader.DefaultConntrackSize, Usage: "connection table entries"},
+			&cli.StringFlag{Name: "snat-ports", Value: loader.DefaultSNATPorts.String(), Usage: "LO-HI: source ports of fullnat VIPs' translated packets"},
 			&cli.BoolFlag{Name: "detach-on-exit", Usage: "on exit, detach XDP and remove pins and announced addresses (default: leave them, forwarding continues)"},
 		}, logFlags()...),
 		Action: e.daemon,
@@ -69,6 +70,10 @@ func (e *env) daemon(c *cli.Context) error {
 			ifaces = append(ifaces, i)
 		}
 	}
+	snatPorts, err := loader.ParsePortRange(c.String("snat-ports"))
+	if err != nil {
+		return usagef(c, "%s", err)
+	}
 	opts := loader.Options{
 		BPFFS:         c.String("bpffs"),
 		Interfaces:    ifaces,
@@ -77,6 +82,7 @@ func (e *env) daemon(c *cli.Context) error {
 		ConntrackSize: uint32Flag(c, "conntrack-size"),
 		MaxVIPs:       loader.DefaultMaxVIPs,
 		MaxBackends:   loader.DefaultMaxBackends,
+		SNATPorts:     snatPorts,
 	}
 	// The data plane's rules are loader's: checked here too, before
 	// anything starts, so a bad flag is a usage error (exit 2).

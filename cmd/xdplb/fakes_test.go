@@ -55,6 +55,20 @@ func (fakeNetwork) ResolveAll(_ context.Context, addrs []netip.Addr) map[netip.A
 	return out
 }
 
+// RouteAll routes every NAT backend through "lo", whose primary
+// addresses are 192.0.2.1 and 2001:db8:ffff::1.
+func (fakeNetwork) RouteAll(_ context.Context, addrs []netip.Addr) map[netip.Addr]model.Route {
+	out := make(map[netip.Addr]model.Route, len(addrs))
+	for _, addr := range addrs {
+		p := netip.MustParseAddr("2001:db8:ffff::1")
+		if addr.Is4() {
+			p = netip.MustParseAddr("192.0.2.1")
+		}
+		out[addr] = model.Route{Ifindex: 1, Iface: "lo", Primary: p}
+	}
+	return out
+}
+
 func (fakeNetwork) Forget(map[netip.Addr]bool)                          {}
 func (fakeNetwork) Announce(context.Context, map[netip.Addr]bool) error { return nil }
 func (fakeNetwork) Changes() <-chan struct{}                            { return nil }

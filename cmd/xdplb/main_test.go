@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/xdplb/xdplb/control/model"
 	"github.com/xdplb/xdplb/control/reconcile/reconciletest"
 	"github.com/xdplb/xdplb/control/state"
+	"github.com/xdplb/xdplb/loader"
 )
 
 // result is what one run of the CLI produced.
@@ -113,6 +115,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"daemon", "--iface", "lo", "--log-level", "loud"}, `daemon: unknown --log-level "loud"`},
 		{[]string{"daemon", "--iface", "lo", "--log-format", "xml"}, `daemon: unknown --log-format "xml"`},
 		{[]string{"daemon", "--iface", "lo", "--conntrack-size", "0"}, `daemon: --conntrack-size 0`},
+		{[]string{"daemon", "--iface", "lo", "--snat-ports", "60000-20000"}, `daemon: --snat-ports "60000-20000": want LO-HI with 1 <= LO <= HI <= 65535`},
+		{[]string{"daemon", "--iface", "lo", "--snat-ports", "many"}, `daemon: --snat-ports "many"`},
+		{[]string{"daemon", "--iface", "lo", "--snat-ports", "0-100"}, `daemon: --snat-ports "0-100"`},
 		{[]string{"apply"}, `apply: want -f FILE`},
 		{[]string{"demo", "now"}, `demo: want no arguments`},
 		{[]string{"demo", "--log-format", "xml"}, `demo: unknown --log-format "xml"`},
@@ -335,6 +340,10 @@ func TestBadInputs(t *testing.T) {
 		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "none", "--fall", "2"}, `--check none takes no other check flags`},
 		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "tcp", "--check-path", "/x"}, `--check-path needs --check http`},
 		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--announce", "--no-announce"}, `exclude each other`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--mode", "fullnat", "--snat-addr", "lb1"}, `vip add: --snat-addr "lb1": want an IPv4 or IPv6 address$`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--snat-addr", "10.0.2.1"}, `vip add: vip 10\.0\.0\.1:80/tcp: snat address 10\.0\.2\.1: only a fullnat vip has one \(mode is dr\)$`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--mode", "nat", "--snat-addr", "10.0.2.1"}, `only a fullnat vip has one \(mode is nat\)`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--mode", "fullnat", "--snat-addr", "2001:db8::1"}, `snat address 2001:db8::1: address family differs from the vip's`},
 		{[]string{"vip", "del"}, `vip del: want ADDR:PORT/PROTO`},
 		{[]string{"vip", "del", "nope"}, `vip del: vip "nope"`},
 		{[]string{"vip", "list", "-o", "yaml"}, `vip list: unknown output format "yaml": want table or json`},
@@ -744,5 +753,95 @@ func TestDaemonRefusesBadInputs(t *testing.T) {
 	wantOneLineError(t, l.run("backend", "add", "[2001:db8::100]:80/tcp", "2001:db8::12"), exitError, `^xdplb: backend add: .*backends`)
 	if after := l.exported(); after != before {
 		t.Errorf("state changed by refused inputs:\n%s\nwant\n%s", after, before)
+	}
+}
+
+// NAT VIPs: backends on another port than the VIP's; `vip list` gains a
+// SNAT column when a VIP is fullnat; `backend list` of a NAT VIP shows its
+// mode, egress interface and SNAT address instead of a MAC; export and
+// apply keep it all; stats carry the ICMP errors.
+func TestNATVIPs(t *testing.T) {
+	l := startLab(t)
+	const nat, full, full6 = "10.0.0.100:80/tcp", "10.0.0.101:443/tcp", "[2001:db8::1]:53/udp"
+	l.ok("vip", "add", nat, "--mode", "nat")
+	l.ok("vip", "add", full, "--mode", "fullnat", "--snat-addr", "10.0.2.1")
+	l.ok("vip", "add", full6, "--mode", "fullnat")
+	l.ok("backend", "add", nat, "10.0.1.5:8080")
+	l.ok("backend", "add", nat, "10.0.1.6") // the VIP's port
+	l.ok("backend", "add", full, "10.0.1.5:8443", "--weight", "50")
+	l.ok("backend", "add", full6, "[2001:db8:1::5]:5353")
+
+	out := l.ok("vip", "list")
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	for i, re := range []string{`^VIP\s+MODE\s+SCHEDULER\s+CHECK\s+ANNOUNCE\s+BACKENDS\s+SNAT$`,
+		`^10\.0\.0\.100:80/tcp\s+nat\s+maglev\s+-\s+auto\s+2\s+-$`,
+		`^10\.0\.0\.101:443/tcp\s+fullnat\s+maglev\s+-\s+auto\s+1\s+10\.0\.2\.1$`,
+		`^\[2001:db8::1\]:53/udp\s+fullnat\s+maglev\s+-\s+auto\s+1\s+auto$`} {
+		if i >= len(lines) || !regexp.MustCompile(re).MatchString(lines[i]) {
+			t.Fatalf("vip list line %d: want match %q in\n%s", i, re, out)
+		}
+	}
+	var vips []model.VIP
+	if err := json.Unmarshal([]byte(l.ok("vip", "list", "-o", "json")), &vips); err != nil {
+		t.Fatal(err)
+	}
+	if len(vips) != 3 || vips[1].Mode != model.ModeFullNAT || vips[1].SNATAddr != netip.MustParseAddr("10.0.2.1") ||
+		vips[0].Backends[0].Port != 8080 || vips[2].SNATAddr.IsValid() {
+		t.Fatalf("vip list -o json: %+v", vips)
+	}
+
+	waitFor(t, func() bool { return strings.Contains(l.ok("backend", "list", full6), " up ") }, "the v6 backend up")
+	for _, tc := range []struct {
+		vip  string
+		rows []string
+	}{
+		{nat, []string{`^BACKEND\s+WEIGHT\s+STATE\s+FLOWS\s+CHECK\s+MODE\s+IFACE\s+SNAT$`,
+			`^10\.0\.1\.5:8080\s+100\s+up\s+0\s+-\s+nat\s+lo\s+-$`,
+			`^10\.0\.1\.6\s+100\s+up\s+0\s+-\s+nat\s+lo\s+-$`}},
+		{full, []string{`^BACKEND\s+WEIGHT\s+STATE\s+FLOWS\s+CHECK\s+MODE\s+IFACE\s+SNAT$`,
+			`^10\.0\.1\.5:8443\s+50\s+up\s+0\s+-\s+fullnat\s+lo\s+10\.0\.2\.1$`}},
+		{full6, []string{`^BACKEND`, `^\[2001:db8:1::5\]:5353\s+100\s+up\s+0\s+-\s+fullnat\s+lo\s+2001:db8:ffff::1$`}},
+	} {
+		out := l.ok("backend", "list", tc.vip)
+		lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+		for i, re := range tc.rows {
+			if i >= len(lines) || !regexp.MustCompile(re).MatchString(lines[i]) {
+				t.Fatalf("backend list %s line %d: want match %q in\n%s", tc.vip, i, re, out)
+			}
+		}
+	}
+	var bs []api.BackendStatus
+	if err := json.Unmarshal([]byte(l.ok("backend", "list", full, "-o", "json")), &bs); err != nil {
+		t.Fatal(err)
+	}
+	if len(bs) != 1 || bs[0].Mode != model.ModeFullNAT || bs[0].SNATAddr != netip.MustParseAddr("10.0.2.1") || bs[0].Port != 8443 || bs[0].Iface != "lo" {
+		t.Fatalf("backend list -o json: %+v", bs)
+	}
+	// The backend is named with its port.
+	l.ok("backend", "set", nat, "10.0.1.5:8080", "--weight", "7")
+	wantOneLineError(t, l.run("backend", "set", nat, "10.0.1.5", "--weight", "7"), exitError, `backend 10\.0\.1\.5: not found`)
+
+	exported := l.exported()
+	for _, s := range []string{"mode: nat", "mode: fullnat", "snat_addr: 10.0.2.1", "port: 8080", "port: 8443", "port: 5353"} {
+		if !strings.Contains(exported, s) {
+			t.Errorf("export lacks %q:\n%s", s, exported)
+		}
+	}
+	l2 := startLab(t)
+	if r := runCLI(t, t.Context(), exported, "--socket", l2.socket, "apply", "-f", "-"); r.code != 0 || r.stderr != "" {
+		t.Fatalf("apply -f -: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if again := l2.exported(); again != exported {
+		t.Errorf("export after apply of export:\n%s\nwant\n%s", again, exported)
+	}
+
+	l.dp.SetVIPCounters(1, loader.Counters{ICMPErrors: 4})
+	l.dp.SetCountersFunc(nil)
+	var st api.Stats
+	if err := json.Unmarshal([]byte(l.ok("stats", "-o", "json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(st.VIPs, func(v api.VIPStats) bool { return v.ICMPErrors == 4 }) {
+		t.Fatalf("stats -o json: %+v", st)
 	}
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 
@@ -31,6 +33,8 @@ func (e *env) vipCommand() *cli.Command {
 					&cli.IntFlag{Name: "fall", Usage: "failures before a backend is down", DefaultText: strconv.Itoa(model.DefaultFall)},
 					&cli.BoolFlag{Name: "announce", Usage: "answer ARP/NDP for the VIP", DefaultText: "on inside an attached interface's subnet"},
 					&cli.BoolFlag{Name: "no-announce", Usage: "do not answer ARP/NDP for the VIP", DefaultText: "off"},
+					&cli.StringFlag{Name: "snat-addr", Usage: "fullnat: source address of the packets to the backends, an address of this host",
+						DefaultText: "the primary address of the interface toward the first backend"},
 				},
 				Action: e.vipAdd,
 			},
@@ -64,6 +68,13 @@ func vipFromFlags(c *cli.Context) (model.VIP, error) {
 
 	v.Mode = model.Mode(c.String("mode"))
 	v.Scheduler = model.Scheduler(c.String("scheduler"))
+	if c.IsSet("snat-addr") {
+		a, err := netip.ParseAddr(c.String("snat-addr"))
+		if err != nil {
+			return model.VIP{}, usagef(c, "--snat-addr %q: want an IPv4 or IPv6 address", c.String("snat-addr"))
+		}
+		v.SNATAddr = a
+	}
 
 	if c.IsSet("announce") && c.IsSet("no-announce") {
 		return model.VIP{}, usagef(c, "--announce and --no-announce exclude each other")
@@ -218,12 +229,36 @@ func (e *env) vipList(c *cli.Context) error {
 		}
 		return writeJSON(e.stdout, vips)
 	}
-	t := newTable(e.stdout, "VIP", "MODE", "SCHEDULER", "CHECK", "ANNOUNCE", "BACKENDS")
+	// The SNAT column only when a VIP has a use for it: a DR or NAT
+	// listing stays as it always was.
+	snat := slices.ContainsFunc(vips, func(v model.VIP) bool { return v.Mode == model.ModeFullNAT })
+	header := []string{"VIP", "MODE", "SCHEDULER", "CHECK", "ANNOUNCE", "BACKENDS"}
+	if snat {
+		header = append(header, "SNAT")
+	}
+	t := newTable(e.stdout, header...)
 	for _, v := range vips {
-		t.row(v.ID().String(), orDash(string(v.Mode)), orDash(string(v.Scheduler)),
-			checkString(v.HealthCheck), announceString(v.Announce), strconv.Itoa(len(v.Backends)))
+		row := []string{v.ID().String(), orDash(string(v.Mode)), orDash(string(v.Scheduler)),
+			checkString(v.HealthCheck), announceString(v.Announce), strconv.Itoa(len(v.Backends))}
+		if snat {
+			row = append(row, snatString(v))
+		}
+		t.row(row...)
 	}
 	return t.flush()
+}
+
+// snatString is a VIP's SNAT address as `vip list` shows it: "auto" for a
+// fullnat VIP that takes the egress interface's.
+func snatString(v model.VIP) string {
+	switch {
+	case v.Mode != model.ModeFullNAT:
+		return "-"
+	case v.SNATAddr.IsValid():
+		return v.SNATAddr.String()
+	default:
+		return "auto"
+	}
 }
 
 func checkString(hc *model.HealthCheck) string {

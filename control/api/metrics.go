@@ -28,6 +28,7 @@ var (
 	descVIPPackets = prometheus.NewDesc("xdplb_vip_packets_total", "Packets received for a VIP.", []string{"vip"}, nil)
 	descVIPBytes   = prometheus.NewDesc("xdplb_vip_bytes_total", "Bytes received for a VIP.", []string{"vip"}, nil)
 	descVIPFlows   = prometheus.NewDesc("xdplb_vip_flows_total", "New flows scheduled for a VIP.", []string{"vip"}, nil)
+	descVIPICMP    = prometheus.NewDesc("xdplb_vip_icmp_errors_total", "ICMP errors about a VIP's flows forwarded to their backend or translated back to their client.", []string{"vip"}, nil)
 	descBePackets  = prometheus.NewDesc("xdplb_backend_packets_total", "Packets forwarded to a backend.", []string{"vip", "backend"}, nil)
 	descBeBytes    = prometheus.NewDesc("xdplb_backend_bytes_total", "Bytes forwarded to a backend.", []string{"vip", "backend"}, nil)
 	descBeFlows    = prometheus.NewDesc("xdplb_backend_flows_total", "New flows scheduled to a backend.", []string{"vip", "backend"}, nil)
@@ -36,6 +37,8 @@ var (
 	descActions    = prometheus.NewDesc("xdplb_xdp_actions_total", "XDP verdicts returned, per interface.", []string{"iface", "action"}, nil)
 	descDrops      = prometheus.NewDesc("xdplb_drops_total", "Packets dropped by the XDP program, per reason.", []string{"reason"}, nil)
 	descConntrack  = prometheus.NewDesc("xdplb_conntrack_entries", "Entries in the connection table.", nil, nil)
+	descSNATPorts  = prometheus.NewDesc("xdplb_snat_ports_in_use", "Full-NAT source ports held by live flows, as of the last NAT table sweep.", nil, nil)
+	descEvents     = prometheus.NewDesc("xdplb_events_total", "Data-plane events that are not drops, per event.", []string{"event"}, nil)
 	descReconciles = prometheus.NewDesc("xdplb_reconciles_total", "Reconciler passes by result.", []string{"result"}, nil)
 	descBuildInfo  = prometheus.NewDesc("xdplb_build_info", "Version of the running daemon.", []string{"version"}, nil)
 	descScrapeErrs = prometheus.NewDesc("xdplb_scrape_errors_total", "Errors reading the data plane while serving /metrics.", nil, nil)
@@ -75,8 +78,9 @@ func IfaceName(ifindex int) string {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descVIPPackets, descVIPBytes, descVIPFlows, descBePackets, descBeBytes,
-		descBeFlows, descBeUp, descBeWeight, descActions, descDrops, descConntrack, descReconciles, descBuildInfo, descScrapeErrs} {
+	for _, d := range []*prometheus.Desc{descVIPPackets, descVIPBytes, descVIPFlows, descVIPICMP, descBePackets, descBeBytes,
+		descBeFlows, descBeUp, descBeWeight, descActions, descDrops, descConntrack, descSNATPorts, descEvents,
+		descReconciles, descBuildInfo, descScrapeErrs} {
 		ch <- d
 	}
 }
@@ -108,6 +112,7 @@ func (c *Collector) collect(ch chan<- prometheus.Metric) error {
 			counter(descVIPPackets, vs.Packets, vs.VIP)
 			counter(descVIPBytes, vs.Bytes, vs.VIP)
 			counter(descVIPFlows, vs.Flows, vs.VIP)
+			counter(descVIPICMP, vs.ICMPErrors, vs.VIP)
 		}
 		for _, bs := range vs.Backends {
 			if bs.mapped {
@@ -151,7 +156,27 @@ func (c *Collector) collect(ch chan<- prometheus.Metric) error {
 	} else {
 		ch <- prometheus.MustNewConstMetric(descConntrack, prometheus.GaugeValue, float64(n))
 	}
+	c.collectNAT(ch)
 	return errors.Join(errs...)
+}
+
+// collectNAT exports the NAT table's gauge and the data plane's events.
+// A data plane may lack them: a read that fails leaves its family out and
+// is logged at debug, and the scrape goes on as if it had none.
+func (c *Collector) collectNAT(ch chan<- prometheus.Metric) {
+	if st, err := c.dp.NATStats(); err != nil {
+		c.log.Debug("metrics: no nat stats", "err", err)
+	} else {
+		ch <- prometheus.MustNewConstMetric(descSNATPorts, prometheus.GaugeValue, float64(st.SNATPortsInUse))
+	}
+	events, err := c.dp.EventCounters()
+	if err != nil {
+		c.log.Debug("metrics: no event counters", "err", err)
+		return
+	}
+	for name, n := range events {
+		ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(n), name)
+	}
 }
 
 // ProbeBuckets are the bounds of xdplb_healthcheck_duration_seconds: from

@@ -1,8 +1,10 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -25,12 +27,15 @@ func TestCollector(t *testing.T) {
 	f.nw.setMAC("10.0.0.2", mac(2))
 	addVIP(t, f.store, vip1, be("10.0.0.1", 100), model.Backend{Address: be("10.0.0.2", 0).Address, Weight: 30, Drain: true})
 	f.reconcile(t)
-	f.dp.SetVIPCounters(1, loader.Counters{Packets: 10, Bytes: 1500, Flows: 3})
+	f.dp.SetVIPCounters(1, loader.Counters{Packets: 10, Bytes: 1500, Flows: 3, ICMPErrors: 2})
 	f.dp.SetBackendCounters(1, loader.Counters{Packets: 7, Bytes: 700, Flows: 2})
 	f.dp.SetBackendCounters(2, loader.Counters{Packets: 3, Bytes: 800, Flows: 1})
 	f.dp.SetActions(loader.ActionCount{Ifindex: 1, Action: "tx", Count: 9}, loader.ActionCount{Ifindex: 0, Action: "pass", Count: 4})
 	f.dp.SetDrops("no_backend", 5)
 	f.dp.SetFlows(1, 6)
+	f.dp.SetNATStats(loader.NATStats{Entries: 9, SNATPortsInUse: 4}, nil)
+	f.dp.SetEvent("fib_no_neigh", 3)
+	f.dp.SetEvent("frag_needed", 0)
 
 	c := NewCollector(f.dp, f.store, f.rec, "v1.2.3", nil)
 	c.ifname = func(i int) string { return map[int]string{0: "other", 1: "lo"}[i] }
@@ -44,6 +49,9 @@ xdplb_vip_bytes_total{vip="10.0.0.100:80/tcp"} 1500
 # HELP xdplb_vip_flows_total New flows scheduled for a VIP.
 # TYPE xdplb_vip_flows_total counter
 xdplb_vip_flows_total{vip="10.0.0.100:80/tcp"} 3
+# HELP xdplb_vip_icmp_errors_total ICMP errors about a VIP's flows forwarded to their backend or translated back to their client.
+# TYPE xdplb_vip_icmp_errors_total counter
+xdplb_vip_icmp_errors_total{vip="10.0.0.100:80/tcp"} 2
 # HELP xdplb_backend_packets_total Packets forwarded to a backend.
 # TYPE xdplb_backend_packets_total counter
 xdplb_backend_packets_total{backend="10.0.0.1",vip="10.0.0.100:80/tcp"} 7
@@ -74,6 +82,13 @@ xdplb_drops_total{reason="no_backend"} 5
 # HELP xdplb_conntrack_entries Entries in the connection table.
 # TYPE xdplb_conntrack_entries gauge
 xdplb_conntrack_entries 6
+# HELP xdplb_snat_ports_in_use Full-NAT source ports held by live flows, as of the last NAT table sweep.
+# TYPE xdplb_snat_ports_in_use gauge
+xdplb_snat_ports_in_use 4
+# HELP xdplb_events_total Data-plane events that are not drops, per event.
+# TYPE xdplb_events_total counter
+xdplb_events_total{event="fib_no_neigh"} 3
+xdplb_events_total{event="frag_needed"} 0
 # HELP xdplb_reconciles_total Reconciler passes by result.
 # TYPE xdplb_reconciles_total counter
 xdplb_reconciles_total{result="error"} 0
@@ -111,6 +126,41 @@ xdplb_scrape_errors_total 3
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "xdplb_scrape_errors_total"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A data plane without NAT stats or event counters (their reads fail)
+// leaves those families out; the scrape is no failure, and the rest is
+// all there.
+func TestCollectorWithoutNAT(t *testing.T) {
+	f := newRecFixture(t, nil)
+	f.nw.setMAC("10.0.0.1", mac(1))
+	addVIP(t, f.store, vip1, be("10.0.0.1", 100))
+	f.reconcile(t)
+	f.dp.SetNATStats(loader.NATStats{SNATPortsInUse: 4}, errTest)
+	f.dp.SetEventsErr(errTest)
+	var logs bytes.Buffer
+	c := NewCollector(f.dp, f.store, f.rec, "dev", slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	n, err := testutil.GatherAndCount(registryWith(t, c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := testutil.GatherAndCount(registryWith(t, c), "xdplb_snat_ports_in_use", "xdplb_events_total"); got != 0 {
+		t.Fatalf("%d nat and event series from a data plane without them", got)
+	}
+	if got, _ := testutil.GatherAndCount(registryWith(t, c), "xdplb_vip_packets_total", "xdplb_conntrack_entries"); got != 2 || n < 10 {
+		t.Fatalf("%d series in all, %d of the others: the scrape lost more than the nat families", n, got)
+	}
+	want := `
+# HELP xdplb_scrape_errors_total Errors reading the data plane while serving /metrics.
+# TYPE xdplb_scrape_errors_total counter
+xdplb_scrape_errors_total 0
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "xdplb_scrape_errors_total"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "level=DEBUG") || strings.Contains(logs.String(), "level=WARN") {
+		t.Fatalf("want debug lines only:\n%s", logs.String())
 	}
 }
 

@@ -271,9 +271,15 @@ func (s *Server) listBackends(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("count flows: %w", err))
 		return
 	}
+	var snat netip.Addr
+	if s.Reconciler != nil {
+		snat, _ = s.Reconciler.SNATAddr(id)
+	}
 	out := make([]BackendStatus, 0, len(v.Backends))
 	for _, b := range v.Backends {
-		out = append(out, s.backendStatus(id, b, flows))
+		bs := s.backendStatus(id, b, flows)
+		bs.Mode, bs.SNATAddr = v.Mode, snat
+		out = append(out, bs)
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -287,7 +293,7 @@ func (s *Server) backendStatus(id model.VIPID, b model.Backend, flows map[uint32
 		return bs
 	}
 	if bi, ok := s.Reconciler.Backend(id, b.Address, b.Port); ok {
-		bs.State, bs.MAC = bi.State, bi.MAC.String()
+		bs.State, bs.MAC, bs.Iface, bs.Reason = bi.State, bi.MAC.String(), bi.Iface, bi.Reason
 		if bi.ID != 0 {
 			bs.Flows = flows[bi.ID]
 		}

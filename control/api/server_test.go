@@ -15,6 +15,7 @@ import (
 
 	"github.com/xdplb/xdplb/control/model"
 	"github.com/xdplb/xdplb/control/reconcile"
+	"github.com/xdplb/xdplb/control/reconcile/reconciletest"
 
 	"github.com/xdplb/xdplb/loader"
 )
@@ -289,5 +290,55 @@ func TestAPIBackendWeightDefault(t *testing.T) {
 		if got[k] != w {
 			t.Errorf("backend %s weight %d, want %d", k, got[k], w)
 		}
+	}
+}
+
+// A fullnat VIP's backends list their mode, the SNAT address found for
+// the VIP, their port and egress interface, and why one is unresolved;
+// stats carry the VIP's ICMP errors.
+func TestAPINATBackendsAndStats(t *testing.T) {
+	f := newAPIFixture(t)
+	ctx := context.Background()
+	f.nw.SetRouted("10.0.1.2", false)
+	v := model.VIP{Address: vip1.Addr, Port: 80, Protocol: model.TCP, Mode: model.ModeFullNAT, Backends: []model.Backend{
+		{Address: netip.MustParseAddr("10.0.1.1"), Port: 8080, Weight: 100},
+		{Address: netip.MustParseAddr("10.0.1.2"), Port: 8080, Weight: 100},
+	}}
+	if err := f.client.AddVIP(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+	bs, err := f.client.Backends(ctx, vip1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bs) != 2 {
+		t.Fatalf("backends %+v", bs)
+	}
+	for _, b := range bs {
+		if b.Mode != model.ModeFullNAT || b.SNATAddr != reconciletest.Primary4 || b.Port != 8080 || b.MAC != "" {
+			t.Errorf("backend %+v", b)
+		}
+	}
+	if bs[0].State != model.BackendUp || bs[0].Iface != "eth0" || bs[0].Reason != "" {
+		t.Errorf("routed backend %+v", bs[0])
+	}
+	if bs[1].State != model.BackendUnresolved || !strings.Contains(bs[1].Reason, "10.0.1.2 is not routed") {
+		t.Errorf("unrouted backend %+v", bs[1])
+	}
+	code, body := f.raw(t, "GET", "/v1/vips/10.0.0.100:80%2Ftcp/backends", "")
+	if code != 200 || !strings.Contains(body, `"mode":"fullnat","snat_addr":"192.0.2.1","iface":"eth0"`) {
+		t.Fatalf("backends json %d %s", code, body)
+	}
+
+	f.dp.SetVIPCounters(1, loader.Counters{Packets: 10, ICMPErrors: 3})
+	s, err := f.client.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.VIPs) != 1 || s.VIPs[0].ICMPErrors != 3 {
+		t.Fatalf("stats %+v", s)
+	}
+	if _, body := f.raw(t, "GET", "/v1/stats", ""); !strings.Contains(body, `"icmp_errors":3`) {
+		t.Fatalf("stats json %s", body)
 	}
 }

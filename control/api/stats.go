@@ -50,6 +50,7 @@ func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (S
 		if inMaps && vc != nil {
 			c := vc[meta.ID]
 			vs.CounterSet, vs.mapped = CounterSet{Packets: c.Packets, Bytes: c.Bytes, Flows: c.Flows}, true
+			vs.ICMPErrors = c.ICMPErrors
 		}
 		for _, b := range v.Backends {
 			bst := BackendStats{Address: b.Address, Port: b.Port}

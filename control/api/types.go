@@ -40,6 +40,12 @@ type BackendStatus struct {
 	State string `json:"state"`
 	MAC   string `json:"mac,omitempty"`
 	Flows int    `json:"flows"` // open flows in the connection table that point at it
+	// Mode is the VIP's; SNATAddr the source address a fullnat VIP's
+	// packets to the backend take (its own, or the one found for it).
+	Mode     model.Mode `json:"mode,omitempty"`
+	SNATAddr netip.Addr `json:"snat_addr,omitzero"`
+	Iface    string     `json:"iface,omitempty"`  // the egress interface, once resolved or routed
+	Reason   string     `json:"reason,omitempty"` // why it is unresolved
 	// Health checks (empty without a check): the last probe's outcome
 	// ("ok", "connect refused", "timeout", "http 503", ...) and when the
 	// backend last changed between up and down.
@@ -66,8 +72,11 @@ type BackendStats struct {
 type VIPStats struct {
 	VIP string `json:"vip"` // "ADDR:PORT/PROTO"
 	CounterSet
-	Backends []BackendStats `json:"backends"`
-	mapped   bool           // the VIP has an entry in the maps
+	// ICMPErrors counts the ICMP errors about the VIP's flows forwarded
+	// to their backend or translated back to their client.
+	ICMPErrors uint64         `json:"icmp_errors"`
+	Backends   []BackendStats `json:"backends"`
+	mapped     bool           // the VIP has an entry in the maps
 }
 
 // ActionStats is how often the program returned an action on an interface.

@@ -29,6 +29,7 @@ type vipDoc struct {
 	Port        uint16             `yaml:"port"`
 	Protocol    model.Protocol     `yaml:"protocol"`
 	Mode        model.Mode         `yaml:"mode,omitempty"`
+	SNATAddr    *netip.Addr        `yaml:"snat_addr,omitempty"` // a pointer: see model.VIP.SNATAddr
 	Scheduler   model.Scheduler    `yaml:"scheduler,omitempty"`
 	Announce    *bool              `yaml:"announce,omitempty"`
 	HealthCheck *model.HealthCheck `yaml:"healthcheck,omitempty"`
@@ -76,6 +77,9 @@ func Parse(b []byte) (model.State, error) {
 		v := model.VIP{Address: d.Address, Port: d.Port, Protocol: d.Protocol, Mode: d.Mode,
 			Scheduler: d.Scheduler, Announce: d.Announce, HealthCheck: d.HealthCheck,
 			Backends: make([]model.Backend, 0, len(d.Backends))}
+		if d.SNATAddr != nil {
+			v.SNATAddr = *d.SNATAddr
+		}
 		for _, bd := range d.Backends {
 			b := model.Backend{Address: bd.Address, Port: bd.Port, Weight: model.DefaultWeight, Drain: bd.Drain}
 			if bd.Weight != nil {
@@ -100,6 +104,9 @@ func Marshal(s model.State) ([]byte, error) {
 		d := vipDoc{Address: v.Address, Port: v.Port, Protocol: v.Protocol, Mode: v.Mode,
 			Scheduler: v.Scheduler, Announce: v.Announce, HealthCheck: v.HealthCheck,
 			Backends: make([]backendDoc, len(v.Backends))}
+		if v.SNATAddr.IsValid() {
+			d.SNATAddr = &v.SNATAddr
+		}
 		for j, b := range v.Backends {
 			d.Backends[j] = backendDoc{Address: b.Address, Port: b.Port, Weight: &v.Backends[j].Weight, Drain: b.Drain}
 		}

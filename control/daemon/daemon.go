@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,12 +48,20 @@ type Config struct {
 
 // DatapathCloser is a data plane the daemon owns: Close releases its
 // handles but keeps programs, maps and links pinned; Remove also detaches
-// and unpins everything.
+// and unpins everything; ExpireNAT reclaims the NAT translations of
+// finished flows (see sweepNAT).
 type DatapathCloser interface {
 	reconcile.Datapath
 	Close() error
 	Remove() error
+	ExpireNAT() (loader.NATStats, error)
 }
+
+// NATSweepInterval is how often the daemon sweeps the NAT table: often
+// enough that it never fills with finished flows (the program reclaims
+// expired SNAT ports itself), rarely enough that a walk of a big table
+// costs nothing.
+const NATSweepInterval = 5 * time.Second
 
 // OpenDatapath loads the data plane; RunDaemon uses loader.Load.
 type OpenDatapath func(loader.Options) (DatapathCloser, error)
@@ -172,6 +182,7 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 		OnProbe:      hm.ObserveProbe,
 		OnTransition: hm.ObserveTransition,
 	})
+	warnForwarding(store.State(), cfg.Interfaces, os.ReadFile, log)
 	rec := reconcile.NewReconciler(store, dp, nw, reconcile.NewHealthChecker(checks), log)
 	if err := rec.Reconcile(ctx); err != nil {
 		return fmt.Errorf("initial reconcile: %w", err)
@@ -200,6 +211,7 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 	goRun(func() { nw.Watch(ctx) })
 	goRun(func() { checks.Run(ctx) })
 	goRun(func() { rec.Run(ctx) })
+	goRun(func() { sweepNAT(ctx, dp, NATSweepInterval, log) })
 	log.Info("daemon running", "iface", cfg.Interfaces, "socket", cfg.SocketPath,
 		"metrics", metricsLn.Addr().String(), "state_dir", cfg.StateDir, "vips", len(store.State().VIPs))
 
@@ -211,6 +223,79 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 	cancel()
 	wg.Wait()
 	return err
+}
+
+// natSweeper is the part of the data plane sweepNAT uses.
+type natSweeper interface {
+	ExpireNAT() (loader.NATStats, error)
+}
+
+// sweepNAT runs ExpireNAT every interval until ctx is done. A failure is
+// logged as a warning once, then at debug while it lasts, and its end at
+// info: a data plane that cannot sweep must not fill the log.
+func sweepNAT(ctx context.Context, dp natSweeper, interval time.Duration, log *slog.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st, err := dp.ExpireNAT()
+		switch {
+		case err != nil && !failing:
+			log.Warn("expire nat entries (logged again at debug while it fails)", "err", err)
+		case err != nil:
+			log.Debug("expire nat entries", "err", err)
+		case failing:
+			log.Info("expire nat entries works again", "entries", st.Entries, "snat_ports_in_use", st.SNATPortsInUse)
+		default:
+			log.Debug("nat entries expired", "entries", st.Entries, "snat_ports_in_use", st.SNATPortsInUse)
+		}
+		failing = err != nil
+	}
+}
+
+// warnForwarding warns when a nat or fullnat VIP of st has its family's
+// forwarding off on an attached interface: the program's bpf_fib_lookup
+// refuses to route packets that arrive on such an interface, so they are
+// passed to the kernel (and counted) instead of forwarded. The kernel
+// checks the ingress interface's own setting (net.ipv4.conf.IFACE.forwarding,
+// net.ipv6.conf.IFACE.forwarding), which net.ipv4.ip_forward and
+// net.ipv6.conf.all.forwarding set for all. read reads a /proc/sys file.
+func warnForwarding(st model.State, ifaces []string, read func(string) ([]byte, error), log *slog.Logger) {
+	need := map[string]bool{} // "ipv4", "ipv6"
+	for _, v := range st.VIPs {
+		if v.Mode.IsNAT() {
+			need[ipFamily(v.Address)] = true
+		}
+	}
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		if !need[fam] {
+			continue
+		}
+		for _, iface := range ifaces {
+			path := fmt.Sprintf("/proc/sys/net/%s/conf/%s/forwarding", fam, iface)
+			b, err := read(path)
+			if err != nil {
+				log.Warn("nat vips: cannot read the forwarding setting", "iface", iface, "err", err)
+				continue
+			}
+			if strings.TrimSpace(string(b)) == "0" {
+				log.Warn("nat vips need forwarding on: packets arriving on this interface are passed to the kernel instead of forwarded",
+					"iface", iface, "sysctl", fmt.Sprintf("net.%s.conf.%s.forwarding=1", fam, iface))
+			}
+		}
+	}
+}
+
+func ipFamily(a netip.Addr) string {
+	if a.Unmap().Is4() {
+		return "ipv4"
+	}
+	return "ipv6"
 }
 
 // detachOnExit withdraws the announced VIP addresses and removes the

@@ -1,13 +1,16 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -213,4 +216,102 @@ const testTableSize = 251
 // newTestDatapath is an empty fake data plane with small limits.
 func newTestDatapath() *reconciletest.Datapath {
 	return reconciletest.NewDatapath(testTableSize, 16, 64)
+}
+
+// logBuffer is a slog text log a test can read while goroutines write it.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func newTestLogger() (*slog.Logger, *logBuffer) {
+	buf := &logBuffer{}
+	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
+}
+
+// The sweep runs every interval until the context ends; a data plane that
+// cannot sweep is warned about once, not at every tick.
+func TestSweepNAT(t *testing.T) {
+	dp := newTestDatapath()
+	dp.SetNATStats(loader.NATStats{}, errors.New("nat: not built yet"))
+	log, buf := newTestLogger()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { sweepNAT(ctx, dp, 5*time.Millisecond, log); close(done) }()
+	for deadline := time.Now().Add(5 * time.Second); dp.Sweeps() < 4; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sweeps in 5s", dp.Sweeps())
+		}
+	}
+	dp.SetNATStats(loader.NATStats{Entries: 3, SNATPortsInUse: 2}, nil)
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(buf.String(), "works again"); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("recovery not logged:\n%s", buf.String())
+		}
+	}
+	cancel()
+	<-done
+	n := dp.Sweeps()
+	time.Sleep(20 * time.Millisecond)
+	if dp.Sweeps() != n {
+		t.Fatal("sweeps go on after the context ended")
+	}
+	if w := strings.Count(buf.String(), "level=WARN"); w != 1 {
+		t.Fatalf("%d warnings, want 1:\n%s", w, buf.String())
+	}
+	if !strings.Contains(buf.String(), "snat_ports_in_use=2") {
+		t.Fatalf("log:\n%s", buf.String())
+	}
+}
+
+// Forwarding off on an attached interface is warned about, per family of
+// the nat VIPs; a DR-only state needs none.
+func TestWarnForwarding(t *testing.T) {
+	sysctl := map[string]string{
+		"/proc/sys/net/ipv4/conf/eth0/forwarding": "0\n",
+		"/proc/sys/net/ipv4/conf/eth1/forwarding": "1\n",
+		"/proc/sys/net/ipv6/conf/eth0/forwarding": "1\n",
+		"/proc/sys/net/ipv6/conf/eth1/forwarding": "0\n",
+	}
+	read := func(p string) ([]byte, error) {
+		v, ok := sysctl[p]
+		if !ok {
+			return nil, os.ErrNotExist
+		}
+		return []byte(v), nil
+	}
+	vip := func(addr string, mode model.Mode) model.VIP {
+		return model.VIP{Address: netip.MustParseAddr(addr), Port: 80, Protocol: model.TCP, Mode: mode}
+	}
+	for _, tc := range []struct {
+		vips []model.VIP
+		want []string
+	}{
+		{[]model.VIP{vip("10.0.0.1", model.ModeDR), vip("2001:db8::1", model.ModeDR)}, nil},
+		{[]model.VIP{vip("10.0.0.1", model.ModeNAT)}, []string{`sysctl="net.ipv4.conf.eth0.forwarding=1"`}},
+		{[]model.VIP{vip("2001:db8::1", model.ModeFullNAT), vip("10.0.0.1", model.ModeDR)}, []string{`sysctl="net.ipv6.conf.eth1.forwarding=1"`}},
+	} {
+		log, buf := newTestLogger()
+		warnForwarding(model.State{VIPs: tc.vips}, []string{"eth0", "eth1"}, read, log)
+		if n := strings.Count(buf.String(), "level=WARN"); n != len(tc.want) {
+			t.Errorf("vips %v: %d warnings, want %v:\n%s", tc.vips, n, tc.want, buf.String())
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(buf.String(), w) {
+				t.Errorf("vips %v: no %q in\n%s", tc.vips, w, buf.String())
+			}
+		}
+	}
 }

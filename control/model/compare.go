@@ -9,7 +9,7 @@ import (
 // EqualVIP reports whether two normalized VIP configs are equal.
 func EqualVIP(a, b *VIP) bool {
 	return a.Address == b.Address && a.Port == b.Port && a.Protocol == b.Protocol && a.Mode == b.Mode &&
-		a.Scheduler == b.Scheduler && samePtr(a.Announce, b.Announce) && samePtr(a.HealthCheck, b.HealthCheck) &&
+		a.SNATAddr == b.SNATAddr && a.Scheduler == b.Scheduler && samePtr(a.Announce, b.Announce) && samePtr(a.HealthCheck, b.HealthCheck) &&
 		slices.Equal(a.Backends, b.Backends)
 }
 

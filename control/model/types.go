@@ -70,10 +70,17 @@ type Backend struct {
 
 // VIP is a virtual service and its backends.
 type VIP struct {
-	Address     netip.Addr   `json:"address" yaml:"address"`
-	Port        uint16       `json:"port" yaml:"port"`
-	Protocol    Protocol     `json:"protocol" yaml:"protocol"`
-	Mode        Mode         `json:"mode,omitempty" yaml:"mode,omitempty"`
+	Address  netip.Addr `json:"address" yaml:"address"`
+	Port     uint16     `json:"port" yaml:"port"`
+	Protocol Protocol   `json:"protocol" yaml:"protocol"`
+	Mode     Mode       `json:"mode,omitempty" yaml:"mode,omitempty"`
+	// SNATAddr is the source address of a fullnat VIP's translated
+	// packets; unset: the egress interface's primary address (see
+	// reconcile). A netip.Addr is a struct with no exported field:
+	// encoding/json's omitempty never omits it (omitzero does), and
+	// yaml.v3's omitempty always does, so the file format's own document
+	// (control/config) writes it.
+	SNATAddr    netip.Addr   `json:"snat_addr,omitzero" yaml:"snat_addr,omitempty"`
 	Scheduler   Scheduler    `json:"scheduler,omitempty" yaml:"scheduler,omitempty"`
 	Announce    *bool        `json:"announce,omitempty" yaml:"announce,omitempty"` // nil: on when inside an attached subnet
 	HealthCheck *HealthCheck `json:"healthcheck,omitempty" yaml:"healthcheck,omitempty"`
@@ -171,13 +178,13 @@ func (p BackendPatch) Apply(b *Backend) {
 const (
 	BackendUp         = "up"
 	BackendDraining   = "draining"   // weight 0 or drain: open flows only
-	BackendUnresolved = "unresolved" // no neighbour entry (MAC) yet
+	BackendUnresolved = "unresolved" // dr: no neighbour entry (MAC) yet; nat: no route through an attached interface
 	BackendDown       = "down"       // failed health checks
 )
 
 // BackendState is what `backend list` shows: draining wins over down (the
 // operator's decision first), down over unresolved (the checks say more
-// than a missing MAC).
+// than a missing MAC or route).
 func BackendState(drained, up, resolved bool) string {
 	switch {
 	case drained:
@@ -208,6 +215,22 @@ type Resolution struct {
 	Neighbour
 	Err error
 }
+
+// Route is how a NAT backend is reached: the attached interface the
+// kernel routes it through, and that interface's primary address of the
+// backend's family, which a fullnat VIP without a SNAT address takes
+// (invalid: the interface has none). Err: no route through an attached
+// interface; it wraps ErrInvalid.
+type Route struct {
+	Ifindex int
+	Iface   string
+	Primary netip.Addr
+	Err     error
+}
+
+// IsNAT reports whether m rewrites addresses (nat, fullnat): its backends
+// are reached by route, they may listen on another port than the VIP's.
+func (m Mode) IsNAT() bool { return m == ModeNAT || m == ModeFullNAT }
 
 // Clone returns a deep copy of s.
 func (s State) Clone() State {

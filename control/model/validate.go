@@ -94,6 +94,7 @@ func NormalizeVIP(v *VIP) {
 	if v.Mode == "" {
 		v.Mode = ModeDR
 	}
+	v.SNATAddr = v.SNATAddr.Unmap()
 	v.Scheduler = Scheduler(strings.ToLower(string(v.Scheduler)))
 	if v.Scheduler == "" {
 		v.Scheduler = SchedMaglev
@@ -205,11 +206,12 @@ func ValidateVIP(v *VIP, index int) error {
 		return Invalidf("vip %s: protocol %q: want tcp or udp", name, v.Protocol)
 	}
 	switch v.Mode {
-	case ModeDR:
-	case ModeNAT, ModeFullNAT:
-		return Invalidf("vip %s: mode %s is not supported yet", name, v.Mode)
+	case ModeDR, ModeNAT, ModeFullNAT:
 	default:
 		return Invalidf("vip %s: unknown mode %q: want dr, nat or fullnat", name, v.Mode)
+	}
+	if err := validateSNAT(v); err != nil {
+		return Invalidf("vip %s: snat address %s: %s", name, v.SNATAddr, err)
 	}
 	switch v.Scheduler {
 	case SchedMaglev, SchedSH:
@@ -259,6 +261,27 @@ func ValidateVIP(v *VIP, index int) error {
 			return Invalidf("vip %s: backend %s: duplicate backend", name, bname)
 		}
 		seen[k] = true
+	}
+	return nil
+}
+
+// validateSNAT checks the SNAT address of v, if it has one. Whether it is
+// an address of this host is the network's question (netstack).
+func validateSNAT(v *VIP) error {
+	a := v.SNATAddr
+	switch {
+	case !a.IsValid():
+		return nil
+	case v.Mode != ModeFullNAT:
+		return fmt.Errorf("only a fullnat vip has one (mode is %s)", v.Mode)
+	case a.Unmap().Is4() != v.Address.Unmap().Is4():
+		return errors.New("address family differs from the vip's")
+	case a.Unmap() == v.Address.Unmap():
+		// Replies to the SNAT address would be taken for packets to the VIP.
+		return errors.New("is the vip address")
+	}
+	if err := checkAddr(a); err != nil {
+		return fmt.Errorf("address %w", err)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"reflect"
@@ -56,6 +57,22 @@ func TestValidateValid(t *testing.T) {
 		"link-local backend": func(s *State) {
 			s.VIPs[1].Backends[0].Address = netip.MustParseAddr("fe80::1")
 		},
+		"nat":                  func(s *State) { s.VIPs[0].Mode = ModeNAT },
+		"fullnat":              func(s *State) { s.VIPs[0].Mode = ModeFullNAT },
+		"nat backend port":     func(s *State) { s.VIPs[0].Mode = ModeNAT; s.VIPs[0].Backends[0].Port = 8080 },
+		"fullnat backend port": func(s *State) { s.VIPs[1].Mode = ModeFullNAT; s.VIPs[1].Backends[0].Port = 5353 },
+		"nat same addr two ports": func(s *State) {
+			s.VIPs[0].Mode = ModeNAT
+			b := s.VIPs[0].Backends[0]
+			b.Port = 8080
+			s.VIPs[0].Backends = append(s.VIPs[0].Backends, b)
+		},
+		"fullnat snat addr": func(s *State) {
+			s.VIPs[0].Mode, s.VIPs[0].SNATAddr = ModeFullNAT, netip.MustParseAddr("10.200.1.1")
+		},
+		"fullnat snat addr v6": func(s *State) {
+			s.VIPs[1].Mode, s.VIPs[1].SNATAddr = ModeFullNAT, netip.MustParseAddr("2001:db8:1::1")
+		},
 	}
 	for name, mod := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -90,8 +107,24 @@ func TestValidateErrors(t *testing.T) {
 			v.Address = netip.MustParseAddr("::ffff:10.200.0.100")
 			s.VIPs = append(s.VIPs, v)
 		}, "duplicate vip"},
-		{"mode nat", func(s *State) { s.VIPs[0].Mode = ModeNAT }, "vip 10.200.0.100:80/tcp: mode nat is not supported yet"},
-		{"mode fullnat", func(s *State) { s.VIPs[0].Mode = ModeFullNAT }, "mode fullnat is not supported yet"},
+		{"snat with dr", func(s *State) { s.VIPs[0].SNATAddr = netip.MustParseAddr("10.200.1.1") },
+			"vip 10.200.0.100:80/tcp: snat address 10.200.1.1: only a fullnat vip has one (mode is dr)"},
+		{"snat with nat", func(s *State) { s.VIPs[0].Mode, s.VIPs[0].SNATAddr = ModeNAT, netip.MustParseAddr("10.200.1.1") },
+			"snat address 10.200.1.1: only a fullnat vip has one (mode is nat)"},
+		{"snat family", func(s *State) { s.VIPs[0].Mode, s.VIPs[0].SNATAddr = ModeFullNAT, netip.MustParseAddr("2001:db8::9") },
+			"vip 10.200.0.100:80/tcp: snat address 2001:db8::9: address family differs from the vip's"},
+		{"snat family v6", func(s *State) { s.VIPs[1].Mode, s.VIPs[1].SNATAddr = ModeFullNAT, netip.MustParseAddr("10.0.0.9") },
+			"snat address 10.0.0.9: address family differs"},
+		{"snat is vip", func(s *State) { s.VIPs[0].Mode, s.VIPs[0].SNATAddr = ModeFullNAT, s.VIPs[0].Address },
+			"snat address 10.200.0.100: is the vip address"},
+		{"snat loopback", func(s *State) { s.VIPs[0].Mode, s.VIPs[0].SNATAddr = ModeFullNAT, netip.MustParseAddr("127.0.0.1") },
+			"snat address 127.0.0.1: address is a loopback address"},
+		{"snat unspecified", func(s *State) { s.VIPs[1].Mode, s.VIPs[1].SNATAddr = ModeFullNAT, netip.MustParseAddr("::") },
+			"snat address ::: address is unspecified"},
+		{"snat multicast", func(s *State) { s.VIPs[0].Mode, s.VIPs[0].SNATAddr = ModeFullNAT, netip.MustParseAddr("224.0.0.5") },
+			"snat address 224.0.0.5: address is a multicast address"},
+		{"snat zone", func(s *State) { s.VIPs[1].Mode, s.VIPs[1].SNATAddr = ModeFullNAT, netip.MustParseAddr("fe80::1%eth0") },
+			"address must not have a zone"},
 		{"mode unknown", func(s *State) { s.VIPs[0].Mode = "tun" }, `unknown mode "tun"`},
 		{"mode empty", func(s *State) { s.VIPs[0].Mode = "" }, `unknown mode ""`},
 		{"scheduler rr", func(s *State) { s.VIPs[0].Scheduler = SchedRR }, "scheduler rr is not supported yet"},
@@ -122,6 +155,18 @@ func TestValidateErrors(t *testing.T) {
 		{"family v6 in v4", func(s *State) { s.VIPs[0].Backends[0].Address = netip.MustParseAddr("2001:db8::11") }, "vip 10.200.0.100:80/tcp: backend 2001:db8::11: address family differs from the vip's"},
 		{"family v4 in v6", func(s *State) { s.VIPs[1].Backends[0].Address = netip.MustParseAddr("10.0.0.1") }, "address family differs"},
 		{"dr port change", func(s *State) { s.VIPs[0].Backends[0].Port = 8080 }, "vip 10.200.0.100:80/tcp: backend 10.200.0.11:8080: dr mode cannot change the port"},
+		{"dr port change v6", func(s *State) { s.VIPs[1].Backends[0].Port = 5353 }, "vip [2001:db8::1]:53/udp: backend [2001:db8::11]:5353: dr mode cannot change the port"},
+		{"nat duplicate backend port 0 vs vip port", func(s *State) {
+			s.VIPs[0].Mode = ModeNAT
+			b := s.VIPs[0].Backends[0]
+			b.Port = 80
+			s.VIPs[0].Backends = append(s.VIPs[0].Backends, b)
+		}, "backend 10.200.0.11:80: duplicate backend"},
+		{"nat backend is vip", func(s *State) { s.VIPs[0].Mode = ModeNAT; s.VIPs[0].Backends[0].Address = s.VIPs[0].Address }, "backend address is the vip address"},
+		{"fullnat family", func(s *State) {
+			s.VIPs[0].Mode = ModeFullNAT
+			s.VIPs[0].Backends[0].Address = netip.MustParseAddr("2001:db8::11")
+		}, "backend 2001:db8::11: address family differs from the vip's"},
 		{"weight", func(s *State) { s.VIPs[0].Backends[0].Weight = 65536 }, "backend 10.200.0.11: weight 65536: want 0-65535"},
 		{"duplicate backend", func(s *State) { s.VIPs[0].Backends = append(s.VIPs[0].Backends, s.VIPs[0].Backends[0]) }, "backend 10.200.0.11: duplicate backend"},
 		{"duplicate backend port 0 vs vip port", func(s *State) {
@@ -241,5 +286,51 @@ func TestNormalize(t *testing.T) {
 	Normalize(&empty)
 	if empty.VIPs == nil || len(empty.VIPs) != 0 {
 		t.Fatalf("empty state: %#v", empty)
+	}
+}
+
+// The SNAT address is normalized, compared and encoded like the other
+// fields: unmapped, part of EqualVIP, left out of JSON when unset.
+func TestSNATAddrField(t *testing.T) {
+	v := VIP{Address: netip.MustParseAddr("10.0.0.1"), Port: 80, Protocol: TCP, Mode: ModeFullNAT,
+		SNATAddr: netip.MustParseAddr("::ffff:10.0.9.1"),
+		Backends: []Backend{{Address: netip.MustParseAddr("10.0.1.1"), Port: 8080, Weight: 1}}}
+	NormalizeVIP(&v)
+	if v.SNATAddr != netip.MustParseAddr("10.0.9.1") {
+		t.Fatalf("snat address %s, want it unmapped", v.SNATAddr)
+	}
+	if err := ValidateVIP(&v, 0); err != nil {
+		t.Fatal(err)
+	}
+	other := v.Clone()
+	if !EqualVIP(&v, &other) {
+		t.Fatal("clone differs")
+	}
+	other.SNATAddr = netip.MustParseAddr("10.0.9.2")
+	if EqualVIP(&v, &other) || SameTargets(&v, &other) {
+		t.Fatal("vips with different snat addresses compare equal")
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"mode":"fullnat","snat_addr":"10.0.9.1"`) || !strings.Contains(string(b), `"port":8080`) {
+		t.Fatalf("json %s", b)
+	}
+	var back VIP
+	if err := json.Unmarshal(b, &back); err != nil || !EqualVIP(&back, &v) {
+		t.Fatalf("json round trip: %+v %v", back, err)
+	}
+	v.Mode, v.SNATAddr = ModeNAT, netip.Addr{}
+	if b, _ := json.Marshal(v); strings.Contains(string(b), "snat_addr") {
+		t.Fatalf("unset snat address in json: %s", b)
+	}
+}
+
+func TestModeIsNAT(t *testing.T) {
+	for m, want := range map[Mode]bool{ModeDR: false, ModeNAT: true, ModeFullNAT: true, "": false} {
+		if m.IsNAT() != want {
+			t.Errorf("%q.IsNAT() = %v", m, !want)
+		}
 	}
 }

@@ -1,7 +1,8 @@
 // Package netstack is the control plane's view of the host's network
-// stack through netlink: where a DR backend is and what its MAC is, the
-// subnet checks of the desired state, and the VIP addresses announced so
-// that the kernel answers ARP and NDP for them.
+// stack through netlink: where a DR backend is and what its MAC is, how a
+// NAT backend is routed and from which address, the subnet and route
+// checks of the desired state, and the VIP addresses announced so that the
+// kernel answers ARP and NDP for them.
 package netstack
 
 import (
@@ -370,45 +371,217 @@ func (n *Netlink) Forget(keep map[netip.Addr]bool) {
 	}
 }
 
-// CheckState is the store's extra validation: every DR backend must be on a
-// directly connected subnet of an attached interface that has an address of
-// the backend's family.
+// CheckState is the store's extra validation: every DR backend must be on
+// a directly connected subnet of an attached interface that has an address
+// of the backend's family; every NAT backend must be routed through an
+// attached interface; a fullnat VIP's SNAT address must be an address of
+// this host, or, without one, the interface toward each of its backends
+// must have an address of the VIP's family to take instead.
 func (n *Netlink) CheckState(s model.State) error {
 	// Backends are shared between VIPs: ask the kernel once per address
 	// and once per interface and family.
-	routes := map[netip.Addr]netlink.Link{}
-	hasAddrs := map[[2]int]bool{}
+	c := &checkCache{dr: map[netip.Addr]netlink.Link{}, nat: map[netip.Addr]netlink.Link{}}
 	for _, v := range s.VIPs {
-		if v.Mode != "" && v.Mode != model.ModeDR {
-			continue
-		}
-		for _, b := range v.Backends {
-			l, ok := routes[b.Address.Unmap()]
-			if !ok {
-				var err error
-				if l, err = n.route(b.Address); err != nil {
-					return model.AsInvalid(fmt.Errorf("vip %s: %w", v.ID(), err))
-				}
-				routes[b.Address.Unmap()] = l
-			}
-			fam := family(b.Address.Unmap())
-			k := [2]int{l.Attrs().Index, fam}
-			has, ok := hasAddrs[k]
-			if !ok {
-				addrs, err := n.h.AddrList(l, fam)
-				if err != nil {
-					return fmt.Errorf("addresses of %s: %w", l.Attrs().Name, err)
-				}
-				has = len(addrs) > 0
-				hasAddrs[k] = has
-			}
-			if !has {
-				return model.Invalidf("vip %s: interface %s has no %s address to reach backend %s",
-					v.ID(), l.Attrs().Name, familyName(b.Address), b.Address)
-			}
+		if err := n.checkVIP(&v, c); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// checkCache holds what one CheckState learnt from the kernel.
+type checkCache struct {
+	dr, nat map[netip.Addr]netlink.Link // the routes of DR and NAT backends
+	links   linkCache
+	local   map[int][]netip.Addr // this host's addresses by family
+}
+
+func (n *Netlink) checkVIP(v *model.VIP, c *checkCache) error {
+	if v.Mode.IsNAT() {
+		return n.checkNAT(v, c)
+	}
+	for _, b := range v.Backends {
+		l, ok := c.dr[b.Address.Unmap()]
+		if !ok {
+			var err error
+			if l, err = n.route(b.Address); err != nil {
+				return model.AsInvalid(fmt.Errorf("vip %s: %w", v.ID(), err))
+			}
+			c.dr[b.Address.Unmap()] = l
+		}
+		addrs, err := c.links.addrs(n.h, l, family(b.Address.Unmap()))
+		if err != nil {
+			return err
+		}
+		if len(addrs) == 0 {
+			return model.Invalidf("vip %s: interface %s has no %s address to reach backend %s",
+				v.ID(), l.Attrs().Name, familyName(b.Address), b.Address)
+		}
+	}
+	return nil
+}
+
+// checkNAT checks a nat or fullnat VIP (see CheckState).
+func (n *Netlink) checkNAT(v *model.VIP, c *checkCache) error {
+	if v.SNATAddr.IsValid() {
+		local, err := n.isLocal(v.SNATAddr.Unmap(), c)
+		if err != nil {
+			return err
+		}
+		if !local {
+			return model.Invalidf("vip %s: snat address %s is not an address of this host", v.ID(), v.SNATAddr)
+		}
+	}
+	ann := n.announcedAddrs()
+	for _, b := range v.Backends {
+		addr := b.Address.Unmap()
+		l, ok := c.nat[addr]
+		if !ok {
+			var err error
+			if l, _, err = n.natRoute(addr); err != nil {
+				return model.AsInvalid(fmt.Errorf("vip %s: %w", v.ID(), err))
+			}
+			c.nat[addr] = l
+		}
+		if v.Mode != model.ModeFullNAT || v.SNATAddr.IsValid() {
+			continue
+		}
+		p, err := n.primaryAddr(l, family(v.Address.Unmap()), &c.links, ann)
+		if err != nil {
+			return err
+		}
+		if !p.IsValid() {
+			return model.Invalidf("vip %s: interface %s toward backend %s has no %s address to take as the snat address: set one with --snat-addr",
+				v.ID(), l.Attrs().Name, model.BackendName(addr, b.Port), familyName(v.Address))
+		}
+	}
+	return nil
+}
+
+// isLocal reports whether a is configured on an interface of this host;
+// the VIP addresses xdplb announces do not count, they go with their VIP.
+func (n *Netlink) isLocal(a netip.Addr, c *checkCache) (bool, error) {
+	fam := family(a)
+	if c.local == nil {
+		c.local = map[int][]netip.Addr{}
+	}
+	addrs, ok := c.local[fam]
+	if !ok {
+		list, err := n.h.AddrList(nil, fam)
+		if err != nil {
+			return false, fmt.Errorf("addresses of this host: %w", err)
+		}
+		for _, la := range list {
+			if p, ok := ipnetPrefix(la.IPNet); ok {
+				addrs = append(addrs, p.Addr())
+			}
+		}
+		c.local[fam] = addrs
+	}
+	return slices.Contains(addrs, a) && !n.announcedAddrs()[a], nil
+}
+
+// natRoute returns the interface the kernel routes a NAT backend through,
+// which must be an attached one: the program forwards only out of those.
+// Unlike DR, a gateway is fine: the next hop comes from the FIB.
+func (n *Netlink) natRoute(addr netip.Addr) (netlink.Link, netip.Addr, error) {
+	routes, err := n.h.RouteGet(net.IP(addr.AsSlice()))
+	if err != nil || len(routes) == 0 {
+		return nil, netip.Addr{}, model.Invalidf("backend %s is not reachable through %s (no route: %v)", addr, n.ifaceList(), err)
+	}
+	r := routes[0]
+	if r.Type == unix.RTN_LOCAL {
+		return nil, netip.Addr{}, model.Invalidf("backend %s is an address of this host", addr)
+	}
+	l, err := n.h.LinkByIndex(r.LinkIndex)
+	if err != nil {
+		return nil, netip.Addr{}, fmt.Errorf("link %d: %w", r.LinkIndex, err)
+	}
+	if _, ok := n.ifaces[r.LinkIndex]; !ok {
+		return nil, netip.Addr{}, model.Invalidf("backend %s is routed through %s, which is not an attached interface (%s)",
+			addr, l.Attrs().Name, n.ifaceList())
+	}
+	nh := addr
+	if gw, ok := netip.AddrFromSlice(r.Gw); ok && r.Gw != nil {
+		nh = gw.Unmap()
+	}
+	return l, nh, nil
+}
+
+// keepResolved makes sure the kernel resolves a NAT next hop: the program
+// finds its MAC in the kernel's neighbour table (bpf_fib_lookup), and a
+// packet that finds none goes to the kernel, which for full NAT drops it
+// (its source, the SNAT address, is the host's own). As for DR backends,
+// a managed entry keeps it resolved from then on.
+func (n *Netlink) keepResolved(ctx context.Context, l netlink.Link, nh netip.Addr, c *resolveCache) {
+	neighs, err := c.neighbours(n.h, l, family(nh))
+	if err != nil {
+		n.log.Debug("read neighbours", "iface", l.Attrs().Name, "err", err)
+		return
+	}
+	found := neighs[nh]
+	if found != nil && found.State&nudValid != 0 && found.FlagsExt&netlink.NTF_EXT_MANAGED != 0 {
+		return
+	}
+	if found != nil && found.State&(netlink.NUD_PERMANENT|netlink.NUD_NOARP) != 0 {
+		return
+	}
+	n.trigger(ctx, l.Attrs().Index, nh, found)
+}
+
+// RouteAll finds the route of each NAT backend address (see natRoute) and
+// the primary address of the egress interface of the backend's family, and
+// has the route's next hop resolved (keepResolved).
+func (n *Netlink) RouteAll(ctx context.Context, addrs []netip.Addr) map[netip.Addr]model.Route {
+	c := &linkCache{}
+	rc := &resolveCache{}
+	ann := n.announcedAddrs()
+	out := make(map[netip.Addr]model.Route, len(addrs))
+	for _, a := range addrs {
+		l, nh, err := n.natRoute(a.Unmap())
+		if err != nil {
+			out[a] = model.Route{Err: err}
+			continue
+		}
+		n.keepResolved(ctx, l, nh, rc)
+		rt := model.Route{Ifindex: l.Attrs().Index, Iface: l.Attrs().Name}
+		if rt.Primary, err = n.primaryAddr(l, family(a.Unmap()), c, ann); err != nil {
+			rt.Err = err
+		}
+		out[a] = rt
+	}
+	return out
+}
+
+// primaryAddr is l's primary address of a family: the first one the
+// kernel lists that is global, usable now (not tentative, deprecated or
+// failed) and not a secondary or temporary one, leaving out the VIP
+// addresses xdplb announced (skip). Invalid: l has none.
+func (n *Netlink) primaryAddr(l netlink.Link, fam int, c *linkCache, skip map[netip.Addr]bool) (netip.Addr, error) {
+	addrs, err := c.addrs(n.h, l, fam)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	const unusable = unix.IFA_F_SECONDARY | unix.IFA_F_TENTATIVE | unix.IFA_F_DEPRECATED | unix.IFA_F_DADFAILED
+	for _, a := range addrs {
+		p, ok := ipnetPrefix(a.IPNet)
+		if !ok || a.Scope != unix.RT_SCOPE_UNIVERSE || a.Flags&unusable != 0 || skip[p.Addr()] {
+			continue
+		}
+		return p.Addr(), nil
+	}
+	return netip.Addr{}, nil
+}
+
+// announcedAddrs is the set of VIP addresses xdplb added.
+func (n *Netlink) announcedAddrs() map[netip.Addr]bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make(map[netip.Addr]bool, len(n.announced))
+	for _, a := range n.announced {
+		out[a.Prefix.Addr()] = true
+	}
+	return out
 }
 
 func familyName(a netip.Addr) string {

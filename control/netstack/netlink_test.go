@@ -263,3 +263,146 @@ func TestNetlinkAnnounce(t *testing.T) {
 func be(a string, w uint32) model.Backend {
 	return model.Backend{Address: netip.MustParseAddr(a), Weight: w}
 }
+
+// addLink adds an interface of the fixture's namespace that is up, with
+// addrs: a veth whose peer (name+"p") stays in the namespace, up too, as
+// the dummy driver may be missing.
+func (f *netFixture) addLink(t *testing.T, name string, addrs ...string) netlink.Link {
+	t.Helper()
+	if err := f.h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}); err != nil {
+		t.Fatalf("add %s: %v", name, err)
+	}
+	peer, err := f.h.LinkByName(name + "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.h.LinkSetUp(peer); err != nil {
+		t.Fatal(err)
+	}
+	l, err := f.h.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if err := f.h.AddrAdd(l, &netlink.Addr{IPNet: mustIPNet(t, a), Flags: unix.IFA_F_NODAD}); err != nil {
+			t.Fatalf("add %s: %v", a, err)
+		}
+	}
+	if err := f.h.LinkSetUp(l); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// NAT backends are found by route, through a gateway too, but only out of
+// an attached interface; the egress interface's primary address is what a
+// fullnat VIP without its own takes.
+func TestNetlinkNATRoutes(t *testing.T) {
+	f := newNetFixture(t)
+	f.addLink(t, "other0", "10.88.0.1/24")
+	arm := f.addLink(t, "arm1") // attached, without an IPv4 address
+	if err := f.h.RouteAdd(&netlink.Route{Dst: mustIPNet(t, "10.55.0.0/24"), LinkIndex: arm.Attrs().Index, Scope: netlink.SCOPE_LINK}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.h.RouteAdd(&netlink.Route{Dst: mustIPNet(t, "10.99.0.0/24"), Gw: net.ParseIP("10.77.0.2"), LinkIndex: f.lb.Attrs().Index}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := New(Options{Interfaces: []string{"lb0", "arm1"}, Namespace: &f.ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+
+	addrs := []string{"10.77.0.2", "10.99.0.5", "fd77::2", "10.55.0.5", "10.88.0.5", "192.0.2.7", "10.77.0.1"}
+	var in []netip.Addr
+	for _, a := range addrs {
+		in = append(in, netip.MustParseAddr(a))
+	}
+	got := n.RouteAll(context.Background(), in)
+	for _, tc := range []struct {
+		addr, iface, primary, err string
+	}{
+		{"10.77.0.2", "lb0", "10.77.0.1", ""},
+		{"10.99.0.5", "lb0", "10.77.0.1", ""}, // through a gateway: fine for NAT
+		{"fd77::2", "lb0", "fd77::1", ""},
+		{"10.55.0.5", "arm1", "", ""},
+		{"10.88.0.5", "", "", "backend 10.88.0.5 is routed through other0, which is not an attached interface (lb0, arm1)"},
+		{"192.0.2.7", "", "", "backend 192.0.2.7 is not reachable through lb0, arm1 (no route: "},
+		{"10.77.0.1", "", "", "backend 10.77.0.1 is an address of this host"},
+	} {
+		rt := got[netip.MustParseAddr(tc.addr)]
+		if tc.err != "" {
+			if !errors.Is(rt.Err, model.ErrInvalid) || !strings.HasPrefix(rt.Err.Error(), tc.err) {
+				t.Errorf("route %s: %+v, want error %q", tc.addr, rt, tc.err)
+			}
+			continue
+		}
+		if rt.Err != nil || rt.Iface != tc.iface || rt.Primary.String() != orInvalid(tc.primary) {
+			t.Errorf("route %s: %+v, want via %s from %q", tc.addr, rt, tc.iface, tc.primary)
+		}
+	}
+
+	// Every next hop is kept resolved: the backend on a connected
+	// subnet, the gateway of a routed one (10.77.0.2 for 10.99.0.5).
+	for _, nh := range []struct {
+		link netlink.Link
+		fam  int
+		addr string
+	}{{f.lb, netlink.FAMILY_V4, "10.77.0.2"}, {f.lb, netlink.FAMILY_V6, "fd77::2"}, {arm, netlink.FAMILY_V4, "10.55.0.5"}} {
+		neighs, err := f.h.NeighList(nh.link.Attrs().Index, nh.fam)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(neighs, func(nb netlink.Neigh) bool {
+			return nb.IP.Equal(net.ParseIP(nh.addr)) && nb.FlagsExt&netlink.NTF_EXT_MANAGED != 0
+		}) {
+			t.Errorf("no managed neighbour entry for next hop %s: %+v", nh.addr, neighs)
+		}
+	}
+
+	nat := func(mode model.Mode, snat string, backends ...string) model.State {
+		v := model.VIP{Address: netip.MustParseAddr("10.77.0.100"), Port: 80, Protocol: model.TCP, Mode: mode}
+		if snat != "" {
+			v.SNATAddr = netip.MustParseAddr(snat)
+		}
+		for _, b := range backends {
+			v.Backends = append(v.Backends, model.Backend{Address: netip.MustParseAddr(b), Port: 8080, Weight: 1})
+		}
+		return model.State{VIPs: []model.VIP{v}}
+	}
+	for _, tc := range []struct {
+		st   model.State
+		want string // "" valid
+	}{
+		{nat(model.ModeNAT, "", "10.77.0.2", "10.99.0.5", "10.55.0.5"), ""},
+		{nat(model.ModeFullNAT, "", "10.77.0.2", "10.99.0.5"), ""},
+		{nat(model.ModeFullNAT, "10.88.0.1", "10.55.0.5"), ""}, // any address of this host
+		{nat(model.ModeNAT, "", "10.77.0.2", "10.88.0.5"), "vip 10.77.0.100:80/tcp: backend 10.88.0.5 is routed through other0, which is not an attached interface (lb0, arm1)"},
+		{nat(model.ModeFullNAT, "", "192.0.2.7"), "vip 10.77.0.100:80/tcp: backend 192.0.2.7 is not reachable through lb0, arm1"},
+		{nat(model.ModeFullNAT, "", "10.55.0.5"), "vip 10.77.0.100:80/tcp: interface arm1 toward backend 10.55.0.5:8080 has no IPv4 address to take as the snat address: set one with --snat-addr"},
+		{nat(model.ModeFullNAT, "10.77.0.99", "10.77.0.2"), "vip 10.77.0.100:80/tcp: snat address 10.77.0.99 is not an address of this host"},
+	} {
+		err := n.CheckState(tc.st)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("check %+v: %v", tc.st.VIPs[0], err)
+		case tc.want != "" && (!errors.Is(err, model.ErrInvalid) || !strings.HasPrefix(err.Error(), tc.want)):
+			t.Errorf("check %+v: %v, want %q", tc.st.VIPs[0], err, tc.want)
+		}
+	}
+
+	// A VIP address xdplb announces is no SNAT address: it goes with its VIP.
+	if err := n.Announce(context.Background(), map[netip.Addr]bool{netip.MustParseAddr("10.77.0.100"): false}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.CheckState(nat(model.ModeFullNAT, "10.77.0.100", "10.77.0.2")); err == nil || !strings.Contains(err.Error(), "is not an address of this host") {
+		t.Errorf("announced vip address as snat address: %v", err)
+	}
+}
+
+func orInvalid(s string) string {
+	if s == "" {
+		return netip.Addr{}.String()
+	}
+	return s
+}

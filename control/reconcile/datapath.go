@@ -41,5 +41,10 @@ type Datapath interface {
 	// timeout (loader.OpenFlowIdleTCP, loader.OpenFlowIdleUDP).
 	FlowsByBackend() (map[uint32]int, error)
 	ConntrackEntries() (int, error)
+	// NATStats is the NAT table as of its last sweep; EventCounters the
+	// data plane's events that are not drops, by name. Both may fail on
+	// a data plane without them: readers skip them then.
+	NATStats() (loader.NATStats, error)
+	EventCounters() (map[string]uint64, error)
 	Status() (loader.Status, error)
 }

@@ -3,6 +3,7 @@ package reconcile_test
 import (
 	"github.com/xdplb/xdplb/control/reconcile"
 	"github.com/xdplb/xdplb/control/reconcile/reconciletest"
+	"github.com/xdplb/xdplb/loader"
 )
 
 // The fake the tests use stands in for the daemon's data plane (the method
@@ -11,4 +12,5 @@ var _ interface {
 	reconcile.Datapath
 	Close() error
 	Remove() error
+	ExpireNAT() (loader.NATStats, error)
 } = (*reconciletest.Datapath)(nil)

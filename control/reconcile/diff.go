@@ -52,10 +52,10 @@ type tableWrite struct {
 	members []MaglevBackend
 }
 
-// diff is the ordered list of writes that make the maps (m) hold plans,
-// with the VIPs of removed (in the order given) deleted; full: m was just
-// read whole, and backends of a VIP id without an entry, left by an
-// interrupted pass, are deleted too. It writes only what differs, so a
+// diff is the ordered list of writes that make the maps (m) hold plans
+// (held ones aside), with the VIPs of removed (in the order given)
+// deleted; full: m was just read whole, and backends of a VIP id without
+// an entry, left by an interrupted pass, are deleted too. It writes only what differs, so a
 // second diff after applying the first is empty.
 //
 // Write order, so that no packet finds a VIP without its table, nor a
@@ -88,7 +88,7 @@ func diff(m *mirror, plans []vipPlan, removed []loader.VIPKey, full bool) []op {
 	planned := make(map[uint32]bool, len(plans))
 	for i := range plans {
 		p := &plans[i]
-		if p.err != nil {
+		if p.err != nil || p.held { // held: in removed, when in the maps
 			continue
 		}
 		vid, id := p.v.ID(), p.meta.ID
@@ -112,7 +112,7 @@ func diff(m *mirror, plans []vipPlan, removed []loader.VIPKey, full bool) []op {
 			ops = append(ops, o)
 		}
 		entry := op{kind: opPutVIP, phase: phaseEntry, vip: vid, key: p.key, meta: p.meta, added: !p.exists}
-		putEntry := !p.exists || p.cur != p.meta
+		putEntry := !p.exists || !sameMeta(p.cur, p.meta)
 		last, known := m.tables[id]
 		switch {
 		case len(p.members) == 0:
@@ -173,7 +173,13 @@ func (m *mirror) orphans(planned map[uint32]bool) []uint32 {
 	return out
 }
 
+// sameBackend reports whether an entry read from the maps (a) is the
+// planned one (b). A NAT entry's MACs and interface are unused (the next
+// hop comes from the FIB), however the maps spell them.
 func sameBackend(a, b loader.Backend) bool {
-	return a.ID == b.ID && a.VIPID == b.VIPID && a.Addr == b.Addr && a.Port == b.Port &&
-		a.Ifindex == b.Ifindex && slices.Equal(a.MAC, b.MAC) && slices.Equal(a.SrcMAC, b.SrcMAC) && a.Down == b.Down
+	if a.ID != b.ID || a.VIPID != b.VIPID || a.Addr != b.Addr || a.Port != b.Port || a.Mode != b.Mode || a.Down != b.Down {
+		return false
+	}
+	return b.Mode.IsNAT() ||
+		a.Ifindex == b.Ifindex && slices.Equal(a.MAC, b.MAC) && slices.Equal(a.SrcMAC, b.SrcMAC)
 }

@@ -1,6 +1,8 @@
 package reconcile
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
 
 	"github.com/xdplb/xdplb/control/model"
@@ -11,9 +13,17 @@ import (
 type vipPlan struct {
 	v      model.VIP
 	key    loader.VIPKey
+	mode   loader.ForwardMode
 	exists bool           // the VIP has an entry in the maps
 	cur    loader.VIPMeta // that entry
 	meta   loader.VIPMeta // the entry it should have
+	// snatErr says why no SNAT address can be found for a fullnat VIP:
+	// none of its backends is usable, and meta.SNATAddr is the one its
+	// entry had, kept for its open flows. held: it had none either, and
+	// the VIP is kept out of the maps (the data plane takes no fullnat VIP
+	// without one) until it has one.
+	snatErr error
+	held    bool
 	// backends are the VIP's backends in config order; those with an
 	// entry make up the VIP's backend entries.
 	backends []backendPlan
@@ -32,7 +42,9 @@ type backendPlan struct {
 	old      loader.Backend // the entry in the maps, when had
 	had      bool
 	up       bool
-	res      model.Resolution
+	res      model.Resolution // a NAT backend's route as a Resolution without MACs
+	blocked  error            // its VIP cannot use it whatever res says (a fullnat VIP without SNAT address)
+	resolved bool             // usable for new flows, as far as the network goes
 	info     BackendInfo
 }
 
@@ -43,25 +55,38 @@ type backendKey struct {
 	Port uint16
 }
 
+// locator is where the network says backends are: a DR backend by its
+// neighbour, a NAT backend by its route.
+type locator struct {
+	neigh func(netip.Addr) model.Resolution
+	route func(netip.Addr) model.Route
+}
+
 // planVIP decides what the maps should hold for v: given the health of its
-// backends (up), where they are (res, by address) and what the maps hold
-// now (m); new VIPs and backends take their ids from a.
+// backends (up), where they are (loc) and what the maps hold now (m); new
+// VIPs and backends take their ids from a.
 //
 // A backend is usable (in the table) when it is resolved, not drained and
-// passes its checks. One that fails its checks keeps its entry, marked Down
-// (its flows are placed again by the data plane); a drained one keeps its
-// entry as is (its flows continue); an unresolved one keeps the entry it
-// has (last known MAC) for its open flows, and only a resolved backend
-// takes a new id: one that stays unresolved must not move the allocator on
-// every pass. When every configured, not drained backend fails, the VIP
-// has no table and is marked NoHealthy.
-func planVIP(v model.VIP, m *mirror, a *ids, up func(model.VIPID, model.Backend) bool,
-	res func(netip.Addr) model.Resolution) vipPlan {
+// passes its checks. Resolved is, for DR, a known MAC; for NAT, a route
+// through an attached interface (the program looks the next hop up in the
+// FIB) and, for fullnat, a SNAT address for the VIP. One that fails its
+// checks keeps its entry, marked Down (its flows are placed again by the
+// data plane); a drained one keeps its entry as is (its flows continue);
+// an unresolved one keeps the entry it has (last known MAC) for its open
+// flows, and only a resolved backend takes a new id: one that stays
+// unresolved must not move the allocator on every pass. When every
+// configured, not drained backend fails, the VIP has no table and is
+// marked NoHealthy. A fullnat VIP without any SNAT address (none of its
+// own, none found, none in its entry) is held: nothing of it is written,
+// and the caller removes it from the maps.
+func planVIP(v model.VIP, m *mirror, a *ids, up func(model.VIPID, model.Backend) bool, loc locator) vipPlan {
 	vid := v.ID()
-	p := vipPlan{v: v, key: VIPKeyOf(vid)}
+	p := vipPlan{v: v, key: VIPKeyOf(vid), mode: ForwardMode(v.Mode)}
 	p.cur, p.exists = m.vips[p.key]
+	snat := p.snatAddr(loc.route)
+	p.held = p.mode == loader.ModeFullNAT && !snat.IsValid()
 	id := p.cur.ID
-	if !p.exists {
+	if !p.exists && !p.held {
 		var err error
 		if id, err = a.vip(); err != nil {
 			p.err = err
@@ -73,9 +98,9 @@ func planVIP(v model.VIP, m *mirror, a *ids, up func(model.VIPID, model.Backend)
 	for _, b := range v.Backends {
 		addr := b.Address.Unmap()
 		// Filled in place: a backendPlan is big, and a VIP may have thousands.
-		p.backends = append(p.backends, backendPlan{b: b, key: backendKey{vid, addr, b.Port}, up: up(vid, b), res: res(addr)})
+		p.backends = append(p.backends, backendPlan{b: b, key: backendKey{vid, addr, b.Port}, up: up(vid, b)})
 		bp := &p.backends[len(p.backends)-1]
-		bp.old, bp.had = m.entry(backendRef{id, addr, b.Port})
+		p.locate(bp, loc)
 		drained := b.Drained()
 		if !drained {
 			p.active++
@@ -83,10 +108,14 @@ func planVIP(v model.VIP, m *mirror, a *ids, up func(model.VIPID, model.Backend)
 				healthy++
 			}
 		}
-		resolved := bp.res.Err == nil && bp.res.MAC != nil
-		bp.info = BackendInfo{ID: bp.old.ID, State: model.BackendState(drained, bp.up, resolved)}
+		bp.info = BackendInfo{State: model.BackendState(drained, bp.up, bp.resolved), Iface: bp.res.Iface, Reason: bp.reason()}
+		if p.held {
+			continue // nothing of the VIP is written
+		}
+		bp.old, bp.had = m.entry(backendRef{id, addr, b.Port})
+		bp.info.ID = bp.old.ID
 		switch {
-		case resolved:
+		case bp.resolved:
 			bid := bp.old.ID
 			if !bp.had {
 				var err error
@@ -95,27 +124,159 @@ func planVIP(v model.VIP, m *mirror, a *ids, up func(model.VIPID, model.Backend)
 					return p
 				}
 			}
-			nb := bp.res.Neighbour
-			bp.entry = loader.Backend{ID: bid, VIPID: id, Addr: addr, Port: b.Port,
-				MAC: nb.MAC, SrcMAC: nb.SrcMAC, Ifindex: uint32(nb.Ifindex), Down: !bp.up}
+			bp.entry = p.backendEntry(bp, id, bid)
 			bp.hasEntry = true
-			bp.info = BackendInfo{ID: bid, State: bp.info.State, MAC: nb.MAC, Iface: nb.Iface}
+			bp.info.ID, bp.info.MAC = bid, bp.entry.MAC
 			if bp.info.State == model.BackendUp {
 				p.members = append(p.members, MaglevBackend{ID: bid, Key: MaglevKey(addr, v.BackendPort(b)), Weight: b.Weight})
 			}
 		case bp.had:
-			bp.entry, bp.hasEntry = bp.old, true
-			bp.entry.Down = !bp.up // it follows the checks
+			bp.entry, bp.hasEntry = p.keptEntry(bp.old, bp.up)
 		}
 	}
-	p.meta = vipMeta(v, id, p.active > 0 && healthy == 0)
+	if !p.held {
+		p.meta = vipMeta(v, id, p.active > 0 && healthy == 0, snat)
+	}
 	return p
 }
 
-func vipMeta(v model.VIP, id uint32, noHealthy bool) loader.VIPMeta {
+// locate fills in where bp is and whether that makes it usable. A
+// fullnat VIP without a SNAT address has no usable backend: its packets
+// could not be translated.
+func (p *vipPlan) locate(bp *backendPlan, loc locator) {
+	addr := bp.key.Addr
+	if !p.mode.IsNAT() {
+		bp.res = loc.neigh(addr)
+		bp.resolved = bp.res.Err == nil && bp.res.MAC != nil
+		return
+	}
+	rt := loc.route(addr)
+	bp.res = model.Resolution{Neighbour: model.Neighbour{Ifindex: rt.Ifindex, Iface: rt.Iface}, Err: rt.Err}
+	bp.blocked = p.snatErr
+	bp.resolved = bp.res.Err == nil && bp.blocked == nil
+}
+
+// reason says why bp is not resolved ("" when it is).
+func (bp *backendPlan) reason() string {
+	switch {
+	case bp.resolved:
+		return ""
+	case bp.res.Err != nil:
+		return bp.res.Err.Error()
+	case bp.blocked != nil:
+		return bp.blocked.Error()
+	default:
+		return "MAC not resolved yet"
+	}
+}
+
+// backendEntry is the entry of a resolved backend: a NAT backend needs no
+// MAC nor interface, the program asks the FIB per packet.
+func (p *vipPlan) backendEntry(bp *backendPlan, vipID, id uint32) loader.Backend {
+	e := loader.Backend{ID: id, VIPID: vipID, Addr: bp.key.Addr, Port: bp.b.Port, Mode: p.mode, Down: !bp.up}
+	if !p.mode.IsNAT() {
+		nb := bp.res.Neighbour
+		e.MAC, e.SrcMAC, e.Ifindex = nb.MAC, nb.SrcMAC, uint32(nb.Ifindex)
+	}
+	return e
+}
+
+// keptEntry is the entry an unresolved backend keeps for its open flows:
+// the one it has, in the VIP's mode, down as its checks say. A DR entry
+// needs the MAC it was written with; one written for NAT has none, and
+// is not kept (its flows are placed again).
+func (p *vipPlan) keptEntry(old loader.Backend, up bool) (loader.Backend, bool) {
+	e := old
+	e.Mode, e.Down = p.mode, !up
+	if p.mode.IsNAT() {
+		e.MAC, e.SrcMAC, e.Ifindex = nil, nil, 0
+		return e, true
+	}
+	return e, old.Mode == loader.ModeDR && hasMAC(old.MAC)
+}
+
+func hasMAC(m []byte) bool {
+	for _, b := range m {
+		if b != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// snatAddr is the SNAT address of a fullnat VIP (invalid for the other
+// modes), and sets p.snatErr when there is none.
+//
+// Without a configured one, it is the primary address of the VIP's family
+// on the egress interface of the route to the VIP's first backend that
+// has such a route and address, in config order: the address this host's
+// kernel would itself use toward the backends, so their network routes it
+// back here already, and the LB answers ARP/NDP for it. A backend that
+// sorts first only decides while it is reachable, so one lost route does
+// not leave the VIP without an address. When none can be had, the VIP
+// keeps the address its entry has, if any, for its open flows, as an
+// unresolved backend keeps its last MAC.
+func (p *vipPlan) snatAddr(route func(netip.Addr) model.Route) netip.Addr {
+	v := &p.v
+	if p.mode != loader.ModeFullNAT {
+		return netip.Addr{}
+	}
+	if v.SNATAddr.IsValid() {
+		return v.SNATAddr.Unmap()
+	}
+	is4 := v.Address.Unmap().Is4()
+	for _, b := range v.Backends {
+		rt := route(b.Address.Unmap())
+		if rt.Err == nil && rt.Primary.IsValid() && rt.Primary.Unmap().Is4() == is4 {
+			return rt.Primary.Unmap()
+		}
+	}
+	if len(v.Backends) == 0 {
+		p.snatErr = errors.New("no SNAT address until a backend is routed through an attached interface; or set one with --snat-addr")
+	} else {
+		p.snatErr = fmt.Errorf("no SNAT address: no backend is routed through an attached interface with an %s address; set one with --snat-addr",
+			familyName(is4))
+	}
+	if p.exists && p.cur.Mode == loader.ModeFullNAT {
+		return p.cur.SNATAddr
+	}
+	return netip.Addr{}
+}
+
+func familyName(is4 bool) string {
+	if is4 {
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+// ForwardMode is the data plane's mode of a VIP's.
+func ForwardMode(m model.Mode) loader.ForwardMode {
+	switch m {
+	case model.ModeNAT:
+		return loader.ModeNAT
+	case model.ModeFullNAT:
+		return loader.ModeFullNAT
+	default:
+		return loader.ModeDR
+	}
+}
+
+func vipMeta(v model.VIP, id uint32, noHealthy bool, snat netip.Addr) loader.VIPMeta {
 	h := loader.HashMaglev
 	if v.Scheduler == model.SchedSH {
 		h = loader.HashSource
 	}
-	return loader.VIPMeta{ID: id, Mode: loader.ModeDR, Hash: h, NoHealthy: noHealthy}
+	return loader.VIPMeta{ID: id, Mode: ForwardMode(v.Mode), Hash: h, NoHealthy: noHealthy, SNATAddr: snat}
+}
+
+// sameMeta reports whether a VIP entry read from the maps (a) is the
+// planned one (b). The SNAT address counts for fullnat only: the others
+// have none, however the maps spell that.
+func sameMeta(a, b loader.VIPMeta) bool {
+	if b.Mode != loader.ModeFullNAT {
+		a.SNATAddr, b.SNATAddr = netip.Addr{}, netip.Addr{}
+	}
+	a.SNATAddr, b.SNATAddr = a.SNATAddr.Unmap(), b.SNATAddr.Unmap()
+	return a == b
 }

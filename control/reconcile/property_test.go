@@ -56,9 +56,12 @@ func (w *writeCounter) DeleteLookupTable(id uint32) error {
 	return w.Datapath.DeleteLookupTable(id)
 }
 
-// Random sequences of events (VIPs and backends added and deleted, weights
-// and drain flags changed, backends failing and recovering, MACs changing
-// or lost, daemon restarts over the pinned maps) go through the reconciler
+// Random sequences of events (VIPs of every mode and backends, on the
+// VIP's port or another, added and deleted, modes and SNAT addresses
+// changed, weights and drain flags changed, backends failing and
+// recovering, MACs changing or lost, NAT routes and the interface's
+// address lost and back, daemon restarts over the pinned maps) go through
+// the reconciler
 // the way the daemon drives it, over the real loaded program's maps: state
 // changes by incremental passes, health and neighbour changes by full
 // passes, a restart by a new reconciler's full pass. After every step, a
@@ -94,6 +97,15 @@ func TestReconcilePropertyRealMaps(t *testing.T) {
 	}
 	r := rand.New(rand.NewPCG(7, 11))
 	pick := func(s []string) string { return s[r.IntN(len(s))] }
+	modes := []model.Mode{model.ModeDR, model.ModeNAT, model.ModeFullNAT}
+	// a backend on the VIP's port (0), or for NAT often on another
+	port := func() uint16 { return []uint16{0, 0, 8080, 8081}[r.IntN(4)] }
+	snat := func(v *model.VIP) {
+		v.SNATAddr = netip.Addr{}
+		if v.Mode == model.ModeFullNAT && r.IntN(2) == 0 {
+			v.SNATAddr = netip.MustParseAddr(pick([]string{"10.0.2.1", "10.0.2.2"}))
+		}
+	}
 	// a random backend of a random VIP of the state, if any
 	someBackend := func() (model.VIPID, model.Backend, bool) {
 		st := store.State()
@@ -108,28 +120,48 @@ func TestReconcilePropertyRealMaps(t *testing.T) {
 	}
 
 	counts := map[string]int{}
+	inMaps := map[loader.ForwardMode]int{} // VIP entries seen after the steps, by mode
 	for step := range 400 {
 		var event string
 		full := false
 		switch k := r.IntN(100); {
 		case k < 15:
 			event = "add vip"
-			v := model.VIP{Address: netip.MustParseAddr(pick(vipAddrs)), Port: 80, Protocol: model.TCP}
+			v := model.VIP{Address: netip.MustParseAddr(pick(vipAddrs)), Port: 80, Protocol: model.TCP, Mode: modes[r.IntN(3)]}
 			if r.IntN(3) == 0 {
 				v.Scheduler = model.SchedSH
 			}
+			snat(&v)
 			for range r.IntN(5) {
-				v.Backends = append(v.Backends, model.Backend{Address: netip.MustParseAddr(pick(beAddrs)), Weight: uint32(r.IntN(4) * 50)})
+				b := model.Backend{Address: netip.MustParseAddr(pick(beAddrs)), Weight: uint32(r.IntN(4) * 50)}
+				if v.Mode.IsNAT() {
+					b.Port = port()
+				}
+				v.Backends = append(v.Backends, b)
 			}
 			if store.AddVIP(v) != nil { // a duplicate VIP or backend: refused, nothing changes
 				event = "add vip (refused)"
 			}
-		case k < 22:
+		case k < 19:
 			event = "del vip"
 			_ = store.DeleteVIP(vipID(pick(vipAddrs)))
-		case k < 40:
+		case k < 26:
+			// A mode or SNAT change (refused when a backend port does
+			// not fit the new mode): the VIP's backends are rewritten.
+			event = "mode"
+			st := store.State()
+			if len(st.VIPs) == 0 {
+				break
+			}
+			v := &st.VIPs[r.IntN(len(st.VIPs))]
+			v.Mode = modes[r.IntN(3)]
+			snat(v)
+			if store.Replace(st) != nil {
+				event = "mode (refused)"
+			}
+		case k < 39:
 			event = "add backend"
-			_ = store.AddBackend(vipID(pick(vipAddrs)), model.Backend{Address: netip.MustParseAddr(pick(beAddrs)), Weight: 100})
+			_ = store.AddBackend(vipID(pick(vipAddrs)), model.Backend{Address: netip.MustParseAddr(pick(beAddrs)), Port: port(), Weight: 100})
 		case k < 48:
 			event = "del backend"
 			if vid, b, ok := someBackend(); ok {
@@ -147,10 +179,23 @@ func TestReconcilePropertyRealMaps(t *testing.T) {
 				d := !b.Drain
 				_ = store.SetBackend(vid, b.Address, b.Port, model.BackendPatch{Drain: &d})
 			}
-		case k < 82:
+		case k < 76:
 			event, full = "health", true
 			if vid, b, ok := someBackend(); ok {
 				health.Set(vid, b.Address.String(), r.IntN(2) == 0, "test")
+			}
+		case k < 82:
+			event, full = "route", true
+			nw.SetRouted(pick(beAddrs), r.IntN(3) != 0)
+		case k < 84:
+			// The interface's address, a fullnat VIP's SNAT address
+			// unless it has its own: changed, or lost for a while.
+			event, full = "iface address", true
+			switch r.IntN(3) {
+			case 0:
+				nw.SetNoPrimary(true)
+			default:
+				nw.SetPrimary(pick([]string{"192.0.2.1", "192.0.2.2"}))
 			}
 		case k < 92:
 			event, full = "neighbour", true
@@ -189,13 +234,54 @@ func TestReconcilePropertyRealMaps(t *testing.T) {
 				step, event, check.writes, store.State())
 		}
 		checkTables(t, step, dp, store.State(), tableSize)
+		checkSNAT(t, step, dp, store.State(), nw)
+		vips, err := dp.VIPs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, meta := range vips {
+			inMaps[meta.Mode]++
+		}
 	}
-	t.Logf("events: %v", counts)
+	t.Logf("events: %v; vip entries by mode: %v", counts, inMaps)
+	for _, m := range []loader.ForwardMode{loader.ModeDR, loader.ModeNAT, loader.ModeFullNAT} {
+		if inMaps[m] == 0 {
+			t.Errorf("no vip of mode %d ever in the maps", m)
+		}
+	}
+	for _, e := range []string{"mode", "route", "iface address", "add vip", "add backend"} {
+		if counts[e] == 0 {
+			t.Errorf("no %q event in the run", e)
+		}
+	}
 }
 
-// checkTables checks that the maps hold exactly the VIPs of st, and that
-// every slot of every table names a backend entry of its own VIP that is
-// not down.
+// checkSNAT checks that a fullnat VIP without a SNAT address of its own
+// has the interface's primary address as soon as one of its backends is
+// routed and the interface has one.
+func checkSNAT(t *testing.T, step int, dp Datapath, st model.State, nw *reconciletest.Network) {
+	t.Helper()
+	vips, err := dp.VIPs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range st.VIPs {
+		if v.Mode != model.ModeFullNAT || v.SNATAddr.IsValid() {
+			continue
+		}
+		want := nw.Primary(v.Address.Is4())
+		routed := slices.ContainsFunc(v.Backends, func(b model.Backend) bool { return nw.Routed(b.Address) })
+		if got := vips[VIPKeyOf(v.ID())].SNATAddr; routed && want.IsValid() && got != want {
+			t.Fatalf("step %d: vip %s has snat address %s, want the interface's %s", step, v.ID(), got, want)
+		}
+	}
+}
+
+// checkTables checks that the maps hold exactly the VIPs of st (but
+// fullnat VIPs without a SNAT address of their own, held out while no
+// address can be found), each entry and backend entry in the VIP's mode,
+// and that every slot of every table names a backend entry of its own VIP
+// that is not down.
 func checkTables(t *testing.T, step int, dp Datapath, st model.State, size uint32) {
 	t.Helper()
 	vips, err := dp.VIPs()
@@ -206,13 +292,25 @@ func checkTables(t *testing.T, step int, dp Datapath, st model.State, size uint3
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(vips) != len(st.VIPs) {
-		t.Fatalf("step %d: %d VIPs in the maps, %d in the state", step, len(vips), len(st.VIPs))
-	}
+	inState := 0
 	for _, v := range st.VIPs {
 		meta, ok := vips[VIPKeyOf(v.ID())]
 		if !ok {
+			if v.Mode == model.ModeFullNAT && !v.SNATAddr.IsValid() {
+				continue
+			}
 			t.Fatalf("step %d: vip %s missing from the maps", step, v.ID())
+		}
+		inState++
+		mode := ForwardMode(v.Mode)
+		if meta.Mode != mode || (mode == loader.ModeFullNAT) != meta.SNATAddr.IsValid() ||
+			v.SNATAddr.IsValid() && meta.SNATAddr != v.SNATAddr {
+			t.Fatalf("step %d: vip %s (%s, snat %s) has entry %+v", step, v.ID(), v.Mode, v.SNATAddr, meta)
+		}
+		for id, b := range backends {
+			if b.VIPID == meta.ID && b.Mode != mode {
+				t.Fatalf("step %d: vip %s (%s): backend %d has mode %d", step, v.ID(), v.Mode, id, b.Mode)
+			}
 		}
 		table, err := dp.LookupTable(meta.ID)
 		if err != nil {
@@ -230,5 +328,8 @@ func checkTables(t *testing.T, step int, dp Datapath, st model.State, size uint3
 				t.Fatalf("step %d: vip %s: table names backend %d (%+v, in map %v)", step, v.ID(), id, b, ok)
 			}
 		}
+	}
+	if len(vips) != inState {
+		t.Fatalf("step %d: %d VIPs in the maps, %d of the state", step, len(vips), inState)
 	}
 }

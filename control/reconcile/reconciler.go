@@ -29,8 +29,9 @@ type Source interface {
 }
 
 // Network is what the reconciler needs of the host's network stack: where
-// a backend is and what its MAC is, and the VIP addresses announced on the
-// segment. *netstack.Netlink implements it; tests use a fake.
+// a backend is (a DR backend's MAC, a NAT backend's route), and the VIP
+// addresses announced on the segment. *netstack.Netlink implements it;
+// tests use a fake.
 type Network interface {
 	// ResolveAll finds, for each DR backend address, the interface it is
 	// reached through and its MAC. An address that is not on a directly
@@ -38,13 +39,19 @@ type Network interface {
 	// model.ErrInvalid. An unknown MAC is not an error: MAC is nil and
 	// resolution has been triggered.
 	ResolveAll(ctx context.Context, addrs []netip.Addr) map[netip.Addr]model.Resolution
+	// RouteAll finds, for each NAT backend address, the attached
+	// interface the kernel routes it through and that interface's primary
+	// address of the backend's family. An address routed through another
+	// interface, or not at all, is an error wrapping model.ErrInvalid.
+	RouteAll(ctx context.Context, addrs []netip.Addr) map[netip.Addr]model.Route
 	// Announce makes the kernel answer ARP/NDP for exactly the addresses
 	// in want (value true: announce even outside an attached subnet) among
 	// those it manages; addresses the operator configured are never
 	// touched.
 	Announce(ctx context.Context, want map[netip.Addr]bool) error
 	// Changes is signalled (coalesced) when a resolved backend's MAC
-	// changes.
+	// changes. Route changes are not signalled: the full pass of every
+	// ReconcileInterval reads the routes again.
 	Changes() <-chan struct{}
 	// Forget stops following addresses that are no longer backends.
 	Forget(keep map[netip.Addr]bool)
@@ -56,10 +63,11 @@ const ReconcileInterval = 5 * time.Second
 
 // BackendInfo is what the reconciler last decided about a backend.
 type BackendInfo struct {
-	ID    uint32
-	State string           // model.BackendUp, BackendDraining, BackendUnresolved, BackendDown
-	MAC   net.HardwareAddr // nil: not resolved
-	Iface string
+	ID     uint32
+	State  string           // model.BackendUp, BackendDraining, BackendUnresolved, BackendDown
+	MAC    net.HardwareAddr // nil: not resolved, or a NAT backend
+	Iface  string           // the egress interface
+	Reason string           // why it is not resolved; "" when it is
 }
 
 // Reconciler makes the data plane match the desired state. It is the only
@@ -86,8 +94,10 @@ type Reconciler struct {
 	vipIDs     idAllocator
 	backendIDs idAllocator
 	layouts    *maglevCache
-	// neigh holds the resolved backends, refreshed by every full pass.
-	neigh map[netip.Addr]model.Neighbour
+	// neigh holds the resolved DR backends and routes the routed NAT
+	// backends, both refreshed by every full pass.
+	neigh  map[netip.Addr]model.Neighbour
+	routes map[netip.Addr]model.Route
 	// vips holds, by VIP, what the last passes decided: for `backend
 	// list`, the metrics and the logs (each health change logged once),
 	// and the config as reconciled, which is what the maps hold while
@@ -116,6 +126,7 @@ func NewReconciler(src Source, dp Datapath, nw Network, health Health, log *slog
 		maps:       newMirror(),
 		layouts:    newMaglevCache(),
 		neigh:      map[netip.Addr]model.Neighbour{},
+		routes:     map[netip.Addr]model.Route{},
 		vips:       map[model.VIPID]*vipState{},
 		unresolved: map[netip.Addr]bool{},
 		progress:   progress{done: make(chan struct{})},
@@ -130,6 +141,18 @@ func (r *Reconciler) Backend(vip model.VIPID, addr netip.Addr, port uint16) (Bac
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.vips[vip].backend(addr.Unmap(), port)
+}
+
+// SNATAddr returns the SNAT address the last reconcile gave a fullnat VIP:
+// its own, or the one found for it; false when it has none.
+func (r *Reconciler) SNATAddr(vip model.VIPID) (netip.Addr, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.vips[vip]
+	if s == nil || !s.snat.IsValid() {
+		return netip.Addr{}, false
+	}
+	return s.snat, true
 }
 
 // HealthStatus is the health-check state of a backend; false when its VIP
@@ -222,14 +245,15 @@ func (r *Reconciler) reconcileAll(ctx context.Context, st model.State) error {
 	if err := r.maps.read(r.dp); err != nil {
 		return err
 	}
-	r.neigh = map[netip.Addr]model.Neighbour{} // the network is read afresh
-	res := r.resolve(ctx, st.VIPs)
+	// The network is read afresh.
+	r.neigh, r.routes = map[netip.Addr]model.Neighbour{}, map[netip.Addr]model.Route{}
+	loc := r.locate(ctx, st.VIPs)
 	a := r.newIDs()
 	plans := make([]vipPlan, len(st.VIPs))
 	want := make(map[loader.VIPKey]bool, len(st.VIPs))
 	for i, v := range st.VIPs {
-		plans[i] = planVIP(v, r.maps, a, r.health.Up, res)
-		want[plans[i].key] = true
+		plans[i] = planVIP(v, r.maps, a, r.health.Up, loc)
+		want[plans[i].key] = !plans[i].held
 	}
 	var removed []loader.VIPKey
 	for _, k := range r.maps.vipsByID() {
@@ -282,12 +306,15 @@ func (r *Reconciler) reconcileChanged(ctx context.Context, st model.State) error
 	}
 	slices.SortFunc(removed, func(a, b loader.VIPKey) int { return cmp.Compare(r.maps.vips[a].ID, r.maps.vips[b].ID) })
 
-	res := r.resolve(ctx, changed)
+	loc := r.locate(ctx, changed)
 	a := r.newIDs()
 	plans := make([]vipPlan, len(changed))
 	moved := false // a VIP came, or changed its address or announce flag
 	for i, v := range changed {
-		plans[i] = planVIP(v, r.maps, a, r.health.Up, res)
+		plans[i] = planVIP(v, r.maps, a, r.health.Up, loc)
+		if _, inMaps := r.maps.vips[plans[i].key]; plans[i].held && inMaps {
+			removed = append(removed, plans[i].key)
+		}
 		old, ok := r.vips[v.ID()]
 		if !ok || old.v.Address != v.Address || (old.v.Announce == nil) != (v.Announce == nil) ||
 			old.v.Announce != nil && *old.v.Announce != *v.Announce {
@@ -307,41 +334,80 @@ func (r *Reconciler) reconcileChanged(ctx context.Context, st model.State) error
 	return errors.Join(errs...)
 }
 
-// resolve resolves the backends of vips, in one batch: those resolved by
-// an earlier pass since the last full one are taken as they were.
-func (r *Reconciler) resolve(ctx context.Context, vips []model.VIP) func(netip.Addr) model.Resolution {
-	seen := map[netip.Addr]bool{}
-	var addrs []netip.Addr
+// locate finds where the backends of vips are, in one batch per kind: DR
+// backends by neighbour, NAT backends by route. Those found by an earlier
+// pass since the last full one are taken as they were.
+func (r *Reconciler) locate(ctx context.Context, vips []model.VIP) locator {
+	var dr, nat addrBatch
 	for _, v := range vips {
 		for _, b := range v.Backends {
 			a := b.Address.Unmap()
-			if _, cached := r.neigh[a]; !cached && !seen[a] {
-				seen[a] = true
-				addrs = append(addrs, a)
+			if v.Mode.IsNAT() {
+				if _, cached := r.routes[a]; !cached {
+					nat.add(a)
+				}
+			} else if _, cached := r.neigh[a]; !cached {
+				dr.add(a)
 			}
 		}
 	}
-	var got map[netip.Addr]model.Resolution
-	if r.net != nil && len(addrs) > 0 {
-		got = r.net.ResolveAll(ctx, addrs)
+	var neighs map[netip.Addr]model.Resolution
+	var routes map[netip.Addr]model.Route
+	if r.net != nil && len(dr.addrs) > 0 {
+		neighs = r.net.ResolveAll(ctx, dr.addrs)
 	}
-	for _, a := range addrs {
-		if res := got[a]; res.Err == nil && res.MAC != nil {
+	if r.net != nil && len(nat.addrs) > 0 {
+		routes = r.net.RouteAll(ctx, nat.addrs)
+	}
+	for _, a := range dr.addrs {
+		if res := neighs[a]; res.Err == nil && res.MAC != nil {
 			r.neigh[a] = res.Neighbour
 		}
 	}
-	return func(a netip.Addr) model.Resolution {
-		if res, ok := got[a]; ok {
-			return res
+	for _, a := range nat.addrs {
+		if rt, ok := routes[a]; ok && rt.Err == nil {
+			r.routes[a] = rt
 		}
-		if nb, ok := r.neigh[a]; ok {
-			return model.Resolution{Neighbour: nb}
-		}
-		return model.Resolution{Err: errNoNetwork}
+	}
+	return locator{
+		neigh: func(a netip.Addr) model.Resolution {
+			if res, ok := neighs[a]; ok {
+				return res
+			}
+			if nb, ok := r.neigh[a]; ok {
+				return model.Resolution{Neighbour: nb}
+			}
+			return model.Resolution{Err: errNoNetwork}
+		},
+		route: func(a netip.Addr) model.Route {
+			if rt, ok := routes[a]; ok {
+				return rt
+			}
+			if rt, ok := r.routes[a]; ok {
+				return rt
+			}
+			return model.Route{Err: errNoNetwork}
+		},
 	}
 }
 
 var errNoNetwork = errors.New("no network")
+
+// addrBatch collects addresses to ask the network about, each once.
+type addrBatch struct {
+	seen  map[netip.Addr]bool
+	addrs []netip.Addr
+}
+
+func (b *addrBatch) add(a netip.Addr) {
+	if b.seen == nil {
+		b.seen = map[netip.Addr]bool{}
+	}
+	if !b.seen[a] {
+		b.seen[a] = true
+		b.addrs = append(b.addrs, a)
+	}
+}
 
 // announceVIPs asks the network to announce the VIPs of st that are in the
 // maps: announced after the entries exist, withdrawn after they are gone.
@@ -352,7 +418,7 @@ func (r *Reconciler) announceVIPs(ctx context.Context, st model.State, plans []v
 	}
 	skip := map[model.VIPID]bool{}
 	for _, p := range plans {
-		if p.err != nil || failed[p.v.ID()] {
+		if p.err != nil || p.held || failed[p.v.ID()] {
 			skip[p.v.ID()] = true
 		}
 	}
@@ -377,6 +443,10 @@ type vipState struct {
 	v    model.VIP     // the config as reconciled (normalized: backends sorted)
 	info []BackendInfo // by index of v.Backends; nil: the VIP was not planned
 	up   []bool        // the health each backend had, likewise
+	// snat is a fullnat VIP's SNAT address (invalid: none); noSNAT: none
+	// can be found now (snat is then the last one, kept for open flows).
+	snat   netip.Addr
+	noSNAT bool
 }
 
 // index finds a backend of s by its address and port as configured.
@@ -412,6 +482,7 @@ func (r *Reconciler) decide(plans []vipPlan) []*vipState {
 		if p.err != nil {
 			continue
 		}
+		ns.snat, ns.noSNAT = p.meta.SNATAddr, p.snatErr != nil
 		ns.info, ns.up = make([]BackendInfo, len(p.backends)), make([]bool, len(p.backends))
 		old := r.vips[vid]
 		aligned := old != nil && old.info != nil && model.SameTargets(&old.v, &p.v)
@@ -422,16 +493,44 @@ func (r *Reconciler) decide(plans []vipPlan) []*vipState {
 				k, seen = old.index(bp.key.Addr, bp.key.Port)
 			}
 			r.logHealth(vid, bp.b, bp.up, seen, seen && old.up[k])
-			r.logResolution(vid, bp)
+			r.logResolution(vid, bp, p.mode.IsNAT())
 		}
 		switch noHealthy := p.meta.NoHealthy; {
+		case p.held:
 		case noHealthy && (!p.exists || !p.cur.NoHealthy):
 			r.log.Warn("vip has no healthy backend: new flows are dropped", "vip", vid, "backends", p.active)
 		case !noHealthy && p.exists && p.cur.NoHealthy:
 			r.log.Info("vip has a healthy backend again", "vip", vid)
 		}
+		r.logSNAT(vid, old, ns, p.held, p.snatErr)
 	}
 	return out
+}
+
+// logSNAT logs, once per change, a fullnat VIP's SNAT address: the one it
+// takes, a change (which resets the VIP's open connections: their
+// translations name the old address), or none to be found.
+func (r *Reconciler) logSNAT(vid model.VIPID, old, ns *vipState, held bool, err error) {
+	var was netip.Addr
+	wasMissing := false
+	if old != nil {
+		was, wasMissing = old.snat, old.noSNAT
+	}
+	switch {
+	case ns.noSNAT && !wasMissing && held:
+		r.log.Warn("fullnat vip left out of the data plane: it has no SNAT address", "vip", vid, "err", err)
+	case ns.noSNAT && !wasMissing:
+		r.log.Warn("fullnat vip has no SNAT address: new flows are dropped, open ones keep the last one", "vip", vid, "err", err)
+	case !ns.noSNAT && wasMissing:
+		r.log.Info("fullnat vip has a SNAT address again", "vip", vid, "snat_addr", ns.snat)
+	}
+	switch {
+	case !ns.snat.IsValid() || ns.snat == was:
+	case was.IsValid():
+		r.log.Warn("fullnat vip SNAT address changed: its open connections are reset", "vip", vid, "from", was, "snat_addr", ns.snat)
+	default:
+		r.log.Info("fullnat vip SNAT address", "vip", vid, "snat_addr", ns.snat, "configured", ns.v.SNATAddr.IsValid())
+	}
 }
 
 // logHealth logs a backend's health once per change (was: its health in
@@ -454,10 +553,16 @@ func (r *Reconciler) logHealth(vid model.VIPID, b model.Backend, up, seen, was b
 }
 
 // logResolution logs a backend that cannot be resolved, and when it is
-// again, once per address.
-func (r *Reconciler) logResolution(vid model.VIPID, bp backendPlan) {
+// again, once per address. A NAT backend needs no MAC: its route is what
+// can be missing.
+func (r *Reconciler) logResolution(vid model.VIPID, bp backendPlan, nat bool) {
 	addr := bp.key.Addr
 	switch {
+	case nat && bp.res.Err == nil:
+		if len(r.unresolved) > 0 && r.unresolved[addr] {
+			delete(r.unresolved, addr)
+			r.log.Info("backend route found", "vip", vid, "backend", addr, "iface", bp.res.Iface)
+		}
 	case bp.res.Err != nil || bp.res.MAC == nil:
 		if !r.unresolved[addr] {
 			r.unresolved[addr] = true

@@ -206,28 +206,49 @@ func TestStoreExtraCheckSeesOnlyNewBackends(t *testing.T) {
 // Weight and drain changes take reconcile's weight-only way (reweight):
 // random ones, with some backends down and one unresolved, must leave the
 // maps and the backend states exactly as a full pass would, writing only
-// lookup tables and VIP entries. A health change not yet reconciled sends
-// the VIP the whole way.
+// lookup tables and VIP entries, in every mode (NAT backends on another
+// port than the VIP's). A health change not yet reconciled sends the VIP
+// the whole way.
 func TestReweightMatchesFullPass(t *testing.T) {
+	for _, mode := range []model.Mode{model.ModeDR, model.ModeNAT, model.ModeFullNAT} {
+		t.Run(string(mode), func(t *testing.T) { testReweightMatchesFullPass(t, mode) })
+	}
+}
+
+func testReweightMatchesFullPass(t *testing.T, mode model.Mode) {
 	addrs := []string{"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"}
-	f := newHealthFixture(t, 251, addrs[:5]...) // 10.0.0.6 has no MAC: unresolved
+	f := newHealthFixture(t, 251, addrs[:5]...) // 10.0.0.6 has no MAC: unresolved in dr
 	for _, a := range addrs[5:] {
 		if err := f.store.AddBackend(vip1, be(a, 100)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	addVIP(t, f.store, vip2, be("10.0.0.1", 100), be("10.0.0.2", 100))
-	f.health.set(vip1, "10.0.0.3", false, "connect refused")
+	var port uint16 // of vip1's backends
+	if mode.IsNAT() {
+		port = 8080
+		f.nw.SetRouted("10.0.0.6", false) // unresolved in nat
+		setMode(t, f.store, vip1, mode, port)
+		setMode(t, f.store, vip2, mode, 0)
+	}
+	target := func(a string) model.Backend { return model.Backend{Address: netip.MustParseAddr(a), Port: port} }
+	f.health.SetBackend(vip1, target("10.0.0.3"), false, "connect refused")
 	f.reconcile(t)
+	if meta := dpVIPs(t, f.dp)[VIPKeyOf(vip1)]; meta.Mode != ForwardMode(mode) {
+		t.Fatalf("vip entry %+v, want mode %s", meta, mode)
+	}
 
 	rng := rand.New(rand.NewPCG(3, 4))
 	states := func() map[string]string {
 		out := map[string]string{}
 		for _, a := range addrs {
-			bi, _ := f.rec.Backend(vip1, netip.MustParseAddr(a), 0)
+			bi, _ := f.rec.Backend(vip1, netip.MustParseAddr(a), port)
 			out[a] = bi.State
 		}
 		return out
+	}
+	if st := states(); st["10.0.0.6"] != model.BackendUnresolved || st["10.0.0.3"] != model.BackendDown || st["10.0.0.1"] != model.BackendUp {
+		t.Fatalf("backend states %v", st)
 	}
 	for round := range 200 {
 		a := netip.MustParseAddr(addrs[rng.IntN(len(addrs))])
@@ -243,7 +264,7 @@ func TestReweightMatchesFullPass(t *testing.T) {
 			d := false
 			p.Drain = &d
 		}
-		if err := f.store.SetBackend(vip1, a, 0, p); err != nil {
+		if err := f.store.SetBackend(vip1, a, port, p); err != nil {
 			t.Fatal(err)
 		}
 		for _, w := range f.reconcileChanged(t) {
@@ -267,21 +288,35 @@ func TestReweightMatchesFullPass(t *testing.T) {
 	// A health change whose own pass has not run: the weight change takes
 	// the whole way and brings it in (the backend entry is rewritten).
 	w, undrain := uint32(100), false
-	if err := f.store.SetBackend(vip1, netip.MustParseAddr("10.0.0.1"), 0, model.BackendPatch{Weight: &w, Drain: &undrain}); err != nil {
+	if err := f.store.SetBackend(vip1, netip.MustParseAddr("10.0.0.1"), port, model.BackendPatch{Weight: &w, Drain: &undrain}); err != nil {
 		t.Fatal(err)
 	}
 	f.reconcileChanged(t)
-	f.health.set(vip1, "10.0.0.1", false, "timeout")
+	f.health.SetBackend(vip1, target("10.0.0.1"), false, "timeout")
 	w = 70
-	if err := f.store.SetBackend(vip1, netip.MustParseAddr("10.0.0.2"), 0, model.BackendPatch{Weight: &w}); err != nil {
+	if err := f.store.SetBackend(vip1, netip.MustParseAddr("10.0.0.2"), port, model.BackendPatch{Weight: &w}); err != nil {
 		t.Fatal(err)
 	}
 	got := f.reconcileChanged(t)
 	if !slices.ContainsFunc(got, func(s string) bool { return strings.HasPrefix(s, "put-backend ") }) {
 		t.Fatalf("weight change after a health change writes %v, want the down backend's entry too", got)
 	}
-	if bi, _ := f.rec.Backend(vip1, netip.MustParseAddr("10.0.0.1"), 0); bi.State != model.BackendDown {
+	if bi, _ := f.rec.Backend(vip1, netip.MustParseAddr("10.0.0.1"), port); bi.State != model.BackendDown {
 		t.Fatalf("10.0.0.1 is %s after the pass, want down", bi.State)
+	}
+}
+
+// setMode gives VIP id another mode, and its backends port (0: the VIP's).
+func setMode(t *testing.T, s *state.Store, id model.VIPID, mode model.Mode, port uint16) {
+	t.Helper()
+	st := s.State()
+	v := &st.VIPs[st.Find(id)]
+	v.Mode = mode
+	for j := range v.Backends {
+		v.Backends[j].Port = port
+	}
+	if err := s.Replace(st); err != nil {
+		t.Fatal(err)
 	}
 }
 

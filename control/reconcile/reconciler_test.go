@@ -194,14 +194,14 @@ func TestReconcileRecoversIDs(t *testing.T) {
 	// A previous daemon left VIP id 5 and backend ids 7 and 9, and an
 	// orphan backend 3 of a VIP that never got its entry.
 	for _, err := range []error{
-		dp.PutBackend(loader.Backend{ID: 7, VIPID: 5, Addr: netip.MustParseAddr("10.0.0.1"), MAC: mac(1), SrcMAC: reconciletest.SrcMAC, Ifindex: 2}),
-		dp.PutBackend(loader.Backend{ID: 9, VIPID: 5, Addr: netip.MustParseAddr("10.0.0.2"), MAC: mac(2), SrcMAC: reconciletest.SrcMAC, Ifindex: 2}),
+		dp.PutBackend(loader.Backend{ID: 7, VIPID: 5, Addr: netip.MustParseAddr("10.0.0.1"), Mode: loader.ModeDR, MAC: mac(1), SrcMAC: reconciletest.SrcMAC, Ifindex: 2}),
+		dp.PutBackend(loader.Backend{ID: 9, VIPID: 5, Addr: netip.MustParseAddr("10.0.0.2"), Mode: loader.ModeDR, MAC: mac(2), SrcMAC: reconciletest.SrcMAC, Ifindex: 2}),
 		dp.PutLookupTable(5, BuildMaglev([]MaglevBackend{
 			{ID: 7, Key: MaglevKey(netip.MustParseAddr("10.0.0.1"), 80), Weight: 100},
 			{ID: 9, Key: MaglevKey(netip.MustParseAddr("10.0.0.2"), 80), Weight: 100},
 		}, testTableSize)),
 		dp.PutVIP(VIPKeyOf(vip1), loader.VIPMeta{ID: 5, Mode: loader.ModeDR, Hash: loader.HashMaglev}),
-		dp.PutBackend(loader.Backend{ID: 3, VIPID: 4, Addr: netip.MustParseAddr("10.0.0.9")}),
+		dp.PutBackend(loader.Backend{ID: 3, VIPID: 4, Addr: netip.MustParseAddr("10.0.0.9"), Mode: loader.ModeDR}),
 	} {
 		if err != nil {
 			t.Fatal(err)

@@ -331,8 +331,9 @@ func (s *Store) checkAgainst(st, prev *model.State) error {
 }
 
 // newBackends is the part of st that prev lacks: every VIP that is new or
-// whose mode changed, and of the others the backends (by address and
-// port) that are new. Both states are normalized.
+// whose mode or SNAT address changed (both decide how its backends are
+// checked), and of the others the backends (by address and port) that
+// are new. Both states are normalized.
 func newBackends(st, prev model.State) model.State {
 	old := make(map[model.VIPID]*model.VIP, len(prev.VIPs))
 	for i := range prev.VIPs {
@@ -345,7 +346,7 @@ func newBackends(st, prev model.State) model.State {
 	out := model.State{VIPs: []model.VIP{}}
 	for _, v := range st.VIPs {
 		o, ok := old[v.ID()]
-		if !ok || o.Mode != v.Mode {
+		if !ok || o.Mode != v.Mode || o.SNATAddr != v.SNATAddr {
 			out.VIPs = append(out.VIPs, v)
 			continue
 		}

@@ -290,7 +290,7 @@ func TestStoreOpenRejectsBadFile(t *testing.T) {
 		"corrupt":           `{"version":1,"sha256":`,
 		"yaml":              "vips: [\n",
 		"unknown field":     envelopeOf(`{"vips":[{"address":"10.0.0.1","port":80,"protocol":"tcp","color":"red"}]}`),
-		"invalid":           envelopeOf(`{"vips":[{"address":"10.0.0.1","port":80,"protocol":"tcp","mode":"nat"}]}`),
+		"invalid":           envelopeOf(`{"vips":[{"address":"10.0.0.1","port":80,"protocol":"tcp","mode":"tunnel"}]}`),
 		"checksum mismatch": strings.Replace(envelopeOf(good), `"port":80`, `"port":81`, 1),
 		"other version":     strings.Replace(envelopeOf(good), `"version":1`, `"version":2`, 1),
 	}
@@ -486,4 +486,41 @@ func envelopeOf(body string) string {
 func snapshot(s *Store) model.State {
 	st, _ := s.Snapshot()
 	return st
+}
+
+// The state file keeps a NAT VIP's mode, SNAT address and backend ports;
+// the extra check sees the whole VIP again when its mode or SNAT address
+// changes, since both decide how its backends are checked.
+func TestStoreNATFields(t *testing.T) {
+	dir := t.TempDir()
+	var seen []model.State
+	s := openTestStore(t, dir, func(st model.State) error { seen = append(seen, st); return nil })
+	v := model.VIP{Address: netip.MustParseAddr("10.0.0.1"), Port: 80, Protocol: model.TCP, Mode: model.ModeFullNAT,
+		SNATAddr: netip.MustParseAddr("10.0.9.1"),
+		Backends: []model.Backend{{Address: netip.MustParseAddr("10.0.1.1"), Port: 8080, Weight: 1}, backend("10.0.1.2", 1)}}
+	if err := s.AddVIP(v); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(readFile(t, filepath.Join(dir, File)), `"mode":"fullnat","snat_addr":"10.0.9.1"`) {
+		t.Fatalf("state file %s", readFile(t, filepath.Join(dir, File)))
+	}
+	again := openTestStore(t, dir, nil).State()
+	if got := again.VIPs[0]; got.SNATAddr != v.SNATAddr || got.Mode != model.ModeFullNAT || got.Backends[0].Port != 8080 {
+		t.Fatalf("reopened %+v", got)
+	}
+	for _, change := range []func(*model.VIP){
+		func(v *model.VIP) { v.SNATAddr = netip.MustParseAddr("10.0.9.2") },
+		func(v *model.VIP) { v.SNATAddr = netip.Addr{} },
+		func(v *model.VIP) { v.Mode = model.ModeNAT },
+	} {
+		next := s.State()
+		change(&next.VIPs[0])
+		seen = nil
+		if err := s.Replace(next); err != nil {
+			t.Fatal(err)
+		}
+		if len(seen) != 1 || len(seen[0].VIPs) != 1 || len(seen[0].VIPs[0].Backends) != 2 {
+			t.Fatalf("extra check saw %+v, want the whole vip", seen)
+		}
+	}
 }

@@ -11,11 +11,13 @@ import (
 	"github.com/xdplb/xdplb/loader"
 )
 
-// Datapath is an in-memory reconcile.Datapath (and reconcile.DatapathCloser).
+// Datapath is an in-memory reconcile.Datapath (and daemon.DatapathCloser).
 // It holds its maps as Go maps, refuses the writes the real maps would
-// refuse or that would let a packet reach a missing backend, and logs every
-// write in order. Its counters are what the test sets, or what a counters
-// function returns at every read. It is safe for concurrent use.
+// refuse or that would let a packet reach a missing backend (a backend or
+// VIP without a forwarding mode, a fullnat VIP without a SNAT address or
+// another VIP with one), and logs every write in order. Its counters are what the test
+// sets, or what a counters function returns at every read. It is safe for
+// concurrent use.
 type Datapath struct {
 	mu                            sync.Mutex
 	lookupSize, maxVIPs, maxBacks uint32
@@ -36,6 +38,12 @@ type Datapath struct {
 	flows           map[uint32]int
 	ifaces          []loader.IfaceStatus
 	removed         bool
+
+	nat       loader.NATStats
+	natErr    error
+	sweeps    int
+	events    map[string]uint64
+	eventsErr error
 }
 
 // NewDatapath returns an empty data plane with these limits: lookup tables
@@ -54,6 +62,7 @@ func NewDatapath(lookupSize, maxVIPs, maxBackends uint32) *Datapath {
 		backendCounters: map[uint32]loader.Counters{},
 		drops:           map[string]uint64{},
 		flows:           map[uint32]int{},
+		events:          map[string]uint64{},
 		ifaces:          []loader.IfaceStatus{{Name: "eth0", Ifindex: 2, Mode: loader.XDPModeNative, ProgramID: 7, LinkID: 8}},
 	}
 }
@@ -144,6 +153,35 @@ func (f *Datapath) SetInterfaces(ifaces ...loader.IfaceStatus) {
 	f.ifaces = slices.Clone(ifaces)
 }
 
+// SetNATStats sets what NATStats and ExpireNAT return; a non-nil err makes
+// both fail with it, as a data plane without NAT does.
+func (f *Datapath) SetNATStats(st loader.NATStats, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.nat, f.natErr = st, err
+}
+
+// Sweeps counts the ExpireNAT calls.
+func (f *Datapath) Sweeps() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sweeps
+}
+
+// SetEvent sets the event counter of name.
+func (f *Datapath) SetEvent(name string, n uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.events[name] = n
+}
+
+// SetEventsErr makes EventCounters fail with err; nil makes it work again.
+func (f *Datapath) SetEventsErr(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.eventsErr = err
+}
+
 func (f *Datapath) LookupTableSize() uint32 { return f.lookupSize }
 func (f *Datapath) MaxVIPs() uint32         { return f.maxVIPs }
 func (f *Datapath) MaxBackends() uint32     { return f.maxBacks }
@@ -159,6 +197,15 @@ func (f *Datapath) PutVIP(k loader.VIPKey, m loader.VIPMeta) error {
 	defer f.mu.Unlock()
 	if m.ID == 0 || m.ID >= f.maxVIPs {
 		return fmt.Errorf("vip id %d out of range", m.ID)
+	}
+	if err := checkMode(m.Mode); err != nil {
+		return fmt.Errorf("vip %d: %w", m.ID, err)
+	}
+	if m.SNATAddr.IsValid() != (m.Mode == loader.ModeFullNAT) {
+		return fmt.Errorf("vip %d: snat address %q on a vip of mode %d: full nat, and only it, needs one", m.ID, m.SNATAddr, m.Mode)
+	}
+	if m.SNATAddr.IsValid() && m.SNATAddr.Unmap().Is4() != k.Addr.Unmap().Is4() {
+		return fmt.Errorf("vip %d: snat address %s of another family", m.ID, m.SNATAddr)
 	}
 	f.vips[k] = m
 	f.record("put-vip %d", m.ID)
@@ -196,6 +243,9 @@ func (f *Datapath) PutBackend(b loader.Backend) error {
 	}
 	if b.ID == 0 || b.ID >= f.maxBacks {
 		return fmt.Errorf("backend id %d out of range", b.ID)
+	}
+	if err := checkMode(b.Mode); err != nil {
+		return fmt.Errorf("backend %d: %w", b.ID, err)
 	}
 	b.MAC, b.SrcMAC = slices.Clone(b.MAC), slices.Clone(b.SrcMAC)
 	f.backends[b.ID] = b
@@ -330,6 +380,42 @@ func (f *Datapath) ConntrackEntries() (int, error) {
 		n += c
 	}
 	return n, nil
+}
+
+// checkMode refuses a forwarding mode the program does not know: the
+// reconciler must give every entry its VIP's mode.
+func checkMode(m loader.ForwardMode) error {
+	switch m {
+	case loader.ModeDR, loader.ModeNAT, loader.ModeFullNAT:
+		return nil
+	}
+	return fmt.Errorf("forwarding mode %d", m)
+}
+
+func (f *Datapath) NATStats() (loader.NATStats, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.natErr != nil {
+		return loader.NATStats{}, f.natErr
+	}
+	return f.nat, nil
+}
+
+// ExpireNAT counts a sweep and returns what NATStats does.
+func (f *Datapath) ExpireNAT() (loader.NATStats, error) {
+	f.mu.Lock()
+	f.sweeps++
+	f.mu.Unlock()
+	return f.NATStats()
+}
+
+func (f *Datapath) EventCounters() (map[string]uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.eventsErr != nil {
+		return nil, f.eventsErr
+	}
+	return maps.Clone(f.events), nil
 }
 
 func (f *Datapath) Status() (loader.Status, error) {

@@ -13,7 +13,7 @@ import (
 // to a missing backend, so reconciler bugs fail their tests.
 func TestDatapathRefusesBadWrites(t *testing.T) {
 	dp := NewDatapath(7, 4, 8)
-	if err := dp.PutBackend(loader.Backend{ID: 1}); err != nil {
+	if err := dp.PutBackend(loader.Backend{ID: 1, Mode: loader.ModeDR}); err != nil {
 		t.Fatal(err)
 	}
 	key := loader.VIPKey{Addr: netip.MustParseAddr("10.0.0.1"), Port: 80, Proto: loader.ProtoTCP}
@@ -21,10 +21,19 @@ func TestDatapathRefusesBadWrites(t *testing.T) {
 		name  string
 		write func() error
 	}{
-		{"backend id 0", func() error { return dp.PutBackend(loader.Backend{ID: 0}) }},
-		{"backend id max", func() error { return dp.PutBackend(loader.Backend{ID: 8}) }},
-		{"vip id 0", func() error { return dp.PutVIP(key, loader.VIPMeta{ID: 0}) }},
-		{"vip id max", func() error { return dp.PutVIP(key, loader.VIPMeta{ID: 4}) }},
+		{"backend id 0", func() error { return dp.PutBackend(loader.Backend{ID: 0, Mode: loader.ModeDR}) }},
+		{"backend id max", func() error { return dp.PutBackend(loader.Backend{ID: 8, Mode: loader.ModeDR}) }},
+		{"backend without mode", func() error { return dp.PutBackend(loader.Backend{ID: 2}) }},
+		{"vip without mode", func() error { return dp.PutVIP(key, loader.VIPMeta{ID: 1}) }},
+		{"fullnat without snat", func() error { return dp.PutVIP(key, loader.VIPMeta{ID: 1, Mode: loader.ModeFullNAT}) }},
+		{"snat of nat", func() error {
+			return dp.PutVIP(key, loader.VIPMeta{ID: 1, Mode: loader.ModeNAT, SNATAddr: netip.MustParseAddr("10.0.9.1")})
+		}},
+		{"snat of another family", func() error {
+			return dp.PutVIP(key, loader.VIPMeta{ID: 1, Mode: loader.ModeFullNAT, SNATAddr: netip.MustParseAddr("2001:db8::1")})
+		}},
+		{"vip id 0", func() error { return dp.PutVIP(key, loader.VIPMeta{ID: 0, Mode: loader.ModeDR}) }},
+		{"vip id max", func() error { return dp.PutVIP(key, loader.VIPMeta{ID: 4, Mode: loader.ModeDR}) }},
 		{"missing vip", func() error { return dp.DeleteVIP(key) }},
 		{"short table", func() error { return dp.PutLookupTable(1, []uint32{1, 1}) }},
 		{"missing backend", func() error { return dp.PutLookupTable(1, []uint32{1, 1, 2, 1, 0, 1, 1}) }},
@@ -35,7 +44,7 @@ func TestDatapathRefusesBadWrites(t *testing.T) {
 	}
 	errFail := errors.New("injected")
 	dp.SetFailPut(errFail)
-	if err := dp.PutBackend(loader.Backend{ID: 2}); !errors.Is(err, errFail) {
+	if err := dp.PutBackend(loader.Backend{ID: 2, Mode: loader.ModeDR}); !errors.Is(err, errFail) {
 		t.Errorf("put with SetFailPut: %v", err)
 	}
 	dp.SetFailPut(nil)
@@ -45,7 +54,7 @@ func TestDatapathRefusesBadWrites(t *testing.T) {
 	if err := dp.PutLookupTable(1, []uint32{1, 1, 0, 1, 0, 1, 1}); err != nil {
 		t.Fatal(err)
 	}
-	if err := dp.PutVIP(key, loader.VIPMeta{ID: 1}); err != nil {
+	if err := dp.PutVIP(key, loader.VIPMeta{ID: 1, Mode: loader.ModeDR}); err != nil {
 		t.Fatal(err)
 	}
 	if w := dp.TakeWrites(); !slices.Equal(w, []string{"put-table 1", "put-vip 1"}) {
@@ -60,7 +69,7 @@ func TestDatapathCountersFunc(t *testing.T) {
 		t.Fatalf("set counters %v", c)
 	}
 	for _, id := range []uint32{5, 2} {
-		if err := dp.PutBackend(loader.Backend{ID: id}); err != nil {
+		if err := dp.PutBackend(loader.Backend{ID: id, Mode: loader.ModeDR}); err != nil {
 			t.Fatal(err)
 		}
 	}

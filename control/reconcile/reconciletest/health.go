@@ -29,7 +29,12 @@ var Since = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 // Set makes backend addr (on the VIP's port) of vip up or down, and
 // signals Changes.
 func (h *Health) Set(vip model.VIPID, addr string, up bool, reason string) {
-	id := model.HealthTargetID(vip, netip.MustParseAddr(addr), 0)
+	h.SetBackend(vip, model.Backend{Address: netip.MustParseAddr(addr)}, up, reason)
+}
+
+// SetBackend is Set for a backend of vip with its own port.
+func (h *Health) SetBackend(vip model.VIPID, b model.Backend, up bool, reason string) {
+	id := model.HealthTargetID(vip, b.Address, b.Port)
 	h.mu.Lock()
 	if up {
 		delete(h.down, id)
