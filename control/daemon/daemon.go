@@ -183,6 +183,7 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 		OnTransition: hm.ObserveTransition,
 	})
 	warnForwarding(store.State(), cfg.Interfaces, os.ReadFile, log)
+	warnEphemeralOverlap(cfg.SNATPorts, os.ReadFile, log)
 	rec := reconcile.NewReconciler(store, dp, nw, reconcile.NewHealthChecker(checks), log)
 	if err := rec.Reconcile(ctx); err != nil {
 		return fmt.Errorf("initial reconcile: %w", err)
@@ -288,6 +289,29 @@ func warnForwarding(st model.State, ifaces []string, read func(string) ([]byte, 
 					"iface", iface, "sysctl", fmt.Sprintf("net.%s.conf.%s.forwarding=1", fam, iface))
 			}
 		}
+	}
+}
+
+// warnEphemeralOverlap warns when --snat-ports overlaps the kernel's
+// ephemeral ports (net.ipv4.ip_local_port_range, which IPv6 shares): the
+// LB's own connections from the SNAT address, health checks to the same
+// backends above all, may then take a port a full-NAT flow holds, and
+// their replies would be translated to that flow's client.
+func warnEphemeralOverlap(snat loader.PortRange, read func(string) ([]byte, error), log *slog.Logger) {
+	b, err := read("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		log.Debug("cannot read the ephemeral port range", "err", err)
+		return
+	}
+	var lo, hi int
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil {
+		log.Debug("cannot parse the ephemeral port range", "value", string(b), "err", err)
+		return
+	}
+	if int(snat.Lo) <= hi && lo <= int(snat.Hi) {
+		log.Warn("--snat-ports overlaps the kernel's ephemeral ports: the LB's own connections from a snat address "+
+			"(health checks) may collide with full-NAT flows; reserve the range (net.ipv4.ip_local_reserved_ports) or move it",
+			"snat_ports", snat.String(), "ephemeral", fmt.Sprintf("%d-%d", lo, hi))
 	}
 }
 

@@ -315,3 +315,22 @@ func TestWarnForwarding(t *testing.T) {
 		}
 	}
 }
+
+func TestWarnEphemeralOverlap(t *testing.T) {
+	read := func(string) ([]byte, error) { return []byte("32768\t60999\n"), nil }
+	for _, tc := range []struct {
+		snat loader.PortRange
+		warn bool
+	}{
+		{loader.DefaultSNATPorts, false},
+		{loader.PortRange{Lo: 20000, Hi: 32768}, true},
+		{loader.PortRange{Lo: 60999, Hi: 65535}, true},
+		{loader.PortRange{Lo: 61000, Hi: 65535}, false},
+	} {
+		log, buf := newTestLogger()
+		warnEphemeralOverlap(tc.snat, read, log)
+		if got := strings.Contains(buf.String(), "level=WARN"); got != tc.warn {
+			t.Errorf("snat ports %s: warned %v, want %v:\n%s", tc.snat, got, tc.warn, buf.String())
+		}
+	}
+}
