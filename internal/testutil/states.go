@@ -12,7 +12,7 @@ func BoolPtr(b bool) *bool { return &b }
 
 // RoundTripState is a normalized state with every field set somewhere:
 // IPv6, announce on and off, each check type's fields, weights 0 and
-// 65535, drain, a backend port. Export, apply and the state file must all
+// 65535, drain, a backend port, each mode, a SNAT address. Export, apply and the state file must all
 // keep it as it is.
 func RoundTripState() model.State {
 	return model.State{VIPs: []model.VIP{
@@ -41,5 +41,14 @@ func RoundTripState() model.State {
 			Backends: []model.Backend{{Address: netip.MustParseAddr("10.200.0.11"), Port: 53, Weight: 1}},
 		},
 		{Address: netip.MustParseAddr("10.200.0.101"), Port: 80, Protocol: model.TCP, HealthCheck: &model.HealthCheck{Type: model.CheckNone}},
+		{
+			Address: netip.MustParseAddr("10.200.0.102"), Port: 80, Protocol: model.TCP, Mode: model.ModeNAT, Scheduler: model.SchedMaglev,
+			Backends: []model.Backend{{Address: netip.MustParseAddr("10.201.0.11"), Port: 8080, Weight: 100}},
+		},
+		{
+			Address: netip.MustParseAddr("2001:db8::102"), Port: 53, Protocol: model.UDP, Mode: model.ModeFullNAT, Scheduler: model.SchedMaglev,
+			SNATAddr: netip.MustParseAddr("2001:db8:1::1"),
+			Backends: []model.Backend{{Address: netip.MustParseAddr("2001:db8:2::11"), Port: 5353, Weight: 100}},
+		},
 	}}
 }
