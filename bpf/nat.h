@@ -17,7 +17,7 @@
 #include "stats.h"
 #include "sched.h"
 #include "conntrack.h"
-#include "mtu.h"
+#include "router.h"
 #include "scratch.h"
 
 /*
@@ -305,12 +305,12 @@ static __always_inline void ip_dec_ttl(struct xdp_md *ctx, __u32 l3, int v6)
 
 /*
  * Routes a packet whose new addresses and ports are given, then rewrites
- * and sends it. A packet too big for the egress MTU is answered as a
- * router does (mtu.h). What the program cannot send itself goes to the
- * kernel, counted: untouched when the kernel must answer it (TTL, no
- * route), translated when only the next hop is missing (no neighbour entry
- * yet, an egress without XDP) or an IPv4 packet must be fragmented, so the
- * kernel forwards it, resolving the neighbour on the way.
+ * and sends it. A packet too big for the egress MTU or out of TTL is
+ * answered as a router does (router.h). What the program cannot send
+ * itself goes to the kernel, counted: untouched when there is no route,
+ * translated when only the next hop is missing (no neighbour entry yet, an
+ * egress without XDP) or an IPv4 packet must be fragmented, so the kernel
+ * forwards it, resolving the neighbour on the way.
  */
 static __always_inline int nat_send(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
 				    const __u8 src[16], __be16 sport, const __u8 dst[16], __be16 dport)
@@ -323,10 +323,8 @@ static __always_inline int nat_send(struct xdp_md *ctx, __u32 ifindex, const str
 	if (!sc)
 		return XDP_PASS;
 	fib = &sc->fib;
-	if (ip_ttl(ctx, l3, p->v6) <= 1) {
-		count_event(EV_TTL_EXCEEDED);
-		return XDP_PASS;
-	}
+	if (ip_ttl(ctx, l3, p->v6) <= 1)
+		return answer_ttl_exceeded(ctx, p);
 	rc = fib_next_hop(ctx, ifindex, p->v6, src, dst, p->flow.proto, ip_tot_len(ctx, l3, p->v6), fib);
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
@@ -342,7 +340,7 @@ static __always_inline int nat_send(struct xdp_md *ctx, __u32 ifindex, const str
 				count_event(EV_FRAG_NEEDED);
 			return XDP_PASS;
 		}
-		return mtu_exceeded(ctx, p, fib->mtu_result);
+		return answer_too_big(ctx, p, fib->mtu_result);
 	default:
 		count_event(EV_FIB_FAILED);
 		return XDP_PASS;

@@ -40,7 +40,7 @@ enum event {
 	EV_FIB_NO_NEIGH = 1,     /* next hop not resolved: passed translated, the kernel resolves it */
 	EV_FIB_FAILED = 2,       /* no route, unreachable, forwarding disabled: passed untouched */
 	EV_FRAG_NEEDED = 3,      /* larger than the egress MTU: answered with ICMP, or passed to be fragmented */
-	EV_TTL_EXCEEDED = 4,     /* TTL/hop limit would reach 0: passed untouched */
+	EV_TTL_EXCEEDED = 4,     /* TTL/hop limit would reach 0: answered with ICMP time exceeded (an ICMP error: passed) */
 	EV_EGRESS_NOT_XDP = 5,   /* egress interface is not one of ours: passed translated */
 	EV_ICMP_TO_BACKEND = 6,  /* ICMP error about a VIP flow sent to its backend */
 	EV_ICMP_TO_CLIENT = 7,   /* ICMP error about a NAT flow translated back to the client */

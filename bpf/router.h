@@ -1,4 +1,4 @@
-/* mtu.h: answering a packet too big for the egress MTU as a router does: ICMP fragmentation needed or ICMPv6 packet too big. */
+/* router.h: the ICMP errors a router sends, made in place: fragmentation needed / packet too big, time exceeded. */
 #pragma once
 
 #include <linux/bpf.h>
@@ -24,7 +24,7 @@
  * bytes; anything else is passed to the kernel.
  */
 
-#define MTU_ERR_TTL 64
+#define ICMP_ERR_TTL 64
 #define ICMP_FRAG_QUOTE (sizeof(struct iphdr) + ICMP_QUOTED_L4)
 #define ICMP6_PTB_QUOTE (sizeof(struct ipv6hdr) + ICMP_QUOTED_L4)
 
@@ -36,7 +36,7 @@ static __always_inline __u16 csum_region(void *p, __u32 n, __u32 seed)
 
 /* Moves the Ethernet header (and VLAN tag) grow bytes forward, to the new
  * start of the frame, swapping the MACs on the way. */
-static __always_inline int mtu_move_l2(void *data, void *data_end, __u32 grow, __u32 l3)
+static __always_inline int answer_move_l2(void *data, void *data_end, __u32 grow, __u32 l3)
 {
 	struct ethhdr *eth = data, *old = data + grow;
 	__u8 mac[ETH_ALEN];
@@ -52,7 +52,8 @@ static __always_inline int mtu_move_l2(void *data, void *data_end, __u32 grow, _
 	return 0;
 }
 
-static __always_inline int mtu_frag_needed4(struct xdp_md *ctx, const struct pkt *p, __u16 mtu)
+/* The IPv4 error type/code with the 32 bits after the checksum (rest). */
+static __always_inline int icmp_answer4(struct xdp_md *ctx, const struct pkt *p, __u8 type, __u8 code, __u32 rest)
 {
 	const __u32 grow = sizeof(struct iphdr) + ICMP_HDR_LEN;
 	__u32 l3 = p->l3_off, len;
@@ -75,7 +76,7 @@ static __always_inline int mtu_frag_needed4(struct xdp_md *ctx, const struct pkt
 		return XDP_PASS;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
-	if (mtu_move_l2(data, data_end, grow, l3))
+	if (answer_move_l2(data, data_end, grow, l3))
 		return XDP_DROP; /* cannot happen: the bytes were there before the move */
 	len = l3 + grow + ICMP_FRAG_QUOTE;
 	if (bpf_xdp_adjust_tail(ctx, (int)len - (int)(data_end - data)))
@@ -93,23 +94,22 @@ static __always_inline int mtu_frag_needed4(struct xdp_md *ctx, const struct pkt
 	iph->tot_len = bpf_htons(sizeof(*iph) + ICMP_HDR_LEN + ICMP_FRAG_QUOTE);
 	iph->id = 0;
 	iph->frag_off = 0;
-	iph->ttl = MTU_ERR_TTL;
+	iph->ttl = ICMP_ERR_TTL;
 	iph->protocol = IPPROTO_ICMP;
 	iph->check = 0;
 	iph->saddr = src;
 	iph->daddr = dst;
 	iph->check = csum_region(iph, sizeof(*iph), 0);
 
-	icmp[0] = 3; /* destination unreachable */
-	icmp[1] = 4; /* fragmentation needed and DF set */
+	icmp[0] = type;
+	icmp[1] = code;
 	*(__u16 *)(icmp + 2) = 0;
-	*(__u16 *)(icmp + 4) = 0;
-	*(__be16 *)(icmp + 6) = bpf_htons(mtu);
+	*(__be32 *)(icmp + 4) = bpf_htonl(rest);
 	*(__u16 *)(icmp + 2) = csum_region(icmp, ICMP_HDR_LEN + ICMP_FRAG_QUOTE, 0);
 	return XDP_TX;
 }
 
-static __always_inline int mtu_packet_too_big6(struct xdp_md *ctx, const struct pkt *p, __u32 mtu)
+static __always_inline int icmp_answer6(struct xdp_md *ctx, const struct pkt *p, __u8 type, __u8 code, __u32 rest)
 {
 	const __u32 grow = sizeof(struct ipv6hdr) + ICMP_HDR_LEN;
 	const __u32 plen = ICMP_HDR_LEN + ICMP6_PTB_QUOTE;
@@ -133,7 +133,7 @@ static __always_inline int mtu_packet_too_big6(struct xdp_md *ctx, const struct 
 		return XDP_PASS;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
-	if (mtu_move_l2(data, data_end, grow, l3))
+	if (answer_move_l2(data, data_end, grow, l3))
 		return XDP_DROP;
 	len = l3 + grow + ICMP6_PTB_QUOTE;
 	if (bpf_xdp_adjust_tail(ctx, (int)len - (int)(data_end - data)))
@@ -150,14 +150,14 @@ static __always_inline int mtu_packet_too_big6(struct xdp_md *ctx, const struct 
 	*(__be32 *)ip6 = bpf_htonl(0x60000000);
 	ip6->payload_len = bpf_htons(plen);
 	ip6->nexthdr = IPPROTO_ICMPV6;
-	ip6->hop_limit = MTU_ERR_TTL;
+	ip6->hop_limit = ICMP_ERR_TTL;
 	ip6->saddr = src;
 	ip6->daddr = dst;
 
-	icmp[0] = 2; /* packet too big */
-	icmp[1] = 0;
+	icmp[0] = type;
+	icmp[1] = code;
 	*(__u16 *)(icmp + 2) = 0;
-	*(__be32 *)(icmp + 4) = bpf_htonl(mtu);
+	*(__be32 *)(icmp + 4) = bpf_htonl(rest);
 	/* The pseudo-header: both addresses, the length and next header. */
 	sum = bpf_csum_diff(NULL, 0, (void *)&ip6->saddr, 32, 0);
 	sum = csum_add(sum, bpf_htonl(plen));
@@ -167,12 +167,22 @@ static __always_inline int mtu_packet_too_big6(struct xdp_md *ctx, const struct 
 }
 
 /* A packet of a NAT flow, as it came (untranslated), is larger than the
- * egress MTU and may not be fragmented: answered with the error a router
- * sends, quoting it. */
-static __always_inline int mtu_exceeded(struct xdp_md *ctx, const struct pkt *p, __u16 mtu)
+ * egress MTU and may not be fragmented: fragmentation needed (3/4, the MTU
+ * in the low 16 bits) or packet too big (2/0, the MTU). */
+static __always_inline int answer_too_big(struct xdp_md *ctx, const struct pkt *p, __u16 mtu)
 {
 	count_event(EV_FRAG_NEEDED);
 	if (p->v6)
-		return mtu_packet_too_big6(ctx, p, mtu);
-	return mtu_frag_needed4(ctx, p, mtu);
+		return icmp_answer6(ctx, p, 2, 0, mtu);
+	return icmp_answer4(ctx, p, 3, 4, mtu);
+}
+
+/* A packet of a NAT flow whose TTL or hop limit runs out here: time
+ * exceeded in transit (IPv4 11/0, IPv6 3/0). */
+static __always_inline int answer_ttl_exceeded(struct xdp_md *ctx, const struct pkt *p)
+{
+	count_event(EV_TTL_EXCEEDED);
+	if (p->v6)
+		return icmp_answer6(ctx, p, 3, 0, 0);
+	return icmp_answer4(ctx, p, 11, 0, 0);
 }

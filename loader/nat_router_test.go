@@ -81,6 +81,79 @@ func TestNATTooBigAnswered(t *testing.T) {
 	}
 }
 
+// A NAT packet whose TTL runs out here is answered with time exceeded,
+// as a router does, quoting the packet as it came.
+func TestNATTTLExceededAnswered(t *testing.T) {
+	lab := newNATLab(t, testOptions(""))
+	d := lab.d
+	for i, fam := range []struct {
+		vip, client, backend netip.Addr
+	}{{vipAddr4, client4, natBackend4}, {vipAddr6, client6, natBackend6}} {
+		id := uint32(i + 1)
+		k := VIPKey{Addr: fam.vip, Port: 80, Proto: ProtoTCP}
+		must(t, d.PutVIP(k, VIPMeta{ID: id, Mode: ModeNAT, Hash: HashMaglev}))
+		must(t, d.PutBackend(Backend{ID: id, VIPID: id, Addr: fam.backend, Port: 8080, Mode: ModeNAT}))
+		must(t, d.PutLookupTable(id, fill(d.LookupTableSize(), id)))
+
+		t.Run(fmt.Sprint(fam.vip), func(t *testing.T) {
+			in := withTTL(t, flow{src: fam.client, dst: fam.vip, dport: 80, syn: true}.build(t), 1)
+			before := eventCount(t, d, "ttl_exceeded")
+			r := lab.run(t, in, lab.cli)
+			if r.verdict != xdpTX {
+				t.Fatalf("verdict %d, want XDP_TX", r.verdict)
+			}
+			if got := eventCount(t, d, "ttl_exceeded"); got != before+1 {
+				t.Errorf("ttl_exceeded %d, want %d", got, before+1)
+			}
+			inEth := gopacket.NewPacket(in, layers.LayerTypeEthernet, gopacket.Default).Layer(layers.LayerTypeEthernet).(*layers.Ethernet)
+			eth := &layers.Ethernet{SrcMAC: inEth.DstMAC, DstMAC: inEth.SrcMAC}
+			var want []byte
+			if fam.vip.Is4() {
+				eth.EthernetType = layers.EthernetTypeIPv4
+				ip := &layers.IPv4{Version: 4, IHL: 5, TOS: 0xc0, TTL: 64, Protocol: layers.IPProtocolICMPv4,
+					SrcIP: fam.vip.AsSlice(), DstIP: fam.client.AsSlice()}
+				want = serialize(t, eth, ip, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(11, 0)}, gopacket.Payload(in[14:14+28]))
+			} else {
+				eth.EthernetType = layers.EthernetTypeIPv6
+				ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolICMPv6,
+					SrcIP: fam.vip.AsSlice(), DstIP: fam.client.AsSlice()}
+				icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(3, 0)}
+				if err := icmp.SetNetworkLayerForChecksum(ip); err != nil {
+					t.Fatal(err)
+				}
+				want = serialize(t, eth, ip, icmp, gopacket.Payload(append([]byte{0, 0, 0, 0}, in[14:14+48]...)))
+			}
+			if !bytes.Equal(r.out, want) {
+				t.Errorf("answer\n got % x\nwant % x", r.out, want)
+			}
+		})
+	}
+}
+
+// withTTL is frame with its TTL or hop limit set, checksums recomputed.
+func withTTL(t *testing.T, frame []byte, ttl uint8) []byte {
+	t.Helper()
+	pkt := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+	var ls []gopacket.SerializableLayer
+	var nl gopacket.NetworkLayer
+	for _, l := range pkt.Layers() {
+		switch l := l.(type) {
+		case *layers.IPv4:
+			l.TTL = ttl
+			nl = l
+		case *layers.IPv6:
+			l.HopLimit = ttl
+			nl = l
+		case *layers.TCP:
+			must(t, l.SetNetworkLayerForChecksum(nl))
+		case *layers.UDP:
+			must(t, l.SetNetworkLayerForChecksum(nl))
+		}
+		ls = append(ls, l.(gopacket.SerializableLayer))
+	}
+	return serialize(t, ls...)
+}
+
 func eventCount(t *testing.T, d *Datapath, name string) uint64 {
 	t.Helper()
 	ev, err := d.EventCounters()
