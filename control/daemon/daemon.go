@@ -213,6 +213,7 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 	goRun(func() { checks.Run(ctx) })
 	goRun(func() { rec.Run(ctx) })
 	goRun(func() { sweepNAT(ctx, dp, NATSweepInterval, log) })
+	goRun(func() { watchNoNeigh(ctx, dp, nw.ResolveNATNextHops, NoNeighPollInterval, log) })
 	log.Info("daemon running", "iface", cfg.Interfaces, "socket", cfg.SocketPath,
 		"metrics", metricsLn.Addr().String(), "state_dir", cfg.StateDir, "vips", len(store.State().VIPs))
 
@@ -224,6 +225,44 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 	cancel()
 	wg.Wait()
 	return err
+}
+
+// NoNeighPollInterval is how often the daemon reads the program's
+// fib_no_neigh counter: a new flow whose next hop is unresolved is
+// retransmitted after a second, and must find it resolved by then.
+const NoNeighPollInterval = 200 * time.Millisecond
+
+// eventReader is the part of the data plane watchNoNeigh uses.
+type eventReader interface {
+	EventCounters() (map[string]uint64, error)
+}
+
+// watchNoNeigh calls resolve whenever the program counted NAT packets
+// whose next hop had no neighbour entry: it passes them to the kernel,
+// which resolves the neighbour for nat but drops full NAT's (their
+// source, the SNAT address, is the host's own), so the daemon has it
+// resolved instead.
+func watchNoNeigh(ctx context.Context, dp eventReader, resolve func(context.Context), interval time.Duration, log *slog.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var last uint64
+	for first := true; ; first = false {
+		ev, err := dp.EventCounters()
+		if err != nil {
+			log.Debug("read events", "err", err)
+		} else if n := ev["fib_no_neigh"]; n != last {
+			if !first && n > last {
+				log.Debug("nat packets found no neighbour entry: resolving the next hops", "packets", n-last)
+				resolve(ctx)
+			}
+			last = n
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // natSweeper is the part of the data plane sweepNAT uses.

@@ -334,3 +334,47 @@ func TestWarnEphemeralOverlap(t *testing.T) {
 		}
 	}
 }
+
+type fakeEvents struct {
+	mu sync.Mutex
+	n  uint64
+}
+
+func (f *fakeEvents) EventCounters() (map[string]uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return map[string]uint64{"fib_no_neigh": f.n, "nat_reply": 7}, nil
+}
+
+func (f *fakeEvents) add(n uint64) {
+	f.mu.Lock()
+	f.n += n
+	f.mu.Unlock()
+}
+
+// The next hops are resolved again each time fib_no_neigh grows, and only
+// then: a count found at start is history.
+func TestWatchNoNeigh(t *testing.T) {
+	ev := &fakeEvents{n: 5}
+	calls := make(chan struct{}, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log, _ := newTestLogger()
+	go watchNoNeigh(ctx, ev, func(context.Context) { calls <- struct{}{} }, time.Millisecond, log)
+	select {
+	case <-calls:
+		t.Fatal("resolved for a count found at start")
+	case <-time.After(50 * time.Millisecond):
+	}
+	ev.add(2)
+	select {
+	case <-calls:
+	case <-time.After(5 * time.Second):
+		t.Fatal("not resolved after fib_no_neigh grew")
+	}
+	select {
+	case <-calls:
+		t.Fatal("resolved twice for one increase")
+	case <-time.After(50 * time.Millisecond):
+	}
+}

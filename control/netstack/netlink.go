@@ -64,6 +64,7 @@ type Netlink struct {
 
 	mu        sync.Mutex
 	lastMAC   map[netip.Addr]string // what Resolve last returned ("" unresolved)
+	natAddrs  map[netip.Addr]bool   // NAT backends RouteAll was asked about
 	noManaged bool                  // the kernel refused a managed neighbour entry
 	announced []announced           // addresses xdplb added
 }
@@ -91,6 +92,7 @@ func New(opts Options) (*Netlink, error) {
 		stateDir: opts.StateDir,
 		changes:  make(chan struct{}, 1),
 		lastMAC:  map[netip.Addr]string{},
+		natAddrs: map[netip.Addr]bool{},
 	}
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
@@ -369,6 +371,11 @@ func (n *Netlink) Forget(keep map[netip.Addr]bool) {
 			delete(n.lastMAC, a)
 		}
 	}
+	for a := range n.natAddrs {
+		if !keep[a] {
+			delete(n.natAddrs, a)
+		}
+	}
 }
 
 // CheckState is the store's extra validation: every DR backend must be on
@@ -537,6 +544,11 @@ func (n *Netlink) RouteAll(ctx context.Context, addrs []netip.Addr) map[netip.Ad
 	rc := &resolveCache{}
 	ann := n.announcedAddrs()
 	out := make(map[netip.Addr]model.Route, len(addrs))
+	n.mu.Lock()
+	for _, a := range addrs {
+		n.natAddrs[a.Unmap()] = true
+	}
+	n.mu.Unlock()
 	for _, a := range addrs {
 		l, nh, err := n.natRoute(a.Unmap())
 		if err != nil {
@@ -551,6 +563,26 @@ func (n *Netlink) RouteAll(ctx context.Context, addrs []netip.Addr) map[netip.Ad
 		out[a] = rt
 	}
 	return out
+}
+
+// ResolveNATNextHops has the next hop of every NAT backend resolved again
+// (keepResolved): the daemon calls it when the program reports a packet
+// whose next hop had no neighbour entry (someone flushed the table, or an
+// entry aged out), so that the flow's next packet finds one without
+// waiting for the next full pass.
+func (n *Netlink) ResolveNATNextHops(ctx context.Context) {
+	n.mu.Lock()
+	addrs := make([]netip.Addr, 0, len(n.natAddrs))
+	for a := range n.natAddrs {
+		addrs = append(addrs, a)
+	}
+	n.mu.Unlock()
+	rc := &resolveCache{}
+	for _, a := range addrs {
+		if l, nh, err := n.natRoute(a); err == nil {
+			n.keepResolved(ctx, l, nh, rc)
+		}
+	}
 }
 
 // primaryAddr is l's primary address of a family: the first one the

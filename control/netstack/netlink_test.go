@@ -360,6 +360,18 @@ func TestNetlinkNATRoutes(t *testing.T) {
 		}
 	}
 
+	// A flushed next hop is resolved again on request (the daemon asks
+	// when the program counts fib_no_neigh).
+	if err := f.h.NeighDel(&netlink.Neigh{LinkIndex: arm.Attrs().Index, Family: netlink.FAMILY_V4, IP: net.ParseIP("10.55.0.5")}); err != nil {
+		t.Fatal(err)
+	}
+	n.ResolveNATNextHops(context.Background())
+	if neighs, err := f.h.NeighList(arm.Attrs().Index, netlink.FAMILY_V4); err != nil {
+		t.Fatal(err)
+	} else if !slices.ContainsFunc(neighs, func(nb netlink.Neigh) bool { return nb.IP.Equal(net.ParseIP("10.55.0.5")) }) {
+		t.Errorf("flushed next hop 10.55.0.5 not resolved again: %+v", neighs)
+	}
+
 	nat := func(mode model.Mode, snat string, backends ...string) model.State {
 		v := model.VIP{Address: netip.MustParseAddr("10.77.0.100"), Port: 80, Protocol: model.TCP, Mode: mode}
 		if snat != "" {

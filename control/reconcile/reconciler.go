@@ -309,11 +309,17 @@ func (r *Reconciler) reconcileChanged(ctx context.Context, st model.State) error
 	loc := r.locate(ctx, changed)
 	a := r.newIDs()
 	plans := make([]vipPlan, len(changed))
-	moved := false // a VIP came, or changed its address or announce flag
+	moved := false // a VIP came into the maps, or changed its address or announce flag
 	for i, v := range changed {
 		plans[i] = planVIP(v, r.maps, a, r.health.Up, loc)
-		if _, inMaps := r.maps.vips[plans[i].key]; plans[i].held && inMaps {
+		_, inMaps := r.maps.vips[plans[i].key]
+		if plans[i].held && inMaps {
 			removed = append(removed, plans[i].key)
+		}
+		// A held VIP (a fullnat one that had no SNAT address) entering
+		// the maps is announced now, not at the next full pass.
+		if !plans[i].held && !inMaps {
+			moved = true
 		}
 		old, ok := r.vips[v.ID()]
 		if !ok || old.v.Address != v.Address || (old.v.Announce == nil) != (v.Announce == nil) ||

@@ -115,6 +115,9 @@ func TestReconcileFullNATSNATAddress(t *testing.T) {
 	if got := dpVIPs(t, f.dp)[VIPKeyOf(vip6)]; got.SNATAddr != reconciletest.Primary6 {
 		t.Fatalf("v6 default snat after a backend came: %+v", got)
 	}
+	if _, ok := f.nw.Announced()[vip6.Addr]; !ok {
+		t.Fatal("a held vip entering the maps is not announced until the next full pass")
+	}
 
 	// The interface loses its address: the VIP keeps the last one for
 	// its open flows, takes no new ones, and says why.
