@@ -25,7 +25,7 @@ import (
 // DaemonOptions configure StartDaemon.
 type DaemonOptions struct {
 	Binary string // the xdplb binary
-	Node   *Node  // the daemon runs in this node's namespace, on its Iface
+	Node   *Node  // the daemon runs in this node's namespace, on its Ifaces
 	// Dir holds the socket, the state directory and the log; reuse it to
 	// restart a daemon with the same state.
 	Dir string
@@ -86,14 +86,16 @@ func StartDaemon(ctx context.Context, o DaemonOptions) (*Daemon, error) {
 	}
 	d.logf = logf
 	fmt.Fprintf(logf, "---- start %s\n", time.Now().Format(time.RFC3339Nano))
-	args := []string{"netns", "exec", o.Node.NetNS, o.Binary,
-		"--socket", d.Socket, "daemon",
-		"--iface", o.Node.Iface,
+	args := []string{"netns", "exec", o.Node.NetNS, o.Binary, "--socket", d.Socket, "daemon"}
+	for _, ifc := range o.Node.Ifaces() {
+		args = append(args, "--iface", ifc)
+	}
+	args = append(args,
 		"--xdp-mode", o.XDPMode,
 		"--bpffs", o.BPFFS,
 		"--state-dir", stateDir,
 		"--metrics-addr", o.MetricsAddr,
-	}
+	)
 	args = append(args, o.ExtraArgs...)
 	// Not CommandContext: the daemon must get SIGTERM and time to clean up,
 	// never a SIGKILL because some context ended.

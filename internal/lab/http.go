@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/netip"
 	"sort"
 	"strings"
@@ -15,12 +16,22 @@ import (
 	"time"
 )
 
-// HTTPPort is where the backends listen.
+// HTTPPort is where the DR backends listen, and the port of the lab's VIPs.
 const HTTPPort = 80
 
+// NATPort is where the NAT backends listen, for HTTP and for the UDP echo:
+// not the VIPs' port, so a translation that leaves the port alone fails.
+const NATPort = 8080
+
+// PeerHeader is the response header in which a Server reports the peer
+// address (addr:port) its connection came from: the client's own address
+// behind a `nat` VIP, the SNAT address behind a `fullnat` one.
+const PeerHeader = "X-Peer"
+
 // Server is an HTTP server in one namespace that answers every request with
-// its own name, so "which backend answered" is one line. It can be stopped
-// and started again, like a server process that dies and is restarted.
+// its own name, so "which backend answered" is one line, and reports the
+// peer it saw in PeerHeader. It can be stopped and started again, like a
+// server process that dies and is restarted.
 type Server struct {
 	Name   string
 	node   *Node
@@ -65,6 +76,7 @@ func (s *Server) Start() error {
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			s.served.Add(1)
 			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set(PeerHeader, peerString(r.RemoteAddr))
 			_, _ = w.Write(body)
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -111,7 +123,17 @@ func (l *Lab) ServeName(n *Node, name string, port uint16) (*Server, error) {
 	return s, nil
 }
 
-// ServeBackends starts a name server on port HTTPPort in every backend.
+// peerString writes a remote address with an IPv4 peer of the dual-stack
+// listener as IPv4 (10.200.0.2:20001, not [::ffff:10.200.0.2]:20001).
+func peerString(remote string) string {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return remote
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+}
+
+// ServeBackends starts a name server on port HTTPPort in every DR backend.
 func (l *Lab) ServeBackends() ([]*Server, error) {
 	var out []*Server
 	for _, be := range l.Backends {
@@ -160,10 +182,20 @@ type LoadResult struct {
 	Requests   int            // requests attempted
 	OK         int            // answered with 200 and a name
 	ByBackend  map[string]int // answers per backend name
+	Answers    []Answer       // every answered request, in no particular order
 	Failures   []string       // the first few failures, one line each
 	Failed     int
 	LocalPorts int // distinct client ports used: distinct 5-tuples
 	Duration   time.Duration
+}
+
+// Answer is one answered request: from which client port it was sent, who
+// answered, and the peer the server saw (PeerHeader; invalid if it sent
+// none).
+type Answer struct {
+	Port    uint16
+	Backend string
+	Peer    netip.AddrPort
 }
 
 // Names returns the backend names that answered, sorted.
@@ -223,7 +255,13 @@ func (n *Node) Load(ctx context.Context, target netip.AddrPort, opts LoadOptions
 				if opts.FirstPort != 0 {
 					rctx = context.WithValue(ctx, localPortKey{}, opts.FirstPort+uint16(i))
 				}
-				name, err := get(rctx, client, url)
+				var local uint16
+				rctx = httptrace.WithClientTrace(rctx, &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) {
+					if la, ok := ci.Conn.LocalAddr().(*net.TCPAddr); ok {
+						local = uint16(la.Port)
+					}
+				}})
+				a, err := get(rctx, client, url)
 				mu.Lock()
 				res.Requests++
 				if err != nil {
@@ -232,8 +270,10 @@ func (n *Node) Load(ctx context.Context, target netip.AddrPort, opts LoadOptions
 						res.Failures = append(res.Failures, err.Error())
 					}
 				} else {
+					a.Port = local
 					res.OK++
-					res.ByBackend[name]++
+					res.ByBackend[a.Backend]++
+					res.Answers = append(res.Answers, a)
 				}
 				mu.Unlock()
 			}
@@ -265,29 +305,32 @@ feed:
 func (n *Node) Get(ctx context.Context, target netip.AddrPort, timeout time.Duration) (string, error) {
 	tr := &http.Transport{DisableKeepAlives: true, DialContext: n.DialContext}
 	defer tr.CloseIdleConnections()
-	return get(ctx, &http.Client{Transport: tr, Timeout: timeout}, "http://"+target.String()+"/")
+	a, err := get(ctx, &http.Client{Transport: tr, Timeout: timeout}, "http://"+target.String()+"/")
+	return a.Backend, err
 }
 
-func get(ctx context.Context, c *http.Client, url string) (string, error) {
+// get does one GET and returns who answered and the peer it reported.
+func get(ctx context.Context, c *http.Client, url string) (Answer, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return "", err
+		return Answer{}, err
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return "", err
+		return Answer{}, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 256))
 	if err != nil {
-		return "", fmt.Errorf("get %s: read body: %w", url, err)
+		return Answer{}, fmt.Errorf("get %s: read body: %w", url, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("get %s: status %s", url, resp.Status)
+		return Answer{}, fmt.Errorf("get %s: status %s", url, resp.Status)
 	}
-	name := strings.TrimSpace(string(b))
-	if name == "" {
-		return "", errors.New("get " + url + ": empty body")
+	a := Answer{Backend: strings.TrimSpace(string(b))}
+	if a.Backend == "" {
+		return Answer{}, errors.New("get " + url + ": empty body")
 	}
-	return name, nil
+	a.Peer, _ = netip.ParseAddrPort(resp.Header.Get(PeerHeader)) // invalid if absent
+	return a, nil
 }

@@ -401,3 +401,125 @@ func TestKeepAlive(t *testing.T) {
 	}
 	t.Logf("connections: %+v", rs)
 }
+
+func newNATLab(t *testing.T, gateway bool) *Lab {
+	t.Helper()
+	testutil.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := New(ctx, Options{NAT: &NATOptions{Gateway: gateway}})
+	if err != nil {
+		t.Fatalf("build lab: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+	})
+	return l
+}
+
+// The NAT lab: the client on one segment, the load balancer on both, the
+// backends on the other; the backends' routes as the mode needs them; each
+// backend's HTTP and UDP servers report who they are and whom they saw.
+func TestNATTopology(t *testing.T) {
+	for _, gateway := range []bool{true, false} {
+		t.Run(fmt.Sprintf("gateway=%v", gateway), func(t *testing.T) {
+			l := newNATLab(t, gateway)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if len(l.Backends) != 0 || len(l.NATBackends) != 3 {
+				t.Fatalf("%d DR and %d NAT backends, want 0 and 3", len(l.Backends), len(l.NATBackends))
+			}
+			if l.LB.Back == nil || l.LB.Back.IPv4.String() != "10.201.0.10" || l.LB.Back.IPv6.String() != "fd00:201::10" {
+				t.Fatalf("lb back interface %+v, want 10.201.0.10 and fd00:201::10", l.LB.Back)
+			}
+			if got := l.LB.Ifaces(); len(got) != 2 || got[0] != Iface || got[1] != BackIface {
+				t.Errorf("lb interfaces %v, want [%s %s]", got, Iface, BackIface)
+			}
+			if be := l.Backend("nat2"); be == nil || be.IPv4.String() != "10.201.0.12" || be.IPv6.String() != "fd00:201::12" {
+				t.Errorf("nat2: %+v, want 10.201.0.12 and fd00:201::12", be)
+			}
+			for _, k := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} {
+				if v, err := l.LB.Sysctl(k); err != nil || v != "1" {
+					t.Errorf("lb %s = %q (%v), want 1", k, v, err)
+				}
+			}
+			sw, err := netlink.NewHandleAt(l.Switch.ns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range []string{"sw-client", "sw-lb", "swn-lb", "swn-nat1", "swn-nat3"} {
+				link, err := sw.LinkByName(name)
+				if err != nil {
+					t.Errorf("bridge port %s: %v", name, err)
+					continue
+				}
+				if x := link.Attrs().Xdp; x == nil || !x.Attached {
+					t.Errorf("bridge port %s has no XDP program", name)
+				}
+			}
+			sw.Close()
+
+			for _, be := range l.NATBackends {
+				for _, c := range []netip.Addr{l.Client.IPv4, l.Client.IPv6} {
+					ok, dev, gw, err := be.RouteTo(c)
+					if err != nil {
+						t.Fatal(err)
+					}
+					back := l.LB.Back.IPv4
+					if c.Is6() {
+						back = l.LB.Back.IPv6
+					}
+					switch {
+					case gateway && (!ok || gw != back || dev != Iface):
+						t.Errorf("%s: route to the client %s: %v dev %s via %s, want via %s", be.Name, c, ok, dev, gw, back)
+					case !gateway && ok:
+						t.Errorf("%s: has a route to the client %s (dev %s via %s), want none", be.Name, c, dev, gw)
+					}
+				}
+				// The client reaches the backends only through a load balancer.
+				if ok, _, _, err := l.Client.RouteTo(be.IPv4); err != nil || ok {
+					t.Errorf("client has a route to %s (%v)", be.IPv4, err)
+				}
+				if on, err := be.TxChecksum(); err != nil || on {
+					t.Errorf("%s tx checksum offload = %v (%v), want off", be.Name, on, err)
+				}
+			}
+
+			servers, err := l.ServeNATBackends()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range servers {
+				for _, a := range []netip.Addr{s.Node.IPv4, s.Node.IPv6} {
+					peer := l.LB.Back.IPv4
+					if a.Is6() {
+						peer = l.LB.Back.IPv6
+					}
+					res := l.LB.Load(ctx, netip.AddrPortFrom(a, NATPort), LoadOptions{Requests: 3, Parallel: 1})
+					if res.OK != 3 || res.ByBackend[s.Node.Name] != 3 {
+						t.Errorf("lb -> %s http: %+v", a, res)
+					}
+					for _, ans := range res.Answers {
+						if ans.Peer.Addr() != peer || ans.Peer.Port() != ans.Port {
+							t.Errorf("lb -> %s http from port %d: the server saw %s, want %s:%d", a, ans.Port, ans.Peer, peer, ans.Port)
+						}
+					}
+					er := l.LB.EchoUDP(ctx, netip.AddrPortFrom(a, NATPort), EchoOptions{Requests: 3, FirstPort: 33000})
+					if er.OK != 3 || er.ByBackend[s.Node.Name] != 3 {
+						t.Errorf("lb -> %s udp: %+v", a, er)
+					}
+					for _, ans := range er.Answers {
+						if ans.Peer != netip.AddrPortFrom(peer, ans.Port) {
+							t.Errorf("lb -> %s udp from port %d: the server saw %s, want %s:%d", a, ans.Port, ans.Peer, peer, ans.Port)
+						}
+					}
+				}
+				if s.UDP.Served() != 6 || s.HTTP.Served() != 6 {
+					t.Errorf("%s served %d http and %d udp, want 6 each", s.Node.Name, s.HTTP.Served(), s.UDP.Served())
+				}
+			}
+		})
+	}
+}

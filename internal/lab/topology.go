@@ -1,7 +1,9 @@
 // Package lab builds throw-away network-namespace labs for xdplb: a client,
 // a load balancer, backends and a switch namespace holding a Linux bridge,
-// all on one L2 segment. It also runs the HTTP backends, the clients and the
-// daemon that the end-to-end tests and `xdplb demo` use.
+// all on one L2 segment; optionally a second segment behind a second
+// interface of the load balancer, with the backends of NAT VIPs (a
+// two-armed load balancer). It also runs the HTTP and UDP backends, the
+// clients and the daemon that the end-to-end tests and `xdplb demo` use.
 //
 // Nothing is created in the root network namespace: every link and address
 // lives in namespaces whose names carry a random per-lab prefix, so parallel
@@ -31,43 +33,105 @@ import (
 	"github.com/xdplb/xdplb/loader"
 )
 
-// Addresses of the lab segment. They exist only inside the lab namespaces.
+// Addresses of the lab segment (the client's) and of the NAT segment
+// behind the load balancer. They exist only inside the lab namespaces.
 var (
-	Subnet4 = netip.MustParsePrefix("10.200.0.0/24")
-	Subnet6 = netip.MustParsePrefix("fd00:200::/64")
-	VIP4    = netip.MustParseAddr("10.200.0.100")
-	VIP6    = netip.MustParseAddr("fd00:200::100")
+	Subnet4    = netip.MustParsePrefix("10.200.0.0/24")
+	Subnet6    = netip.MustParsePrefix("fd00:200::/64")
+	VIP4       = netip.MustParseAddr("10.200.0.100")
+	VIP6       = netip.MustParseAddr("fd00:200::100")
+	NATSubnet4 = netip.MustParsePrefix("10.201.0.0/24")
+	NATSubnet6 = netip.MustParsePrefix("fd00:201::/64")
 )
 
-// Iface is the name of every node's interface on the segment.
-const Iface = "eth0"
+// Iface is the name of every node's interface on its segment; BackIface is
+// the load balancer's second interface, on the NAT segment.
+const (
+	Iface     = "eth0"
+	BackIface = "eth1"
+)
 
 const (
-	bridgeName = "br0"
 	// maxBackends keeps host numbers clear of the VIP (.100).
 	maxBackends = 80
+	lbHost      = 10 // the load balancer's host number on both segments
+)
+
+// segment is one L2 segment of the lab: a bridge in the switch namespace
+// and the subnets of the nodes wired to it.
+type segment struct {
+	bridge     string
+	subnet4    netip.Prefix
+	subnet6    netip.Prefix
+	portPrefix string // bridge ports are portPrefix + node name
+	macByte    byte   // 5th byte of the nodes' MACs, telling the segments apart
+}
+
+var (
+	frontSegment = segment{bridge: "br0", subnet4: Subnet4, subnet6: Subnet6, portPrefix: "sw-", macByte: 0xc8}
+	natSegment   = segment{bridge: "br1", subnet4: NATSubnet4, subnet6: NATSubnet6, portPrefix: "swn-", macByte: 0xc9}
 )
 
 // Options configure New.
 type Options struct {
-	// Backends is the number of backend namespaces (be1, be2, ...); default 3.
+	// Backends is the number of DR backend namespaces (be1, be2, ...) on
+	// the client's segment, the VIPs on their lo; default 3 in a lab
+	// without a NAT segment, none in one with it.
 	Backends int
+	// NAT, when set, adds the NAT segment: the load balancer's BackIface
+	// and NAT backend namespaces behind it.
+	NAT *NATOptions
 	// AttachPass attaches a pass-only XDP program to an interface of the
 	// calling thread's namespace; default loader.AttachPass.
 	AttachPass func(ifindex int) (io.Closer, error)
 	Logger     *slog.Logger
 }
 
-// Node is one namespace of the lab with its interface on the segment.
+// NATOptions configure the NAT segment: NATSubnet4 and NATSubnet6 on a
+// bridge of its own, the load balancer's BackIface on it (host .10, the
+// backends' gateway when Gateway is set, and the default SNAT address of a
+// fullnat VIP) and backends nat1, nat2, ... at .11, .12, ...
+type NATOptions struct {
+	// Backends is the number of NAT backends; default 3.
+	Backends int
+	// Gateway gives the backends default routes via the load balancer's
+	// addresses on the segment, as `nat` needs: its backends answer the
+	// client's own address. Without it they have only their connected
+	// subnet, no route toward the clients at all: what `fullnat` promises
+	// is enough.
+	Gateway bool
+}
+
+// Node is one namespace of the lab with its interface on its segment.
 type Node struct {
-	Name  string // role: client, lb, be1, ...
+	Name  string // role: client, lb, be1, nat1, ...
 	NetNS string // namespace name under /run/netns, usable with `ip netns exec`
 	Iface string // interface on the segment ("" for the switch)
 	MAC   net.HardwareAddr
 	IPv4  netip.Addr
 	IPv6  netip.Addr
+	// Back is the load balancer's interface on the NAT segment; nil for
+	// every other node and in a lab without that segment.
+	Back *Interface
 
 	ns netns.NsHandle
+}
+
+// Interface is one interface of a node on a segment.
+type Interface struct {
+	Name string
+	MAC  net.HardwareAddr
+	IPv4 netip.Addr
+	IPv6 netip.Addr
+}
+
+// Ifaces names every interface of n on a segment: the ones a daemon on the
+// load balancer attaches to.
+func (n *Node) Ifaces() []string {
+	if n.Back != nil {
+		return []string{n.Iface, n.Back.Name}
+	}
+	return []string{n.Iface}
 }
 
 // Lab is a running topology. Close removes everything it created.
@@ -76,7 +140,9 @@ type Lab struct {
 	Switch   *Node
 	Client   *Node
 	LB       *Node
-	Backends []*Node
+	Backends []*Node // DR backends, on the client's segment
+	// NATBackends are the backends on the NAT segment (Options.NAT).
+	NATBackends []*Node
 
 	log *slog.Logger
 
@@ -89,11 +155,21 @@ type Lab struct {
 // pass programs on the bridge ports. On error everything created so far is
 // removed again.
 func New(ctx context.Context, opts Options) (_ *Lab, err error) {
-	if opts.Backends == 0 {
+	if opts.Backends == 0 && opts.NAT == nil {
 		opts.Backends = 3
 	}
-	if opts.Backends < 1 || opts.Backends > maxBackends {
-		return nil, fmt.Errorf("backends: %d out of range 1-%d", opts.Backends, maxBackends)
+	if opts.Backends < 0 || opts.Backends > maxBackends {
+		return nil, fmt.Errorf("backends: %d out of range 0-%d", opts.Backends, maxBackends)
+	}
+	var nat NATOptions
+	if opts.NAT != nil {
+		nat = *opts.NAT
+		if nat.Backends == 0 {
+			nat.Backends = 3
+		}
+		if nat.Backends < 1 || nat.Backends > maxBackends {
+			return nil, fmt.Errorf("nat backends: %d out of range 1-%d", nat.Backends, maxBackends)
+		}
 	}
 	if opts.AttachPass == nil {
 		opts.AttachPass = loader.AttachPass
@@ -154,21 +230,30 @@ func New(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if err := linkUp(sw, "lo"); err != nil {
 		return nil, fmt.Errorf("%s: %w", l.Switch.NetNS, err)
 	}
-	off := false
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeName}, MulticastSnooping: &off}
-	if err := sw.LinkAdd(br); err != nil {
-		return nil, fmt.Errorf("add bridge in %s: %w", l.Switch.NetNS, err)
+	segments := []segment{frontSegment}
+	if opts.NAT != nil {
+		segments = append(segments, natSegment)
 	}
-	if err := sw.LinkSetUp(br); err != nil {
-		return nil, fmt.Errorf("bridge up: %w", err)
+	bridges := map[string]netlink.Link{}
+	for _, seg := range segments {
+		off := false
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: seg.bridge}, MulticastSnooping: &off}
+		if err := sw.LinkAdd(br); err != nil {
+			return nil, fmt.Errorf("add bridge %s in %s: %w", seg.bridge, l.Switch.NetNS, err)
+		}
+		if err := sw.LinkSetUp(br); err != nil {
+			return nil, fmt.Errorf("bridge %s up: %w", seg.bridge, err)
+		}
+		bridges[seg.bridge] = br
 	}
 
 	type plan struct {
 		node *Node
+		seg  segment
 		host byte
 	}
 	plans := []plan{}
-	add := func(role string, host byte) (*Node, error) {
+	add := func(role string, seg segment, host byte) (*Node, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
@@ -176,26 +261,35 @@ func New(ctx context.Context, opts Options) (_ *Lab, err error) {
 		if err != nil {
 			return nil, err
 		}
-		plans = append(plans, plan{n, host})
+		plans = append(plans, plan{n, seg, host})
 		return n, nil
 	}
-	if l.Client, err = add("client", 2); err != nil {
+	if l.Client, err = add("client", frontSegment, 2); err != nil {
 		return nil, err
 	}
-	if l.LB, err = add("lb", 10); err != nil {
+	if l.LB, err = add("lb", frontSegment, lbHost); err != nil {
 		return nil, err
 	}
 	for i := range opts.Backends {
-		be, err := add(fmt.Sprintf("be%d", i+1), byte(11+i))
+		be, err := add(fmt.Sprintf("be%d", i+1), frontSegment, byte(11+i))
 		if err != nil {
 			return nil, err
 		}
 		l.Backends = append(l.Backends, be)
 	}
-	for _, p := range plans {
-		if err := l.wire(sw, br, p.node, p.host, opts.AttachPass); err != nil {
+	for i := range nat.Backends {
+		be, err := add(fmt.Sprintf("nat%d", i+1), natSegment, byte(11+i))
+		if err != nil {
 			return nil, err
 		}
+		l.NATBackends = append(l.NATBackends, be)
+	}
+	for _, p := range plans {
+		ifc, err := l.wire(sw, bridges[p.seg.bridge], p.seg, p.node, Iface, p.host, opts.AttachPass)
+		if err != nil {
+			return nil, err
+		}
+		p.node.Iface, p.node.MAC, p.node.IPv4, p.node.IPv6 = ifc.Name, ifc.MAC, ifc.IPv4, ifc.IPv6
 	}
 	for _, be := range l.Backends {
 		if err := be.makeDRBackend(); err != nil {
@@ -210,17 +304,102 @@ func New(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if err := l.Client.SetTxChecksum(false); err != nil {
 		return nil, err
 	}
+	if opts.NAT != nil {
+		if err := l.wireNAT(sw, bridges[natSegment.bridge], nat, opts.AttachPass); err != nil {
+			return nil, err
+		}
+	}
 	return l, nil
 }
 
-// Nodes returns every node with an interface on the segment.
-func (l *Lab) Nodes() []*Node {
-	return append([]*Node{l.Client, l.LB}, l.Backends...)
+// wireNAT finishes the NAT segment: the load balancer's second interface,
+// forwarding on (bpf_fib_lookup answers only for a forwarding interface,
+// and the kernel forwards what the program passes to it), the backends'
+// routes and full checksums from them (their replies go through XDP too).
+func (l *Lab) wireNAT(sw *netlink.Handle, br netlink.Link, o NATOptions, attachPass func(int) (io.Closer, error)) error {
+	back, err := l.wire(sw, br, natSegment, l.LB, BackIface, lbHost, attachPass)
+	if err != nil {
+		return err
+	}
+	l.LB.Back = &back
+	if err := l.LB.Do(func() error {
+		return writeSysctls(map[string]string{
+			"net/ipv4/ip_forward":          "1",
+			"net/ipv6/conf/all/forwarding": "1",
+		})
+	}); err != nil {
+		return err
+	}
+	for _, be := range l.NATBackends {
+		if o.Gateway {
+			if err := be.addDefaultRoutes(back.IPv4, back.IPv6); err != nil {
+				return err
+			}
+		}
+		if err := be.SetTxChecksum(false); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// Backend returns the backend node with the given name, or nil.
+// addDefaultRoutes routes everything off n's subnet via gw4 and gw6.
+func (n *Node) addDefaultRoutes(gw4, gw6 netip.Addr) error {
+	h, err := netlink.NewHandleAt(n.ns)
+	if err != nil {
+		return fmt.Errorf("netlink handle %s: %w", n.NetNS, err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName(n.Iface)
+	if err != nil {
+		return fmt.Errorf("find %s in %s: %w", n.Iface, n.NetNS, err)
+	}
+	for _, gw := range []netip.Addr{gw4, gw6} {
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw.AsSlice()}
+		if err := h.RouteAdd(r); err != nil {
+			return fmt.Errorf("default route via %s in %s: %w", gw, n.NetNS, err)
+		}
+	}
+	return nil
+}
+
+// RouteTo reports whether n's kernel has a route to a, and through which
+// interface and gateway ("eth0", invalid gateway: on link).
+func (n *Node) RouteTo(a netip.Addr) (ok bool, dev string, gw netip.Addr, err error) {
+	h, err := netlink.NewHandleAt(n.ns)
+	if err != nil {
+		return false, "", netip.Addr{}, fmt.Errorf("netlink handle %s: %w", n.NetNS, err)
+	}
+	defer h.Close()
+	routes, err := h.RouteGet(a.AsSlice())
+	if errors.Is(err, unix.ENETUNREACH) || errors.Is(err, unix.EHOSTUNREACH) {
+		return false, "", netip.Addr{}, nil
+	}
+	if err != nil {
+		return false, "", netip.Addr{}, fmt.Errorf("route to %s in %s: %w", a, n.NetNS, err)
+	}
+	if len(routes) == 0 {
+		return false, "", netip.Addr{}, nil
+	}
+	r := routes[0]
+	if link, err := h.LinkByIndex(r.LinkIndex); err == nil {
+		dev = link.Attrs().Name
+	}
+	if g, ok := netip.AddrFromSlice(r.Gw); ok {
+		gw = g.Unmap()
+	}
+	return true, dev, gw, nil
+}
+
+// Nodes returns every node with an interface on a segment.
+func (l *Lab) Nodes() []*Node {
+	out := append([]*Node{l.Client, l.LB}, l.Backends...)
+	return append(out, l.NATBackends...)
+}
+
+// Backend returns the backend node (DR or NAT) with the given name, or nil.
 func (l *Lab) Backend(name string) *Node {
-	for _, be := range l.Backends {
+	for _, be := range append(append([]*Node(nil), l.Backends...), l.NATBackends...) {
 		if be.Name == name {
 			return be
 		}
@@ -299,38 +478,41 @@ func (l *Lab) newNode(role string) (*Node, error) {
 	return n, nil
 }
 
-// wire connects n to the bridge: a veth pair whose bridge end (sw-<role>)
-// stays in the switch namespace and whose other end is n's eth0.
-func (l *Lab) wire(sw *netlink.Handle, br netlink.Link, n *Node, host byte, attachPass func(int) (io.Closer, error)) error {
-	n.Iface = Iface
-	n.MAC = net.HardwareAddr{0x02, 0x00, 0x0a, 0xc8, 0x00, host}
-	n.IPv4 = netip.AddrFrom4([4]byte{10, 200, 0, host})
-	v6 := Subnet6.Addr().As16()
+// wire connects n to the segment's bridge: a veth pair whose bridge end
+// (<portPrefix><role>) stays in the switch namespace and whose other end is
+// n's interface ifname, host number host on the segment's subnets.
+func (l *Lab) wire(sw *netlink.Handle, br netlink.Link, seg segment, n *Node, ifname string, host byte,
+	attachPass func(int) (io.Closer, error)) (Interface, error) {
+	ifc := Interface{Name: ifname, MAC: net.HardwareAddr{0x02, 0x00, 0x0a, seg.macByte, 0x00, host}}
+	v4 := seg.subnet4.Addr().As4()
+	v4[3] = host
+	ifc.IPv4 = netip.AddrFrom4(v4)
+	v6 := seg.subnet6.Addr().As16()
 	v6[15] = byte(host/10)<<4 | host%10 // ::2, ::10, ::11 read like the IPv4 host numbers
-	n.IPv6 = netip.AddrFrom16(v6)
+	ifc.IPv6 = netip.AddrFrom16(v6)
 
-	swEnd := "sw-" + n.Name
+	swEnd := seg.portPrefix + n.Name
 	if len(swEnd) > unix.IFNAMSIZ-1 {
-		return fmt.Errorf("interface name %q longer than %d", swEnd, unix.IFNAMSIZ-1)
+		return ifc, fmt.Errorf("interface name %q longer than %d", swEnd, unix.IFNAMSIZ-1)
 	}
 	veth := &netlink.Veth{
 		LinkAttrs:        netlink.LinkAttrs{Name: swEnd},
-		PeerName:         n.Iface,
-		PeerHardwareAddr: n.MAC,
+		PeerName:         ifc.Name,
+		PeerHardwareAddr: ifc.MAC,
 		PeerNamespace:    netlink.NsFd(int(n.ns)),
 	}
 	if err := sw.LinkAdd(veth); err != nil {
-		return fmt.Errorf("add veth %s <-> %s/%s: %w", swEnd, n.NetNS, n.Iface, err)
+		return ifc, fmt.Errorf("add veth %s <-> %s/%s: %w", swEnd, n.NetNS, ifc.Name, err)
 	}
 	swLink, err := sw.LinkByName(swEnd)
 	if err != nil {
-		return fmt.Errorf("find %s: %w", swEnd, err)
+		return ifc, fmt.Errorf("find %s: %w", swEnd, err)
 	}
 	if err := sw.LinkSetMaster(swLink, br); err != nil {
-		return fmt.Errorf("enslave %s: %w", swEnd, err)
+		return ifc, fmt.Errorf("enslave %s: %w", swEnd, err)
 	}
 	if err := sw.LinkSetUp(swLink); err != nil {
-		return fmt.Errorf("%s up: %w", swEnd, err)
+		return ifc, fmt.Errorf("%s up: %w", swEnd, err)
 	}
 	// Frames that the LB sends with XDP_TX arrive at this end; a veth end
 	// delivers them promptly only with an XDP program of its own.
@@ -340,7 +522,7 @@ func (l *Lab) wire(sw *netlink.Handle, br netlink.Link, n *Node, host byte, atta
 		pass, err = attachPass(swLink.Attrs().Index)
 		return err
 	}); err != nil {
-		return fmt.Errorf("attach pass program to %s: %w", swEnd, err)
+		return ifc, fmt.Errorf("attach pass program to %s: %w", swEnd, err)
 	}
 	l.AddCloser(func() error {
 		// Closed from the switch namespace too, in case the program was
@@ -353,28 +535,28 @@ func (l *Lab) wire(sw *netlink.Handle, br netlink.Link, n *Node, host byte, atta
 
 	h, err := netlink.NewHandleAt(n.ns)
 	if err != nil {
-		return fmt.Errorf("netlink handle %s: %w", n.NetNS, err)
+		return ifc, fmt.Errorf("netlink handle %s: %w", n.NetNS, err)
 	}
 	defer h.Close()
 	if err := linkUp(h, "lo"); err != nil {
-		return fmt.Errorf("%s: %w", n.NetNS, err)
+		return ifc, fmt.Errorf("%s: %w", n.NetNS, err)
 	}
-	link, err := h.LinkByName(n.Iface)
+	link, err := h.LinkByName(ifc.Name)
 	if err != nil {
-		return fmt.Errorf("find %s in %s: %w", n.Iface, n.NetNS, err)
+		return ifc, fmt.Errorf("find %s in %s: %w", ifc.Name, n.NetNS, err)
 	}
 	for _, a := range []netip.Prefix{
-		netip.PrefixFrom(n.IPv4, Subnet4.Bits()),
-		netip.PrefixFrom(n.IPv6, Subnet6.Bits()),
+		netip.PrefixFrom(ifc.IPv4, seg.subnet4.Bits()),
+		netip.PrefixFrom(ifc.IPv6, seg.subnet6.Bits()),
 	} {
 		if err := addAddr(h, link, a); err != nil {
-			return fmt.Errorf("%s: %w", n.NetNS, err)
+			return ifc, fmt.Errorf("%s: %w", n.NetNS, err)
 		}
 	}
 	if err := h.LinkSetUp(link); err != nil {
-		return fmt.Errorf("%s up in %s: %w", n.Iface, n.NetNS, err)
+		return ifc, fmt.Errorf("%s up in %s: %w", ifc.Name, n.NetNS, err)
 	}
-	return nil
+	return ifc, nil
 }
 
 // makeDRBackend turns n into a direct-return real server: the VIPs on lo and

@@ -69,16 +69,25 @@ type env struct {
 	// nextPort is the client port of the next request: fixed ports make the
 	// 5-tuples, and so the distribution, the same in every run.
 	nextPort uint16
+	// daemonArgs are more daemon flags, given at every start.
+	daemonArgs []string
 }
 
 func setup(t *testing.T) *env {
 	t.Helper()
+	return setupLab(t, lab.Options{})
+}
+
+// setupLab builds the lab opts describe, starts the DR backends' servers
+// (if it has any) and the daemon on every interface of the LB.
+func setupLab(t *testing.T, opts lab.Options, daemonArgs ...string) *env {
+	t.Helper()
 	testutil.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	t.Cleanup(cancel)
-	e := &env{t: t, ctx: ctx, servers: map[string]*lab.Server{}}
+	e := &env{t: t, ctx: ctx, servers: map[string]*lab.Server{}, daemonArgs: daemonArgs}
 
-	l, err := lab.New(ctx, lab.Options{})
+	l, err := lab.New(ctx, opts)
 	if err != nil {
 		t.Fatalf("build lab: %v", err)
 	}
@@ -131,6 +140,9 @@ func (e *env) diagnose() {
 			out = err.Error()
 		}
 		e.t.Logf("%s:\n%s", n.NetNS, out)
+	}
+	if e.lab.LB.Back != nil {
+		e.natDiagnose()
 	}
 }
 

@@ -117,7 +117,7 @@ func copyTree(from, to string) error {
 func (e *env) startBinary(bin string) {
 	e.t.Helper()
 	d, err := lab.StartDaemon(e.ctx, lab.DaemonOptions{
-		Binary: bin, Node: e.lab.LB, Dir: e.dir, BPFFS: e.bpffs, XDPMode: "native",
+		Binary: bin, Node: e.lab.LB, Dir: e.dir, BPFFS: e.bpffs, XDPMode: "native", ExtraArgs: e.daemonArgs,
 	})
 	if err != nil {
 		e.t.Fatalf("start daemon %s: %v", bin, err)
