@@ -24,10 +24,24 @@ var errNoCount = errors.New("map element count not available")
 // give it a new name if bpf/count.c ever writes something else.
 const countPinName = "iter_ct_count"
 
+// natCountPinName is countPinName's twin for the NAT table.
+const natCountPinName = "iter_nat_count"
+
 // conntrackCount reads the connection table's element count through the
 // pinned iterator, making and pinning it first if needed.
 func (d *Datapath) conntrackCount() (int, error) {
-	pin := filepath.Join(d.pinDir, countPinName)
+	return d.mapCount(d.objs.Conntrack, countPinName)
+}
+
+// natCount is conntrackCount for the NAT table.
+func (d *Datapath) natCount() (int, error) {
+	return d.mapCount(d.objs.NatFlows, natCountPinName)
+}
+
+// mapCount reads m's element count through the iterator pinned as name,
+// making and pinning it first if needed.
+func (d *Datapath) mapCount(m *ebpf.Map, name string) (int, error) {
+	pin := filepath.Join(d.pinDir, name)
 	if b, err := os.ReadFile(pin); err == nil {
 		if n, err := decodeCount(b); err == nil {
 			return n, nil
@@ -39,14 +53,14 @@ func (d *Datapath) conntrackCount() (int, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return 0, fmt.Errorf("read count iterator: %w", err)
 	}
-	l, err := newCountIter(d.objs.Conntrack)
+	l, err := newCountIter(m)
 	if err != nil {
 		return 0, err
 	}
 	defer l.Close()
 	// A concurrent scrape may have pinned one meanwhile: either serves.
 	if err := l.Pin(pin); err != nil && !errors.Is(err, os.ErrExist) {
-		d.log.Warn("pin conntrack count iterator", "err", err)
+		d.log.Warn("pin count iterator", "pin", name, "err", err)
 	}
 	return readCountIter(l)
 }

@@ -291,10 +291,17 @@ func (d *Datapath) Status() (Status, error) {
 	fill(xdplbMapBackends, d.objs.Backends, len(bes))
 	fill(xdplbMapLookup, d.objs.Lookup, tables)
 	fill(xdplbMapConntrack, d.objs.Conntrack, ct)
-	nat, err := d.NATStats()
-	if err != nil {
-		return Status{}, err
+	// The kernel's count, live; the last sweep's (which leaves out the
+	// expired entries it deletes) where the kernel keeps none.
+	natEntries, err := d.natCount()
+	if errors.Is(err, errNoCount) {
+		var st NATStats
+		st, err = d.NATStats()
+		natEntries = st.Entries
 	}
-	fill(xdplbMapNatFlows, d.objs.NatFlows, nat.Entries)
+	if err != nil {
+		return Status{}, fmt.Errorf("count nat flows: %w", err)
+	}
+	fill(xdplbMapNatFlows, d.objs.NatFlows, natEntries)
 	return st, nil
 }
