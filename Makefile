@@ -63,10 +63,13 @@ FUZZTIME ?= 10m
 test: deps generate-check vet build
 	$(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -run '^$$' -fuzz '^FuzzXDP$$' -fuzztime $(FUZZ_CI) ./loader/
+	$(GO) test -run '^$$' -fuzz '^FuzzXDPNAT$$' -fuzztime $(FUZZ_CI) ./loader/
 
-# Random and mutated frames through the real XDP program (root).
+# Random and mutated frames through the real XDP program (root): the DR
+# target, then the NAT one (a two-armed lab with real FIB lookups).
 fuzz: deps
 	$(GO) test -run '^$$' -fuzz '^FuzzXDP$$' -fuzztime $(FUZZTIME) ./loader/
+	$(GO) test -run '^$$' -fuzz '^FuzzXDPNAT$$' -fuzztime $(FUZZTIME) ./loader/
 
 test-unit:
 	$(GO) test -count=1 ./control/... ./cmd/... ./healthcheck/... ./internal/...

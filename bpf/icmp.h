@@ -85,9 +85,11 @@ static __always_inline int icmp_rewrite(struct xdp_md *ctx, const struct pkt *p,
 	 * values of the quoted checksums. */
 	icmp_diff = csum_diff16(inner, p->flow.sport, t->in_sport);
 	icmp_diff = csum_diff16(icmp_diff, p->flow.dport, t->in_dport);
+	/* The quoted TCP checksum only if it is quoted: inside the IP packet
+	 * (a frame may carry a trailer after it), not only the frame. */
 	if (p->flow.proto == IPPROTO_UDP)
 		in_l4_check = (void *)in_ports + 6;
-	else if ((void *)in_ports + 18 <= data_end)
+	else if (2 * ip_len + ICMP_HDR_LEN + 18 <= ip_tot_len(ctx, l3, p->v6) && (void *)in_ports + 18 <= data_end)
 		in_l4_check = (void *)in_ports + 16;
 	if (in_l4_check && (void *)(in_l4_check + 1) <= data_end) {
 		__u16 old = *in_l4_check, new;
@@ -200,7 +202,8 @@ static __always_inline int icmp_outer_addrs(struct xdp_md *ctx, const struct pkt
 	return 0;
 }
 
-/* An error about a VIP flow's reply: to the flow's backend. */
+/* An error about a VIP flow's reply: to the flow's backend. t starts with
+ * the outer addresses (icmp_outer_addrs). */
 static __always_inline int icmp_to_backend(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
 					   const struct flow_key *fk, struct icmp_nat *t)
 {
@@ -240,18 +243,17 @@ static __always_inline int icmp_to_backend(struct xdp_md *ctx, __u32 ifindex, co
 			return XDP_PASS;
 		fv = NULL;
 	}
-	count_vip_icmp(be->vip_id);
-	count_event(EV_ICMP_TO_BACKEND);
-	if (!backend_is_nat(be))
+	if (!backend_is_nat(be)) {
+		count_vip_icmp(be->vip_id);
+		count_event(EV_ICMP_TO_BACKEND);
 		return dr_forward(ctx, ifindex, be);
+	}
 
 	/* As the flow's packets are translated: the VIP becomes the backend
 	 * (outer destination, quoted source); for full NAT the client becomes
 	 * the SNAT address and port (quoted destination, and outer source so
 	 * that the backend, which may have no route to the reporting router,
 	 * takes it as from us). */
-	if (icmp_outer_addrs(ctx, p, t))
-		return XDP_PASS;
 	bport = backend_port(be, fk->dport);
 	__builtin_memcpy(t->dst, be->addr, 16);
 	__builtin_memcpy(t->in_src, be->addr, 16);
@@ -269,6 +271,8 @@ static __always_inline int icmp_to_backend(struct xdp_md *ctx, __u32 ifindex, co
 		__builtin_memcpy(t->in_dst, snat, 16);
 		t->in_dport = fv->flags >> FLOW_SNAT_PORT_SHIFT;
 	}
+	count_vip_icmp(be->vip_id);
+	count_event(EV_ICMP_TO_BACKEND);
 	return icmp_send(ctx, ifindex, p, t);
 }
 
@@ -280,8 +284,6 @@ static __always_inline int icmp_to_client(struct xdp_md *ctx, __u32 ifindex, con
 	struct nat_state *ns = bpf_map_lookup_elem(&nat_flows, fk);
 
 	if (!ns)
-		return XDP_PASS;
-	if (icmp_outer_addrs(ctx, p, t))
 		return XDP_PASS;
 	count_vip_icmp(ns->vip_id);
 	count_event(EV_ICMP_TO_CLIENT);
@@ -313,6 +315,10 @@ static __always_inline int icmp_error(struct xdp_md *ctx, __u32 ifindex, const s
 		return XDP_PASS;
 	t = &sc->icmp;
 	__builtin_memset(t, 0, sizeof(*t));
+	/* An error goes to the source of the packet it quotes: anything
+	 * else is not about one of our flows (or is forged). */
+	if (icmp_outer_addrs(ctx, p, t) || !addr_eq(t->dst, p->flow.src))
+		return XDP_PASS;
 
 	__builtin_memcpy(fk.src, p->flow.dst, 16);
 	__builtin_memcpy(fk.dst, p->flow.src, 16);

@@ -154,6 +154,28 @@ static __always_inline enum drop_reason snat_alloc(const struct pkt *p, struct f
 	return DROP_SNAT_EXHAUSTED;
 }
 
+/* Inserts a NAT (not full NAT) flow's translation at rk, or takes over
+ * the one there if it is the same flow's or has expired. */
+static __always_inline enum drop_reason nat_claim(struct flow_key *rk, const struct nat_state *want, __u8 proto)
+{
+	struct nat_state *cur;
+	struct nat_config *cfg;
+	long err;
+
+	err = bpf_map_update_elem(&nat_flows, rk, want, BPF_NOEXIST);
+	if (!err)
+		return DROP_NONE;
+	if (err != -17 /* EEXIST */)
+		return DROP_NAT_TABLE_FULL;
+	cur = bpf_map_lookup_elem(&nat_flows, rk);
+	cfg = nat_cfg();
+	if (cur && cfg && !nat_same_flow(cur, want) && !nat_expired(cur, want->last_seen, cfg, proto))
+		return DROP_NAT_CONFLICT;
+	if (bpf_map_update_elem(&nat_flows, rk, want, BPF_ANY))
+		return DROP_NAT_TABLE_FULL;
+	return DROP_NONE;
+}
+
 /* Rewrites a TCP/UDP packet's addresses and ports and fixes the IPv4
  * header and L4 checksums. Every bound is checked before the first write,
  * so a failure (-1) leaves the packet as it came. */
@@ -406,12 +428,14 @@ static __always_inline int nat_new_flow(struct xdp_md *ctx, __u32 ifindex, const
 		sport = rk->dport;
 		ct_flags |= (__u32)sport << FLOW_SNAT_PORT_SHIFT;
 	} else {
-		/* The client's 5-tuple makes the key unique: no allocation. */
+		/* The client's 5-tuple makes the key unique but for a flow that
+		 * takes another's: a client port reused toward another VIP on
+		 * the same backend, or a source forged to a live full-NAT
+		 * mapping. Those are refused, never overwritten. */
 		nat_reply_key(rk, be, bport, src, sport, p->flow.proto);
-		if (bpf_map_update_elem(&nat_flows, rk, ns, BPF_ANY)) {
-			*reason = DROP_NAT_TABLE_FULL;
+		*reason = nat_claim(rk, ns, p->flow.proto);
+		if (*reason != DROP_NONE)
 			return XDP_DROP;
-		}
 	}
 	conntrack_insert(p, bid, ct_flags);
 	return nat_send(ctx, ifindex, p, src, sport, be->addr, bport);

@@ -189,11 +189,14 @@ static __always_inline int parse_quoted_ipv4(struct iphdr *ih, void *data_end, s
 
 /* ICMP errors that quote a flow: destination unreachable (fragmentation
  * needed and port unreachable among them) and time exceeded. */
-static __always_inline int parse_icmp4(struct iphdr *iph, void *data_end, struct pkt *p)
+static __always_inline int parse_icmp4(struct iphdr *iph, void *data_end, __u32 tot_len, struct pkt *p)
 {
 	__u8 *icmp = (void *)(iph + 1);
 
 	if (iph->ihl != 5 || (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+		return PARSE_PASS;
+	/* The quote must be inside the IP packet, not in a frame's trailer. */
+	if (tot_len < sizeof(*iph) + ICMP_HDR_LEN + sizeof(struct iphdr) + ICMP_QUOTED_L4)
 		return PARSE_PASS;
 	if ((void *)icmp + ICMP_HDR_LEN > data_end)
 		return PARSE_PASS;
@@ -203,11 +206,13 @@ static __always_inline int parse_icmp4(struct iphdr *iph, void *data_end, struct
 	return parse_quoted_ipv4((void *)icmp + ICMP_HDR_LEN, data_end, p);
 }
 
-static __always_inline int parse_icmp6(struct ipv6hdr *ip6, void *data_end, struct pkt *p)
+static __always_inline int parse_icmp6(struct ipv6hdr *ip6, void *data_end, __u32 plen, struct pkt *p)
 {
 	__u8 *icmp = (void *)(ip6 + 1);
 	struct ipv6hdr *ih;
 
+	if (plen < ICMP_HDR_LEN + sizeof(struct ipv6hdr) + ICMP_QUOTED_L4)
+		return PARSE_PASS;
 	if ((void *)icmp + ICMP_HDR_LEN > data_end)
 		return PARSE_PASS;
 	/* 1 destination unreachable, 2 packet too big, 3 time exceeded */
@@ -242,7 +247,7 @@ static __always_inline int parse_ipv4(struct iphdr *iph, void *data_end, struct 
 	if (tot_len < hlen || tot_len > (__u64)(data_end - (void *)iph))
 		return PARSE_PASS;
 	if (iph->protocol == IPPROTO_ICMP)
-		return parse_icmp4(iph, data_end, p);
+		return parse_icmp4(iph, data_end, tot_len, p);
 	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
 		return PARSE_PASS;
 
@@ -293,7 +298,7 @@ static __always_inline int parse_ipv6(struct ipv6hdr *ip6, void *data_end, struc
 		return PARSE_IPV6_EXT;
 	}
 	if (nh == IPPROTO_ICMPV6)
-		return parse_icmp6(ip6, data_end, p); /* errors only: NDP passes */
+		return parse_icmp6(ip6, data_end, plen, p); /* errors only: NDP passes */
 	if (nh != IPPROTO_TCP && nh != IPPROTO_UDP)
 		return PARSE_PASS;
 

@@ -28,6 +28,15 @@
 #define ICMP_FRAG_QUOTE (sizeof(struct iphdr) + ICMP_QUOTED_L4)
 #define ICMP6_PTB_QUOTE (sizeof(struct ipv6hdr) + ICMP_QUOTED_L4)
 
+/* Once the frame is grown it cannot go to the kernel as it came: a step
+ * that fails after that (none can, but the verifier wants the checks)
+ * drops it, counted. */
+static __always_inline int answer_failed(void)
+{
+	count_drop(DROP_ANSWER_FAILED);
+	return XDP_DROP;
+}
+
 /* The one's complement sum of n 4-byte-aligned bytes at p, folded. */
 static __always_inline __u16 csum_region(void *p, __u32 n, __u32 seed)
 {
@@ -77,18 +86,18 @@ static __always_inline int icmp_answer4(struct xdp_md *ctx, const struct pkt *p,
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	if (answer_move_l2(data, data_end, grow, l3))
-		return XDP_DROP; /* cannot happen: the bytes were there before the move */
+		return answer_failed(); /* cannot happen: the bytes were there before the move */
 	len = l3 + grow + ICMP_FRAG_QUOTE;
 	if (bpf_xdp_adjust_tail(ctx, (int)len - (int)(data_end - data)))
-		return XDP_DROP;
+		return answer_failed();
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	if (l3 > L3_OFF_MAX)
-		return XDP_DROP;
+		return answer_failed();
 	iph = data + l3;
 	icmp = (void *)(iph + 1);
 	if ((void *)icmp + ICMP_HDR_LEN + ICMP_FRAG_QUOTE > data_end)
-		return XDP_DROP;
+		return answer_failed();
 
 	*(__u16 *)iph = bpf_htons(0x45c0); /* version 4, ihl 5, DSCP CS6 as the kernel's ICMP */
 	iph->tot_len = bpf_htons(sizeof(*iph) + ICMP_HDR_LEN + ICMP_FRAG_QUOTE);
@@ -134,18 +143,18 @@ static __always_inline int icmp_answer6(struct xdp_md *ctx, const struct pkt *p,
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	if (answer_move_l2(data, data_end, grow, l3))
-		return XDP_DROP;
+		return answer_failed();
 	len = l3 + grow + ICMP6_PTB_QUOTE;
 	if (bpf_xdp_adjust_tail(ctx, (int)len - (int)(data_end - data)))
-		return XDP_DROP;
+		return answer_failed();
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	if (l3 > L3_OFF_MAX)
-		return XDP_DROP;
+		return answer_failed();
 	ip6 = data + l3;
 	icmp = (void *)(ip6 + 1);
 	if ((void *)icmp + plen > data_end)
-		return XDP_DROP;
+		return answer_failed();
 
 	*(__be32 *)ip6 = bpf_htonl(0x60000000);
 	ip6->payload_len = bpf_htons(plen);

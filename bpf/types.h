@@ -29,7 +29,9 @@ enum drop_reason {
 	DROP_NO_HEALTHY_BACKEND = 7, /* every backend of the VIP failed its health checks */
 	DROP_SNAT_EXHAUSTED = 8,  /* full NAT: every port tried is held by a live flow */
 	DROP_NAT_TABLE_FULL = 9,  /* nat_flows has no room for the flow's reply translation */
-	DROP_REASON_MAX = 10,
+	DROP_NAT_CONFLICT = 10,   /* a NAT flow's reply 5-tuple is a live flow's of another VIP or a full-NAT mapping */
+	DROP_ANSWER_FAILED = 11,  /* an ICMP answer (router.h) could not be finished once begun */
+	DROP_REASON_MAX = 12,
 };
 
 /* Packets not dropped but worth counting (map events): the NAT paths

@@ -40,6 +40,12 @@ type flow struct {
 	fin, rst     bool
 	payload      []byte
 	ipv4Options  bool
+	// ttl is the TTL or hop limit, 64 if zero; srcMAC and dstMAC default
+	// to clientMAC and lbInMAC.
+	ttl            uint8
+	srcMAC, dstMAC net.HardwareAddr
+	noUDPChecksum  bool // IPv4 UDP sent without a checksum (zero)
+	noDF           bool // IPv4 without Don't Fragment
 }
 
 func serialize(t testing.TB, ls ...gopacket.SerializableLayer) []byte {
@@ -53,7 +59,11 @@ func serialize(t testing.TB, ls ...gopacket.SerializableLayer) []byte {
 }
 
 func ethLayers(ethType layers.EthernetType, v vlanKind) []gopacket.SerializableLayer {
-	eth := &layers.Ethernet{SrcMAC: clientMAC, DstMAC: lbInMAC, EthernetType: ethType}
+	return ethLayersFrom(clientMAC, lbInMAC, ethType, v)
+}
+
+func ethLayersFrom(src, dst net.HardwareAddr, ethType layers.EthernetType, v vlanKind) []gopacket.SerializableLayer {
+	eth := &layers.Ethernet{SrcMAC: src, DstMAC: dst, EthernetType: ethType}
 	switch v {
 	case vlan8021Q:
 		eth.EthernetType = layers.EthernetTypeDot1Q
@@ -77,10 +87,19 @@ func (f flow) build(t testing.TB) []byte {
 	if f.payload == nil {
 		f.payload = []byte("hello xdplb")
 	}
+	if f.ttl == 0 {
+		f.ttl = 64
+	}
+	if f.srcMAC == nil {
+		f.srcMAC = clientMAC
+	}
+	if f.dstMAC == nil {
+		f.dstMAC = lbInMAC
+	}
 	var ls []gopacket.SerializableLayer
 	var nl gopacket.NetworkLayer
 	if f.dst.Is4() {
-		ip := &layers.IPv4{Version: 4, TTL: 64, SrcIP: f.src.AsSlice(), DstIP: f.dst.AsSlice(),
+		ip := &layers.IPv4{Version: 4, TTL: f.ttl, SrcIP: f.src.AsSlice(), DstIP: f.dst.AsSlice(),
 			Protocol: layers.IPProtocol(f.proto), Flags: layers.IPv4DontFragment, Id: 7}
 		if f.ipv4Options {
 			// Record-route with room for two addresses, padded by an
@@ -90,11 +109,14 @@ func (f flow) build(t testing.TB) []byte {
 				{OptionType: 0, OptionLength: 1},
 			}
 		}
-		ls, nl = append(ethLayers(layers.EthernetTypeIPv4, f.vlan), ip), ip
+		if f.noDF {
+			ip.Flags = 0
+		}
+		ls, nl = append(ethLayersFrom(f.srcMAC, f.dstMAC, layers.EthernetTypeIPv4, f.vlan), ip), ip
 	} else {
-		ip := &layers.IPv6{Version: 6, HopLimit: 64, SrcIP: f.src.AsSlice(), DstIP: f.dst.AsSlice(),
+		ip := &layers.IPv6{Version: 6, HopLimit: f.ttl, SrcIP: f.src.AsSlice(), DstIP: f.dst.AsSlice(),
 			NextHeader: layers.IPProtocol(f.proto)}
-		ls, nl = append(ethLayers(layers.EthernetTypeIPv6, f.vlan), ip), ip
+		ls, nl = append(ethLayersFrom(f.srcMAC, f.dstMAC, layers.EthernetTypeIPv6, f.vlan), ip), ip
 	}
 	switch f.proto {
 	case ProtoTCP:
@@ -112,7 +134,22 @@ func (f flow) build(t testing.TB) []byte {
 		ls = append(ls, udp)
 	}
 	ls = append(ls, gopacket.Payload(f.payload))
-	return serialize(t, ls...)
+	b := serialize(t, ls...)
+	if f.noUDPChecksum && f.proto == ProtoUDP && f.dst.Is4() {
+		l3 := ipOffset(b)
+		l4 := l3 + int(b[l3]&0xf)*4
+		b[l4+6], b[l4+7] = 0, 0
+	}
+	return b
+}
+
+// ipOffset is where the IP header of an Ethernet frame starts: after one
+// VLAN tag if there is one.
+func ipOffset(frame []byte) int {
+	if et := binary.BigEndian.Uint16(frame[12:]); et == 0x8100 || et == 0x88a8 {
+		return 18
+	}
+	return 14
 }
 
 func arpRequest(t testing.TB, target netip.Addr) []byte {

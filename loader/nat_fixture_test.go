@@ -20,13 +20,16 @@ import (
 // 2001:db8:1::/64), each a veth whose peer stays in the namespace, with
 // permanent neighbour entries for the client and backend addresses the
 // tests use and forwarding on. The datapath is loaded there and attached
-// to both, so both are in tx_ports.
+// to both, so both are in tx_ports. A third veth, "oth" (10.0.2.0/24,
+// 2001:db8:2::/64, neighbours 10.0.2.5 and 2001:db8:2::5), has a route and
+// neighbours but no XDP program: the FIB may name it, XDP cannot send
+// through it.
 type natLab struct {
-	ns       netns.NsHandle
-	d        *Datapath
-	cli, srv *net.Interface
+	ns            netns.NsHandle
+	d             *Datapath
+	cli, srv, oth *net.Interface
 	// peerMAC is every neighbour's MAC, by the interface it is on.
-	cliPeerMAC, srvPeerMAC net.HardwareAddr
+	cliPeerMAC, srvPeerMAC, othPeerMAC net.HardwareAddr
 }
 
 var (
@@ -36,9 +39,11 @@ var (
 	natSNAT6    = netip.MustParseAddr("2001:db8:1::1")
 	natLBCli4   = netip.MustParseAddr("10.0.0.10") // cli's own address
 	natLBCli6   = netip.MustParseAddr("2001:db8::10")
+	natOther4   = netip.MustParseAddr("10.0.2.5") // a neighbour behind "oth"
+	natOther6   = netip.MustParseAddr("2001:db8:2::5")
 )
 
-func newNATLab(t *testing.T, opts Options) *natLab {
+func newNATLab(t testing.TB, opts Options) *natLab {
 	t.Helper()
 	testutil.RequireRoot(t)
 	lab := &natLab{ns: testutil.NewNetNS(t, "")}
@@ -85,9 +90,11 @@ func (lab *natLab) setup() error {
 	}
 	lab.cliPeerMAC = net.HardwareAddr{0x02, 0, 0, 0, 0xc1, 0x01}
 	lab.srvPeerMAC = net.HardwareAddr{0x02, 0, 0, 0, 0xb1, 0x01}
+	lab.othPeerMAC = net.HardwareAddr{0x02, 0, 0, 0, 0xd1, 0x01}
 	arms := []arm{
 		{"cli", []string{"10.0.0.10/24", "2001:db8::10/64"}, []netip.Addr{client4, client6}, &lab.cliPeerMAC, &lab.cli},
 		{"srv", []string{"10.0.1.1/24", "2001:db8:1::1/64"}, []netip.Addr{natBackend4, natBackend6}, &lab.srvPeerMAC, &lab.srv},
+		{"oth", []string{"10.0.2.1/24", "2001:db8:2::1/64"}, []netip.Addr{natOther4, natOther6}, &lab.othPeerMAC, &lab.oth},
 	}
 	for _, a := range arms {
 		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: a.name}, PeerName: a.name + "p", PeerHardwareAddr: *a.mac}
@@ -145,7 +152,7 @@ type xdpMD struct {
 
 // run runs the program on in as if it arrived on ifc, in the lab's
 // namespace (the FIB is the namespace's).
-func (lab *natLab) run(t *testing.T, in []byte, ifc *net.Interface) result {
+func (lab *natLab) run(t testing.TB, in []byte, ifc *net.Interface) result {
 	t.Helper()
 	var r result
 	testutil.InNetNS(t, lab.ns, func() error {
@@ -159,4 +166,59 @@ func (lab *natLab) run(t *testing.T, in []byte, ifc *net.Interface) result {
 		return nil
 	})
 	return r
+}
+
+// events reads the event counters.
+func (lab *natLab) events(t testing.TB) map[string]uint64 {
+	t.Helper()
+	ev, err := lab.d.EventCounters()
+	must(t, err)
+	return ev
+}
+
+// checkEvents says which events rose since before (a reading of events)
+// and by how much: every other event must not have moved.
+func (lab *natLab) checkEvents(t testing.TB, before map[string]uint64, want map[string]uint64) {
+	t.Helper()
+	after := lab.events(t)
+	for name, n := range after {
+		if d := n - before[name]; d != want[name] {
+			t.Errorf("event %s rose by %d, want %d", name, d, want[name])
+		}
+	}
+	for name := range want {
+		if _, ok := after[name]; !ok {
+			t.Errorf("no event counter named %s", name)
+		}
+	}
+}
+
+// setMTU sets ifc's MTU until the test ends.
+func (lab *natLab) setMTU(t testing.TB, ifc *net.Interface, mtu int) {
+	t.Helper()
+	set := func(mtu int) error {
+		l, err := netlink.LinkByIndex(ifc.Index)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetMTU(l, mtu)
+	}
+	old := ifc.MTU
+	testutil.InNetNS(t, lab.ns, func() error { return set(mtu) })
+	t.Cleanup(func() { testutil.InNetNS(t, lab.ns, func() error { return set(old) }) })
+}
+
+// route is the lab interface toward a neighbour of the lab, and that
+// neighbour's MAC: the MACs the FIB gives a packet sent to a are the
+// interface's and peer. ok is false for an address with no neighbour entry.
+func (lab *natLab) route(a netip.Addr) (ifc *net.Interface, peer net.HardwareAddr, ok bool) {
+	switch a {
+	case client4, client6:
+		return lab.cli, lab.cliPeerMAC, true
+	case natBackend4, natBackend6:
+		return lab.srv, lab.srvPeerMAC, true
+	case natOther4, natOther6:
+		return lab.oth, lab.othPeerMAC, true
+	}
+	return nil, nil, false
 }

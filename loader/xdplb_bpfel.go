@@ -55,7 +55,9 @@ const (
 	xdplbDropReasonDROP_NO_HEALTHY_BACKEND xdplbDropReason = 7
 	xdplbDropReasonDROP_SNAT_EXHAUSTED     xdplbDropReason = 8
 	xdplbDropReasonDROP_NAT_TABLE_FULL     xdplbDropReason = 9
-	xdplbDropReasonDROP_REASON_MAX         xdplbDropReason = 10
+	xdplbDropReasonDROP_NAT_CONFLICT       xdplbDropReason = 10
+	xdplbDropReasonDROP_ANSWER_FAILED      xdplbDropReason = 11
+	xdplbDropReasonDROP_REASON_MAX         xdplbDropReason = 12
 )
 
 type xdplbEvent uint32
