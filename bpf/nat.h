@@ -116,7 +116,7 @@ static __always_inline int nat_same_flow(const struct nat_state *cur, const stru
 	       addr_eq(cur->vip, want->vip);
 }
 
-/* Finds the full-NAT flow a port: rk holds the reply key but its port.
+/* Finds a full-NAT flow its SNAT port: rk holds the reply key but the port.
  * Returns 0 with rk->dport set, or the drop reason. */
 static __always_inline enum drop_reason snat_alloc(const struct pkt *p, struct flow_key *rk,
 						   const struct nat_state *want, const struct nat_config *cfg)
@@ -458,9 +458,10 @@ static __always_inline int nat_established(struct xdp_md *ctx, __u32 ifindex, co
 
 	if (be->flags & BACKEND_F_FULLNAT) {
 		src = snat_addr(be->vip_id);
-		if (!src)
-			return NAT_REPLACE;
 		sport = fv->flags >> FLOW_SNAT_PORT_SHIFT;
+		/* No port: the flow was placed while its VIP was not full NAT. */
+		if (!src || !sport)
+			return NAT_REPLACE;
 	}
 	if (now - fv->last_seen > FLOW_TOUCH_TICKS || (p->tcp & PKT_TCP_END)) {
 		struct scratch *sc = scratch_get();
