@@ -1,6 +1,8 @@
 package loader
 
 import (
+	"encoding/binary"
+	"net/netip"
 	"testing"
 )
 
@@ -79,4 +81,32 @@ func mapFill(t *testing.T, st Status, name string) int {
 	}
 	t.Fatalf("no map %s in status", name)
 	return 0
+}
+
+// A flow placed while its VIP was nat is placed again when the VIP becomes
+// full NAT: its next packet leaves from the SNAT address and a port of the
+// range, never port 0.
+func TestNATToFullNATReplacesFlows(t *testing.T) {
+	opts := testOptions("")
+	opts.SNATPorts = PortRange{Lo: 2000, Hi: 2999}
+	lab := newNATLab(t, opts)
+	d := lab.d
+	k := VIPKey{Addr: vipAddr4, Port: 80, Proto: ProtoTCP}
+	must(t, d.PutVIP(k, VIPMeta{ID: 1, Mode: ModeNAT, Hash: HashMaglev}))
+	must(t, d.PutBackend(Backend{ID: 1, VIPID: 1, Addr: natBackend4, Port: 8080, Mode: ModeNAT}))
+	must(t, d.PutLookupTable(1, fill(d.LookupTableSize(), 1)))
+	if r := lab.run(t, flow{src: client4, dst: vipAddr4, dport: 80, syn: true}.build(t), lab.cli); r.verdict != xdpRedirect {
+		t.Fatalf("syn: verdict %d", r.verdict)
+	}
+	must(t, d.PutVIP(k, VIPMeta{ID: 1, Mode: ModeFullNAT, Hash: HashMaglev, SNATAddr: natSNAT4}))
+	must(t, d.PutBackend(Backend{ID: 1, VIPID: 1, Addr: natBackend4, Port: 8080, Mode: ModeFullNAT}))
+	r := lab.run(t, flow{src: client4, dst: vipAddr4, dport: 80, ack: true}.build(t), lab.cli)
+	if r.verdict != xdpRedirect {
+		t.Fatalf("ack: verdict %d", r.verdict)
+	}
+	src := netip.AddrFrom4([4]byte(r.out[14+12 : 14+16]))
+	sport := binary.BigEndian.Uint16(r.out[14+20:])
+	if src != natSNAT4 || sport < 2000 || sport > 2999 {
+		t.Errorf("ack after the switch sent from %s:%d, want %s and a port of 2000-2999", src, sport, natSNAT4)
+	}
 }
