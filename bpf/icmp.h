@@ -152,11 +152,11 @@ static __always_inline int icmp_send(struct xdp_md *ctx, __u32 ifindex, const st
 		count_event(EV_TTL_EXCEEDED);
 		return XDP_PASS;
 	}
-	rc = fib_next_hop(ctx, ifindex, p->v6, t->src, t->dst, p->v6 ? IPPROTO_ICMPV6 : IPPROTO_ICMP,
-			  ip_tot_len(ctx, l3, p->v6), fib);
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+	rc = fib_route(ctx, ifindex, p->v6, t->src, t->dst, p->v6 ? IPPROTO_ICMPV6 : IPPROTO_ICMP,
+		       ip_tot_len(ctx, l3, p->v6), fib, NULL);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH || rc == FIB_RET_NOT_XDP) {
 		if (icmp_rewrite(ctx, p, t) == 0)
-			count_event(EV_FIB_NO_NEIGH);
+			count_event(rc == FIB_RET_NOT_XDP ? EV_EGRESS_NOT_XDP : EV_FIB_NO_NEIGH);
 		return XDP_PASS;
 	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
@@ -165,10 +165,6 @@ static __always_inline int icmp_send(struct xdp_md *ctx, __u32 ifindex, const st
 	}
 	if (icmp_rewrite(ctx, p, t))
 		return XDP_PASS;
-	if (!bpf_map_lookup_elem(&tx_ports, &fib->ifindex)) {
-		count_event(EV_EGRESS_NOT_XDP);
-		return XDP_PASS;
-	}
 	ip_dec_ttl(ctx, l3, p->v6);
 	return fib_send(ctx, ifindex, fib);
 }

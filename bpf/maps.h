@@ -197,3 +197,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct bpf_devmap_val);
 } tx_ports SEC(".maps");
+
+/* Backend id -> its next hop for NAT (struct next_hop), as the FIB gave it
+ * lately. Shared by the CPUs: each refreshes it at most once per
+ * fib_cache_ticks. Not pinned: a cache, a new program starts empty. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct next_hop);
+} backend_nh SEC(".maps");

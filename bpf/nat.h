@@ -335,7 +335,8 @@ static __always_inline void ip_dec_ttl(struct xdp_md *ctx, __u32 l3, int v6)
  * forwards it, resolving the neighbour on the way.
  */
 static __always_inline int nat_send(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
-				    const __u8 src[16], __be16 sport, const __u8 dst[16], __be16 dport)
+				    const __u8 src[16], __be16 sport, const __u8 dst[16], __be16 dport,
+				    struct next_hop *nh)
 {
 	struct scratch *sc = scratch_get();
 	struct bpf_fib_lookup *fib;
@@ -347,13 +348,17 @@ static __always_inline int nat_send(struct xdp_md *ctx, __u32 ifindex, const str
 	fib = &sc->fib;
 	if (ip_ttl(ctx, l3, p->v6) <= 1)
 		return answer_ttl_exceeded(ctx, p);
-	rc = fib_next_hop(ctx, ifindex, p->v6, src, dst, p->flow.proto, ip_tot_len(ctx, l3, p->v6), fib);
+	rc = fib_route(ctx, ifindex, p->v6, src, dst, p->flow.proto, ip_tot_len(ctx, l3, p->v6), fib, nh);
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
 		break;
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
 		if (nat_rewrite(ctx, p, src, sport, dst, dport) == 0)
 			count_event(EV_FIB_NO_NEIGH);
+		return XDP_PASS;
+	case FIB_RET_NOT_XDP:
+		if (nat_rewrite(ctx, p, src, sport, dst, dport) == 0)
+			count_event(EV_EGRESS_NOT_XDP);
 		return XDP_PASS;
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
 		if (!p->v6 && !ip_dont_fragment(ctx, l3)) {
@@ -369,10 +374,6 @@ static __always_inline int nat_send(struct xdp_md *ctx, __u32 ifindex, const str
 	}
 	if (nat_rewrite(ctx, p, src, sport, dst, dport))
 		return XDP_PASS;
-	if (!bpf_map_lookup_elem(&tx_ports, &fib->ifindex)) {
-		count_event(EV_EGRESS_NOT_XDP);
-		return XDP_PASS;
-	}
 	ip_dec_ttl(ctx, l3, p->v6);
 	return fib_send(ctx, ifindex, fib);
 }
@@ -389,6 +390,7 @@ static __always_inline void nat_state_for(struct nat_state *ns, const struct pkt
 	ns->flags = flags;
 	ns->pad = 0;
 	ns->last_seen = now;
+	__builtin_memset(&ns->nh, 0, sizeof(ns->nh));
 }
 
 /* A new flow of a NAT VIP placed on be (id bid): records both entries and
@@ -438,7 +440,7 @@ static __always_inline int nat_new_flow(struct xdp_md *ctx, __u32 ifindex, const
 			return XDP_DROP;
 	}
 	conntrack_insert(p, bid, ct_flags);
-	return nat_send(ctx, ifindex, p, src, sport, be->addr, bport);
+	return nat_send(ctx, ifindex, p, src, sport, be->addr, bport, bpf_map_lookup_elem(&backend_nh, &bid));
 }
 
 /*
@@ -479,7 +481,11 @@ static __always_inline int nat_established(struct xdp_md *ctx, __u32 ifindex, co
 		if ((p->tcp & PKT_TCP_END) && !(ns->flags & NAT_F_CLOSING))
 			ns->flags |= NAT_F_CLOSING;
 	}
-	return nat_send(ctx, ifindex, p, src, sport, be->addr, bport);
+	{
+		__u32 bid = fv->backend_id;
+
+		return nat_send(ctx, ifindex, p, src, sport, be->addr, bport, bpf_map_lookup_elem(&backend_nh, &bid));
+	}
 }
 
 /* A packet from a NAT backend: if it is a reply of a NAT flow, translated
@@ -504,5 +510,5 @@ static __always_inline int nat_reply(struct xdp_md *ctx, __u32 ifindex, const st
 	if ((p->tcp & PKT_TCP_END) && !(ns->flags & NAT_F_CLOSING))
 		ns->flags |= NAT_F_CLOSING;
 	count_event(EV_NAT_REPLY);
-	return nat_send(ctx, ifindex, p, ns->vip, ns->vip_port, dst, dport);
+	return nat_send(ctx, ifindex, p, ns->vip, ns->vip_port, dst, dport, &ns->nh);
 }

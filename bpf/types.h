@@ -137,6 +137,18 @@ enum flow_flags {
 /* A NAT flow's reply translation, keyed by the reply's 5-tuple as it
  * arrives from the backend (map nat_flows): source the backend, destination
  * the client (nat) or the SNAT address and port (full NAT). */
+/* A next hop bpf_fib_lookup gave, reused for nat_config.fib_cache_ticks
+ * (fib.h): the FIB lookup is most of a NAT packet's cost. */
+struct next_hop {
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u32 ifindex;    /* egress, one of tx_ports */
+	__u32 in_ifindex; /* the ingress it was looked up for */
+	__u16 max_len;    /* the largest packet that passed the MTU check */
+	__u16 pad;
+	__u64 stamp;      /* bpf_jiffies64 of the lookup; 0: none */
+};
+
 struct nat_state {
 	__u8 vip[16];    /* the reply's new source */
 	__u8 client[16]; /* full NAT: the reply's new destination */
@@ -146,6 +158,7 @@ struct nat_state {
 	__u32 flags;     /* NAT_F_* */
 	__u32 pad;
 	__u64 last_seen; /* bpf_jiffies64, refreshed as flow_val.last_seen */
+	struct next_hop nh; /* toward the client, for the replies */
 };
 
 enum nat_flags {
@@ -162,6 +175,7 @@ struct nat_config {
 	__u64 tcp_idle_ticks;  /* an idle TCP translation may be reclaimed after this */
 	__u64 udp_idle_ticks;
 	__u64 closing_ticks;   /* after a FIN or RST */
+	__u64 fib_cache_ticks; /* how long a next hop is reused (struct next_hop) */
 };
 
 struct lb_counters {

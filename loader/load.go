@@ -235,6 +235,7 @@ func loadSpec(opts Options) (*ebpf.CollectionSpec, *xdplbSpecs, error) {
 		{s.NatFlows, opts.ConntrackSize}, // at most one translation per flow
 		{s.VipSnat, opts.MaxVIPs},
 		{s.VipIcmp, opts.MaxVIPs},
+		{s.BackendNh, opts.MaxBackends},
 	} {
 		size.m.MaxEntries = size.n
 	}

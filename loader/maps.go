@@ -217,6 +217,12 @@ func (d *Datapath) PutBackend(b Backend) error {
 			return fmt.Errorf("put backend %d: %w", b.ID, err)
 		}
 	}
+	// The program's next hop for the id is an old address's.
+	if old.Addr != cb.Addr {
+		if err := d.objs.BackendNh.Put(b.ID, xdplbNextHop{}); err != nil {
+			return fmt.Errorf("put backend %d: forget next hop: %w", b.ID, err)
+		}
+	}
 	// The reply bit before the entry, so the first reply finds it set; a
 	// bit left set by a failure below is only a false positive.
 	if err := d.setReplyBit(b.ID, replyFilterBit(cb.Addr), b.Mode.IsNAT()); err != nil {
@@ -242,6 +248,9 @@ func (d *Datapath) DeleteBackend(id uint32) error {
 	}
 	if err := d.setReplyBit(id, 0, false); err != nil {
 		return fmt.Errorf("delete backend %d: %w", id, err)
+	}
+	if err := d.objs.BackendNh.Put(id, xdplbNextHop{}); err != nil {
+		return fmt.Errorf("delete backend %d: forget next hop: %w", id, err)
 	}
 	return nil
 }

@@ -122,6 +122,7 @@ type xdplbNatConfig struct {
 	TcpIdleTicks  uint64
 	UdpIdleTicks  uint64
 	ClosingTicks  uint64
+	FibCacheTicks uint64
 }
 
 type xdplbNatFlags uint32
@@ -141,6 +142,18 @@ type xdplbNatState struct {
 	Flags      uint32
 	Pad        uint32
 	LastSeen   uint64
+	Nh         xdplbNextHop
+}
+
+type xdplbNextHop struct {
+	_         structs.HostLayout
+	Dmac      [6]uint8
+	Smac      [6]uint8
+	Ifindex   uint32
+	InIfindex uint32
+	MaxLen    uint16
+	Pad       uint16
+	Stamp     uint64
 }
 
 type xdplbSchedKind uint32
@@ -181,6 +194,7 @@ type xdplbVipMeta struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	xdplbMapBackendNh          = "backend_nh"
 	xdplbMapBackendStats       = "backend_stats"
 	xdplbMapBackends           = "backends"
 	xdplbMapConntrack          = "conntrack"
@@ -261,6 +275,7 @@ type xdplbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdplbMapSpecs struct {
+	BackendNh    *ebpf.MapSpec `ebpf:"backend_nh"`
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
@@ -315,6 +330,7 @@ func (o *xdplbObjects) Close() error {
 //
 // It can be passed to loadXdplbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdplbMaps struct {
+	BackendNh    *ebpf.Map `ebpf:"backend_nh"`
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
@@ -337,6 +353,7 @@ type xdplbMaps struct {
 
 func (m *xdplbMaps) Close() error {
 	return _XdplbClose(
+		m.BackendNh,
 		m.BackendStats,
 		m.Backends,
 		m.Conntrack,
