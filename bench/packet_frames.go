@@ -58,12 +58,26 @@ type pktFlow struct {
 	sport, dport uint16
 	udp          bool
 	syn, ack     bool
+	// The frame's MACs and TTL (hop limit); zero: from the client to the
+	// balancer, TTL 64.
+	srcMAC, dstMAC [6]byte
+	ttl            uint8
 }
 
 // frame serialises f with valid lengths and checksums, padding the L4
 // payload so that the frame is pktFrameLen bytes when the headers fit.
 func (f pktFlow) frame() ([]byte, error) {
 	eth := &layers.Ethernet{SrcMAC: pktClientMAC, DstMAC: pktLBMAC}
+	if f.srcMAC != ([6]byte{}) {
+		eth.SrcMAC = net.HardwareAddr(f.srcMAC[:])
+	}
+	if f.dstMAC != ([6]byte{}) {
+		eth.DstMAC = net.HardwareAddr(f.dstMAC[:])
+	}
+	ttl := f.ttl
+	if ttl == 0 {
+		ttl = 64
+	}
 	var ip gopacket.SerializableLayer
 	var nl gopacket.NetworkLayer
 	hdr := 14
@@ -73,12 +87,12 @@ func (f pktFlow) frame() ([]byte, error) {
 	}
 	if f.dst.Is4() {
 		eth.EthernetType = layers.EthernetTypeIPv4
-		v4 := &layers.IPv4{Version: 4, TTL: 64, Id: 7, Flags: layers.IPv4DontFragment,
+		v4 := &layers.IPv4{Version: 4, TTL: ttl, Id: 7, Flags: layers.IPv4DontFragment,
 			SrcIP: f.src.AsSlice(), DstIP: f.dst.AsSlice(), Protocol: proto}
 		ip, nl, hdr = v4, v4, hdr+20
 	} else {
 		eth.EthernetType = layers.EthernetTypeIPv6
-		v6 := &layers.IPv6{Version: 6, HopLimit: 64, SrcIP: f.src.AsSlice(), DstIP: f.dst.AsSlice(), NextHeader: proto}
+		v6 := &layers.IPv6{Version: 6, HopLimit: ttl, SrcIP: f.src.AsSlice(), DstIP: f.dst.AsSlice(), NextHeader: proto}
 		ip, nl, hdr = v6, v6, hdr+40
 	}
 	var l4 gopacket.SerializableLayer

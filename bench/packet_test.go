@@ -90,3 +90,36 @@ func TestPacketStats(t *testing.T) {
 		t.Error("statistics sorted their input in place")
 	}
 }
+
+func TestPacketNATFrameChecksums(t *testing.T) {
+	for _, fam := range pktFamilies {
+		f := pktFlow{src: fam.client, dst: fam.vip, sport: 40000, dport: 80, ack: true, ttl: 63,
+			srcMAC: [6]byte(pktSrvMAC), dstMAC: [6]byte(pktBackendMAC)}
+		b, err := f.frame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pktCheckNATFrame(b); err != nil {
+			t.Fatalf("%s: a frame gopacket made fails the check: %v", fam.name, err)
+		}
+		if b[0] != pktBackendMAC[0] || b[5] != pktBackendMAC[5] || b[11] != pktSrvMAC[5] {
+			t.Fatalf("%s: MACs not the ones asked for: %x", fam.name, b[:12])
+		}
+		// One bit off in the last byte: the TCP checksum must fail.
+		bad := append([]byte(nil), b...)
+		bad[len(bad)-1] ^= 1
+		if err := pktCheckNATFrame(bad); err == nil {
+			t.Fatalf("%s: a corrupted frame passes the checksum check", fam.name)
+		}
+	}
+}
+
+func TestPacketHarnessedSeries(t *testing.T) {
+	var s pktSeries
+	// Floor alone 20 ns, behind the harness 30 (harness 10), xdplb behind
+	// it 110: xdplb's own cost is 100 ns, 5x the floor's.
+	s.addHarnessed(20, 30, 110)
+	if s.harness[0] != 10 || s.own[0] != 5 || s.ratio[0] != 110.0/30 {
+		t.Fatalf("harness %v, own %v, ratio %v; want 10, 5, %v", s.harness, s.own, s.ratio, 110.0/30)
+	}
+}

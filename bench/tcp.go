@@ -69,6 +69,13 @@ func runRealTCP(ctx context.Context, c Config) (sec Section, err error) {
 	if err := tcpTuneClient(l.Client); err != nil {
 		return Section{}, err
 	}
+	// Full checksums from the backends: their answers to NAT paths leave
+	// the lb by XDP_TX (see the section's notes).
+	for _, be := range l.Backends {
+		if err := be.SetTxChecksum(false); err != nil {
+			return Section{}, fmt.Errorf("%s: tx checksum off: %w", be.Name, err)
+		}
+	}
 	for _, be := range l.Backends {
 		p, err := tcpStartNginx(ctx, be, dir)
 		if err != nil {

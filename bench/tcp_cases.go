@@ -37,12 +37,35 @@ type tcpCase struct {
 	Up       func(ctx context.Context, e *tcpEnv) (target netip.AddrPort, down func() error, err error)
 }
 
+// Names of the cases the targets and notes refer to.
+const (
+	tcpXDPLBDR      = "xdplb DR"
+	tcpXDPLBNAT     = "xdplb NAT"
+	tcpXDPLBFullNAT = "xdplb full NAT"
+	tcpNftDNAT      = "nftables DNAT"
+	tcpNftDNATSNAT  = "nftables DNAT + SNAT"
+	tcpHAProxy      = "HAProxy (TCP mode)"
+)
+
 var tcpCases = []tcpCase{
 	{Name: "direct", Up: tcpUpDirect},
-	{Name: "xdplb DR", Balanced: true, Up: tcpUpXDPLB},
-	{Name: "nftables DNAT", Balanced: true, Up: tcpUpNftables},
-	{Name: "HAProxy (TCP mode)", Balanced: true, Up: tcpUpHAProxy},
+	{Name: tcpXDPLBDR, Balanced: true, Up: tcpUpXDPLB},
+	{Name: tcpXDPLBNAT, Balanced: true, Up: tcpUpXDPLBNAT},
+	{Name: tcpXDPLBFullNAT, Balanced: true, Up: tcpUpXDPLBFullNAT},
+	{Name: tcpNftDNAT, Balanced: true, Up: tcpUpNftDNAT},
+	{Name: tcpNftDNATSNAT, Balanced: true, Up: tcpUpNftDNATSNAT},
+	{Name: tcpHAProxy, Balanced: true, Up: tcpUpHAProxy},
 }
+
+// tcpBackendPort is where the NAT-like paths (xdplb NAT and full NAT,
+// nftables, HAProxy) reach the backends, behind the VIP's port 80; DR
+// keeps the port, so it and direct use port 80.
+const tcpBackendPort = 8080
+
+// tcpFullNATAddr is xdplb full NAT's SNAT address: an address of its own
+// on the LB, apart from nftables' (tcpSNAT4) and HAProxy's (the LB's own)
+// for the reason tcpSNAT4 gives.
+var tcpFullNATAddr = netip.MustParseAddr("10.200.0.201")
 
 // tcpUpDirect: the client talks to the first backend itself, the ceiling.
 func tcpUpDirect(_ context.Context, e *tcpEnv) (netip.AddrPort, func() error, error) {
@@ -54,6 +77,74 @@ func tcpUpDirect(_ context.Context, e *tcpEnv) (netip.AddrPort, func() error, er
 // backends are up as soon as their MACs are resolved). A fresh state
 // directory each time, so the daemon starts empty.
 func tcpUpXDPLB(ctx context.Context, e *tcpEnv) (netip.AddrPort, func() error, error) {
+	var cmds [][]string
+	vip := netip.AddrPortFrom(lab.VIP4, lab.HTTPPort).String() + "/tcp"
+	cmds = append(cmds, []string{"vip", "add", vip, "--mode", "dr"})
+	for _, be := range e.lab.Backends {
+		cmds = append(cmds, []string{"backend", "add", vip, be.IPv4.String()})
+	}
+	return tcpStartXDPLB(ctx, e, vip, cmds)
+}
+
+// tcpUpXDPLBNAT: the daemon with a `nat` VIP, port 80, over the three
+// backends' port 8080. The backends answer the client's own address, so
+// for the time of the case each gets a route to the client via the LB
+// (on a real network: their default route), and the LB's program turns
+// the answers back into the VIP's.
+func tcpUpXDPLBNAT(ctx context.Context, e *tcpEnv) (_ netip.AddrPort, _ func() error, err error) {
+	st := &tcpSteps{}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, st.down())
+		}
+	}()
+	if err := st.run(append(tcpRouterSteps(e.lab.LB), tcpReturnRoutes(ctx, e)...)...); err != nil {
+		return netip.AddrPort{}, nil, err
+	}
+	vip := netip.AddrPortFrom(lab.VIP4, lab.HTTPPort).String() + "/tcp"
+	cmds := [][]string{{"vip", "add", vip, "--mode", "nat"}}
+	for _, be := range e.lab.Backends {
+		cmds = append(cmds, []string{"backend", "add", vip, netip.AddrPortFrom(be.IPv4, tcpBackendPort).String()})
+	}
+	target, stop, err := tcpStartXDPLB(ctx, e, vip, cmds)
+	if err != nil {
+		return netip.AddrPort{}, nil, err
+	}
+	st.undo = append(st.undo, stop)
+	return target, st.down, nil
+}
+
+// tcpUpXDPLBFullNAT: the daemon with a `fullnat` VIP, port 80, over the
+// backends' port 8080, SNAT address tcpFullNATAddr (added to the LB's
+// interface for the time of the case). The backends need nothing: they
+// answer the SNAT address, which is on their segment.
+func tcpUpXDPLBFullNAT(ctx context.Context, e *tcpEnv) (_ netip.AddrPort, _ func() error, err error) {
+	lb := e.lab.LB
+	st := &tcpSteps{}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, st.down())
+		}
+	}()
+	if err := st.run(append(tcpRouterSteps(lb), tcpAddrStep(ctx, lb, tcpFullNATAddr))...); err != nil {
+		return netip.AddrPort{}, nil, err
+	}
+	vip := netip.AddrPortFrom(lab.VIP4, lab.HTTPPort).String() + "/tcp"
+	cmds := [][]string{{"vip", "add", vip, "--mode", "fullnat", "--snat-addr", tcpFullNATAddr.String()}}
+	for _, be := range e.lab.Backends {
+		cmds = append(cmds, []string{"backend", "add", vip, netip.AddrPortFrom(be.IPv4, tcpBackendPort).String()})
+	}
+	target, stop, err := tcpStartXDPLB(ctx, e, vip, cmds)
+	if err != nil {
+		return netip.AddrPort{}, nil, err
+	}
+	st.undo = append(st.undo, stop)
+	return target, st.down, nil
+}
+
+// tcpStartXDPLB starts the daemon with native XDP on the LB, gives it cmds
+// and waits until vip's backends are up.
+func tcpStartXDPLB(ctx context.Context, e *tcpEnv, vip string, cmds [][]string) (netip.AddrPort, func() error, error) {
 	dir, err := os.MkdirTemp(e.dir, "xdplb-")
 	if err != nil {
 		return netip.AddrPort{}, nil, fmt.Errorf("daemon dir: %w", err)
@@ -69,11 +160,6 @@ func tcpUpXDPLB(ctx context.Context, e *tcpEnv) (netip.AddrPort, func() error, e
 		return netip.AddrPort{}, nil, err
 	}
 	target := netip.AddrPortFrom(lab.VIP4, lab.HTTPPort)
-	vip := target.String() + "/tcp"
-	cmds := [][]string{{"vip", "add", vip, "--mode", "dr"}}
-	for _, be := range e.lab.Backends {
-		cmds = append(cmds, []string{"backend", "add", vip, be.IPv4.String()})
-	}
 	for _, args := range cmds {
 		if _, err := d.CLI(ctx, args...); err != nil {
 			return netip.AddrPort{}, nil, errors.Join(err, d.Stop())
@@ -96,78 +182,151 @@ const tcpNftTable = "xlbbench"
 // to the LB's address stalled the next nftables run to a fifth of its rate.
 var tcpSNAT4 = netip.MustParseAddr("10.200.0.200")
 
-// tcpUpNftables makes the LB namespace a kernel load balancer: DNAT of the
-// LB's own address, port 80, to the backends in turn (numgen inc: round
-// robin over new connections, like HAProxy's), and SNAT towards the
-// backends to tcpSNAT4, so that their answers come back through the LB to
-// be un-NATed. SNAT on the LB (masquerade to an address of its own) is how
-// a one-armed kernel LB gets its return path without touching the
-// backends' routes, which the direct and DR cases need unchanged.
-func tcpUpNftables(ctx context.Context, e *tcpEnv) (_ netip.AddrPort, _ func() error, err error) {
+// tcpUpNftDNAT makes the LB namespace a kernel load balancer in the shape
+// of xdplb's `nat`: DNAT of the LB's own address, port 80, to the
+// backends' port 8080 in turn (numgen inc: round robin over new
+// connections, like HAProxy's), with the backends' answers coming back
+// through the LB by the same routes to the client as xdplb NAT's, to be
+// un-NATed by conntrack.
+func tcpUpNftDNAT(ctx context.Context, e *tcpEnv) (netip.AddrPort, func() error, error) {
+	return tcpUpNftables(ctx, e, false)
+}
+
+// tcpUpNftDNATSNAT is the same with SNAT towards the backends to
+// tcpSNAT4, in the shape of xdplb's `fullnat`: SNAT on the LB (to an
+// address of its own) is how a one-armed kernel LB gets its return path
+// without touching the backends' routes.
+func tcpUpNftDNATSNAT(ctx context.Context, e *tcpEnv) (netip.AddrPort, func() error, error) {
+	return tcpUpNftables(ctx, e, true)
+}
+
+func tcpUpNftables(ctx context.Context, e *tcpEnv, snat bool) (_ netip.AddrPort, _ func() error, err error) {
 	lb := e.lab.LB
 	target := netip.AddrPortFrom(lb.IPv4, lab.HTTPPort)
 	var elems, addrs []string
 	for i, be := range e.lab.Backends {
-		elems = append(elems, fmt.Sprintf("%d : %s", i, be.IPv4))
+		elems = append(elems, fmt.Sprintf("%d : %s . %d", i, be.IPv4, tcpBackendPort))
 		addrs = append(addrs, be.IPv4.String())
+	}
+	post := ""
+	if snat {
+		post = fmt.Sprintf(`
+  chain post {
+    type nat hook postrouting priority srcnat; policy accept;
+    ip daddr { %s } tcp dport %d snat to %s
+  }`, strings.Join(addrs, ", "), tcpBackendPort, tcpSNAT4)
 	}
 	ruleset := fmt.Sprintf(`table ip %[1]s {
   chain pre {
     type nat hook prerouting priority dstnat; policy accept;
-    ip daddr %[2]s tcp dport %[3]d dnat to numgen inc mod %[4]d map { %[5]s }
-  }
-  chain post {
-    type nat hook postrouting priority srcnat; policy accept;
-    ip daddr { %[6]s } tcp dport %[3]d snat to %[7]s
-  }
+    ip daddr %[2]s tcp dport %[3]d dnat ip to numgen inc mod %[4]d map { %[5]s }
+  }%[6]s
 }
-`, tcpNftTable, lb.IPv4, lab.HTTPPort, len(e.lab.Backends), strings.Join(elems, ", "), strings.Join(addrs, ", "), tcpSNAT4)
+`, tcpNftTable, lb.IPv4, lab.HTTPPort, len(e.lab.Backends), strings.Join(elems, ", "), post)
 	file := filepath.Join(e.dir, "nftables.conf")
 	if err := os.WriteFile(file, []byte(ruleset), 0o644); err != nil {
 		return netip.AddrPort{}, nil, fmt.Errorf("nft ruleset: %w", err)
 	}
-	snat := tcpSNAT4.String() + "/32"
-	// Undone in reverse, whatever was done, also when a later step fails.
-	var undo []func() error
-	down := func() error {
-		var errs []error
-		for i := len(undo) - 1; i >= 0; i-- {
-			errs = append(errs, undo[i]())
-		}
-		return errors.Join(errs...)
-	}
+	st := &tcpSteps{}
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, down())
+			err = errors.Join(err, st.down())
 		}
 	}()
 	bg := context.Background() // teardown runs also after an interrupt
-	steps := []tcpStep{
-		{func() error { _, err := lb.Exec(ctx, "ip", "addr", "add", snat, "dev", lb.Iface); return err },
-			func() error { _, err := lb.Exec(bg, "ip", "addr", "del", snat, "dev", lb.Iface); return err }},
-		// Forwarding back out of the interface it came in on would make the
-		// kernel send the client ICMP redirects: not what a LB should do.
-		tcpSysctlStep(lb, "net/ipv4/conf/all/send_redirects", "0"),
-		tcpSysctlStep(lb, "net/ipv4/conf/"+lb.Iface+"/send_redirects", "0"),
-		tcpSysctlStep(lb, "net/ipv4/ip_forward", "1"),
-		{func() error {
+	var steps []tcpStep
+	if snat {
+		steps = append(steps, tcpAddrStep(ctx, lb, tcpSNAT4))
+	} else {
+		steps = append(steps, tcpReturnRoutes(ctx, e)...)
+	}
+	steps = append(steps, tcpRouterSteps(lb)...)
+	steps = append(steps,
+		tcpStep{func() error {
 			if _, err := lb.Exec(ctx, "nft", "-f", file); err != nil {
 				return fmt.Errorf("%w\nruleset:\n%s", err, ruleset)
 			}
 			return nil
 		}, func() error { _, err := lb.Exec(bg, "nft", "delete", "table", "ip", tcpNftTable); return err }},
+	)
+	if err := st.run(steps...); err != nil {
+		return netip.AddrPort{}, nil, err
 	}
-	for _, st := range steps {
-		if err := st.do(); err != nil {
-			return netip.AddrPort{}, nil, err
-		}
-		undo = append(undo, st.undo)
-	}
-	return target, down, nil
+	return target, st.down, nil
 }
 
 // tcpStep is one change to a namespace and how to take it back.
 type tcpStep struct{ do, undo func() error }
+
+// tcpRouterSteps make the LB a router for the time of a case: forwarding
+// on, for the kernel's DNAT and for xdplb's NAT (bpf_fib_lookup routes
+// only for a forwarding interface, and the kernel forwards what the
+// program passes to it), and no ICMP redirects: forwarding back out of
+// the interface a packet came in on would make the kernel send the
+// client some, not what a LB should do.
+func tcpRouterSteps(lb *lab.Node) []tcpStep {
+	return []tcpStep{
+		tcpSysctlStep(lb, "net/ipv4/conf/all/send_redirects", "0"),
+		tcpSysctlStep(lb, "net/ipv4/conf/"+lb.Iface+"/send_redirects", "0"),
+		tcpSysctlStep(lb, "net/ipv4/ip_forward", "1"),
+	}
+}
+
+// tcpSteps are changes made so far, undone in reverse by down, whatever
+// was done, also when a later step failed.
+type tcpSteps struct{ undo []func() error }
+
+// run does steps in order until one fails.
+func (s *tcpSteps) run(steps ...tcpStep) error {
+	for _, st := range steps {
+		if err := st.do(); err != nil {
+			return err
+		}
+		s.undo = append(s.undo, st.undo)
+	}
+	return nil
+}
+
+func (s *tcpSteps) down() error {
+	var errs []error
+	for i := len(s.undo) - 1; i >= 0; i-- {
+		errs = append(errs, s.undo[i]())
+	}
+	s.undo = nil
+	return errors.Join(errs...)
+}
+
+// tcpAddrStep adds a as a /32 to the LB's interface.
+func tcpAddrStep(ctx context.Context, lb *lab.Node, a netip.Addr) tcpStep {
+	p := netip.PrefixFrom(a, 32).String()
+	return tcpStep{
+		func() error { _, err := lb.Exec(ctx, "ip", "addr", "add", p, "dev", lb.Iface); return err },
+		func() error {
+			_, err := lb.Exec(context.Background(), "ip", "addr", "del", p, "dev", lb.Iface)
+			return err
+		},
+	}
+}
+
+// tcpReturnRoutes route the backends' answers to the client through the
+// LB: a host route on each backend, as `nat` (xdplb's, or the kernel's
+// DNAT without SNAT) needs; direct and DR need the backends' own route to
+// the client, so the routes go with the case.
+func tcpReturnRoutes(ctx context.Context, e *tcpEnv) []tcpStep {
+	client := netip.PrefixFrom(e.lab.Client.IPv4, 32).String()
+	var steps []tcpStep
+	for _, be := range e.lab.Backends {
+		args := []string{"route", "add", client, "via", e.lab.LB.IPv4.String(), "dev", be.Iface}
+		steps = append(steps, tcpStep{
+			func() error { _, err := be.Exec(ctx, "ip", args...); return err },
+			func() error {
+				_, err := be.Exec(context.Background(), "ip", "route", "del", client, "dev", be.Iface)
+				return err
+			},
+		})
+	}
+	return steps
+}
 
 // tcpSysctlStep sets a sysctl of n; its undo restores the value it had.
 func tcpSysctlStep(n *lab.Node, name, value string) tcpStep {
@@ -210,7 +369,7 @@ func tcpUpHAProxy(ctx context.Context, e *tcpEnv) (netip.AddrPort, func() error,
 	var servers strings.Builder
 	names := map[string]bool{}
 	for _, be := range e.lab.Backends {
-		fmt.Fprintf(&servers, "    server %s %s\n", be.Name, netip.AddrPortFrom(be.IPv4, lab.HTTPPort))
+		fmt.Fprintf(&servers, "    server %s %s\n", be.Name, netip.AddrPortFrom(be.IPv4, tcpBackendPort))
 		names[be.Name] = true
 	}
 	conf := strings.NewReplacer("{{BIND}}", target.String(), "{{SERVERS}}", servers.String()).Replace(tcpHAProxyConf)

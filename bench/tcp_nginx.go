@@ -13,7 +13,9 @@ import (
 	"github.com/xdplb/xdplb/internal/lab"
 )
 
-// tcpNginxConf is a minimal nginx.conf: one worker, no access log, every path
+// tcpNginxConf is a minimal nginx.conf: one worker, no access log, port 80
+// (direct, DR: DR cannot change the port) and tcpBackendPort (the NAT-like
+// paths: VIP port 80 to the backends' 8080), every path
 // nginx writes (pid, error log, temp files) inside the backend's own
 // directory, and a static page naming the backend. Keep-alive connections
 // are never closed by nginx after some number of requests (its default is
@@ -35,6 +37,7 @@ http {
     server {
         listen 80 backlog=4096;
         listen [::]:80 backlog=4096;
+        listen {{NATPORT}} backlog=4096;
         root {{DIR}}/www;
         index index.html;
     }
@@ -54,7 +57,8 @@ func tcpStartNginx(ctx context.Context, be *lab.Node, dir string) (*lab.Process,
 		return nil, fmt.Errorf("nginx page: %w", err)
 	}
 	conf := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(strings.ReplaceAll(tcpNginxConf, "{{DIR}}", dir)), 0o644); err != nil {
+	text := strings.NewReplacer("{{DIR}}", dir, "{{NATPORT}}", fmt.Sprint(tcpBackendPort)).Replace(tcpNginxConf)
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		return nil, fmt.Errorf("nginx conf: %w", err)
 	}
 	// -e: the error log before the configuration is read; Debian's

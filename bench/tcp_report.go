@@ -81,14 +81,17 @@ func tcpSection(plan tcpPlan, shapes []wrkShape, runs []tcpRun, load string) Sec
 	stats := tcpCollect(len(tcpCases), len(shapes), runs)
 	sec := Section{
 		Title: "Real TCP through the load balancer",
-		Method: fmt.Sprintf("Namespaces client, lb and be1-be3 on one bridge (internal/lab). Each backend runs nginx "+
+		Method: fmt.Sprintf("Namespaces client, lb and be1-be3 on one bridge (internal/lab). Each backend runs nginx on ports 80 and 8080 "+
 			"(one worker, access log off, a static page naming the backend). wrk runs in the client namespace: "+
 			"-t%d -c%d --latency, %s per run, in two shapes: keep-alive (wrk's default) and one connection per "+
 			"request (`-H \"Connection: close\"`). %d rounds; in each round every case runs both shapes, the cases "+
 			"in an order that rotates from round to round. Paths: direct to be1 (the ceiling); xdplb DR (the daemon "+
-			"with native XDP on the lb's interface, VIP %s:80 over the three backends, Maglev); nftables DNAT in the "+
-			"lb namespace (kernel forwarding, `numgen inc` round robin, masquerade on the lb for the return path); "+
-			"HAProxy in TCP mode in the lb namespace (one thread, balance roundrobin). Each case is set up just "+
+			"with native XDP on the lb's interface, VIP %s:80 over the three backends, Maglev); xdplb NAT and xdplb "+
+			"full NAT (the same daemon, `vip add --mode nat`, and `--mode fullnat --snat-addr`, backends at port 8080); "+
+			"nftables DNAT in the lb namespace (kernel forwarding, `numgen inc` round robin to port 8080, the answers "+
+			"routed back through the lb as for xdplb NAT) and nftables DNAT + SNAT (the same with SNAT to an address "+
+			"of the lb's, the shape of full NAT); HAProxy in TCP mode in the lb namespace (one thread, balance "+
+			"roundrobin). Each case is set up just "+
 			"before its runs (then warmed up with a discarded 1 s wrk run) and torn down right after (the daemon is "+
 			"started afresh each round), so the lb "+
 			"namespace holds only the path being measured, and each is checked first with a few requests on new "+
@@ -111,18 +114,46 @@ func tcpSection(plan tcpPlan, shapes []wrkShape, runs []tcpRun, load string) Sec
 				errs,
 			})
 		}
-		xi, ok := tcpCaseIndex("xdplb DR")
-		if !ok {
-			continue
+		if xi, ok := tcpCaseIndex(tcpXDPLBDR); ok {
+			x := stats[xi][si]
+			sec.Targets = append(sec.Targets,
+				Target{Name: "TCP " + sh.Name + ": xdplb DR req/s vs direct", Got: x.ratio(func(r tcpRatios) float64 { return r.RPS }), Limit: 0.9, Unit: "x"},
+				Target{Name: "TCP " + sh.Name + ": xdplb DR p99 vs direct", Got: x.ratio(func(r tcpRatios) float64 { return r.P99 }), Limit: 1.5, AtMost: true, Unit: "x"},
+			)
 		}
-		x := stats[xi][si]
-		sec.Targets = append(sec.Targets,
-			Target{Name: "TCP " + sh.Name + ": xdplb DR req/s vs direct", Got: x.ratio(func(r tcpRatios) float64 { return r.RPS }), Limit: 0.9, Unit: "x"},
-			Target{Name: "TCP " + sh.Name + ": xdplb DR p99 vs direct", Got: x.ratio(func(r tcpRatios) float64 { return r.P99 }), Limit: 1.5, AtMost: true, Unit: "x"},
-		)
+		// NAT and full NAT (issue 11): 0.9x direct, and ahead of the
+		// kernel's DNAT of the same shape and of HAProxy, each ratio taken
+		// within a round.
+		for _, m := range []struct{ xdplb, nft string }{{tcpXDPLBNAT, tcpNftDNAT}, {tcpXDPLBFullNAT, tcpNftDNATSNAT}} {
+			xi, ok := tcpCaseIndex(m.xdplb)
+			if !ok {
+				continue
+			}
+			x := stats[xi][si]
+			sec.Targets = append(sec.Targets, Target{Name: "TCP " + sh.Name + ": " + m.xdplb + " req/s vs direct",
+				Got: x.ratio(func(r tcpRatios) float64 { return r.RPS }), Limit: 0.9, Unit: "x"})
+			for _, peer := range []string{m.nft, tcpHAProxy} {
+				if pi, ok := tcpCaseIndex(peer); ok {
+					sec.Targets = append(sec.Targets, Target{Name: "TCP " + sh.Name + ": " + m.xdplb + " req/s vs " + peer,
+						Got: tcpRoundRatio(x.RPS, stats[pi][si].RPS), Limit: 1, Unit: "x"})
+				}
+			}
+		}
 	}
 	sec.Notes = append(sec.Notes, tcpNotes(shapes, stats, load)...)
 	return sec
+}
+
+// tcpRoundRatio is the median over rounds of a[i]/b[i] (one case's
+// figure over another's, both from round i).
+func tcpRoundRatio(a, b []float64) float64 {
+	var rs []float64
+	for i := range min(len(a), len(b)) {
+		if b[i] > 0 {
+			rs = append(rs, a[i]/b[i])
+		}
+	}
+	return tcpMedian(rs)
 }
 
 func tcpCaseIndex(name string) (int, bool) {
@@ -148,12 +179,17 @@ func tcpNotes(shapes []wrkShape, stats [][]tcpStats, load string) []string {
 		return strings.Join(rs, " / ")
 	}
 	notes := []string{
-		"xdplb NAT: not measured, NAT mode does not exist yet (DR only).",
-		"Reference figures from the issue, measured on this machine before: nftables 0.70x and HAProxy 0.39x " +
+		"Reference figures from the issue, measured on this machine before (nftables with DNAT and SNAT, as " +
+			tcpNftDNATSNAT + " here): nftables 0.70x and HAProxy 0.39x " +
 			"direct req/s with keep-alive, 0.68x and 0.27x with a new connection per request. This run (keep-alive / " +
-			"new connection): nftables " + rps("nftables DNAT") + ", HAProxy " + rps("HAProxy (TCP mode)") + ".",
+			"new connection): " + tcpNftDNATSNAT + " " + rps(tcpNftDNATSNAT) + ", " + tcpNftDNAT + " " + rps(tcpNftDNAT) +
+			", HAProxy " + rps(tcpHAProxy) + ".",
 	}
-	if x, ok := tcpCaseIndex("xdplb DR"); ok {
+	for _, name := range []string{tcpXDPLBDR, tcpXDPLBNAT, tcpXDPLBFullNAT} {
+		x, ok := tcpCaseIndex(name)
+		if !ok {
+			continue
+		}
 		var perRound []string
 		for si, sh := range shapes {
 			var rs []string
@@ -162,12 +198,20 @@ func tcpNotes(shapes []wrkShape, stats [][]tcpStats, load string) []string {
 			}
 			perRound = append(perRound, fmt.Sprintf("%s %s", sh.Name, strings.Join(rs, ", ")))
 		}
-		notes = append(notes, "xdplb DR req/s and p99 vs direct, round by round: "+strings.Join(perRound, "; ")+".")
+		notes = append(notes, name+" req/s and p99 vs direct, round by round: "+strings.Join(perRound, "; ")+".")
 	}
 	notes = append(notes,
 		"Return paths: DR answers go from the backends straight to the client (the VIP is on their loopback); "+
-			"nftables SNATs towards the backends to an address of its own on the lb ("+tcpSNAT4.String()+"), so the answers "+
-			"come back to the lb's conntrack to be un-NATed; HAProxy opens its own connections to the backends.",
+			"xdplb NAT and "+tcpNftDNAT+" get them back through the lb by a host route to the client on each backend, "+
+			"added for those cases only (a NAT LB is its backends' gateway), xdplb's program translating them in XDP, "+
+			"the kernel's conntrack un-NATing them; xdplb full NAT ("+tcpFullNATAddr.String()+") and "+tcpNftDNATSNAT+
+			" ("+tcpSNAT4.String()+") SNAT towards the backends to an address of their own on the lb, so the backends "+
+			"answer the lb without any route; HAProxy opens its own connections to the backends. Every path but "+
+			"direct and DR reaches the backends on port 8080 behind the VIP's port 80 (nginx listens on both).",
+		"The backends' transmit checksum offload is off for the whole section (the client's is off in every lab): "+
+			"a veth hands a TCP frame on with only the pseudo-header summed, and a frame the lb sends with XDP_TX "+
+			"(a NAT answer) loses the metadata that says so, so the client would drop it. Every path pays the "+
+			"software checksum alike (direct to a backend measured with it on and off, 5 s runs alternating: no difference beyond the run-to-run spread); a real NIC would compute it.",
 		"What limits these figures: 2 cores shared by wrk (-t1, about one core), nginx, the load balancer, the softirq "+
 			"work of the veth and bridge hops and whatever else runs on the machine (load average "+load+"). "+
 			"p99 over a 10 s run is decided by a few scheduling stalls, so it moves a lot from round to round even "+

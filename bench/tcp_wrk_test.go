@@ -64,3 +64,14 @@ func TestParseWrkDuration(t *testing.T) {
 		}
 	}
 }
+
+func TestTCPRoundRatio(t *testing.T) {
+	// Round by round 2, 1 and 4: the median is 2; rounds beyond the
+	// shorter series and zero divisors are left out.
+	if got := tcpRoundRatio([]float64{2, 3, 8, 5}, []float64{1, 3, 2}); got != 2 {
+		t.Fatalf("ratio %v, want 2", got)
+	}
+	if got := tcpRoundRatio([]float64{1}, []float64{0}); got != 0 {
+		t.Fatalf("ratio over zero %v, want 0 (none)", got)
+	}
+}

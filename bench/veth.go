@@ -17,15 +17,27 @@ const (
 	vethXdplbNew   = "xdplb DR, a new flow per packet"
 	vethNftOne     = "nftables DNAT, one flow"
 	vethNftNew     = "nftables DNAT, a new flow per packet"
+	vethNATOne     = "xdplb NAT, one established flow"
+	vethNATNew     = "xdplb NAT, a new flow per packet"
+	vethFullNATOne = "xdplb full NAT, one established flow"
 	vethVsFloorMin = 0.7
 	vethVsNftMin   = 5
+	// NAT against the kernel's own DNAT (issue 11).
+	vethNATVsNftMin = 3
 )
+
+// vethCaseOrder is the report's order.
+var vethCaseOrder = []string{vethFloor, vethXdplbOne, vethXdplbNew, vethNATOne, vethNATNew, vethFullNATOne, vethNftOne, vethNftNew}
 
 // vethCase is one program on the LB's veth fed by one generator.
 type vethCase struct {
 	name string
 	gen  *ebpf.Program
 	lb   *ebpf.Program
+	// nat: xdplb translates; every run's counters are checked.
+	nat bool
+	// before runs untimed before every run of the case.
+	before func() error
 }
 
 // runVethPPS measures packets per second through a veth pair: a
@@ -55,13 +67,23 @@ func runVethPPS(ctx context.Context, c Config) (_ Section, err error) {
 		return Section{}, err
 	}
 	cases := []vethCase{
-		{vethFloor, gens.OneFlow, lb.floor},
-		{vethXdplbOne, gens.OneFlow, lb.dp.Program()},
-		{vethXdplbNew, gens.NewFlows, lb.dp.Program()},
-		{vethNftOne, gens.OneFlow, lb.pass},
-		{vethNftNew, gens.NewFlows, lb.pass},
+		{vethFloor, gens.OneFlow, lb.floor, false, nil},
+		{vethXdplbOne, gens.OneFlow, lb.dp.Program(), false, nil},
+		{vethXdplbNew, gens.NewFlows, lb.dp.Program(), false, nil},
+		{vethNftOne, gens.OneFlow, lb.pass, false, nil},
+		{vethNftNew, gens.NewFlows, lb.pass, false, nil},
+		{vethNATOne, gens.NATOneFlow, lb.dp.Program(), true, nil},
+		// nat_flows is a plain hash (it must never evict a live
+		// translation) of the connection table's size: a run of new flows
+		// would fill it within seconds, so each run starts with it empty.
+		{vethNATNew, gens.NATNewFlows, lb.dp.Program(), true, func() error {
+			_, err := pktEmptyMap(lb.natFlows, func([]byte) bool { return false })
+			return err
+		}},
+		{vethFullNATOne, gens.FullNATOneFlow, lb.dp.Program(), true, nil},
 	}
 	runs := map[string][]vethRun{}
+	natTableFull := map[string]uint64{}
 	// Round 0 warms up (caches, the connection tables) and is not counted;
 	// each round starts at a different case so no case always follows the
 	// same one.
@@ -74,13 +96,29 @@ func runVethPPS(ctx context.Context, c Config) (_ Section, err error) {
 			if err := lb.use(cs.lb); err != nil {
 				return Section{}, err
 			}
+			if cs.before != nil {
+				if err := cs.before(); err != nil {
+					return Section{}, fmt.Errorf("%s: %w", cs.name, err)
+				}
+			}
 			d := dur
 			if r == 0 {
 				d = dur / 3
 			}
+			before, err := lb.counters(w.LB.Ifindex)
+			if err != nil {
+				return Section{}, err
+			}
 			run, err := w.generate(ctx, cs.gen, frame, d)
 			if err != nil {
 				return Section{}, fmt.Errorf("%s: %w", cs.name, err)
+			}
+			if cs.nat {
+				full, err := lb.checkNAT(before, w.LB.Ifindex, run.Received)
+				if err != nil {
+					return Section{}, fmt.Errorf("%s, round %d: %w", cs.name, r, err)
+				}
+				natTableFull[cs.name] += full
 			}
 			c.Log.Debug("veth run", "case", cs.name, "round", r, "mpps", run.Mpps(), "sent", run.Sent,
 				"received", run.Received, "returned", run.Returned)
@@ -89,7 +127,7 @@ func runVethPPS(ctx context.Context, c Config) (_ Section, err error) {
 			}
 		}
 	}
-	return vethSection(runs, rounds, dur), nil
+	return vethSection(runs, natTableFull, rounds, dur), nil
 }
 
 // vethRatio is the median over rounds of a/b (wall-clock rates), each

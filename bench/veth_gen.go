@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -21,7 +22,10 @@ const vethFrameLen = 64
 // vethFrame builds the generated frame: Ethernet from the generator's MAC
 // to the LB's, IPv4 client -> VIP, UDP to the VIP's port with checksum 0
 // (none), zero payload up to 64 bytes.
-func vethFrame(w *vethWire) []byte {
+func vethFrame(w *vethWire) []byte { return vethFrameTo(w, vethVIP) }
+
+// vethFrameTo is vethFrame to another VIP address.
+func vethFrameTo(w *vethWire, vip netip.Addr) []byte {
 	f := make([]byte, vethFrameLen)
 	copy(f[0:6], w.LB.MAC)
 	copy(f[6:12], w.Gen.MAC)
@@ -31,7 +35,7 @@ func vethFrame(w *vethWire) []byte {
 	binary.BigEndian.PutUint16(ip[2:4], vethFrameLen-14)
 	ip[8] = 64 // TTL
 	ip[9] = unix.IPPROTO_UDP
-	src, dst := vethClient.As4(), vethVIP.As4()
+	src, dst := vethClient.As4(), vip.As4()
 	copy(ip[12:16], src[:])
 	copy(ip[16:20], dst[:])
 	binary.BigEndian.PutUint16(ip[10:12], vethIPChecksum(ip))
@@ -53,25 +57,37 @@ func vethIPChecksum(h []byte) uint16 {
 	return ^uint16(sum)
 }
 
-// vethGenerators are the two traffic generators: one flow, and a new
-// 5-tuple per frame.
+// vethGenerators are the traffic generators: one flow, and a new 5-tuple
+// per frame, to the DR VIP; the same to the NAT VIP, and one flow to the
+// full-NAT VIP.
 type vethGenerators struct {
-	OneFlow, NewFlows *ebpf.Program
+	OneFlow, NewFlows       *ebpf.Program
+	NATOneFlow, NATNewFlows *ebpf.Program
+	FullNATOneFlow          *ebpf.Program
 }
 
-// loadGenerators loads both generators and attaches the sink to the
+// loadGenerators loads the generators and attaches the sink to the
 // generator's veth, where the LB's frames come back.
 func (w *vethWire) loadGenerators(frame []byte) (*vethGenerators, error) {
 	g := &vethGenerators{}
-	var err error
-	if g.OneFlow, err = progs.LoadGenerator(frame[:progs.GenHeaderLen], false); err != nil {
-		return nil, err
+	for _, gen := range []struct {
+		to    **ebpf.Program
+		frame []byte
+		new   bool
+	}{
+		{&g.OneFlow, frame, false},
+		{&g.NewFlows, frame, true},
+		{&g.NATOneFlow, vethFrameTo(w, vethNATVIP), false},
+		{&g.NATNewFlows, vethFrameTo(w, vethNATVIP), true},
+		{&g.FullNATOneFlow, vethFrameTo(w, vethFullNATVIP), false},
+	} {
+		p, err := progs.LoadGenerator(gen.frame[:progs.GenHeaderLen], gen.new)
+		if err != nil {
+			return nil, err
+		}
+		w.onClose(p.Close)
+		*gen.to = p
 	}
-	w.onClose(g.OneFlow.Close)
-	if g.NewFlows, err = progs.LoadGenerator(frame[:progs.GenHeaderLen], true); err != nil {
-		return nil, err
-	}
-	w.onClose(g.NewFlows.Close)
 	sink, err := progs.LoadWireSink()
 	if err != nil {
 		return nil, err
@@ -86,8 +102,8 @@ func (w *vethWire) loadGenerators(frame []byte) (*vethGenerators, error) {
 	return g, nil
 }
 
-// holdGenerators attaches both generators, in native mode, to the ends of
-// a second veth pair that carries no traffic. Why: an XDP test run adds its
+// holdGenerators attaches the generators, in native mode, to the ends of
+// veth pairs that carry no traffic (they stay down). Why: an XDP test run adds its
 // program to the kernel's XDP dispatcher at start and removes it at the end,
 // each change waiting for an RCU grace period (tens of milliseconds on a
 // busy machine, during which nothing is sent). A program attached to a
@@ -99,14 +115,21 @@ func (w *vethWire) holdGenerators(g *vethGenerators) error {
 		return fmt.Errorf("netlink handle %s: %w", w.Gen.NetNS, err)
 	}
 	defer h.Close()
-	const a, b = "gen-hold0", "gen-hold1"
-	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: a}, PeerName: b}); err != nil {
-		return fmt.Errorf("add veth %s <-> %s: %w", a, b, err)
+	ps := []*ebpf.Program{g.OneFlow, g.NewFlows, g.NATOneFlow, g.NATNewFlows, g.FullNATOneFlow}
+	for i := 0; i < len(ps); i += 2 {
+		a, b := fmt.Sprintf("gen-hold%d", i), fmt.Sprintf("gen-hold%d", i+1)
+		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: a}, PeerName: b}); err != nil {
+			return fmt.Errorf("add veth %s <-> %s: %w", a, b, err)
+		}
+		for j, name := range []string{a, b} {
+			if i+j < len(ps) {
+				if err := w.Gen.attachXDP(w, name, ps[i+j]); err != nil {
+					return err
+				}
+			}
+		}
 	}
-	if err := w.Gen.attachXDP(w, a, g.OneFlow); err != nil {
-		return err
-	}
-	return w.Gen.attachXDP(w, b, g.NewFlows)
+	return nil
 }
 
 // attachXDP attaches p to n's interface iface in native mode until the

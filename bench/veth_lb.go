@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -23,10 +25,11 @@ import (
 // behind it with a link update, so every case runs on the same attachment
 // in the same (native) mode.
 type vethLB struct {
-	dp    *loader.Datapath
-	link  link.Link
-	floor *ebpf.Program // progs' floor: swap MACs, XDP_TX
-	pass  *ebpf.Program // for the kernel-forwarding case
+	dp       *loader.Datapath
+	natFlows *ebpf.Map // the pinned nat_flows, emptied before NAT new-flow runs
+	link     link.Link
+	floor    *ebpf.Program // progs' floor: swap MACs, XDP_TX
+	pass     *ebpf.Program // for the kernel-forwarding case
 }
 
 // setupLB loads xdplb onto the LB's veth with a private bpffs, configures
@@ -87,6 +90,9 @@ func (w *vethWire) setupLB(ctx context.Context, log *slog.Logger) (*vethLB, erro
 	if err := lb.configure(w); err != nil {
 		return nil, err
 	}
+	if lb.natFlows, err = ebpf.LoadPinnedMap(filepath.Join(lb.dp.PinPath(), "nat_flows"), nil); err != nil {
+		return nil, fmt.Errorf("open pinned nat_flows: %w", err)
+	}
 	if lb.floor, err = progs.LoadFloor(); err != nil {
 		return nil, err
 	}
@@ -99,31 +105,107 @@ func (w *vethWire) setupLB(ctx context.Context, log *slog.Logger) (*vethLB, erro
 	return lb, nil
 }
 
-// configure writes the VIP, its backends and a lookup table straight into
-// the maps, as the reconciler would.
+// configure writes the VIPs, their backends and lookup tables straight
+// into the maps, as the reconciler would: the DR VIP, a NAT VIP and a
+// full-NAT VIP (SNAT address the LB's own), all over the same three
+// backends, which the NAT VIPs reach at vethNATPort. NAT's next hop comes
+// from the FIB: the backends' permanent neighbours behind the generator's
+// MAC, on the LB's veth, so NAT too sends every frame back with XDP_TX.
 func (lb *vethLB) configure(w *vethWire) error {
-	const vipID = 1
-	key := loader.VIPKey{Addr: vethVIP, Port: vethVIPPort, Proto: loader.ProtoUDP}
-	if err := lb.dp.PutVIP(key, loader.VIPMeta{ID: vipID, Mode: loader.ModeDR, Hash: loader.HashMaglev}); err != nil {
-		return err
+	vips := []struct {
+		addr netip.Addr
+		meta loader.VIPMeta
+	}{
+		{vethVIP, loader.VIPMeta{ID: 1, Mode: loader.ModeDR, Hash: loader.HashMaglev}},
+		{vethNATVIP, loader.VIPMeta{ID: 2, Mode: loader.ModeNAT, Hash: loader.HashMaglev}},
+		{vethFullNATVIP, loader.VIPMeta{ID: 3, Mode: loader.ModeFullNAT, Hash: loader.HashMaglev, SNATAddr: vethLBAddr.Addr()}},
 	}
-	for i, addr := range vethBackends {
-		if err := lb.dp.PutBackend(loader.Backend{
-			ID:      uint32(i + 1),
-			VIPID:   vipID,
-			Addr:    addr,
-			MAC:     w.Gen.MAC,
-			SrcMAC:  w.LB.MAC,
-			Ifindex: uint32(w.LB.Ifindex), // the ingress veth: XDP_TX
-		}); err != nil {
+	for vi, v := range vips {
+		key := loader.VIPKey{Addr: v.addr, Port: vethVIPPort, Proto: loader.ProtoUDP}
+		if err := lb.dp.PutVIP(key, v.meta); err != nil {
+			return err
+		}
+		first := uint32(vi*len(vethBackends) + 1)
+		for i, addr := range vethBackends {
+			be := loader.Backend{ID: first + uint32(i), VIPID: v.meta.ID, Addr: addr, Mode: v.meta.Mode}
+			if v.meta.Mode == loader.ModeDR {
+				be.MAC, be.SrcMAC = w.Gen.MAC, w.LB.MAC
+				be.Ifindex = uint32(w.LB.Ifindex) // the ingress veth: XDP_TX
+			} else {
+				be.Port = vethNATPort
+			}
+			if err := lb.dp.PutBackend(be); err != nil {
+				return err
+			}
+		}
+		table := make([]uint32, lb.dp.LookupTableSize())
+		for i := range table {
+			table[i] = first + uint32(i%len(vethBackends))
+		}
+		if err := lb.dp.PutLookupTable(v.meta.ID, table); err != nil {
 			return err
 		}
 	}
-	table := make([]uint32, lb.dp.LookupTableSize())
-	for i := range table {
-		table[i] = uint32(i%len(vethBackends)) + 1
+	return nil
+}
+
+// vethCounters are xdplb's counters that say what it did with the frames.
+type vethCounters struct {
+	tx            uint64 // XDP_TX on the LB's veth
+	drops, events map[string]uint64
+}
+
+func (lb *vethLB) counters(ifindex int) (vethCounters, error) {
+	c := vethCounters{}
+	acts, err := lb.dp.ActionCounters()
+	if err != nil {
+		return c, err
 	}
-	return lb.dp.PutLookupTable(vipID, table)
+	for _, a := range acts {
+		if int(a.Ifindex) == ifindex && a.Action == "tx" {
+			c.tx += a.Count
+		}
+	}
+	if c.drops, err = lb.dp.DropCounters(); err != nil {
+		return c, err
+	}
+	if c.events, err = lb.dp.EventCounters(); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+// checkNAT compares the counters after a NAT run with those before it: the
+// program must have sent the frames the LB's veth took in back out itself
+// (XDP_TX after the translation; nothing passed to the kernel for want
+// of a route, a neighbour or an XDP egress, nothing dropped but for a
+// full NAT table, which it returns for the report). A NAT case that
+// measured the pass path would otherwise pass for a rate.
+func (lb *vethLB) checkNAT(before vethCounters, ifindex int, received uint64) (natTableFull uint64, err error) {
+	after, err := lb.counters(ifindex)
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	for reason, n := range after.drops {
+		d := n - before.drops[reason]
+		if reason == "nat_table_full" {
+			natTableFull = d
+			continue
+		}
+		if d != 0 {
+			errs = append(errs, fmt.Errorf("xdplb dropped %d frames (%s)", d, reason))
+		}
+	}
+	for _, ev := range []string{"fib_failed", "fib_no_neigh", "egress_not_xdp", "ttl_exceeded", "frag_needed"} {
+		if d := after.events[ev] - before.events[ev]; d != 0 {
+			errs = append(errs, fmt.Errorf("xdplb passed %d frames to the kernel (%s)", d, ev))
+		}
+	}
+	if tx := after.tx - before.tx; tx+natTableFull < received*99/100 {
+		errs = append(errs, fmt.Errorf("xdplb sent %d of the %d frames the LB's veth took in with XDP_TX", tx, received))
+	}
+	return natTableFull, errors.Join(errs...)
 }
 
 // use puts p behind the LB veth's XDP link.
@@ -140,6 +222,9 @@ func (lb *vethLB) close() error {
 	var errs []error
 	if lb.link != nil {
 		errs = append(errs, lb.link.Close())
+	}
+	if lb.natFlows != nil {
+		errs = append(errs, lb.natFlows.Close())
 	}
 	for _, p := range []*ebpf.Program{lb.floor, lb.pass} {
 		if p != nil {

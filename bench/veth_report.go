@@ -7,21 +7,29 @@ import (
 )
 
 // vethSection turns the runs into the report's table, targets and notes.
-func vethSection(runs map[string][]vethRun, rounds int, dur time.Duration) Section {
+func vethSection(runs map[string][]vethRun, natTableFull map[string]uint64, rounds int, dur time.Duration) Section {
 	s := Section{
 		Title: "Packets per second through veth",
 		Method: fmt.Sprintf("Two network namespaces joined by one veth pair. The generator is an XDP program of the benchmark "+
 			"(`progs/trafficgen.c`) run by `BPF_PROG_TEST_RUN` in live-frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`, one "+
 			"thread, ingress = the generator's veth): it writes a %d-byte UDP/IPv4 frame to the VIP and returns `XDP_TX`, "+
 			"which sends it out of the generator's veth into the LB's. For new flows it also writes a source port and "+
-			"source address from a per-CPU sequence number, so every frame is a new 5-tuple. Both generators are also attached "+
-			"to an idle veth pair, so each test run finds its program in the kernel's XDP dispatcher already and does not stall "+
+			"source address from a per-CPU sequence number, so every frame is a new 5-tuple. Every generator is also attached "+
+			"to an idle veth (kept down), so each test run finds its program in the kernel's XDP dispatcher already and does not stall "+
 			"on the two RCU grace periods it otherwise costs (that stall, not the wire, set the rate before). The LB's veth has one XDP "+
 			"link, made by `loader.Load` (native mode); each case swaps the program behind it: the floor (swap MACs, "+
 			"`XDP_TX`), xdplb with one UDP VIP whose 3 DR backends sit behind the generator's MAC (so DR sends every "+
 			"frame back with `XDP_TX`), or, for nftables, a pass program (a veth end takes its peer's XDP frames only "+
 			"while it runs XDP) with the kernel forwarding: `dnat to numgen random mod 3` over 3 backend addresses with "+
-			"static neighbours back through the generator's veth, conntrack on. The generator's veth runs an `XDP_DROP` "+
+			"static neighbours back through the generator's veth, conntrack on. xdplb NAT and full NAT: two more UDP VIPs "+
+			"over the same 3 backends (backend port 8080, full NAT's SNAT address the LB veth's own), their own "+
+			"generators sending to them; the next hop comes from `bpf_fib_lookup` (forwarding on, the backends' "+
+			"static neighbours), which names the LB's veth again, so they too send every frame back with `XDP_TX`, "+
+			"translated (destination and port, TTL, IPv4 checksum; full NAT also the source). After every NAT run "+
+			"xdplb's counters are checked: as many `XDP_TX` as frames the LB veth took in, no drop, nothing passed "+
+			"to the kernel (no route, no neighbour, no XDP egress), else the section fails. The NAT table "+
+			"(nat_flows, a plain hash as large as the connection table, which never evicts a live translation) is "+
+			"emptied before each NAT new-flow run; the connection table is not. The generator's veth runs an `XDP_DROP` "+
 			"sink, so the kernel stack never receives the returning frames; its rx_packets counter (the veth counts "+
 			"every frame its XDP program saw) is what arrived. Rate = frames back / generator run time. "+
 			"%d rounds of %s per case after a warm-up round, cases interleaved and rotated each round; medians; ratios "+
@@ -29,7 +37,7 @@ func vethSection(runs map[string][]vethRun, rounds int, dur time.Duration) Secti
 		Header: []string{"case", "Mpps (median)", "spread (min-max)", "ratio to floor", "ns/frame over floor", "Mpps per gen CPU-s", "back/sent"},
 	}
 	floor := vethMedian(vethRates(runs[vethFloor]))
-	for _, name := range []string{vethFloor, vethXdplbOne, vethXdplbNew, vethNftOne, vethNftNew} {
+	for _, name := range vethCaseOrder {
 		rates := vethRates(runs[name])
 		if len(rates) == 0 {
 			continue
@@ -63,12 +71,27 @@ func vethSection(runs map[string][]vethRun, rounds int, dur time.Duration) Secti
 		{Name: "veth: xdplb DR new flows / floor", Got: vethRatio(runs, vethXdplbNew, vethFloor), Limit: vethVsFloorMin, Unit: "x"},
 		{Name: "veth: xdplb DR established / nftables DNAT one flow", Got: vethRatio(runs, vethXdplbOne, vethNftOne), Limit: vethVsNftMin, Unit: "x"},
 		{Name: "veth: xdplb DR new flows / nftables DNAT new flows", Got: vethRatio(runs, vethXdplbNew, vethNftNew), Limit: vethVsNftMin, Unit: "x"},
+		{Name: "veth: xdplb NAT established / nftables DNAT one flow", Got: vethRatio(runs, vethNATOne, vethNftOne), Limit: vethNATVsNftMin, Unit: "x"},
+		{Name: "veth: xdplb NAT new flows / nftables DNAT new flows", Got: vethRatio(runs, vethNATNew, vethNftNew), Limit: vethNATVsNftMin, Unit: "x"},
 	}
 	s.Notes = append([]string{fmt.Sprintf("The same ratios per generator CPU-second (median of per-round ratios): "+
 		"xdplb established / floor %.2fx, xdplb new flows / floor %.2fx, xdplb established / nftables one flow %.2fx, "+
 		"xdplb new flows / nftables new flows %.2fx.",
 		vethCPURatio(runs, vethXdplbOne, vethFloor), vethCPURatio(runs, vethXdplbNew, vethFloor),
 		vethCPURatio(runs, vethXdplbOne, vethNftOne), vethCPURatio(runs, vethXdplbNew, vethNftNew))}, vethNotes()...)
+	s.Notes = append(s.Notes, fmt.Sprintf("NAT (this run): NAT established / nftables one flow %.2fx, NAT new flows / "+
+		"nftables new flows %.2fx, full NAT established / nftables one flow %.2fx; per generator CPU-second %.2fx, %.2fx, "+
+		"%.2fx. NAT established / DR established %.2fx. Full NAT is measured with one flow only: a new flow per "+
+		"packet would use up its SNAT range (one port per flow per backend) within a fraction of a second.",
+		vethRatio(runs, vethNATOne, vethNftOne), vethRatio(runs, vethNATNew, vethNftNew), vethRatio(runs, vethFullNATOne, vethNftOne),
+		vethCPURatio(runs, vethNATOne, vethNftOne), vethCPURatio(runs, vethNATNew, vethNftNew), vethCPURatio(runs, vethFullNATOne, vethNftOne),
+		vethRatio(runs, vethNATOne, vethXdplbOne)))
+	for _, name := range vethCaseOrder {
+		if n := natTableFull[name]; n > 0 {
+			s.Notes = append(s.Notes, fmt.Sprintf("**%s: %d frames were dropped as nat_table_full** (a run's new flows "+
+				"outgrew the NAT table); back/sent counts them as lost.", name, n))
+		}
+	}
 	return s
 }
 

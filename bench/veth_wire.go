@@ -19,10 +19,13 @@ import (
 
 // The veth wire's addresses. They exist only inside its two namespaces.
 var (
-	vethLBAddr   = netip.MustParsePrefix("10.201.0.1/24") // the LB's veth
-	vethVIP      = netip.MustParseAddr("10.201.0.100")
-	vethClient   = netip.MustParseAddr("10.128.0.1") // source of the one-flow traffic
-	vethBackends = []netip.Addr{                     // reached back through the generator's veth
+	vethLBAddr = netip.MustParsePrefix("10.201.0.1/24") // the LB's veth
+	vethVIP    = netip.MustParseAddr("10.201.0.100")
+	// The NAT VIPs: the same backends, at vethNATPort.
+	vethNATVIP     = netip.MustParseAddr("10.201.0.101")
+	vethFullNATVIP = netip.MustParseAddr("10.201.0.102")
+	vethClient     = netip.MustParseAddr("10.128.0.1") // source of the one-flow traffic
+	vethBackends   = []netip.Addr{                     // reached back through the generator's veth
 		netip.MustParseAddr("10.201.0.11"),
 		netip.MustParseAddr("10.201.0.12"),
 		netip.MustParseAddr("10.201.0.13"),
@@ -33,6 +36,7 @@ var (
 
 const (
 	vethVIPPort = 80
+	vethNATPort = 8080
 	vethGenIf   = "veth-gen"
 	vethLBIf    = "veth-lb"
 )
