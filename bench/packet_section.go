@@ -159,15 +159,14 @@ func (b *pktBench) notes() []string {
 			"preallocated BPF_MAP_TYPE_HASH in place of the LRU hash costs the same as the LRU at 4M entries (about "+
 			"0.85 us per insert in both), so neither a smaller table nor another map type reaches the 8x target while "+
 			"every new flow is remembered, which the design requires.",
-		"What limits NAT (profiled with perf on this machine, not in this run: 20 harnessed runs of 1M repeats of the "+
-			"established NAT ACK): the kernel's FIB lookup, which NAT does per packet (`bpf_fib_lookup` with the "+
-			"packet's length, so the MTU check too): bpf_ipv4_fib_lookup, fib_table_lookup, ip_mtu_from_fib_result and "+
-			"their helpers took about 31% of the time for IPv4, the IPv6 lookup (bpf_ipv6_fib_lookup, fib6_table_lookup, "+
-			"fib6_node_lookup, __find_rr_leaf, ip6_mtu_from_fib6, ...) about 51%; xdplb's own instructions about 32% "+
-			"(IPv4) and 23% (IPv6), the restore harness (its program and bpf_xdp_store_bytes) about 6% and 4%. The FIB "+
-			"lookup alone is thus about 70 ns (IPv4) and 190 ns (IPv6) against a floor of about 25 ns: a 5x target "+
-			"cannot be met while every packet asks the FIB; caching the next hop per flow (as DR has its backend's "+
-			"MACs) would be the way.",
+		"What NAT costs (profiled with perf on this machine, not in this run: 20 harnessed runs of 1M repeats of the "+
+			"established NAT ACK, when the program still asked the FIB on every packet): the kernel's FIB lookup "+
+			"(`bpf_fib_lookup` with the packet's length, so the MTU check too) took about 31% of the time for IPv4 and "+
+			"51% for IPv6 (fib_table_lookup, fib6_table_lookup, fib6_node_lookup, ip6_mtu_from_fib6, ...), about 70 ns "+
+			"and 190 ns against a floor of about 25 ns, which put NAT at 8.6x (IPv4) and 15x (IPv6). The program now "+
+			"reuses a next hop for loader.NextHopReuse (250 ms): per backend for the packets toward it, per flow "+
+			"(in its nat_flows entry) for the replies, so an established packet asks the FIB about four times a "+
+			"second; a packet longer than any the MTU check passed still asks at once.",
 		"The machine is shared (2 CPUs, other work running): absolute ns drift between runs, the side-by-side ratios much less.",
 	)
 	return notes
