@@ -37,8 +37,6 @@ var (
 	natBackend6 = netip.MustParseAddr("2001:db8:1::5")
 	natSNAT4    = netip.MustParseAddr("10.0.1.1") // srv's own address
 	natSNAT6    = netip.MustParseAddr("2001:db8:1::1")
-	natLBCli4   = netip.MustParseAddr("10.0.0.10") // cli's own address
-	natLBCli6   = netip.MustParseAddr("2001:db8::10")
 	natOther4   = netip.MustParseAddr("10.0.2.5") // a neighbour behind "oth"
 	natOther6   = netip.MustParseAddr("2001:db8:2::5")
 )
