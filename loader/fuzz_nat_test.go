@@ -190,7 +190,8 @@ func (e natExpect) routerAnswer(c frameClass, in []byte) (answer []byte, ok bool
 			return nil, true
 		}
 		return routerError(in, c, pick46[uint8](c.v6, 11, 3), 0, 0), true
-	case e.toBackends && c.end-c.l3 > natFuzzMTU && df:
+	case e.toBackends && c.end-c.l3 > natFuzzMTU && df && e.src.IsGlobalUnicast():
+		// (The FIB, which finds the MTU, refuses other sources first.)
 		if !quotable {
 			return nil, true
 		}
