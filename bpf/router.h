@@ -61,25 +61,14 @@ static __always_inline int answer_move_l2(void *data, void *data_end, __u32 grow
 	return 0;
 }
 
-/* The IPv4 error type/code with the 32 bits after the checksum (rest). */
-static __always_inline int icmp_answer4(struct xdp_md *ctx, const struct pkt *p, __u8 type, __u8 code, __u32 rest)
+/* Grows grow bytes in front of the IP header at l3 and cuts the frame to
+ * l3 + grow + quote: the L2 header moves to the new start, the packet's
+ * own IP header and first bytes stay where they are, now the quote.
+ * Returns 0, XDP_PASS when nothing was changed (no room), or the drop of
+ * answer_failed once the frame was changed. */
+static __always_inline int answer_reshape(struct xdp_md *ctx, __u32 l3, __u32 grow, __u32 quote)
 {
-	const __u32 grow = sizeof(struct iphdr) + ICMP_HDR_LEN;
-	__u32 l3 = p->l3_off, len;
 	void *data, *data_end;
-	struct iphdr *iph, *old;
-	__be32 src, dst;
-	__u8 *icmp;
-
-	if (l3 != 14 && l3 != 18)
-		return XDP_PASS;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	old = data + l3;
-	if ((void *)(old + 1) + ICMP_QUOTED_L4 > data_end || old->ihl != 5)
-		return XDP_PASS;
-	src = old->daddr;
-	dst = old->saddr;
 
 	if (bpf_xdp_adjust_head(ctx, -(int)grow))
 		return XDP_PASS;
@@ -87,20 +76,63 @@ static __always_inline int icmp_answer4(struct xdp_md *ctx, const struct pkt *p,
 	data_end = (void *)(long)ctx->data_end;
 	if (answer_move_l2(data, data_end, grow, l3))
 		return answer_failed(); /* cannot happen: the bytes were there before the move */
-	len = l3 + grow + ICMP_FRAG_QUOTE;
-	if (bpf_xdp_adjust_tail(ctx, (int)len - (int)(data_end - data)))
+	if (bpf_xdp_adjust_tail(ctx, (int)(l3 + grow + quote) - (int)(data_end - data)))
 		return answer_failed();
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
+	return 0;
+}
+
+/* The start of the answer's ICMP header, len bytes of it in reach. */
+static __always_inline __u8 *answer_icmp(struct xdp_md *ctx, __u32 l3, __u32 ip_len, __u32 len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 *icmp;
+
 	if (l3 > L3_OFF_MAX)
+		return NULL;
+	icmp = data + l3 + ip_len;
+	if ((void *)icmp + len > data_end)
+		return NULL;
+	return icmp;
+}
+
+static __always_inline void answer_icmp_header(__u8 *icmp, __u8 type, __u8 code, __u32 rest)
+{
+	icmp[0] = type;
+	icmp[1] = code;
+	*(__u16 *)(icmp + 2) = 0;
+	*(__be32 *)(icmp + 4) = bpf_htonl(rest);
+}
+
+/* The IPv4 error type/code with the 32 bits after the checksum (rest). */
+static __always_inline int icmp_answer4(struct xdp_md *ctx, const struct pkt *p, __u8 type, __u8 code, __u32 rest)
+{
+	const __u32 len = ICMP_HDR_LEN + ICMP_FRAG_QUOTE;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 l3 = p->l3_off;
+	struct iphdr *iph, *old;
+	__be32 src, dst;
+	__u8 *icmp;
+	int ret;
+
+	if (l3 != 14 && l3 != 18)
+		return XDP_PASS;
+	old = data + l3;
+	if ((void *)(old + 1) + ICMP_QUOTED_L4 > data_end || old->ihl != 5)
+		return XDP_PASS;
+	src = old->daddr;
+	dst = old->saddr;
+	ret = answer_reshape(ctx, l3, sizeof(*iph) + ICMP_HDR_LEN, ICMP_FRAG_QUOTE);
+	if (ret)
+		return ret;
+	icmp = answer_icmp(ctx, l3, sizeof(*iph), len);
+	if (!icmp)
 		return answer_failed();
-	iph = data + l3;
-	icmp = (void *)(iph + 1);
-	if ((void *)icmp + ICMP_HDR_LEN + ICMP_FRAG_QUOTE > data_end)
-		return answer_failed();
+	iph = (void *)icmp - sizeof(*iph);
 
 	*(__u16 *)iph = bpf_htons(0x45c0); /* version 4, ihl 5, DSCP CS6 as the kernel's ICMP */
-	iph->tot_len = bpf_htons(sizeof(*iph) + ICMP_HDR_LEN + ICMP_FRAG_QUOTE);
+	iph->tot_len = bpf_htons(sizeof(*iph) + len);
 	iph->id = 0;
 	iph->frag_off = 0;
 	iph->ttl = ICMP_ERR_TTL;
@@ -110,68 +142,50 @@ static __always_inline int icmp_answer4(struct xdp_md *ctx, const struct pkt *p,
 	iph->daddr = dst;
 	iph->check = csum_region(iph, sizeof(*iph), 0);
 
-	icmp[0] = type;
-	icmp[1] = code;
-	*(__u16 *)(icmp + 2) = 0;
-	*(__be32 *)(icmp + 4) = bpf_htonl(rest);
-	*(__u16 *)(icmp + 2) = csum_region(icmp, ICMP_HDR_LEN + ICMP_FRAG_QUOTE, 0);
+	answer_icmp_header(icmp, type, code, rest);
+	*(__u16 *)(icmp + 2) = csum_region(icmp, len, 0);
 	return XDP_TX;
 }
 
 static __always_inline int icmp_answer6(struct xdp_md *ctx, const struct pkt *p, __u8 type, __u8 code, __u32 rest)
 {
-	const __u32 grow = sizeof(struct ipv6hdr) + ICMP_HDR_LEN;
-	const __u32 plen = ICMP_HDR_LEN + ICMP6_PTB_QUOTE;
-	__u32 l3 = p->l3_off, len, sum = 0;
+	const __u32 len = ICMP_HDR_LEN + ICMP6_PTB_QUOTE;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 l3 = p->l3_off, sum;
 	struct ipv6hdr *ip6, *old;
-	void *data, *data_end;
 	struct in6_addr src, dst;
 	__u8 *icmp;
+	int ret;
 
 	if (l3 != 14 && l3 != 18)
 		return XDP_PASS;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
 	old = data + l3;
 	if ((void *)(old + 1) + ICMP_QUOTED_L4 > data_end)
 		return XDP_PASS;
 	src = old->daddr;
 	dst = old->saddr;
-
-	if (bpf_xdp_adjust_head(ctx, -(int)grow))
-		return XDP_PASS;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	if (answer_move_l2(data, data_end, grow, l3))
+	ret = answer_reshape(ctx, l3, sizeof(*ip6) + ICMP_HDR_LEN, ICMP6_PTB_QUOTE);
+	if (ret)
+		return ret;
+	icmp = answer_icmp(ctx, l3, sizeof(*ip6), len);
+	if (!icmp)
 		return answer_failed();
-	len = l3 + grow + ICMP6_PTB_QUOTE;
-	if (bpf_xdp_adjust_tail(ctx, (int)len - (int)(data_end - data)))
-		return answer_failed();
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	if (l3 > L3_OFF_MAX)
-		return answer_failed();
-	ip6 = data + l3;
-	icmp = (void *)(ip6 + 1);
-	if ((void *)icmp + plen > data_end)
-		return answer_failed();
+	ip6 = (void *)icmp - sizeof(*ip6);
 
 	*(__be32 *)ip6 = bpf_htonl(0x60000000);
-	ip6->payload_len = bpf_htons(plen);
+	ip6->payload_len = bpf_htons(len);
 	ip6->nexthdr = IPPROTO_ICMPV6;
 	ip6->hop_limit = ICMP_ERR_TTL;
 	ip6->saddr = src;
 	ip6->daddr = dst;
 
-	icmp[0] = type;
-	icmp[1] = code;
-	*(__u16 *)(icmp + 2) = 0;
-	*(__be32 *)(icmp + 4) = bpf_htonl(rest);
+	answer_icmp_header(icmp, type, code, rest);
 	/* The pseudo-header: both addresses, the length and next header. */
 	sum = bpf_csum_diff(NULL, 0, (void *)&ip6->saddr, 32, 0);
-	sum = csum_add(sum, bpf_htonl(plen));
+	sum = csum_add(sum, bpf_htonl(len));
 	sum = csum_add(sum, bpf_htonl(IPPROTO_ICMPV6));
-	*(__u16 *)(icmp + 2) = csum_region(icmp, plen, sum);
+	*(__u16 *)(icmp + 2) = csum_region(icmp, len, sum);
 	return XDP_TX;
 }
 
