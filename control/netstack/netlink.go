@@ -224,6 +224,13 @@ func (n *Netlink) resolveWith(ctx context.Context, addr netip.Addr, c *resolveCa
 	}
 	found := neighs[addr]
 	if found != nil && found.State&nudValid != 0 && len(found.HardwareAddr) == 6 {
+		// A group MAC would send the backend's frames to every host of
+		// the segment (a broadcast or multicast address, or a static
+		// entry that says so).
+		if found.HardwareAddr[0]&1 != 0 {
+			return model.Neighbour{}, model.Invalidf("backend %s resolves to %s, a broadcast or multicast MAC: refused",
+				addr, found.HardwareAddr)
+		}
 		nb.MAC = slices.Clone(found.HardwareAddr)
 	} else {
 		n.trigger(ctx, attrs.Index, addr, found)
@@ -408,21 +415,59 @@ func (n *Netlink) checkVIP(v *model.VIP, c *checkCache) error {
 		return n.checkNAT(v, c)
 	}
 	for _, b := range v.Backends {
-		l, ok := c.dr[b.Address.Unmap()]
+		addr := b.Address.Unmap()
+		if local, err := n.isLocal(addr, c); err != nil {
+			return err
+		} else if local {
+			return model.Invalidf("vip %s: backend %s is an address of this host, not a backend", v.ID(), addr)
+		}
+		l, ok := c.dr[addr]
 		if !ok {
 			var err error
 			if l, err = n.route(b.Address); err != nil {
 				return model.AsInvalid(fmt.Errorf("vip %s: %w", v.ID(), err))
 			}
-			c.dr[b.Address.Unmap()] = l
+			c.dr[addr] = l
 		}
-		addrs, err := c.links.addrs(n.h, l, family(b.Address.Unmap()))
+		addrs, err := c.links.addrs(n.h, l, family(addr))
 		if err != nil {
 			return err
 		}
 		if len(addrs) == 0 {
 			return model.Invalidf("vip %s: interface %s has no %s address to reach backend %s",
 				v.ID(), l.Attrs().Name, familyName(b.Address), b.Address)
+		}
+		if err := checkSubnetEdge(addr, addrs, l.Attrs().Name); err != nil {
+			return model.Invalidf("vip %s: %s", v.ID(), err)
+		}
+	}
+	return nil
+}
+
+// checkSubnetEdge refuses an IPv4 backend that is the network or the
+// broadcast address of a subnet of its interface: frames to it reach
+// every host of the segment (the broadcast MAC), or none.
+func checkSubnetEdge(a netip.Addr, addrs []netlink.Addr, iface string) error {
+	if !a.Is4() {
+		return nil
+	}
+	for _, la := range addrs {
+		p, ok := ipnetPrefix(la.IPNet)
+		if !ok || !p.Addr().Is4() || p.Bits() > 30 {
+			continue // /31 and /32 have neither (RFC 3021)
+		}
+		p = p.Masked()
+		if !p.Contains(a) {
+			continue
+		}
+		if a == p.Addr() {
+			return fmt.Errorf("backend %s is the network address of %s on %s", a, p, iface)
+		}
+		b := p.Addr().As4()
+		host := uint32(1)<<(32-p.Bits()) - 1
+		n := (uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])) | host
+		if a == netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}) {
+			return fmt.Errorf("backend %s is the broadcast address of %s on %s", a, p, iface)
 		}
 	}
 	return nil
@@ -449,6 +494,13 @@ func (n *Netlink) checkNAT(v *model.VIP, c *checkCache) error {
 				return model.AsInvalid(fmt.Errorf("vip %s: %w", v.ID(), err))
 			}
 			c.nat[addr] = l
+		}
+		addrs, err := c.links.addrs(n.h, l, family(addr))
+		if err != nil {
+			return err
+		}
+		if err := checkSubnetEdge(addr, addrs, l.Attrs().Name); err != nil {
+			return model.Invalidf("vip %s: %s", v.ID(), err)
 		}
 		if v.Mode != model.ModeFullNAT || v.SNATAddr.IsValid() {
 			continue

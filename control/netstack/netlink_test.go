@@ -418,3 +418,46 @@ func orInvalid(s string) string {
 	}
 	return s
 }
+
+// A DR or NAT backend that is the network or broadcast address of an
+// attached subnet, or an address of this host, is refused with a message
+// that says so; a neighbour entry with a group MAC never makes a backend
+// resolved (issue 12, defect 3).
+func TestNetlinkRefusesSegmentWideBackends(t *testing.T) {
+	f := newNetFixture(t)
+	n := f.network(t, "")
+	for _, tc := range []struct {
+		mode model.Mode
+		addr string
+		want string // "" valid
+	}{
+		{model.ModeDR, "10.77.0.2", ""},
+		{model.ModeDR, "10.77.0.255", "vip 10.77.0.100:80/tcp: backend 10.77.0.255 is the broadcast address of 10.77.0.0/24 on lb0"},
+		{model.ModeDR, "10.77.0.0", "vip 10.77.0.100:80/tcp: backend 10.77.0.0 is the network address of 10.77.0.0/24 on lb0"},
+		{model.ModeDR, "10.77.0.1", "vip 10.77.0.100:80/tcp: backend 10.77.0.1 is an address of this host, not a backend"},
+		{model.ModeNAT, "10.77.0.255", "vip 10.77.0.100:80/tcp: backend 10.77.0.255 is the broadcast address of 10.77.0.0/24 on lb0"},
+		{model.ModeNAT, "10.77.0.2", ""},
+	} {
+		st := model.State{VIPs: []model.VIP{{Address: netip.MustParseAddr("10.77.0.100"), Port: 80, Protocol: model.TCP, Mode: tc.mode,
+			Backends: []model.Backend{be(tc.addr, 100)}}}}
+		err := n.CheckState(st)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s backend %s: %v", tc.mode, tc.addr, err)
+		case tc.want != "" && (!errors.Is(err, model.ErrInvalid) || err.Error() != tc.want):
+			t.Errorf("%s backend %s: %v, want %q", tc.mode, tc.addr, err, tc.want)
+		}
+	}
+	for i, mac := range []string{"ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01", "33:33:00:00:00:01"} {
+		a := netip.AddrFrom4([4]byte{10, 77, 0, byte(20 + i)})
+		hw, _ := net.ParseMAC(mac)
+		if err := f.h.NeighSet(&netlink.Neigh{LinkIndex: f.lb.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+			IP: a.AsSlice(), HardwareAddr: hw}); err != nil {
+			t.Fatal(err)
+		}
+		nb, err := n.Resolve(context.Background(), a)
+		if !errors.Is(err, model.ErrInvalid) || !strings.Contains(err.Error(), "a broadcast or multicast MAC") || nb.MAC != nil {
+			t.Errorf("backend %s with MAC %s: %+v, %v; want refused", a, mac, nb, err)
+		}
+	}
+}
