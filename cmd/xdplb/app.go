@@ -167,6 +167,10 @@ func apiError(c *cli.Context, err error) error {
 	if errors.Is(err, context.Canceled) {
 		return withPath(c, errors.New("interrupted"))
 	}
+	// Before isUnreachable: a refused connect is a dial error too.
+	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+		return fmt.Errorf("permission denied on the daemon's socket %s: it is for root only (mode 0600); run as root", c.String("socket"))
+	}
 	if isUnreachable(err) {
 		return fmt.Errorf("cannot reach the daemon at %s: is `xdplb daemon` running?", c.String("socket"))
 	}

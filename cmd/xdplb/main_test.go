@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -12,8 +14,11 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/urfave/cli/v2"
 
 	"github.com/xdplb/xdplb/control/api"
 	"github.com/xdplb/xdplb/control/config"
@@ -843,5 +848,25 @@ func TestNATVIPs(t *testing.T) {
 	}
 	if !slices.ContainsFunc(st.VIPs, func(v api.VIPStats) bool { return v.ICMPErrors == 4 }) {
 		t.Fatalf("stats -o json: %+v", st)
+	}
+}
+
+// A socket the user may not open (mode 0600, not root) is reported as
+// such, not as a daemon that is not running (issue 12, defect 8). Root
+// opens any socket, so the kernel's refusal is made up here, as connect
+// returns it.
+func TestSocketPermissionDenied(t *testing.T) {
+	fs := flag.NewFlagSet("xdplb", flag.ContinueOnError)
+	fs.String("socket", "/run/xdplb/xdplb.sock", "")
+	c := cli.NewContext(cli.NewApp(), fs, nil)
+	denied := &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.EACCES)}
+	err := apiError(c, fmt.Errorf("get /v1/vips: %w", denied))
+	want := "permission denied on the daemon's socket /run/xdplb/xdplb.sock: it is for root only (mode 0600); run as root"
+	if err == nil || err.Error() != want {
+		t.Errorf("error %v, want %q", err, want)
+	}
+	refused := &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	if err := apiError(c, refused); err == nil || !strings.Contains(err.Error(), "is `xdplb daemon` running?") {
+		t.Errorf("refused: %v", err)
 	}
 }
