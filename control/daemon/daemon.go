@@ -11,9 +11,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/xdplb/xdplb/control/api"
@@ -213,6 +215,12 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 	goRun(func() { checks.Run(ctx) })
 	goRun(func() { rec.Run(ctx) })
 	goRun(func() { sweepNAT(ctx, dp, NATSweepInterval, log) })
+	// SIGHUP reloads --config; without this its default action would end
+	// the daemon, health checks and all, while XDP stays.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	goRun(func() { reloadOnHUP(ctx, hup, cfg.ConfigFile, store, log) })
 	goRun(func() { watchNoNeigh(ctx, dp, nw.ResolveNATNextHops, NoNeighPollInterval, log) })
 	log.Info("daemon running", "iface", cfg.Interfaces, "socket", cfg.SocketPath,
 		"metrics", metricsLn.Addr().String(), "state_dir", cfg.StateDir, "vips", len(store.State().VIPs))
@@ -225,6 +233,38 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 	cancel()
 	wg.Wait()
 	return err
+}
+
+// stateReplacer is the part of the store reloadOnHUP uses.
+type stateReplacer interface {
+	Replace(model.State) error
+}
+
+// reloadOnHUP replaces the desired state with file's on every signal from
+// hup, as `apply -f` does: validated first, all or nothing, the running
+// state kept when the file is bad. Without --config a SIGHUP is logged
+// and ignored.
+func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, file string, store stateReplacer, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		if file == "" {
+			log.Info("SIGHUP: no --config to reload, ignored")
+			continue
+		}
+		st, err := config.Load(file)
+		if err == nil {
+			err = store.Replace(st)
+		}
+		if err != nil {
+			log.Error("SIGHUP: config not reloaded, the running state is kept", "file", file, "err", err)
+			continue
+		}
+		log.Info("SIGHUP: state replaced from config file", "file", file, "vips", len(st.VIPs))
+	}
 }
 
 // NoNeighPollInterval is how often the daemon reads the program's

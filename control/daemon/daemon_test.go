@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -376,5 +377,68 @@ func TestWatchNoNeigh(t *testing.T) {
 	case <-calls:
 		t.Fatal("resolved twice for one increase")
 	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+type fakeReplacer struct {
+	mu  sync.Mutex
+	got []model.State
+}
+
+func (f *fakeReplacer) Replace(st model.State) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.got = append(f.got, st)
+	return nil
+}
+
+func (f *fakeReplacer) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.got)
+}
+
+// SIGHUP reloads --config: a good file replaces the state, a bad one is
+// logged and changes nothing; without --config it is logged and ignored
+// (issue 12, defect 7).
+func TestReloadOnHUP(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "lb.yaml")
+	good := "vips:\n  - {address: 10.0.0.1, port: 80, protocol: tcp, backends: [{address: 10.0.0.11}]}\n"
+	if err := os.WriteFile(file, []byte(good), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, file, content string
+		replaced            int
+		log                 string
+	}{
+		{"good", file, good, 1, "SIGHUP: state replaced from config file"},
+		{"bad", file, "vips: [{address: nonsense}]\n", 0, "SIGHUP: config not reloaded, the running state is kept"},
+		{"none", "", "", 0, "SIGHUP: no --config to reload, ignored"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.content != "" {
+				if err := os.WriteFile(file, []byte(tc.content), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			store := &fakeReplacer{}
+			log, buf := newTestLogger()
+			ctx, cancel := context.WithCancel(context.Background())
+			hup := make(chan os.Signal)
+			done := make(chan struct{})
+			go func() { reloadOnHUP(ctx, hup, tc.file, store, log); close(done) }()
+			hup <- syscall.SIGHUP
+			hup <- syscall.SIGHUP // the first one has been handled when this is taken
+			cancel()
+			<-done
+			if got := store.count(); got != 2*tc.replaced {
+				t.Errorf("replaced %d times, want %d", got, 2*tc.replaced)
+			}
+			if !strings.Contains(buf.String(), tc.log) {
+				t.Errorf("log %q, want %q", buf.String(), tc.log)
+			}
+		})
 	}
 }

@@ -170,6 +170,15 @@ func (d *Daemon) Stop() error {
 	}
 }
 
+// Signal sends sig to the daemon (`ip netns exec` execs it: the
+// process is the daemon's own).
+func (d *Daemon) Signal(sig os.Signal) error {
+	if err := d.cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("signal daemon: %w", err)
+	}
+	return nil
+}
+
 // Kill ends the daemon with SIGKILL, as a crash would: it cleans up
 // nothing. The pins, the link and the state dir stay as they were.
 func (d *Daemon) Kill() {
