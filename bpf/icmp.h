@@ -304,6 +304,7 @@ static __always_inline int icmp_error(struct xdp_md *ctx, __u32 ifindex, const s
 {
 	struct flow_key fk = {};
 	struct scratch *sc = scratch_get();
+	const struct vip_bitmap *filter;
 	struct icmp_nat *t;
 	int ret;
 
@@ -321,12 +322,13 @@ static __always_inline int icmp_error(struct xdp_md *ctx, __u32 ifindex, const s
 	fk.sport = p->flow.dport;
 	fk.dport = p->flow.sport;
 	fk.proto = p->flow.proto;
-	if (vip_filter_may_match(&fk)) {
+	filter = vip_filter_get();
+	if (vip_filter_may_match(filter, &fk)) {
 		ret = icmp_to_backend(ctx, ifindex, p, &fk, t);
 		if (ret != ICMP_NOT_OURS)
 			return ret;
 	}
-	if (reply_filter_may_match(&fk))
+	if (reply_filter_may_match(filter, &fk))
 		return icmp_to_client(ctx, ifindex, p, &fk, t);
 	return XDP_PASS;
 }

@@ -30,16 +30,26 @@ static __always_inline __u32 vip_filter_bit(const struct flow_key *k)
 	return (h * VIP_FOLD_MUL) >> 16;
 }
 
-static __always_inline int vip_filter_may_match(const struct flow_key *k)
+/* The bitmap, looked up once per packet for both folds. Cannot fail for
+ * index 0 of a one-entry array; if it ever did, NULL makes every bit read
+ * as set, and taking the normal path is always correct. */
+static __always_inline const struct vip_bitmap *vip_filter_get(void)
 {
-	__u32 zero = 0, bit = vip_filter_bit(k);
-	struct vip_bitmap *f = bpf_map_lookup_elem(&vip_filter, &zero);
+	__u32 zero = 0;
 
-	/* Cannot fail for index 0 of a one-entry array; if it ever did,
-	 * taking the normal path is always correct. */
+	return bpf_map_lookup_elem(&vip_filter, &zero);
+}
+
+static __always_inline int filter_bit_set(const struct vip_bitmap *f, __u32 bit)
+{
 	if (!f)
 		return 1;
 	return (f->bits[(bit / 64) & (VIP_FILTER_WORDS - 1)] >> (bit % 64)) & 1;
+}
+
+static __always_inline int vip_filter_may_match(const struct vip_bitmap *f, const struct flow_key *k)
+{
+	return filter_bit_set(f, vip_filter_bit(k));
 }
 
 /*
@@ -62,12 +72,7 @@ static __always_inline __u32 reply_filter_bit(const struct flow_key *k)
 	return (h * VIP_FOLD_MUL) >> 16;
 }
 
-static __always_inline int reply_filter_may_match(const struct flow_key *k)
+static __always_inline int reply_filter_may_match(const struct vip_bitmap *f, const struct flow_key *k)
 {
-	__u32 zero = 0, bit = reply_filter_bit(k);
-	struct vip_bitmap *f = bpf_map_lookup_elem(&vip_filter, &zero);
-
-	if (!f)
-		return 1;
-	return (f->bits[(bit / 64) & (VIP_FILTER_WORDS - 1)] >> (bit % 64)) & 1;
+	return filter_bit_set(f, reply_filter_bit(k));
 }

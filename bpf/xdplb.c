@@ -123,6 +123,7 @@ static __always_inline int forward(struct xdp_md *ctx, __u32 ifindex, struct pkt
 static __always_inline int process(struct xdp_md *ctx, __u32 ifindex)
 {
 	struct pkt p = {}; /* zeroed: flow_key padding is part of the hash key */
+	const struct vip_bitmap *filter;
 	int ret;
 
 	switch (parse_packet(ctx, &p)) {
@@ -140,12 +141,13 @@ static __always_inline int process(struct xdp_md *ctx, __u32 ifindex)
 		return XDP_PASS;
 	}
 
-	if (vip_filter_may_match(&p.flow)) {
+	filter = vip_filter_get();
+	if (vip_filter_may_match(filter, &p.flow)) {
 		ret = forward(ctx, ifindex, &p);
 		if (ret != NOT_A_VIP)
 			return ret;
 	}
-	if (reply_filter_may_match(&p.flow))
+	if (reply_filter_may_match(filter, &p.flow))
 		return nat_reply(ctx, ifindex, &p);
 	return XDP_PASS;
 }
