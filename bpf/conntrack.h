@@ -93,7 +93,9 @@ static __always_inline void conntrack_touch(struct flow_val *v)
  * packets never get here). Returns whether the packet stays on the entry's
  * backend: a SYN on a closing entry is a new connection on a reused client
  * port and is placed again, a SYN on a live entry is a retransmit. FIN or
- * RST marks the entry closing, written once per flow, not per packet. */
+ * RST marks the entry closing, written once per flow, not per packet.
+ * Plain read-modify-writes: RSS keeps a flow's packets on one CPU (and the
+ * atomic or would need -mcpu=v3). */
 static __always_inline int conntrack_flagged(struct flow_val *v, __u8 tcp)
 {
 	if ((tcp & PKT_TCP_SYN) && (v->flags & FLOW_F_CLOSING))
@@ -103,16 +105,30 @@ static __always_inline int conntrack_flagged(struct flow_val *v, __u8 tcp)
 	return 1;
 }
 
+/* Marks a tracked flow established on its first packet that is not a SYN
+ * (conntrack_backend found the entry, so for UDP this is at least the
+ * second datagram): written once per flow, a load and a compare after. */
+static __always_inline void conntrack_established(struct flow_val *v, __u8 tcp)
+{
+	if (!(tcp & PKT_TCP_SYN) && !(v->flags & FLOW_F_ESTABLISHED))
+		v->flags |= FLOW_F_ESTABLISHED;
+}
+
 /* The flags of an entry about to be (re)written for a placed packet: a
- * flow moved off an unusable backend stays closing if it was, a SYN starts
- * afresh, and a FIN or RST (a flow that ends as it is placed) is closing. */
-static __always_inline __u32 conntrack_new_flags(const struct flow_val *old, __u8 tcp)
+ * flow moved off an unusable backend keeps its state unless a SYN starts
+ * it afresh, and a FIN or RST (a flow that ends as it is placed) is
+ * closing. A TCP packet without SYN is of an established connection even
+ * when it is the first one seen (after an LRU eviction or a restart); a
+ * UDP datagram is only when an entry shows one came before it. */
+static __always_inline __u32 conntrack_new_flags(const struct flow_val *old, const struct pkt *p)
 {
 	__u32 flags = 0;
 
-	if (old && !(tcp & PKT_TCP_SYN))
-		flags = old->flags & FLOW_F_CLOSING;
-	if (tcp & PKT_TCP_END)
+	if (old && !(p->tcp & PKT_TCP_SYN))
+		flags = (old->flags & FLOW_F_CLOSING) | FLOW_F_ESTABLISHED;
+	if (p->flow.proto == IPPROTO_TCP && !(p->tcp & PKT_TCP_SYN))
+		flags |= FLOW_F_ESTABLISHED;
+	if (p->tcp & PKT_TCP_END)
 		flags |= FLOW_F_CLOSING;
 	return flags;
 }

@@ -128,6 +128,11 @@ enum flow_flags {
 	/* A TCP FIN or RST was seen: the flow is ending, it no longer counts
 	 * as open, and a SYN on the same 5-tuple starts a new flow. */
 	FLOW_F_CLOSING = 1,
+	/* The flow saw more than its opening: a TCP packet without SYN, or a
+	 * second UDP datagram. Without it a flow is half-open (a SYN the
+	 * backend may have refused with an RST a DR LB never sees) and
+	 * counts as open for loader.OpenFlowIdleHalfOpen only. */
+	FLOW_F_ESTABLISHED = 2,
 	/* Full NAT keeps the flow's SNAT port (network order) in the top half
 	 * of flow_val.flags, so the connection table's layout (and its pins)
 	 * stay those of the releases before NAT. */

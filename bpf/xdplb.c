@@ -64,7 +64,7 @@ static __always_inline int place(struct xdp_md *ctx, __u32 ifindex, const struct
 	if (!meta)
 		return NOT_A_VIP;
 	vip_id = meta->vip_id;
-	ct_flags = conntrack_new_flags(fv, p->tcp);
+	ct_flags = conntrack_new_flags(fv, p);
 
 	bid = schedule(p, meta, &reason);
 	if (bid) {
@@ -99,6 +99,7 @@ static __always_inline int forward(struct xdp_md *ctx, __u32 ifindex, struct pkt
 	/* An established packet carries no SYN, FIN or RST: one byte
 	 * compare, and the entry is not written. */
 	if (be && (!p->tcp || conntrack_flagged(fv, p->tcp))) {
+		conntrack_established(fv, p->tcp);
 		if (backend_is_nat(be)) {
 			int ret = nat_established(ctx, ifindex, p, be, fv);
 

@@ -2,6 +2,7 @@ package loader
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -39,7 +40,10 @@ func ctEntry(t testing.TB, d *Datapath, f flow) xdplbFlowVal {
 	return v
 }
 
-const closing = uint32(xdplbFlowFlagsFLOW_F_CLOSING)
+const (
+	closing     = uint32(xdplbFlowFlagsFLOW_F_CLOSING)
+	established = uint32(xdplbFlowFlagsFLOW_F_ESTABLISHED)
+)
 
 // sendTo runs f's frame, asserts that it leaves for backend id with only
 // the MACs changed, and returns the frame's length.
@@ -64,10 +68,15 @@ func backendAt(vip VIPKey, id uint32) Backend {
 	return Backend{ID: id, VIPID: 1, Addr: addr, MAC: backendMAC(id), SrcMAC: lbOutMAC, Mode: ModeDR, Ifindex: loIfindex}
 }
 
+// flowsByBackend is every backend's open flows, of either phase.
 func flowsByBackend(t testing.TB, d *Datapath) map[uint32]int {
 	t.Helper()
-	fb, err := d.FlowsByBackend()
+	fc, err := d.FlowCountsByBackend()
 	must(t, err)
+	fb := make(map[uint32]int, len(fc))
+	for id, c := range fc {
+		fb[id] = c.Open()
+	}
 	return fb
 }
 
@@ -144,8 +153,9 @@ func TestDownBackendFlowsMove(t *testing.T) {
 					t.Errorf("backend %d counters %+v, want %+v", id, bc[id], c)
 				}
 			}
-			if got := ctEntry(t, d, tt.f).Flags; got != 0 {
-				t.Errorf("moved flow has flags %d, want 0", got)
+			// Moved on a packet after the opening: established.
+			if got, want := ctEntry(t, d, tt.f).Flags, established; got != want {
+				t.Errorf("moved flow has flags %d, want %d", got, want)
 			}
 		})
 	}
@@ -189,14 +199,15 @@ func TestTCPFlagsMarkClosing(t *testing.T) {
 			if tt.closing {
 				want = closing
 			}
-			if v := ctEntry(t, d, f); v.Flags != want || v.BackendId != 10 {
-				t.Fatalf("entry %+v, want backend 10 flags %d", v, want)
+			// TestFlowPhases checks the established bit.
+			if v := ctEntry(t, d, f); v.Flags&closing != want || v.BackendId != 10 {
+				t.Fatalf("entry %+v, want backend 10 closing flag %d", v, want)
 			}
 			// The rest of the flow (the last ACK, a repeated FIN) still
 			// goes to its backend and does not change the mark.
 			sendTo(t, d, f.as("A"), 10)
 			sendTo(t, d, f.as(tt.flags), 10)
-			if v := ctEntry(t, d, f); v.Flags != want {
+			if v := ctEntry(t, d, f); v.Flags&closing != want {
 				t.Fatalf("flags %d after more packets, want %d", v.Flags, want)
 			}
 		})
@@ -224,8 +235,8 @@ func TestTCPFlagsMarkClosing(t *testing.T) {
 		if tt.closing {
 			want = closing
 		}
-		if v := ctEntry(t, d, f); v.Flags != want || v.BackendId != 11 {
-			t.Errorf("%s: moved entry %+v, want backend 11 flags %d", tt.name, v, want)
+		if v := ctEntry(t, d, f); v.Flags&closing != want || v.BackendId != 11 {
+			t.Errorf("%s: moved entry %+v, want backend 11 closing flag %d", tt.name, v, want)
 		}
 	}
 	if fb := flowsByBackend(t, d); fb[11] != open || len(fb) != 1 {
@@ -244,17 +255,17 @@ func TestSYNOnTrackedFlow(t *testing.T) {
 	must(t, d.PutBackend(backendAt(vip4TCP, 11)))
 
 	tests := []struct {
-		name    string
-		before  []string // packets after the SYN, on the old table
-		after   string   // the packet once the table names only 11
-		want    uint32
-		closing bool
+		name   string
+		before []string // packets after the SYN, on the old table
+		after  string   // the packet once the table names only 11
+		want   uint32
+		flags  uint32
 	}{
-		{"syn after fin goes by the new table", []string{"FA", "A"}, "S", 11, false},
-		{"syn after rst goes by the new table", []string{"R"}, "S", 11, false},
-		{"syn retransmit keeps its backend", nil, "S", 10, false},
-		{"syn after data keeps its backend", []string{"A"}, "S", 10, false},
-		{"ack after fin keeps its backend", []string{"FA"}, "A", 10, true},
+		{"syn after fin goes by the new table", []string{"FA", "A"}, "S", 11, 0},
+		{"syn after rst goes by the new table", []string{"R"}, "S", 11, 0},
+		{"syn retransmit keeps its backend", nil, "S", 10, 0},
+		{"syn after data keeps its backend", []string{"A"}, "S", 10, established},
+		{"ack after fin keeps its backend", []string{"FA"}, "A", 10, established | closing},
 	}
 	var flows10, flows11 uint64
 	for i, tt := range tests {
@@ -267,12 +278,8 @@ func TestSYNOnTrackedFlow(t *testing.T) {
 			}
 			must(t, d.PutLookupTable(1, fill(size, 11)))
 			sendTo(t, d, f.as(tt.after), tt.want)
-			want := uint32(0)
-			if tt.closing {
-				want = closing
-			}
-			if v := ctEntry(t, d, f); v.BackendId != tt.want || v.Flags != want {
-				t.Fatalf("entry %+v, want backend %d flags %d", v, tt.want, want)
+			if v := ctEntry(t, d, f); v.BackendId != tt.want || v.Flags != tt.flags {
+				t.Fatalf("entry %+v, want backend %d flags %d", v, tt.want, tt.flags)
 			}
 		})
 		flows10++
@@ -347,58 +354,166 @@ func TestNoHealthyBackend(t *testing.T) {
 	sendTo(t, d, est.as("A"), 1)
 }
 
-// The idle limit of an open flow depends on its protocol; a packet
-// refreshes the entry's stamp.
-func TestOpenFlowIdle(t *testing.T) {
+// Random packet sequences over many flows: after every packet each flow's
+// phase bits match a reference model, and FlowCountsByBackend counts every
+// backend's flows by phase. A flow that saw only its opening is half-open
+// for DefaultHalfOpenTimeout; one that saw more is established for its
+// protocol's limit; a closing one is ended at once.
+func TestFlowPhases(t *testing.T) {
 	d := newDatapath(t)
 	setupVIPs(t, d)
-	tests := []struct {
-		name string
-		f    flow
-		id   uint32
-		idle time.Duration
-	}{
-		{"ipv4 tcp", flow{src: client4, dst: vipAddr4, dport: 80, syn: true}, 1, OpenFlowIdleTCP},
-		{"ipv4 udp", flow{src: client4, dst: vipAddr4, dport: 53, proto: ProtoUDP}, 2, OpenFlowIdleUDP},
-		{"ipv6 tcp", flow{src: client6, dst: vipAddr6, dport: 80, syn: true}, 3, OpenFlowIdleTCP},
-		{"ipv6 udp", flow{src: client6, dst: vipAddr6, dport: 53, proto: ProtoUDP}, 4, OpenFlowIdleUDP},
+	const (
+		est   = established
+		phase = closing | est
+	)
+	type tracked struct {
+		f     flow
+		id    uint32 // the VIP's only backend
+		flags uint32 // model; absent until the first packet
+		seen  bool
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			sendTo(t, d, tt.f, tt.id)
-			// Stamped by the program, read with our clock: fresh.
-			if fb := flowsByBackend(t, d); fb[tt.id] != 1 {
-				t.Fatalf("fresh flow not open: %v", fb)
+	var flows []*tracked
+	for i := 0; i < 24; i++ {
+		sport := uint16(41000 + i)
+		switch i % 4 {
+		case 0:
+			flows = append(flows, &tracked{f: flow{src: client4, dst: vipAddr4, dport: 80, sport: sport}, id: 1})
+		case 1:
+			flows = append(flows, &tracked{f: flow{src: client4, dst: vipAddr4, dport: 53, sport: sport, proto: ProtoUDP}, id: 2})
+		case 2:
+			flows = append(flows, &tracked{f: flow{src: client6, dst: vipAddr6, dport: 80, sport: sport}, id: 3})
+		default:
+			flows = append(flows, &tracked{f: flow{src: client6, dst: vipAddr6, dport: 53, sport: sport, proto: ProtoUDP}, id: 4})
+		}
+	}
+	// The model of bpf/conntrack.h, one packet at a time.
+	step := func(tr *tracked, tcp string) {
+		if tr.f.proto == ProtoUDP {
+			if tr.seen {
+				tr.flags |= est
 			}
-			const hz = 250
-			ticks := func(d time.Duration) uint64 { return uint64(d.Seconds() * hz) }
-			seen := ctEntry(t, d, tt.f).LastSeen
-			for _, c := range []struct {
-				now  uint64
-				open bool
-			}{
-				{seen - hz, true}, // stamped while we walked
-				{seen, true},
-				{seen + ticks(tt.idle) - 1, true},
-				{seen + ticks(tt.idle), false},
-				{seen + ticks(OpenFlowIdleTCP+time.Hour), false},
-			} {
-				fb, err := d.openFlowsByBackend(c.now, hz)
-				must(t, err)
-				if got := fb[tt.id] == 1; got != c.open {
-					t.Errorf("%d ticks after the last packet: open %v, want %v (%v)", int64(c.now-seen), got, c.open, fb)
-				}
+			tr.seen = true
+			return
+		}
+		syn, end := strings.Contains(tcp, "S"), strings.ContainsAny(tcp, "FR")
+		switch {
+		case syn && (!tr.seen || tr.flags&closing != 0):
+			tr.flags = 0 // a new connection
+		case syn: // a retransmit on a live flow
+		default:
+			tr.flags |= est
+			if end {
+				tr.flags |= closing
 			}
+		}
+		tr.seen = true
+	}
+	r := rand.New(rand.NewPCG(5, 2026))
+	for i := 0; i < 600; i++ {
+		tr := flows[r.IntN(len(flows))]
+		tcp := []string{"S", "S", "A", "PA", "FA", "R"}[r.IntN(6)]
+		f := tr.f
+		if f.proto != ProtoUDP {
+			f = f.as(tcp)
+		}
+		sendTo(t, d, f, tr.id)
+		step(tr, tcp)
+		if got := ctEntry(t, d, tr.f).Flags & phase; got != tr.flags {
+			t.Fatalf("packet %d (%s) on port %d: flags %#x, want %#x", i, tcp, tr.f.sport, got, tr.flags)
+		}
+		if i%50 != 0 {
+			continue
+		}
+		want := map[uint32]FlowCount{}
+		for _, tr := range flows {
+			if !tr.seen || tr.flags&closing != 0 {
+				continue
+			}
+			c := want[tr.id]
+			if tr.flags&est != 0 {
+				c.Established++
+			} else {
+				c.HalfOpen++
+			}
+			want[tr.id] = c
+		}
+		got, err := d.FlowCountsByBackend()
+		must(t, err)
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("after packet %d: counts %v, want %v", i, got, want)
+		}
+	}
 
-			// Age the entry through the map: the next packet stamps it anew.
-			old := ctEntry(t, d, tt.f)
-			old.LastSeen -= 2 * 256 // FLOW_TOUCH_TICKS twice
-			must(t, d.objs.Conntrack.Put(ctKey(tt.f), old))
-			sendTo(t, d, tt.f, tt.id)
-			if v := ctEntry(t, d, tt.f); v.LastSeen < seen {
-				t.Errorf("a packet after 512 idle ticks left last_seen at %d, want >= %d", v.LastSeen, seen)
+	// Every flow's idle limit is its phase's, on the table's own stamps.
+	const hz = 250
+	ticks := func(d time.Duration) uint64 { return uint64(d.Seconds() * hz) }
+	for _, tr := range flows {
+		if !tr.seen {
+			continue
+		}
+		v := ctEntry(t, d, tr.f)
+		k := ctKey(tr.f)
+		wantPhase, idle := FlowHalfOpen, DefaultHalfOpenTimeout
+		switch {
+		case tr.flags&closing != 0:
+			wantPhase = FlowEnded
+		case tr.flags&est != 0 && tr.f.proto == ProtoUDP:
+			wantPhase, idle = FlowEstablished, OpenFlowIdleUDP
+		case tr.flags&est != 0:
+			wantPhase, idle = FlowEstablished, OpenFlowIdleTCP
+		}
+		for _, c := range []struct {
+			now  uint64
+			want FlowPhase
+		}{
+			{v.LastSeen - hz, wantPhase}, // stamped while we walked
+			{v.LastSeen, wantPhase},
+			{v.LastSeen + ticks(idle) - 1, wantPhase},
+			{v.LastSeen + ticks(idle), FlowEnded},
+			{v.LastSeen + ticks(OpenFlowIdleTCP+time.Hour), FlowEnded},
+		} {
+			if got := flowPhase(k, v, c.now, hz, DefaultHalfOpenTimeout); got != c.want {
+				t.Errorf("port %d flags %#x, %d ticks after its last packet: %v, want %v",
+					tr.f.sport, tr.flags, int64(c.now-v.LastSeen), got, c.want)
 			}
-		})
+		}
+	}
+}
+
+// A SYN the backend refuses with an RST (which a DR LB never sees) holds
+// the backend for DefaultHalfOpenTimeout, not for an established flow's 15
+// minutes; a packet refreshes an entry's stamp.
+func TestHalfOpenFlowIdle(t *testing.T) {
+	d := newDatapath(t)
+	setupVIPs(t, d)
+	syn := flow{src: client4, dst: vipAddr4, dport: 80, syn: true}
+	sendTo(t, d, syn, 1)
+	if fb := flowsByBackend(t, d); fb[1] != 1 {
+		t.Fatalf("fresh SYN not open: %v", fb)
+	}
+	const hz = 250
+	seen := ctEntry(t, d, syn).LastSeen
+	later := seen + uint64(DefaultHalfOpenTimeout.Seconds()*hz)
+	fc, err := d.flowCountsByBackend(later, hz)
+	must(t, err)
+	if fc[1].Open() != 0 {
+		t.Errorf("a SYN %v ago still holds its backend: %+v", DefaultHalfOpenTimeout, fc[1])
+	}
+
+	// Age the entry through the map: the next packet stamps it anew and,
+	// being no SYN, makes the flow established.
+	old := ctEntry(t, d, syn)
+	old.LastSeen -= 2 * 256 // FLOW_TOUCH_TICKS twice
+	must(t, d.objs.Conntrack.Put(ctKey(syn), old))
+	sendTo(t, d, syn.as("A"), 1)
+	v := ctEntry(t, d, syn)
+	if v.LastSeen < seen {
+		t.Errorf("a packet after 512 idle ticks left last_seen at %d, want >= %d", v.LastSeen, seen)
+	}
+	fc, err = d.flowCountsByBackend(v.LastSeen+uint64(DefaultHalfOpenTimeout.Seconds()*hz), hz)
+	must(t, err)
+	if fc[1] != (FlowCount{Established: 1}) {
+		t.Errorf("an established flow %v after its last packet: %+v, want 1 established", DefaultHalfOpenTimeout, fc[1])
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // The data plane's defaults, written here only: the daemon's config and
@@ -17,6 +18,9 @@ const (
 	DefaultConntrackSize = 1 << 20
 	DefaultMaxVIPs       = 1024
 	DefaultMaxBackends   = 65536
+	// A flow that saw only its opening counts as open this long (IPVS's
+	// SYN_RECV): a DR LB never sees the RST a backend refuses it with.
+	DefaultHalfOpenTimeout = 60 * time.Second
 )
 
 // DefaultSNATPorts are the source ports full NAT takes (--snat-ports):
@@ -38,7 +42,10 @@ type Options struct {
 	MaxVIPs       uint32    // DefaultMaxVIPs
 	MaxBackends   uint32    // DefaultMaxBackends
 	SNATPorts     PortRange // [--snat-ports] full NAT's source ports; DefaultSNATPorts
-	Logger        *slog.Logger
+	// [--half-open-timeout] how long a flow that saw only its opening
+	// counts as open; DefaultHalfOpenTimeout
+	HalfOpenTimeout time.Duration
+	Logger          *slog.Logger
 }
 
 // Defaults sets every zero field but Interfaces to its default (Logger
@@ -64,6 +71,9 @@ func (o *Options) Defaults() {
 	}
 	if o.SNATPorts == (PortRange{}) {
 		o.SNATPorts = DefaultSNATPorts
+	}
+	if o.HalfOpenTimeout == 0 {
+		o.HalfOpenTimeout = DefaultHalfOpenTimeout
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -102,6 +112,9 @@ func (o Options) validate() error {
 	}
 	if o.SNATPorts.Lo == 0 || o.SNATPorts.Lo > o.SNATPorts.Hi {
 		return invalidf("--snat-ports %s: want LO-HI with 1 <= LO <= HI <= 65535", o.SNATPorts)
+	}
+	if o.HalfOpenTimeout < time.Second || o.HalfOpenTimeout > OpenFlowIdleTCP {
+		return invalidf("--half-open-timeout %s: want 1s to %s", o.HalfOpenTimeout, OpenFlowIdleTCP)
 	}
 	seen := make(map[string]bool, len(o.Interfaces))
 	for _, name := range o.Interfaces {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"reflect"
 	"testing"
+	"time"
 )
 
 // None of these needs root: Defaults, Validate and loadSpec touch no
@@ -23,14 +24,15 @@ func TestDefaultsFillsEveryField(t *testing.T) {
 		}
 	}
 	want := Options{
-		BPFFS:         DefaultBPFFS,
-		XDPMode:       DefaultXDPMode,
-		LookupSize:    DefaultLookupSize,
-		ConntrackSize: DefaultConntrackSize,
-		MaxVIPs:       DefaultMaxVIPs,
-		MaxBackends:   DefaultMaxBackends,
-		SNATPorts:     DefaultSNATPorts,
-		Logger:        o.Logger,
+		BPFFS:           DefaultBPFFS,
+		XDPMode:         DefaultXDPMode,
+		LookupSize:      DefaultLookupSize,
+		ConntrackSize:   DefaultConntrackSize,
+		MaxVIPs:         DefaultMaxVIPs,
+		MaxBackends:     DefaultMaxBackends,
+		SNATPorts:       DefaultSNATPorts,
+		Logger:          o.Logger,
+		HalfOpenTimeout: DefaultHalfOpenTimeout,
 	}
 	if !reflect.DeepEqual(o, want) {
 		t.Errorf("Defaults() = %+v, want %+v", o, want)
@@ -47,7 +49,7 @@ func TestDefaultsFillsEveryField(t *testing.T) {
 func TestDefaultsKeepsSetFields(t *testing.T) {
 	set := Options{BPFFS: "/b", Interfaces: []string{"eth0"}, XDPMode: XDPModeNative, LookupSize: 251,
 		ConntrackSize: 4096, MaxVIPs: 16, MaxBackends: 64, SNATPorts: PortRange{Lo: 1000, Hi: 1001},
-		Logger: testOptions("").Logger}
+		HalfOpenTimeout: 5 * time.Second, Logger: testOptions("").Logger}
 	o := set
 	o.Defaults()
 	if !reflect.DeepEqual(o, set) {
@@ -78,6 +80,8 @@ func TestValidate(t *testing.T) {
 		{"bpffs empty", func(o *Options) { o.BPFFS = "" }, `--bpffs "": want a directory`},
 		{"max vips", func(o *Options) { o.MaxVIPs = 1 }, "max vips 1 and max backends 65536 must be at least 2"},
 		{"max backends", func(o *Options) { o.MaxBackends = 1 }, "max vips 1024 and max backends 1 must be at least 2"},
+		{"half-open short", func(o *Options) { o.HalfOpenTimeout = time.Second / 2 }, "--half-open-timeout 500ms: want 1s to 15m0s"},
+		{"half-open long", func(o *Options) { o.HalfOpenTimeout = time.Hour }, "--half-open-timeout 1h0m0s: want 1s to 15m0s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -168,19 +168,50 @@ func (d *Datapath) walkConntrack(fn func(xdplbFlowKey, xdplbFlowVal)) error {
 	}
 }
 
-// How long a flow without packets still counts as open (FlowsByBackend).
-// Entries themselves stay until the LRU evicts them; these only decide
-// whether an idle one is still a connection an operator must wait for.
+// How long an established flow without packets still counts as open
+// (FlowCountsByBackend). Entries themselves stay until the LRU evicts them;
+// these only decide whether an idle one is still a connection an operator
+// must wait for. A half-open flow (only its opening seen: TCP SYNs, or one
+// UDP datagram) counts for Options.HalfOpenTimeout: a DR LB never sees the
+// backend's answer, so a SYN refused with an RST looks like this, and it
+// must not hold a drain or `backend del` for an established flow's 15 minutes.
 const (
 	OpenFlowIdleTCP = 15 * time.Minute
 	OpenFlowIdleUDP = 2 * time.Minute
 )
 
-// FlowsByBackend counts the open flows per backend id: entries not marked
-// closing by a FIN or RST and seen within OpenFlowIdleTCP or
-// OpenFlowIdleUDP. Finished flows stay in the table until the LRU evicts
-// them and are not counted.
-func (d *Datapath) FlowsByBackend() (map[uint32]int, error) {
+// FlowCount is a backend's open flows, by phase.
+type FlowCount struct {
+	Established int // saw more than their opening, within OpenFlowIdleTCP/UDP
+	HalfOpen    int // saw only their opening, within Options.HalfOpenTimeout
+}
+
+// Open is every flow that still counts as open.
+func (c FlowCount) Open() int { return c.Established + c.HalfOpen }
+
+// FlowPhase is what a connection-table entry is, at a given time.
+type FlowPhase uint8
+
+const (
+	FlowEnded       FlowPhase = iota // closed by a FIN or RST, or idle past its limit
+	FlowHalfOpen                     // only its opening seen, within Options.HalfOpenTimeout
+	FlowEstablished                  // more than its opening, within OpenFlowIdleTCP/UDP
+)
+
+func (p FlowPhase) String() string {
+	switch p {
+	case FlowHalfOpen:
+		return "half-open"
+	case FlowEstablished:
+		return "established"
+	default:
+		return "ended"
+	}
+}
+
+// FlowCountsByBackend counts the open flows per backend id, established
+// apart from half-open (flowPhase).
+func (d *Datapath) FlowCountsByBackend() (map[uint32]FlowCount, error) {
 	d.mu.Lock()
 	hz, err := d.ticks.rate()
 	var now uint64
@@ -191,31 +222,47 @@ func (d *Datapath) FlowsByBackend() (map[uint32]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	return d.openFlowsByBackend(now, hz)
+	return d.flowCountsByBackend(now, hz)
 }
 
-// openFlowsByBackend is FlowsByBackend at a given time in kernel ticks
-// (the clock of flow_val.last_seen) at hz ticks a second.
-func (d *Datapath) openFlowsByBackend(now, hz uint64) (map[uint32]int, error) {
-	out := make(map[uint32]int)
+// flowCountsByBackend is FlowCountsByBackend at a given time in kernel
+// ticks (the clock of flow_val.last_seen) at hz ticks a second.
+func (d *Datapath) flowCountsByBackend(now, hz uint64) (map[uint32]FlowCount, error) {
+	out := make(map[uint32]FlowCount)
 	err := d.walkConntrack(func(k xdplbFlowKey, v xdplbFlowVal) {
-		if flowOpen(k, v, now, hz) {
-			out[v.BackendId]++
+		switch flowPhase(k, v, now, hz, d.opts.HalfOpenTimeout) {
+		case FlowEstablished:
+			c := out[v.BackendId]
+			c.Established++
+			out[v.BackendId] = c
+		case FlowHalfOpen:
+			c := out[v.BackendId]
+			c.HalfOpen++
+			out[v.BackendId] = c
 		}
 	})
 	return out, err
 }
 
-func flowOpen(k xdplbFlowKey, v xdplbFlowVal, now, hz uint64) bool {
+// flowPhase decides what an entry is at now: closing (FLOW_F_CLOSING) is
+// ended at once; otherwise its idle limit is its phase's, halfOpen for a
+// flow that saw only its opening.
+func flowPhase(k xdplbFlowKey, v xdplbFlowVal, now, hz uint64, halfOpen time.Duration) FlowPhase {
 	if v.Flags&uint32(xdplbFlowFlagsFLOW_F_CLOSING) != 0 {
-		return false
+		return FlowEnded
 	}
-	idle := OpenFlowIdleTCP
-	if Protocol(k.Proto) == ProtoUDP {
-		idle = OpenFlowIdleUDP
+	phase, idle := FlowHalfOpen, halfOpen
+	if v.Flags&uint32(xdplbFlowFlagsFLOW_F_ESTABLISHED) != 0 {
+		phase, idle = FlowEstablished, OpenFlowIdleTCP
+		if Protocol(k.Proto) == ProtoUDP {
+			idle = OpenFlowIdleUDP
+		}
 	}
 	// An entry refreshed during the walk is stamped after now: fresh.
-	return v.LastSeen >= now || now-v.LastSeen < uint64(idle.Seconds())*hz
+	if v.LastSeen >= now || now-v.LastSeen < uint64(idle.Seconds()*float64(hz)) {
+		return phase
+	}
+	return FlowEnded
 }
 
 // ConntrackEntries is the number of connection-table entries, finished

@@ -79,6 +79,7 @@ type xdplbFlowFlags uint32
 
 const (
 	xdplbFlowFlagsFLOW_F_CLOSING       xdplbFlowFlags = 1
+	xdplbFlowFlagsFLOW_F_ESTABLISHED   xdplbFlowFlags = 2
 	xdplbFlowFlagsFLOW_SNAT_PORT_SHIFT xdplbFlowFlags = 16
 )
 

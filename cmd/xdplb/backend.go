@@ -165,10 +165,10 @@ func (e *env) backendList(c *cli.Context) error {
 	if len(bs) > 0 && bs[0].Mode.IsNAT() {
 		return writeNATBackends(e.stdout, bs)
 	}
-	t := newTable(e.stdout, "BACKEND", "WEIGHT", "STATE", "FLOWS", "CHECK", "MAC")
+	t := newTable(e.stdout, "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MAC")
 	for _, b := range bs {
 		t.row(backendString(b.Address, b.Port), strconv.FormatUint(uint64(b.Weight), 10),
-			orDash(b.State), strconv.Itoa(b.Flows), orDash(b.Check), orDash(b.MAC))
+			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), orDash(b.MAC))
 	}
 	return t.flush()
 }
@@ -177,14 +177,14 @@ func (e *env) backendList(c *cli.Context) error {
 // (the next hop is the kernel's FIB's) but the mode, the egress interface
 // and, for fullnat, the source address the backend sees.
 func writeNATBackends(w io.Writer, bs []api.BackendStatus) error {
-	t := newTable(w, "BACKEND", "WEIGHT", "STATE", "FLOWS", "CHECK", "MODE", "IFACE", "SNAT")
+	t := newTable(w, "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MODE", "IFACE", "SNAT")
 	for _, b := range bs {
 		snat := "-"
 		if b.SNATAddr.IsValid() {
 			snat = b.SNATAddr.String()
 		}
 		t.row(backendString(b.Address, b.Port), strconv.FormatUint(uint64(b.Weight), 10),
-			orDash(b.State), strconv.Itoa(b.Flows), orDash(b.Check), string(b.Mode), orDash(b.Iface), snat)
+			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), string(b.Mode), orDash(b.Iface), snat)
 	}
 	return t.flush()
 }

@@ -54,6 +54,7 @@ func (e *env) daemonCommand() *cli.Command {
 			&cli.Uint64Flag{Name: "maglev-size", Value: loader.DefaultLookupSize, Usage: "per-VIP lookup table size, a prime"},
 			&cli.Uint64Flag{Name: "conntrack-size", Value: loader.DefaultConntrackSize, Usage: "connection table entries"},
 			&cli.StringFlag{Name: "snat-ports", Value: loader.DefaultSNATPorts.String(), Usage: "LO-HI: source ports of fullnat VIPs' translated packets"},
+			&cli.DurationFlag{Name: "half-open-timeout", Value: loader.DefaultHalfOpenTimeout, Usage: "how long a flow that saw only its opening (a SYN) counts as open for drain and backend del"},
 			&cli.BoolFlag{Name: "detach-on-exit", Usage: "on exit, detach XDP and remove pins and announced addresses (default: leave them, forwarding continues)"},
 		}, logFlags()...),
 		Action: e.daemon,
@@ -75,14 +76,15 @@ func (e *env) daemon(c *cli.Context) error {
 		return usagef(c, "%s", err)
 	}
 	opts := loader.Options{
-		BPFFS:         c.String("bpffs"),
-		Interfaces:    ifaces,
-		XDPMode:       loader.XDPMode(c.String("xdp-mode")),
-		LookupSize:    uint32Flag(c, "maglev-size"),
-		ConntrackSize: uint32Flag(c, "conntrack-size"),
-		MaxVIPs:       loader.DefaultMaxVIPs,
-		MaxBackends:   loader.DefaultMaxBackends,
-		SNATPorts:     snatPorts,
+		BPFFS:           c.String("bpffs"),
+		Interfaces:      ifaces,
+		XDPMode:         loader.XDPMode(c.String("xdp-mode")),
+		LookupSize:      uint32Flag(c, "maglev-size"),
+		ConntrackSize:   uint32Flag(c, "conntrack-size"),
+		MaxVIPs:         loader.DefaultMaxVIPs,
+		MaxBackends:     loader.DefaultMaxBackends,
+		SNATPorts:       snatPorts,
+		HalfOpenTimeout: c.Duration("half-open-timeout"),
 	}
 	// The data plane's rules are loader's: checked here too, before
 	// anything starts, so a bad flag is a usage error (exit 2).

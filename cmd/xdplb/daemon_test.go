@@ -68,18 +68,18 @@ func TestDaemonFlags(t *testing.T) {
 	}{
 		{
 			args: []string{"daemon", "--iface", "eth0"},
-			want: daemon.Config{Options: loader.Options{BPFFS: "/sys/fs/bpf", Interfaces: []string{"eth0"}, XDPMode: "auto", LookupSize: 65537, ConntrackSize: 1 << 20, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends, SNATPorts: loader.DefaultSNATPorts}, StateDir: "/var/lib/xdplb", MetricsAddr: "127.0.0.1:9642", SocketPath: "/run/xdplb/xdplb.sock"},
+			want: daemon.Config{Options: loader.Options{BPFFS: "/sys/fs/bpf", Interfaces: []string{"eth0"}, XDPMode: "auto", LookupSize: 65537, ConntrackSize: 1 << 20, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends, SNATPorts: loader.DefaultSNATPorts, HalfOpenTimeout: loader.DefaultHalfOpenTimeout}, StateDir: "/var/lib/xdplb", MetricsAddr: "127.0.0.1:9642", SocketPath: "/run/xdplb/xdplb.sock"},
 		},
 		{
 			args: []string{"--socket", "/tmp/x.sock", "daemon", "--iface", "eth0", "--iface", "eth1", "--xdp-mode", "native",
 				"--state-dir", "/s", "--bpffs", "/b", "--config", "/c.yaml", "--metrics-addr", "[::1]:9000",
-				"--maglev-size", "251", "--conntrack-size", "4096", "--snat-ports", "30000-39999", "--detach-on-exit", "--log-level", "debug", "--log-format", "json"},
-			want: daemon.Config{Options: loader.Options{BPFFS: "/b", Interfaces: []string{"eth0", "eth1"}, XDPMode: "native", LookupSize: 251, ConntrackSize: 4096, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends, SNATPorts: loader.PortRange{Lo: 30000, Hi: 39999}}, StateDir: "/s", ConfigFile: "/c.yaml", MetricsAddr: "[::1]:9000", SocketPath: "/tmp/x.sock", DetachOnExit: true},
+				"--maglev-size", "251", "--conntrack-size", "4096", "--snat-ports", "30000-39999", "--half-open-timeout", "5s", "--detach-on-exit", "--log-level", "debug", "--log-format", "json"},
+			want: daemon.Config{Options: loader.Options{BPFFS: "/b", Interfaces: []string{"eth0", "eth1"}, XDPMode: "native", LookupSize: 251, ConntrackSize: 4096, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends, SNATPorts: loader.PortRange{Lo: 30000, Hi: 39999}, HalfOpenTimeout: 5 * time.Second}, StateDir: "/s", ConfigFile: "/c.yaml", MetricsAddr: "[::1]:9000", SocketPath: "/tmp/x.sock", DetachOnExit: true},
 		},
 		{
 			args: []string{"daemon", "--iface", "eth0", "--xdp-mode", "generic"},
 			env:  "/tmp/env.sock",
-			want: daemon.Config{Options: loader.Options{BPFFS: "/sys/fs/bpf", Interfaces: []string{"eth0"}, XDPMode: "generic", LookupSize: 65537, ConntrackSize: 1 << 20, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends, SNATPorts: loader.DefaultSNATPorts}, StateDir: "/var/lib/xdplb", MetricsAddr: "127.0.0.1:9642", SocketPath: "/tmp/env.sock"},
+			want: daemon.Config{Options: loader.Options{BPFFS: "/sys/fs/bpf", Interfaces: []string{"eth0"}, XDPMode: "generic", LookupSize: 65537, ConntrackSize: 1 << 20, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends, SNATPorts: loader.DefaultSNATPorts, HalfOpenTimeout: loader.DefaultHalfOpenTimeout}, StateDir: "/var/lib/xdplb", MetricsAddr: "127.0.0.1:9642", SocketPath: "/tmp/env.sock"},
 		},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

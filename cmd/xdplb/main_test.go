@@ -280,10 +280,10 @@ func TestBackends(t *testing.T) {
 
 	out := l.ok("backend", "list", vip)
 	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
-	if len(lines) != 4 || !regexp.MustCompile(`^BACKEND\s+WEIGHT\s+STATE\s+FLOWS\s+CHECK\s+MAC$`).MatchString(lines[0]) {
+	if len(lines) != 4 || !regexp.MustCompile(`^BACKEND\s+WEIGHT\s+STATE\s+FLOWS\s+HALF-OPEN\s+CHECK\s+MAC$`).MatchString(lines[0]) {
 		t.Fatalf("backend list:\n%s", out)
 	}
-	for i, re := range []string{`^10\.0\.0\.11\s+100\s+draining\s+\d+\s+-\s+\S+$`, `^10\.0\.0\.12\s+7\s+\w+\s+\d+\s+-\s+\S+$`, `^10\.0\.0\.13\s+0\s+draining\s+\d+\s+-\s+\S+$`} {
+	for i, re := range []string{`^10\.0\.0\.11\s+100\s+draining\s+\d+\s+\d+\s+-\s+\S+$`, `^10\.0\.0\.12\s+7\s+\w+\s+\d+\s+\d+\s+-\s+\S+$`, `^10\.0\.0\.13\s+0\s+draining\s+\d+\s+\d+\s+-\s+\S+$`} {
 		if !regexp.MustCompile(re).MatchString(lines[i+1]) {
 			t.Errorf("backend list line %d = %q, want match %q", i+1, lines[i+1], re)
 		}
@@ -682,13 +682,14 @@ func TestBackendHealthAndForcedDelete(t *testing.T) {
 	// Backend ids follow the order of the adds.
 	l.dp.SetFlows(1, 12)
 	l.dp.SetFlows(3, 5)
+	l.dp.SetHalfOpen(3, 2)
 
 	out := l.ok("backend", "list", vip)
 	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
-	for i, re := range []string{`^BACKEND\s+WEIGHT\s+STATE\s+FLOWS\s+CHECK\s+MAC$`,
-		`^10\.0\.0\.11\s+100\s+up\s+12\s+ok\s+02:00:00:00:00:0b$`,
-		`^10\.0\.0\.12\s+100\s+down\s+0\s+connect refused\s+02:00:00:00:00:0c$`,
-		`^10\.0\.0\.13\s+100\s+draining\s+5\s+ok\s+02:00:00:00:00:0d$`} {
+	for i, re := range []string{`^BACKEND\s+WEIGHT\s+STATE\s+FLOWS\s+HALF-OPEN\s+CHECK\s+MAC$`,
+		`^10\.0\.0\.11\s+100\s+up\s+12\s+0\s+ok\s+02:00:00:00:00:0b$`,
+		`^10\.0\.0\.12\s+100\s+down\s+0\s+0\s+connect refused\s+02:00:00:00:00:0c$`,
+		`^10\.0\.0\.13\s+100\s+draining\s+5\s+2\s+ok\s+02:00:00:00:00:0d$`} {
 		if i >= len(lines) || !regexp.MustCompile(re).MatchString(lines[i]) {
 			t.Fatalf("backend list line %d: want match %q in\n%s", i, re, out)
 		}
@@ -697,14 +698,14 @@ func TestBackendHealthAndForcedDelete(t *testing.T) {
 	if err := json.Unmarshal([]byte(l.ok("backend", "list", vip, "-o", "json")), &bs); err != nil {
 		t.Fatal(err)
 	}
-	if len(bs) != 3 || bs[1].Check != "connect refused" || !bs[1].CheckSince.Equal(since) || bs[2].Flows != 5 {
+	if len(bs) != 3 || bs[1].Check != "connect refused" || !bs[1].CheckSince.Equal(since) || bs[2].Flows != 5 || bs[2].HalfOpen != 2 {
 		t.Fatalf("backend list -o json: %+v", bs)
 	}
 
 	// The drained backend still has flows: del refuses, and says why.
 	before := l.exported()
 	wantOneLineError(t, l.run("backend", "del", vip, "10.0.0.13"), exitError,
-		`^xdplb: backend del: vip 10\.0\.0\.100:80/tcp: backend 10\.0\.0\.13 still has 5 open flows: drain it and wait, or use --force$`)
+		`^xdplb: backend del: vip 10\.0\.0\.100:80/tcp: backend 10\.0\.0\.13 still has 7 open flows \(5 established, 2 half-open\): drain it and wait, or use --force$`)
 	if after := l.exported(); after != before {
 		t.Fatalf("refused del changed the state:\n%s", after)
 	}
@@ -800,12 +801,12 @@ func TestNATVIPs(t *testing.T) {
 		vip  string
 		rows []string
 	}{
-		{nat, []string{`^BACKEND\s+WEIGHT\s+STATE\s+FLOWS\s+CHECK\s+MODE\s+IFACE\s+SNAT$`,
-			`^10\.0\.1\.5:8080\s+100\s+up\s+0\s+-\s+nat\s+lo\s+-$`,
-			`^10\.0\.1\.6\s+100\s+up\s+0\s+-\s+nat\s+lo\s+-$`}},
-		{full, []string{`^BACKEND\s+WEIGHT\s+STATE\s+FLOWS\s+CHECK\s+MODE\s+IFACE\s+SNAT$`,
-			`^10\.0\.1\.5:8443\s+50\s+up\s+0\s+-\s+fullnat\s+lo\s+10\.0\.2\.1$`}},
-		{full6, []string{`^BACKEND`, `^\[2001:db8:1::5\]:5353\s+100\s+up\s+0\s+-\s+fullnat\s+lo\s+2001:db8:ffff::1$`}},
+		{nat, []string{`^BACKEND\s+WEIGHT\s+STATE\s+FLOWS\s+HALF-OPEN\s+CHECK\s+MODE\s+IFACE\s+SNAT$`,
+			`^10\.0\.1\.5:8080\s+100\s+up\s+0\s+0\s+-\s+nat\s+lo\s+-$`,
+			`^10\.0\.1\.6\s+100\s+up\s+0\s+0\s+-\s+nat\s+lo\s+-$`}},
+		{full, []string{`^BACKEND\s+WEIGHT\s+STATE\s+FLOWS\s+HALF-OPEN\s+CHECK\s+MODE\s+IFACE\s+SNAT$`,
+			`^10\.0\.1\.5:8443\s+50\s+up\s+0\s+0\s+-\s+fullnat\s+lo\s+10\.0\.2\.1$`}},
+		{full6, []string{`^BACKEND`, `^\[2001:db8:1::5\]:5353\s+100\s+up\s+0\s+0\s+-\s+fullnat\s+lo\s+2001:db8:ffff::1$`}},
 	} {
 		out := l.ok("backend", "list", tc.vip)
 		lines := strings.Split(strings.TrimRight(out, "\n"), "\n")

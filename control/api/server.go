@@ -19,6 +19,7 @@ import (
 	"github.com/xdplb/xdplb/control/model"
 	"github.com/xdplb/xdplb/control/reconcile"
 	"github.com/xdplb/xdplb/control/state"
+	"github.com/xdplb/xdplb/loader"
 
 	"golang.org/x/sys/unix"
 )
@@ -266,7 +267,7 @@ func (s *Server) listBackends(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	flows, err := s.Datapath.FlowsByBackend()
+	flows, err := s.Datapath.FlowCountsByBackend()
 	if err != nil {
 		s.fail(w, r, fmt.Errorf("count flows: %w", err))
 		return
@@ -284,7 +285,7 @@ func (s *Server) listBackends(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (s *Server) backendStatus(id model.VIPID, b model.Backend, flows map[uint32]int) BackendStatus {
+func (s *Server) backendStatus(id model.VIPID, b model.Backend, flows map[uint32]loader.FlowCount) BackendStatus {
 	bs := BackendStatus{Backend: b, State: model.BackendUnresolved}
 	if b.Weight == 0 || b.Drain {
 		bs.State = model.BackendDraining
@@ -295,7 +296,7 @@ func (s *Server) backendStatus(id model.VIPID, b model.Backend, flows map[uint32
 	if bi, ok := s.Reconciler.Backend(id, b.Address, b.Port); ok {
 		bs.State, bs.MAC, bs.Iface, bs.Reason = bi.State, bi.MAC.String(), bi.Iface, bi.Reason
 		if bi.ID != 0 {
-			bs.Flows = flows[bi.ID]
+			bs.Flows, bs.HalfOpen = flows[bi.ID].Established, flows[bi.ID].HalfOpen
 		}
 	}
 	if hs, ok := s.Reconciler.HealthStatus(id, b); ok {
@@ -396,13 +397,13 @@ func (s *Server) checkNoFlows(id model.VIPID, addr netip.Addr, port uint16) erro
 	if !ok || bi.ID == 0 {
 		return nil // never written to the data plane: no flows
 	}
-	flows, err := s.Datapath.FlowsByBackend()
+	flows, err := s.Datapath.FlowCountsByBackend()
 	if err != nil {
 		return fmt.Errorf("count flows: %w", err)
 	}
-	if n := flows[bi.ID]; n > 0 {
-		return &hasFlowsError{fmt.Sprintf("vip %s: backend %s still has %d open flows: drain it and wait, or use --force",
-			id, model.BackendName(addr.Unmap(), port), n)}
+	if c := flows[bi.ID]; c.Open() > 0 {
+		return &hasFlowsError{fmt.Sprintf("vip %s: backend %s still has %s: drain it and wait, or use --force",
+			id, model.BackendName(addr.Unmap(), port), openFlows(c))}
 	}
 	return nil
 }
@@ -472,4 +473,11 @@ func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
 		out.Maps = append(out.Maps, MapInfo{Name: m.Name, Entries: m.Entries, MaxEntries: m.MaxEntries})
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// openFlows words a count of open flows for an operator: "3 open flows (2
+// established, 1 half-open)". Half-open ones end on their own within the
+// daemon's --half-open-timeout.
+func openFlows(c loader.FlowCount) string {
+	return fmt.Sprintf("%d open flows (%d established, %d half-open)", c.Open(), c.Established, c.HalfOpen)
 }

@@ -67,7 +67,7 @@ func TestAPIDeleteBackendWithFlows(t *testing.T) {
 	path := "/v1/vips/10.0.0.100:80%2Ftcp/backends/10.0.0.2"
 
 	code, body := f.raw(t, http.MethodDelete, path, "")
-	wantMsg := "vip 10.0.0.100:80/tcp: backend 10.0.0.2 still has 3 open flows: drain it and wait, or use --force"
+	wantMsg := "vip 10.0.0.100:80/tcp: backend 10.0.0.2 still has 3 open flows (3 established, 0 half-open): drain it and wait, or use --force"
 	if code != http.StatusConflict || !strings.Contains(body, wantMsg) {
 		t.Fatalf("delete with flows: %d %s", code, body)
 	}

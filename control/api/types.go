@@ -39,7 +39,11 @@ type BackendStatus struct {
 	model.Backend
 	State string `json:"state"`
 	MAC   string `json:"mac,omitempty"`
-	Flows int    `json:"flows"` // open flows in the connection table that point at it
+	// Open flows in the connection table that point at it: established
+	// ones, and half-open ones (only their opening seen: a SYN the
+	// backend may have refused), which end within --half-open-timeout.
+	Flows    int `json:"flows"`
+	HalfOpen int `json:"half_open"`
 	// Mode is the VIP's; SNATAddr the source address a fullnat VIP's
 	// packets to the backend take (its own, or the one found for it).
 	Mode     model.Mode `json:"mode,omitempty"`

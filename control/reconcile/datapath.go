@@ -36,10 +36,10 @@ type Datapath interface {
 	BackendCounters() (map[uint32]loader.Counters, error) // by backend id
 	ActionCounters() ([]loader.ActionCount, error)
 	DropCounters() (map[string]uint64, error) // by drop reason name
-	// FlowsByBackend counts open flows per backend id: connection-table
-	// entries not closed by a TCP FIN/RST and seen within the idle
-	// timeout (loader.OpenFlowIdleTCP, loader.OpenFlowIdleUDP).
-	FlowsByBackend() (map[uint32]int, error)
+	// FlowCountsByBackend counts open flows per backend id: connection-
+	// table entries not closed by a TCP FIN/RST and seen within their
+	// phase's idle limit, established apart from half-open.
+	FlowCountsByBackend() (map[uint32]loader.FlowCount, error)
 	ConntrackEntries() (int, error)
 	// NATStats is the NAT table as of its last sweep; EventCounters the
 	// data plane's events that are not drops, by name. Both may fail on

@@ -35,7 +35,7 @@ type Datapath struct {
 	countersFunc    func(ids []uint32) map[uint32]loader.Counters
 	actions         []loader.ActionCount
 	drops           map[string]uint64
-	flows           map[uint32]int
+	flows           map[uint32]loader.FlowCount
 	ifaces          []loader.IfaceStatus
 	removed         bool
 
@@ -61,7 +61,7 @@ func NewDatapath(lookupSize, maxVIPs, maxBackends uint32) *Datapath {
 		vipCounters:     map[uint32]loader.Counters{},
 		backendCounters: map[uint32]loader.Counters{},
 		drops:           map[string]uint64{},
-		flows:           map[uint32]int{},
+		flows:           map[uint32]loader.FlowCount{},
 		events:          map[string]uint64{},
 		ifaces:          []loader.IfaceStatus{{Name: "eth0", Ifindex: 2, Mode: loader.XDPModeNative, ProgramID: 7, LinkID: 8}},
 	}
@@ -138,12 +138,23 @@ func (f *Datapath) SetDrops(reason string, n uint64) {
 	f.drops[reason] = n
 }
 
-// SetFlows sets the connection table entries of backend id; their sum is
-// ConntrackEntries.
+// SetFlows sets the established connection-table entries of backend id;
+// the sum of every backend's is ConntrackEntries.
 func (f *Datapath) SetFlows(id uint32, n int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.flows[id] = n
+	c := f.flows[id]
+	c.Established = n
+	f.flows[id] = c
+}
+
+// SetHalfOpen sets the half-open connection-table entries of backend id.
+func (f *Datapath) SetHalfOpen(id uint32, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.flows[id]
+	c.HalfOpen = n
+	f.flows[id] = c
 }
 
 // SetInterfaces sets the interfaces Status reports.
@@ -366,7 +377,7 @@ func (f *Datapath) DropCounters() (map[string]uint64, error) {
 	return maps.Clone(f.drops), nil
 }
 
-func (f *Datapath) FlowsByBackend() (map[uint32]int, error) {
+func (f *Datapath) FlowCountsByBackend() (map[uint32]loader.FlowCount, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return maps.Clone(f.flows), nil
@@ -377,7 +388,7 @@ func (f *Datapath) ConntrackEntries() (int, error) {
 	defer f.mu.Unlock()
 	n := 0
 	for _, c := range f.flows {
-		n += c
+		n += c.Open()
 	}
 	return n, nil
 }
