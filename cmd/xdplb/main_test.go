@@ -715,6 +715,18 @@ func TestBackendHealthAndForcedDelete(t *testing.T) {
 	if err := json.Unmarshal([]byte(l.ok("backend", "list", vip, "-o", "json")), &bs); err != nil || len(bs) != 1 {
 		t.Fatalf("after del: %v %+v", err, bs)
 	}
+
+	// vip del is refused the same way while its backends have flows.
+	before = l.exported()
+	wantOneLineError(t, l.run("vip", "del", vip), exitError,
+		`^xdplb: vip del: vip 10\.0\.0\.100:80/tcp still has 12 open flows \(12 established, 0 half-open\): drain its backends and wait, or use --force$`)
+	if after := l.exported(); after != before {
+		t.Fatalf("refused vip del changed the state:\n%s", after)
+	}
+	l.ok("vip", "del", vip, "--force")
+	if out := l.ok("vip", "list"); strings.Contains(out, "10.0.0.100") {
+		t.Fatalf("forced vip del left the VIP:\n%s", out)
+	}
 }
 
 // TestDaemonRefusesBadInputs: inputs that are well-formed but that the

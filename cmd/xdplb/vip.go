@@ -40,9 +40,12 @@ func (e *env) vipCommand() *cli.Command {
 			},
 			{
 				Name:      "del",
-				Usage:     "delete a VIP and its backends",
+				Usage:     "delete a VIP and its backends (refused while they have open flows)",
 				ArgsUsage: "ADDR:PORT/PROTO",
-				Action:    e.vipDel,
+				Flags: []cli.Flag{
+					&cli.BoolFlag{Name: "force", Usage: "delete even with open flows (their clients are reset)"},
+				},
+				Action: e.vipDel,
 			},
 			{
 				Name:   "list",
@@ -192,7 +195,7 @@ func (e *env) vipDel(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := client(c).DeleteVIP(c.Context, id); err != nil {
+	if err := client(c).DeleteVIP(c.Context, id, c.Bool("force")); err != nil {
 		return apiError(c, err)
 	}
 	return nil

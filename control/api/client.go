@@ -99,9 +99,14 @@ func (c *Client) AddVIP(ctx context.Context, v model.VIP) error {
 	return c.do(ctx, http.MethodPost, "/v1/vips", v, nil)
 }
 
-// DeleteVIP deletes a VIP and its backends.
-func (c *Client) DeleteVIP(ctx context.Context, id model.VIPID) error {
-	return c.do(ctx, http.MethodDelete, vipPath(id), nil, nil)
+// DeleteVIP deletes a VIP and its backends. Without force the daemon
+// refuses (409, ErrHasFlows) while its backends have open flows.
+func (c *Client) DeleteVIP(ctx context.Context, id model.VIPID, force bool) error {
+	p := vipPath(id)
+	if force {
+		p += "?force=true"
+	}
+	return c.do(ctx, http.MethodDelete, p, nil, nil)
 }
 
 // Backends lists a VIP's backends with their state.

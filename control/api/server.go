@@ -34,9 +34,9 @@ const maxBody = 64 << 20
 // ErrDaemonRunning is returned when another daemon answers on the socket.
 var ErrDaemonRunning = errors.New("another daemon is running")
 
-// ErrHasFlows is why a backend that still has open flows is not deleted
+// ErrHasFlows is why a VIP or backend that still has open flows is not deleted
 // without force (409).
-var ErrHasFlows = errors.New("backend has open flows")
+var ErrHasFlows = errors.New("open flows")
 
 // hasFlowsError is an ErrHasFlows whose text is the message alone.
 type hasFlowsError struct{ msg string }
@@ -242,8 +242,18 @@ func (s *Server) addVIP(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusCreated)
 }
 
+// deleteVIP refuses, unless ?force=true, to delete a VIP whose backends
+// still have open flows, as deleteBackend does: its clients would be
+// reset (their packets pass to the kernel, which has no such socket).
 func (s *Server) deleteVIP(w http.ResponseWriter, r *http.Request) {
 	id, err := pathVIP(r)
+	force := false
+	if err == nil {
+		force, err = forceParam(r)
+	}
+	if err == nil && !force {
+		err = s.checkVIPNoFlows(id)
+	}
 	if err == nil {
 		err = s.Store.DeleteVIP(id)
 	}
@@ -251,7 +261,7 @@ func (s *Server) deleteVIP(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.log().Info("vip deleted by api", "vip", id)
+	s.log().Info("vip deleted by api", "vip", id, "force", force)
 	s.applied(r)
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -363,11 +373,7 @@ func (s *Server) deleteBackend(w http.ResponseWriter, r *http.Request) {
 	id, addr, port, err := pathBackend(r)
 	force := false
 	if err == nil {
-		if f := r.URL.Query().Get("force"); f != "" {
-			if force, err = strconv.ParseBool(f); err != nil {
-				err = fmt.Errorf("%w: force=%q: want true or false", model.ErrInvalid, f)
-			}
-		}
+		force, err = forceParam(r)
 	}
 	if err == nil && !force {
 		err = s.checkNoFlows(id, addr, port)
@@ -382,6 +388,53 @@ func (s *Server) deleteBackend(w http.ResponseWriter, r *http.Request) {
 	s.log().Info("backend deleted by api", "vip", id, "backend", addr, "force", force)
 	s.applied(r)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// forceParam is the request's ?force=, false when absent.
+func forceParam(r *http.Request) (bool, error) {
+	f := r.URL.Query().Get("force")
+	if f == "" {
+		return false, nil
+	}
+	force, err := strconv.ParseBool(f)
+	if err != nil {
+		return false, fmt.Errorf("%w: force=%q: want true or false", model.ErrInvalid, f)
+	}
+	return force, nil
+}
+
+// checkVIPNoFlows returns an ErrHasFlows error when any backend of the VIP
+// has open flows in the connection table.
+func (s *Server) checkVIPNoFlows(id model.VIPID) error {
+	if s.Reconciler == nil {
+		return nil
+	}
+	v, err := s.Store.VIP(id)
+	if err != nil {
+		return err
+	}
+	var ids []uint32
+	for _, b := range v.Backends {
+		if bi, ok := s.Reconciler.Backend(id, b.Address, b.Port); ok && bi.ID != 0 {
+			ids = append(ids, bi.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil // nothing in the data plane: no flows
+	}
+	flows, err := s.Datapath.FlowCountsByBackend()
+	if err != nil {
+		return fmt.Errorf("count flows: %w", err)
+	}
+	var sum loader.FlowCount
+	for _, bid := range ids {
+		sum.Established += flows[bid].Established
+		sum.HalfOpen += flows[bid].HalfOpen
+	}
+	if sum.Open() > 0 {
+		return &hasFlowsError{fmt.Sprintf("vip %s still has %s: drain its backends and wait, or use --force", id, openFlows(sum))}
+	}
+	return nil
 }
 
 // checkNoFlows returns an ErrHasFlows error when the backend has open

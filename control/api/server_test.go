@@ -184,10 +184,10 @@ func TestAPIRoundTrip(t *testing.T) {
 	if vips, _ := f.client.VIPs(ctx); len(vips) != 2 {
 		t.Fatalf("after apply: %+v", vips)
 	}
-	if err := f.client.DeleteVIP(ctx, vip2); err != nil {
+	if err := f.client.DeleteVIP(ctx, vip2, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.client.DeleteVIP(ctx, vip2); err == nil || !strings.Contains(err.Error(), "not found") {
+	if err := f.client.DeleteVIP(ctx, vip2, false); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Fatalf("second delete: %v", err)
 	}
 	if code, _ := f.raw(t, "DELETE", "/v1/vips/"+strings.ReplaceAll(vip2.String(), "/", "%2F"), ""); code != http.StatusNotFound {
