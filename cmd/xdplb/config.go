@@ -16,6 +16,7 @@ func (e *env) applyCommand() *cli.Command {
 		Usage: "replace the whole desired state atomically with a YAML file",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "YAML state file (- for stdin)"},
+			&cli.BoolFlag{Name: "force", Usage: "let new VIPs take addresses of this host"},
 		},
 		Action: e.apply,
 	}
@@ -46,7 +47,7 @@ func (e *env) apply(c *cli.Context) error {
 	} else if st, err = config.Load(path); err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
-	if err := client(c).Apply(c.Context, st); err != nil {
+	if err := client(c).Apply(c.Context, st, c.Bool("force")); err != nil {
 		return apiError(c, err)
 	}
 	return nil

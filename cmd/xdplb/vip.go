@@ -35,6 +35,7 @@ func (e *env) vipCommand() *cli.Command {
 					&cli.BoolFlag{Name: "no-announce", Usage: "do not answer ARP/NDP for the VIP", DefaultText: "off"},
 					&cli.StringFlag{Name: "snat-addr", Usage: "fullnat: source address of the packets to the backends, an address of this host",
 						DefaultText: "the primary address of the interface toward the first backend"},
+					&cli.BoolFlag{Name: "force", Usage: "take the VIP even on an address of this host (its own connections to the port go to the VIP)"},
 				},
 				Action: e.vipAdd,
 			},
@@ -184,7 +185,7 @@ func (e *env) vipAdd(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := client(c).AddVIP(c.Context, v); err != nil {
+	if err := client(c).AddVIP(c.Context, v, c.Bool("force")); err != nil {
 		return apiError(c, err)
 	}
 	return nil

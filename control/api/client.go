@@ -94,9 +94,13 @@ func (c *Client) VIPs(ctx context.Context) ([]model.VIP, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/vips", nil, &out)
 }
 
-// AddVIP adds a VIP.
-func (c *Client) AddVIP(ctx context.Context, v model.VIP) error {
-	return c.do(ctx, http.MethodPost, "/v1/vips", v, nil)
+// AddVIP adds a VIP; force takes an address of the LB host (model.ErrOwnAddress).
+func (c *Client) AddVIP(ctx context.Context, v model.VIP, force bool) error {
+	p := "/v1/vips"
+	if force {
+		p += "?force=true"
+	}
+	return c.do(ctx, http.MethodPost, p, v, nil)
 }
 
 // DeleteVIP deletes a VIP and its backends. Without force the daemon
@@ -141,9 +145,14 @@ func (c *Client) State(ctx context.Context) (model.State, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/state", nil, &out)
 }
 
-// Apply replaces the whole desired state.
-func (c *Client) Apply(ctx context.Context, st model.State) error {
-	return c.do(ctx, http.MethodPut, "/v1/state", st, nil)
+// Apply replaces the whole desired state; force lets a new VIP take an
+// address of the LB host.
+func (c *Client) Apply(ctx context.Context, st model.State, force bool) error {
+	p := "/v1/state"
+	if force {
+		p += "?force=true"
+	}
+	return c.do(ctx, http.MethodPut, p, st, nil)
 }
 
 // Stats returns the counters.

@@ -52,6 +52,16 @@ type Server struct {
 	Version    string
 	StartTime  time.Time
 	Log        *slog.Logger
+	// VIPAddrs, if set, vets the address of a VIP that is new to the
+	// state (vip add, apply).
+	VIPAddrs VIPAddressChecker
+}
+
+// VIPAddressChecker refuses VIP addresses that are not safe to take: a
+// subnet's network or broadcast address, or an address of the LB host
+// itself (model.ErrOwnAddress, which force overrides).
+type VIPAddressChecker interface {
+	CheckVIPAddress(addr netip.Addr) error
 }
 
 // Handler returns the API's routes.
@@ -229,15 +239,22 @@ func (s *Server) listVIPs(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) addVIP(w http.ResponseWriter, r *http.Request) {
 	var v model.VIP
-	if err := decode(w, r, &v); err != nil {
+	err := decode(w, r, &v)
+	force := false
+	if err == nil {
+		force, err = forceParam(r)
+	}
+	if err == nil {
+		err = s.checkNewVIPAddrs([]model.VIP{v}, force)
+	}
+	if err == nil {
+		err = s.Store.AddVIP(v)
+	}
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	if err := s.Store.AddVIP(v); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	s.log().Info("vip added by api", "vip", v.ID())
+	s.log().Info("vip added by api", "vip", v.ID(), "force", force)
 	s.applied(r)
 	w.WriteHeader(http.StatusCreated)
 }
@@ -390,6 +407,31 @@ func (s *Server) deleteBackend(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// checkNewVIPAddrs vets the address of every VIP of vips whose address no
+// VIP of the state has yet (one taken already was vetted, or forced, when
+// it came). force lets an address of this host through.
+func (s *Server) checkNewVIPAddrs(vips []model.VIP, force bool) error {
+	if s.VIPAddrs == nil {
+		return nil
+	}
+	taken := map[netip.Addr]bool{}
+	for _, v := range s.Store.State().VIPs {
+		taken[v.Address.Unmap()] = true
+	}
+	for _, v := range vips {
+		a := v.Address.Unmap()
+		if taken[a] {
+			continue
+		}
+		err := s.VIPAddrs.CheckVIPAddress(a)
+		if err != nil && !(force && errors.Is(err, model.ErrOwnAddress)) {
+			return model.AsInvalid(fmt.Errorf("vip %s: %w", v.ID(), err))
+		}
+		taken[a] = true
+	}
+	return nil
+}
+
 // forceParam is the request's ?force=, false when absent.
 func forceParam(r *http.Request) (bool, error) {
 	f := r.URL.Query().Get("force")
@@ -471,11 +513,18 @@ func (s *Server) getState(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) putState(w http.ResponseWriter, r *http.Request) {
 	var st model.State
-	if err := decode(w, r, &st); err != nil {
-		s.fail(w, r, err)
-		return
+	err := decode(w, r, &st)
+	force := false
+	if err == nil {
+		force, err = forceParam(r)
 	}
-	if err := s.Store.Replace(st); err != nil {
+	if err == nil {
+		err = s.checkNewVIPAddrs(st.VIPs, force)
+	}
+	if err == nil {
+		err = s.Store.Replace(st)
+	}
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}

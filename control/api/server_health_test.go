@@ -20,7 +20,7 @@ func TestAPIBackendListHealthAndFlows(t *testing.T) {
 	for i, a := range []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"} {
 		f.nw.setMAC(a, mac(byte(i+1)))
 	}
-	if err := f.client.AddVIP(ctx, model.VIP{Address: vip1.Addr, Port: 80, Protocol: model.TCP, HealthCheck: &model.HealthCheck{Type: model.CheckTCP}}); err != nil {
+	if err := f.client.AddVIP(ctx, model.VIP{Address: vip1.Addr, Port: 80, Protocol: model.TCP, HealthCheck: &model.HealthCheck{Type: model.CheckTCP}}, false); err != nil {
 		t.Fatal(err)
 	}
 	for _, a := range []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"} {
@@ -61,7 +61,7 @@ func TestAPIDeleteBackendWithFlows(t *testing.T) {
 	f.nw.setMAC("10.0.0.1", mac(1))
 	f.nw.setMAC("10.0.0.2", mac(2))
 	if err := f.client.AddVIP(ctx, model.VIP{Address: vip1.Addr, Port: 80, Protocol: model.TCP,
-		Backends: []model.Backend{be("10.0.0.1", 100), be("10.0.0.2", 100)}}); err != nil {
+		Backends: []model.Backend{be("10.0.0.1", 100), be("10.0.0.2", 100)}}, false); err != nil {
 		t.Fatal(err)
 	}
 	f.dp.SetFlows(2, 3)
@@ -117,7 +117,7 @@ func TestAPIDeleteVIPWithFlows(t *testing.T) {
 	f.nw.setMAC("10.0.0.1", mac(1))
 	f.nw.setMAC("10.0.0.2", mac(2))
 	if err := f.client.AddVIP(ctx, model.VIP{Address: vip1.Addr, Port: 80, Protocol: model.TCP,
-		Backends: []model.Backend{be("10.0.0.1", 100), be("10.0.0.2", 100)}}); err != nil {
+		Backends: []model.Backend{be("10.0.0.1", 100), be("10.0.0.2", 100)}}, false); err != nil {
 		t.Fatal(err)
 	}
 	f.dp.SetFlows(1, 2)
@@ -149,7 +149,7 @@ func TestAPIDeleteVIPWithFlows(t *testing.T) {
 
 	// Forced: gone with its flows.
 	if err := f.client.AddVIP(ctx, model.VIP{Address: vip1.Addr, Port: 80, Protocol: model.TCP,
-		Backends: []model.Backend{be("10.0.0.1", 100)}}); err != nil {
+		Backends: []model.Backend{be("10.0.0.1", 100)}}, false); err != nil {
 		t.Fatal(err)
 	}
 	waitBackendID := func() uint32 {
