@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -167,6 +168,44 @@ func TestDaemonUnreachable(t *testing.T) {
 	// XDPLB_SOCKET is the default of --socket.
 	t.Setenv("XDPLB_SOCKET", missing)
 	wantOneLineError(t, runCLI(t, t.Context(), "", "vip", "list"), exitError, regexp.QuoteMeta("daemon at "+missing+":"))
+}
+
+// --socket is accepted anywhere on the line, the nearest the command wins,
+// and every command's help lists it (issue 12, defect 9).
+func TestSocketAnywhere(t *testing.T) {
+	dir := t.TempDir()
+	g, l := filepath.Join(dir, "global.sock"), filepath.Join(dir, "local.sock")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--socket", g, "vip", "list"}, g},
+		{[]string{"vip", "--socket", g, "list"}, g},
+		{[]string{"vip", "list", "--socket", l}, l},
+		{[]string{"vip", "list", "--socket=" + l}, l},
+		{[]string{"--socket", g, "vip", "list", "--socket", l}, l},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--socket", l, "--mode", "dr"}, l},
+		{[]string{"backend", "del", "10.0.0.1:80/tcp", "10.0.0.2", "--socket", l}, l},
+		{[]string{"stats", "-o", "json", "--socket", l}, l},
+		{[]string{"apply", "-f", "-", "--socket", l}, l},
+		{[]string{"status", "--socket", l}, l},
+	} {
+		r := runCLI(t, t.Context(), "vips: []\n", tc.args...)
+		wantOneLineError(t, r, exitError, regexp.QuoteMeta("cannot reach the daemon at "+tc.want+":"))
+	}
+	var walk func(path []string, cmds []*cli.Command)
+	walk = func(path []string, cmds []*cli.Command) {
+		for _, c := range cmds {
+			p := append(slices.Clone(path), c.Name)
+			r := runCLI(t, t.Context(), "", append(p, "--help")...)
+			if r.code != 0 || !strings.Contains(r.stdout, "--socket value") {
+				t.Errorf("%s --help: exit %d, no --socket in\n%s", strings.Join(p, " "), r.code, r.stdout)
+			}
+			walk(p, c.Subcommands)
+		}
+	}
+	e := &env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: io.Discard}
+	walk(nil, e.newApp().Commands)
 }
 
 func TestVIPAddListDel(t *testing.T) {
