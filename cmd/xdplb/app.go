@@ -108,6 +108,7 @@ func (e *env) newApp() *cli.App {
 			e.vipCommand(),
 			e.backendCommand(),
 			e.statsCommand(),
+			e.connsCommand(),
 			e.statusCommand(),
 			e.applyCommand(),
 			e.exportCommand(),

@@ -26,6 +26,7 @@ import (
 //	PUT    /v1/state                  State  -> 204 (apply)
 //	GET    /v1/stats                         -> Stats
 //	GET    /v1/status                        -> DaemonStatus
+//	GET    /v1/conns[?vip=V][&backend=B][&limit=N] -> ConnsLine per line (NDJSON), streamed; the last has End
 //
 // Errors are a 4xx/5xx status with APIError as the body.
 
@@ -96,6 +97,51 @@ type Stats struct {
 	VIPs    []VIPStats        `json:"vips"`
 	Actions []ActionStats     `json:"actions"`
 	Drops   map[string]uint64 `json:"drops"`
+}
+
+// Conn is one connection-table entry, as `xdplb conns` shows it.
+type Conn struct {
+	Protocol model.Protocol `json:"protocol"`
+	Client   netip.AddrPort `json:"client"`
+	VIP      string         `json:"vip"` // "ADDR:PORT/PROTO"
+	// Backend is where the flow goes: the backend's address and port (the
+	// VIP's when it has none). Unset when the entry's backend is no longer
+	// one of the VIP's: its next packet places it again.
+	Backend netip.AddrPort `json:"backend,omitzero"`
+	// State is established, half-open (only its opening seen), closing
+	// (a TCP FIN or RST seen) or expired (idle past its phase's limit);
+	// the last two no longer count as open flows.
+	State       string `json:"state"`
+	IdleSeconds int64  `json:"idle_seconds"`
+	// A full-NAT flow's source toward its backend: the port it holds, and
+	// its VIP's SNAT address.
+	SNATAddr netip.Addr `json:"snat_addr,omitzero"`
+	SNATPort uint16     `json:"snat_port,omitempty"`
+}
+
+// ConnsLine is one line of GET /v1/conns: a Conn, or, last, End.
+type ConnsLine struct {
+	Conn *Conn     `json:"conn,omitempty"`
+	End  *ConnsEnd `json:"end,omitempty"`
+}
+
+// ConnsEnd closes a GET /v1/conns stream: how many entries matched the
+// filter and how many of those the limit left out. Error is set when the
+// walk of the table failed part way (the status line was sent already).
+type ConnsEnd struct {
+	Matched int    `json:"matched"`
+	Omitted int    `json:"omitted"`
+	Error   string `json:"error,omitempty"`
+}
+
+// ConnsFilter selects the entries of GET /v1/conns.
+type ConnsFilter struct {
+	VIP *model.VIPID // nil: every VIP
+	// Backend and BackendPort: the backend's address, and its port (0:
+	// any); an invalid Backend: every backend.
+	Backend     netip.Addr
+	BackendPort uint16
+	Limit       int // at most this many are sent; 0: all
 }
 
 // IfaceInfo is one interface the program is attached to.
