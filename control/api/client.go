@@ -158,6 +158,11 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/stats", nil, &out)
 }
 
+// ZeroStats makes Stats count from now; the metrics are not reset.
+func (c *Client) ZeroStats(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/v1/stats/zero", nil, nil)
+}
+
 // Status returns the daemon's status.
 func (c *Client) Status(ctx context.Context) (DaemonStatus, error) {
 	var out DaemonStatus

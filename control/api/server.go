@@ -52,6 +52,8 @@ type Server struct {
 	Version    string
 	StartTime  time.Time
 	Log        *slog.Logger
+
+	zero baseline // what `stats --zero` took, subtracted by Stats
 }
 
 // Handler returns the API's routes.
@@ -67,6 +69,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/state", s.getState)
 	mux.HandleFunc("PUT /v1/state", s.putState)
 	mux.HandleFunc("GET /v1/stats", s.getStats)
+	mux.HandleFunc("POST /v1/stats/zero", s.zeroStats)
 	mux.HandleFunc("GET /v1/status", s.getStatus)
 	mux.HandleFunc("GET /v1/conns", s.getConns)
 	return mux
@@ -432,10 +435,34 @@ func (s *Server) putState(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// Stats assembles the counters of every configured VIP and backend.
+// Stats assembles the counters of every configured VIP and backend, since
+// the last ZeroStats.
 func (s *Server) Stats() (Stats, error) {
 	st, _ := s.Store.Snapshot()
-	return snapshot(s.Datapath, st, IfaceName)
+	out, err := snapshot(s.Datapath, st, IfaceName)
+	return s.zero.apply(out), err
+}
+
+// ZeroStats makes Stats count from now, as `ipvsadm -Z` does, without
+// touching the counters in the maps: the metrics keep growing. A read that
+// fails zeroes nothing, rather than part.
+func (s *Server) ZeroStats() error {
+	st, _ := s.Store.Snapshot()
+	out, err := snapshot(s.Datapath, st, IfaceName)
+	if err != nil {
+		return err
+	}
+	s.zero.set(out)
+	return nil
+}
+
+func (s *Server) zeroStats(w http.ResponseWriter, r *http.Request) {
+	if err := s.ZeroStats(); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log().Info("stats zeroed by api")
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) getStats(w http.ResponseWriter, r *http.Request) {

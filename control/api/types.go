@@ -24,7 +24,8 @@ import (
 //	DELETE /v1/vips/{vip}/backends/{backend}[?force=true] -> 204; 409 while it has open flows, unless forced
 //	GET    /v1/state                         -> State
 //	PUT    /v1/state                  State  -> 204 (apply)
-//	GET    /v1/stats                         -> Stats
+//	GET    /v1/stats                         -> Stats (less the counters at the last zero)
+//	POST   /v1/stats/zero                    -> 204: GET /v1/stats counts from now on (the metrics do not change)
 //	GET    /v1/status                        -> DaemonStatus
 //	GET    /v1/conns[?vip=V][&backend=B][&limit=N] -> ConnsLine per line (NDJSON), streamed; the last has End
 //
@@ -70,7 +71,8 @@ type BackendStats struct {
 	Address netip.Addr `json:"address"`
 	Port    uint16     `json:"port,omitempty"`
 	CounterSet
-	mapped bool // the backend has an entry in the maps
+	mapped bool   // the backend has an entry in the maps
+	id     uint32 // its id there, when mapped
 }
 
 // VIPStats are the counters of one VIP and its backends.
@@ -82,6 +84,7 @@ type VIPStats struct {
 	ICMPErrors uint64         `json:"icmp_errors"`
 	Backends   []BackendStats `json:"backends"`
 	mapped     bool           // the VIP has an entry in the maps
+	id         uint32         // its id there, when mapped
 }
 
 // ActionStats is how often the program returned an action on an interface.
@@ -91,9 +94,13 @@ type ActionStats struct {
 	Count  uint64 `json:"count"`
 }
 
-// Stats is what `xdplb stats` shows; rates are computed by the CLI from two samples.
+// Stats is what `xdplb stats` shows; rates are computed by the CLI from two
+// samples. The counters count from Since, when `stats --zero` last ran
+// (zero: never, they count from the program's first load); the metrics
+// are never zeroed.
 type Stats struct {
 	Time    time.Time         `json:"time"`
+	Since   time.Time         `json:"since,omitzero"`
 	VIPs    []VIPStats        `json:"vips"`
 	Actions []ActionStats     `json:"actions"`
 	Drops   map[string]uint64 `json:"drops"`
