@@ -152,6 +152,13 @@ func (c *Client) Apply(ctx context.Context, st model.State) error {
 	return c.do(ctx, http.MethodPut, "/v1/state", st, nil)
 }
 
+// DryRun checks st as Apply would and returns what it would change,
+// changing nothing.
+func (c *Client) DryRun(ctx context.Context, st model.State) (model.StateDiff, error) {
+	var out model.StateDiff
+	return out, c.do(ctx, http.MethodPut, "/v1/state?dry_run=true", st, &out)
+}
+
 // Stats returns the counters.
 func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	var out Stats

@@ -1,13 +1,10 @@
 package api
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -182,23 +179,9 @@ func TestConnsStream(t *testing.T) {
 	dp := &blockingConns{Datapath: f.dp, n: connsFlushEvery,
 		conn:    loader.Conn{Client: client("192.0.2.10", 40001), VIP: reconcile.VIPKeyOf(vip1), BackendID: ids[netip.MustParseAddrPort("10.0.0.1:80")]},
 		release: make(chan struct{})}
-	dir, err := os.MkdirTemp("", "xlb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "s.sock")
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	ln, err := ListenUnix(ctx, sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &Server{Store: f.store, Datapath: dp, Reconciler: f.rec}
-	go srv.Serve(ctx, ln)
-
+	sock := serveTest(t, &Server{Store: f.store, Datapath: dp, Reconciler: f.rec})
 	got := 0
-	_, err = NewClient(sock).Conns(ctx, ConnsFilter{Limit: 0}, func(Conn) error {
+	_, err := NewClient(sock).Conns(t.Context(), ConnsFilter{Limit: 0}, func(Conn) error {
 		if got++; got == connsFlushEvery {
 			close(dp.release) // all of them arrived before the walk ended
 		}

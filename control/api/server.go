@@ -420,10 +420,30 @@ func (s *Server) getState(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
+// putState replaces the desired state (apply); with ?dry_run=true it
+// checks the state as an apply would and answers what it would change
+// (model.StateDiff), changing nothing.
 func (s *Server) putState(w http.ResponseWriter, r *http.Request) {
+	dryRun := false
+	if f := r.URL.Query().Get("dry_run"); f != "" {
+		var err error
+		if dryRun, err = strconv.ParseBool(f); err != nil {
+			s.fail(w, r, fmt.Errorf("%w: dry_run=%q: want true or false", model.ErrInvalid, f))
+			return
+		}
+	}
 	var st model.State
 	if err := decode(w, r, &st); err != nil {
 		s.fail(w, r, err)
+		return
+	}
+	if dryRun {
+		next, cur, err := s.Store.CheckReplace(st)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, model.DiffStates(cur, next))
 		return
 	}
 	if err := s.Store.Replace(st); err != nil {

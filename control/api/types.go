@@ -24,6 +24,7 @@ import (
 //	DELETE /v1/vips/{vip}/backends/{backend}[?force=true] -> 204; 409 while it has open flows, unless forced
 //	GET    /v1/state                         -> State
 //	PUT    /v1/state                  State  -> 204 (apply)
+//	PUT    /v1/state?dry_run=true     State  -> model.StateDiff: what the apply would change; nothing changes
 //	GET    /v1/stats                         -> Stats (less the counters at the last zero)
 //	POST   /v1/stats/zero                    -> 204: GET /v1/stats counts from now on (the metrics do not change)
 //	GET    /v1/status                        -> DaemonStatus
