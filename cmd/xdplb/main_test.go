@@ -933,3 +933,71 @@ func TestStatsZero(t *testing.T) {
 	wantOneLineError(t, runCLI(t, t.Context(), "", "--socket", filepath.Join(t.TempDir(), "none.sock"), "stats", "--zero"),
 		exitError, "cannot reach the daemon")
 }
+
+// apply --dry-run prints what the apply would change and changes nothing;
+// the daemon checks the file as for an apply, so a bad one fails.
+func TestApplyDryRun(t *testing.T) {
+	l := startLab(t)
+	dir := t.TempDir()
+	write := func(name, data string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	l.ok("apply", "-f", write("lb.yaml", sampleConfig))
+	before, gen := l.exported(), l.store.Generation()
+
+	changed := write("changed.yaml", `vips:
+  - address: 10.200.0.100
+    port: 80
+    protocol: tcp
+    scheduler: sh
+    healthcheck: {type: http, path: /healthz, interval: 2s, timeout: 500ms, rise: 2, fall: 3}
+    backends:
+      - {address: 10.200.0.11, weight: 50}
+      - {address: 10.200.0.13}
+      - {address: 10.200.0.14, port: 80}
+  - address: 10.200.0.101
+    port: 443
+    protocol: tcp
+    mode: fullnat
+    snat_addr: 10.200.2.1
+    backends:
+      - {address: 10.200.1.5, port: 8443, weight: 7}
+`)
+	want := `~ vip 10.200.0.100:80/tcp
+    healthcheck.interval: 1s -> 2s
+    scheduler: maglev -> sh
+  ~ backend 10.200.0.11: weight 100 -> 50
+  - backend 10.200.0.12
+  + backend 10.200.0.14: weight=100
++ vip 10.200.0.101:443/tcp: mode=fullnat scheduler=maglev snat_addr=10.200.2.1
+  + backend 10.200.1.5:8443: weight=7
+- vip [2001:db8::100]:53/udp
+  - backend 2001:db8::10
+  - backend 2001:db8::11
+dry run: 1 vips added, 1 removed, 1 changed; nothing applied
+`
+	if out := l.ok("apply", "-f", changed, "--dry-run"); out != want {
+		t.Errorf("apply --dry-run:\n%s\nwant\n%s", out, want)
+	}
+	// From stdin too.
+	r := runCLI(t, t.Context(), before, "--socket", l.socket, "apply", "--dry-run", "-f", "-")
+	if r.code != 0 || r.stderr != "" || r.stdout != "dry run: no changes\n" {
+		t.Errorf("apply --dry-run of the state itself: exit %d, stderr %q, stdout %q", r.code, r.stderr, r.stdout)
+	}
+
+	// Refused as an apply would be: a duplicate VIP, more VIPs than the
+	// maps hold.
+	invalid := write("invalid.yaml", "vips:\n  - address: 10.0.0.1\n    port: 80\n    protocol: tcp\n  - address: 10.0.0.1\n    port: 80\n    protocol: tcp\n")
+	wantOneLineError(t, l.run("apply", "-f", invalid, "--dry-run"), exitError, `^xdplb: apply: .*10\.0\.0\.1:80/tcp`)
+	l.store.SetLimits(2, 256) // one VIP id
+	wantOneLineError(t, l.run("apply", "-f", changed, "--dry-run"), exitError, `^xdplb: apply: .*(VIPs|vips)`)
+	wantOneLineError(t, l.run("apply", "-f", changed), exitError, `^xdplb: apply: .*(VIPs|vips)`)
+
+	if after := l.exported(); after != before || l.store.Generation() != gen {
+		t.Errorf("dry runs changed the state (generation %d -> %d):\n%s", gen, l.store.Generation(), after)
+	}
+}
