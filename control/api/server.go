@@ -55,6 +55,8 @@ type Server struct {
 	// VIPAddrs, if set, vets the address of a VIP that is new to the
 	// state (vip add, apply).
 	VIPAddrs VIPAddressChecker
+
+	zero baseline // what `stats --zero` took, subtracted by Stats
 }
 
 // VIPAddressChecker refuses VIP addresses that are not safe to take: a
@@ -77,7 +79,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/state", s.getState)
 	mux.HandleFunc("PUT /v1/state", s.putState)
 	mux.HandleFunc("GET /v1/stats", s.getStats)
+	mux.HandleFunc("POST /v1/stats/zero", s.zeroStats)
 	mux.HandleFunc("GET /v1/status", s.getStatus)
+	mux.HandleFunc("GET /v1/conns", s.getConns)
 	return mux
 }
 
@@ -511,7 +515,18 @@ func (s *Server) getState(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
+// putState replaces the desired state (apply); with ?dry_run=true it
+// checks the state as an apply would and answers what it would change
+// (model.StateDiff), changing nothing.
 func (s *Server) putState(w http.ResponseWriter, r *http.Request) {
+	dryRun := false
+	if f := r.URL.Query().Get("dry_run"); f != "" {
+		var err error
+		if dryRun, err = strconv.ParseBool(f); err != nil {
+			s.fail(w, r, fmt.Errorf("%w: dry_run=%q: want true or false", model.ErrInvalid, f))
+			return
+		}
+	}
 	var st model.State
 	err := decode(w, r, &st)
 	force := false
@@ -520,6 +535,15 @@ func (s *Server) putState(w http.ResponseWriter, r *http.Request) {
 	}
 	if err == nil {
 		err = s.checkNewVIPAddrs(st.VIPs, force)
+	}
+	if err == nil && dryRun {
+		next, cur, err := s.Store.CheckReplace(st)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, model.DiffStates(cur, next))
+		return
 	}
 	if err == nil {
 		err = s.Store.Replace(st)
@@ -533,10 +557,34 @@ func (s *Server) putState(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// Stats assembles the counters of every configured VIP and backend.
+// Stats assembles the counters of every configured VIP and backend, since
+// the last ZeroStats.
 func (s *Server) Stats() (Stats, error) {
 	st, _ := s.Store.Snapshot()
-	return snapshot(s.Datapath, st, IfaceName)
+	out, err := snapshot(s.Datapath, st, IfaceName)
+	return s.zero.apply(out), err
+}
+
+// ZeroStats makes Stats count from now, as `ipvsadm -Z` does, without
+// touching the counters in the maps: the metrics keep growing. A read that
+// fails zeroes nothing, rather than part.
+func (s *Server) ZeroStats() error {
+	st, _ := s.Store.Snapshot()
+	out, err := snapshot(s.Datapath, st, IfaceName)
+	if err != nil {
+		return err
+	}
+	s.zero.set(out)
+	return nil
+}
+
+func (s *Server) zeroStats(w http.ResponseWriter, r *http.Request) {
+	if err := s.ZeroStats(); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log().Info("stats zeroed by api")
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) getStats(w http.ResponseWriter, r *http.Request) {

@@ -375,6 +375,10 @@ func TestAPIVIPOnOwnAddress(t *testing.T) {
 		{"add broadcast", func() error { return f.client.AddVIP(ctx, bcast, false) }, "vip 10.0.0.255:80/tcp: 10.0.0.255 is the broadcast address of 10.0.0.0/24 on eth0", false},
 		{"add broadcast forced", func() error { return f.client.AddVIP(ctx, bcast, true) }, "vip 10.0.0.255:80/tcp: 10.0.0.255 is the broadcast address of 10.0.0.0/24 on eth0", false},
 		{"apply own", func() error { return f.client.Apply(ctx, model.State{VIPs: []model.VIP{own}}, false) }, "vip 10.0.0.250:22/tcp: 10.0.0.250 is an address of this host (on eth0)", true},
+		{"dry run own", func() error {
+			_, err := f.client.DryRun(ctx, model.State{VIPs: []model.VIP{own}}, false)
+			return err
+		}, "vip 10.0.0.250:22/tcp: 10.0.0.250 is an address of this host (on eth0)", true},
 	} {
 		err := tc.do()
 		if err == nil || err.Error() != tc.want {
@@ -389,6 +393,9 @@ func TestAPIVIPOnOwnAddress(t *testing.T) {
 		t.Errorf("own address over the API: %d %s, want 400", code, body)
 	}
 
+	if d, err := f.client.DryRun(ctx, model.State{VIPs: []model.VIP{own}}, true); err != nil || len(d.VIPs) != 1 {
+		t.Fatalf("forced dry run: %+v %v", d, err)
+	}
 	if err := f.client.AddVIP(ctx, own, true); err != nil {
 		t.Fatalf("forced add: %v", err)
 	}
