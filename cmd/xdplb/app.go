@@ -72,9 +72,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 }
 
 func (e *env) run(ctx context.Context, args []string) int {
+	out := &stdoutWriter{w: e.stdout}
+	e.stdout = out
 	app := e.newApp()
 	err := app.RunContext(ctx, reorderArgs(app, args))
-	if err == nil {
+	if err == nil || out.broken.Load() && errors.Is(err, syscall.EPIPE) {
+		// A reader that went away (`xdplb vip list | head -1`) took what
+		// it wanted: no "broken pipe" noise, as from a tool that SIGPIPE
+		// ended quietly.
 		return exitOK
 	}
 	msg := strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; ")
