@@ -41,6 +41,10 @@ type Config struct {
 	ConfigFile  string // replaces the stored state at start when set
 	MetricsAddr string
 	SocketPath  string
+	// NotifySocket is the service manager's socket (sd_notify(3)), told
+	// READY=1 once the daemon serves and STOPPING=1 when it stops; empty
+	// for none. Run takes it from $NOTIFY_SOCKET.
+	NotifySocket string
 	// DetachOnExit removes the XDP program, its pins and the announced
 	// VIP addresses when the daemon stops (a clean uninstall); by default
 	// they stay and forwarding continues without the daemon.
@@ -72,6 +76,9 @@ type OpenDatapath func(loader.Options) (DatapathCloser, error)
 // program, its maps and the announced VIP addresses stay in place when it
 // returns, so forwarding continues across a restart or upgrade.
 func Run(ctx context.Context, cfg Config) error {
+	if cfg.NotifySocket == "" {
+		cfg.NotifySocket = os.Getenv(NotifySocketEnv)
+	}
 	return RunWith(ctx, cfg, func(o loader.Options) (DatapathCloser, error) {
 		dp, err := loader.Load(o)
 		if err != nil {
@@ -234,6 +241,9 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 	metrics.SetReady(true)
 	log.Info("daemon running", "iface", cfg.Interfaces, "socket", cfg.SocketPath,
 		"metrics", metricsLn.Addr().String(), "state_dir", cfg.StateDir, "vips", len(store.State().VIPs))
+	if err := notify(cfg.NotifySocket, "READY=1\nSTATUS=running on "+strings.Join(cfg.Interfaces, ", ")); err != nil {
+		log.Warn("tell systemd the daemon is ready", "err", err)
+	}
 
 	select {
 	case <-ctx.Done():
@@ -241,6 +251,9 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 		log.Error("daemon server failed", "err", err)
 	}
 	metrics.SetReady(false)
+	if err := notify(cfg.NotifySocket, "STOPPING=1"); err != nil {
+		log.Warn("tell systemd the daemon stops", "err", err)
+	}
 	cancel()
 	wg.Wait()
 	return err
