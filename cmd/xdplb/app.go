@@ -131,6 +131,7 @@ func (e *env) newApp() *cli.App {
 			e.demoCommand(),
 			e.versionCommand(),
 			e.completionCommand(),
+			e.manCommand(),
 		},
 		Action: groupAction,
 	}

@@ -31,11 +31,10 @@ func (e *env) completionCommand() *cli.Command {
 		Name:      "completion",
 		Usage:     "print the shell completion script of bash or zsh",
 		ArgsUsage: "bash|zsh",
-		Description: "bash: source <(xdplb completion bash), or install the script as\n" +
-			"   /usr/share/bash-completion/completions/xdplb\n" +
-			"zsh: xdplb completion zsh > \"${fpath[1]}/_xdplb\" (then compinit), or\n" +
-			"   source <(xdplb completion zsh) after compinit\n" +
-			"`make install` installs both.",
+		Description: "bash: source <(xdplb completion bash), or install the script as /usr/share/bash-completion/completions/xdplb.\n" +
+			"zsh: install it as _xdplb in a directory of $fpath (xdplb completion zsh > \"${fpath[1]}/_xdplb\"), " +
+			"or source <(xdplb completion zsh) after compinit.\n" +
+			"make install installs both.",
 		Action: func(c *cli.Context) error {
 			if err := wantArgs(c, 1, "bash or zsh"); err != nil {
 				return err
