@@ -25,7 +25,7 @@ func TestSystemdUnit(t *testing.T) {
 	for _, want := range []string{
 		"Type=notify",
 		"ExecStart=@BINDIR@/xdplb daemon $XDPLB_OPTS",
-		"EnvironmentFile=-/etc/default/xdplb",
+		"EnvironmentFile=-@SYSCONFDIR@/default/xdplb",
 		"ExecReload=/bin/kill -HUP $MAINPID",
 		"Restart=on-failure",
 		"NoNewPrivileges=yes",
