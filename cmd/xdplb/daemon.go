@@ -51,7 +51,7 @@ func (e *env) daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "state-dir", Value: daemon.DefaultStateDir, Usage: "directory of the persisted desired state"},
 			&cli.StringFlag{Name: "bpffs", Value: loader.DefaultBPFFS, Usage: "bpffs mount; pins go under DIR/xdplb (mounted if it is not a bpffs)"},
 			&cli.StringFlag{Name: "config", Usage: "YAML state file to apply at start"},
-			&cli.StringFlag{Name: "metrics-addr", Value: api.DefaultMetricsAddr, Usage: "listen address of the Prometheus /metrics endpoint"},
+			&cli.StringFlag{Name: "metrics-addr", Value: api.DefaultMetricsAddr, Usage: "listen address of /metrics (Prometheus), /healthz and /readyz"},
 			&cli.Uint64Flag{Name: "maglev-size", Value: loader.DefaultLookupSize, Usage: "per-VIP lookup table size, a prime"},
 			&cli.Uint64Flag{Name: "conntrack-size", Value: loader.DefaultConntrackSize, Usage: "connection table entries"},
 			&cli.StringFlag{Name: "snat-ports", Value: loader.DefaultSNATPorts.String(), Usage: "LO-HI: source ports of fullnat VIPs' translated packets"},
