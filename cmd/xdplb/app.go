@@ -118,7 +118,7 @@ func (e *env) newApp() *cli.App {
 		Writer:         e.stdout,
 		ErrWriter:      e.stderr,
 		ExitErrHandler: func(*cli.Context, error) {}, // run maps errors to exit codes
-		Flags: []cli.Flag{socketFlag()},
+		Flags:          []cli.Flag{socketFlag()},
 		Commands: []*cli.Command{
 			e.daemonCommand(),
 			e.vipCommand(),
