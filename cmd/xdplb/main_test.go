@@ -102,6 +102,16 @@ func TestVersion(t *testing.T) {
 		t.Errorf("version printed %q, want one line starting with %q", r.stdout, want)
 	}
 	wantOneLineError(t, runCLI(t, t.Context(), "", "version", "extra"), exitUsage, `version: want no arguments`)
+	wantOneLineError(t, runCLI(t, t.Context(), "", "version", "-o", "yaml"), exitUsage, `version: unknown output format "yaml"`)
+
+	r = runCLI(t, t.Context(), "", "version", "-o", "json")
+	var v map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &v); r.code != 0 || err != nil {
+		t.Fatalf("version -o json: exit %d, %v: %q", r.code, err, r.stdout)
+	}
+	if v["version"] != version || v["go"] != runtime.Version() || v["os"] != runtime.GOOS || v["arch"] != runtime.GOARCH {
+		t.Errorf("version -o json: %v", v)
+	}
 }
 
 func TestUsageErrors(t *testing.T) {

@@ -22,8 +22,8 @@ func (e *env) vipCommand() *cli.Command {
 				Usage:     "add a VIP",
 				ArgsUsage: "ADDR:PORT/PROTO",
 				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "mode", Usage: "forwarding mode: dr, nat or fullnat", DefaultText: "dr"},
-					&cli.StringFlag{Name: "scheduler", Usage: "maglev, sh, rr, wrr, random, lc or wlc", DefaultText: "maglev"},
+					&cli.StringFlag{Name: "mode", Usage: "forwarding mode: " + model.OneOf(model.Modes()), DefaultText: string(model.DefaultMode)},
+					&cli.StringFlag{Name: "scheduler", Usage: "scheduler of new flows: " + model.OneOf(model.Schedulers()), DefaultText: string(model.DefaultScheduler)},
 					&cli.StringFlag{Name: "check", Usage: "health check: tcp, http, udp or none"},
 					&cli.IntFlag{Name: "check-port", Usage: "port probed", DefaultText: "the backend's port"},
 					&cli.StringFlag{Name: "check-path", Usage: "HTTP path probed", DefaultText: "/"},
