@@ -189,11 +189,34 @@ static __always_inline int icmp_answer6(struct xdp_md *ctx, const struct pkt *p,
 	return XDP_TX;
 }
 
+/* Whether a router may send an ICMP error to a packet's source: not to an
+ * address that is no single host's (RFC 1812 4.3.2.7, RFC 4443 2.4):
+ * unspecified, loopback, link-local, multicast, or IPv4's 0/8 and 240/4
+ * (broadcast included). Such a packet passes untouched and the kernel,
+ * which drops martian sources, has it. The FIB usually refuses these
+ * first, but a reused next hop (nat.h) does not ask it. */
+static __always_inline int icmp_error_allowed(const struct pkt *p)
+{
+	const __u8 *a = p->flow.src;
+
+	if (p->v6) {
+		__u64 hi = *(const __u64 *)a, lo = *(const __u64 *)(a + 8);
+
+		if (a[0] == 0xff || (a[0] == 0xfe && (a[1] & 0xc0) == 0x80))
+			return 0; /* multicast, link-local */
+		return hi != 0 || (lo != 0 && lo != bpf_cpu_to_be64(1)); /* ::, ::1 */
+	}
+	/* IPv4-mapped: the address is in the last 4 bytes. */
+	return a[12] != 0 && a[12] != 127 && a[12] < 224 && !(a[12] == 169 && a[13] == 254);
+}
+
 /* A packet of a NAT flow, as it came (untranslated), is larger than the
  * egress MTU and may not be fragmented: fragmentation needed (3/4, the MTU
  * in the low 16 bits) or packet too big (2/0, the MTU). */
 static __always_inline int answer_too_big(struct xdp_md *ctx, const struct pkt *p, __u16 mtu)
 {
+	if (!icmp_error_allowed(p))
+		return XDP_PASS;
 	count_event(EV_FRAG_NEEDED);
 	if (p->v6)
 		return icmp_answer6(ctx, p, 2, 0, mtu);
@@ -204,6 +227,8 @@ static __always_inline int answer_too_big(struct xdp_md *ctx, const struct pkt *
  * exceeded in transit (IPv4 11/0, IPv6 3/0). */
 static __always_inline int answer_ttl_exceeded(struct xdp_md *ctx, const struct pkt *p)
 {
+	if (!icmp_error_allowed(p))
+		return XDP_PASS;
 	count_event(EV_TTL_EXCEEDED);
 	if (p->v6)
 		return icmp_answer6(ctx, p, 3, 0, 0);

@@ -185,6 +185,8 @@ func (e natExpect) routerAnswer(c frameClass, in []byte) (answer []byte, ok bool
 	}
 	quotable := c.v6 || in[c.l3] == 0x45
 	switch {
+	case !icmpErrorAllowed(c.src):
+		return nil, false // no error to such a source: passed, or forwarded
 	case ttl <= 1:
 		if !quotable {
 			return nil, true
@@ -198,6 +200,17 @@ func (e natExpect) routerAnswer(c frameClass, in []byte) (answer []byte, ok bool
 		return routerError(in, c, pick46[uint8](c.v6, 3, 2), pick46[uint8](c.v6, 4, 0), natFuzzMTU), true
 	}
 	return nil, false
+}
+
+// icmpErrorAllowed is bpf/router.h's: a router sends no ICMP error to an
+// address that is no single host's.
+func icmpErrorAllowed(a netip.Addr) bool {
+	a = a.Unmap()
+	if a.Is4() {
+		b := a.As4()
+		return b[0] != 0 && b[0] != 127 && b[0] < 224 && !(b[0] == 169 && b[1] == 254)
+	}
+	return !a.IsUnspecified() && !a.IsLoopback() && !a.IsMulticast() && !a.IsLinkLocalUnicast()
 }
 
 // mustForward: a NAT packet toward a backend (which has a neighbour

@@ -126,6 +126,23 @@ func TestNATTTLExceededAnswered(t *testing.T) {
 			if !bytes.Equal(r.out, want) {
 				t.Errorf("answer\n got % x\nwant % x", r.out, want)
 			}
+
+			// No error to a source that is no single host's: the kernel
+			// gets the packet untouched.
+			for _, src := range []string{"224.0.0.1", "255.255.255.255", "0.0.0.1", "127.0.0.1", "169.254.1.1", "240.0.0.1", "ff02::1", "::", "::1", "fe80::1"} {
+				a := netip.MustParseAddr(src)
+				if a.Is4() != fam.vip.Is4() {
+					continue
+				}
+				in := withTTL(t, flow{src: a, dst: fam.vip, dport: 80, sport: 1234, syn: true}.build(t), 1)
+				before := eventCount(t, d, "ttl_exceeded")
+				if r := lab.run(t, in, lab.cli); r.verdict != xdpPass || !bytes.Equal(r.out, in) {
+					t.Errorf("out of TTL from %s: verdict %d, want pass untouched", a, r.verdict)
+				}
+				if got := eventCount(t, d, "ttl_exceeded"); got != before {
+					t.Errorf("out of TTL from %s counted as answered", a)
+				}
+			}
 		})
 	}
 }
