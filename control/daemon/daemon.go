@@ -49,6 +49,10 @@ type Config struct {
 	// VIP addresses when the daemon stops (a clean uninstall); by default
 	// they stay and forwarding continues without the daemon.
 	DetachOnExit bool
+	// RecoverState starts from the last good state (state.Recover) when
+	// the state file or its journal is damaged; without it the daemon
+	// refuses to start and changes nothing.
+	RecoverState bool
 	Version      string
 }
 
@@ -162,7 +166,7 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 	if err := migrateYAMLState(cfg.StateDir, log); err != nil {
 		return err
 	}
-	store, err := state.Open(cfg.StateDir, nw.CheckState)
+	store, err := openState(cfg, nw.CheckState, log)
 	if err != nil {
 		return err
 	}
@@ -471,3 +475,20 @@ func migrateYAMLState(dir string, log *slog.Logger) error {
 
 // legacyStateFile is where xdplb kept the desired state before state.File.
 const legacyStateFile = "state.yaml"
+
+// openState opens the persisted state; a damaged one is an error unless
+// cfg.RecoverState, which puts the last good state in its place first.
+func openState(cfg Config, check func(model.State) error, log *slog.Logger) (*state.Store, error) {
+	store, err := state.Open(cfg.StateDir, check)
+	if err == nil || !cfg.RecoverState || !errors.Is(err, state.ErrDamaged) {
+		return store, err
+	}
+	log.Warn("state damaged: recovering the last good state", "err", err)
+	r, rerr := state.Recover(cfg.StateDir, time.Now())
+	if rerr != nil {
+		return nil, errors.Join(err, rerr)
+	}
+	log.Warn("state recovered from its last good version; the damaged files are kept",
+		"vips", r.VIPs, "kept", strings.Join(r.Kept, ", "))
+	return state.Open(cfg.StateDir, check)
+}

@@ -442,3 +442,65 @@ func TestReloadOnHUP(t *testing.T) {
 		})
 	}
 }
+
+// A damaged state file stops the daemon before it touches the data plane
+// (the maps and announced addresses stay as they were); with RecoverState
+// it starts from the last good state and keeps the damaged file.
+func TestDaemonDamagedState(t *testing.T) {
+	cfg := daemonConfig(t)
+	st, err := state.Open(cfg.StateDir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"192.0.2.10", "192.0.2.11"} {
+		if err := st.AddVIP(model.VIP{Address: netip.MustParseAddr(a), Port: 80, Protocol: model.TCP}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := filepath.Join(cfg.StateDir, state.File)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b[:len(b)/2], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	refuse := func(loader.Options) (DatapathCloser, error) {
+		t.Error("the data plane was opened on a damaged state")
+		return newTestDatapath(), nil
+	}
+	err = RunWith(context.Background(), cfg, refuse)
+	if !errors.Is(err, state.ErrDamaged) || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "--recover-state") {
+		t.Fatalf("daemon on a damaged state: %v", err)
+	}
+
+	cfg.RecoverState = true
+	dp := newTestDatapath()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- RunWith(ctx, cfg, func(loader.Options) (DatapathCloser, error) { return dp, nil })
+	}()
+	c := api.NewClient(cfg.SocketPath)
+	defer c.Close()
+	var got model.State
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if got, err = c.State(context.Background()); err == nil {
+			break
+		}
+	}
+	cancel()
+	if derr := <-done; err != nil || derr != nil {
+		t.Fatalf("recovering daemon: %v, exit %v", err, derr)
+	}
+	if len(got.VIPs) != 1 || got.VIPs[0].Address != netip.MustParseAddr("192.0.2.10") {
+		t.Fatalf("recovered state %+v, want the last good one (the first VIP)", got)
+	}
+	kept, _ := filepath.Glob(p + ".damaged-*")
+	if len(kept) != 1 {
+		t.Fatalf("damaged files kept: %v", kept)
+	}
+	if k, _ := os.ReadFile(kept[0]); !bytes.Equal(k, b[:len(b)/2]) {
+		t.Fatal("the damaged file was not kept as it was")
+	}
+}

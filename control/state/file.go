@@ -122,6 +122,11 @@ func writeAtomic(path string, data []byte) error {
 	if _, err := f.Write(data); err != nil {
 		return err
 	}
+	if filepath.Base(path) == File {
+		if err := keepLastGood(path); err != nil {
+			return err
+		}
+	}
 	if err := f.CloseAtomicallyReplace(); err != nil {
 		return err
 	}

@@ -39,8 +39,8 @@ type Store struct {
 }
 
 // Open opens the state in dir (created with mode 0700 if missing). A
-// missing state file is an empty state; an unreadable, damaged or invalid
-// one is an error, never silently reset. extra (may be nil) adds checks
+// missing state file is an empty state; an unreadable, damaged (ErrDamaged:
+// see Recover) or invalid one is an error, never silently reset. extra (may be nil) adds checks
 // that need the environment, e.g. that DR backends are on a connected
 // subnet; it runs on the restored state too, so a daemon fails fast on a
 // bad state.
@@ -64,13 +64,16 @@ func Open(dir string, extra func(model.State) error) (*Store, error) {
 	case err != nil:
 		return nil, fmt.Errorf("read state: %w", err)
 	}
+	if len(b) == 0 {
+		return nil, damaged(dir, "state file "+s.path, errors.New("it is empty"))
+	}
 	st, err := decodeFile(b)
 	if err != nil {
-		return nil, fmt.Errorf("state file %s is corrupt (fix or remove it): %w", s.path, err)
+		return nil, damaged(dir, "state file "+s.path, err)
 	}
 	replayed, err := s.journal.replay(b, &st)
 	if err != nil {
-		return nil, fmt.Errorf("state %s is corrupt (fix or remove it): %w", s.path, err)
+		return nil, damaged(dir, "the journal of state file "+s.path, err)
 	}
 	if err := s.checkAgainst(&st, nil); err != nil {
 		return nil, fmt.Errorf("state file %s: %w", s.path, err)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -117,9 +118,13 @@ func TestStorePersistAndReopen(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("state file: %v, mode %v", err, fi.Mode())
 	}
+	var names []string
 	ents, _ := os.ReadDir(dir)
-	if len(ents) != 1 {
-		t.Errorf("state dir holds %d files, want only %s", len(ents), File)
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if !slices.Equal(names, []string{File, LastGoodFile}) {
+		t.Errorf("state dir holds %v, want only %s and %s", names, File, LastGoodFile)
 	}
 
 	if err := s.DeleteVIP(v4); err != nil {

@@ -421,3 +421,82 @@ func TestUninstall(t *testing.T) {
 		t.Errorf("state file after uninstall: %v", err)
 	}
 }
+
+// TestDamagedStateRefused damages the state file of a stopped daemon (an
+// empty file, the first 200 bytes): the daemon refuses to start, names the
+// file and what is wrong, and leaves the data plane and the announced VIP
+// address as they were, so forwarding goes on from the pins. With
+// --recover-state it starts from the last good state (issue 12, defects
+// 1 and 2).
+func TestDamagedStateRefused(t *testing.T) {
+	e := setup(t)
+	target := netip.AddrPortFrom(lab.VIP4, lab.HTTPPort)
+	vip := target.String() + "/tcp"
+	e.addVIP(vip, func(n *lab.Node) netip.Addr { return n.IPv4 })
+	e.load(target, 30)
+	addrs := func() string {
+		out, err := e.lab.LB.Exec(e.ctx, "ip", "-o", "addr", "show")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	if !strings.Contains(addrs(), " "+lab.VIP4.String()+"/") {
+		t.Fatalf("VIP %s not announced:\n%s", lab.VIP4, addrs())
+	}
+	e.stop()
+
+	p := filepath.Join(e.dir, "state", state.File)
+	good, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want string
+	}{
+		{"empty", nil, "is damaged (it is empty)"},
+		{"truncated", good[:200], "is damaged (decode: unexpected end of JSON input)"},
+	} {
+		if err := os.WriteFile(p, tc.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		d, err := lab.StartDaemon(e.ctx, lab.DaemonOptions{
+			Binary: binary, Node: e.lab.LB, Dir: e.dir, BPFFS: e.bpffs, XDPMode: "native", Ready: 10 * time.Second,
+		})
+		if err == nil {
+			d.Stop()
+			t.Fatalf("%s state file: the daemon started", tc.name)
+		}
+		if !strings.Contains(err.Error(), "state file "+p+" "+tc.want) || !strings.Contains(err.Error(), "--recover-state") {
+			t.Errorf("%s state file: %v, want a message naming %s and %q", tc.name, err, p, tc.want)
+		}
+		if b, _ := os.ReadFile(p); !bytes.Equal(b, tc.data) {
+			t.Errorf("%s state file was changed", tc.name)
+		}
+		// Nothing was touched: the pinned program forwards, the VIP
+		// address is still announced.
+		e.load(target, 30)
+		if !strings.Contains(addrs(), " "+lab.VIP4.String()+"/") {
+			t.Errorf("after a refused start with a %s state file the VIP address is gone:\n%s", tc.name, addrs())
+		}
+	}
+
+	e.daemonArgs = append(e.daemonArgs, "--recover-state")
+	e.start()
+	var vips []model.VIP
+	if err := e.d.CLIJSON(e.ctx, &vips, "vip", "list"); err != nil {
+		t.Fatal(err)
+	}
+	if len(vips) != 1 || vips[0].ID().String() != vip || len(vips[0].Backends) == 0 {
+		t.Fatalf("recovered state %+v, want %s with its backends but (at most) the last added", vips, vip)
+	}
+	if kept, _ := filepath.Glob(p + ".damaged-*"); len(kept) != 1 {
+		t.Errorf("damaged files kept: %v", kept)
+	}
+	if _, err := e.d.WaitBackendsUp(e.ctx, vip, len(vips[0].Backends), 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.load(target, 30)
+}
