@@ -326,6 +326,13 @@ const (
 	BackendDown       = "down"       // failed health checks
 )
 
+// States of a VIP's fallback, shown by `backend list` and `vip list`
+// (BackendUnresolved too).
+const (
+	FallbackActive  = "active"  // takes the new flows: no backend can
+	FallbackStandby = "standby" // takes none: a backend can; its open flows continue
+)
+
 // BackendState is what `backend list` shows: draining wins over down (the
 // operator's decision first), down over unresolved (the checks say more
 // than a missing MAC or route).
