@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"sort"
 	"strings"
 	"text/tabwriter"
 
@@ -56,10 +55,6 @@ func compareVIPID(a, b model.VIPID) int {
 		return int(a.Port) - int(b.Port)
 	}
 	return strings.Compare(string(a.Protocol), string(b.Protocol))
-}
-
-func sortVIPs(vips []model.VIP) {
-	sort.SliceStable(vips, func(i, j int) bool { return compareVIPID(vips[i].ID(), vips[j].ID()) < 0 })
 }
 
 func lessBackend(a netip.Addr, ap uint16, b netip.Addr, bp uint16) bool {

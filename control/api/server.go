@@ -35,7 +35,7 @@ const maxBody = 64 << 20
 var ErrDaemonRunning = errors.New("another daemon is running")
 
 // ErrHasFlows is why a backend that still has open flows is not deleted
-// without force (409).
+// without force, nor a VIP's mode changed under its open flows (409).
 var ErrHasFlows = errors.New("backend has open flows")
 
 // hasFlowsError is an ErrHasFlows whose text is the message alone.
@@ -59,6 +59,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/vips", s.listVIPs)
 	mux.HandleFunc("POST /v1/vips", s.addVIP)
+	mux.HandleFunc("PATCH /v1/vips/{vip}", s.setVIP)
 	mux.HandleFunc("DELETE /v1/vips/{vip}", s.deleteVIP)
 	mux.HandleFunc("GET /v1/vips/{vip}/backends", s.listBackends)
 	mux.HandleFunc("POST /v1/vips/{vip}/backends", s.addBackend)
@@ -221,10 +222,41 @@ func (s *Server) applied(r *http.Request) {
 
 func (s *Server) listVIPs(w http.ResponseWriter, r *http.Request) {
 	vips := s.Store.State().VIPs
-	if vips == nil {
-		vips = []model.VIP{}
+	flows, err := s.Datapath.FlowCountsByBackend()
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("count flows: %w", err))
+		return
 	}
-	writeJSON(w, http.StatusOK, vips)
+	out := make([]VIPStatus, 0, len(vips))
+	for _, v := range vips {
+		out = append(out, s.vipStatus(v, flows))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// vipStatus is v with its backends' and fallback's status.
+func (s *Server) vipStatus(v model.VIP, flows map[uint32]loader.FlowCount) VIPStatus {
+	id := v.ID()
+	var snat netip.Addr
+	if s.Reconciler != nil {
+		snat, _ = s.Reconciler.SNATAddr(id)
+	}
+	vs := VIPStatus{VIP: v, Backends: make([]BackendStatus, 0, len(v.Backends))}
+	vs.VIP.Backends, vs.VIP.Fallback = nil, nil // shadowed by the statuses
+	add := func(bs BackendStatus) BackendStatus {
+		bs.Mode, bs.SNATAddr = v.Mode, snat
+		vs.Flows += bs.Flows
+		vs.HalfOpen += bs.HalfOpen
+		return bs
+	}
+	for _, b := range v.Backends {
+		vs.Backends = append(vs.Backends, add(s.backendStatus(id, b, flows)))
+	}
+	if v.Fallback != nil {
+		fb := add(s.fallbackStatus(id, *v.Fallback, flows))
+		vs.Fallback = &fb
+	}
+	return vs
 }
 
 func (s *Server) addVIP(w http.ResponseWriter, r *http.Request) {
@@ -240,6 +272,108 @@ func (s *Server) addVIP(w http.ResponseWriter, r *http.Request) {
 	s.log().Info("vip added by api", "vip", v.ID())
 	s.applied(r)
 	w.WriteHeader(http.StatusCreated)
+}
+
+// setVIP changes a VIP's options. A change of its mode, or of a fullnat
+// VIP's SNAT address, breaks its open flows (their packets would be
+// forwarded or translated otherwise than the backend and client expect):
+// refused while it has any, unless ?force=true.
+func (s *Server) setVIP(w http.ResponseWriter, r *http.Request) {
+	id, err := pathVIP(r)
+	force := false
+	if err == nil {
+		force, err = forceParam(r)
+	}
+	var p model.VIPPatch
+	if err == nil {
+		err = decode(w, r, &p)
+	}
+	if err == nil && !force {
+		err = s.checkPatchKeepsFlows(id, p)
+	}
+	if err == nil {
+		err = s.Store.SetVIP(id, p)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log().Info("vip changed by api", "vip", id, "force", force)
+	s.applied(r)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// forceParam reads ?force=true|false (absent: false).
+func forceParam(r *http.Request) (bool, error) {
+	f := r.URL.Query().Get("force")
+	if f == "" {
+		return false, nil
+	}
+	force, err := strconv.ParseBool(f)
+	if err != nil {
+		return false, fmt.Errorf("%w: force=%q: want true or false", model.ErrInvalid, f)
+	}
+	return force, nil
+}
+
+// checkPatchKeepsFlows returns an ErrHasFlows error when p changes the
+// mode of VIP id, or the SNAT address its fullnat flows were translated
+// with, while it has open flows. Every other option leaves them as they
+// are: the VIP keeps its id, its backends their ids and entries.
+func (s *Server) checkPatchKeepsFlows(id model.VIPID, p model.VIPPatch) error {
+	if s.Reconciler == nil || p.Mode == nil && p.SNATAddr == nil {
+		return nil
+	}
+	cur, err := s.Store.VIP(id)
+	if err != nil {
+		return err
+	}
+	next := cur.Clone()
+	if err := p.Apply(&next); err != nil {
+		return err
+	}
+	model.NormalizeVIP(&next)
+	var what string
+	switch snat, _ := s.Reconciler.SNATAddr(id); {
+	case next.Mode != cur.Mode:
+		what = fmt.Sprintf("changing its mode from %s to %s", cur.Mode, next.Mode)
+	case next.Mode == model.ModeFullNAT && next.SNATAddr != cur.SNATAddr && (!next.SNATAddr.IsValid() || next.SNATAddr != snat):
+		what = "changing its SNAT address"
+	default:
+		return nil
+	}
+	c, err := s.vipFlows(&cur)
+	if err != nil || c.Open() == 0 {
+		return err
+	}
+	return &hasFlowsError{fmt.Sprintf("vip %s: %s breaks its %s: wait for them to end, or use --force", id, what, openFlows(c))}
+}
+
+// vipFlows counts the open flows of v's backends and fallback.
+func (s *Server) vipFlows(v *model.VIP) (loader.FlowCount, error) {
+	id := v.ID()
+	var bids []uint32
+	for _, b := range v.Backends {
+		if bi, ok := s.Reconciler.Backend(id, b.Address, b.Port); ok && bi.ID != 0 {
+			bids = append(bids, bi.ID)
+		}
+	}
+	if fi, ok := s.Reconciler.Fallback(id); ok && fi.ID != 0 {
+		bids = append(bids, fi.ID)
+	}
+	var sum loader.FlowCount
+	if len(bids) == 0 {
+		return sum, nil // never written to the data plane: no flows
+	}
+	flows, err := s.Datapath.FlowCountsByBackend()
+	if err != nil {
+		return sum, fmt.Errorf("count flows: %w", err)
+	}
+	for _, bid := range bids {
+		sum.Established += flows[bid].Established
+		sum.HalfOpen += flows[bid].HalfOpen
+	}
+	return sum, nil
 }
 
 func (s *Server) deleteVIP(w http.ResponseWriter, r *http.Request) {
@@ -276,13 +410,37 @@ func (s *Server) listBackends(w http.ResponseWriter, r *http.Request) {
 	if s.Reconciler != nil {
 		snat, _ = s.Reconciler.SNATAddr(id)
 	}
-	out := make([]BackendStatus, 0, len(v.Backends))
+	out := make([]BackendStatus, 0, len(v.Backends)+1)
 	for _, b := range v.Backends {
 		bs := s.backendStatus(id, b, flows)
 		bs.Mode, bs.SNATAddr = v.Mode, snat
 		out = append(out, bs)
 	}
+	if v.Fallback != nil {
+		bs := s.fallbackStatus(id, *v.Fallback, flows)
+		bs.Mode, bs.SNATAddr = v.Mode, snat
+		out = append(out, bs)
+	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// fallbackStatus is the status of a VIP's fallback server: it has no
+// weight and no check.
+func (s *Server) fallbackStatus(id model.VIPID, f model.Fallback, flows map[uint32]loader.FlowCount) BackendStatus {
+	bs := BackendStatus{Backend: model.Backend{Address: f.Address, Port: f.Port}, Fallback: true, State: model.BackendUnresolved}
+	if s.Reconciler == nil {
+		return bs
+	}
+	if fi, ok := s.Reconciler.Fallback(id); ok {
+		bs.State, bs.Iface, bs.Reason = fi.State, fi.Iface, fi.Reason
+		if fi.MAC != nil {
+			bs.MAC = fi.MAC.String()
+		}
+		if fi.ID != 0 {
+			bs.Flows, bs.HalfOpen = flows[fi.ID].Established, flows[fi.ID].HalfOpen
+		}
+	}
+	return bs
 }
 
 func (s *Server) backendStatus(id model.VIPID, b model.Backend, flows map[uint32]loader.FlowCount) BackendStatus {
@@ -363,11 +521,7 @@ func (s *Server) deleteBackend(w http.ResponseWriter, r *http.Request) {
 	id, addr, port, err := pathBackend(r)
 	force := false
 	if err == nil {
-		if f := r.URL.Query().Get("force"); f != "" {
-			if force, err = strconv.ParseBool(f); err != nil {
-				err = fmt.Errorf("%w: force=%q: want true or false", model.ErrInvalid, f)
-			}
-		}
+		force, err = forceParam(r)
 	}
 	if err == nil && !force {
 		err = s.checkNoFlows(id, addr, port)

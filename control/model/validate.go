@@ -151,10 +151,20 @@ func normalizeCheck(hc *HealthCheck) {
 	// One spelling of a range ("200 - 299" is "200-299"); a bad one stays
 	// as written, for Validate to name.
 	if hc.Expect != "" {
-		if r, err := healthcheck.ParseStatusRange(hc.Expect); err == nil {
-			hc.Expect = r.String()
+		if e, err := ParseExpect(hc.Expect); err == nil {
+			hc.Expect = e
 		}
 	}
+}
+
+// ParseExpect reads the statuses an http check takes for up, "LO-HI" or
+// one status (100-599, LO <= HI), and returns them in their one spelling.
+func ParseExpect(s string) (string, error) {
+	r, err := healthcheck.ParseStatusRange(s)
+	if err != nil {
+		return "", err
+	}
+	return r.String(), nil
 }
 
 // Validate checks a normalized state (see Normalize; empty fields that
@@ -375,7 +385,7 @@ func validateCheck(v *VIP) error {
 		if hc.Type != CheckHTTP {
 			return fmt.Errorf("expect %q: only http checks expect a status", hc.Expect)
 		}
-		if _, err := healthcheck.ParseStatusRange(hc.Expect); err != nil {
+		if _, err := ParseExpect(hc.Expect); err != nil {
 			return err
 		}
 	}
