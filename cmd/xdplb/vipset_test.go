@@ -159,6 +159,11 @@ func TestVIPFallback(t *testing.T) {
 		plain[0].Fallback == nil || plain[0].Fallback.Address.String() != "10.0.0.99" || len(plain[0].Backends) != 2 {
 		t.Fatalf("vip list -o json as []VIP: %v %+v", err, plain)
 	}
+	// stats counts its packets, marked.
+	out := l.ok("stats", "--interval", "20ms")
+	if !regexp.MustCompile(`\n10\.0\.0\.100:80/tcp\s+10\.0\.0\.12\s+.*\n10\.0\.0\.100:80/tcp\s+10\.0\.0\.99 \(fallback\)\s+\d+\s+\d+\s+\d+\s+[1-9]`).MatchString(out) {
+		t.Fatalf("stats:\n%s", out)
+	}
 	if out := l.exported(); !strings.Contains(out, "fallback:\n      address: 10.0.0.99\n") {
 		t.Fatalf("export lacks the fallback:\n%s", out)
 	}
@@ -167,7 +172,7 @@ func TestVIPFallback(t *testing.T) {
 	// the reconcile here; the daemon's checks signal it).
 	l.health.set(vip, "10.0.0.12", true, "ok", since)
 	l.ok("backend", "set", vip, "10.0.0.11", "--weight", "50")
-	out := l.ok("vip", "list")
+	out = l.ok("vip", "list")
 	if !regexp.MustCompile(`\n  -> 10\.0\.0\.99\s+fallback\s+standby\s+-\s+5\s+0\n`).MatchString(out) ||
 		!regexp.MustCompile(`\n  -> 10\.0\.0\.12\s+weight 100\s+up\s+ok\s+0\s+0\n`).MatchString(out) {
 		t.Fatalf("vip list:\n%s", out)

@@ -8,7 +8,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/xdplb/xdplb/control/model"
+	"github.com/xdplb/xdplb/loader"
 )
 
 // PATCH /v1/vips/{vip} changes a VIP's options; a mode change under open
@@ -71,5 +74,33 @@ func TestAPISetVIP(t *testing.T) {
 	}
 	if !errors.Is(&hasFlowsError{"x"}, ErrHasFlows) {
 		t.Fatal("hasFlowsError does not match ErrHasFlows")
+	}
+}
+
+// A fallback's counters are exported as a backend's, under its address;
+// it has no weight nor up gauge (it is not one of the VIP's backends).
+func TestCollectorFallback(t *testing.T) {
+	f := newRecFixture(t, nil)
+	f.nw.setMAC("10.0.0.99", mac(99))
+	if err := f.store.AddVIP(model.VIP{Address: vip1.Addr, Port: vip1.Port, Protocol: vip1.Protocol,
+		Fallback: &model.Fallback{Address: netip.MustParseAddr("10.0.0.99")}}); err != nil {
+		t.Fatal(err)
+	}
+	f.reconcile(t)
+	f.dp.SetBackendCounters(1, loader.Counters{Packets: 4, Bytes: 400, Flows: 1})
+	c := NewCollector(f.dp, f.store, f.rec, "v1", nil)
+	want := `
+# HELP xdplb_backend_packets_total Packets forwarded to a backend.
+# TYPE xdplb_backend_packets_total counter
+xdplb_backend_packets_total{backend="10.0.0.99",vip="10.0.0.100:80/tcp"} 4
+# HELP xdplb_backend_up 1 if the backend takes new flows.
+# TYPE xdplb_backend_up gauge
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "xdplb_backend_packets_total", "xdplb_backend_up"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := snapshot(f.dp, f.store.State(), func(int) string { return "" })
+	if err != nil || len(st.VIPs) != 1 || len(st.VIPs[0].Backends) != 1 || !st.VIPs[0].Backends[0].Fallback || st.VIPs[0].Backends[0].Packets != 4 {
+		t.Fatalf("stats %+v %v", st, err)
 	}
 }

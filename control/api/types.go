@@ -82,8 +82,9 @@ type CounterSet struct {
 
 // BackendStats are the counters of one backend of a VIP.
 type BackendStats struct {
-	Address netip.Addr `json:"address"`
-	Port    uint16     `json:"port,omitempty"`
+	Address  netip.Addr `json:"address"`
+	Port     uint16     `json:"port,omitempty"`
+	Fallback bool       `json:"fallback,omitempty"` // the VIP's fallback server
 	CounterSet
 	mapped bool // the backend has an entry in the maps
 }
