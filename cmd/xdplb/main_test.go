@@ -136,7 +136,7 @@ func TestUsageErrors(t *testing.T) {
 }
 
 func TestHelp(t *testing.T) {
-	for _, args := range [][]string{{}, {"--help"}, {"vip"}, {"vip", "add", "--help"}} {
+	for _, args := range [][]string{{}, {"--help"}, {"vip"}, {"vip", "add", "--help"}, {"vip", "set", "--help"}} {
 		r := runCLI(t, t.Context(), "", args...)
 		if r.code != 0 || r.stderr != "" || !strings.Contains(r.stdout, "USAGE") {
 			t.Errorf("xdplb %v: exit %d, stderr %q, stdout %q: want usage on stdout", args, r.code, r.stderr, r.stdout)

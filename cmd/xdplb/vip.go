@@ -54,13 +54,13 @@ func (e *env) vipCommand() *cli.Command {
 }
 
 // vipFlags are the options of a VIP, the same for `vip add` and `vip set`:
-// add shows the defaults, set (which changes only what is given) does not.
+// add shows the defaults, set (which changes only what is given) says so.
 func vipFlags(add bool) []cli.Flag {
 	def := func(s string) string {
 		if add {
 			return s
 		}
-		return ""
+		return "unchanged"
 	}
 	snat, fallback := "ADDR or auto", "ADDR[:PORT], or none to remove it"
 	if add {
@@ -69,7 +69,7 @@ func vipFlags(add bool) []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "mode", Usage: "forwarding mode: dr, nat or fullnat", DefaultText: def("dr")},
 		&cli.StringFlag{Name: "scheduler", Usage: "maglev or sh (rr, wrr, random, lc and wlc are not supported yet)", DefaultText: def("maglev")},
-		&cli.StringFlag{Name: "check", Usage: "health check: tcp, http, udp or none"},
+		&cli.StringFlag{Name: "check", Usage: "health check: tcp, http, udp or none", DefaultText: def("none")},
 		&cli.IntFlag{Name: "check-port", Usage: "port probed", DefaultText: def("the backend's port")},
 		&cli.StringFlag{Name: "check-path", Usage: "HTTP path probed", DefaultText: def("/")},
 		&cli.StringFlag{Name: "check-expect", Usage: "HTTP statuses taken for up: LO-HI or one status, 100-599", DefaultText: def("200-399")},
