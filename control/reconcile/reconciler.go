@@ -540,10 +540,11 @@ func (r *Reconciler) decide(plans []vipPlan) []*vipState {
 		case p.held:
 		case p.onFallback && !wasOnFallback:
 			r.log.Warn("vip has no usable backend: new flows go to its fallback", "vip", vid, "fallback", p.fallback.key.Addr, "backends", p.active)
-		case !p.onFallback && wasOnFallback:
-			r.log.Info("vip has a usable backend again: new flows leave its fallback", "vip", vid)
+		case p.onFallback:
 		case noHealthy && (!p.exists || !p.cur.NoHealthy):
 			r.log.Warn("vip has no healthy backend: new flows are dropped", "vip", vid, "backends", p.active)
+		case wasOnFallback && len(p.members) > 0:
+			r.log.Info("vip has a usable backend again: new flows leave its fallback", "vip", vid)
 		case !noHealthy && p.exists && p.cur.NoHealthy:
 			r.log.Info("vip has a healthy backend again", "vip", vid)
 		}

@@ -130,6 +130,24 @@ func TestReconcileFallbackTakesOverAndHandsBack(t *testing.T) {
 	if _, ok := f.rec.Fallback(vip1); ok {
 		t.Fatal("removed fallback still known")
 	}
+
+	// Removed while it has the table: the VIP drops new flows, and says
+	// so, not that a backend is back.
+	f.setFallback(t, "10.0.0.99")
+	f.health.set(vip1, "10.0.0.1", false, "connect refused")
+	f.health.set(vip1, "10.0.0.2", false, "connect refused")
+	f.reconcile(t)
+	if !onlyID(f.table(t), 4) {
+		t.Fatalf("table %v, want the new fallback entry's (4)", f.table(t))
+	}
+	f.setFallback(t, "")
+	if m := dpVIPs(t, f.dp)[VIPKeyOf(vip1)]; !m.NoHealthy {
+		t.Fatalf("vip meta %+v after its active fallback went: want NoHealthy", m)
+	}
+	logs = f.logBuf.String()
+	if strings.Count(logs, `new flows leave its fallback`) != 1 || strings.Count(logs, `msg="vip has no healthy backend: new flows are dropped"`) != 1 {
+		t.Errorf("active fallback removed: want 'no healthy backend' logged, log:\n%s", logs)
+	}
 }
 
 // Without a fallback, a VIP whose backends are all down drops new flows
