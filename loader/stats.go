@@ -148,19 +148,34 @@ func (d *Datapath) DropCounters() (map[string]uint64, error) {
 // changes under us; a batch walk gives each entry at most once but may
 // miss entries inserted meanwhile, which is fine for statistics.
 func (d *Datapath) walkConntrack(fn func(xdplbFlowKey, xdplbFlowVal)) error {
+	return d.walkConntrackUntil(func(k xdplbFlowKey, v xdplbFlowVal) bool {
+		fn(k, v)
+		return true
+	})
+}
+
+// walkConntrackUntil is walkConntrack that stops when fn returns false.
+func (d *Datapath) walkConntrackUntil(fn func(xdplbFlowKey, xdplbFlowVal) bool) error {
 	keys := make([]xdplbFlowKey, batchChunk)
 	vals := make([]xdplbFlowVal, batchChunk)
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := d.objs.Conntrack.BatchLookup(&cursor, keys, vals, nil)
 		for i := range n {
-			fn(keys[i], vals[i])
+			if !fn(keys[i], vals[i]) {
+				return nil
+			}
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return nil
 		}
 		if errors.Is(err, ebpf.ErrNotSupported) {
-			return iterate(d.objs.Conntrack, fn)
+			var k xdplbFlowKey
+			var v xdplbFlowVal
+			it := d.objs.Conntrack.Iterate()
+			for it.Next(&k, &v) && fn(k, v) {
+			}
+			return it.Err()
 		}
 		if err != nil {
 			return fmt.Errorf("read conntrack: %w", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -95,19 +96,13 @@ func (e *env) newApp() *cli.App {
 		Writer:         e.stdout,
 		ErrWriter:      e.stderr,
 		ExitErrHandler: func(*cli.Context, error) {}, // run maps errors to exit codes
-		Flags: []cli.Flag{
-			&cli.StringFlag{
-				Name:    "socket",
-				Usage:   "unix socket of the daemon's API",
-				Value:   api.DefaultSocketPath,
-				EnvVars: []string{"XDPLB_SOCKET"},
-			},
-		},
+		Flags:          []cli.Flag{socketFlag()},
 		Commands: []*cli.Command{
 			e.daemonCommand(),
 			e.vipCommand(),
 			e.backendCommand(),
 			e.statsCommand(),
+			e.connsCommand(),
 			e.statusCommand(),
 			e.applyCommand(),
 			e.exportCommand(),
@@ -124,6 +119,31 @@ func (e *env) newApp() *cli.App {
 	return app
 }
 
+// socketFlag is --socket, declared on the program and on every command so
+// that it is accepted anywhere on the line and listed in every help;
+// socketPath reads the one given.
+func socketFlag() cli.Flag {
+	return &cli.StringFlag{
+		Name:    "socket",
+		Usage:   "unix socket of the daemon's API",
+		Value:   api.DefaultSocketPath,
+		EnvVars: []string{"XDPLB_SOCKET"},
+	}
+}
+
+// socketPath is the --socket nearest the command that was set (on the
+// command line or through XDPLB_SOCKET), else the default: urfave/cli
+// reads a flag declared at two levels from the nearest one even when only
+// the other was given.
+func socketPath(c *cli.Context) string {
+	for _, cc := range c.Lineage() {
+		if cc.Command != nil && cc.IsSet("socket") {
+			return cc.String("socket")
+		}
+	}
+	return c.String("socket")
+}
+
 // onUsageError turns a flag parsing error into a one-line usageError
 // instead of urfave/cli's "Incorrect Usage" plus help on stdout.
 func onUsageError(c *cli.Context, err error, _ bool) error {
@@ -132,6 +152,9 @@ func onUsageError(c *cli.Context, err error, _ bool) error {
 
 func setUsageHandlers(c *cli.Command) {
 	c.OnUsageError = onUsageError
+	if !slices.ContainsFunc(c.Flags, func(f cli.Flag) bool { return slices.Contains(f.Names(), "socket") }) {
+		c.Flags = append(c.Flags, socketFlag())
+	}
 	if len(c.Subcommands) > 0 && c.Action == nil {
 		c.Action = groupAction
 	}
@@ -155,7 +178,7 @@ func groupAction(c *cli.Context) error {
 
 // client returns an API client for the --socket given to the program.
 func client(c *cli.Context) *api.Client {
-	return api.NewClient(c.String("socket"))
+	return api.NewClient(socketPath(c))
 }
 
 // apiError rewords the errors of a client call; above all "the daemon is
@@ -169,10 +192,10 @@ func apiError(c *cli.Context, err error) error {
 	}
 	// Before isUnreachable: a refused connect is a dial error too.
 	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
-		return fmt.Errorf("permission denied on the daemon's socket %s: it is for root only (mode 0600); run as root", c.String("socket"))
+		return fmt.Errorf("permission denied on the daemon's socket %s: it is for root only (mode 0600); run as root", socketPath(c))
 	}
 	if isUnreachable(err) {
-		return fmt.Errorf("cannot reach the daemon at %s: is `xdplb daemon` running?", c.String("socket"))
+		return fmt.Errorf("cannot reach the daemon at %s: is `xdplb daemon` running?", socketPath(c))
 	}
 	return withPath(c, err)
 }

@@ -50,7 +50,7 @@ func TestReorderArgsTable(t *testing.T) {
 		{"global flag before the command", "xdplb --socket /s vip add A --mode dr", "xdplb --socket /s vip add --mode dr -- A"},
 		{"global flag=value", "xdplb --socket=/s backend list V -o json", "xdplb --socket=/s backend list -o json -- V"},
 		{"global value named like a command", "xdplb --socket vip vip list -o json", "xdplb --socket vip vip list -o json"},
-		{"global flag after the command is the command's", "xdplb vip list --socket /s", "xdplb vip list --socket -- /s"},
+		{"--socket after the command is the command's, with its value", "xdplb vip list --socket /s", "xdplb vip list --socket /s"},
 
 		{"repeated flags keep their order", "xdplb daemon --iface a --xdp-mode native --iface=b", "xdplb daemon --iface a --xdp-mode native --iface=b"},
 		{"repeated flags after positionals", "xdplb backend add V B --weight 1 --weight 2", "xdplb backend add --weight 1 --weight 2 -- V B"},

@@ -101,7 +101,7 @@ func (e *env) daemon(c *cli.Context) error {
 		StateDir:     c.String("state-dir"),
 		ConfigFile:   c.String("config"),
 		MetricsAddr:  c.String("metrics-addr"),
-		SocketPath:   c.String("socket"),
+		SocketPath:   socketPath(c),
 		DetachOnExit: c.Bool("detach-on-exit"),
 		Version:      version,
 	})

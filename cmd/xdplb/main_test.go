@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -167,6 +168,44 @@ func TestDaemonUnreachable(t *testing.T) {
 	// XDPLB_SOCKET is the default of --socket.
 	t.Setenv("XDPLB_SOCKET", missing)
 	wantOneLineError(t, runCLI(t, t.Context(), "", "vip", "list"), exitError, regexp.QuoteMeta("daemon at "+missing+":"))
+}
+
+// --socket is accepted anywhere on the line, the nearest the command wins,
+// and every command's help lists it (issue 12, defect 9).
+func TestSocketAnywhere(t *testing.T) {
+	dir := t.TempDir()
+	g, l := filepath.Join(dir, "global.sock"), filepath.Join(dir, "local.sock")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--socket", g, "vip", "list"}, g},
+		{[]string{"vip", "--socket", g, "list"}, g},
+		{[]string{"vip", "list", "--socket", l}, l},
+		{[]string{"vip", "list", "--socket=" + l}, l},
+		{[]string{"--socket", g, "vip", "list", "--socket", l}, l},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--socket", l, "--mode", "dr"}, l},
+		{[]string{"backend", "del", "10.0.0.1:80/tcp", "10.0.0.2", "--socket", l}, l},
+		{[]string{"stats", "-o", "json", "--socket", l}, l},
+		{[]string{"apply", "-f", "-", "--socket", l}, l},
+		{[]string{"status", "--socket", l}, l},
+	} {
+		r := runCLI(t, t.Context(), "vips: []\n", tc.args...)
+		wantOneLineError(t, r, exitError, regexp.QuoteMeta("cannot reach the daemon at "+tc.want+":"))
+	}
+	var walk func(path []string, cmds []*cli.Command)
+	walk = func(path []string, cmds []*cli.Command) {
+		for _, c := range cmds {
+			p := append(slices.Clone(path), c.Name)
+			r := runCLI(t, t.Context(), "", append(p, "--help")...)
+			if r.code != 0 || !strings.Contains(r.stdout, "--socket value") {
+				t.Errorf("%s --help: exit %d, no --socket in\n%s", strings.Join(p, " "), r.code, r.stdout)
+			}
+			walk(p, c.Subcommands)
+		}
+	}
+	e := &env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: io.Discard}
+	walk(nil, e.newApp().Commands)
 }
 
 func TestVIPAddListDel(t *testing.T) {
@@ -521,15 +560,18 @@ func TestStats(t *testing.T) {
 
 	out := l.ok("stats", "--interval", "20ms")
 	lines := strings.Split(out, "\n")
-	if !regexp.MustCompile(`^VIP\s+BACKEND\s+PACKETS\s+BYTES\s+FLOWS\s+PPS\s+BPS$`).MatchString(lines[0]) {
+	// When, over how long, and the table; BPS says it is bits.
+	if !regexp.MustCompile(`^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+; rates over \d+ms$`).MatchString(lines[0]) || lines[1] != "" ||
+		!regexp.MustCompile(`^VIP\s+BACKEND\s+PACKETS\s+BYTES\s+FLOWS\s+CPS\s+PPS\s+BPS\(bits/s\)$`).MatchString(lines[2]) {
 		t.Fatalf("stats table:\n%s", out)
 	}
-	// The fake's counters grow on every read, so every rate is positive.
-	for i, re := range []string{`^10\.0\.0\.100:80/tcp\s+-\s+\d+\s+\d+\s+\d+\s+[1-9][\d.]*[kMG]?\s+[1-9][\d.]*[kMG]?$`,
-		`^10\.0\.0\.100:80/tcp\s+10\.0\.0\.11\s+\d+\s+\d+\s+\d+\s+[1-9][\d.]*[kMG]?\s+[1-9][\d.]*[kMG]?$`,
+	// The fake's packet and byte counters grow on every read, so those
+	// rates are positive; its flow counters do not, so CPS is 0.
+	for i, re := range []string{`^10\.0\.0\.100:80/tcp\s+-\s+\d+\s+\d+\s+\d+\s+0\s+[1-9][\d.]*[kMG]?\s+[1-9][\d.]*[kMG]?$`,
+		`^10\.0\.0\.100:80/tcp\s+10\.0\.0\.11\s+\d+\s+\d+\s+\d+\s+0\s+[1-9][\d.]*[kMG]?\s+[1-9][\d.]*[kMG]?$`,
 		`^10\.0\.0\.100:80/tcp\s+10\.0\.0\.12\s+`} {
-		if !regexp.MustCompile(re).MatchString(lines[i+1]) {
-			t.Errorf("stats line %d = %q, want match %q", i+1, lines[i+1], re)
+		if !regexp.MustCompile(re).MatchString(lines[i+3]) {
+			t.Errorf("stats line %d = %q, want match %q", i+3, lines[i+3], re)
 		}
 	}
 	if !regexp.MustCompile(`(?m)^no_backend\s+3$`).MatchString(out) || strings.Contains(out, "fragment") {
@@ -571,6 +613,11 @@ func TestStatsWatch(t *testing.T) {
 	if n := len(regexp.MustCompile(`(?m)^VIP\s+BACKEND`).FindAllString(r.stdout, -1)); r.code != 0 || n < 2 {
 		t.Errorf("stats -w: exit %d, stderr %q, stdout:\n%s", r.code, r.stderr, r.stdout)
 	}
+	// Each block says when it was read.
+	times := regexp.MustCompile(`(?m)^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+); rates over \d+ms\n\nVIP\s`).FindAllStringSubmatch(r.stdout, -1)
+	if n := len(regexp.MustCompile(`(?m)^VIP\s+BACKEND`).FindAllString(r.stdout, -1)); len(times) != n {
+		t.Errorf("stats -w: %d timestamps for %d tables:\n%s", len(times), n, r.stdout)
+	}
 }
 
 func TestWriteStatsTable(t *testing.T) {
@@ -591,11 +638,13 @@ func TestWriteStatsTable(t *testing.T) {
 	if err := writeStatsTable(&buf, prev, cur); err != nil {
 		t.Fatal(err)
 	}
-	want := `VIP                   BACKEND    PACKETS  BYTES    FLOWS  PPS  BPS
-10.0.0.1:80/tcp       -          2100     3001000  9      1k   12M
-10.0.0.1:80/tcp       10.0.0.11  7        70       7      -    -
-10.0.0.1:80/tcp       10.0.0.12  40       400      1      0    0
-[2001:db8::1]:80/tcp  -          0        0        0      -    -
+	want := `2025-01-01 00:00:02 UTC; rates over 2s
+
+VIP                   BACKEND    PACKETS  BYTES    FLOWS  CPS  PPS  BPS(bits/s)
+10.0.0.1:80/tcp       -          2100     3001000  9      4    1k   12M
+10.0.0.1:80/tcp       10.0.0.11  7        70       7      -    -    -
+10.0.0.1:80/tcp       10.0.0.12  40       400      1      0    0    0
+[2001:db8::1]:80/tcp  -          0        0        0      -    -    -
 
 IFACE  ACTION  COUNT
 eth0   tx      9
@@ -603,6 +652,16 @@ eth1   tx      5
 `
 	if buf.String() != want {
 		t.Errorf("stats table:\n%s\nwant\n%s", buf.String(), want)
+	}
+
+	// Zeroed counters say since when.
+	cur.Since = t0.Add(-time.Hour)
+	buf.Reset()
+	if err := writeStatsTable(&buf, prev, cur); err != nil {
+		t.Fatal(err)
+	}
+	if first, _, _ := strings.Cut(buf.String(), "\n"); first != "2025-01-01 00:00:02 UTC; rates over 2s; counters since 2024-12-31 23:00:00 UTC (stats --zero)" {
+		t.Errorf("first line of zeroed stats: %q", first)
 	}
 }
 
@@ -731,6 +790,18 @@ func TestBackendHealthAndForcedDelete(t *testing.T) {
 	l.ok("backend", "del", vip, "10.0.0.12")
 	if err := json.Unmarshal([]byte(l.ok("backend", "list", vip, "-o", "json")), &bs); err != nil || len(bs) != 1 {
 		t.Fatalf("after del: %v %+v", err, bs)
+	}
+
+	// vip del is refused the same way while its backends have flows.
+	before = l.exported()
+	wantOneLineError(t, l.run("vip", "del", vip), exitError,
+		`^xdplb: vip del: vip 10\.0\.0\.100:80/tcp still has 12 open flows \(12 established, 0 half-open\): drain its backends and wait, or use --force$`)
+	if after := l.exported(); after != before {
+		t.Fatalf("refused vip del changed the state:\n%s", after)
+	}
+	l.ok("vip", "del", vip, "--force")
+	if out := l.ok("vip", "list"); strings.Contains(out, "10.0.0.100") {
+		t.Fatalf("forced vip del left the VIP:\n%s", out)
 	}
 }
 
@@ -899,5 +970,115 @@ func TestSocketPermissionDenied(t *testing.T) {
 	refused := &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
 	if err := apiError(c, refused); err == nil || !strings.Contains(err.Error(), "is `xdplb daemon` running?") {
 		t.Errorf("refused: %v", err)
+	}
+}
+
+// stats --zero (ipvsadm -Z): stats counts from then on, the metrics are
+// untouched (tested in control/api); with --watch it watches from zero.
+func TestStatsZero(t *testing.T) {
+	l := startLab(t)
+	l.ok("vip", "add", "10.0.0.100:80/tcp")
+	l.ok("backend", "add", "10.0.0.100:80/tcp", "10.0.0.11")
+	l.dp.SetCountersFunc(nil)
+	l.dp.SetVIPCounters(1, loader.Counters{Packets: 100, Bytes: 10000, Flows: 10})
+	l.dp.SetBackendCounters(1, loader.Counters{Packets: 100, Bytes: 10000, Flows: 10})
+	stats := func() api.Stats {
+		t.Helper()
+		var st api.Stats
+		if err := json.Unmarshal([]byte(l.ok("stats", "-o", "json")), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	if st := stats(); st.VIPs[0].Packets != 100 || !st.Since.IsZero() {
+		t.Fatalf("before --zero: %+v", st)
+	}
+	if out := l.ok("stats", "--zero"); out != "" {
+		t.Errorf("stats --zero printed %q", out)
+	}
+	st := stats()
+	if st.VIPs[0].CounterSet != (api.CounterSet{}) || st.VIPs[0].Backends[0].CounterSet != (api.CounterSet{}) || st.Drops["no_backend"] != 0 || st.Since.IsZero() {
+		t.Fatalf("after --zero: %+v", st)
+	}
+	l.dp.SetVIPCounters(1, loader.Counters{Packets: 130, Bytes: 13000, Flows: 13})
+	if st = stats(); st.VIPs[0].CounterSet != (api.CounterSet{Packets: 30, Bytes: 3000, Flows: 3}) {
+		t.Fatalf("after --zero and traffic: %+v", st.VIPs[0])
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	r := runCLI(t, ctx, "", "--socket", l.socket, "stats", "-Z", "-w", "--interval", "50ms")
+	if r.code != 0 || r.stderr != "" || !regexp.MustCompile(`counters since .* \(stats --zero\)\n\nVIP.*\n10\.0\.0\.100:80/tcp\s+-\s+0\s+0\s+0\s`).MatchString(r.stdout) {
+		t.Errorf("stats -Z -w: exit %d, stderr %q, stdout:\n%s", r.code, r.stderr, r.stdout)
+	}
+	wantOneLineError(t, runCLI(t, t.Context(), "", "--socket", filepath.Join(t.TempDir(), "none.sock"), "stats", "--zero"),
+		exitError, "cannot reach the daemon")
+}
+
+// apply --dry-run prints what the apply would change and changes nothing;
+// the daemon checks the file as for an apply, so a bad one fails.
+func TestApplyDryRun(t *testing.T) {
+	l := startLab(t)
+	dir := t.TempDir()
+	write := func(name, data string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	l.ok("apply", "-f", write("lb.yaml", sampleConfig))
+	before, gen := l.exported(), l.store.Generation()
+
+	changed := write("changed.yaml", `vips:
+  - address: 10.200.0.100
+    port: 80
+    protocol: tcp
+    scheduler: sh
+    healthcheck: {type: http, path: /healthz, interval: 2s, timeout: 500ms, rise: 2, fall: 3}
+    backends:
+      - {address: 10.200.0.11, weight: 50}
+      - {address: 10.200.0.13}
+      - {address: 10.200.0.14, port: 80}
+  - address: 10.200.0.101
+    port: 443
+    protocol: tcp
+    mode: fullnat
+    snat_addr: 10.200.2.1
+    backends:
+      - {address: 10.200.1.5, port: 8443, weight: 7}
+`)
+	want := `~ vip 10.200.0.100:80/tcp
+    healthcheck.interval: 1s -> 2s
+    scheduler: maglev -> sh
+  ~ backend 10.200.0.11: weight 100 -> 50
+  - backend 10.200.0.12
+  + backend 10.200.0.14: weight=100
++ vip 10.200.0.101:443/tcp: mode=fullnat scheduler=maglev snat_addr=10.200.2.1
+  + backend 10.200.1.5:8443: weight=7
+- vip [2001:db8::100]:53/udp
+  - backend 2001:db8::10
+  - backend 2001:db8::11
+dry run: 1 vips added, 1 removed, 1 changed; nothing applied
+`
+	if out := l.ok("apply", "-f", changed, "--dry-run"); out != want {
+		t.Errorf("apply --dry-run:\n%s\nwant\n%s", out, want)
+	}
+	// From stdin too.
+	r := runCLI(t, t.Context(), before, "--socket", l.socket, "apply", "--dry-run", "-f", "-")
+	if r.code != 0 || r.stderr != "" || r.stdout != "dry run: no changes\n" {
+		t.Errorf("apply --dry-run of the state itself: exit %d, stderr %q, stdout %q", r.code, r.stderr, r.stdout)
+	}
+
+	// Refused as an apply would be: a duplicate VIP, more VIPs than the
+	// maps hold.
+	invalid := write("invalid.yaml", "vips:\n  - address: 10.0.0.1\n    port: 80\n    protocol: tcp\n  - address: 10.0.0.1\n    port: 80\n    protocol: tcp\n")
+	wantOneLineError(t, l.run("apply", "-f", invalid, "--dry-run"), exitError, `^xdplb: apply: .*10\.0\.0\.1:80/tcp`)
+	l.store.SetLimits(2, 256) // one VIP id
+	wantOneLineError(t, l.run("apply", "-f", changed, "--dry-run"), exitError, `^xdplb: apply: .*(VIPs|vips)`)
+	wantOneLineError(t, l.run("apply", "-f", changed), exitError, `^xdplb: apply: .*(VIPs|vips)`)
+
+	if after := l.exported(); after != before || l.store.Generation() != gen {
+		t.Errorf("dry runs changed the state (generation %d -> %d):\n%s", gen, l.store.Generation(), after)
 	}
 }

@@ -19,6 +19,7 @@ func (e *env) statsCommand() *cli.Command {
 		Usage: "per VIP and backend packets, bytes, flows and rates",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "print again every interval until interrupted"},
+			&cli.BoolFlag{Name: "zero", Aliases: []string{"Z"}, Usage: "zero the counters stats shows (not the metrics), then print nothing, or watch with --watch"},
 			&cli.StringFlag{Name: "interval", Value: "1s", Usage: "time between the two samples that give rates"},
 			outputFlag(),
 		},
@@ -39,6 +40,14 @@ func (e *env) stats(c *cli.Context) error {
 		return err
 	}
 	cl := client(c)
+	if c.Bool("zero") {
+		if err := cl.ZeroStats(c.Context); err != nil {
+			return apiError(c, err)
+		}
+		if !c.Bool("watch") {
+			return nil
+		}
+	}
 	cur, err := sample(c, cl)
 	if err != nil {
 		return err
@@ -69,6 +78,7 @@ func (e *env) stats(c *cli.Context) error {
 		if format == "json" {
 			err = writeJSON(e.stdout, cur)
 		} else {
+			prev.Time, cur.Time, cur.Since = prev.Time.Local(), cur.Time.Local(), cur.Since.Local()
 			err = writeStatsTable(e.stdout, prev, cur)
 		}
 		if err != nil || !c.Bool("watch") {
@@ -115,9 +125,19 @@ func statsName(b api.BackendStats) string {
 	return backendString(b.Address, b.Port)
 }
 
-// writeStatsTable prints cur's counters with the rates since prev.
+// statsTime is how a stats table writes a time: in the time's location.
+const statsTime = "2006-01-02 15:04:05 MST"
+
+// writeStatsTable prints cur's counters with the rates since prev: CPS is
+// new flows (connections), PPS packets and BPS bits a second. A first
+// line says when, and since when the counters count if they were zeroed.
 func writeStatsTable(w io.Writer, prev, cur api.Stats) error {
 	dt := cur.Time.Sub(prev.Time)
+	since := ""
+	if !cur.Since.IsZero() {
+		since = fmt.Sprintf("; counters since %s (stats --zero)", cur.Since.Format(statsTime))
+	}
+	fmt.Fprintf(w, "%s; rates over %s%s\n\n", cur.Time.Format(statsTime), dt.Round(time.Millisecond), since)
 	old := map[counterKey]api.CounterSet{}
 	for _, v := range prev.VIPs {
 		old[counterKey{v.VIP, ""}] = v.CounterSet
@@ -128,16 +148,17 @@ func writeStatsTable(w io.Writer, prev, cur api.Stats) error {
 
 	vips := append([]api.VIPStats(nil), cur.VIPs...)
 	sortVIPStats(vips)
-	t := newTable(w, "VIP", "BACKEND", "PACKETS", "BYTES", "FLOWS", "PPS", "BPS")
+	t := newTable(w, "VIP", "BACKEND", "PACKETS", "BYTES", "FLOWS", "CPS", "PPS", "BPS(bits/s)")
 	add := func(vip, backend string, cs api.CounterSet) {
 		p, ok := old[counterKey{vip, backend}]
-		pps, bps := "-", "-"
+		cps, pps, bps := "-", "-", "-"
 		if ok {
+			cps = si(rate(p.Flows, cs.Flows, dt))
 			pps = si(rate(p.Packets, cs.Packets, dt))
 			bps = si(8 * rate(p.Bytes, cs.Bytes, dt))
 		}
 		t.row(vip, orDash(backend), strconv.FormatUint(cs.Packets, 10), strconv.FormatUint(cs.Bytes, 10),
-			strconv.FormatUint(cs.Flows, 10), pps, bps)
+			strconv.FormatUint(cs.Flows, 10), cps, pps, bps)
 	}
 	for _, v := range vips {
 		add(v.VIP, "", v.CounterSet)

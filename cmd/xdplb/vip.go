@@ -25,8 +25,9 @@ func (e *env) vipCommand() *cli.Command {
 				Name:      "add",
 				Usage:     "add a VIP",
 				ArgsUsage: "ADDR:PORT/PROTO",
-				Flags:     vipFlags(true),
-				Action:    e.vipAdd,
+				Flags: append(vipFlags(true),
+					&cli.BoolFlag{Name: "force", Usage: "take the VIP even on an address of this host (its own connections to the port go to the VIP)"}),
+				Action: e.vipAdd,
 			},
 			{
 				Name: "set",
@@ -39,9 +40,12 @@ func (e *env) vipCommand() *cli.Command {
 			},
 			{
 				Name:      "del",
-				Usage:     "delete a VIP and its backends",
+				Usage:     "delete a VIP and its backends (refused while they have open flows)",
 				ArgsUsage: "ADDR:PORT/PROTO",
-				Action:    e.vipDel,
+				Flags: []cli.Flag{
+					&cli.BoolFlag{Name: "force", Usage: "delete even with open flows (their clients are reset)"},
+				},
+				Action: e.vipDel,
 			},
 			{
 				Name:   "list",
@@ -262,7 +266,7 @@ func (e *env) vipAdd(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := client(c).AddVIP(c.Context, v); err != nil {
+	if err := client(c).AddVIP(c.Context, v, c.Bool("force")); err != nil {
 		return apiError(c, err)
 	}
 	return nil
@@ -291,7 +295,7 @@ func (e *env) vipDel(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := client(c).DeleteVIP(c.Context, id); err != nil {
+	if err := client(c).DeleteVIP(c.Context, id, c.Bool("force")); err != nil {
 		return apiError(c, err)
 	}
 	return nil

@@ -161,7 +161,7 @@ func TestVIPFallback(t *testing.T) {
 	}
 	// stats counts its packets, marked.
 	out := l.ok("stats", "--interval", "20ms")
-	if !regexp.MustCompile(`\n10\.0\.0\.100:80/tcp\s+10\.0\.0\.12\s+.*\n10\.0\.0\.100:80/tcp\s+10\.0\.0\.99 \(fallback\)\s+\d+\s+\d+\s+\d+\s+[1-9]`).MatchString(out) {
+	if !regexp.MustCompile(`\n10\.0\.0\.100:80/tcp\s+10\.0\.0\.12\s+.*\n10\.0\.0\.100:80/tcp\s+10\.0\.0\.99 \(fallback\)\s+\d+\s+\d+\s+\d+\s+\d+\s+[1-9]`).MatchString(out) {
 		t.Fatalf("stats:\n%s", out)
 	}
 	if out := l.exported(); !strings.Contains(out, "fallback:\n      address: 10.0.0.99\n") {

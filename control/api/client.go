@@ -37,17 +37,34 @@ func NewClient(socketPath string) *Client {
 // do sends in (if not nil) as JSON and decodes the answer into out (if not
 // nil).
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.send(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode response: %w", err)
+	}
+	return nil
+}
+
+// send sends in (if not nil) as JSON and returns a successful answer,
+// whose body the caller closes; a failed one is its error.
+func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return fmt.Errorf("encode request: %w", err)
+			return nil, fmt.Errorf("encode request: %w", err)
 		}
 		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, "http://xdplb"+path, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -58,24 +75,18 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return fmt.Errorf("daemon not reachable on %s: %w", c.socket, err)
+		return nil, fmt.Errorf("daemon not reachable on %s: %w", c.socket, err)
 	}
-	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
 		var ae APIError
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, maxBody))
 		if json.Unmarshal(b, &ae) == nil && ae.Error != "" {
-			return errors.New(strings.TrimSpace(ae.Error))
+			return nil, errors.New(strings.TrimSpace(ae.Error))
 		}
-		return fmt.Errorf("daemon: %s", resp.Status)
+		return nil, fmt.Errorf("daemon: %s", resp.Status)
 	}
-	if out == nil {
-		return nil
-	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("decode response: %w", err)
-	}
-	return nil
+	return resp, nil
 }
 
 func vipPath(id model.VIPID) string { return "/v1/vips/" + url.PathEscape(id.String()) }
@@ -105,14 +116,23 @@ func (c *Client) SetVIP(ctx context.Context, id model.VIPID, p model.VIPPatch, f
 	return c.do(ctx, http.MethodPatch, path, p, nil)
 }
 
-// AddVIP adds a VIP.
-func (c *Client) AddVIP(ctx context.Context, v model.VIP) error {
-	return c.do(ctx, http.MethodPost, "/v1/vips", v, nil)
+// AddVIP adds a VIP; force takes an address of the LB host (model.ErrOwnAddress).
+func (c *Client) AddVIP(ctx context.Context, v model.VIP, force bool) error {
+	p := "/v1/vips"
+	if force {
+		p += "?force=true"
+	}
+	return c.do(ctx, http.MethodPost, p, v, nil)
 }
 
-// DeleteVIP deletes a VIP and its backends.
-func (c *Client) DeleteVIP(ctx context.Context, id model.VIPID) error {
-	return c.do(ctx, http.MethodDelete, vipPath(id), nil, nil)
+// DeleteVIP deletes a VIP and its backends. Without force the daemon
+// refuses (409, ErrHasFlows) while its backends have open flows.
+func (c *Client) DeleteVIP(ctx context.Context, id model.VIPID, force bool) error {
+	p := vipPath(id)
+	if force {
+		p += "?force=true"
+	}
+	return c.do(ctx, http.MethodDelete, p, nil, nil)
 }
 
 // Backends lists a VIP's backends with their state.
@@ -147,9 +167,25 @@ func (c *Client) State(ctx context.Context) (model.State, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/state", nil, &out)
 }
 
-// Apply replaces the whole desired state.
-func (c *Client) Apply(ctx context.Context, st model.State) error {
-	return c.do(ctx, http.MethodPut, "/v1/state", st, nil)
+// Apply replaces the whole desired state; force lets a new VIP take an
+// address of the LB host.
+func (c *Client) Apply(ctx context.Context, st model.State, force bool) error {
+	p := "/v1/state"
+	if force {
+		p += "?force=true"
+	}
+	return c.do(ctx, http.MethodPut, p, st, nil)
+}
+
+// DryRun checks st as Apply would and returns what it would change,
+// changing nothing.
+func (c *Client) DryRun(ctx context.Context, st model.State, force bool) (model.StateDiff, error) {
+	var out model.StateDiff
+	p := "/v1/state?dry_run=true"
+	if force {
+		p += "&force=true"
+	}
+	return out, c.do(ctx, http.MethodPut, p, st, &out)
 }
 
 // Stats returns the counters.
@@ -158,10 +194,47 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/stats", nil, &out)
 }
 
+// ZeroStats makes Stats count from now; the metrics are not reset.
+func (c *Client) ZeroStats(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/v1/stats/zero", nil, nil)
+}
+
 // Status returns the daemon's status.
 func (c *Client) Status(ctx context.Context) (DaemonStatus, error) {
 	var out DaemonStatus
 	return out, c.do(ctx, http.MethodGet, "/v1/status", nil, &out)
+}
+
+// Conns streams the connection table, filtered: fn gets each entry as it
+// arrives (an error from fn ends the stream and is returned), and the end
+// says how many matched and were left out. A stream cut short is an error.
+func (c *Client) Conns(ctx context.Context, f ConnsFilter, fn func(Conn) error) (ConnsEnd, error) {
+	resp, err := c.send(ctx, http.MethodGet, "/v1/conns?"+f.query(), nil)
+	if err != nil {
+		return ConnsEnd{}, err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var line ConnsLine
+		if err := dec.Decode(&line); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return ConnsEnd{}, fmt.Errorf("read connections: %w", err)
+		}
+		switch {
+		case line.End != nil:
+			if line.End.Error != "" {
+				return *line.End, errors.New(line.End.Error)
+			}
+			return *line.End, nil
+		case line.Conn != nil:
+			if err := fn(*line.Conn); err != nil {
+				return ConnsEnd{}, err
+			}
+		}
+	}
 }
 
 // Close releases idle connections.

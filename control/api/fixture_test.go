@@ -2,7 +2,13 @@ package api
 
 import (
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/xdplb/xdplb/loader"
@@ -115,4 +121,56 @@ func dpVIPs(t *testing.T, dp reconcile.Datapath) map[loader.VIPKey]loader.VIPMet
 		t.Fatal(err)
 	}
 	return vips
+}
+
+// serveTest serves srv on a socket of its own until the test ends, and
+// returns the socket's path.
+func serveTest(t *testing.T, srv *Server) string {
+	t.Helper()
+	// Short path: unix socket paths are limited to 108 bytes.
+	dir, err := os.MkdirTemp("", "xlb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "s.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	ln, err := ListenUnix(ctx, sock)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+		os.RemoveAll(dir)
+	})
+	return sock
+}
+
+// rawRequest sends one request to the API on sock and returns the
+// answer's status and body.
+func rawRequest(t *testing.T, sock, method, path, body string) (int, string) {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	defer hc.CloseIdleConnections()
+	req, err := http.NewRequest(method, "http://xdplb"+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
 }

@@ -34,9 +34,9 @@ const maxBody = 64 << 20
 // ErrDaemonRunning is returned when another daemon answers on the socket.
 var ErrDaemonRunning = errors.New("another daemon is running")
 
-// ErrHasFlows is why a backend that still has open flows is not deleted
-// without force, nor a VIP's mode changed under its open flows (409).
-var ErrHasFlows = errors.New("backend has open flows")
+// ErrHasFlows is why a VIP or backend that still has open flows is not
+// deleted without force, nor a VIP's mode changed under them (409).
+var ErrHasFlows = errors.New("open flows")
 
 // hasFlowsError is an ErrHasFlows whose text is the message alone.
 type hasFlowsError struct{ msg string }
@@ -52,6 +52,18 @@ type Server struct {
 	Version    string
 	StartTime  time.Time
 	Log        *slog.Logger
+	// VIPAddrs, if set, vets the address of a VIP that is new to the
+	// state (vip add, apply).
+	VIPAddrs VIPAddressChecker
+
+	zero baseline // what `stats --zero` took, subtracted by Stats
+}
+
+// VIPAddressChecker refuses VIP addresses that are not safe to take: a
+// subnet's network or broadcast address, or an address of the LB host
+// itself (model.ErrOwnAddress, which force overrides).
+type VIPAddressChecker interface {
+	CheckVIPAddress(addr netip.Addr) error
 }
 
 // Handler returns the API's routes.
@@ -68,7 +80,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/state", s.getState)
 	mux.HandleFunc("PUT /v1/state", s.putState)
 	mux.HandleFunc("GET /v1/stats", s.getStats)
+	mux.HandleFunc("POST /v1/stats/zero", s.zeroStats)
 	mux.HandleFunc("GET /v1/status", s.getStatus)
+	mux.HandleFunc("GET /v1/conns", s.getConns)
 	return mux
 }
 
@@ -261,15 +275,22 @@ func (s *Server) vipStatus(v model.VIP, flows map[uint32]loader.FlowCount) VIPSt
 
 func (s *Server) addVIP(w http.ResponseWriter, r *http.Request) {
 	var v model.VIP
-	if err := decode(w, r, &v); err != nil {
+	err := decode(w, r, &v)
+	force := false
+	if err == nil {
+		force, err = forceParam(r)
+	}
+	if err == nil {
+		err = s.checkNewVIPAddrs([]model.VIP{v}, force)
+	}
+	if err == nil {
+		err = s.Store.AddVIP(v)
+	}
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	if err := s.Store.AddVIP(v); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	s.log().Info("vip added by api", "vip", v.ID())
+	s.log().Info("vip added by api", "vip", v.ID(), "force", force)
 	s.applied(r)
 	w.WriteHeader(http.StatusCreated)
 }
@@ -301,19 +322,6 @@ func (s *Server) setVIP(w http.ResponseWriter, r *http.Request) {
 	s.log().Info("vip changed by api", "vip", id, "force", force)
 	s.applied(r)
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// forceParam reads ?force=true|false (absent: false).
-func forceParam(r *http.Request) (bool, error) {
-	f := r.URL.Query().Get("force")
-	if f == "" {
-		return false, nil
-	}
-	force, err := strconv.ParseBool(f)
-	if err != nil {
-		return false, fmt.Errorf("%w: force=%q: want true or false", model.ErrInvalid, f)
-	}
-	return force, nil
 }
 
 // checkPatchKeepsFlows returns an ErrHasFlows error when p changes the
@@ -376,8 +384,18 @@ func (s *Server) vipFlows(v *model.VIP) (loader.FlowCount, error) {
 	return sum, nil
 }
 
+// deleteVIP refuses, unless ?force=true, to delete a VIP whose backends
+// still have open flows, as deleteBackend does: its clients would be
+// reset (their packets pass to the kernel, which has no such socket).
 func (s *Server) deleteVIP(w http.ResponseWriter, r *http.Request) {
 	id, err := pathVIP(r)
+	force := false
+	if err == nil {
+		force, err = forceParam(r)
+	}
+	if err == nil && !force {
+		err = s.checkVIPNoFlows(id)
+	}
 	if err == nil {
 		err = s.Store.DeleteVIP(id)
 	}
@@ -385,7 +403,7 @@ func (s *Server) deleteVIP(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.log().Info("vip deleted by api", "vip", id)
+	s.log().Info("vip deleted by api", "vip", id, "force", force)
 	s.applied(r)
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -538,6 +556,64 @@ func (s *Server) deleteBackend(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// checkNewVIPAddrs vets the address of every VIP of vips whose address no
+// VIP of the state has yet (one taken already was vetted, or forced, when
+// it came). force lets an address of this host through.
+func (s *Server) checkNewVIPAddrs(vips []model.VIP, force bool) error {
+	if s.VIPAddrs == nil {
+		return nil
+	}
+	taken := map[netip.Addr]bool{}
+	for _, v := range s.Store.State().VIPs {
+		taken[v.Address.Unmap()] = true
+	}
+	for _, v := range vips {
+		a := v.Address.Unmap()
+		if taken[a] {
+			continue
+		}
+		err := s.VIPAddrs.CheckVIPAddress(a)
+		if err != nil && !(force && errors.Is(err, model.ErrOwnAddress)) {
+			return model.AsInvalid(fmt.Errorf("vip %s: %w", v.ID(), err))
+		}
+		taken[a] = true
+	}
+	return nil
+}
+
+// forceParam is the request's ?force=, false when absent.
+func forceParam(r *http.Request) (bool, error) {
+	f := r.URL.Query().Get("force")
+	if f == "" {
+		return false, nil
+	}
+	force, err := strconv.ParseBool(f)
+	if err != nil {
+		return false, fmt.Errorf("%w: force=%q: want true or false", model.ErrInvalid, f)
+	}
+	return force, nil
+}
+
+// checkVIPNoFlows returns an ErrHasFlows error when any backend of the VIP,
+// or its fallback, has open flows in the connection table.
+func (s *Server) checkVIPNoFlows(id model.VIPID) error {
+	if s.Reconciler == nil {
+		return nil
+	}
+	v, err := s.Store.VIP(id)
+	if err != nil {
+		return err
+	}
+	sum, err := s.vipFlows(&v)
+	if err != nil {
+		return err
+	}
+	if sum.Open() > 0 {
+		return &hasFlowsError{fmt.Sprintf("vip %s still has %s: drain its backends and wait, or use --force", id, openFlows(sum))}
+	}
+	return nil
+}
+
 // checkNoFlows returns an ErrHasFlows error when the backend has open
 // flows in the connection table.
 func (s *Server) checkNoFlows(id model.VIPID, addr netip.Addr, port uint16) error {
@@ -570,13 +646,40 @@ func (s *Server) getState(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
+// putState replaces the desired state (apply); with ?dry_run=true it
+// checks the state as an apply would and answers what it would change
+// (model.StateDiff), changing nothing.
 func (s *Server) putState(w http.ResponseWriter, r *http.Request) {
+	dryRun := false
+	if f := r.URL.Query().Get("dry_run"); f != "" {
+		var err error
+		if dryRun, err = strconv.ParseBool(f); err != nil {
+			s.fail(w, r, fmt.Errorf("%w: dry_run=%q: want true or false", model.ErrInvalid, f))
+			return
+		}
+	}
 	var st model.State
-	if err := decode(w, r, &st); err != nil {
-		s.fail(w, r, err)
+	err := decode(w, r, &st)
+	force := false
+	if err == nil {
+		force, err = forceParam(r)
+	}
+	if err == nil {
+		err = s.checkNewVIPAddrs(st.VIPs, force)
+	}
+	if err == nil && dryRun {
+		next, cur, err := s.Store.CheckReplace(st)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, model.DiffStates(cur, next))
 		return
 	}
-	if err := s.Store.Replace(st); err != nil {
+	if err == nil {
+		err = s.Store.Replace(st)
+	}
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -585,10 +688,34 @@ func (s *Server) putState(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// Stats assembles the counters of every configured VIP and backend.
+// Stats assembles the counters of every configured VIP and backend, since
+// the last ZeroStats.
 func (s *Server) Stats() (Stats, error) {
 	st, _ := s.Store.Snapshot()
-	return snapshot(s.Datapath, st, IfaceName)
+	out, err := snapshot(s.Datapath, st, IfaceName)
+	return s.zero.apply(out), err
+}
+
+// ZeroStats makes Stats count from now, as `ipvsadm -Z` does, without
+// touching the counters in the maps: the metrics keep growing. A read that
+// fails zeroes nothing, rather than part.
+func (s *Server) ZeroStats() error {
+	st, _ := s.Store.Snapshot()
+	out, err := snapshot(s.Datapath, st, IfaceName)
+	if err != nil {
+		return err
+	}
+	s.zero.set(out)
+	return nil
+}
+
+func (s *Server) zeroStats(w http.ResponseWriter, r *http.Request) {
+	if err := s.ZeroStats(); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log().Info("stats zeroed by api")
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) getStats(w http.ResponseWriter, r *http.Request) {

@@ -49,7 +49,7 @@ func newAPIFixtureWithHealth(t *testing.T, h reconcile.Health) *apiFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &Server{Store: f.store, Datapath: f.dp, Reconciler: f.rec, Version: "test", StartTime: time.Now()}
+	srv := &Server{Store: f.store, Datapath: f.dp, Reconciler: f.rec, Version: "test", StartTime: time.Now(), VIPAddrs: fakeVIPAddrs{}}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
 	loop := make(chan struct{})
@@ -130,14 +130,14 @@ func TestAPIRoundTrip(t *testing.T) {
 	f.nw.setMAC("10.0.0.1", mac(1))
 	f.nw.setMAC("10.0.0.2", mac(2))
 	v := model.VIP{Address: vip1.Addr, Port: 80, Protocol: model.TCP, Backends: []model.Backend{be("10.0.0.1", 100)}}
-	if err := f.client.AddVIP(ctx, v); err != nil {
+	if err := f.client.AddVIP(ctx, v, false); err != nil {
 		t.Fatal(err)
 	}
 	// Applied before the call returned.
 	if _, ok := dpVIPs(t, f.dp)[reconcile.VIPKeyOf(vip1)]; !ok {
 		t.Fatal("vip not in the data plane after add")
 	}
-	err := f.client.AddVIP(ctx, v)
+	err := f.client.AddVIP(ctx, v, false)
 	if err == nil || !strings.Contains(err.Error(), "10.0.0.100:80/tcp") || strings.Contains(err.Error(), "\n") {
 		t.Fatalf("duplicate add: %v, want a one-line error naming the vip", err)
 	}
@@ -178,16 +178,16 @@ func TestAPIRoundTrip(t *testing.T) {
 	}
 	vip2 := model.VIPID{Addr: netip.MustParseAddr("2001:db8::1"), Port: 443, Protocol: model.TCP}
 	st.VIPs = append(st.VIPs, model.VIP{Address: vip2.Addr, Port: 443, Protocol: model.TCP, Backends: []model.Backend{}})
-	if err := f.client.Apply(ctx, st); err != nil {
+	if err := f.client.Apply(ctx, st, false); err != nil {
 		t.Fatal(err)
 	}
 	if vips, _ := f.client.VIPs(ctx); len(vips) != 2 {
 		t.Fatalf("after apply: %+v", vips)
 	}
-	if err := f.client.DeleteVIP(ctx, vip2); err != nil {
+	if err := f.client.DeleteVIP(ctx, vip2, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.client.DeleteVIP(ctx, vip2); err == nil || !strings.Contains(err.Error(), "not found") {
+	if err := f.client.DeleteVIP(ctx, vip2, false); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Fatalf("second delete: %v", err)
 	}
 	if code, _ := f.raw(t, "DELETE", "/v1/vips/"+strings.ReplaceAll(vip2.String(), "/", "%2F"), ""); code != http.StatusNotFound {
@@ -226,7 +226,7 @@ func TestAPIStatsAndStatus(t *testing.T) {
 	f := newAPIFixture(t)
 	ctx := context.Background()
 	f.nw.setMAC("10.0.0.1", mac(1))
-	if err := f.client.AddVIP(ctx, model.VIP{Address: vip1.Addr, Port: 80, Protocol: model.TCP, Backends: []model.Backend{be("10.0.0.1", 100)}}); err != nil {
+	if err := f.client.AddVIP(ctx, model.VIP{Address: vip1.Addr, Port: 80, Protocol: model.TCP, Backends: []model.Backend{be("10.0.0.1", 100)}}, false); err != nil {
 		t.Fatal(err)
 	}
 	f.dp.SetVIPCounters(1, loader.Counters{Packets: 10, Bytes: 1000, Flows: 2})
@@ -304,7 +304,7 @@ func TestAPINATBackendsAndStats(t *testing.T) {
 		{Address: netip.MustParseAddr("10.0.1.1"), Port: 8080, Weight: 100},
 		{Address: netip.MustParseAddr("10.0.1.2"), Port: 8080, Weight: 100},
 	}}
-	if err := f.client.AddVIP(ctx, v); err != nil {
+	if err := f.client.AddVIP(ctx, v, false); err != nil {
 		t.Fatal(err)
 	}
 	bs, err := f.client.Backends(ctx, vip1)
@@ -340,5 +340,79 @@ func TestAPINATBackendsAndStats(t *testing.T) {
 	}
 	if _, body := f.raw(t, "GET", "/v1/stats", ""); !strings.Contains(body, `"icmp_errors":3`) {
 		t.Fatalf("stats json %s", body)
+	}
+}
+
+// fakeVIPAddrs plays the host of the API tests: 10.0.0.250 is one of its
+// addresses, 10.0.0.255 a subnet's broadcast address.
+type fakeVIPAddrs struct{}
+
+func (fakeVIPAddrs) CheckVIPAddress(a netip.Addr) error {
+	switch a.String() {
+	case "10.0.0.250":
+		return model.OwnAddressf("10.0.0.250 is an address of this host (on eth0)")
+	case "10.0.0.255":
+		return model.Invalidf("10.0.0.255 is the broadcast address of 10.0.0.0/24 on eth0")
+	}
+	return nil
+}
+
+// A VIP on an address of the LB host is refused unless forced, by vip add
+// and by apply alike; a broadcast VIP is refused even forced; a VIP on an
+// address another VIP already has is not vetted again.
+func TestAPIVIPOnOwnAddress(t *testing.T) {
+	f := newAPIFixture(t)
+	ctx := context.Background()
+	own := model.VIP{Address: netip.MustParseAddr("10.0.0.250"), Port: 22, Protocol: model.TCP}
+	bcast := model.VIP{Address: netip.MustParseAddr("10.0.0.255"), Port: 80, Protocol: model.TCP}
+	for _, tc := range []struct {
+		name string
+		do   func() error
+		want string
+		own  bool
+	}{
+		{"add own", func() error { return f.client.AddVIP(ctx, own, false) }, "vip 10.0.0.250:22/tcp: 10.0.0.250 is an address of this host (on eth0)", true},
+		{"add broadcast", func() error { return f.client.AddVIP(ctx, bcast, false) }, "vip 10.0.0.255:80/tcp: 10.0.0.255 is the broadcast address of 10.0.0.0/24 on eth0", false},
+		{"add broadcast forced", func() error { return f.client.AddVIP(ctx, bcast, true) }, "vip 10.0.0.255:80/tcp: 10.0.0.255 is the broadcast address of 10.0.0.0/24 on eth0", false},
+		{"apply own", func() error { return f.client.Apply(ctx, model.State{VIPs: []model.VIP{own}}, false) }, "vip 10.0.0.250:22/tcp: 10.0.0.250 is an address of this host (on eth0)", true},
+		{"dry run own", func() error {
+			_, err := f.client.DryRun(ctx, model.State{VIPs: []model.VIP{own}}, false)
+			return err
+		}, "vip 10.0.0.250:22/tcp: 10.0.0.250 is an address of this host (on eth0)", true},
+	} {
+		err := tc.do()
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+		if len(f.store.State().VIPs) != 0 {
+			t.Fatalf("%s: refused, yet the state changed: %+v", tc.name, f.store.State())
+		}
+	}
+	code, body := f.raw(t, http.MethodPost, "/v1/vips", `{"address":"10.0.0.250","port":22,"protocol":"tcp"}`)
+	if code != http.StatusBadRequest {
+		t.Errorf("own address over the API: %d %s, want 400", code, body)
+	}
+
+	if d, err := f.client.DryRun(ctx, model.State{VIPs: []model.VIP{own}}, true); err != nil || len(d.VIPs) != 1 {
+		t.Fatalf("forced dry run: %+v %v", d, err)
+	}
+	if err := f.client.AddVIP(ctx, own, true); err != nil {
+		t.Fatalf("forced add: %v", err)
+	}
+	// The address is the VIP's now: another port on it needs no force,
+	// and an apply that keeps it neither.
+	second := own
+	second.Port = 80
+	if err := f.client.AddVIP(ctx, second, false); err != nil {
+		t.Fatalf("second VIP on a taken address: %v", err)
+	}
+	if err := f.client.Apply(ctx, model.State{VIPs: []model.VIP{second}}, false); err != nil {
+		t.Fatalf("apply keeping the address: %v", err)
+	}
+	if err := f.client.Apply(ctx, model.State{VIPs: []model.VIP{}}, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.client.Apply(ctx, model.State{VIPs: []model.VIP{own}}, true); err != nil {
+		t.Fatalf("forced apply: %v", err)
 	}
 }

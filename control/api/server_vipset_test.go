@@ -23,7 +23,7 @@ func TestAPISetVIP(t *testing.T) {
 	f.nw.setMAC("10.0.0.1", mac(1))
 	f.nw.setMAC("10.0.0.99", mac(99))
 	v := model.VIP{Address: vip1.Addr, Port: 80, Protocol: model.TCP, Backends: []model.Backend{be("10.0.0.1", 100)}}
-	if err := f.client.AddVIP(ctx, v); err != nil {
+	if err := f.client.AddVIP(ctx, v, false); err != nil {
 		t.Fatal(err)
 	}
 	sh := model.SchedSH

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/xdplb/xdplb/control/model"
@@ -50,7 +51,7 @@ func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (S
 		meta, inMaps := vips[reconcile.VIPKeyOf(v.ID())]
 		if inMaps && vc != nil {
 			c := vc[meta.ID]
-			vs.CounterSet, vs.mapped = CounterSet{Packets: c.Packets, Bytes: c.Bytes, Flows: c.Flows}, true
+			vs.CounterSet, vs.mapped, vs.id = CounterSet{Packets: c.Packets, Bytes: c.Bytes, Flows: c.Flows}, true, meta.ID
 			vs.ICMPErrors = c.ICMPErrors
 		}
 		bs := v.Backends
@@ -61,7 +62,7 @@ func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (S
 			bst := BackendStats{Address: b.Address, Port: b.Port, Fallback: i == len(v.Backends)}
 			if id, ok := byRef[ref{meta.ID, b.Address.Unmap(), b.Port}]; inMaps && ok && bc != nil {
 				c := bc[id]
-				bst.CounterSet, bst.mapped = CounterSet{Packets: c.Packets, Bytes: c.Bytes, Flows: c.Flows}, true
+				bst.CounterSet, bst.mapped, bst.id = CounterSet{Packets: c.Packets, Bytes: c.Bytes, Flows: c.Flows}, true, id
 			}
 			vs.Backends = append(vs.Backends, bst)
 		}
@@ -83,4 +84,108 @@ func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (S
 		}
 	}
 	return out, errors.Join(errs...)
+}
+
+// baseline is what `xdplb stats --zero` took: the counters then, which
+// Server.Stats subtracts from what it reads. It lives in the daemon, not
+// in the maps, so that the metrics, read from the same counters, only
+// ever grow as Prometheus expects; a daemon restart forgets it.
+type baseline struct {
+	mu   sync.Mutex
+	base *Stats // nil: never zeroed
+}
+
+func (b *baseline) set(st Stats) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.base = &st
+}
+
+// apply returns st less the baseline, and since when it counts.
+func (b *baseline) apply(st Stats) Stats {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.base == nil {
+		return st
+	}
+	return subtract(st, *b.base)
+}
+
+// subtract returns cur less base, counter set by counter set. A VIP or
+// backend is matched by its name and its id in the maps: one deleted and
+// added again (its counters start at zero) is not, unless it took the
+// same id; a set that went below base (a reload of the program, or a
+// reused id) counts from zero, not from base.
+func subtract(cur, base Stats) Stats {
+	type vipRef struct {
+		vip string
+		id  uint32
+	}
+	type backendRef struct {
+		vip  vipRef
+		addr netip.Addr
+		port uint16
+		id   uint32
+	}
+	vips := map[vipRef]VIPStats{}
+	backends := map[backendRef]CounterSet{}
+	for _, v := range base.VIPs {
+		if !v.mapped {
+			continue
+		}
+		vr := vipRef{v.VIP, v.id}
+		vips[vr] = v
+		for _, b := range v.Backends {
+			if b.mapped {
+				backends[backendRef{vr, b.Address, b.Port, b.id}] = b.CounterSet
+			}
+		}
+	}
+	out := cur
+	out.Since = base.Time
+	out.VIPs = make([]VIPStats, len(cur.VIPs))
+	for i, v := range cur.VIPs {
+		vr := vipRef{v.VIP, v.id}
+		if bv, ok := vips[vr]; ok && v.mapped {
+			if v.CounterSet.covers(bv.CounterSet) && v.ICMPErrors >= bv.ICMPErrors {
+				v.CounterSet = v.CounterSet.minus(bv.CounterSet)
+				v.ICMPErrors -= bv.ICMPErrors
+			}
+		}
+		v.Backends = slices.Clone(v.Backends)
+		for j, b := range v.Backends {
+			if bb, ok := backends[backendRef{vr, b.Address, b.Port, b.id}]; ok && b.mapped && b.CounterSet.covers(bb) {
+				v.Backends[j].CounterSet = b.CounterSet.minus(bb)
+			}
+		}
+		out.VIPs[i] = v
+	}
+	type actionRef struct{ iface, action string }
+	acts := map[actionRef]uint64{}
+	for _, a := range base.Actions {
+		acts[actionRef{a.Iface, a.Action}] = a.Count
+	}
+	out.Actions = slices.Clone(cur.Actions)
+	for i, a := range out.Actions {
+		if n := acts[actionRef{a.Iface, a.Action}]; a.Count >= n {
+			out.Actions[i].Count -= n
+		}
+	}
+	out.Drops = make(map[string]uint64, len(cur.Drops))
+	for r, n := range cur.Drops {
+		if b := base.Drops[r]; n >= b {
+			n -= b
+		}
+		out.Drops[r] = n
+	}
+	return out
+}
+
+// covers reports whether every counter of c is at least b's.
+func (c CounterSet) covers(b CounterSet) bool {
+	return c.Packets >= b.Packets && c.Bytes >= b.Bytes && c.Flows >= b.Flows
+}
+
+func (c CounterSet) minus(b CounterSet) CounterSet {
+	return CounterSet{Packets: c.Packets - b.Packets, Bytes: c.Bytes - b.Bytes, Flows: c.Flows - b.Flows}
 }

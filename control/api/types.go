@@ -25,8 +25,11 @@ import (
 //	DELETE /v1/vips/{vip}/backends/{backend}[?force=true] -> 204; 409 while it has open flows, unless forced
 //	GET    /v1/state                         -> State
 //	PUT    /v1/state                  State  -> 204 (apply)
-//	GET    /v1/stats                         -> Stats
+//	PUT    /v1/state?dry_run=true     State  -> model.StateDiff: what the apply would change; nothing changes
+//	GET    /v1/stats                         -> Stats (less the counters at the last zero)
+//	POST   /v1/stats/zero                    -> 204: GET /v1/stats counts from now on (the metrics do not change)
 //	GET    /v1/status                        -> DaemonStatus
+//	GET    /v1/conns[?vip=V][&backend=B][&limit=N] -> ConnsLine per line (NDJSON), streamed; the last has End
 //
 // Errors are a 4xx/5xx status with APIError as the body.
 
@@ -86,7 +89,8 @@ type BackendStats struct {
 	Port     uint16     `json:"port,omitempty"`
 	Fallback bool       `json:"fallback,omitempty"` // the VIP's fallback server
 	CounterSet
-	mapped bool // the backend has an entry in the maps
+	mapped bool   // the backend has an entry in the maps
+	id     uint32 // its id there, when mapped
 }
 
 // VIPStats are the counters of one VIP and its backends.
@@ -98,6 +102,7 @@ type VIPStats struct {
 	ICMPErrors uint64         `json:"icmp_errors"`
 	Backends   []BackendStats `json:"backends"`
 	mapped     bool           // the VIP has an entry in the maps
+	id         uint32         // its id there, when mapped
 }
 
 // ActionStats is how often the program returned an action on an interface.
@@ -107,12 +112,61 @@ type ActionStats struct {
 	Count  uint64 `json:"count"`
 }
 
-// Stats is what `xdplb stats` shows; rates are computed by the CLI from two samples.
+// Stats is what `xdplb stats` shows; rates are computed by the CLI from two
+// samples. The counters count from Since, when `stats --zero` last ran
+// (zero: never, they count from the program's first load); the metrics
+// are never zeroed.
 type Stats struct {
 	Time    time.Time         `json:"time"`
+	Since   time.Time         `json:"since,omitzero"`
 	VIPs    []VIPStats        `json:"vips"`
 	Actions []ActionStats     `json:"actions"`
 	Drops   map[string]uint64 `json:"drops"`
+}
+
+// Conn is one connection-table entry, as `xdplb conns` shows it.
+type Conn struct {
+	Protocol model.Protocol `json:"protocol"`
+	Client   netip.AddrPort `json:"client"`
+	VIP      string         `json:"vip"` // "ADDR:PORT/PROTO"
+	// Backend is where the flow goes: the backend's address and port (the
+	// VIP's when it has none). Unset when the entry's backend is no longer
+	// one of the VIP's: its next packet places it again.
+	Backend netip.AddrPort `json:"backend,omitzero"`
+	// State is established, half-open (only its opening seen), closing
+	// (a TCP FIN or RST seen) or expired (idle past its phase's limit);
+	// the last two no longer count as open flows.
+	State       string `json:"state"`
+	IdleSeconds int64  `json:"idle_seconds"`
+	// A full-NAT flow's source toward its backend: the port it holds, and
+	// its VIP's SNAT address.
+	SNATAddr netip.Addr `json:"snat_addr,omitzero"`
+	SNATPort uint16     `json:"snat_port,omitempty"`
+}
+
+// ConnsLine is one line of GET /v1/conns: a Conn, or, last, End.
+type ConnsLine struct {
+	Conn *Conn     `json:"conn,omitempty"`
+	End  *ConnsEnd `json:"end,omitempty"`
+}
+
+// ConnsEnd closes a GET /v1/conns stream: how many entries matched the
+// filter and how many of those the limit left out. Error is set when the
+// walk of the table failed part way (the status line was sent already).
+type ConnsEnd struct {
+	Matched int    `json:"matched"`
+	Omitted int    `json:"omitted"`
+	Error   string `json:"error,omitempty"`
+}
+
+// ConnsFilter selects the entries of GET /v1/conns.
+type ConnsFilter struct {
+	VIP *model.VIPID // nil: every VIP
+	// Backend and BackendPort: the backend's address, and its port (0:
+	// any); an invalid Backend: every backend.
+	Backend     netip.Addr
+	BackendPort uint16
+	Limit       int // at most this many are sent; 0: all
 }
 
 // IfaceInfo is one interface the program is attached to.

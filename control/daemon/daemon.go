@@ -199,7 +199,7 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 		wg.Add(1)
 		go func() { defer wg.Done(); fn() }()
 	}
-	srv := &api.Server{Store: store, Datapath: dp, Reconciler: rec, Version: cfg.Version, StartTime: start, Log: log}
+	srv := &api.Server{Store: store, Datapath: dp, Reconciler: rec, Version: cfg.Version, StartTime: start, Log: log, VIPAddrs: nw}
 	goRun(func() {
 		if err := srv.Serve(ctx, apiLn); err != nil {
 			errc <- err

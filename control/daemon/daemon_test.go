@@ -105,7 +105,7 @@ func TestDaemonServesAndStops(t *testing.T) {
 		t.Errorf("loader options %+v", opts)
 	}
 	id := model.VIPID{Addr: netip.MustParseAddr("192.0.2.10"), Port: 80, Protocol: model.TCP}
-	if err := c.AddVIP(context.Background(), model.VIP{Address: id.Addr, Port: 80, Protocol: model.TCP}); err != nil {
+	if err := c.AddVIP(context.Background(), model.VIP{Address: id.Addr, Port: 80, Protocol: model.TCP}, false); err != nil {
 		t.Fatal(err)
 	}
 	// A second daemon on the same socket refuses to start; so does one on
@@ -160,7 +160,7 @@ func TestDaemonDetachOnExit(t *testing.T) {
 			defer c.Close()
 			var err error
 			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-				if err = c.AddVIP(context.Background(), model.VIP{Address: netip.MustParseAddr("192.0.2.10"), Port: 80, Protocol: model.TCP}); err == nil {
+				if err = c.AddVIP(context.Background(), model.VIP{Address: netip.MustParseAddr("192.0.2.10"), Port: 80, Protocol: model.TCP}, false); err == nil {
 					break
 				}
 			}

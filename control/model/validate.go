@@ -17,6 +17,10 @@ var (
 	ErrNotFound = errors.New("not found")
 	ErrExists   = errors.New("already exists")
 	ErrInvalid  = errors.New("invalid")
+	// ErrOwnAddress marks a VIP on an address of the LB host itself, which
+	// would take the host's own services (SSH): refused (it also matches
+	// ErrInvalid) unless the operator forces it.
+	ErrOwnAddress = errors.New("an address of this host")
 )
 
 // Health check types.
@@ -56,6 +60,12 @@ func (e *invalidError) Unwrap() []error {
 
 func Invalidf(format string, args ...any) error {
 	return &invalidError{msg: fmt.Sprintf(format, args...)}
+}
+
+// OwnAddressf is an ErrInvalid that matches ErrOwnAddress too, with the
+// message alone as its text.
+func OwnAddressf(format string, args ...any) error {
+	return &invalidError{msg: fmt.Sprintf(format, args...), cause: ErrOwnAddress}
 }
 
 // AsInvalid makes err match ErrInvalid, keeping its text and chain.

@@ -517,3 +517,20 @@ func TestVIPPatch(t *testing.T) {
 		t.Fatalf("json back %+v %v", back, err)
 	}
 }
+
+// DiffStates (apply --dry-run) names a fallback and an http check's
+// statuses by their config keys.
+func TestDiffStatesFallbackExpect(t *testing.T) {
+	cur := validState()
+	Normalize(&cur)
+	next := cur.Clone()
+	next.VIPs[0].Fallback = &Fallback{Address: netip.MustParseAddr("10.200.0.99")}
+	next.VIPs[0].HealthCheck.Expect = "200-204"
+	d := DiffStates(cur, next)
+	if len(d.VIPs) != 1 || !reflect.DeepEqual(d.VIPs[0].Fields, []FieldChange{
+		{Field: "fallback.address", New: "10.200.0.99"},
+		{Field: "healthcheck.expect", New: "200-204"},
+	}) {
+		t.Fatalf("diff %+v", d)
+	}
+}

@@ -438,14 +438,14 @@ func (n *Netlink) checkVIP(v *model.VIP, c *checkCache) error {
 				v.ID(), l.Attrs().Name, familyName(b.Address), b.Address)
 		}
 		if err := checkSubnetEdge(addr, addrs, l.Attrs().Name); err != nil {
-			return model.Invalidf("vip %s: %s", v.ID(), err)
+			return model.Invalidf("vip %s: backend %s", v.ID(), err)
 		}
 	}
 	return nil
 }
 
-// checkSubnetEdge refuses an IPv4 backend that is the network or the
-// broadcast address of a subnet of its interface: frames to it reach
+// checkSubnetEdge refuses an IPv4 backend or VIP that is the network or
+// the broadcast address of a subnet of its interface: frames to it reach
 // every host of the segment (the broadcast MAC), or none.
 func checkSubnetEdge(a netip.Addr, addrs []netlink.Addr, iface string) error {
 	if !a.Is4() {
@@ -461,13 +461,13 @@ func checkSubnetEdge(a netip.Addr, addrs []netlink.Addr, iface string) error {
 			continue
 		}
 		if a == p.Addr() {
-			return fmt.Errorf("backend %s is the network address of %s on %s", a, p, iface)
+			return fmt.Errorf("%s is the network address of %s on %s", a, p, iface)
 		}
 		b := p.Addr().As4()
 		host := uint32(1)<<(32-p.Bits()) - 1
 		n := (uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])) | host
 		if a == netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}) {
-			return fmt.Errorf("backend %s is the broadcast address of %s on %s", a, p, iface)
+			return fmt.Errorf("%s is the broadcast address of %s on %s", a, p, iface)
 		}
 	}
 	return nil
@@ -487,6 +487,11 @@ func (n *Netlink) checkNAT(v *model.VIP, c *checkCache) error {
 	ann := n.announcedAddrs()
 	for _, b := range v.Backends {
 		addr := b.Address.Unmap()
+		if local, err := n.isLocal(addr, c); err != nil {
+			return err
+		} else if local {
+			return model.Invalidf("vip %s: backend %s is an address of this host, not a backend", v.ID(), addr)
+		}
 		l, ok := c.nat[addr]
 		if !ok {
 			var err error
@@ -500,7 +505,7 @@ func (n *Netlink) checkNAT(v *model.VIP, c *checkCache) error {
 			return err
 		}
 		if err := checkSubnetEdge(addr, addrs, l.Attrs().Name); err != nil {
-			return model.Invalidf("vip %s: %s", v.ID(), err)
+			return model.Invalidf("vip %s: backend %s", v.ID(), err)
 		}
 		if v.Mode != model.ModeFullNAT || v.SNATAddr.IsValid() {
 			continue

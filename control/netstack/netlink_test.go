@@ -461,3 +461,48 @@ func TestNetlinkRefusesSegmentWideBackends(t *testing.T) {
 		}
 	}
 }
+
+// A VIP on an address of this host is refused with ErrOwnAddress (which
+// force overrides); one on a subnet's network or broadcast address is
+// refused outright; an address xdplb announced for a VIP is fine.
+func TestCheckVIPAddress(t *testing.T) {
+	f := newNetFixture(t)
+	n := f.network(t, "")
+	for _, tc := range []struct {
+		addr string
+		want string // "" valid
+		own  bool
+	}{
+		{"10.77.0.100", "", false},
+		{"fd77::100", "", false},
+		{"10.77.0.1", "10.77.0.1 is an address of this host (on lb0): the VIP would take the host's own connections to its port; use --force to take it anyway", true},
+		{"fd77::1", "fd77::1 is an address of this host (on lb0): the VIP would take the host's own connections to its port; use --force to take it anyway", true},
+		{"10.77.0.255", "10.77.0.255 is the broadcast address of 10.77.0.0/24 on lb0", false},
+		{"10.77.0.0", "10.77.0.0 is the network address of 10.77.0.0/24 on lb0", false},
+		{"::ffff:10.77.0.1", "10.77.0.1 is an address of this host (on lb0): the VIP would take the host's own connections to its port; use --force to take it anyway", true},
+	} {
+		err := n.CheckVIPAddress(netip.MustParseAddr(tc.addr))
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v", tc.addr, err)
+		case tc.want != "" && (!errors.Is(err, model.ErrInvalid) || err.Error() != tc.want):
+			t.Errorf("%s: %v, want %q", tc.addr, err, tc.want)
+		case errors.Is(err, model.ErrOwnAddress) != tc.own:
+			t.Errorf("%s: %v matches ErrOwnAddress %v, want %v", tc.addr, err, !tc.own, tc.own)
+		}
+	}
+	// Announced for a VIP: the VIP's own, not the host's.
+	vip := netip.MustParseAddr("10.77.0.100")
+	if err := n.Announce(context.Background(), map[netip.Addr]bool{vip: false}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.CheckVIPAddress(vip); err != nil {
+		t.Errorf("announced VIP address: %v", err)
+	}
+	// A NAT backend on this host is named as such.
+	st := model.State{VIPs: []model.VIP{{Address: vip, Port: 80, Protocol: model.TCP, Mode: model.ModeNAT,
+		Backends: []model.Backend{be("10.77.0.1", 100)}}}}
+	if err := n.CheckState(st); !errors.Is(err, model.ErrInvalid) || err.Error() != "vip 10.77.0.100:80/tcp: backend 10.77.0.1 is an address of this host, not a backend" {
+		t.Errorf("nat backend on this host: %v", err)
+	}
+}

@@ -41,6 +41,9 @@ type Datapath interface {
 	// phase's idle limit, established apart from half-open.
 	FlowCountsByBackend() (map[uint32]loader.FlowCount, error)
 	ConntrackEntries() (int, error)
+	// Conns calls fn with every connection-table entry until fn returns
+	// false (`xdplb conns`); the table changes under the walk.
+	Conns(fn func(loader.Conn) bool) error
 	// NATStats is the NAT table as of its last sweep; EventCounters the
 	// data plane's events that are not drops, by name. Both may fail on
 	// a data plane without them: readers skip them then.

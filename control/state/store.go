@@ -244,6 +244,22 @@ func (s *Store) Replace(next model.State) error {
 	return s.commit(st, nil, nil) // checked with the extra check above
 }
 
+// CheckReplace checks next as Replace does (normalized, validated, the
+// extra check, the capacity) and changes nothing: it returns next as
+// Replace would store it, and the state Replace would replace.
+func (s *Store) CheckReplace(next model.State) (st, cur model.State, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st = next.Clone()
+	if err := s.checkAgainst(&st, &s.state); err != nil {
+		return model.State{}, model.State{}, err
+	}
+	if err := model.CheckCapacity(st, s.maxVIPs, s.maxBackends); err != nil {
+		return model.State{}, model.State{}, err
+	}
+	return st, s.state, nil
+}
+
 // updateVIP runs change on a copy of one VIP and commits the result. The
 // other VIPs are neither copied nor checked again: the store never changes
 // a VIP it holds, so the new state shares them with the old one.

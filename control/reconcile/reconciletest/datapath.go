@@ -36,6 +36,7 @@ type Datapath struct {
 	actions         []loader.ActionCount
 	drops           map[string]uint64
 	flows           map[uint32]loader.FlowCount
+	conns           []loader.Conn
 	ifaces          []loader.IfaceStatus
 	removed         bool
 
@@ -155,6 +156,13 @@ func (f *Datapath) SetHalfOpen(id uint32, n int) {
 	c := f.flows[id]
 	c.HalfOpen = n
 	f.flows[id] = c
+}
+
+// SetConns sets the connection-table entries Conns walks, in this order.
+func (f *Datapath) SetConns(c ...loader.Conn) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.conns = slices.Clone(c)
 }
 
 // SetInterfaces sets the interfaces Status reports.
@@ -391,6 +399,20 @@ func (f *Datapath) ConntrackEntries() (int, error) {
 		n += c.Open()
 	}
 	return n, nil
+}
+
+// Conns walks the entries set with SetConns, unlocked, so fn may call
+// the data plane.
+func (f *Datapath) Conns(fn func(loader.Conn) bool) error {
+	f.mu.Lock()
+	conns := slices.Clone(f.conns)
+	f.mu.Unlock()
+	for _, c := range conns {
+		if !fn(c) {
+			break
+		}
+	}
+	return nil
 }
 
 // checkMode refuses a forwarding mode the program does not know: the
