@@ -32,10 +32,11 @@ func (e *env) vipCommand() *cli.Command {
 			{
 				Name: "set",
 				Usage: "change options of a VIP; those not given stay as they are, and so do its open flows " +
-					"(a change of mode, or of a fullnat VIP's SNAT address, is refused while the VIP has open flows: they would break)",
+					"(a change of mode, or of a fullnat VIP's SNAT address, is refused while the VIP has open flows, " +
+					"and a removed or replaced fallback while it has: they would break)",
 				ArgsUsage: "ADDR:PORT/PROTO",
 				Flags: append(vipFlags(false),
-					&cli.BoolFlag{Name: "force", Usage: "change the mode or SNAT address even with open flows (they break)"}),
+					&cli.BoolFlag{Name: "force", Usage: "change the mode, the SNAT address or the fallback even with open flows (they break)"}),
 				Action: e.vipSet,
 			},
 			{

@@ -178,7 +178,18 @@ func TestVIPFallback(t *testing.T) {
 		t.Fatalf("vip list:\n%s", out)
 	}
 
-	l.ok("vip", "set", vip, "--fallback", "none")
+	// Its open flows hold a removal or a replacement, and vip del, as a
+	// backend's do.
+	before := l.exported()
+	wantOneLineError(t, l.run("vip", "set", vip, "--fallback", "none"), exitError,
+		`^xdplb: vip set: vip 10\.0\.0\.100:80/tcp: removing its fallback 10\.0\.0\.99 breaks its 5 open flows \(5 established, 0 half-open\): wait for them to end, or use --force$`)
+	wantOneLineError(t, l.run("vip", "set", vip, "--fallback", "10.0.0.98"), exitError, `replacing its fallback 10\.0\.0\.99 breaks its 5 open flows`)
+	l.dp.SetFlows(2, 0)
+	wantOneLineError(t, l.run("vip", "del", vip), exitError, `vip del: .*5 open flows`)
+	if after := l.exported(); after != before {
+		t.Fatalf("refused changes changed the state:\n%s", after)
+	}
+	l.ok("vip", "set", vip, "--fallback", "none", "--force")
 	if v := l.vipJSON(vip); v.Fallback != nil {
 		t.Fatalf("fallback %+v after --fallback none", v.Fallback)
 	}

@@ -326,10 +326,12 @@ func (s *Server) setVIP(w http.ResponseWriter, r *http.Request) {
 
 // checkPatchKeepsFlows returns an ErrHasFlows error when p changes the
 // mode of VIP id, or the SNAT address its fullnat flows were translated
-// with, while it has open flows. Every other option leaves them as they
-// are: the VIP keeps its id, its backends their ids and entries.
+// with, while it has open flows; or removes or replaces its fallback
+// while the fallback has open flows (they would be placed again, as a
+// deleted backend's are). Every other option leaves them as they are: the
+// VIP keeps its id, its backends their ids and entries.
 func (s *Server) checkPatchKeepsFlows(id model.VIPID, p model.VIPPatch) error {
-	if s.Reconciler == nil || p.Mode == nil && p.SNATAddr == nil {
+	if s.Reconciler == nil || p.Mode == nil && p.SNATAddr == nil && p.Fallback == nil {
 		return nil
 	}
 	cur, err := s.Store.VIP(id)
@@ -342,15 +344,22 @@ func (s *Server) checkPatchKeepsFlows(id model.VIPID, p model.VIPPatch) error {
 	}
 	model.NormalizeVIP(&next)
 	var what string
+	affected := &cur // whose flows break
 	switch snat, _ := s.Reconciler.SNATAddr(id); {
 	case next.Mode != cur.Mode:
 		what = fmt.Sprintf("changing its mode from %s to %s", cur.Mode, next.Mode)
 	case next.Mode == model.ModeFullNAT && next.SNATAddr != cur.SNATAddr && (!next.SNATAddr.IsValid() || next.SNATAddr != snat):
 		what = "changing its SNAT address"
+	case cur.Fallback != nil && (next.Fallback == nil || *next.Fallback != *cur.Fallback):
+		what = fmt.Sprintf("removing its fallback %s", cur.Fallback)
+		if next.Fallback != nil {
+			what = fmt.Sprintf("replacing its fallback %s", cur.Fallback)
+		}
+		affected = &model.VIP{Address: cur.Address, Port: cur.Port, Protocol: cur.Protocol, Fallback: cur.Fallback}
 	default:
 		return nil
 	}
-	c, err := s.vipFlows(&cur)
+	c, err := s.vipFlows(affected)
 	if err != nil || c.Open() == 0 {
 		return err
 	}
@@ -366,7 +375,7 @@ func (s *Server) vipFlows(v *model.VIP) (loader.FlowCount, error) {
 			bids = append(bids, bi.ID)
 		}
 	}
-	if fi, ok := s.Reconciler.Fallback(id); ok && fi.ID != 0 {
+	if fi, ok := s.Reconciler.Fallback(id); v.Fallback != nil && ok && fi.ID != 0 {
 		bids = append(bids, fi.ID)
 	}
 	var sum loader.FlowCount
