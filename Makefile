@@ -13,12 +13,51 @@ DEB_PKGS := clang llvm libbpf-dev bpftool iproute2 nftables ca-certificates
 # ... and the real peers the benchmark measures against.
 BENCH_PKGS := nginx-light wrk haproxy
 
-.PHONY: all build deps bench-deps install-pkgs generate generate-check vet lint test test-unit test-e2e fuzz demo bench clean
+# Where `make install` puts things: PREFIX and DESTDIR as usual (a package
+# build installs into DESTDIR). Each directory is one the system looks in
+# for PREFIX=/usr/local as for PREFIX=/usr.
+PREFIX      ?= /usr/local
+BINDIR      ?= $(PREFIX)/bin
+MANDIR      ?= $(PREFIX)/share/man
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/site-functions
+SYSCONFDIR  ?= /etc
+
+.PHONY: all build man install uninstall deps bench-deps install-pkgs generate generate-check vet lint test test-unit test-e2e fuzz demo bench clean
 
 all: build
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/xdplb
+
+# The man page, generated from the CLI's own definition.
+man: build
+	./$(BIN) man > bin/xdplb.1
+
+# The binary, its man page, the systemd unit, the bash and zsh completion,
+# and /etc/default/xdplb (the daemon's flags) unless there is one already.
+# Nothing is enabled or started.
+install: build man
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/xdplb
+	install -D -m 0644 bin/xdplb.1 $(DESTDIR)$(MANDIR)/man1/xdplb.1
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' dist/systemd/xdplb.service.in > bin/xdplb.service
+	install -D -m 0644 bin/xdplb.service $(DESTDIR)$(UNITDIR)/xdplb.service
+	./$(BIN) completion bash > bin/xdplb.bash
+	install -D -m 0644 bin/xdplb.bash $(DESTDIR)$(BASHCOMPDIR)/xdplb
+	./$(BIN) completion zsh > bin/_xdplb
+	install -D -m 0644 bin/_xdplb $(DESTDIR)$(ZSHCOMPDIR)/_xdplb
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/default/xdplb ]; then \
+		echo "kept $(DESTDIR)$(SYSCONFDIR)/default/xdplb"; \
+	else \
+		install -D -m 0644 dist/default/xdplb $(DESTDIR)$(SYSCONFDIR)/default/xdplb; \
+	fi
+	@echo "installed; set the daemon's flags in $(SYSCONFDIR)/default/xdplb, then: systemctl daemon-reload && systemctl enable --now xdplb"
+
+# Removes what install put there, but /etc/default/xdplb and the state.
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/xdplb $(DESTDIR)$(MANDIR)/man1/xdplb.1 $(DESTDIR)$(UNITDIR)/xdplb.service \
+		$(DESTDIR)$(BASHCOMPDIR)/xdplb $(DESTDIR)$(ZSHCOMPDIR)/_xdplb
 
 # Installs only what is missing, so it is cheap to run every time.
 deps:

@@ -72,9 +72,31 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 }
 
 func (e *env) run(ctx context.Context, args []string) int {
+	out := &stdoutWriter{w: e.stdout}
+	e.stdout = out
 	app := e.newApp()
-	err := app.RunContext(ctx, reorderArgs(app, args))
-	if err == nil {
+	if isCompletion(args) {
+		// Candidates, never a command run: the arguments stay in their
+		// order (the flag last); after a "--" there are none (urfave/cli
+		// would run the command), and a "--" being typed is the start of
+		// a flag.
+		n := len(args) - 2
+		if slices.Contains(args[:n], "--") {
+			return exitOK
+		}
+		app.EnableBashCompletion = true
+		setComplete(app, e.complete(args))
+		if args[n] == "--" {
+			args = slices.Concat(args[:n], []string{"-", completionFlag})
+		}
+	} else {
+		args = reorderArgs(app, args)
+	}
+	err := app.RunContext(ctx, args)
+	if err == nil || out.broken.Load() && errors.Is(err, syscall.EPIPE) {
+		// A reader that went away (`xdplb vip list | head -1`) took what
+		// it wanted: no "broken pipe" noise, as from a tool that SIGPIPE
+		// ended quietly.
 		return exitOK
 	}
 	msg := strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; ")
@@ -109,6 +131,8 @@ func (e *env) newApp() *cli.App {
 			e.detachCommand(),
 			e.demoCommand(),
 			e.versionCommand(),
+			e.completionCommand(),
+			e.manCommand(),
 		},
 		Action: groupAction,
 	}
@@ -142,6 +166,19 @@ func socketPath(c *cli.Context) string {
 		}
 	}
 	return c.String("socket")
+}
+
+// setComplete makes f the completion of the program and of every command.
+func setComplete(app *cli.App, f cli.BashCompleteFunc) {
+	app.BashComplete = f
+	var walk func([]*cli.Command)
+	walk = func(cs []*cli.Command) {
+		for _, c := range cs {
+			c.BashComplete = f
+			walk(c.Subcommands)
+		}
+	}
+	walk(app.Commands)
 }
 
 // onUsageError turns a flag parsing error into a one-line usageError

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"runtime"
+	"runtime/debug"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -50,7 +51,7 @@ func (e *env) daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "state-dir", Value: daemon.DefaultStateDir, Usage: "directory of the persisted desired state"},
 			&cli.StringFlag{Name: "bpffs", Value: loader.DefaultBPFFS, Usage: "bpffs mount; pins go under DIR/xdplb (mounted if it is not a bpffs)"},
 			&cli.StringFlag{Name: "config", Usage: "YAML state file to apply at start"},
-			&cli.StringFlag{Name: "metrics-addr", Value: api.DefaultMetricsAddr, Usage: "listen address of the Prometheus /metrics endpoint"},
+			&cli.StringFlag{Name: "metrics-addr", Value: api.DefaultMetricsAddr, Usage: "listen address of /metrics (Prometheus), /healthz and /readyz"},
 			&cli.Uint64Flag{Name: "maglev-size", Value: loader.DefaultLookupSize, Usage: "per-VIP lookup table size, a prime"},
 			&cli.Uint64Flag{Name: "conntrack-size", Value: loader.DefaultConntrackSize, Usage: "connection table entries"},
 			&cli.StringFlag{Name: "snat-ports", Value: loader.DefaultSNATPorts.String(), Usage: "LO-HI: source ports of fullnat VIPs' translated packets"},
@@ -144,14 +145,50 @@ func (e *env) versionCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "version",
 		Usage: "print the version",
+		Flags: []cli.Flag{outputFlag()},
 		Action: func(c *cli.Context) error {
 			if err := wantArgs(c, 0, "no arguments"); err != nil {
 				return err
 			}
-			_, err := fmt.Fprintf(e.stdout, "xdplb %s (%s %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			format, err := outputFormat(c)
+			if err != nil {
+				return err
+			}
+			v := buildVersion()
+			if format == "json" {
+				return writeJSON(e.stdout, v)
+			}
+			_, err = fmt.Fprintf(e.stdout, "xdplb %s (%s %s/%s)\n", v.Version, v.Go, v.OS, v.Arch)
 			return err
 		},
 	}
+}
+
+// versionInfo is what `version -o json` prints.
+type versionInfo struct {
+	Version string `json:"version"`
+	Go      string `json:"go"`
+	OS      string `json:"os"`
+	Arch    string `json:"arch"`
+	// Commit and Modified are the VCS state Go stamped into the binary,
+	// when it was built from a checkout.
+	Commit   string `json:"commit,omitempty"`
+	Modified bool   `json:"modified,omitempty"`
+}
+
+func buildVersion() versionInfo {
+	v := versionInfo{Version: version, Go: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				v.Commit = s.Value
+			case "vcs.modified":
+				v.Modified = s.Value == "true"
+			}
+		}
+	}
+	return v
 }
 
 // uint32Flag reads a Uint64Flag that the data plane takes as uint32

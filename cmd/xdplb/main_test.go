@@ -102,6 +102,16 @@ func TestVersion(t *testing.T) {
 		t.Errorf("version printed %q, want one line starting with %q", r.stdout, want)
 	}
 	wantOneLineError(t, runCLI(t, t.Context(), "", "version", "extra"), exitUsage, `version: want no arguments`)
+	wantOneLineError(t, runCLI(t, t.Context(), "", "version", "-o", "yaml"), exitUsage, `version: unknown output format "yaml"`)
+
+	r = runCLI(t, t.Context(), "", "version", "-o", "json")
+	var v map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &v); r.code != 0 || err != nil {
+		t.Fatalf("version -o json: exit %d, %v: %q", r.code, err, r.stdout)
+	}
+	if v["version"] != version || v["go"] != runtime.Version() || v["os"] != runtime.GOOS || v["arch"] != runtime.GOARCH {
+		t.Errorf("version -o json: %v", v)
+	}
 }
 
 func TestUsageErrors(t *testing.T) {
@@ -832,7 +842,7 @@ func TestDaemonRefusesBadInputs(t *testing.T) {
 		{[]string{"backend", "set", vip, "10.0.0.19", "--drain"}, `^xdplb: backend set: .*10\.0\.0\.19`},
 		{[]string{"vip", "set", "10.0.0.99:80/tcp", "--scheduler", "sh"}, `^xdplb: vip set: vip 10\.0\.0\.99:80/tcp: not found$`},
 		{[]string{"vip", "set", vip, "--rise", "3"}, `^xdplb: vip set: vip 10\.0\.0\.100:80/tcp: healthcheck: the vip has no check to change: give its type too$`},
-		{[]string{"vip", "set", vip, "--scheduler", "rr"}, `^xdplb: vip set: vip 10\.0\.0\.100:80/tcp: scheduler rr is not supported yet$`},
+		{[]string{"vip", "set", vip, "--scheduler", "rr"}, `^xdplb: vip set: vip 10\.0\.0\.100:80/tcp: scheduler rr is not supported yet: want maglev or sh$`},
 		{[]string{"vip", "set", vip, "--fallback", "10.0.0.11"}, `^xdplb: vip set: vip 10\.0\.0\.100:80/tcp: fallback 10\.0\.0\.11: is a backend of the vip too$`},
 		{[]string{"vip", "set", vip, "--check", "http", "--check-path", "healthz"}, `vip set: .*path "healthz": must start with /`},
 		{[]string{"vip", "set", vip, "--snat-addr", "10.0.2.1"}, `vip set: .*only a fullnat vip has one \(mode is dr\)`},

@@ -2,14 +2,33 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 
 	"github.com/xdplb/xdplb/control/model"
 )
+
+// stdoutWriter is the program's stdout; it remembers a write that failed
+// with EPIPE, the reader gone, so that run can tell that end from the
+// same error on the daemon's socket.
+type stdoutWriter struct {
+	w      io.Writer
+	broken atomic.Bool
+}
+
+func (s *stdoutWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	if errors.Is(err, syscall.EPIPE) {
+		s.broken.Store(true)
+	}
+	return n, err
+}
 
 // table writes aligned columns; rows are written in the order given, so
 // callers sort first.

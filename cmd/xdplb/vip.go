@@ -72,8 +72,8 @@ func vipFlags(add bool) []cli.Flag {
 		snat, fallback = "ADDR", "ADDR[:PORT]"
 	}
 	return []cli.Flag{
-		&cli.StringFlag{Name: "mode", Usage: "forwarding mode: dr, nat or fullnat", DefaultText: def("dr")},
-		&cli.StringFlag{Name: "scheduler", Usage: "maglev or sh (rr, wrr, random, lc and wlc are not supported yet)", DefaultText: def("maglev")},
+		&cli.StringFlag{Name: "mode", Usage: "forwarding mode: " + model.OneOf(model.Modes()), DefaultText: def(string(model.DefaultMode))},
+		&cli.StringFlag{Name: "scheduler", Usage: "scheduler of new flows: " + model.OneOf(model.Schedulers()), DefaultText: def(string(model.DefaultScheduler))},
 		&cli.StringFlag{Name: "check", Usage: "health check: tcp, http, udp or none", DefaultText: def("none")},
 		&cli.IntFlag{Name: "check-port", Usage: "port probed", DefaultText: def("the backend's port")},
 		&cli.StringFlag{Name: "check-path", Usage: "HTTP path probed", DefaultText: def("/")},

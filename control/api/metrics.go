@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,12 +17,14 @@ import (
 	"github.com/xdplb/xdplb/control/state"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/xdplb/xdplb/healthcheck"
 )
 
-// DefaultMetricsAddr is where /metrics is served unless told otherwise.
+// DefaultMetricsAddr is where /metrics, /healthz and /readyz are served
+// unless told otherwise.
 const DefaultMetricsAddr = "127.0.0.1:9642"
 
 var (
@@ -188,28 +191,31 @@ var ProbeBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
 // healthcheck.Manager's OnProbe and OnTransition hooks, as the events
 // happen, since there is no map to read at scrape time.
 type HealthMetrics struct {
-	duration    *prometheus.HistogramVec
-	transitions *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	src      *state.Store // nil: no pruning, no series before a transition
+
+	mu          sync.Mutex
+	transitions map[string]*[2]uint64 // by target id: to down, to up
 }
 
-// NewHealthMetrics returns the health-check metrics, all at zero.
-func NewHealthMetrics() *HealthMetrics {
-	m := &HealthMetrics{
+var descTransitions = prometheus.NewDesc("xdplb_healthcheck_transitions_total",
+	"Backends that went up or down by their health checks.", []string{"vip", "backend", "to"}, nil)
+
+// NewHealthMetrics returns the health-check metrics, all at zero. With
+// src, every checked backend of its state has both directions of
+// xdplb_healthcheck_transitions_total from the first scrape, at 0 so that
+// rate() and alerts see a 0 rather than no series, and a backend gone
+// from it (or whose VIP has no check any more) loses its series.
+func NewHealthMetrics(src *state.Store) *HealthMetrics {
+	return &HealthMetrics{
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "xdplb_healthcheck_duration_seconds",
 			Help:    "Duration of health-check probes, by check type, failed ones included.",
 			Buckets: ProbeBuckets,
 		}, []string{"type"}),
-		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "xdplb_healthcheck_transitions_total",
-			Help: "Backends that went up or down by their health checks.",
-		}, []string{"to"}),
+		src:         src,
+		transitions: map[string]*[2]uint64{},
 	}
-	// Both directions exist from the start, so that rate() and alerts see
-	// a 0 rather than no series.
-	m.transitions.WithLabelValues("up")
-	m.transitions.WithLabelValues("down")
-	return m
 }
 
 // ObserveProbe is a healthcheck.Options.OnProbe.
@@ -217,40 +223,135 @@ func (m *HealthMetrics) ObserveProbe(k healthcheck.Kind, d time.Duration, _ bool
 	m.duration.WithLabelValues(string(k)).Observe(d.Seconds())
 }
 
-// ObserveTransition is a healthcheck.Options.OnTransition.
+// ObserveTransition is a healthcheck.Options.OnTransition; t.ID is a
+// model.HealthTargetID.
 func (m *HealthMetrics) ObserveTransition(t healthcheck.Transition) {
-	to := "down"
-	if t.Up {
-		to = "up"
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := m.transitions[t.ID]
+	if n == nil {
+		n = new([2]uint64)
+		m.transitions[t.ID] = n
 	}
-	m.transitions.WithLabelValues(to).Inc()
+	n[boolIndex(t.Up)]++
+}
+
+func boolIndex(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Describe implements prometheus.Collector.
 func (m *HealthMetrics) Describe(ch chan<- *prometheus.Desc) {
 	m.duration.Describe(ch)
-	m.transitions.Describe(ch)
+	ch <- descTransitions
 }
 
 // Collect implements prometheus.Collector.
 func (m *HealthMetrics) Collect(ch chan<- prometheus.Metric) {
 	m.duration.Collect(ch)
-	m.transitions.Collect(ch)
+	var checked map[string]bool
+	if m.src != nil {
+		checked = checkedTargets(m.src.State())
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if checked != nil {
+		for id := range m.transitions {
+			if !checked[id] {
+				delete(m.transitions, id)
+			}
+		}
+		for id := range checked {
+			if m.transitions[id] == nil {
+				m.transitions[id] = new([2]uint64)
+			}
+		}
+	}
+	for id, n := range m.transitions {
+		vip, backend, ok := model.SplitHealthTargetID(id)
+		if !ok {
+			vip = id
+		}
+		ch <- prometheus.MustNewConstMetric(descTransitions, prometheus.CounterValue, float64(n[0]), vip, backend, "down")
+		ch <- prometheus.MustNewConstMetric(descTransitions, prometheus.CounterValue, float64(n[1]), vip, backend, "up")
+	}
 }
 
-// ServeMetrics serves /metrics for c and more (e.g. HealthMetrics) on ln
-// until ctx is done. It uses its own registry: the process-global one holds
+// checkedTargets are the health-check targets of st, by
+// model.HealthTargetID: the backends of the VIPs that have a check.
+func checkedTargets(st model.State) map[string]bool {
+	ids := map[string]bool{}
+	for i := range st.VIPs {
+		v := &st.VIPs[i]
+		for _, b := range v.Backends {
+			if _, ok := model.HealthSpec(v, b); ok {
+				ids[model.HealthTargetID(v.ID(), b.Address, b.Port)] = true
+			}
+		}
+	}
+	return ids
+}
+
+// MetricsServer serves /metrics, /healthz and /readyz on one listener,
+// from the daemon's start: /healthz answers 200 while the process serves,
+// /readyz 503 until SetReady (the data plane loaded and the first
+// reconcile applied), then 200. /metrics serves the Go runtime and process
+// collectors and whatever is registered, the data plane's counters once
+// they exist. It uses its own registry: the process-global one holds
 // nothing of ours.
-func ServeMetrics(ctx context.Context, ln net.Listener, c *Collector, log *slog.Logger, more ...prometheus.Collector) error {
+type MetricsServer struct {
+	reg   *prometheus.Registry
+	ready atomic.Bool
+	log   *slog.Logger
+}
+
+// NewMetricsServer returns a server of the Go runtime and process
+// collectors, not ready.
+func NewMetricsServer(log *slog.Logger) *MetricsServer {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	reg := prometheus.NewRegistry()
-	for _, c := range append([]prometheus.Collector{c}, more...) {
-		if err := reg.Register(c); err != nil {
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return &MetricsServer{reg: reg, log: log}
+}
+
+// Register adds collectors to /metrics; it may be called while serving.
+func (s *MetricsServer) Register(cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := s.reg.Register(c); err != nil {
 			return fmt.Errorf("register collector: %w", err)
 		}
 	}
+	return nil
+}
+
+// SetReady sets what /readyz answers.
+func (s *MetricsServer) SetReady(ready bool) { s.ready.Store(ready) }
+
+// Handler serves the three paths.
+func (s *MetricsServer) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogErrorLog{log}}))
-	return serveUntilDone(ctx, ln, mux, "metrics")
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{ErrorLog: slogErrorLog{s.log}}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.ready.Load() {
+			http.Error(w, "not ready: the data plane is loading or its first reconcile is not applied", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}
+
+// Serve serves Handler on ln until ctx is done.
+func (s *MetricsServer) Serve(ctx context.Context, ln net.Listener) error {
+	return serveUntilDone(ctx, ln, s.Handler(), "metrics")
 }
 
 type slogErrorLog struct{ log *slog.Logger }

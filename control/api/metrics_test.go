@@ -164,7 +164,7 @@ xdplb_scrape_errors_total 0
 	}
 }
 
-func TestServeMetrics(t *testing.T) {
+func TestMetricsServer(t *testing.T) {
 	f := newRecFixture(t, nil)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -172,32 +172,73 @@ func TestServeMetrics(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	hm := NewHealthMetrics()
-	hm.ObserveProbe(healthcheck.TCP, 3*time.Millisecond, true)
-	go func() { done <- ServeMetrics(ctx, ln, NewCollector(f.dp, f.store, f.rec, "v9", nil), nil, hm) }()
+	s := NewMetricsServer(nil)
+	go func() { done <- s.Serve(ctx, ln) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Error(err)
 		}
 	}()
-	resp, err := http.Get("http://" + ln.Addr().String() + "/metrics")
-	if err != nil {
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + ln.Addr().String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+
+	// Before the data plane: alive, not ready, the process's own metrics.
+	if code, body := get("/healthz"); code != 200 {
+		t.Errorf("/healthz: %d %s", code, body)
+	}
+	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "not ready") {
+		t.Errorf("/readyz before SetReady: %d %s", code, body)
+	}
+	code, body := get("/metrics")
+	if code != 200 || strings.Contains(body, "xdplb_build_info") {
+		t.Fatalf("/metrics before the data plane: %d %s", code, body)
+	}
+	// The Go runtime and process collectors, in its own registry (not
+	// the global one, which would serve them too).
+	for _, name := range []string{"go_goroutines", "go_memstats_heap_alloc_bytes", "process_start_time_seconds", "process_open_fds"} {
+		if !strings.Contains(body, "\n"+name+" ") {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+
+	hm := NewHealthMetrics(nil)
+	hm.ObserveProbe(healthcheck.TCP, 3*time.Millisecond, true)
+	hm.ObserveTransition(healthcheck.Transition{ID: model.HealthTargetID(vip1, netip.MustParseAddr("10.0.0.1"), 0)})
+	if err := s.Register(NewCollector(f.dp, f.store, f.rec, "v9", nil), hm); err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 || !strings.Contains(string(b), `xdplb_build_info{version="v9"} 1`) {
-		t.Fatalf("%d %s", resp.StatusCode, b)
+	s.SetReady(true)
+	if code, body := get("/readyz"); code != 200 {
+		t.Errorf("/readyz after SetReady: %d %s", code, body)
 	}
-	for _, line := range []string{`xdplb_healthcheck_duration_seconds_count{type="tcp"} 1`, `xdplb_healthcheck_transitions_total{to="down"} 0`} {
-		if !strings.Contains(string(b), line) {
+	_, body = get("/metrics")
+	for _, line := range []string{`xdplb_build_info{version="v9"} 1`, `xdplb_healthcheck_duration_seconds_count{type="tcp"} 1`,
+		`xdplb_healthcheck_transitions_total{backend="10.0.0.1",to="down",vip="10.0.0.100:80/tcp"} 1`, "go_goroutines "} {
+		if !strings.Contains(body, line) {
 			t.Errorf("/metrics lacks %q", line)
 		}
 	}
-	// Its own registry: no Go runtime metrics of the global one.
-	if strings.Contains(string(b), "go_goroutines") {
-		t.Fatal("global registry served")
+	if n, err := testutil.GatherAndLint(s.reg); err != nil || len(n) != 0 {
+		t.Errorf("lint: %v %v", n, err)
+	}
+	if err := s.Register(hm); err == nil {
+		t.Error("a collector registered twice")
+	}
+	s.SetReady(false)
+	if code, _ := get("/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz after SetReady(false): %d", code)
+	}
+	if code, _ := get("/nosuch"); code != http.StatusNotFound {
+		t.Errorf("/nosuch: %d", code)
 	}
 }
 
@@ -211,20 +252,24 @@ func registryWith(t *testing.T, c *Collector) *prometheus.Registry {
 }
 
 func TestHealthMetrics(t *testing.T) {
-	hm := NewHealthMetrics()
+	hm := NewHealthMetrics(nil)
 	for _, d := range []time.Duration{50 * time.Microsecond, 300 * time.Microsecond, 2 * time.Millisecond, 600 * time.Millisecond} {
 		hm.ObserveProbe(healthcheck.TCP, d, true)
 	}
 	hm.ObserveProbe(healthcheck.HTTP, 6*time.Second, false) // beyond the last bucket: +Inf only
-	hm.ObserveTransition(healthcheck.Transition{ID: "a", Up: false, Reason: "timeout"})
-	hm.ObserveTransition(healthcheck.Transition{ID: "b", Up: false, Reason: "timeout"})
-	hm.ObserveTransition(healthcheck.Transition{ID: "a", Up: true, Reason: "ok"})
+	id := func(a string) string { return model.HealthTargetID(vip1, netip.MustParseAddr(a), 0) }
+	hm.ObserveTransition(healthcheck.Transition{ID: id("10.0.0.1"), Up: false, Reason: "timeout"})
+	hm.ObserveTransition(healthcheck.Transition{ID: id("10.0.0.2"), Up: false, Reason: "timeout"})
+	hm.ObserveTransition(healthcheck.Transition{ID: id("10.0.0.1"), Up: true, Reason: "ok"})
+	hm.ObserveTransition(healthcheck.Transition{ID: id("10.0.0.1"), Up: false, Reason: "refused"})
 
 	want := `
 # HELP xdplb_healthcheck_transitions_total Backends that went up or down by their health checks.
 # TYPE xdplb_healthcheck_transitions_total counter
-xdplb_healthcheck_transitions_total{to="down"} 2
-xdplb_healthcheck_transitions_total{to="up"} 1
+xdplb_healthcheck_transitions_total{backend="10.0.0.1",to="down",vip="10.0.0.100:80/tcp"} 2
+xdplb_healthcheck_transitions_total{backend="10.0.0.1",to="up",vip="10.0.0.100:80/tcp"} 1
+xdplb_healthcheck_transitions_total{backend="10.0.0.2",to="down",vip="10.0.0.100:80/tcp"} 1
+xdplb_healthcheck_transitions_total{backend="10.0.0.2",to="up",vip="10.0.0.100:80/tcp"} 0
 `
 	if err := testutil.CollectAndCompare(hm, strings.NewReader(want), "xdplb_healthcheck_transitions_total"); err != nil {
 		t.Error(err)
@@ -293,6 +338,55 @@ xdplb_backend_up{backend="10.0.0.3",vip="10.0.0.100:80/tcp"} 0
 `
 	c := NewCollector(f.dp, f.store, f.rec, "dev", nil)
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "xdplb_backend_up"); err != nil {
+		t.Error(err)
+	}
+}
+
+// With the store, every checked backend has both directions from the
+// first scrape, at 0; a backend removed, or a VIP's check, loses its
+// series; a VIP without a check has none.
+func TestHealthMetricsFollowState(t *testing.T) {
+	f := newRecFixture(t, nil)
+	check := &model.HealthCheck{Type: model.CheckTCP}
+	vip2 := model.VIPID{Addr: netip.MustParseAddr("2001:db8::100"), Port: 53, Protocol: model.UDP}
+	for _, v := range []model.VIP{
+		{Address: vip1.Addr, Port: vip1.Port, Protocol: vip1.Protocol, Mode: model.ModeNAT, HealthCheck: check,
+			Backends: []model.Backend{be("10.0.0.1", 100), {Address: netip.MustParseAddr("10.0.0.2"), Port: 8080, Weight: 100}}},
+		{Address: vip2.Addr, Port: vip2.Port, Protocol: vip2.Protocol, HealthCheck: check, Backends: []model.Backend{be("2001:db8::1", 100)}},
+		{Address: netip.MustParseAddr("10.0.0.101"), Port: 80, Protocol: model.TCP, Backends: []model.Backend{be("10.0.0.1", 100)}},
+	} {
+		if err := f.store.AddVIP(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hm := NewHealthMetrics(f.store)
+	hm.ObserveTransition(healthcheck.Transition{ID: model.HealthTargetID(vip2, netip.MustParseAddr("2001:db8::1"), 0), Up: false})
+	want := `
+# HELP xdplb_healthcheck_transitions_total Backends that went up or down by their health checks.
+# TYPE xdplb_healthcheck_transitions_total counter
+xdplb_healthcheck_transitions_total{backend="10.0.0.1",to="down",vip="10.0.0.100:80/tcp"} 0
+xdplb_healthcheck_transitions_total{backend="10.0.0.1",to="up",vip="10.0.0.100:80/tcp"} 0
+xdplb_healthcheck_transitions_total{backend="10.0.0.2:8080",to="down",vip="10.0.0.100:80/tcp"} 0
+xdplb_healthcheck_transitions_total{backend="10.0.0.2:8080",to="up",vip="10.0.0.100:80/tcp"} 0
+xdplb_healthcheck_transitions_total{backend="2001:db8::1",to="down",vip="[2001:db8::100]:53/udp"} 1
+xdplb_healthcheck_transitions_total{backend="2001:db8::1",to="up",vip="[2001:db8::100]:53/udp"} 0
+`
+	if err := testutil.CollectAndCompare(hm, strings.NewReader(want), "xdplb_healthcheck_transitions_total"); err != nil {
+		t.Error(err)
+	}
+	if err := f.store.DeleteBackend(vip1, netip.MustParseAddr("10.0.0.2"), 8080); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.DeleteVIP(vip2); err != nil {
+		t.Fatal(err)
+	}
+	want = `
+# HELP xdplb_healthcheck_transitions_total Backends that went up or down by their health checks.
+# TYPE xdplb_healthcheck_transitions_total counter
+xdplb_healthcheck_transitions_total{backend="10.0.0.1",to="down",vip="10.0.0.100:80/tcp"} 0
+xdplb_healthcheck_transitions_total{backend="10.0.0.1",to="up",vip="10.0.0.100:80/tcp"} 0
+`
+	if err := testutil.CollectAndCompare(hm, strings.NewReader(want), "xdplb_healthcheck_transitions_total"); err != nil {
 		t.Error(err)
 	}
 }

@@ -41,6 +41,10 @@ type Config struct {
 	ConfigFile  string // replaces the stored state at start when set
 	MetricsAddr string
 	SocketPath  string
+	// NotifySocket is the service manager's socket (sd_notify(3)), told
+	// READY=1 once the daemon serves and STOPPING=1 when it stops; empty
+	// for none. Run takes it from $NOTIFY_SOCKET.
+	NotifySocket string
 	// DetachOnExit removes the XDP program, its pins and the announced
 	// VIP addresses when the daemon stops (a clean uninstall); by default
 	// they stay and forwarding continues without the daemon.
@@ -72,6 +76,9 @@ type OpenDatapath func(loader.Options) (DatapathCloser, error)
 // program, its maps and the announced VIP addresses stay in place when it
 // returns, so forwarding continues across a restart or upgrade.
 func Run(ctx context.Context, cfg Config) error {
+	if cfg.NotifySocket == "" {
+		cfg.NotifySocket = os.Getenv(NotifySocketEnv)
+	}
 	return RunWith(ctx, cfg, func(o loader.Options) (DatapathCloser, error) {
 		dp, err := loader.Load(o)
 		if err != nil {
@@ -129,6 +136,23 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 	}
 	defer metricsLn.Close()
 
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	errc := make(chan error, 2)
+	goRun := func(fn func()) {
+		wg.Add(1)
+		go func() { defer wg.Done(); fn() }()
+	}
+	// The metrics listener serves from here on: /healthz while the data
+	// plane loads, /readyz once it is loaded and reconciled.
+	metrics := api.NewMetricsServer(log)
+	goRun(func() {
+		if err := metrics.Serve(ctx, metricsLn); err != nil {
+			errc <- err
+		}
+	})
+
 	nw, err := netstack.New(netstack.Options{Interfaces: cfg.Interfaces, StateDir: cfg.StateDir, Logger: log})
 	if err != nil {
 		return err
@@ -176,7 +200,10 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 
 	// Health first: the initial reconcile hands it the restored state, whose
 	// backends begin up (a restart must not stop forwarding).
-	hm := api.NewHealthMetrics()
+	hm := api.NewHealthMetrics(store)
+	if err := metrics.Register(hm); err != nil {
+		return err
+	}
 	checks := healthcheck.NewManager(healthcheck.Options{
 		Clock:        healthcheck.RealClock(),
 		Prober:       healthcheck.NewProber(),
@@ -191,23 +218,12 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 		return fmt.Errorf("initial reconcile: %w", err)
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errc := make(chan error, 2)
-	goRun := func(fn func()) {
-		wg.Add(1)
-		go func() { defer wg.Done(); fn() }()
+	if err := metrics.Register(api.NewCollector(dp, store, rec, cfg.Version, log)); err != nil {
+		return err
 	}
 	srv := &api.Server{Store: store, Datapath: dp, Reconciler: rec, Version: cfg.Version, StartTime: start, Log: log, VIPAddrs: nw}
 	goRun(func() {
 		if err := srv.Serve(ctx, apiLn); err != nil {
-			errc <- err
-		}
-	})
-	coll := api.NewCollector(dp, store, rec, cfg.Version, log)
-	goRun(func() {
-		if err := api.ServeMetrics(ctx, metricsLn, coll, log, hm); err != nil {
 			errc <- err
 		}
 	})
@@ -222,13 +238,21 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 	defer signal.Stop(hup)
 	goRun(func() { reloadOnHUP(ctx, hup, cfg.ConfigFile, store, log) })
 	goRun(func() { watchNoNeigh(ctx, dp, nw.ResolveNATNextHops, NoNeighPollInterval, log) })
+	metrics.SetReady(true)
 	log.Info("daemon running", "iface", cfg.Interfaces, "socket", cfg.SocketPath,
 		"metrics", metricsLn.Addr().String(), "state_dir", cfg.StateDir, "vips", len(store.State().VIPs))
+	if err := notify(cfg.NotifySocket, "READY=1\nSTATUS=running on "+strings.Join(cfg.Interfaces, ", ")); err != nil {
+		log.Warn("tell systemd the daemon is ready", "err", err)
+	}
 
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 		log.Error("daemon server failed", "err", err)
+	}
+	metrics.SetReady(false)
+	if err := notify(cfg.NotifySocket, "STOPPING=1"); err != nil {
+		log.Warn("tell systemd the daemon stops", "err", err)
 	}
 	cancel()
 	wg.Wait()

@@ -2,6 +2,7 @@ package model
 
 import (
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/xdplb/xdplb/healthcheck"
@@ -10,7 +11,16 @@ import (
 // HealthTargetID names the health-check target of a backend of a VIP:
 // "10.0.0.100:80/tcp|10.0.0.1".
 func HealthTargetID(vip VIPID, addr netip.Addr, port uint16) string {
-	return vip.String() + "|" + BackendName(addr.Unmap(), port)
+	return vip.String() + healthTargetSep + BackendName(addr.Unmap(), port)
+}
+
+const healthTargetSep = "|"
+
+// SplitHealthTargetID is HealthTargetID undone: the VIP and the backend
+// as messages and metric labels name them. ok is false for an id that
+// HealthTargetID did not make.
+func SplitHealthTargetID(id string) (vip, backend string, ok bool) {
+	return strings.Cut(id, healthTargetSep)
 }
 
 // HealthSpec is the probe of backend b of v: the backend's address at the

@@ -31,6 +31,12 @@ const (
 	ModeFullNAT Mode = "fullnat"
 )
 
+// DefaultMode is a VIP's mode when none is given.
+const DefaultMode = ModeDR
+
+// Modes are the forwarding modes a VIP may have, the default first.
+func Modes() []Mode { return []Mode{ModeDR, ModeNAT, ModeFullNAT} }
+
 // Scheduler picks the backend of a new flow.
 type Scheduler string
 
@@ -43,6 +49,26 @@ const (
 	SchedLC     Scheduler = "lc"
 	SchedWLC    Scheduler = "wlc"
 )
+
+// DefaultScheduler is a VIP's scheduler when none is given.
+const DefaultScheduler = SchedMaglev
+
+// Schedulers are the schedulers a VIP may have (those the data plane
+// implements), the default first. Help and messages list these and no
+// others: the rest of the names above are refused as not supported yet.
+func Schedulers() []Scheduler { return []Scheduler{SchedMaglev, SchedSH} }
+
+// OneOf writes choices as help and messages list them: "a, b or c".
+func OneOf[T ~string](choices []T) string {
+	s := make([]string, len(choices))
+	for i, c := range choices {
+		s[i] = string(c)
+	}
+	if len(s) < 2 {
+		return strings.Join(s, "")
+	}
+	return strings.Join(s[:len(s)-1], ", ") + " or " + s[len(s)-1]
+}
 
 // DefaultWeight is a backend's weight when none is given.
 const DefaultWeight = 100

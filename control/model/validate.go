@@ -102,12 +102,12 @@ func NormalizeVIP(v *VIP) {
 	v.Protocol = Protocol(strings.ToLower(string(v.Protocol)))
 	v.Mode = Mode(strings.ToLower(string(v.Mode)))
 	if v.Mode == "" {
-		v.Mode = ModeDR
+		v.Mode = DefaultMode
 	}
 	v.SNATAddr = v.SNATAddr.Unmap()
 	v.Scheduler = Scheduler(strings.ToLower(string(v.Scheduler)))
 	if v.Scheduler == "" {
-		v.Scheduler = SchedMaglev
+		v.Scheduler = DefaultScheduler
 	}
 	if v.HealthCheck != nil {
 		normalizeCheck(v.HealthCheck)
@@ -241,20 +241,18 @@ func ValidateVIP(v *VIP, index int) error {
 	if v.Protocol != TCP && v.Protocol != UDP {
 		return Invalidf("vip %s: protocol %q: want tcp or udp", name, v.Protocol)
 	}
-	switch v.Mode {
-	case ModeDR, ModeNAT, ModeFullNAT:
-	default:
-		return Invalidf("vip %s: unknown mode %q: want dr, nat or fullnat", name, v.Mode)
+	if !slices.Contains(Modes(), v.Mode) {
+		return Invalidf("vip %s: unknown mode %q: want %s", name, v.Mode, OneOf(Modes()))
 	}
 	if err := validateSNAT(v); err != nil {
 		return Invalidf("vip %s: snat address %s: %s", name, v.SNATAddr, err)
 	}
-	switch v.Scheduler {
-	case SchedMaglev, SchedSH:
-	case SchedRR, SchedWRR, SchedRandom, SchedLC, SchedWLC:
-		return Invalidf("vip %s: scheduler %s is not supported yet", name, v.Scheduler)
+	switch {
+	case slices.Contains(Schedulers(), v.Scheduler):
+	case slices.Contains([]Scheduler{SchedRR, SchedWRR, SchedRandom, SchedLC, SchedWLC}, v.Scheduler):
+		return Invalidf("vip %s: scheduler %s is not supported yet: want %s", name, v.Scheduler, OneOf(Schedulers()))
 	default:
-		return Invalidf("vip %s: unknown scheduler %q: want maglev, sh, rr, wrr, random, lc or wlc", name, v.Scheduler)
+		return Invalidf("vip %s: unknown scheduler %q: want %s", name, v.Scheduler, OneOf(Schedulers()))
 	}
 	if v.HealthCheck != nil {
 		if err := validateCheck(v); err != nil {

@@ -534,3 +534,46 @@ func TestDiffStatesFallbackExpect(t *testing.T) {
 		t.Fatalf("diff %+v", d)
 	}
 }
+
+// The choices that help and messages offer (Modes, Schedulers) are all
+// accepted, and the defaults are among them, first.
+func TestChoicesAreAccepted(t *testing.T) {
+	for _, m := range Modes() {
+		s := validState()
+		s.VIPs[0].Mode = m
+		if err := Validate(s); err != nil {
+			t.Errorf("mode %s offered but refused: %v", m, err)
+		}
+	}
+	for _, sc := range Schedulers() {
+		s := validState()
+		s.VIPs[0].Scheduler = sc
+		if err := Validate(s); err != nil {
+			t.Errorf("scheduler %s offered but refused: %v", sc, err)
+		}
+	}
+	if Modes()[0] != DefaultMode || Schedulers()[0] != DefaultScheduler {
+		t.Errorf("defaults %s, %s are not first in %v, %v", DefaultMode, DefaultScheduler, Modes(), Schedulers())
+	}
+	var v VIP
+	NormalizeVIP(&v)
+	if v.Mode != DefaultMode || v.Scheduler != DefaultScheduler {
+		t.Errorf("normalized to %s, %s", v.Mode, v.Scheduler)
+	}
+	s := validState()
+	s.VIPs[0].Scheduler = SchedRR
+	if err := Validate(s); err == nil || !strings.HasSuffix(err.Error(), "want "+OneOf(Schedulers())) {
+		t.Errorf("rr: %v: want the accepted schedulers named", err)
+	}
+}
+
+func TestOneOf(t *testing.T) {
+	for _, tc := range []struct {
+		in   []string
+		want string
+	}{{nil, ""}, {[]string{"a"}, "a"}, {[]string{"a", "b"}, "a or b"}, {[]string{"a", "b", "c"}, "a, b or c"}} {
+		if got := OneOf(tc.in); got != tc.want {
+			t.Errorf("OneOf(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
