@@ -673,7 +673,9 @@ func TestSpecValidate(t *testing.T) {
 		{"fall 0", func(s *Spec) { s.Fall = 0 }, "fall 0: want 1-100"},
 		{"fall 101", func(s *Spec) { s.Fall = 101 }, "fall 101"},
 		{"path", func(s *Spec) { s.Path = "healthz" }, `path "healthz": must start with /`},
-		{"expect", func(s *Spec) { s.Expect = 42 }, "expect 42"},
+		{"expect", func(s *Spec) { s.Expect = StatusRange{42, 42} }, "expect 42"},
+		{"expect reversed", func(s *Spec) { s.Expect = StatusRange{399, 200} }, "expect 399-200"},
+		{"expect 600", func(s *Spec) { s.Expect = StatusRange{200, 600} }, "expect 200-600"},
 		{"host", func(s *Spec) { s.Host = "a\r\nX-Evil: 1" }, "host"},
 	}
 	for _, tt := range tests {
@@ -685,5 +687,42 @@ func TestSpecValidate(t *testing.T) {
 				t.Errorf("Validate() = %v, want ErrInvalidSpec with %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestParseStatusRange(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want StatusRange
+		err  string
+	}{
+		{"200-399", StatusRange{200, 399}, ""},
+		{"200", StatusRange{200, 200}, ""},
+		{" 100 - 599 ", StatusRange{100, 599}, ""},
+		{"503-503", StatusRange{503, 503}, ""},
+		{"399-200", StatusRange{}, "must not be above"},
+		{"99-200", StatusRange{}, "100-599"},
+		{"200-600", StatusRange{}, "100-599"},
+		{"", StatusRange{}, "want an http status"},
+		{"2xx", StatusRange{}, "want an http status"},
+		{"200-", StatusRange{}, "want an http status"},
+		{"200-300-400", StatusRange{}, "want an http status"},
+	} {
+		got, err := ParseStatusRange(tt.in)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("ParseStatusRange(%q) = %v, %v: want an error with %q", tt.in, got, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("ParseStatusRange(%q) = %v, %v: want %v", tt.in, got, err, tt.want)
+		}
+		if again, err := ParseStatusRange(got.String()); err != nil || again != got {
+			t.Errorf("ParseStatusRange(%q.String()) = %v, %v", tt.in, again, err)
+		}
+	}
+	if !DefaultExpect.Contains(200) || !DefaultExpect.Contains(399) || DefaultExpect.Contains(400) || DefaultExpect.Contains(199) {
+		t.Errorf("DefaultExpect %v: want 200-399", DefaultExpect)
 	}
 }

@@ -139,11 +139,11 @@ func (p *netProber) probeHTTP(ctx context.Context, s Spec) Result {
 	}
 	defer resp.Body.Close()
 	_, _ = io.CopyN(io.Discard, resp.Body, httpBodyPrefix) // best effort: the status decides
-	ok := resp.StatusCode >= 200 && resp.StatusCode < 400
-	if s.Expect != 0 {
-		ok = resp.StatusCode == s.Expect
+	want := s.Expect
+	if want == (StatusRange{}) {
+		want = DefaultExpect
 	}
-	if !ok {
+	if !want.Contains(resp.StatusCode) {
 		return Result{Reason: "http " + strconv.Itoa(resp.StatusCode)}
 	}
 	return Result{OK: true, Reason: ReasonOK}

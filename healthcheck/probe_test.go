@@ -218,22 +218,26 @@ func TestProbeHTTP(t *testing.T) {
 
 	tests := []struct {
 		name, path, host string
-		expect           int
+		expect           StatusRange
 		ok               bool
 		reason           string
 	}{
-		{"200", "/ok", "", 0, true, "ok"},
-		{"default path", "", "", 0, false, "http 404"},
-		{"302 is up, not followed", "/redirect", "", 0, true, "ok"},
-		{"503", "/down", "", 0, false, "http 503"},
-		{"404", "/missing", "", 0, false, "http 404"},
-		{"expect 200 gets 200", "/ok", "", 200, true, "ok"},
-		{"expect 204 gets 200", "/ok", "", 204, false, "http 200"},
-		{"expect 418 gets 418", "/teapot", "", 418, true, "ok"},
-		{"418 without expect", "/teapot", "", 0, false, "http 418"},
-		{"big body", "/big", "", 0, true, "ok"},
-		{"host header", "/ok", "10.0.0.1:80", 0, true, "ok"},
-		{"timeout", "/slow", "", 0, false, "timeout"},
+		{"200", "/ok", "", StatusRange{}, true, "ok"},
+		{"default path", "", "", StatusRange{}, false, "http 404"},
+		{"302 is up, not followed", "/redirect", "", StatusRange{}, true, "ok"},
+		{"503", "/down", "", StatusRange{}, false, "http 503"},
+		{"404", "/missing", "", StatusRange{}, false, "http 404"},
+		{"expect 200 gets 200", "/ok", "", StatusRange{200, 200}, true, "ok"},
+		{"expect 204 gets 200", "/ok", "", StatusRange{204, 204}, false, "http 200"},
+		{"expect 418 gets 418", "/teapot", "", StatusRange{418, 418}, true, "ok"},
+		{"418 without expect", "/teapot", "", StatusRange{}, false, "http 418"},
+		{"expect 400-499 gets 418", "/teapot", "", StatusRange{400, 499}, true, "ok"},
+		{"expect 200-299 gets 302", "/redirect", "", StatusRange{200, 299}, false, "http 302"},
+		{"expect 200-503 gets 503", "/down", "", StatusRange{200, 503}, true, "ok"},
+		{"expect 500-599 gets 200", "/ok", "", StatusRange{500, 599}, false, "http 200"},
+		{"big body", "/big", "", StatusRange{}, true, "ok"},
+		{"host header", "/ok", "10.0.0.1:80", StatusRange{}, true, "ok"},
+		{"timeout", "/slow", "", StatusRange{}, false, "timeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -15,7 +16,7 @@ type Kind string
 // always up and the caller does not give them to a Manager.
 const (
 	TCP  Kind = "tcp"  // connect, then reset
-	HTTP Kind = "http" // GET Path, expect Expect or any 2xx/3xx
+	HTTP Kind = "http" // GET Path, expect a status in Expect (default 200-399)
 	UDP  Kind = "udp"  // send Payload, expect any reply
 )
 
@@ -38,7 +39,7 @@ type Spec struct {
 	Target  netip.AddrPort // backend address, VIP port or check port
 	Path    string         // http; default "/"
 	Host    string         // http Host header; default Target
-	Expect  int            // http status wanted; 0: any 2xx or 3xx
+	Expect  StatusRange    // http statuses wanted; zero: DefaultExpect
 	Payload []byte         // udp; default a short fixed payload
 
 	Interval, Timeout time.Duration
@@ -81,8 +82,10 @@ func (s Spec) validate() error {
 		if s.Path != "" && !strings.HasPrefix(s.Path, "/") {
 			return fmt.Errorf("path %q: must start with /", s.Path)
 		}
-		if s.Expect != 0 && (s.Expect < 100 || s.Expect > 599) {
-			return fmt.Errorf("expect %d: want an http status 100-599", s.Expect)
+		if s.Expect != (StatusRange{}) {
+			if err := s.Expect.validate(); err != nil {
+				return err
+			}
 		}
 		if strings.ContainsAny(s.Host, " \r\n") {
 			return fmt.Errorf("host %q: must not contain spaces or line breaks", s.Host)
@@ -101,6 +104,9 @@ func (s Spec) normalized() Spec {
 		if s.Path == "" {
 			s.Path = "/"
 		}
+		if s.Expect == (StatusRange{}) {
+			s.Expect = DefaultExpect
+		}
 		s.Payload = nil
 	case UDP:
 		if len(s.Payload) == 0 {
@@ -109,9 +115,9 @@ func (s Spec) normalized() Spec {
 		// A copy: the caller may reuse its slice, and loops read it
 		// concurrently.
 		s.Payload = append([]byte(nil), s.Payload...)
-		s.Path, s.Host, s.Expect = "", "", 0
+		s.Path, s.Host, s.Expect = "", "", StatusRange{}
 	default:
-		s.Path, s.Host, s.Expect, s.Payload = "", "", 0, nil
+		s.Path, s.Host, s.Expect, s.Payload = "", "", StatusRange{}, nil
 	}
 	return s
 }
@@ -121,7 +127,7 @@ type specKey struct {
 	kind              Kind
 	target            netip.AddrPort
 	path, host        string
-	expect            int
+	expect            StatusRange
 	payload           string
 	interval, timeout time.Duration
 	rise, fall        int
@@ -132,4 +138,57 @@ func (s Spec) key() specKey {
 		kind: s.Kind, target: s.Target, path: s.Path, host: s.Host, expect: s.Expect,
 		payload: string(s.Payload), interval: s.Interval, timeout: s.Timeout, rise: s.Rise, fall: s.Fall,
 	}
+}
+
+// StatusRange is the HTTP statuses an http check takes for up: Lo to Hi,
+// both included.
+type StatusRange struct {
+	Lo, Hi int
+}
+
+// DefaultExpect is what an http check takes for up unless told otherwise:
+// any 2xx or 3xx (a redirect is an answer, and is not followed).
+var DefaultExpect = StatusRange{Lo: 200, Hi: 399}
+
+// ParseStatusRange reads "200-399" or a single status "200". The statuses
+// are 100-599 and LO <= HI.
+func ParseStatusRange(s string) (StatusRange, error) {
+	lo, hi, isRange := strings.Cut(strings.TrimSpace(s), "-")
+	r := StatusRange{}
+	var err error
+	if r.Lo, err = strconv.Atoi(strings.TrimSpace(lo)); err != nil {
+		return StatusRange{}, fmt.Errorf("expect %q: want an http status or a range like 200-399", s)
+	}
+	r.Hi = r.Lo
+	if isRange {
+		if r.Hi, err = strconv.Atoi(strings.TrimSpace(hi)); err != nil {
+			return StatusRange{}, fmt.Errorf("expect %q: want an http status or a range like 200-399", s)
+		}
+	}
+	if err := r.validate(); err != nil {
+		return StatusRange{}, err
+	}
+	return r, nil
+}
+
+func (r StatusRange) validate() error {
+	if r.Lo < 100 || r.Lo > 599 || r.Hi < 100 || r.Hi > 599 {
+		return fmt.Errorf("expect %s: want http statuses 100-599", r)
+	}
+	if r.Lo > r.Hi {
+		return fmt.Errorf("expect %s: the first status must not be above the last", r)
+	}
+	return nil
+}
+
+// Contains reports whether status is in r.
+func (r StatusRange) Contains(status int) bool { return r.Lo <= status && status <= r.Hi }
+
+// String writes r as ParseStatusRange reads it: "200-399", or "200" for a
+// range of one status.
+func (r StatusRange) String() string {
+	if r.Lo == r.Hi {
+		return strconv.Itoa(r.Lo)
+	}
+	return strconv.Itoa(r.Lo) + "-" + strconv.Itoa(r.Hi)
 }

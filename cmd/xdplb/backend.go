@@ -153,7 +153,10 @@ func (e *env) backendList(c *cli.Context) error {
 	if err != nil {
 		return apiError(c, err)
 	}
-	sort.SliceStable(bs, func(i, j int) bool {
+	sort.SliceStable(bs, func(i, j int) bool { // the fallback last
+		if bs[i].Fallback != bs[j].Fallback {
+			return bs[j].Fallback
+		}
 		return lessBackend(bs[i].Address, bs[i].Port, bs[j].Address, bs[j].Port)
 	})
 	if format == "json" {
@@ -167,7 +170,7 @@ func (e *env) backendList(c *cli.Context) error {
 	}
 	t := newTable(e.stdout, "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MAC")
 	for _, b := range bs {
-		t.row(backendString(b.Address, b.Port), strconv.FormatUint(uint64(b.Weight), 10),
+		t.row(backendString(b.Address, b.Port), weightString(b),
 			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), orDash(b.MAC))
 	}
 	return t.flush()
@@ -183,8 +186,17 @@ func writeNATBackends(w io.Writer, bs []api.BackendStatus) error {
 		if b.SNATAddr.IsValid() {
 			snat = b.SNATAddr.String()
 		}
-		t.row(backendString(b.Address, b.Port), strconv.FormatUint(uint64(b.Weight), 10),
+		t.row(backendString(b.Address, b.Port), weightString(b),
 			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), string(b.Mode), orDash(b.Iface), snat)
 	}
 	return t.flush()
+}
+
+// weightString is a backend's WEIGHT as `backend list` shows it: the
+// VIP's fallback has none, and is named instead.
+func weightString(b api.BackendStatus) string {
+	if b.Fallback {
+		return "fallback"
+	}
+	return strconv.FormatUint(uint64(b.Weight), 10)
 }

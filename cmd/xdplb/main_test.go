@@ -147,7 +147,7 @@ func TestUsageErrors(t *testing.T) {
 }
 
 func TestHelp(t *testing.T) {
-	for _, args := range [][]string{{}, {"--help"}, {"vip"}, {"vip", "add", "--help"}} {
+	for _, args := range [][]string{{}, {"--help"}, {"vip"}, {"vip", "add", "--help"}, {"vip", "set", "--help"}} {
 		r := runCLI(t, t.Context(), "", args...)
 		if r.code != 0 || r.stderr != "" || !strings.Contains(r.stdout, "USAGE") {
 			t.Errorf("xdplb %v: exit %d, stderr %q, stdout %q: want usage on stdout", args, r.code, r.stderr, r.stdout)
@@ -233,10 +233,10 @@ func TestVIPAddListDel(t *testing.T) {
 	if len(lines) != 4 {
 		t.Fatalf("vip list: want header and 3 rows, got\n%s", out)
 	}
-	for i, want := range []string{`^VIP\s+MODE\s+SCHEDULER\s+CHECK\s+ANNOUNCE\s+BACKENDS$`,
-		`^10\.0\.0\.100:53/udp\s+dr\s+maglev\s+\S.*\s+yes\s+0$`,
-		`^10\.0\.0\.100:80/tcp\s+dr\s+maglev\s+.*\s+auto\s+0$`,
-		`^\[2001:db8::1\]:443/tcp\s+dr\s+sh\s+http /healthz every 2s\s+no\s+0$`} {
+	for i, want := range []string{`^VIP\s+MODE\s+SCHEDULER\s+CHECK\s+ANNOUNCE\s+FLOWS\s+HALF-OPEN$`,
+		`^10\.0\.0\.100:53/udp\s+dr\s+maglev\s+\S.*\s+yes\s+0\s+0$`,
+		`^10\.0\.0\.100:80/tcp\s+dr\s+maglev\s+.*\s+auto\s+0\s+0$`,
+		`^\[2001:db8::1\]:443/tcp\s+dr\s+sh\s+http /healthz every 2s\s+no\s+0\s+0$`} {
 		if !regexp.MustCompile(want).MatchString(lines[i]) {
 			t.Errorf("vip list line %d = %q, want match %q", i, lines[i], want)
 		}
@@ -394,10 +394,27 @@ func TestBadInputs(t *testing.T) {
 		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "none", "--fall", "2"}, `--check none takes no other check flags`},
 		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "tcp", "--check-path", "/x"}, `--check-path needs --check http`},
 		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--announce", "--no-announce"}, `exclude each other`},
-		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--mode", "fullnat", "--snat-addr", "lb1"}, `vip add: --snat-addr "lb1": want an IPv4 or IPv6 address$`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--mode", "fullnat", "--snat-addr", "lb1"}, `vip add: --snat-addr "lb1": want an IPv4 or IPv6 address, or auto$`},
 		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--snat-addr", "10.0.2.1"}, `vip add: vip 10\.0\.0\.1:80/tcp: snat address 10\.0\.2\.1: only a fullnat vip has one \(mode is dr\)$`},
 		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--mode", "nat", "--snat-addr", "10.0.2.1"}, `only a fullnat vip has one \(mode is nat\)`},
 		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--mode", "fullnat", "--snat-addr", "2001:db8::1"}, `snat address 2001:db8::1: address family differs from the vip's`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "http", "--check-expect", "2xx"}, `vip add: --check-expect "2xx": want an http status or a range like 200-399$`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "http", "--check-expect", "399-200"}, `vip add: --check-expect 399-200: the first status must not be above the last$`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "http", "--check-expect", "200-600"}, `--check-expect 200-600: want http statuses 100-599$`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--check", "tcp", "--check-expect", "200"}, `--check-expect needs --check http`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--fallback", "sorry.example"}, `vip add: --fallback "sorry.example": want ADDR or ADDR:PORT, or none$`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--fallback", "10.0.0.99:8080"}, `vip add: vip 10\.0\.0\.1:80/tcp: fallback 10\.0\.0\.99:8080: dr mode cannot change the port`},
+		{[]string{"vip", "add", "10.0.0.1:80/tcp", "--fallback", "2001:db8::99"}, `fallback 2001:db8::99: address family differs from the vip's`},
+		{[]string{"vip", "set"}, `^xdplb: vip set: want ADDR:PORT/PROTO$`},
+		{[]string{"vip", "set", vip}, `^xdplb: vip set: nothing to change: give the options to change, as for vip add$`},
+		{[]string{"vip", "set", "10.0.0.100/tcp", "--scheduler", "sh"}, `vip set: vip "10.0.0.100/tcp"`},
+		{[]string{"vip", "set", vip, "--check-expect", "600"}, `vip set: --check-expect 600: want http statuses 100-599$`},
+		{[]string{"vip", "set", vip, "--check", "none", "--rise", "2"}, `vip set: --check none takes no other check flags`},
+		{[]string{"vip", "set", vip, "--check", "tcp", "--check-path", "/"}, `vip set: --check-path needs --check http`},
+		{[]string{"vip", "set", vip, "--check", "tcp", "--rise", "0"}, `vip set: --rise 0: want 1-100$`},
+		{[]string{"vip", "set", vip, "--fallback", "10.0.0"}, `vip set: --fallback "10.0.0"`},
+		{[]string{"vip", "set", vip, "--snat-addr", "lb1"}, `vip set: --snat-addr "lb1"`},
+		{[]string{"vip", "set", vip, "--announce", "--no-announce"}, `exclude each other`},
 		{[]string{"vip", "del"}, `vip del: want ADDR:PORT/PROTO`},
 		{[]string{"vip", "del", "nope"}, `vip del: vip "nope"`},
 		{[]string{"vip", "list", "-o", "yaml"}, `vip list: unknown output format "yaml": want table or json`},
@@ -823,6 +840,12 @@ func TestDaemonRefusesBadInputs(t *testing.T) {
 		{[]string{"backend", "add", "10.0.0.99:80/tcp", "10.0.0.13"}, `^xdplb: backend add: .*10\.0\.0\.99:80/tcp`},
 		{[]string{"backend", "add", vip, "10.0.0.13:8080"}, `^xdplb: backend add: .*port`},
 		{[]string{"backend", "set", vip, "10.0.0.19", "--drain"}, `^xdplb: backend set: .*10\.0\.0\.19`},
+		{[]string{"vip", "set", "10.0.0.99:80/tcp", "--scheduler", "sh"}, `^xdplb: vip set: vip 10\.0\.0\.99:80/tcp: not found$`},
+		{[]string{"vip", "set", vip, "--rise", "3"}, `^xdplb: vip set: vip 10\.0\.0\.100:80/tcp: healthcheck: the vip has no check to change: give its type too$`},
+		{[]string{"vip", "set", vip, "--scheduler", "rr"}, `^xdplb: vip set: vip 10\.0\.0\.100:80/tcp: scheduler rr is not supported yet: want maglev or sh$`},
+		{[]string{"vip", "set", vip, "--fallback", "10.0.0.11"}, `^xdplb: vip set: vip 10\.0\.0\.100:80/tcp: fallback 10\.0\.0\.11: is a backend of the vip too$`},
+		{[]string{"vip", "set", vip, "--check", "http", "--check-path", "healthz"}, `vip set: .*path "healthz": must start with /`},
+		{[]string{"vip", "set", vip, "--snat-addr", "10.0.2.1"}, `vip set: .*only a fullnat vip has one \(mode is dr\)`},
 		{[]string{"backend", "del", vip, "10.0.0.19"}, `^xdplb: backend del: .*10\.0\.0\.19`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -838,6 +861,8 @@ func TestDaemonRefusesBadInputs(t *testing.T) {
 	l.ok("backend", "add", "[2001:db8::100]:80/tcp", "2001:db8::11")
 	before = l.exported()
 	wantOneLineError(t, l.run("backend", "add", "[2001:db8::100]:80/tcp", "2001:db8::12"), exitError, `^xdplb: backend add: .*backends`)
+	// A fallback takes a backend id too.
+	wantOneLineError(t, l.run("vip", "set", vip, "--fallback", "10.0.0.98"), exitError, `^xdplb: vip set: .*backends`)
 	if after := l.exported(); after != before {
 		t.Errorf("state changed by refused inputs:\n%s\nwant\n%s", after, before)
 	}
@@ -860,10 +885,15 @@ func TestNATVIPs(t *testing.T) {
 
 	out := l.ok("vip", "list")
 	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
-	for i, re := range []string{`^VIP\s+MODE\s+SCHEDULER\s+CHECK\s+ANNOUNCE\s+BACKENDS\s+SNAT$`,
-		`^10\.0\.0\.100:80/tcp\s+nat\s+maglev\s+-\s+auto\s+2\s+-$`,
-		`^10\.0\.0\.101:443/tcp\s+fullnat\s+maglev\s+-\s+auto\s+1\s+10\.0\.2\.1$`,
-		`^\[2001:db8::1\]:53/udp\s+fullnat\s+maglev\s+-\s+auto\s+1\s+auto$`} {
+	for i, re := range []string{`^VIP\s+MODE\s+SCHEDULER\s+CHECK\s+ANNOUNCE\s+FLOWS\s+HALF-OPEN\s+SNAT$`,
+		`^10\.0\.0\.100:80/tcp\s+nat\s+maglev\s+-\s+auto\s+0\s+0\s+-$`,
+		`^  -> 10\.0\.1\.5:8080\s+weight 100\s+up\s+-\s+0\s+0\s+-$`,
+		`^  -> 10\.0\.1\.6\s+weight 100\s+up\s+-\s+0\s+0\s+-$`,
+		`^10\.0\.0\.101:443/tcp\s+fullnat\s+maglev\s+-\s+auto\s+0\s+0\s+10\.0\.2\.1$`,
+		`^  -> 10\.0\.1\.5:8443\s+weight 50\s+up\s+-\s+0\s+0\s+10\.0\.2\.1$`,
+		`^\[2001:db8::1\]:53/udp\s+fullnat\s+maglev\s+-\s+auto\s+0\s+0\s+auto$`,
+		// The address an "auto" VIP found, on its backends' lines.
+		`^  -> \[2001:db8:1::5\]:5353\s+weight 100\s+up\s+-\s+0\s+0\s+2001:db8:ffff::1$`} {
 		if i >= len(lines) || !regexp.MustCompile(re).MatchString(lines[i]) {
 			t.Fatalf("vip list line %d: want match %q in\n%s", i, re, out)
 		}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -75,10 +74,6 @@ func compareVIPID(a, b model.VIPID) int {
 		return int(a.Port) - int(b.Port)
 	}
 	return strings.Compare(string(a.Protocol), string(b.Protocol))
-}
-
-func sortVIPs(vips []model.VIP) {
-	sort.SliceStable(vips, func(i, j int) bool { return compareVIPID(vips[i].ID(), vips[j].ID()) < 0 })
 }
 
 func lessBackend(a netip.Addr, ap uint16, b netip.Addr, bp uint16) bool {

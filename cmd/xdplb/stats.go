@@ -117,6 +117,14 @@ func rate(prev, cur uint64, dt time.Duration) float64 {
 	return float64(cur-prev) / dt.Seconds()
 }
 
+// statsName is how `stats` names a backend: its fallback marked so.
+func statsName(b api.BackendStats) string {
+	if b.Fallback {
+		return backendString(b.Address, b.Port) + " (fallback)"
+	}
+	return backendString(b.Address, b.Port)
+}
+
 // statsTime is how a stats table writes a time: in the time's location.
 const statsTime = "2006-01-02 15:04:05 MST"
 
@@ -134,7 +142,7 @@ func writeStatsTable(w io.Writer, prev, cur api.Stats) error {
 	for _, v := range prev.VIPs {
 		old[counterKey{v.VIP, ""}] = v.CounterSet
 		for _, b := range v.Backends {
-			old[counterKey{v.VIP, backendString(b.Address, b.Port)}] = b.CounterSet
+			old[counterKey{v.VIP, statsName(b)}] = b.CounterSet
 		}
 	}
 
@@ -155,7 +163,7 @@ func writeStatsTable(w io.Writer, prev, cur api.Stats) error {
 	for _, v := range vips {
 		add(v.VIP, "", v.CounterSet)
 		for _, b := range v.Backends {
-			add(v.VIP, backendString(b.Address, b.Port), b.CounterSet)
+			add(v.VIP, statsName(b), b.CounterSet)
 		}
 	}
 	if err := t.flush(); err != nil {
@@ -199,7 +207,7 @@ func writeStatsTable(w io.Writer, prev, cur api.Stats) error {
 }
 
 // sortVIPStats orders VIPs as `vip list` does and each VIP's backends by
-// address; the strings that do not parse (none should) go last by name.
+// address, its fallback last; the strings that do not parse (none should) go last by name.
 func sortVIPStats(vips []api.VIPStats) {
 	sort.SliceStable(vips, func(i, j int) bool {
 		a, errA := model.ParseVIPID(vips[i].VIP)
@@ -215,7 +223,10 @@ func sortVIPStats(vips []api.VIPStats) {
 	})
 	for i := range vips {
 		bs := append([]api.BackendStats(nil), vips[i].Backends...)
-		sort.SliceStable(bs, func(x, y int) bool {
+		sort.SliceStable(bs, func(x, y int) bool { // the fallback last
+			if bs[x].Fallback != bs[y].Fallback {
+				return bs[y].Fallback
+			}
 			return lessBackend(bs[x].Address, bs[x].Port, bs[y].Address, bs[y].Port)
 		})
 		vips[i].Backends = bs

@@ -2,42 +2,42 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net/netip"
 	"slices"
+	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/xdplb/xdplb/control/api"
 	"github.com/xdplb/xdplb/control/model"
 )
 
 func (e *env) vipCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "vip",
-		Usage: "add, delete and list virtual services",
+		Usage: "add, change, delete and list virtual services",
 		Subcommands: []*cli.Command{
 			{
 				Name:      "add",
 				Usage:     "add a VIP",
 				ArgsUsage: "ADDR:PORT/PROTO",
-				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "mode", Usage: "forwarding mode: " + model.OneOf(model.Modes()), DefaultText: string(model.DefaultMode)},
-					&cli.StringFlag{Name: "scheduler", Usage: "scheduler of new flows: " + model.OneOf(model.Schedulers()), DefaultText: string(model.DefaultScheduler)},
-					&cli.StringFlag{Name: "check", Usage: "health check: tcp, http, udp or none"},
-					&cli.IntFlag{Name: "check-port", Usage: "port probed", DefaultText: "the backend's port"},
-					&cli.StringFlag{Name: "check-path", Usage: "HTTP path probed", DefaultText: "/"},
-					&cli.StringFlag{Name: "check-interval", Usage: "time between probes", DefaultText: model.DefaultCheckInterval.String()},
-					&cli.StringFlag{Name: "check-timeout", Usage: "probe timeout", DefaultText: model.DefaultCheckTimeout.String()},
-					&cli.IntFlag{Name: "rise", Usage: "successes before a backend is up", DefaultText: strconv.Itoa(model.DefaultRise)},
-					&cli.IntFlag{Name: "fall", Usage: "failures before a backend is down", DefaultText: strconv.Itoa(model.DefaultFall)},
-					&cli.BoolFlag{Name: "announce", Usage: "answer ARP/NDP for the VIP", DefaultText: "on inside an attached interface's subnet"},
-					&cli.BoolFlag{Name: "no-announce", Usage: "do not answer ARP/NDP for the VIP", DefaultText: "off"},
-					&cli.StringFlag{Name: "snat-addr", Usage: "fullnat: source address of the packets to the backends, an address of this host",
-						DefaultText: "the primary address of the interface toward the first backend"},
-					&cli.BoolFlag{Name: "force", Usage: "take the VIP even on an address of this host (its own connections to the port go to the VIP)"},
-				},
+				Flags: append(vipFlags(true),
+					&cli.BoolFlag{Name: "force", Usage: "take the VIP even on an address of this host (its own connections to the port go to the VIP)"}),
 				Action: e.vipAdd,
+			},
+			{
+				Name: "set",
+				Usage: "change options of a VIP; those not given stay as they are, and so do its open flows " +
+					"(a change of mode, or of a fullnat VIP's SNAT address, is refused while the VIP has open flows, " +
+					"and a removed or replaced fallback while it has: they would break)",
+				ArgsUsage: "ADDR:PORT/PROTO",
+				Flags: append(vipFlags(false),
+					&cli.BoolFlag{Name: "force", Usage: "change the mode, the SNAT address or the fallback even with open flows (they break)"}),
+				Action: e.vipSet,
 			},
 			{
 				Name:      "del",
@@ -50,7 +50,7 @@ func (e *env) vipCommand() *cli.Command {
 			},
 			{
 				Name:   "list",
-				Usage:  "list VIPs",
+				Usage:  "list VIPs, each with its backends and fallback, their weights, states and open flows",
 				Flags:  []cli.Flag{outputFlag()},
 				Action: e.vipList,
 			},
@@ -58,41 +58,54 @@ func (e *env) vipCommand() *cli.Command {
 	}
 }
 
+// vipFlags are the options of a VIP, the same for `vip add` and `vip set`:
+// add shows the defaults, set (which changes only what is given) says so.
+func vipFlags(add bool) []cli.Flag {
+	def := func(s string) string {
+		if add {
+			return s
+		}
+		return "unchanged"
+	}
+	snat, fallback := "ADDR or auto", "ADDR[:PORT], or none to remove it"
+	if add {
+		snat, fallback = "ADDR", "ADDR[:PORT]"
+	}
+	return []cli.Flag{
+		&cli.StringFlag{Name: "mode", Usage: "forwarding mode: " + model.OneOf(model.Modes()), DefaultText: def(string(model.DefaultMode))},
+		&cli.StringFlag{Name: "scheduler", Usage: "scheduler of new flows: " + model.OneOf(model.Schedulers()), DefaultText: def(string(model.DefaultScheduler))},
+		&cli.StringFlag{Name: "check", Usage: "health check: tcp, http, udp or none", DefaultText: def("none")},
+		&cli.IntFlag{Name: "check-port", Usage: "port probed", DefaultText: def("the backend's port")},
+		&cli.StringFlag{Name: "check-path", Usage: "HTTP path probed", DefaultText: def("/")},
+		&cli.StringFlag{Name: "check-expect", Usage: "HTTP statuses taken for up: LO-HI or one status, 100-599", DefaultText: def("200-399")},
+		&cli.StringFlag{Name: "check-interval", Usage: "time between probes", DefaultText: def(model.DefaultCheckInterval.String())},
+		&cli.StringFlag{Name: "check-timeout", Usage: "probe timeout", DefaultText: def(model.DefaultCheckTimeout.String())},
+		&cli.IntFlag{Name: "rise", Usage: "successes before a backend is up", DefaultText: def(strconv.Itoa(model.DefaultRise))},
+		&cli.IntFlag{Name: "fall", Usage: "failures before a backend is down", DefaultText: def(strconv.Itoa(model.DefaultFall))},
+		&cli.BoolFlag{Name: "announce", Usage: "answer ARP/NDP for the VIP", DefaultText: def("on inside an attached interface's subnet")},
+		&cli.BoolFlag{Name: "no-announce", Usage: "do not answer ARP/NDP for the VIP", DefaultText: def("off")},
+		&cli.StringFlag{Name: "snat-addr", Usage: "fullnat: source address of the packets to the backends, an address of this host: " + snat,
+			DefaultText: def("the primary address of the interface toward the first backend")},
+		&cli.StringFlag{Name: "fallback", Usage: "server that takes the new flows while no backend can (all down, drained or unresolved), " +
+			"reached as a backend; not health-checked: " + fallback, DefaultText: def("none")},
+	}
+}
+
 // vipFromFlags builds the VIP of `vip add` from its argument and flags,
 // checking everything that can be checked without the daemon.
 func vipFromFlags(c *cli.Context) (model.VIP, error) {
-	if err := wantArgs(c, 1, "ADDR:PORT/PROTO"); err != nil {
-		return model.VIP{}, err
-	}
-	id, err := model.ParseVIPID(c.Args().First())
+	id, err := vipArg(c, 1, "ADDR:PORT/PROTO")
 	if err != nil {
-		return model.VIP{}, usageError{withPath(c, err)}
+		return model.VIP{}, err
 	}
 	v := model.VIP{Address: id.Addr, Port: id.Port, Protocol: id.Protocol, Backends: []model.Backend{}}
-
-	v.Mode = model.Mode(c.String("mode"))
-	v.Scheduler = model.Scheduler(c.String("scheduler"))
-	if c.IsSet("snat-addr") {
-		a, err := netip.ParseAddr(c.String("snat-addr"))
-		if err != nil {
-			return model.VIP{}, usagef(c, "--snat-addr %q: want an IPv4 or IPv6 address", c.String("snat-addr"))
-		}
-		v.SNATAddr = a
-	}
-
-	if c.IsSet("announce") && c.IsSet("no-announce") {
-		return model.VIP{}, usagef(c, "--announce and --no-announce exclude each other")
-	}
-	if c.IsSet("announce") || c.IsSet("no-announce") {
-		on := c.IsSet("announce") && c.Bool("announce") || c.IsSet("no-announce") && !c.Bool("no-announce")
-		v.Announce = &on
-	}
-
-	hc, err := checkFromFlags(c)
+	p, err := vipPatchFromFlags(c, true)
 	if err != nil {
 		return model.VIP{}, err
 	}
-	v.HealthCheck = hc
+	if err := p.Apply(&v); err != nil {
+		return model.VIP{}, usageError{withPath(c, err)}
+	}
 	// The rules are the model's: what the daemon would refuse is a usage
 	// error here, before the daemon is asked.
 	check := v.Clone()
@@ -103,44 +116,112 @@ func vipFromFlags(c *cli.Context) (model.VIP, error) {
 	return v, nil
 }
 
-// checkFromFlags returns the health check given by the --check* flags, or
-// nil when none is given (the daemon's defaults apply).
-func checkFromFlags(c *cli.Context) (*model.HealthCheck, error) {
-	given := false
-	for _, f := range []string{"check", "check-port", "check-path", "check-interval", "check-timeout", "rise", "fall"} {
-		given = given || c.IsSet(f)
+// vipPatchFromFlags reads the VIP options given on the command line (add:
+// of `vip add`, which starts from no check) into a patch, checking their
+// form; the daemon checks the VIP they make.
+func vipPatchFromFlags(c *cli.Context, add bool) (model.VIPPatch, error) {
+	var p model.VIPPatch
+	if c.IsSet("mode") {
+		m := model.Mode(strings.ToLower(c.String("mode")))
+		p.Mode = &m
 	}
+	if c.IsSet("scheduler") {
+		s := model.Scheduler(strings.ToLower(c.String("scheduler")))
+		p.Scheduler = &s
+	}
+	if c.IsSet("snat-addr") {
+		var a netip.Addr // auto: none of its own
+		if s := c.String("snat-addr"); s != "auto" {
+			var err error
+			if a, err = netip.ParseAddr(s); err != nil {
+				return p, usagef(c, "--snat-addr %q: want an IPv4 or IPv6 address, or auto", s)
+			}
+		}
+		p.SNATAddr = &a
+	}
+	if c.IsSet("announce") && c.IsSet("no-announce") {
+		return p, usagef(c, "--announce and --no-announce exclude each other")
+	}
+	if c.IsSet("announce") || c.IsSet("no-announce") {
+		on := c.IsSet("announce") && c.Bool("announce") || c.IsSet("no-announce") && !c.Bool("no-announce")
+		p.Announce = &on
+	}
+	if c.IsSet("fallback") {
+		f := &model.Fallback{} // none: removed
+		if s := c.String("fallback"); s != "none" {
+			addr, port, err := model.ParseBackendAddr(s)
+			if err != nil {
+				return p, usagef(c, "--fallback %q: want ADDR or ADDR:PORT, or none", s)
+			}
+			f.Address, f.Port = addr, port
+		}
+		p.Fallback = f
+	}
+	hc, err := checkPatchFromFlags(c, add)
+	if err != nil {
+		return p, err
+	}
+	p.HealthCheck = hc
+	return p, nil
+}
+
+// checkFlags are the flags of a health check.
+var checkFlags = []string{"check", "check-port", "check-path", "check-expect", "check-interval", "check-timeout", "rise", "fall"}
+
+// checkPatchFromFlags returns the change of the health check that the
+// --check* flags give, or nil when none is given. add: the VIP has no
+// check yet, so its type is needed.
+func checkPatchFromFlags(c *cli.Context, add bool) (*model.HealthCheckPatch, error) {
+	given := slices.ContainsFunc(checkFlags, c.IsSet)
 	if !given {
 		return nil, nil
 	}
-	hc := &model.HealthCheck{Type: c.String("check"), Path: c.String("check-path")}
-	switch hc.Type {
-	case model.CheckTCP, model.CheckHTTP, model.CheckUDP:
-	case model.CheckNone:
-		if c.IsSet("check-port") || c.IsSet("check-path") || c.IsSet("check-interval") ||
-			c.IsSet("check-timeout") || c.IsSet("rise") || c.IsSet("fall") {
-			return nil, usagef(c, "--check none takes no other check flags")
+	hc := &model.HealthCheckPatch{}
+	if c.IsSet("check") {
+		t := strings.ToLower(c.String("check"))
+		switch t {
+		case model.CheckTCP, model.CheckHTTP, model.CheckUDP:
+		case model.CheckNone:
+			if slices.ContainsFunc(checkFlags[1:], c.IsSet) {
+				return nil, usagef(c, "--check none takes no other check flags")
+			}
+		default:
+			return nil, usagef(c, "unknown check %q: want tcp, http, udp or none", t)
 		}
-	case "":
+		hc.Type = &t
+	} else if add {
 		// Without a type the daemon would store "no check" and drop the
 		// other settings silently.
 		return nil, usagef(c, "check flags need --check tcp|http|udp")
-	default:
-		return nil, usagef(c, "unknown check %q: want tcp, http, udp or none", hc.Type)
 	}
-	if c.IsSet("check-path") && hc.Type != model.CheckHTTP {
-		return nil, usagef(c, "--check-path needs --check http")
+	http := !c.IsSet("check") || *hc.Type == model.CheckHTTP // set without --check: the daemon knows
+	for _, f := range []string{"check-path", "check-expect"} {
+		if c.IsSet(f) && !http {
+			return nil, usagef(c, "--%s needs --check http", f)
+		}
+	}
+	if c.IsSet("check-path") {
+		path := c.String("check-path")
+		hc.Path = &path
+	}
+	if c.IsSet("check-expect") {
+		e, err := model.ParseExpect(c.String("check-expect"))
+		if err != nil {
+			return nil, usagef(c, "--check-%s", err)
+		}
+		hc.Expect = &e
 	}
 	if c.IsSet("check-port") {
 		p := c.Int("check-port")
 		if p < 1 || p > 65535 {
 			return nil, usagef(c, "--check-port %d: want 1-65535", p)
 		}
-		hc.Port = uint16(p)
+		port := uint16(p)
+		hc.Port = &port
 	}
 	for _, d := range []struct {
 		flag string
-		dst  *model.Duration
+		dst  **model.Duration
 	}{{"check-interval", &hc.Interval}, {"check-timeout", &hc.Timeout}} {
 		if !c.IsSet(d.flag) {
 			continue
@@ -149,11 +230,12 @@ func checkFromFlags(c *cli.Context) (*model.HealthCheck, error) {
 		if err != nil {
 			return nil, err
 		}
-		*d.dst = model.Duration(v)
+		md := model.Duration(v)
+		*d.dst = &md
 	}
 	for _, n := range []struct {
 		flag string
-		dst  *int
+		dst  **int
 	}{{"rise", &hc.Rise}, {"fall", &hc.Fall}} {
 		if !c.IsSet(n.flag) {
 			continue
@@ -162,7 +244,7 @@ func checkFromFlags(c *cli.Context) (*model.HealthCheck, error) {
 		if v < 1 || v > model.MaxRiseFall {
 			return nil, usagef(c, "--%s %d: want 1-%d", n.flag, v, model.MaxRiseFall)
 		}
-		*n.dst = v
+		*n.dst = &v
 	}
 	return hc, nil
 }
@@ -186,6 +268,24 @@ func (e *env) vipAdd(c *cli.Context) error {
 		return err
 	}
 	if err := client(c).AddVIP(c.Context, v, c.Bool("force")); err != nil {
+		return apiError(c, err)
+	}
+	return nil
+}
+
+func (e *env) vipSet(c *cli.Context) error {
+	id, err := vipArg(c, 1, "ADDR:PORT/PROTO")
+	if err != nil {
+		return err
+	}
+	p, err := vipPatchFromFlags(c, false)
+	if err != nil {
+		return err
+	}
+	if p.IsZero() {
+		return usagef(c, "nothing to change: give the options to change, as for vip add")
+	}
+	if err := client(c).SetVIP(c.Context, id, p, c.Bool("force")); err != nil {
 		return apiError(c, err)
 	}
 	return nil
@@ -226,28 +326,61 @@ func (e *env) vipList(c *cli.Context) error {
 	if err != nil {
 		return apiError(c, err)
 	}
-	sortVIPs(vips)
+	sort.SliceStable(vips, func(i, j int) bool { return compareVIPID(vips[i].ID(), vips[j].ID()) < 0 })
 	if format == "json" {
 		if vips == nil {
-			vips = []model.VIP{}
+			vips = []api.VIPStatus{}
 		}
 		return writeJSON(e.stdout, vips)
 	}
-	// The SNAT column only when a VIP has a use for it: a DR or NAT
-	// listing stays as it always was.
-	snat := slices.ContainsFunc(vips, func(v model.VIP) bool { return v.Mode == model.ModeFullNAT })
-	header := []string{"VIP", "MODE", "SCHEDULER", "CHECK", "ANNOUNCE", "BACKENDS"}
+	return writeVIPTree(e.stdout, vips)
+}
+
+// writeVIPTree is the table of `vip list`, as `ipvsadm -Ln` shows one:
+// each VIP on a line with its open flows (its backends' summed), then one
+// line per backend, "-> ADDR", with its weight, state, last check result
+// and open flows, and its fallback last ("fallback" for a weight). The
+// SNAT column only when a VIP has a use for it: a VIP's own (auto: the
+// egress interface's) and, on its backends' lines, the one in use.
+func writeVIPTree(w io.Writer, vips []api.VIPStatus) error {
+	snat := slices.ContainsFunc(vips, func(v api.VIPStatus) bool { return v.Mode == model.ModeFullNAT })
+	header := []string{"VIP", "MODE", "SCHEDULER", "CHECK", "ANNOUNCE", "FLOWS", "HALF-OPEN"}
 	if snat {
 		header = append(header, "SNAT")
 	}
-	t := newTable(e.stdout, header...)
+	t := newTable(w, header...)
 	for _, v := range vips {
 		row := []string{v.ID().String(), orDash(string(v.Mode)), orDash(string(v.Scheduler)),
-			checkString(v.HealthCheck), announceString(v.Announce), strconv.Itoa(len(v.Backends))}
+			checkString(v.HealthCheck), announceString(v.Announce), strconv.Itoa(v.Flows), strconv.Itoa(v.HalfOpen)}
 		if snat {
-			row = append(row, snatString(v))
+			row = append(row, snatString(v.VIP))
 		}
 		t.row(row...)
+		bs := slices.Clone(v.Backends)
+		sort.SliceStable(bs, func(i, j int) bool {
+			return lessBackend(bs[i].Address, bs[i].Port, bs[j].Address, bs[j].Port)
+		})
+		if v.Fallback != nil {
+			bs = append(bs, *v.Fallback)
+		}
+		for _, b := range bs {
+			weight := weightString(b)
+			if !b.Fallback {
+				weight = "weight " + weight
+			}
+			row := []string{"  -> " + backendString(b.Address, b.Port), weight, orDash(b.State), orDash(b.Check), "",
+				strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen)}
+			if snat {
+				// The address the backend sees: the one found for an
+				// "auto" VIP.
+				a := "-"
+				if b.SNATAddr.IsValid() {
+					a = b.SNATAddr.String()
+				}
+				row = append(row, a)
+			}
+			t.row(row...)
+		}
 	}
 	return t.flush()
 }
@@ -272,6 +405,9 @@ func checkString(hc *model.HealthCheck) string {
 	s := hc.Type
 	if hc.Type == "http" && hc.Path != "" {
 		s += " " + hc.Path
+	}
+	if hc.Expect != "" {
+		s += " expect " + hc.Expect
 	}
 	if hc.Interval != 0 {
 		s += fmt.Sprintf(" every %s", hc.Interval)

@@ -99,10 +99,21 @@ func backendPath(id model.VIPID, addr netip.Addr, port uint16) string {
 	return vipPath(id) + "/backends/" + url.PathEscape(b)
 }
 
-// VIPs lists the configured VIPs.
-func (c *Client) VIPs(ctx context.Context) ([]model.VIP, error) {
-	var out []model.VIP
+// VIPs lists the configured VIPs with their backends' status.
+func (c *Client) VIPs(ctx context.Context) ([]VIPStatus, error) {
+	var out []VIPStatus
 	return out, c.do(ctx, http.MethodGet, "/v1/vips", nil, &out)
+}
+
+// SetVIP changes the options of a VIP. Without force the daemon refuses
+// (409, ErrHasFlows in the message) a change of mode, or of a fullnat
+// VIP's SNAT address, while the VIP has open flows: they would break.
+func (c *Client) SetVIP(ctx context.Context, id model.VIPID, p model.VIPPatch, force bool) error {
+	path := vipPath(id)
+	if force {
+		path += "?force=true"
+	}
+	return c.do(ctx, http.MethodPatch, path, p, nil)
 }
 
 // AddVIP adds a VIP; force takes an address of the LB host (model.ErrOwnAddress).

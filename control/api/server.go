@@ -34,8 +34,8 @@ const maxBody = 64 << 20
 // ErrDaemonRunning is returned when another daemon answers on the socket.
 var ErrDaemonRunning = errors.New("another daemon is running")
 
-// ErrHasFlows is why a VIP or backend that still has open flows is not deleted
-// without force (409).
+// ErrHasFlows is why a VIP or backend that still has open flows is not
+// deleted without force, nor a VIP's mode changed under them (409).
 var ErrHasFlows = errors.New("open flows")
 
 // hasFlowsError is an ErrHasFlows whose text is the message alone.
@@ -71,6 +71,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/vips", s.listVIPs)
 	mux.HandleFunc("POST /v1/vips", s.addVIP)
+	mux.HandleFunc("PATCH /v1/vips/{vip}", s.setVIP)
 	mux.HandleFunc("DELETE /v1/vips/{vip}", s.deleteVIP)
 	mux.HandleFunc("GET /v1/vips/{vip}/backends", s.listBackends)
 	mux.HandleFunc("POST /v1/vips/{vip}/backends", s.addBackend)
@@ -235,10 +236,41 @@ func (s *Server) applied(r *http.Request) {
 
 func (s *Server) listVIPs(w http.ResponseWriter, r *http.Request) {
 	vips := s.Store.State().VIPs
-	if vips == nil {
-		vips = []model.VIP{}
+	flows, err := s.Datapath.FlowCountsByBackend()
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("count flows: %w", err))
+		return
 	}
-	writeJSON(w, http.StatusOK, vips)
+	out := make([]VIPStatus, 0, len(vips))
+	for _, v := range vips {
+		out = append(out, s.vipStatus(v, flows))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// vipStatus is v with its backends' and fallback's status.
+func (s *Server) vipStatus(v model.VIP, flows map[uint32]loader.FlowCount) VIPStatus {
+	id := v.ID()
+	var snat netip.Addr
+	if s.Reconciler != nil {
+		snat, _ = s.Reconciler.SNATAddr(id)
+	}
+	vs := VIPStatus{VIP: v, Backends: make([]BackendStatus, 0, len(v.Backends))}
+	vs.VIP.Backends, vs.VIP.Fallback = nil, nil // shadowed by the statuses
+	add := func(bs BackendStatus) BackendStatus {
+		bs.Mode, bs.SNATAddr = v.Mode, snat
+		vs.Flows += bs.Flows
+		vs.HalfOpen += bs.HalfOpen
+		return bs
+	}
+	for _, b := range v.Backends {
+		vs.Backends = append(vs.Backends, add(s.backendStatus(id, b, flows)))
+	}
+	if v.Fallback != nil {
+		fb := add(s.fallbackStatus(id, *v.Fallback, flows))
+		vs.Fallback = &fb
+	}
+	return vs
 }
 
 func (s *Server) addVIP(w http.ResponseWriter, r *http.Request) {
@@ -261,6 +293,104 @@ func (s *Server) addVIP(w http.ResponseWriter, r *http.Request) {
 	s.log().Info("vip added by api", "vip", v.ID(), "force", force)
 	s.applied(r)
 	w.WriteHeader(http.StatusCreated)
+}
+
+// setVIP changes a VIP's options. A change of its mode, or of a fullnat
+// VIP's SNAT address, breaks its open flows (their packets would be
+// forwarded or translated otherwise than the backend and client expect):
+// refused while it has any, unless ?force=true.
+func (s *Server) setVIP(w http.ResponseWriter, r *http.Request) {
+	id, err := pathVIP(r)
+	force := false
+	if err == nil {
+		force, err = forceParam(r)
+	}
+	var p model.VIPPatch
+	if err == nil {
+		err = decode(w, r, &p)
+	}
+	if err == nil && !force {
+		err = s.checkPatchKeepsFlows(id, p)
+	}
+	if err == nil {
+		err = s.Store.SetVIP(id, p)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log().Info("vip changed by api", "vip", id, "force", force)
+	s.applied(r)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// checkPatchKeepsFlows returns an ErrHasFlows error when p changes the
+// mode of VIP id, or the SNAT address its fullnat flows were translated
+// with, while it has open flows; or removes or replaces its fallback
+// while the fallback has open flows (they would be placed again, as a
+// deleted backend's are). Every other option leaves them as they are: the
+// VIP keeps its id, its backends their ids and entries.
+func (s *Server) checkPatchKeepsFlows(id model.VIPID, p model.VIPPatch) error {
+	if s.Reconciler == nil || p.Mode == nil && p.SNATAddr == nil && p.Fallback == nil {
+		return nil
+	}
+	cur, err := s.Store.VIP(id)
+	if err != nil {
+		return err
+	}
+	next := cur.Clone()
+	if err := p.Apply(&next); err != nil {
+		return err
+	}
+	model.NormalizeVIP(&next)
+	var what string
+	affected := &cur // whose flows break
+	switch snat, _ := s.Reconciler.SNATAddr(id); {
+	case next.Mode != cur.Mode:
+		what = fmt.Sprintf("changing its mode from %s to %s", cur.Mode, next.Mode)
+	case next.Mode == model.ModeFullNAT && next.SNATAddr != cur.SNATAddr && (!next.SNATAddr.IsValid() || next.SNATAddr != snat):
+		what = "changing its SNAT address"
+	case cur.Fallback != nil && (next.Fallback == nil || *next.Fallback != *cur.Fallback):
+		what = fmt.Sprintf("removing its fallback %s", cur.Fallback)
+		if next.Fallback != nil {
+			what = fmt.Sprintf("replacing its fallback %s", cur.Fallback)
+		}
+		affected = &model.VIP{Address: cur.Address, Port: cur.Port, Protocol: cur.Protocol, Fallback: cur.Fallback}
+	default:
+		return nil
+	}
+	c, err := s.vipFlows(affected)
+	if err != nil || c.Open() == 0 {
+		return err
+	}
+	return &hasFlowsError{fmt.Sprintf("vip %s: %s breaks its %s: wait for them to end, or use --force", id, what, openFlows(c))}
+}
+
+// vipFlows counts the open flows of v's backends and fallback.
+func (s *Server) vipFlows(v *model.VIP) (loader.FlowCount, error) {
+	id := v.ID()
+	var bids []uint32
+	for _, b := range v.Backends {
+		if bi, ok := s.Reconciler.Backend(id, b.Address, b.Port); ok && bi.ID != 0 {
+			bids = append(bids, bi.ID)
+		}
+	}
+	if fi, ok := s.Reconciler.Fallback(id); v.Fallback != nil && ok && fi.ID != 0 {
+		bids = append(bids, fi.ID)
+	}
+	var sum loader.FlowCount
+	if len(bids) == 0 {
+		return sum, nil // never written to the data plane: no flows
+	}
+	flows, err := s.Datapath.FlowCountsByBackend()
+	if err != nil {
+		return sum, fmt.Errorf("count flows: %w", err)
+	}
+	for _, bid := range bids {
+		sum.Established += flows[bid].Established
+		sum.HalfOpen += flows[bid].HalfOpen
+	}
+	return sum, nil
 }
 
 // deleteVIP refuses, unless ?force=true, to delete a VIP whose backends
@@ -307,13 +437,37 @@ func (s *Server) listBackends(w http.ResponseWriter, r *http.Request) {
 	if s.Reconciler != nil {
 		snat, _ = s.Reconciler.SNATAddr(id)
 	}
-	out := make([]BackendStatus, 0, len(v.Backends))
+	out := make([]BackendStatus, 0, len(v.Backends)+1)
 	for _, b := range v.Backends {
 		bs := s.backendStatus(id, b, flows)
 		bs.Mode, bs.SNATAddr = v.Mode, snat
 		out = append(out, bs)
 	}
+	if v.Fallback != nil {
+		bs := s.fallbackStatus(id, *v.Fallback, flows)
+		bs.Mode, bs.SNATAddr = v.Mode, snat
+		out = append(out, bs)
+	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// fallbackStatus is the status of a VIP's fallback server: it has no
+// weight and no check.
+func (s *Server) fallbackStatus(id model.VIPID, f model.Fallback, flows map[uint32]loader.FlowCount) BackendStatus {
+	bs := BackendStatus{Backend: model.Backend{Address: f.Address, Port: f.Port}, Fallback: true, State: model.BackendUnresolved}
+	if s.Reconciler == nil {
+		return bs
+	}
+	if fi, ok := s.Reconciler.Fallback(id); ok {
+		bs.State, bs.Iface, bs.Reason = fi.State, fi.Iface, fi.Reason
+		if fi.MAC != nil {
+			bs.MAC = fi.MAC.String()
+		}
+		if fi.ID != 0 {
+			bs.Flows, bs.HalfOpen = flows[fi.ID].Established, flows[fi.ID].HalfOpen
+		}
+	}
+	return bs
 }
 
 func (s *Server) backendStatus(id model.VIPID, b model.Backend, flows map[uint32]loader.FlowCount) BackendStatus {
@@ -449,8 +603,8 @@ func forceParam(r *http.Request) (bool, error) {
 	return force, nil
 }
 
-// checkVIPNoFlows returns an ErrHasFlows error when any backend of the VIP
-// has open flows in the connection table.
+// checkVIPNoFlows returns an ErrHasFlows error when any backend of the VIP,
+// or its fallback, has open flows in the connection table.
 func (s *Server) checkVIPNoFlows(id model.VIPID) error {
 	if s.Reconciler == nil {
 		return nil
@@ -459,23 +613,9 @@ func (s *Server) checkVIPNoFlows(id model.VIPID) error {
 	if err != nil {
 		return err
 	}
-	var ids []uint32
-	for _, b := range v.Backends {
-		if bi, ok := s.Reconciler.Backend(id, b.Address, b.Port); ok && bi.ID != 0 {
-			ids = append(ids, bi.ID)
-		}
-	}
-	if len(ids) == 0 {
-		return nil // nothing in the data plane: no flows
-	}
-	flows, err := s.Datapath.FlowCountsByBackend()
+	sum, err := s.vipFlows(&v)
 	if err != nil {
-		return fmt.Errorf("count flows: %w", err)
-	}
-	var sum loader.FlowCount
-	for _, bid := range ids {
-		sum.Established += flows[bid].Established
-		sum.HalfOpen += flows[bid].HalfOpen
+		return err
 	}
 	if sum.Open() > 0 {
 		return &hasFlowsError{fmt.Sprintf("vip %s still has %s: drain its backends and wait, or use --force", id, openFlows(sum))}

@@ -13,7 +13,8 @@ import (
 	"github.com/xdplb/xdplb/control/reconcile"
 )
 
-// snapshot reads the counters of every VIP and backend of st, the XDP
+// snapshot reads the counters of every VIP and backend of st (a VIP's
+// fallback last among its backends, marked), the XDP
 // actions and the drops from dp, interfaces named by ifname: what `xdplb
 // stats` shows and /metrics exports, read once, in one place. A read that fails leaves its part out
 // and is reported; the rest is still there (the metrics serve it).
@@ -53,8 +54,12 @@ func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (S
 			vs.CounterSet, vs.mapped, vs.id = CounterSet{Packets: c.Packets, Bytes: c.Bytes, Flows: c.Flows}, true, meta.ID
 			vs.ICMPErrors = c.ICMPErrors
 		}
-		for _, b := range v.Backends {
-			bst := BackendStats{Address: b.Address, Port: b.Port}
+		bs := v.Backends
+		if v.Fallback != nil {
+			bs = append(slices.Clip(bs), v.Fallback.Backend())
+		}
+		for i, b := range bs {
+			bst := BackendStats{Address: b.Address, Port: b.Port, Fallback: i == len(v.Backends)}
 			if id, ok := byRef[ref{meta.ID, b.Address.Unmap(), b.Port}]; inMaps && ok && bc != nil {
 				c := bc[id]
 				bst.CounterSet, bst.mapped, bst.id = CounterSet{Packets: c.Packets, Bytes: c.Bytes, Flows: c.Flows}, true, id

@@ -15,10 +15,11 @@ import (
 // Routes (HTTP on the unix socket; {vip} is "ADDR:PORT/PROTO" and {backend}
 // is "ADDR" or "ADDR:PORT", both path-escaped):
 //
-//	GET    /v1/vips                          -> []VIP
+//	GET    /v1/vips                          -> []VIPStatus
 //	POST   /v1/vips                   VIP    -> 201
+//	PATCH  /v1/vips/{vip}[?force=true] VIPPatch -> 204; 409 when a mode or SNAT address change would break open flows, unless forced
 //	DELETE /v1/vips/{vip}                    -> 204
-//	GET    /v1/vips/{vip}/backends           -> []BackendStatus
+//	GET    /v1/vips/{vip}/backends           -> []BackendStatus (the fallback last, marked)
 //	POST   /v1/vips/{vip}/backends    Backend      -> 201
 //	PATCH  /v1/vips/{vip}/backends/{backend} BackendPatch -> 204
 //	DELETE /v1/vips/{vip}/backends/{backend}[?force=true] -> 204; 409 while it has open flows, unless forced
@@ -37,11 +38,26 @@ type APIError struct {
 	Error string `json:"error"`
 }
 
+// VIPStatus is a VIP with what the daemon knows of it now: its backends
+// and fallback with their status, and its open flows (theirs summed). Its
+// JSON is the VIP's with fields added, so a reader of []VIP reads it.
+type VIPStatus struct {
+	model.VIP
+	Backends []BackendStatus `json:"backends"`
+	Fallback *BackendStatus  `json:"fallback,omitempty"`
+	Flows    int             `json:"flows"`
+	HalfOpen int             `json:"half_open"`
+}
+
 // BackendStatus is a backend with what the daemon knows of it now.
 type BackendStatus struct {
 	model.Backend
-	State string `json:"state"`
-	MAC   string `json:"mac,omitempty"`
+	// Fallback: this is the VIP's fallback server, not one of its
+	// backends; its State is model.FallbackActive, FallbackStandby or
+	// BackendUnresolved, and it has no weight.
+	Fallback bool   `json:"fallback,omitempty"`
+	State    string `json:"state"`
+	MAC      string `json:"mac,omitempty"`
 	// Open flows in the connection table that point at it: established
 	// ones, and half-open ones (only their opening seen: a SYN the
 	// backend may have refused), which end within --half-open-timeout.
@@ -69,8 +85,9 @@ type CounterSet struct {
 
 // BackendStats are the counters of one backend of a VIP.
 type BackendStats struct {
-	Address netip.Addr `json:"address"`
-	Port    uint16     `json:"port,omitempty"`
+	Address  netip.Addr `json:"address"`
+	Port     uint16     `json:"port,omitempty"`
+	Fallback bool       `json:"fallback,omitempty"` // the VIP's fallback server
 	CounterSet
 	mapped bool   // the backend has an entry in the maps
 	id     uint32 // its id there, when mapped

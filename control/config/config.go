@@ -33,6 +33,7 @@ type vipDoc struct {
 	Scheduler   model.Scheduler    `yaml:"scheduler,omitempty"`
 	Announce    *bool              `yaml:"announce,omitempty"`
 	HealthCheck *model.HealthCheck `yaml:"healthcheck,omitempty"`
+	Fallback    *model.Fallback    `yaml:"fallback,omitempty"`
 	Backends    []backendDoc       `yaml:"backends"`
 }
 
@@ -75,7 +76,7 @@ func Parse(b []byte) (model.State, error) {
 	s := model.State{VIPs: make([]model.VIP, 0, len(doc.VIPs))}
 	for _, d := range doc.VIPs {
 		v := model.VIP{Address: d.Address, Port: d.Port, Protocol: d.Protocol, Mode: d.Mode,
-			Scheduler: d.Scheduler, Announce: d.Announce, HealthCheck: d.HealthCheck,
+			Scheduler: d.Scheduler, Announce: d.Announce, HealthCheck: d.HealthCheck, Fallback: d.Fallback,
 			Backends: make([]model.Backend, 0, len(d.Backends))}
 		if d.SNATAddr != nil {
 			v.SNATAddr = *d.SNATAddr
@@ -102,7 +103,7 @@ func Marshal(s model.State) ([]byte, error) {
 	doc := document{VIPs: make([]vipDoc, 0, len(s.VIPs))}
 	for _, v := range s.VIPs {
 		d := vipDoc{Address: v.Address, Port: v.Port, Protocol: v.Protocol, Mode: v.Mode,
-			Scheduler: v.Scheduler, Announce: v.Announce, HealthCheck: v.HealthCheck,
+			Scheduler: v.Scheduler, Announce: v.Announce, HealthCheck: v.HealthCheck, Fallback: v.Fallback,
 			Backends: make([]backendDoc, len(v.Backends))}
 		if v.SNATAddr.IsValid() {
 			d.SNATAddr = &v.SNATAddr

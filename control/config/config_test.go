@@ -167,7 +167,7 @@ func TestConfigRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(in, testutil.RoundTripState()) {
 		t.Fatal("MarshalState changed its argument")
 	}
-	for _, s := range []string{"[2001:db8::100]", "2001:db8::100", "interval: 1.5s", "timeout: 250ms", "weight: 0", "drain: true", "announce: false"} {
+	for _, s := range []string{"[2001:db8::100]", "2001:db8::100", "interval: 1.5s", "timeout: 250ms", "expect: 200-299", "fallback:", "address: 10.200.0.99", "address: 10.201.0.99\n      port: 8081", "weight: 0", "drain: true", "announce: false"} {
 		if s == "[2001:db8::100]" {
 			if strings.Contains(string(out), s) {
 				t.Errorf("address written with brackets:\n%s", out)

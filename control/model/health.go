@@ -54,6 +54,9 @@ func checkSpec(v *VIP, hc HealthCheck, b Backend) healthcheck.Spec {
 	}
 	if hc.Type == CheckHTTP {
 		s.Path = hc.Path
+		// Validated already (validateCheck); a bad range here probes
+		// with the default rather than not at all.
+		s.Expect, _ = healthcheck.ParseStatusRange(hc.Expect)
 		s.Host = netip.AddrPortFrom(v.Address.Unmap(), v.Port).String()
 	}
 	return s

@@ -5,6 +5,7 @@
 package model
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -77,9 +78,12 @@ type Duration time.Duration
 
 // HealthCheck configures the active probes of a VIP's backends.
 type HealthCheck struct {
-	Type     string   `json:"type,omitempty" yaml:"type,omitempty"` // tcp|http|udp|none
-	Port     uint16   `json:"port,omitempty" yaml:"port,omitempty"`
-	Path     string   `json:"path,omitempty" yaml:"path,omitempty"`
+	Type string `json:"type,omitempty" yaml:"type,omitempty"` // tcp|http|udp|none
+	Port uint16 `json:"port,omitempty" yaml:"port,omitempty"`
+	Path string `json:"path,omitempty" yaml:"path,omitempty"`
+	// Expect is the HTTP statuses an http check takes for up, "LO-HI" or
+	// one status; empty: 200-399 (healthcheck.DefaultExpect).
+	Expect   string   `json:"expect,omitempty" yaml:"expect,omitempty"`
 	Interval Duration `json:"interval,omitempty" yaml:"interval,omitempty"`
 	Timeout  Duration `json:"timeout,omitempty" yaml:"timeout,omitempty"`
 	Rise     int      `json:"rise,omitempty" yaml:"rise,omitempty"`
@@ -110,8 +114,28 @@ type VIP struct {
 	Scheduler   Scheduler    `json:"scheduler,omitempty" yaml:"scheduler,omitempty"`
 	Announce    *bool        `json:"announce,omitempty" yaml:"announce,omitempty"` // nil: on when inside an attached subnet
 	HealthCheck *HealthCheck `json:"healthcheck,omitempty" yaml:"healthcheck,omitempty"`
-	Backends    []Backend    `json:"backends" yaml:"backends"`
+	// Fallback (nil: none) takes the VIP's new flows while none of its
+	// backends can: all down, drained or unresolved, or none configured.
+	Fallback *Fallback `json:"fallback,omitempty" yaml:"fallback,omitempty"`
+	Backends []Backend `json:"backends" yaml:"backends"`
 }
+
+// Fallback is a VIP's "sorry" server: a server of the VIP's mode, reached
+// as its backends are (a DR fallback on a connected subnet and holding the
+// VIP, a NAT one by route), that is not one of its backends. It is not
+// health-checked: a sorry server often answers every request with a 503,
+// which the VIP's check would take for down.
+type Fallback struct {
+	Address netip.Addr `json:"address" yaml:"address"`
+	Port    uint16     `json:"port,omitempty" yaml:"port,omitempty"` // 0: the VIP's port
+}
+
+// Backend is the fallback as a backend of the VIP: it names it in the
+// maps, the network's answers and the checks of the host's addresses.
+func (f Fallback) Backend() Backend { return Backend{Address: f.Address, Port: f.Port, Weight: 1} }
+
+// String is how a fallback is named: "ADDR" or "ADDR:PORT".
+func (f Fallback) String() string { return BackendName(f.Address, f.Port) }
 
 // State is the whole desired state: what `export` prints and `apply` takes.
 type State struct {
@@ -200,12 +224,139 @@ func (p BackendPatch) Apply(b *Backend) {
 	}
 }
 
+// VIPPatch changes the options of a VIP (not its backends); nil fields
+// stay as they are. `vip set` sends one.
+type VIPPatch struct {
+	Mode      *Mode      `json:"mode,omitempty"`
+	Scheduler *Scheduler `json:"scheduler,omitempty"`
+	// SNATAddr: the invalid address (JSON "") is none: a fullnat VIP takes
+	// the egress interface's.
+	SNATAddr    *netip.Addr       `json:"snat_addr,omitempty"`
+	Announce    *bool             `json:"announce,omitempty"`
+	HealthCheck *HealthCheckPatch `json:"healthcheck,omitempty"`
+	// Fallback: an invalid address removes the fallback.
+	Fallback *Fallback `json:"fallback,omitempty"`
+}
+
+// HealthCheckPatch changes a VIP's health check; nil fields stay as they
+// are. Type "none" removes the check, and takes no other field.
+type HealthCheckPatch struct {
+	Type     *string   `json:"type,omitempty"`
+	Port     *uint16   `json:"port,omitempty"`
+	Path     *string   `json:"path,omitempty"`
+	Expect   *string   `json:"expect,omitempty"`
+	Interval *Duration `json:"interval,omitempty"`
+	Timeout  *Duration `json:"timeout,omitempty"`
+	Rise     *int      `json:"rise,omitempty"`
+	Fall     *int      `json:"fall,omitempty"`
+}
+
+// IsZero reports whether p changes nothing.
+func (p VIPPatch) IsZero() bool {
+	return p.Mode == nil && p.Scheduler == nil && p.SNATAddr == nil && p.Announce == nil &&
+		(p.HealthCheck == nil || p.HealthCheck.IsZero()) && p.Fallback == nil
+}
+
+// IsZero reports whether p changes nothing.
+func (p HealthCheckPatch) IsZero() bool { return p == HealthCheckPatch{} }
+
+// Apply makes the change on v; v is then to be normalized and validated.
+// The error (ErrInvalid) is a change that cannot be made whatever the
+// values: settings of a check that v does not have.
+func (p VIPPatch) Apply(v *VIP) error {
+	if p.Mode != nil {
+		v.Mode = *p.Mode
+	}
+	if p.Scheduler != nil {
+		v.Scheduler = *p.Scheduler
+	}
+	if p.SNATAddr != nil {
+		v.SNATAddr = *p.SNATAddr
+	}
+	if p.Announce != nil {
+		a := *p.Announce
+		v.Announce = &a
+	}
+	if p.Fallback != nil {
+		if p.Fallback.Address.IsValid() {
+			f := *p.Fallback
+			v.Fallback = &f
+		} else {
+			v.Fallback = nil
+		}
+	}
+	if p.HealthCheck != nil && !p.HealthCheck.IsZero() {
+		hc, err := p.HealthCheck.apply(v.HealthCheck)
+		if err != nil {
+			return Invalidf("vip %s: healthcheck: %s", v.ID(), err)
+		}
+		v.HealthCheck = hc
+	}
+	return nil
+}
+
+// apply returns the check hc (nil: none) changed by p. A new type starts
+// from that type's defaults but keeps the timing (port, interval,
+// timeout, rise, fall) of the check it replaces.
+func (p HealthCheckPatch) apply(hc *HealthCheck) (*HealthCheck, error) {
+	var out HealthCheck
+	has := hc != nil && hc.Type != "" && hc.Type != CheckNone
+	if has {
+		out = *hc
+	}
+	if p.Type != nil {
+		t := strings.ToLower(*p.Type)
+		if t == CheckNone || t == "" {
+			if p != (HealthCheckPatch{Type: p.Type}) {
+				return nil, errors.New("a check of type none takes no other setting")
+			}
+			return &HealthCheck{Type: CheckNone}, nil
+		}
+		if t != out.Type {
+			// What only the old type had goes: an http path and statuses
+			// mean nothing to a tcp check.
+			out.Type, out.Path, out.Expect = t, "", ""
+		}
+	} else if !has {
+		return nil, errors.New("the vip has no check to change: give its type too")
+	}
+	if p.Port != nil {
+		out.Port = *p.Port
+	}
+	if p.Path != nil {
+		out.Path = *p.Path
+	}
+	if p.Expect != nil {
+		out.Expect = *p.Expect
+	}
+	if p.Interval != nil {
+		out.Interval = *p.Interval
+	}
+	if p.Timeout != nil {
+		out.Timeout = *p.Timeout
+	}
+	if p.Rise != nil {
+		out.Rise = *p.Rise
+	}
+	if p.Fall != nil {
+		out.Fall = *p.Fall
+	}
+	return &out, nil
+}
+
 // Backend states shown by `backend list`.
 const (
 	BackendUp         = "up"
 	BackendDraining   = "draining"   // weight 0 or drain: open flows only
 	BackendUnresolved = "unresolved" // dr: no neighbour entry (MAC) yet; nat: no route through an attached interface
 	BackendDown       = "down"       // failed health checks
+)
+
+// States of a VIP's fallback, shown by `backend list` and `vip list`
+// (BackendUnresolved too).
+const (
+	FallbackActive  = "active"  // takes the new flows: no backend can
+	FallbackStandby = "standby" // takes none: a backend can; its open flows continue
 )
 
 // BackendState is what `backend list` shows: draining wins over down (the
@@ -280,6 +431,10 @@ func (v VIP) Clone() VIP {
 	if v.HealthCheck != nil {
 		hc := *v.HealthCheck
 		out.HealthCheck = &hc
+	}
+	if v.Fallback != nil {
+		f := *v.Fallback
+		out.Fallback = &f
 	}
 	if v.Backends != nil {
 		out.Backends = append([]Backend{}, v.Backends...)

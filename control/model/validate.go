@@ -112,6 +112,12 @@ func NormalizeVIP(v *VIP) {
 	if v.HealthCheck != nil {
 		normalizeCheck(v.HealthCheck)
 	}
+	if f := v.Fallback; f != nil {
+		f.Address = f.Address.Unmap()
+		if f.Port == v.Port {
+			f.Port = 0
+		}
+	}
 	if v.Backends == nil {
 		v.Backends = []Backend{}
 	}
@@ -152,6 +158,23 @@ func normalizeCheck(hc *HealthCheck) {
 	if hc.Type == CheckHTTP && hc.Path == "" {
 		hc.Path = "/"
 	}
+	// One spelling of a range ("200 - 299" is "200-299"); a bad one stays
+	// as written, for Validate to name.
+	if hc.Expect != "" {
+		if e, err := ParseExpect(hc.Expect); err == nil {
+			hc.Expect = e
+		}
+	}
+}
+
+// ParseExpect reads the statuses an http check takes for up, "LO-HI" or
+// one status (100-599, LO <= HI), and returns them in their one spelling.
+func ParseExpect(s string) (string, error) {
+	r, err := healthcheck.ParseStatusRange(s)
+	if err != nil {
+		return "", err
+	}
+	return r.String(), nil
 }
 
 // Validate checks a normalized state (see Normalize; empty fields that
@@ -192,6 +215,9 @@ func CheckCapacity(s State, maxVIPs, maxBackends uint32) error {
 	total := 0
 	for i := range s.VIPs {
 		total += len(s.VIPs[i].Backends)
+		if s.VIPs[i].Fallback != nil {
+			total++ // it has an entry, as a backend
+		}
 	}
 	if maxBackends > 0 && total > int(maxBackends)-1 {
 		return Invalidf("%d backends in all vips: at most %d fit in the data plane", total, int(maxBackends)-1)
@@ -270,6 +296,38 @@ func ValidateVIP(v *VIP, index int) error {
 		}
 		seen[k] = true
 	}
+	if f := v.Fallback; f != nil {
+		if err := validateFallback(v, *f); err != nil {
+			return Invalidf("vip %s: fallback %s: %s", name, f, err)
+		}
+		port := f.Port
+		if port == 0 {
+			port = v.Port
+		}
+		if seen[bkey{f.Address.Unmap(), port}] {
+			return Invalidf("vip %s: fallback %s: is a backend of the vip too", name, f)
+		}
+	}
+	return nil
+}
+
+// validateFallback checks the fallback f of v by the rules of v's
+// backends; whether it is one of them is the caller's question.
+func validateFallback(v *VIP, f Fallback) error {
+	addr := f.Address.Unmap()
+	switch {
+	case !addr.IsValid():
+		return errors.New("address is missing or malformed")
+	case addr.Is4() != v.Address.Unmap().Is4():
+		return errors.New("address family differs from the vip's")
+	case addr == v.Address.Unmap():
+		return errors.New("is the vip address")
+	case v.Mode == ModeDR && f.Port != 0 && f.Port != v.Port:
+		return fmt.Errorf("dr mode cannot change the port: use the vip port %d or none", v.Port)
+	}
+	if err := checkAddr(addr); err != nil {
+		return fmt.Errorf("address %w", err)
+	}
 	return nil
 }
 
@@ -330,6 +388,14 @@ func validateCheck(v *VIP) error {
 	}
 	if hc.Type != CheckHTTP && hc.Path != "" {
 		return fmt.Errorf("path %q: only http checks have a path", hc.Path)
+	}
+	if hc.Expect != "" {
+		if hc.Type != CheckHTTP {
+			return fmt.Errorf("expect %q: only http checks expect a status", hc.Expect)
+		}
+		if _, err := ParseExpect(hc.Expect); err != nil {
+			return err
+		}
 	}
 	// Any backend stands for all: the target's address does not change
 	// the timing rules.

@@ -3,11 +3,14 @@ package model
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xdplb/xdplb/healthcheck"
 )
 
 func boolp(b bool) *bool { return &b }
@@ -42,7 +45,9 @@ func TestValidateValid(t *testing.T) {
 		"tcp check": func(s *State) {
 			s.VIPs[0].HealthCheck = &HealthCheck{Type: CheckTCP, Port: 8080, Interval: Duration(100 * time.Millisecond), Timeout: 1, Rise: 1, Fall: 100}
 		},
-		"udp check": func(s *State) { s.VIPs[0].HealthCheck.Type = CheckUDP; s.VIPs[0].HealthCheck.Path = "" },
+		"udp check":         func(s *State) { s.VIPs[0].HealthCheck.Type = CheckUDP; s.VIPs[0].HealthCheck.Path = "" },
+		"http expect range": func(s *State) { s.VIPs[0].HealthCheck.Expect = "200-499" },
+		"http expect one":   func(s *State) { s.VIPs[0].HealthCheck.Expect = "503" },
 		"same addr two vips": func(s *State) {
 			v := s.VIPs[0]
 			v.Port = 443
@@ -141,6 +146,13 @@ func TestValidateErrors(t *testing.T) {
 		{"check http path", func(s *State) { s.VIPs[0].HealthCheck.Path = "healthz" }, `healthcheck: path "healthz": must start with /`},
 		{"check http empty path", func(s *State) { s.VIPs[0].HealthCheck.Path = "" }, `healthcheck: path "": must start with /`},
 		{"check tcp with path", func(s *State) { s.VIPs[0].HealthCheck.Type = CheckTCP }, `healthcheck: path "/healthz": only http checks have a path`},
+		{"check expect reversed", func(s *State) { s.VIPs[0].HealthCheck.Expect = "399-200" }, `healthcheck: expect 399-200: the first status must not be above the last`},
+		{"check expect 600", func(s *State) { s.VIPs[0].HealthCheck.Expect = "200-600" }, `healthcheck: expect 200-600: want http statuses 100-599`},
+		{"check expect 99", func(s *State) { s.VIPs[0].HealthCheck.Expect = "99" }, `healthcheck: expect 99: want http statuses 100-599`},
+		{"check expect word", func(s *State) { s.VIPs[0].HealthCheck.Expect = "2xx" }, `healthcheck: expect "2xx": want an http status or a range like 200-399`},
+		{"check tcp with expect", func(s *State) {
+			s.VIPs[0].HealthCheck.Type, s.VIPs[0].HealthCheck.Path, s.VIPs[0].HealthCheck.Expect = CheckTCP, "", "200"
+		}, `healthcheck: expect "200": only http checks expect a status`},
 		{"check timeout above interval", func(s *State) { s.VIPs[0].HealthCheck.Timeout = Duration(2 * time.Second) }, "healthcheck: timeout 2s: want more than 0 and less than the interval 1s"},
 		{"check interval 0", func(s *State) { s.VIPs[0].HealthCheck.Interval = 0 }, "healthcheck: interval 0s: want at least 100ms"},
 		{"check udp timeout", func(s *State) {
@@ -332,6 +344,194 @@ func TestModeIsNAT(t *testing.T) {
 		if m.IsNAT() != want {
 			t.Errorf("%q.IsNAT() = %v", m, !want)
 		}
+	}
+}
+
+// An http check's expected statuses: one spelling after Normalize, in the
+// probe's Spec as a range, the default when unset.
+func TestCheckExpect(t *testing.T) {
+	v := VIP{Address: netip.MustParseAddr("10.0.0.1"), Port: 80, Protocol: TCP,
+		HealthCheck: &HealthCheck{Type: CheckHTTP, Expect: " 200 - 204 "},
+		Backends:    []Backend{{Address: netip.MustParseAddr("10.0.1.1"), Weight: 1}}}
+	NormalizeVIP(&v)
+	if v.HealthCheck.Expect != "200-204" {
+		t.Fatalf("expect %q, want 200-204", v.HealthCheck.Expect)
+	}
+	if err := ValidateVIP(&v, 0); err != nil {
+		t.Fatal(err)
+	}
+	spec, ok := HealthSpec(&v, v.Backends[0])
+	if !ok || spec.Expect != (healthcheck.StatusRange{Lo: 200, Hi: 204}) {
+		t.Fatalf("spec %+v", spec)
+	}
+	v.HealthCheck.Expect = ""
+	if spec, _ := HealthSpec(&v, v.Backends[0]); spec.Expect != (healthcheck.StatusRange{}) {
+		t.Fatalf("spec without expect %+v: want the zero range (the default)", spec)
+	}
+}
+
+// A fallback is checked as a backend of its VIP's mode, and is none of its
+// backends.
+func TestValidateFallback(t *testing.T) {
+	fb := func(a string, port uint16) func(*VIP) {
+		return func(v *VIP) { v.Fallback = &Fallback{Address: netip.MustParseAddr(a), Port: port} }
+	}
+	for _, tc := range []struct {
+		name string
+		mod  func(*VIP)
+		want string // "": valid
+	}{
+		{"dr", fb("10.200.0.99", 0), ""},
+		{"dr vip port", fb("10.200.0.99", 80), ""},
+		{"dr other port", fb("10.200.0.99", 8080), "vip 10.200.0.100:80/tcp: fallback 10.200.0.99:8080: dr mode cannot change the port"},
+		{"nat other port", func(v *VIP) { v.Mode = ModeNAT; fb("10.200.0.99", 8080)(v) }, ""},
+		{"family", fb("2001:db8::99", 0), "fallback 2001:db8::99: address family differs"},
+		{"vip address", fb("10.200.0.100", 0), "fallback 10.200.0.100: is the vip address"},
+		{"loopback", fb("127.0.0.1", 0), "fallback 127.0.0.1: address is a loopback address"},
+		{"a backend", fb("10.200.0.11", 0), "fallback 10.200.0.11: is a backend of the vip too"},
+		{"a backend by vip port", fb("10.200.0.12", 80), "fallback 10.200.0.12: is a backend of the vip too"},
+		{"no address", func(v *VIP) { v.Fallback = &Fallback{} }, "fallback invalid IP: address is missing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := validState()
+			tc.mod(&s.VIPs[0])
+			Normalize(&s)
+			err := Validate(s)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate = %v, want %q", err, tc.want)
+			}
+		})
+	}
+	// The fallback counts against the backend map.
+	s := validState()
+	fb("10.200.0.99", 0)(&s.VIPs[0])
+	if err := CheckCapacity(s, 0, 5); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckCapacity(s, 0, 4); err == nil {
+		t.Fatal("4 entries (3 backends, 1 fallback) fit in 3 ids")
+	}
+	// Compared, cloned and normalized like the other fields.
+	v := s.VIPs[0].Clone()
+	v.Fallback.Port = 80
+	NormalizeVIP(&v)
+	if v.Fallback.Port != 0 || !EqualVIP(&v, &s.VIPs[0]) {
+		t.Fatalf("fallback %+v: want the vip port written as 0", v.Fallback)
+	}
+	v.Fallback.Address = netip.MustParseAddr("10.200.0.98")
+	if EqualVIP(&v, &s.VIPs[0]) || s.VIPs[0].Fallback.Address == v.Fallback.Address {
+		t.Fatal("clone shares the fallback, or EqualVIP ignores it")
+	}
+}
+
+func TestVIPPatch(t *testing.T) {
+	str := func(s string) *string { return &s }
+	dur := func(d time.Duration) *Duration { x := Duration(d); return &x }
+	base := func() VIP { return validState().VIPs[0] } // http /healthz, 1s, 500ms, 2, 3
+	for _, tc := range []struct {
+		name  string
+		patch VIPPatch
+		check func(*VIP) string // "" when right
+		err   string
+	}{
+		{"nothing", VIPPatch{}, func(v *VIP) string {
+			if b := base(); !EqualVIP(v, &b) {
+				return "changed"
+			}
+			return ""
+		}, ""},
+		{"interval only", VIPPatch{HealthCheck: &HealthCheckPatch{Interval: dur(2 * time.Second)}}, func(v *VIP) string {
+			if hc := v.HealthCheck; hc.Type != CheckHTTP || hc.Path != "/healthz" || hc.Interval != Duration(2*time.Second) || hc.Rise != 2 {
+				return fmt.Sprintf("%+v", hc)
+			}
+			return ""
+		}, ""},
+		{"http to tcp drops the path", VIPPatch{HealthCheck: &HealthCheckPatch{Type: str("tcp")}}, func(v *VIP) string {
+			if hc := v.HealthCheck; hc.Type != CheckTCP || hc.Path != "" || hc.Interval != Duration(time.Second) {
+				return fmt.Sprintf("%+v", hc)
+			}
+			return ""
+		}, ""},
+		{"none", VIPPatch{HealthCheck: &HealthCheckPatch{Type: str("none")}}, func(v *VIP) string {
+			if *v.HealthCheck != (HealthCheck{Type: CheckNone}) {
+				return fmt.Sprintf("%+v", v.HealthCheck)
+			}
+			return ""
+		}, ""},
+		{"none with a setting", VIPPatch{HealthCheck: &HealthCheckPatch{Type: str("none"), Rise: new(int)}}, nil, "a check of type none takes no other setting"},
+		{"options", VIPPatch{Mode: new(Mode), Scheduler: new(Scheduler), Announce: new(bool),
+			Fallback: &Fallback{Address: netip.MustParseAddr("10.200.0.99")}}, func(v *VIP) string {
+			if v.Mode != "" || v.Scheduler != "" || v.Announce == nil || *v.Announce || v.Fallback == nil || v.Fallback.Address != netip.MustParseAddr("10.200.0.99") {
+				return fmt.Sprintf("%+v", v)
+			}
+			return ""
+		}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := base()
+			err := tc.patch.Apply(&v)
+			if tc.err != "" {
+				if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("Apply = %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if msg := tc.check(&v); msg != "" {
+				t.Fatal(msg)
+			}
+		})
+	}
+	// Settings of a check the VIP does not have need its type; an
+	// invalid fallback address removes the fallback.
+	v := base()
+	v.HealthCheck = nil
+	v.Fallback = &Fallback{Address: netip.MustParseAddr("10.200.0.99")}
+	err := VIPPatch{HealthCheck: &HealthCheckPatch{Rise: new(int)}}.Apply(&v)
+	if err == nil || !strings.Contains(err.Error(), "vip 10.200.0.100:80/tcp: healthcheck: the vip has no check to change: give its type too") {
+		t.Fatalf("Apply = %v", err)
+	}
+	if err := (VIPPatch{Fallback: &Fallback{}}).Apply(&v); err != nil || v.Fallback != nil {
+		t.Fatalf("fallback removal: %v, %+v", err, v.Fallback)
+	}
+	if !(VIPPatch{HealthCheck: &HealthCheckPatch{}}).IsZero() || (VIPPatch{Announce: new(bool)}).IsZero() {
+		t.Fatal("IsZero")
+	}
+	// The wire form: an unset SNAT address is "", and reads back as set
+	// to none.
+	none := netip.Addr{}
+	b, err := json.Marshal(VIPPatch{SNATAddr: &none})
+	if err != nil || string(b) != `{"snat_addr":""}` {
+		t.Fatalf("json %s %v", b, err)
+	}
+	var back VIPPatch
+	if err := json.Unmarshal(b, &back); err != nil || back.SNATAddr == nil || back.SNATAddr.IsValid() {
+		t.Fatalf("json back %+v %v", back, err)
+	}
+}
+
+// DiffStates (apply --dry-run) names a fallback and an http check's
+// statuses by their config keys.
+func TestDiffStatesFallbackExpect(t *testing.T) {
+	cur := validState()
+	Normalize(&cur)
+	next := cur.Clone()
+	next.VIPs[0].Fallback = &Fallback{Address: netip.MustParseAddr("10.200.0.99")}
+	next.VIPs[0].HealthCheck.Expect = "200-204"
+	d := DiffStates(cur, next)
+	if len(d.VIPs) != 1 || !reflect.DeepEqual(d.VIPs[0].Fields, []FieldChange{
+		{Field: "fallback.address", New: "10.200.0.99"},
+		{Field: "healthcheck.expect", New: "200-204"},
+	}) {
+		t.Fatalf("diff %+v", d)
 	}
 }
 

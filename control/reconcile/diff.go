@@ -93,9 +93,9 @@ func diff(m *mirror, plans []vipPlan, removed []loader.VIPKey, full bool) []op {
 		}
 		vid, id := p.v.ID(), p.meta.ID
 		planned[id] = true
-		kept := make(map[uint32]bool, len(p.backends))
+		kept := make(map[uint32]bool, len(p.backends)+1)
 		var late []op
-		for _, bp := range p.backends {
+		for _, bp := range p.planned() {
 			if !bp.hasEntry {
 				continue
 			}

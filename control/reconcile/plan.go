@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/xdplb/xdplb/control/model"
 	"github.com/xdplb/xdplb/loader"
@@ -29,7 +30,12 @@ type vipPlan struct {
 	backends []backendPlan
 	members  []MaglevBackend // the lookup table's backends; none: no table
 	active   int             // backends not drained
-	err      error           // no id could be had: nothing is written for the VIP
+	// fallback is the VIP's fallback server (nil: none), planned as a
+	// backend that is never down; onFallback: it is the table's only
+	// member, none of the backends being usable.
+	fallback   *backendPlan
+	onFallback bool
+	err        error // no id could be had: nothing is written for the VIP
 }
 
 // backendPlan is one backend of a VIP: its entry, and what `backend list`
@@ -76,9 +82,10 @@ type locator struct {
 // flows, and only a resolved backend takes a new id: one that stays
 // unresolved must not move the allocator on every pass. When every
 // configured, not drained backend fails, the VIP has no table and is
-// marked NoHealthy. A fullnat VIP without any SNAT address (none of its
-// own, none found, none in its entry) is held: nothing of it is written,
-// and the caller removes it from the maps.
+// marked NoHealthy, unless it has a fallback (see planFallback). A fullnat
+// VIP without any SNAT address (none of its own, none found, none in its
+// entry) is held: nothing of it is written, and the caller removes it from
+// the maps.
 func planVIP(v model.VIP, m *mirror, a *ids, up func(model.VIPID, model.Backend) bool, loc locator) vipPlan {
 	vid := v.ID()
 	p := vipPlan{v: v, key: VIPKeyOf(vid), mode: ForwardMode(v.Mode)}
@@ -134,10 +141,69 @@ func planVIP(v model.VIP, m *mirror, a *ids, up func(model.VIPID, model.Backend)
 			bp.entry, bp.hasEntry = p.keptEntry(bp.old, bp.up)
 		}
 	}
+	if v.Fallback != nil {
+		if p.planFallback(*v.Fallback, id, m, a, loc); p.err != nil {
+			return p
+		}
+	}
 	if !p.held {
-		p.meta = vipMeta(v, id, p.active > 0 && healthy == 0, snat)
+		p.meta = vipMeta(v, id, p.active > 0 && healthy == 0 && !p.onFallback, snat)
 	}
 	return p
+}
+
+// planFallback plans the fallback f of the VIP (id in the maps) once its
+// backends are planned. It is a backend of the VIP with its own entry and
+// id, located as the backends are, and never down: it is not checked (a
+// sorry server often answers everything with a 503). While resolved it
+// keeps its entry, so that the flows it took keep going to it after a
+// backend is usable again, as a drained backend's do; it is the whole
+// table while no backend is usable (p.members is empty), and in no table
+// otherwise.
+func (p *vipPlan) planFallback(f model.Fallback, id uint32, m *mirror, a *ids, loc locator) {
+	b := f.Backend()
+	addr := b.Address.Unmap()
+	fp := &backendPlan{b: b, key: backendKey{p.v.ID(), addr, b.Port}, up: true}
+	p.fallback = fp
+	p.locate(fp, loc)
+	fp.info = BackendInfo{State: model.BackendUnresolved, Iface: fp.res.Iface, Reason: fp.reason()}
+	if p.held {
+		return
+	}
+	fp.old, fp.had = m.entry(backendRef{id, addr, b.Port})
+	fp.info.ID = fp.old.ID
+	switch {
+	case fp.resolved:
+		bid := fp.old.ID
+		if !fp.had {
+			var err error
+			if bid, err = a.backend(); err != nil {
+				p.err = err
+				return
+			}
+		}
+		fp.entry, fp.hasEntry = p.backendEntry(fp, id, bid), true
+		fp.info.ID, fp.info.MAC, fp.info.State = bid, fp.entry.MAC, model.FallbackStandby
+		if len(p.members) == 0 {
+			p.members = []MaglevBackend{{ID: bid, Key: MaglevKey(addr, p.v.BackendPort(b)), Weight: b.Weight}}
+			p.onFallback = true
+			fp.info.State = model.FallbackActive
+		}
+	case fp.had:
+		fp.entry, fp.hasEntry = p.keptEntry(fp.old, true)
+	}
+}
+
+// planned is every backend of p with a plan, the fallback last.
+func (p *vipPlan) planned() []*backendPlan {
+	out := make([]*backendPlan, 0, len(p.backends)+1)
+	for i := range p.backends {
+		out = append(out, &p.backends[i])
+	}
+	if p.fallback != nil {
+		out = append(out, p.fallback)
+	}
+	return out
 }
 
 // locate fills in where bp is and whether that makes it usable. A
@@ -225,13 +291,17 @@ func (p *vipPlan) snatAddr(route func(netip.Addr) model.Route) netip.Addr {
 		return v.SNATAddr.Unmap()
 	}
 	is4 := v.Address.Unmap().Is4()
-	for _, b := range v.Backends {
+	bs := v.Backends
+	if v.Fallback != nil {
+		bs = append(slices.Clip(bs), v.Fallback.Backend())
+	}
+	for _, b := range bs {
 		rt := route(b.Address.Unmap())
 		if rt.Err == nil && rt.Primary.IsValid() && rt.Primary.Unmap().Is4() == is4 {
 			return rt.Primary.Unmap()
 		}
 	}
-	if len(v.Backends) == 0 {
+	if len(bs) == 0 {
 		p.snatErr = errors.New("no SNAT address until a backend is routed through an attached interface; or set one with --snat-addr")
 	} else {
 		p.snatErr = fmt.Errorf("no SNAT address: no backend is routed through an attached interface with an %s address; set one with --snat-addr",

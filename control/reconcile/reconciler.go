@@ -143,6 +143,18 @@ func (r *Reconciler) Backend(vip model.VIPID, addr netip.Addr, port uint16) (Bac
 	return r.vips[vip].backend(addr.Unmap(), port)
 }
 
+// Fallback returns what the last reconcile decided about a VIP's
+// fallback server; false when it has none.
+func (r *Reconciler) Fallback(vip model.VIPID) (BackendInfo, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.vips[vip]
+	if s == nil || s.fallback == nil {
+		return BackendInfo{}, false
+	}
+	return *s.fallback, true
+}
+
 // SNATAddr returns the SNAT address the last reconcile gave a fullnat VIP:
 // its own, or the one found for it; false when it has none.
 func (r *Reconciler) SNATAddr(vip model.VIPID) (netip.Addr, bool) {
@@ -269,8 +281,8 @@ func (r *Reconciler) reconcileAll(ctx context.Context, st model.State) error {
 	live := map[netip.Addr]bool{}
 	for i, p := range plans {
 		r.vips[p.v.ID()] = decided[i]
-		for _, b := range p.v.Backends {
-			live[b.Address.Unmap()] = true
+		for _, a := range targetAddrs(&p.v) {
+			live[a] = true
 		}
 		errs = append(errs, p.err)
 	}
@@ -346,8 +358,7 @@ func (r *Reconciler) reconcileChanged(ctx context.Context, st model.State) error
 func (r *Reconciler) locate(ctx context.Context, vips []model.VIP) locator {
 	var dr, nat addrBatch
 	for _, v := range vips {
-		for _, b := range v.Backends {
-			a := b.Address.Unmap()
+		for _, a := range targetAddrs(&v) {
 			if v.Mode.IsNAT() {
 				if _, cached := r.routes[a]; !cached {
 					nat.add(a)
@@ -398,6 +409,19 @@ func (r *Reconciler) locate(ctx context.Context, vips []model.VIP) locator {
 }
 
 var errNoNetwork = errors.New("no network")
+
+// targetAddrs is the addresses v forwards to: its backends' and its
+// fallback's, unmapped.
+func targetAddrs(v *model.VIP) []netip.Addr {
+	out := make([]netip.Addr, 0, len(v.Backends)+1)
+	for _, b := range v.Backends {
+		out = append(out, b.Address.Unmap())
+	}
+	if v.Fallback != nil {
+		out = append(out, v.Fallback.Address.Unmap())
+	}
+	return out
+}
 
 // addrBatch collects addresses to ask the network about, each once.
 type addrBatch struct {
@@ -453,6 +477,11 @@ type vipState struct {
 	// can be found now (snat is then the last one, kept for open flows).
 	snat   netip.Addr
 	noSNAT bool
+	// fallback is what was decided about the VIP's fallback (nil: none
+	// configured, or the VIP was not planned); onFallback: it took the
+	// VIP's new flows.
+	fallback   *BackendInfo
+	onFallback bool
 }
 
 // index finds a backend of s by its address and port as configured.
@@ -501,10 +530,21 @@ func (r *Reconciler) decide(plans []vipPlan) []*vipState {
 			r.logHealth(vid, bp.b, bp.up, seen, seen && old.up[k])
 			r.logResolution(vid, bp, p.mode.IsNAT())
 		}
+		if p.fallback != nil {
+			fb := p.fallback.info
+			ns.fallback, ns.onFallback = &fb, p.onFallback
+			r.logResolution(vid, *p.fallback, p.mode.IsNAT())
+		}
+		wasOnFallback := old != nil && old.onFallback
 		switch noHealthy := p.meta.NoHealthy; {
 		case p.held:
+		case p.onFallback && !wasOnFallback:
+			r.log.Warn("vip has no usable backend: new flows go to its fallback", "vip", vid, "fallback", p.fallback.key.Addr, "backends", p.active)
+		case p.onFallback:
 		case noHealthy && (!p.exists || !p.cur.NoHealthy):
 			r.log.Warn("vip has no healthy backend: new flows are dropped", "vip", vid, "backends", p.active)
+		case wasOnFallback && len(p.members) > 0:
+			r.log.Info("vip has a usable backend again: new flows leave its fallback", "vip", vid)
 		case !noHealthy && p.exists && p.cur.NoHealthy:
 			r.log.Info("vip has a healthy backend again", "vip", vid)
 		}

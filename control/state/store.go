@@ -212,6 +212,13 @@ func (s *Store) SetBackend(id model.VIPID, addr netip.Addr, port uint16, p model
 	})
 }
 
+// SetVIP changes the options of a VIP (`vip set`); its backends stay.
+// Like every single-VIP change it is one journal record when the journal
+// is on.
+func (s *Store) SetVIP(id model.VIPID, p model.VIPPatch) error {
+	return s.updateVIP(id, p.Apply)
+}
+
 // DeleteBackend removes a backend from a VIP.
 func (s *Store) DeleteBackend(id model.VIPID, addr netip.Addr, port uint16) error {
 	return s.updateVIP(id, func(v *model.VIP) error {
@@ -271,7 +278,7 @@ func (s *Store) updateVIP(id model.VIPID, change func(*model.VIP) error) error {
 	if err := change(&v); err != nil {
 		return err
 	}
-	model.NormalizeVIP(&v) // the key stays: changes touch backends only
+	model.NormalizeVIP(&v) // the key stays: no change touches the address, port or protocol
 	if err := model.ValidateVIP(&v, i); err != nil {
 		return err
 	}
@@ -294,7 +301,7 @@ func (s *Store) commit(next model.State, sub *model.State, rec *journalRecord) e
 		return err
 	}
 	if s.extra != nil && sub != nil {
-		if err := s.extra(sub.Clone()); err != nil {
+		if err := s.extra(withFallbacks(*sub)); err != nil {
 			return model.AsInvalid(err)
 		}
 	}
@@ -343,16 +350,32 @@ func (s *Store) checkAgainst(st, prev *model.State) error {
 	if prev != nil {
 		sub = newBackends(*st, *prev)
 	}
-	if err := s.extra(sub.Clone()); err != nil {
+	if err := s.extra(withFallbacks(sub)); err != nil {
 		return model.AsInvalid(err)
 	}
 	return nil
 }
 
+// withFallbacks is a copy of st for the extra check, each VIP's fallback
+// among its backends: the fallback is reached as a backend is, and the
+// network's rules (a DR one on a connected subnet, none on an address of
+// this host) are the backends'.
+func withFallbacks(st model.State) model.State {
+	out := st.Clone()
+	for i := range out.VIPs {
+		v := &out.VIPs[i]
+		if v.Fallback != nil {
+			v.Backends = append(v.Backends, v.Fallback.Backend())
+			v.Fallback = nil
+		}
+	}
+	return out
+}
+
 // newBackends is the part of st that prev lacks: every VIP that is new or
 // whose mode or SNAT address changed (both decide how its backends are
-// checked), and of the others the backends (by address and port) that
-// are new. Both states are normalized.
+// checked), and of the others the backends (by address and port) and
+// the fallback that are new. Both states are normalized.
 func newBackends(st, prev model.State) model.State {
 	old := make(map[model.VIPID]*model.VIP, len(prev.VIPs))
 	for i := range prev.VIPs {
@@ -379,9 +402,16 @@ func newBackends(st, prev model.State) model.State {
 				add = append(add, b)
 			}
 		}
-		if len(add) > 0 {
+		var fb *model.Fallback
+		if v.Fallback != nil && (o.Fallback == nil || *o.Fallback != *v.Fallback) {
+			fb = v.Fallback
+		}
+		if len(add) > 0 || fb != nil {
 			nv := v
-			nv.Backends = add
+			nv.Backends, nv.Fallback = add, fb
+			if nv.Backends == nil {
+				nv.Backends = []model.Backend{}
+			}
 			out.VIPs = append(out.VIPs, nv)
 		}
 	}
