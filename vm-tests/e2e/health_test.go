@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -556,4 +557,51 @@ func TestAllBackendsDown(t *testing.T) {
 			t.Errorf("%s: before recovery a connection must go unanswered, not fail otherwise", describe(a, t1))
 		}
 	}
+}
+
+// TestFallbackServer: a VIP's fallback ("sorry") server takes no flow
+// while a backend is up, every new flow once all are down, and none again
+// once one is back (issue 12).
+func TestFallbackServer(t *testing.T) {
+	e := setup(t)
+	target := netip.AddrPortFrom(lab.VIP4, lab.HTTPPort)
+	vip := target.String() + "/tcp"
+	sorry := e.lab.Backend("be3")
+	e.cli("vip", "add", vip, "--mode", "dr", "--check", "http",
+		"--check-interval", checkInterval.String(), "--check-timeout", "100ms",
+		"--rise", fmt.Sprint(checkRise), "--fall", fmt.Sprint(checkFall), "--fallback", sorry.IPv4.String())
+	for _, name := range []string{"be1", "be2"} {
+		e.cli("backend", "add", vip, e.lab.Backend(name).IPv4.String())
+	}
+	if _, err := e.d.WaitBackendsUp(e.ctx, vip, 2, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	answered := func(want ...string) {
+		t.Helper()
+		res := e.load(target, 40)
+		if got := res.Names(); !slices.Equal(got, want) {
+			t.Fatalf("answered by %v, want %v", got, want)
+		}
+	}
+	answered("be1", "be2")
+
+	for _, name := range []string{"be1", "be2"} {
+		if err := e.servers[name].Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"be1", "be2"} {
+		if _, _, err := e.d.WaitBackendState(e.ctx, vip, e.lab.Backend(name).IPv4, model.BackendDown, 3*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	answered("be3")
+
+	if err := e.servers["be1"].Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.d.WaitBackendState(e.ctx, vip, e.lab.Backend("be1").IPv4, model.BackendUp, 3*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	answered("be1")
 }
