@@ -27,11 +27,11 @@ import (
 //     and a word of failure (err, errs, error, errors, fail, fails,
 //     failed, drop, drops, full): veth's rx_queue_N_xdp_tx_errors (XDP_TX
 //     refused) and tx_queue_N_xdp_xmit_errors (redirects into the
-//     interface refused), virtio_net's tx_queue_N_xdp_tx_drops, mlx5's
-//     rx_xdp_tx_err, rx_xdp_tx_full, tx_xdp_err and tx_xdp_full, mlx4's
-//     rx_xdp_tx_full and rx_xdp_redirect_fail, mvneta's xdp_tx_err and
-//     xdp_xmit_err; not XDP_DROP's counters (rx_queue_N_xdp_drops), which
-//     have no word of sending;
+//     interface refused), virtio_net's xdp_tx_drops of each transmit
+//     queue, mlx5's rx_xdp_tx_err, rx_xdp_tx_full, tx_xdp_err and
+//     tx_xdp_full, mlx4's rx_xdp_tx_full and rx_xdp_redirect_fail,
+//     mvneta's xdp_tx_err and xdp_xmit_err; not XDP_DROP's counters
+//     (rx_queue_N_xdp_drops), which have no word of sending;
 //  2. but not a queue's or channel's share of a total the driver also
 //     gives: a counter whose name has a number is left out when another
 //     counter's name has the same words less the numbers and the words
