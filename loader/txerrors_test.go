@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -62,9 +63,11 @@ func TestTxErrorCounters(t *testing.T) {
 // The statistics of a real veth on this kernel: the names the rule of
 // txErrorCounters is written for are there, and an XDP_TX frame that the
 // peer (no XDP program, GRO off) cannot take is counted as refused, until
-// the peer runs a program of its own.
+// the peer runs a program of its own; the data plane reports that count
+// for a native attachment only.
 func TestDriverTxErrorsVeth(t *testing.T) {
 	testutil.RequireRoot(t)
+	bpffs := testutil.MountBPFFS(t)
 	testutil.InNetNS(t, testutil.NewNetNS(t, ""), func() error {
 		// No IPv6, so that the peer sends nothing of its own meanwhile.
 		if err := os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1"), 0o644); err != nil {
@@ -115,7 +118,8 @@ func TestDriverTxErrorsVeth(t *testing.T) {
 		if err != nil {
 			return fmt.Errorf("attach XDP_TX program: %w", err)
 		}
-		defer l.Close()
+		closeTx := sync.OnceValue(l.Close)
+		defer closeTx()
 
 		// Frames sent on xlb1 reach xlb0's program, which sends them back:
 		// xlb1 runs no XDP, so veth refuses every one.
@@ -169,6 +173,36 @@ func TestDriverTxErrorsVeth(t *testing.T) {
 		final, _ := txErrorCounters("veth", stats)
 		if final != after || stats["rx_queue_0_xdp_tx"] < 10 {
 			t.Errorf("peer with xdp: %d refused (was %d), %d sent; want none refused, 10 sent", final, after, stats["rx_queue_0_xdp_tx"])
+		}
+
+		// The data plane reports the driver's count of its native
+		// attachments (since the interface was created, whichever program
+		// sent), and nothing of a generic one.
+		if err := closeTx(); err != nil {
+			return err
+		}
+		opts := testOptions(bpffs)
+		opts.Interfaces = []string{"xlb0"}
+		for _, mode := range []XDPMode{XDPModeNative, XDPModeGeneric} {
+			opts.XDPMode = mode
+			d, err := Load(opts)
+			if err != nil {
+				return fmt.Errorf("load %s: %w", mode, err)
+			}
+			got, err := d.DriverTxErrors()
+			want := []TxErrorCount{{Ifindex: uint32(links["xlb0"].Attrs().Index), Count: final}}
+			if mode == XDPModeGeneric {
+				want = nil
+			}
+			if err != nil || !slices.Equal(got, want) {
+				t.Errorf("%s: DriverTxErrors %v (%v), want %v", mode, got, err, want)
+			}
+			if err := d.Close(); err != nil {
+				return err
+			}
+			if _, err := RemovePinned(bpffs); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
