@@ -14,8 +14,9 @@ import (
 )
 
 // snapshot reads the counters of every VIP and backend of st, the XDP
-// actions, what the drivers refused to send and the drops from dp, interfaces named by ifname: what `xdplb
-// stats` shows and /metrics exports, read once, in one place. A read that fails leaves its part out
+// actions, what the drivers refused to send and the drops from dp,
+// interfaces named by ifname: what `xdplb stats` shows and /metrics
+// exports, read once, in one place. A read that fails leaves its part out
 // and is reported; the rest is still there (the metrics serve it).
 func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (Stats, error) {
 	out := Stats{Time: time.Now(), VIPs: []VIPStats{}, Actions: []ActionStats{}, TxErrors: []TxErrorStats{}, Drops: map[string]uint64{}}
