@@ -162,8 +162,8 @@ int xdplb_main(struct xdp_md *ctx)
 	return count_action(ifindex, process(ctx, ifindex));
 }
 
-/* For peer ends of veth pairs: a veth delivers XDP_TX/redirected frames
- * promptly only when its peer runs an XDP program of its own. */
+/* For peer ends of veth pairs: a veth loses the XDP_TX/redirected frames
+ * for a peer that runs no XDP program of its own (nor has GRO on). */
 SEC("xdp")
 int xdplb_pass(struct xdp_md *ctx)
 {

@@ -119,6 +119,13 @@ type ActionCount struct {
 	Count   uint64
 }
 
+// TxErrorCount is how many frames an interface's driver refused to send of
+// those returned with XDP_TX or redirected (Datapath.DriverTxErrors).
+type TxErrorCount struct {
+	Ifindex uint32
+	Count   uint64
+}
+
 // MapFill is how full one map is.
 type MapFill struct {
 	Name       string

@@ -587,6 +587,13 @@ func TestStats(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^no_backend\s+3$`).MatchString(out) || strings.Contains(out, "fragment") {
 		t.Errorf("stats table: want the non-zero drop reasons only:\n%s", out)
 	}
+	// What the driver refused, beside the actions, and what it means.
+	if !regexp.MustCompile(`(?m)^lo\s+tx\s+42\nlo\s+tx_error\s+5\ntx_error: counted as tx or redirect, then refused by the interface's driver \(ethtool -S\): lost$`).MatchString(out) {
+		t.Errorf("stats table: want the driver's tx errors after tx:\n%s", out)
+	}
+	if len(st.TxErrors) != 1 || st.TxErrors[0] != (api.TxErrorStats{Iface: "lo", Count: 5}) {
+		t.Errorf("stats -o json tx_errors = %+v", st.TxErrors)
+	}
 }
 
 func TestStatsWatch(t *testing.T) {
@@ -643,7 +650,8 @@ func TestWriteStatsTable(t *testing.T) {
 		{VIP: "[2001:db8::1]:80/tcp"},
 		{VIP: "10.0.0.1:80/tcp", CounterSet: api.CounterSet{Packets: 2100, Bytes: 3001000, Flows: 9},
 			Backends: []api.BackendStats{b("10.0.0.12", 40, 400, 1), b("10.0.0.11", 7, 70, 7)}},
-	}, Actions: []api.ActionStats{{Iface: "eth1", Action: "tx", Count: 5}, {Iface: "eth0", Action: "tx", Count: 9}}}
+	}, Actions: []api.ActionStats{{Iface: "eth1", Action: "tx", Count: 5}, {Iface: "eth0", Action: "tx", Count: 9}, {Iface: "eth0", Action: "pass", Count: 1}},
+		TxErrors: []api.TxErrorStats{{Iface: "eth1", Count: 0}, {Iface: "eth0", Count: 3}}}
 	var buf bytes.Buffer
 	if err := writeStatsTable(&buf, prev, cur); err != nil {
 		t.Fatal(err)
@@ -656,9 +664,13 @@ VIP                   BACKEND    PACKETS  BYTES    FLOWS  CPS  PPS  BPS(bits/s)
 10.0.0.1:80/tcp       10.0.0.12  40       400      1      0    0    0
 [2001:db8::1]:80/tcp  -          0        0        0      -    -    -
 
-IFACE  ACTION  COUNT
-eth0   tx      9
-eth1   tx      5
+IFACE  ACTION    COUNT
+eth0   pass      1
+eth0   tx        9
+eth0   tx_error  3
+eth1   tx        5
+eth1   tx_error  0
+tx_error: counted as tx or redirect, then refused by the interface's driver (ethtool -S): lost
 `
 	if buf.String() != want {
 		t.Errorf("stats table:\n%s\nwant\n%s", buf.String(), want)
@@ -672,6 +684,16 @@ eth1   tx      5
 	}
 	if first, _, _ := strings.Cut(buf.String(), "\n"); first != "2025-01-01 00:00:02 UTC; rates over 2s; counters since 2024-12-31 23:00:00 UTC (stats --zero)" {
 		t.Errorf("first line of zeroed stats: %q", first)
+	}
+
+	// No refused frame: the rows, no explanation.
+	cur.TxErrors[1].Count = 0
+	buf.Reset()
+	if err := writeStatsTable(&buf, prev, cur); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(buf.String(), "tx_error:") || !strings.Contains(buf.String(), "eth0   tx_error  0\n") {
+		t.Errorf("stats table without refused frames:\n%s", buf.String())
 	}
 }
 

@@ -170,22 +170,8 @@ func writeStatsTable(w io.Writer, prev, cur api.Stats) error {
 		return err
 	}
 
-	if len(cur.Actions) > 0 {
-		fmt.Fprintln(w)
-		acts := append([]api.ActionStats(nil), cur.Actions...)
-		sort.SliceStable(acts, func(i, j int) bool {
-			if acts[i].Iface != acts[j].Iface {
-				return acts[i].Iface < acts[j].Iface
-			}
-			return acts[i].Action < acts[j].Action
-		})
-		t = newTable(w, "IFACE", "ACTION", "COUNT")
-		for _, a := range acts {
-			t.row(a.Iface, a.Action, strconv.FormatUint(a.Count, 10))
-		}
-		if err := t.flush(); err != nil {
-			return err
-		}
+	if err := writeActions(w, cur); err != nil {
+		return err
 	}
 
 	var reasons []string
@@ -202,6 +188,44 @@ func writeStatsTable(w io.Writer, prev, cur api.Stats) error {
 			t.row(r, strconv.FormatUint(cur.Drops[r], 10))
 		}
 		return t.flush()
+	}
+	return nil
+}
+
+// txErrorRow names, among the actions of an interface, what its driver
+// refused to send of the frames the program returned with XDP_TX or
+// redirected; it sorts right after tx.
+const txErrorRow = "tx_error"
+
+// writeActions prints the XDP actions per interface and, where the driver
+// counts them, its tx errors, with a line that says what they are when
+// there are any.
+func writeActions(w io.Writer, cur api.Stats) error {
+	acts := append([]api.ActionStats(nil), cur.Actions...)
+	refused := false
+	for _, e := range cur.TxErrors {
+		acts = append(acts, api.ActionStats{Iface: e.Iface, Action: txErrorRow, Count: e.Count})
+		refused = refused || e.Count > 0
+	}
+	if len(acts) == 0 {
+		return nil
+	}
+	sort.SliceStable(acts, func(i, j int) bool {
+		if acts[i].Iface != acts[j].Iface {
+			return acts[i].Iface < acts[j].Iface
+		}
+		return acts[i].Action < acts[j].Action
+	})
+	fmt.Fprintln(w)
+	t := newTable(w, "IFACE", "ACTION", "COUNT")
+	for _, a := range acts {
+		t.row(a.Iface, a.Action, strconv.FormatUint(a.Count, 10))
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	if refused {
+		fmt.Fprintf(w, "%s: counted as tx or redirect, then refused by the interface's driver (ethtool -S): lost\n", txErrorRow)
 	}
 	return nil
 }

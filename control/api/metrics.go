@@ -38,6 +38,7 @@ var (
 	descBeUp       = prometheus.NewDesc("xdplb_backend_up", "1 if the backend takes new flows.", []string{"vip", "backend"}, nil)
 	descBeWeight   = prometheus.NewDesc("xdplb_backend_weight", "Configured weight of a backend.", []string{"vip", "backend"}, nil)
 	descActions    = prometheus.NewDesc("xdplb_xdp_actions_total", "XDP verdicts returned, per interface.", []string{"iface", "action"}, nil)
+	descTxErrors   = prometheus.NewDesc("xdplb_xdp_tx_errors_total", "Frames returned with XDP_TX or redirected that the interface's driver refused to send (lost), from its ethtool statistics; absent where the driver counts none.", []string{"iface"}, nil)
 	descDrops      = prometheus.NewDesc("xdplb_drops_total", "Packets dropped by the XDP program, per reason.", []string{"reason"}, nil)
 	descConntrack  = prometheus.NewDesc("xdplb_conntrack_entries", "Entries in the connection table.", nil, nil)
 	descSNATPorts  = prometheus.NewDesc("xdplb_snat_ports_in_use", "Full-NAT source ports held by live flows, as of the last NAT table sweep.", nil, nil)
@@ -82,7 +83,7 @@ func IfaceName(ifindex int) string {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVIPPackets, descVIPBytes, descVIPFlows, descVIPICMP, descBePackets, descBeBytes,
-		descBeFlows, descBeUp, descBeWeight, descActions, descDrops, descConntrack, descSNATPorts, descEvents,
+		descBeFlows, descBeUp, descBeWeight, descActions, descTxErrors, descDrops, descConntrack, descSNATPorts, descEvents,
 		descReconciles, descBuildInfo, descScrapeErrs} {
 		ch <- d
 	}
@@ -150,6 +151,12 @@ func (c *Collector) collect(ch chan<- prometheus.Metric) error {
 	}
 	for _, k := range order {
 		counter(descActions, sum[k], k[0], k[1])
+	}
+	// Their own metric, not an action: they are a part of tx and
+	// redirect, and a label value of xdplb_xdp_actions_total would be
+	// counted twice by every sum over its actions.
+	for _, e := range snap.TxErrors {
+		counter(descTxErrors, e.Count, e.Iface)
 	}
 	for reason, n := range snap.Drops {
 		counter(descDrops, n, reason)

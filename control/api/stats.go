@@ -14,12 +14,13 @@ import (
 )
 
 // snapshot reads the counters of every VIP and backend of st (a VIP's
-// fallback last among its backends, marked), the XDP
-// actions and the drops from dp, interfaces named by ifname: what `xdplb
-// stats` shows and /metrics exports, read once, in one place. A read that fails leaves its part out
+// fallback last among its backends, marked), the XDP actions, what the
+// drivers refused to send and the drops from dp, interfaces named by
+// ifname: what `xdplb stats` shows and /metrics exports, read once, in one
+// place. A read that fails leaves its part out
 // and is reported; the rest is still there (the metrics serve it).
 func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (Stats, error) {
-	out := Stats{Time: time.Now(), VIPs: []VIPStats{}, Actions: []ActionStats{}, Drops: map[string]uint64{}}
+	out := Stats{Time: time.Now(), VIPs: []VIPStats{}, Actions: []ActionStats{}, TxErrors: []TxErrorStats{}, Drops: map[string]uint64{}}
 	vips, err := dp.VIPs()
 	if err != nil {
 		return out, fmt.Errorf("read vips: %w", err)
@@ -76,6 +77,14 @@ func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (S
 		}
 		slices.SortStableFunc(out.Actions, func(a, b ActionStats) int { return strings.Compare(a.Iface, b.Iface) })
 	}
+	txErrs, err := dp.DriverTxErrors()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("read driver tx errors: %w", err))
+	}
+	for _, e := range txErrs {
+		out.TxErrors = append(out.TxErrors, TxErrorStats{Iface: ifname(int(e.Ifindex)), Count: e.Count})
+	}
+	slices.SortStableFunc(out.TxErrors, func(a, b TxErrorStats) int { return strings.Compare(a.Iface, b.Iface) })
 	if drops, err := dp.DropCounters(); err != nil {
 		errs = append(errs, fmt.Errorf("read drop counters: %w", err))
 	} else {
@@ -169,6 +178,18 @@ func subtract(cur, base Stats) Stats {
 	for i, a := range out.Actions {
 		if n := acts[actionRef{a.Iface, a.Action}]; a.Count >= n {
 			out.Actions[i].Count -= n
+		}
+	}
+	// A driver's counter that went below the zero (the interface was
+	// created again) counts from its own start, as the maps' do.
+	txErrs := map[string]uint64{}
+	for _, e := range base.TxErrors {
+		txErrs[e.Iface] = e.Count
+	}
+	out.TxErrors = slices.Clone(cur.TxErrors)
+	for i, e := range out.TxErrors {
+		if n := txErrs[e.Iface]; e.Count >= n {
+			out.TxErrors[i].Count -= n
 		}
 	}
 	out.Drops = make(map[string]uint64, len(cur.Drops))

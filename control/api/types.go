@@ -112,16 +112,29 @@ type ActionStats struct {
 	Count  uint64 `json:"count"`
 }
 
+// TxErrorStats is how many frames an interface's driver refused to send
+// of those the program returned with XDP_TX or redirected, which Actions
+// counts as tx or redirect: they were lost. The driver counts them, in
+// its ethtool statistics, since the interface was created; an interface
+// whose driver keeps no such counter, or in generic XDP mode, has none.
+type TxErrorStats struct {
+	Iface string `json:"iface"`
+	Count uint64 `json:"count"`
+}
+
 // Stats is what `xdplb stats` shows; rates are computed by the CLI from two
 // samples. The counters count from Since, when `stats --zero` last ran
 // (zero: never, they count from the program's first load); the metrics
 // are never zeroed.
 type Stats struct {
-	Time    time.Time         `json:"time"`
-	Since   time.Time         `json:"since,omitzero"`
-	VIPs    []VIPStats        `json:"vips"`
-	Actions []ActionStats     `json:"actions"`
-	Drops   map[string]uint64 `json:"drops"`
+	Time    time.Time     `json:"time"`
+	Since   time.Time     `json:"since,omitzero"`
+	VIPs    []VIPStats    `json:"vips"`
+	Actions []ActionStats `json:"actions"`
+	// TxErrors are beside Actions, not among them: they are no verdict
+	// of the program but a part of its tx and redirect verdicts.
+	TxErrors []TxErrorStats    `json:"tx_errors"`
+	Drops    map[string]uint64 `json:"drops"`
 }
 
 // Conn is one connection-table entry, as `xdplb conns` shows it.

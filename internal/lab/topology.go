@@ -515,7 +515,7 @@ func (l *Lab) wire(sw *netlink.Handle, br netlink.Link, seg segment, n *Node, if
 		return ifc, fmt.Errorf("%s up: %w", swEnd, err)
 	}
 	// Frames that the LB sends with XDP_TX arrive at this end; a veth end
-	// delivers them promptly only with an XDP program of its own.
+	// with no XDP program (nor GRO) of its own refuses them: they are lost.
 	var pass io.Closer
 	if err := l.Switch.Do(func() error {
 		var err error

@@ -34,6 +34,7 @@ type Datapath struct {
 	backendCounters map[uint32]loader.Counters
 	countersFunc    func(ids []uint32) map[uint32]loader.Counters
 	actions         []loader.ActionCount
+	txErrors        []loader.TxErrorCount
 	drops           map[string]uint64
 	flows           map[uint32]loader.FlowCount
 	conns           []loader.Conn
@@ -130,6 +131,14 @@ func (f *Datapath) SetActions(a ...loader.ActionCount) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.actions = slices.Clone(a)
+}
+
+// SetTxErrors sets what the drivers refused to send (DriverTxErrors); an
+// interface not given has no such counter.
+func (f *Datapath) SetTxErrors(e ...loader.TxErrorCount) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.txErrors = slices.Clone(e)
 }
 
 // SetDrops sets the drop counter of reason.
@@ -377,6 +386,12 @@ func (f *Datapath) ActionCounters() ([]loader.ActionCount, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.actions), nil
+}
+
+func (f *Datapath) DriverTxErrors() ([]loader.TxErrorCount, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.txErrors), nil
 }
 
 func (f *Datapath) DropCounters() (map[string]uint64, error) {
