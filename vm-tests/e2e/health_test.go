@@ -605,3 +605,55 @@ func TestFallbackServer(t *testing.T) {
 	}
 	answered("be1")
 }
+
+// TestVIPSetKeepsFlows: vip set of the scheduler and every check option,
+// on a real daemon under traffic, breaks no open connection, and new ones
+// keep succeeding; a change of mode is refused while flows are open
+// (issue 12).
+func TestVIPSetKeepsFlows(t *testing.T) {
+	e := setup(t)
+	target, vip := e.addCheckedVIP()
+	ka, err := e.lab.Client.OpenKeepAlive(e.ctx, target, lab.KeepAliveOptions{
+		Conns: 12, Every: 50 * time.Millisecond, FirstPort: keepAlivePort,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ka.Close()
+	stream := e.lab.Client.StartStream(e.ctx, target, lab.StreamOptions{
+		Interval: 20 * time.Millisecond, Duration: 3 * time.Second, Timeout: time.Second, FirstPort: streamPort,
+	})
+	for _, args := range [][]string{
+		{"--check-interval", "300ms", "--rise", "3", "--fall", "4"},
+		{"--check", "tcp", "--check-timeout", "150ms"},
+		{"--scheduler", "sh"},
+		{"--check", "http", "--check-path", "/", "--check-expect", "200-299"},
+		{"--scheduler", "maglev", "--no-announce"},
+		{"--announce"},
+	} {
+		e.cli(append([]string{"vip", "set", vip}, args...)...)
+		time.Sleep(300 * time.Millisecond)
+	}
+	out, err := e.d.CLI(e.ctx, "vip", "set", vip, "--mode", "nat")
+	if err == nil || !strings.Contains(err.Error(), "open flows") {
+		t.Errorf("mode change with open flows: %v %s, want refused naming the open flows", err, out)
+	}
+	as := stopStreamWhenDone(t, stream)
+	for _, a := range as {
+		if a.Err != nil {
+			t.Errorf("new connection during vip set: %s", describe(a, as[0].Start))
+		}
+	}
+	for _, r := range ka.Close() {
+		if r.Failures != 0 || r.Requests < 20 {
+			t.Errorf("keep-alive connection from port %d: %d requests, %d failures (%v)", r.Port, r.Requests, r.Failures, r.Err)
+		}
+	}
+	var vips []model.VIP
+	if err := e.d.CLIJSON(e.ctx, &vips, "vip", "list"); err != nil {
+		t.Fatal(err)
+	}
+	if len(vips) != 1 || vips[0].HealthCheck == nil || vips[0].HealthCheck.Type != "http" || vips[0].Scheduler != "maglev" {
+		t.Errorf("after vip set: %+v", vips)
+	}
+}
