@@ -10,7 +10,8 @@ import (
 func EqualVIP(a, b *VIP) bool {
 	return a.Address == b.Address && a.Port == b.Port && a.Protocol == b.Protocol && a.Mode == b.Mode &&
 		a.SNATAddr == b.SNATAddr && a.Scheduler == b.Scheduler && samePtr(a.Announce, b.Announce) && samePtr(a.HealthCheck, b.HealthCheck) &&
-		samePtr(a.Fallback, b.Fallback) && slices.Equal(a.Backends, b.Backends)
+		samePtr(a.Fallback, b.Fallback) && slices.Equal(a.Backends, b.Backends) &&
+		a.FailoverBelow == b.FailoverBelow
 }
 
 // EqualState reports whether two normalized states are equal.
