@@ -45,7 +45,7 @@ var (
 	descReconciles = prometheus.NewDesc("xdplb_reconciles_total", "Reconciler passes by result.", []string{"result"}, nil)
 	descBuildInfo  = prometheus.NewDesc("xdplb_build_info", "Version of the running daemon.", []string{"version"}, nil)
 	descScrapeErrs = prometheus.NewDesc("xdplb_scrape_errors_total", "Errors reading the data plane while serving /metrics.", nil, nil)
-	// Backup pools (issue 24): see reconcile.ActivePriority.
+	// Backup pools (issue 24): see model.ActivePriority.
 	descVIPPriority = prometheus.NewDesc("xdplb_vip_active_priority",
 		"Worst (highest) priority of the backend pools taking a VIP's new flows: 0 on its primary pool; -1 when no pool takes them (its fallback, or dropped).",
 		[]string{"vip"}, nil)
@@ -180,7 +180,7 @@ func (c *Collector) collectPools(ch chan<- prometheus.Metric, st model.State) {
 	}
 	for _, v := range st.VIPs {
 		if pools, ok := c.rec.ActivePools(v.ID()); ok {
-			ch <- prometheus.MustNewConstMetric(descVIPPriority, prometheus.GaugeValue, float64(reconcile.ActivePriority(pools)), v.ID().String())
+			ch <- prometheus.MustNewConstMetric(descVIPPriority, prometheus.GaugeValue, float64(model.ActivePriority(pools)), v.ID().String())
 		}
 	}
 }

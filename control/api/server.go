@@ -272,7 +272,7 @@ func (s *Server) vipStatus(v model.VIP, flows map[uint32]loader.FlowCount) VIPSt
 	}
 	if s.Reconciler != nil {
 		if pools, ok := s.Reconciler.ActivePools(id); ok {
-			prio := reconcile.ActivePriority(pools)
+			prio := model.ActivePriority(pools)
 			vs.ActivePools, vs.ActivePriority = pools, &prio
 		}
 	}

@@ -86,3 +86,16 @@ func TestDiffStatesPools(t *testing.T) {
 		t.Fatalf("diff %+v", d)
 	}
 }
+
+// How the active pools are shown and exported.
+func TestActivePriority(t *testing.T) {
+	for _, tc := range []struct {
+		pools []uint32
+		prio  int
+		s     string
+	}{{nil, -1, "none"}, {[]uint32{0}, 0, "0"}, {[]uint32{0, 2}, 2, "0+2"}} {
+		if p, s := ActivePriority(tc.pools), PoolsString(tc.pools); p != tc.prio || s != tc.s {
+			t.Errorf("%v: priority %d %q, want %d %q", tc.pools, p, s, tc.prio, tc.s)
+		}
+	}
+}

@@ -3,8 +3,6 @@ package reconcile
 import (
 	"cmp"
 	"slices"
-	"strconv"
-	"strings"
 
 	"github.com/xdplb/xdplb/control/model"
 )
@@ -108,30 +106,6 @@ func (p *vipPlan) choosePools() {
 	}
 }
 
-// ActivePriority is the worst (highest) of the active pools, the deepest
-// step of the ladder that takes new flows: 0 while the primary pool
-// suffices; -1 when no pool takes new flows (the fallback does, or they
-// are dropped). It is the value of xdplb_vip_active_priority.
-func ActivePriority(pools []uint32) int {
-	if len(pools) == 0 {
-		return -1
-	}
-	return int(pools[len(pools)-1])
-}
-
-// PoolsString writes active pools as `vip list` and the logs show them:
-// "0", "0+1" while two share new flows, "none" for no pool.
-func PoolsString(pools []uint32) string {
-	if len(pools) == 0 {
-		return "none"
-	}
-	s := make([]string, len(pools))
-	for i, p := range pools {
-		s[i] = strconv.FormatUint(uint64(p), 10)
-	}
-	return strings.Join(s, "+")
-}
-
 // worsePools reports whether new flows moved away from the primary pool
 // from pools a to b: to a deeper step of the ladder, or off a better pool
 // that shared them, or to no pool.
@@ -142,7 +116,7 @@ func worsePools(a, b []uint32) bool {
 	case len(a) == 0:
 		return false
 	}
-	if c := cmp.Compare(ActivePriority(b), ActivePriority(a)); c != 0 {
+	if c := cmp.Compare(model.ActivePriority(b), model.ActivePriority(a)); c != 0 {
 		return c > 0
 	}
 	return b[0] > a[0]
@@ -150,7 +124,7 @@ func worsePools(a, b []uint32) bool {
 
 // logPools logs a change of a VIP's active pools.
 func (r *Reconciler) logPools(vid model.VIPID, from, to []uint32) {
-	msg, args := "vip active pool changed", []any{"vip", vid, "from", PoolsString(from), "to", PoolsString(to)}
+	msg, args := "vip active pool changed", []any{"vip", vid, "from", model.PoolsString(from), "to", model.PoolsString(to)}
 	if worsePools(from, to) {
 		r.log.Warn(msg, args...)
 		return

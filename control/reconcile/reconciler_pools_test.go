@@ -323,15 +323,6 @@ func TestActivePools(t *testing.T) {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
 		}
 	}
-	for _, tc := range []struct {
-		pools []uint32
-		prio  int
-		s     string
-	}{{nil, -1, "none"}, {[]uint32{0}, 0, "0"}, {[]uint32{0, 2}, 2, "0+2"}} {
-		if p, s := ActivePriority(tc.pools), PoolsString(tc.pools); p != tc.prio || s != tc.s {
-			t.Errorf("%v: priority %d %q, want %d %q", tc.pools, p, s, tc.prio, tc.s)
-		}
-	}
 }
 
 // A fresh reconciler (a restart) logs no pool change for the pools it
