@@ -20,10 +20,12 @@ func EqualState(a, b *State) bool {
 }
 
 // SameTargets reports whether a and b probe the same targets: they differ
-// at most in the weights and drain flags of their backends.
+// at most in the weights, drain flags and pools of their backends and in
+// failover_below.
 func SameTargets(a, b *VIP) bool {
 	x, y := *a, *b
 	x.Backends, y.Backends = nil, nil
+	x.FailoverBelow, y.FailoverBelow = 0, 0
 	return EqualVIP(&x, &y) && slices.EqualFunc(a.Backends, b.Backends, func(p, q Backend) bool {
 		return p.Address == q.Address && p.Port == q.Port
 	})

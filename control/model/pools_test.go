@@ -58,8 +58,8 @@ func TestPoolPatches(t *testing.T) {
 	if err := p.Apply(&w); err != nil || w.FailoverBelow != 50 {
 		t.Fatalf("Apply: %v, failover_below %d", err, w.FailoverBelow)
 	}
-	if EqualVIP(&v, &w) {
-		t.Fatal("EqualVIP ignores failover_below")
+	if EqualVIP(&v, &w) || !SameTargets(&v, &w) {
+		t.Fatal("a failover_below change: want another config with the same targets")
 	}
 	w.FailoverBelow = 0
 	if !EqualVIP(&v, &w) {
