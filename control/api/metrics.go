@@ -46,6 +46,10 @@ var (
 	descReconciles = prometheus.NewDesc("xdplb_reconciles_total", "Reconciler passes by result.", []string{"result"}, nil)
 	descBuildInfo  = prometheus.NewDesc("xdplb_build_info", "Version of the running daemon.", []string{"version"}, nil)
 	descScrapeErrs = prometheus.NewDesc("xdplb_scrape_errors_total", "Errors reading the data plane while serving /metrics.", nil, nil)
+	// Backup pools (issue 24): see model.ActivePriority.
+	descVIPPriority = prometheus.NewDesc("xdplb_vip_active_priority",
+		"Worst (highest) priority of the backend pools taking a VIP's new flows: 0 on its primary pool; -1 when no pool takes them (its fallback, or dropped).",
+		[]string{"vip"}, nil)
 )
 
 // Collector exposes the data plane's counters; it reads the maps at scrape
@@ -87,6 +91,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		descReconciles, descBuildInfo, descScrapeErrs} {
 		ch <- d
 	}
+	ch <- descVIPPriority
 }
 
 // Collect implements prometheus.Collector.
@@ -140,6 +145,7 @@ func (c *Collector) collect(ch chan<- prometheus.Metric) error {
 			ch <- prometheus.MustNewConstMetric(descBeUp, prometheus.GaugeValue, up, v.ID().String(), l)
 		}
 	}
+	c.collectPools(ch, st)
 	sum := map[[2]string]uint64{} // two ifindexes may share a name label ("other")
 	var order [][2]string
 	for _, a := range snap.Actions {
@@ -173,6 +179,19 @@ func (c *Collector) collect(ch chan<- prometheus.Metric) error {
 // collectNAT exports the NAT table's gauge and the data plane's events.
 // A data plane may lack them: a read that fails leaves its family out and
 // is logged at debug, and the scrape goes on as if it had none.
+// collectPools exports the active priority of each VIP the reconciler
+// planned.
+func (c *Collector) collectPools(ch chan<- prometheus.Metric, st model.State) {
+	if c.rec == nil {
+		return
+	}
+	for _, v := range st.VIPs {
+		if pools, ok := c.rec.ActivePools(v.ID()); ok {
+			ch <- prometheus.MustNewConstMetric(descVIPPriority, prometheus.GaugeValue, float64(model.ActivePriority(pools)), v.ID().String())
+		}
+	}
+}
+
 func (c *Collector) collectNAT(ch chan<- prometheus.Metric) {
 	if st, err := c.dp.NATStats(); err != nil {
 		c.log.Debug("metrics: no nat stats", "err", err)

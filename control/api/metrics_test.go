@@ -73,6 +73,9 @@ xdplb_backend_up{backend="10.0.0.2",vip="10.0.0.100:80/tcp"} 0
 # TYPE xdplb_backend_weight gauge
 xdplb_backend_weight{backend="10.0.0.1",vip="10.0.0.100:80/tcp"} 100
 xdplb_backend_weight{backend="10.0.0.2",vip="10.0.0.100:80/tcp"} 30
+# HELP xdplb_vip_active_priority Worst (highest) priority of the backend pools taking a VIP's new flows: 0 on its primary pool; -1 when no pool takes them (its fallback, or dropped).
+# TYPE xdplb_vip_active_priority gauge
+xdplb_vip_active_priority{vip="10.0.0.100:80/tcp"} 0
 # HELP xdplb_xdp_actions_total XDP verdicts returned, per interface.
 # TYPE xdplb_xdp_actions_total counter
 xdplb_xdp_actions_total{action="pass",iface="other"} 4

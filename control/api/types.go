@@ -47,6 +47,12 @@ type VIPStatus struct {
 	Fallback *BackendStatus  `json:"fallback,omitempty"`
 	Flows    int             `json:"flows"`
 	HalfOpen int             `json:"half_open"`
+	// ActivePools are the pools (backend priorities, best first) taking
+	// the VIP's new flows, and ActivePriority the worst of them: -1 when
+	// none does (its fallback takes them, or they are dropped), as
+	// xdplb_vip_active_priority. Both unset before the VIP is reconciled.
+	ActivePools    []uint32 `json:"active_pools,omitempty"`
+	ActivePriority *int     `json:"active_priority,omitempty"`
 }
 
 // BackendStatus is a backend with what the daemon knows of it now.

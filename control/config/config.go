@@ -33,8 +33,10 @@ type vipDoc struct {
 	Scheduler   model.Scheduler    `yaml:"scheduler,omitempty"`
 	Announce    *bool              `yaml:"announce,omitempty"`
 	HealthCheck *model.HealthCheck `yaml:"healthcheck,omitempty"`
-	Fallback    *model.Fallback    `yaml:"fallback,omitempty"`
-	Backends    []backendDoc       `yaml:"backends"`
+	// FailoverBelow: see model.VIP.FailoverBelow.
+	FailoverBelow uint32          `yaml:"failover_below,omitempty"`
+	Fallback      *model.Fallback `yaml:"fallback,omitempty"`
+	Backends      []backendDoc    `yaml:"backends"`
 }
 
 type backendDoc struct {
@@ -42,6 +44,8 @@ type backendDoc struct {
 	Port    uint16     `yaml:"port,omitempty"`
 	Weight  *uint32    `yaml:"weight"`
 	Drain   bool       `yaml:"drain,omitempty"`
+	// Priority: see model.Backend.Priority.
+	Priority uint32 `yaml:"priority,omitempty"`
 }
 
 // Load reads a config file into a normalized State. It does not validate:
@@ -81,8 +85,10 @@ func Parse(b []byte) (model.State, error) {
 		if d.SNATAddr != nil {
 			v.SNATAddr = *d.SNATAddr
 		}
+		v.FailoverBelow = d.FailoverBelow
 		for _, bd := range d.Backends {
 			b := model.Backend{Address: bd.Address, Port: bd.Port, Weight: model.DefaultWeight, Drain: bd.Drain}
+			b.Priority = bd.Priority
 			if bd.Weight != nil {
 				b.Weight = *bd.Weight
 			}
@@ -108,8 +114,10 @@ func Marshal(s model.State) ([]byte, error) {
 		if v.SNATAddr.IsValid() {
 			d.SNATAddr = &v.SNATAddr
 		}
+		d.FailoverBelow = v.FailoverBelow
 		for j, b := range v.Backends {
 			d.Backends[j] = backendDoc{Address: b.Address, Port: b.Port, Weight: &v.Backends[j].Weight, Drain: b.Drain}
+			d.Backends[j].Priority = b.Priority
 		}
 		doc.VIPs = append(doc.VIPs, d)
 	}

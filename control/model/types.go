@@ -73,6 +73,14 @@ func OneOf[T ~string](choices []T) string {
 // DefaultWeight is a backend's weight when none is given.
 const DefaultWeight = 100
 
+// MaxPriority is the worst pool a backend may be in (0, the default, is the
+// primary pool); MaxFailoverBelow the largest VIP.FailoverBelow, a
+// percentage.
+const (
+	MaxPriority      = 255
+	MaxFailoverBelow = 100
+)
+
 // Duration is a time.Duration written as "1s", "500ms" in YAML and JSON.
 type Duration time.Duration
 
@@ -96,6 +104,10 @@ type Backend struct {
 	Port    uint16     `json:"port,omitempty" yaml:"port,omitempty"` // 0: the VIP's port
 	Weight  uint32     `json:"weight" yaml:"weight"`
 	Drain   bool       `json:"drain,omitempty" yaml:"drain,omitempty"`
+	// Priority is the backend's pool: 0 (the default) the primary, higher
+	// numbers backups that take new flows only when the better pools fail
+	// (see VIP.FailoverBelow).
+	Priority uint32 `json:"priority,omitempty" yaml:"priority,omitempty"`
 }
 
 // VIP is a virtual service and its backends.
@@ -114,6 +126,11 @@ type VIP struct {
 	Scheduler   Scheduler    `json:"scheduler,omitempty" yaml:"scheduler,omitempty"`
 	Announce    *bool        `json:"announce,omitempty" yaml:"announce,omitempty"` // nil: on when inside an attached subnet
 	HealthCheck *HealthCheck `json:"healthcheck,omitempty" yaml:"healthcheck,omitempty"`
+	// FailoverBelow (0-100) is when the next backup pool shares the VIP's
+	// new flows: once the healthy weight of the pool before it falls below
+	// this percentage of that pool's configured weight. 0: only when none
+	// of that pool's backends is healthy.
+	FailoverBelow uint32 `json:"failover_below,omitempty" yaml:"failover_below,omitempty"`
 	// Fallback (nil: none) takes the VIP's new flows while none of its
 	// backends can: all down, drained or unresolved, or none configured.
 	Fallback *Fallback `json:"fallback,omitempty" yaml:"fallback,omitempty"`
@@ -212,6 +229,8 @@ func (d *Duration) UnmarshalText(b []byte) error {
 type BackendPatch struct {
 	Weight *uint32 `json:"weight,omitempty"`
 	Drain  *bool   `json:"drain,omitempty"`
+	// Priority moves the backend to another pool.
+	Priority *uint32 `json:"priority,omitempty"`
 }
 
 // Apply makes the change on b.
@@ -221,6 +240,9 @@ func (p BackendPatch) Apply(b *Backend) {
 	}
 	if p.Drain != nil {
 		b.Drain = *p.Drain
+	}
+	if p.Priority != nil {
+		b.Priority = *p.Priority
 	}
 }
 
@@ -236,6 +258,8 @@ type VIPPatch struct {
 	HealthCheck *HealthCheckPatch `json:"healthcheck,omitempty"`
 	// Fallback: an invalid address removes the fallback.
 	Fallback *Fallback `json:"fallback,omitempty"`
+	// FailoverBelow: see VIP.FailoverBelow.
+	FailoverBelow *uint32 `json:"failover_below,omitempty"`
 }
 
 // HealthCheckPatch changes a VIP's health check; nil fields stay as they
@@ -254,7 +278,8 @@ type HealthCheckPatch struct {
 // IsZero reports whether p changes nothing.
 func (p VIPPatch) IsZero() bool {
 	return p.Mode == nil && p.Scheduler == nil && p.SNATAddr == nil && p.Announce == nil &&
-		(p.HealthCheck == nil || p.HealthCheck.IsZero()) && p.Fallback == nil
+		(p.HealthCheck == nil || p.HealthCheck.IsZero()) && p.Fallback == nil &&
+		p.FailoverBelow == nil
 }
 
 // IsZero reports whether p changes nothing.
@@ -284,6 +309,9 @@ func (p VIPPatch) Apply(v *VIP) error {
 		} else {
 			v.Fallback = nil
 		}
+	}
+	if p.FailoverBelow != nil {
+		v.FailoverBelow = *p.FailoverBelow
 	}
 	if p.HealthCheck != nil && !p.HealthCheck.IsZero() {
 		hc, err := p.HealthCheck.apply(v.HealthCheck)
@@ -350,6 +378,7 @@ const (
 	BackendDraining   = "draining"   // weight 0 or drain: open flows only
 	BackendUnresolved = "unresolved" // dr: no neighbour entry (MAC) yet; nat: no route through an attached interface
 	BackendDown       = "down"       // failed health checks
+	BackendStandby    = "standby"    // up, in a backup pool that takes no new flows: a better pool suffices
 )
 
 // States of a VIP's fallback, shown by `backend list` and `vip list`

@@ -254,6 +254,9 @@ func ValidateVIP(v *VIP, index int) error {
 	default:
 		return Invalidf("vip %s: unknown scheduler %q: want %s", name, v.Scheduler, OneOf(Schedulers()))
 	}
+	if v.FailoverBelow > MaxFailoverBelow {
+		return Invalidf("vip %s: failover_below %d: want a percentage, 0-%d", name, v.FailoverBelow, MaxFailoverBelow)
+	}
 	if v.HealthCheck != nil {
 		if err := validateCheck(v); err != nil {
 			return Invalidf("vip %s: healthcheck: %s", name, err)
@@ -289,6 +292,9 @@ func ValidateVIP(v *VIP, index int) error {
 		}
 		if b.Weight > MaxWeight {
 			return Invalidf("vip %s: backend %s: weight %d: want 0-%d", name, bname, b.Weight, MaxWeight)
+		}
+		if b.Priority > MaxPriority {
+			return Invalidf("vip %s: backend %s: priority %d: want 0-%d", name, bname, b.Priority, MaxPriority)
 		}
 		k := bkey{addr, port}
 		if seen[k] {

@@ -30,6 +30,7 @@ type vipPlan struct {
 	backends []backendPlan
 	members  []MaglevBackend // the lookup table's backends; none: no table
 	active   int             // backends not drained
+	pools    []uint32        // the pools whose backends are members, best first (see pools.go)
 	// fallback is the VIP's fallback server (nil: none), planned as a
 	// backend that is never down; onFallback: it is the table's only
 	// member, none of the backends being usable.
@@ -75,7 +76,9 @@ type locator struct {
 // A backend is usable (in the table) when it is resolved, not drained and
 // passes its checks. Resolved is, for DR, a known MAC; for NAT, a route
 // through an attached interface (the program looks the next hop up in the
-// FIB) and, for fullnat, a SNAT address for the VIP. One that fails its
+// FIB) and, for fullnat, a SNAT address for the VIP. The usable backends
+// of the pools that take new flows make up the table (see pools.go); those
+// of the other pools stand by. One that fails its
 // checks keeps its entry, marked Down (its flows are placed again by the
 // data plane); a drained one keeps its entry as is (its flows continue);
 // an unresolved one keeps the entry it has (last known MAC) for its open
@@ -134,13 +137,11 @@ func planVIP(v model.VIP, m *mirror, a *ids, up func(model.VIPID, model.Backend)
 			bp.entry = p.backendEntry(bp, id, bid)
 			bp.hasEntry = true
 			bp.info.ID, bp.info.MAC = bid, bp.entry.MAC
-			if bp.info.State == model.BackendUp {
-				p.members = append(p.members, MaglevBackend{ID: bid, Key: MaglevKey(addr, v.BackendPort(b)), Weight: b.Weight})
-			}
 		case bp.had:
 			bp.entry, bp.hasEntry = p.keptEntry(bp.old, bp.up)
 		}
 	}
+	p.choosePools()
 	if v.Fallback != nil {
 		if p.planFallback(*v.Fallback, id, m, a, loc); p.err != nil {
 			return p

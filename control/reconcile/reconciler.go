@@ -64,7 +64,7 @@ const ReconcileInterval = 5 * time.Second
 // BackendInfo is what the reconciler last decided about a backend.
 type BackendInfo struct {
 	ID     uint32
-	State  string           // model.BackendUp, BackendDraining, BackendUnresolved, BackendDown
+	State  string           // model.BackendUp, BackendDraining, BackendUnresolved, BackendDown, BackendStandby
 	MAC    net.HardwareAddr // nil: not resolved, or a NAT backend
 	Iface  string           // the egress interface
 	Reason string           // why it is not resolved; "" when it is
@@ -153,6 +153,19 @@ func (r *Reconciler) Fallback(vip model.VIPID) (BackendInfo, bool) {
 		return BackendInfo{}, false
 	}
 	return *s.fallback, true
+}
+
+// ActivePools returns the pools (priorities, best first) whose backends
+// took a VIP's new flows in the last reconcile; none: its fallback took
+// them, or they were dropped. False when the VIP was not planned.
+func (r *Reconciler) ActivePools(vip model.VIPID) ([]uint32, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.vips[vip]
+	if s == nil || s.info == nil {
+		return nil, false
+	}
+	return slices.Clone(s.pools), true
 }
 
 // SNATAddr returns the SNAT address the last reconcile gave a fullnat VIP:
@@ -482,6 +495,9 @@ type vipState struct {
 	// VIP's new flows.
 	fallback   *BackendInfo
 	onFallback bool
+	// pools are the pools whose backends take the VIP's new flows, best
+	// first; none: its fallback takes them, or they are dropped.
+	pools []uint32
 }
 
 // index finds a backend of s by its address and port as configured.
@@ -507,7 +523,7 @@ func (s *vipState) backend(addr netip.Addr, port uint16) (BackendInfo, bool) {
 // decide turns plans into the VIPs' new states and logs, once per change,
 // what they decide that an operator must know: a backend going down or
 // coming back, one that cannot be resolved, a VIP without a healthy
-// backend.
+// backend, a change of the pools that take a VIP's new flows.
 func (r *Reconciler) decide(plans []vipPlan) []*vipState {
 	out := make([]*vipState, len(plans))
 	for i, p := range plans {
@@ -518,6 +534,7 @@ func (r *Reconciler) decide(plans []vipPlan) []*vipState {
 			continue
 		}
 		ns.snat, ns.noSNAT = p.meta.SNATAddr, p.snatErr != nil
+		ns.pools = p.pools
 		ns.info, ns.up = make([]BackendInfo, len(p.backends)), make([]bool, len(p.backends))
 		old := r.vips[vid]
 		aligned := old != nil && old.info != nil && model.SameTargets(&old.v, &p.v)
@@ -547,6 +564,9 @@ func (r *Reconciler) decide(plans []vipPlan) []*vipState {
 			r.log.Info("vip has a usable backend again: new flows leave its fallback", "vip", vid)
 		case !noHealthy && p.exists && p.cur.NoHealthy:
 			r.log.Info("vip has a healthy backend again", "vip", vid)
+		}
+		if old != nil && old.info != nil && !slices.Equal(old.pools, ns.pools) {
+			r.logPools(vid, old.pools, ns.pools)
 		}
 		r.logSNAT(vid, old, ns, p.held, p.snatErr)
 	}
