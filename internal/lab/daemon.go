@@ -265,8 +265,9 @@ func (d *Daemon) Stats(ctx context.Context) (api.Stats, error) {
 }
 
 // WaitBackendsUp polls `xdplb backend list VIP` until all want backends are
-// up (their MACs resolved and in the data plane) or the time runs out. A
-// fallback server is no backend: it is not counted.
+// up (their MACs resolved and in the data plane; a backup pool's may stand
+// by) or the time runs out. A fallback server is no backend: it is not
+// counted.
 func (d *Daemon) WaitBackendsUp(ctx context.Context, vip string, want int, limit time.Duration) ([]api.BackendStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
@@ -279,7 +280,7 @@ func (d *Daemon) WaitBackendsUp(ctx context.Context, vip string, want int, limit
 				continue // the VIP's sorry server: no backend
 			}
 			n++
-			if b.State == model.BackendUp {
+			if b.State == model.BackendUp || b.State == model.BackendStandby {
 				up++
 			}
 		}

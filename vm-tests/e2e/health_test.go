@@ -657,3 +657,85 @@ func TestVIPSetKeepsFlows(t *testing.T) {
 		t.Errorf("after vip set: %+v", vips)
 	}
 }
+
+// TestBackupPoolFailover: a VIP's primary pool (be1, be2) fails; new
+// connections go to the backup pool (be3) once the daemon sees it, and
+// back to the primary when one of its servers returns. No connection fails
+// but those a dead primary backend took before it was seen down (issue 24).
+func TestBackupPoolFailover(t *testing.T) {
+	e := setup(t)
+	target := netip.AddrPortFrom(lab.VIP4, lab.HTTPPort)
+	vip := target.String() + "/tcp"
+	e.cli("vip", "add", vip, "--mode", "dr", "--check", "http",
+		"--check-interval", checkInterval.String(), "--check-timeout", "100ms",
+		"--rise", fmt.Sprint(checkRise), "--fall", fmt.Sprint(checkFall))
+	e.cli("backend", "add", vip, e.lab.Backend("be1").IPv4.String())
+	e.cli("backend", "add", vip, e.lab.Backend("be2").IPv4.String())
+	e.cli("backend", "add", vip, e.lab.Backend("be3").IPv4.String(), "--priority", "1")
+	if _, err := e.d.WaitBackendsUp(e.ctx, vip, 3, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if res := e.load(target, 40); !slices.Equal(res.Names(), []string{"be1", "be2"}) {
+		t.Fatalf("with the primary pool up, answered by %v", res.Names())
+	}
+	e.trackSYNs(target)
+	stream := e.lab.Client.StartStream(e.ctx, target, lab.StreamOptions{
+		Interval: 20 * time.Millisecond, Duration: 6 * time.Second, Timeout: time.Second, FirstPort: streamPort,
+	})
+	time.Sleep(500 * time.Millisecond)
+	t0 := time.Now()
+	for _, name := range []string{"be1", "be2"} {
+		if err := e.servers[name].Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"be1", "be2"} {
+		if _, _, err := e.d.WaitBackendState(e.ctx, vip, e.lab.Backend(name).IPv4, model.BackendDown, 3*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tDown := time.Now()
+	time.Sleep(time.Second)
+	t1 := time.Now()
+	if err := e.servers["be1"].Start(); err != nil {
+		t.Fatal(err)
+	}
+	_, seenUp, err := e.d.WaitBackendState(e.ctx, vip, e.lab.Backend("be1").IPv4, model.BackendUp, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	as := stopStreamWhenDone(t, stream)
+	owners := e.synOwners()
+	var bad []string
+	byPhase := map[string]map[string]int{"primary": {}, "backup": {}, "back": {}}
+	for _, a := range as {
+		phase := "primary"
+		switch {
+		case a.Start.After(seenUp.Add(100 * time.Millisecond)):
+			phase = "back"
+		case a.Start.After(tDown.Add(100*time.Millisecond)) && a.Start.Before(t1):
+			phase = "backup"
+		case a.Start.After(t0):
+			phase = "" // while the primary fails or returns: either pool
+		}
+		if a.Err != nil {
+			// Only a dead primary backend may have taken it.
+			if be, _ := owner(owners, a); (be != "be1" && be != "be2") || a.Start.Before(t0) {
+				bad = append(bad, describe(a, t0)+" (SYN reached "+be+")")
+			}
+			continue
+		}
+		if phase != "" {
+			byPhase[phase][a.Backend]++
+		}
+	}
+	if len(bad) > 0 {
+		t.Errorf("%d connections failed that no dead backend took:\n  %s", len(bad), strings.Join(bad, "\n  "))
+	}
+	t.Logf("MEASURED pools: answered by phase %v; primary seen down T0+%s, be1 seen up T1+%s", byPhase, ms(tDown.Sub(t0)), ms(seenUp.Sub(t1)))
+	for phase, want := range map[string]string{"backup": "be3", "back": "be1"} {
+		if got := byPhase[phase]; len(got) != 1 || got[want] == 0 {
+			t.Errorf("%s: answered by %v, want only %s", phase, got, want)
+		}
+	}
+}
