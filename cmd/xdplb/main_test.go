@@ -132,6 +132,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"daemon", "--iface", "lo", "--log-format", "xml"}, `daemon: unknown --log-format "xml"`},
 		{[]string{"daemon", "--iface", "lo", "--conntrack-size", "0"}, `daemon: --conntrack-size 0`},
 		{[]string{"daemon", "--iface", "lo", "--snat-ports", "60000-20000"}, `daemon: --snat-ports "60000-20000": want LO-HI with 1 <= LO <= HI <= 65535`},
+		{[]string{"daemon", "--iface", "lo", "--watch-config"}, `daemon: --watch-config needs --config FILE`},
 		{[]string{"daemon", "--iface", "lo", "--snat-ports", "many"}, `daemon: --snat-ports "many"`},
 		{[]string{"daemon", "--iface", "lo", "--snat-ports", "0-100"}, `daemon: --snat-ports "0-100"`},
 		{[]string{"apply"}, `apply: want -f FILE`},
