@@ -36,6 +36,9 @@ type Datapath interface {
 	BackendCounters() (map[uint32]loader.Counters, error) // by backend id
 	ActionCounters() ([]loader.ActionCount, error)
 	DropCounters() (map[string]uint64, error) // by drop reason name
+	// VIPDropCounters are the drops of new flows of each VIP, by VIP id
+	// and reason name; only the reasons that counted.
+	VIPDropCounters() (map[uint32]map[string]uint64, error)
 	// FlowCountsByBackend counts open flows per backend id: connection-
 	// table entries not closed by a TCP FIN/RST and seen within their
 	// phase's idle limit, established apart from half-open.
