@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 
@@ -23,17 +24,19 @@ func (e *env) backendCommand() *cli.Command {
 				ArgsUsage: "VIP ADDR[:PORT]",
 				Flags: []cli.Flag{
 					&cli.IntFlag{Name: "weight", Value: model.DefaultWeight, Usage: "share of new flows, 0-65535 (0: no new flows)"},
+					maxConnsFlag("none"),
 				},
 				Action: e.backendAdd,
 			},
 			{
 				Name:      "set",
-				Usage:     "change one backend: its weight, or drain it, or enable it again",
+				Usage:     "change one backend: its weight, or drain it, or enable it again, or its connection cap",
 				ArgsUsage: "VIP ADDR[:PORT]",
 				Flags: []cli.Flag{
 					&cli.IntFlag{Name: "weight", Usage: "new weight, 0-65535"},
 					&cli.BoolFlag{Name: "drain", Usage: "stop sending new flows; open flows continue"},
 					&cli.BoolFlag{Name: "enable", Usage: "undo --drain"},
+					maxConnsFlag("unchanged"),
 				},
 				Action: e.backendSet,
 			},
@@ -70,6 +73,12 @@ func backendArgs(c *cli.Context) (model.VIPID, netip.Addr, uint16, error) {
 	return id, addr, port, nil
 }
 
+// maxConnsFlag is --max-conns of backend add and set.
+func maxConnsFlag(def string) cli.Flag {
+	return &cli.StringFlag{Name: "max-conns", Usage: "connection cap, " + maxConnsUsage + ": with N open connections the backend takes no new " +
+		"flows (its open ones continue) until it is back at M (default 3/4 of N); 0 or none: no cap", DefaultText: def}
+}
+
 func weightFlag(c *cli.Context) (uint32, error) {
 	w := c.Int("weight")
 	if w < 0 || w > model.MaxWeight {
@@ -88,6 +97,13 @@ func (e *env) backendAdd(c *cli.Context) error {
 		return err
 	}
 	b := model.Backend{Address: addr, Port: port, Weight: w}
+	if c.IsSet("max-conns") {
+		cc, err := connCapFlag(c)
+		if err != nil {
+			return err
+		}
+		b.MaxConns, b.MaxConnsMin = cc.Max, cc.Min
+	}
 	if err := client(c).AddBackend(c.Context, id, b); err != nil {
 		return apiError(c, err)
 	}
@@ -100,13 +116,13 @@ func (e *env) backendSet(c *cli.Context) error {
 		return err
 	}
 	n := 0
-	for _, f := range []string{"weight", "drain", "enable"} {
+	for _, f := range []string{"weight", "drain", "enable", "max-conns"} {
 		if c.IsSet(f) {
 			n++
 		}
 	}
 	if n != 1 {
-		return usagef(c, "want exactly one of --weight N, --drain, --enable")
+		return usagef(c, "want exactly one of --weight N, --drain, --enable, --max-conns %s", maxConnsUsage)
 	}
 	var p model.BackendPatch
 	switch {
@@ -122,6 +138,12 @@ func (e *env) backendSet(c *cli.Context) error {
 	case c.IsSet("enable"):
 		d := !c.Bool("enable")
 		p.Drain = &d
+	case c.IsSet("max-conns"):
+		cc, err := connCapFlag(c)
+		if err != nil {
+			return err
+		}
+		p.MaxConns = &cc
 	}
 	if err := client(c).SetBackend(c.Context, id, addr, port, p); err != nil {
 		return apiError(c, err)
@@ -168,10 +190,11 @@ func (e *env) backendList(c *cli.Context) error {
 	if len(bs) > 0 && bs[0].Mode.IsNAT() {
 		return writeNATBackends(e.stdout, bs)
 	}
-	t := newTable(e.stdout, "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MAC")
+	caps := hasCaps(bs)
+	t := newTable(e.stdout, withCap(caps, nil, "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MAC")...)
 	for _, b := range bs {
-		t.row(backendString(b.Address, b.Port), weightString(b),
-			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), orDash(b.MAC))
+		t.row(withCap(caps, &b, backendString(b.Address, b.Port), weightString(b),
+			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), orDash(b.MAC))...)
 	}
 	return t.flush()
 }
@@ -180,16 +203,36 @@ func (e *env) backendList(c *cli.Context) error {
 // (the next hop is the kernel's FIB's) but the mode, the egress interface
 // and, for fullnat, the source address the backend sees.
 func writeNATBackends(w io.Writer, bs []api.BackendStatus) error {
-	t := newTable(w, "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MODE", "IFACE", "SNAT")
+	caps := hasCaps(bs)
+	t := newTable(w, withCap(caps, nil, "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MODE", "IFACE", "SNAT")...)
 	for _, b := range bs {
 		snat := "-"
 		if b.SNATAddr.IsValid() {
 			snat = b.SNATAddr.String()
 		}
-		t.row(backendString(b.Address, b.Port), weightString(b),
-			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), string(b.Mode), orDash(b.Iface), snat)
+		t.row(withCap(caps, &b, backendString(b.Address, b.Port), weightString(b),
+			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), string(b.Mode), orDash(b.Iface), snat)...)
 	}
 	return t.flush()
+}
+
+// hasCaps reports whether some backend of bs has a connection cap: only
+// then does `backend list` show the MAX-CONNS column.
+func hasCaps(bs []api.BackendStatus) bool {
+	return slices.ContainsFunc(bs, func(b api.BackendStatus) bool { return b.MaxConns != 0 })
+}
+
+// withCap is a row of `backend list` with, when caps, the MAX-CONNS column
+// last: its title in the header (b nil), else b's cap ("N min M").
+func withCap(caps bool, b *api.BackendStatus, cols ...string) []string {
+	switch {
+	case !caps:
+		return cols
+	case b == nil:
+		return append(cols, "MAX-CONNS")
+	default:
+		return append(cols, capString(b.Backend))
+	}
 }
 
 // weightString is a backend's WEIGHT as `backend list` shows it: the

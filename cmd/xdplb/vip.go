@@ -86,8 +86,10 @@ func vipFlags(add bool) []cli.Flag {
 		&cli.BoolFlag{Name: "no-announce", Usage: "do not answer ARP/NDP for the VIP", DefaultText: def("off")},
 		&cli.StringFlag{Name: "snat-addr", Usage: "fullnat: source address of the packets to the backends, an address of this host: " + snat,
 			DefaultText: def("the primary address of the interface toward the first backend")},
-		&cli.StringFlag{Name: "fallback", Usage: "server that takes the new flows while no backend can (all down, drained or unresolved), " +
+		&cli.StringFlag{Name: "fallback", Usage: "server that takes the new flows while no backend can (all down, drained, full or unresolved), " +
 			"reached as a backend; not health-checked: " + fallback, DefaultText: def("none")},
+		&cli.StringFlag{Name: "max-new-flows", Usage: "new flows the VIP takes a second, " + maxNewFlowsUsage +
+			": up to burst at once after a quiet spell (default RATE); more are dropped as rate_limited; 0 or none: no limit", DefaultText: def("none")},
 	}
 }
 
@@ -156,6 +158,13 @@ func vipPatchFromFlags(c *cli.Context, add bool) (model.VIPPatch, error) {
 			f.Address, f.Port = addr, port
 		}
 		p.Fallback = f
+	}
+	if c.IsSet("max-new-flows") {
+		l, err := newFlowLimitFlag(c)
+		if err != nil {
+			return p, err
+		}
+		p.MaxNewFlows = &l
 	}
 	hc, err := checkPatchFromFlags(c, add)
 	if err != nil {
@@ -344,9 +353,15 @@ func (e *env) vipList(c *cli.Context) error {
 // egress interface's) and, on its backends' lines, the one in use.
 func writeVIPTree(w io.Writer, vips []api.VIPStatus) error {
 	snat := slices.ContainsFunc(vips, func(v api.VIPStatus) bool { return v.Mode == model.ModeFullNAT })
+	limits := slices.ContainsFunc(vips, func(v api.VIPStatus) bool {
+		return v.MaxNewFlows != 0 || slices.ContainsFunc(v.Backends, func(b api.BackendStatus) bool { return b.MaxConns != 0 })
+	})
 	header := []string{"VIP", "MODE", "SCHEDULER", "CHECK", "ANNOUNCE", "FLOWS", "HALF-OPEN"}
 	if snat {
 		header = append(header, "SNAT")
+	}
+	if limits {
+		header = append(header, "LIMIT")
 	}
 	t := newTable(w, header...)
 	for _, v := range vips {
@@ -354,6 +369,9 @@ func writeVIPTree(w io.Writer, vips []api.VIPStatus) error {
 			checkString(v.HealthCheck), announceString(v.Announce), strconv.Itoa(v.Flows), strconv.Itoa(v.HalfOpen)}
 		if snat {
 			row = append(row, snatString(v.VIP))
+		}
+		if limits {
+			row = append(row, limitString(v.VIP))
 		}
 		t.row(row...)
 		bs := slices.Clone(v.Backends)
@@ -378,6 +396,13 @@ func writeVIPTree(w io.Writer, vips []api.VIPStatus) error {
 					a = b.SNATAddr.String()
 				}
 				row = append(row, a)
+			}
+			if limits {
+				c := capString(b.Backend)
+				if b.MaxConns != 0 {
+					c = "max conns " + c
+				}
+				row = append(row, c)
 			}
 			t.row(row...)
 		}
