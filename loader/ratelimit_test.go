@@ -248,6 +248,13 @@ func TestVIPDrops(t *testing.T) {
 	if fmt.Sprint(all) != fmt.Sprint(want) {
 		t.Fatalf("vip drops %v, want %v", all, want)
 	}
+	vips, err := d.VIPs()
+	must(t, err)
+	for id := uint32(5); id <= 7; id++ {
+		if m := vips[keys[id]]; m.BackendsFull != (id == 7) || m.NoHealthy != (id == 6) {
+			t.Errorf("vip %d read back %+v", id, m)
+		}
+	}
 	if err := d.PutVIP(keys[5], VIPMeta{ID: 8, Mode: ModeDR, Hash: HashMaglev, NoHealthy: true, BackendsFull: true}); err == nil {
 		t.Fatal("a vip both without a healthy backend and with all full accepted")
 	}
