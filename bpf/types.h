@@ -99,7 +99,7 @@ enum vip_flags {
 /* A VIP's new-flow rate limit (map vip_rates, by VIP id), a GCRA token
  * bucket (ratelimit.h) on the rate clock: bpf_jiffies64() <<
  * RATE_CLOCK_SHIFT, fine enough that a period of 10,000,000 flows a second
- * at HZ=100 is 168 units, off by 0.2%. rate and burst are the operator's;
+ * at HZ=100 is 168 units, off by 0.14%. rate and burst are the operator's;
  * the loader derives period and tau from them with the measured HZ. */
 enum rate_clock {
 	RATE_CLOCK_SHIFT = 24,
