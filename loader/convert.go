@@ -3,6 +3,7 @@ package loader
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 	"net"
 	"net/netip"
 )
@@ -202,17 +203,18 @@ func rateToC(l RateLimit, hz uint64) (xdplbVipRate, error) {
 		}
 		return xdplbVipRate{}, nil
 	}
-	if l.Burst == 0 || uint64(l.Burst) > uint64(l.Rate)*MaxRateBurstSeconds {
-		return xdplbVipRate{}, fmt.Errorf("%w: rate limit burst %d: want 1 to %d seconds of the rate", ErrInvalid, l.Burst, MaxRateBurstSeconds)
+	if l.Burst == 0 {
+		return xdplbVipRate{}, fmt.Errorf("%w: rate limit burst 0: want 1 or more", ErrInvalid)
 	}
 	unit := hz << uint64(xdplbRateClockRATE_CLOCK_SHIFT)
-	period := (unit + uint64(l.Rate)/2) / uint64(l.Rate)
-	return xdplbVipRate{
-		Rate:   l.Rate,
-		Burst:  l.Burst,
-		Period: max(period, 1),
-		Tau:    uint64(l.Burst-1) * max(period, 1),
-	}, nil
+	period := max((unit+uint64(l.Rate)/2)/uint64(l.Rate), 1)
+	// The bucket compares its numbers signed: tau stays far below 2^63
+	// (a burst of 100,000,000 at one flow a second and HZ=1000 is 2^60.5).
+	hi, tau := bits.Mul64(uint64(l.Burst-1), period)
+	if hi != 0 || tau >= 1<<62 {
+		return xdplbVipRate{}, fmt.Errorf("%w: rate limit burst %d: too many seconds of a rate of %d", ErrInvalid, l.Burst, l.Rate)
+	}
+	return xdplbVipRate{Rate: l.Rate, Burst: l.Burst, Period: period, Tau: tau}, nil
 }
 
 func (b xdplbBackend) valid() bool {

@@ -205,7 +205,11 @@ func TestRateToC(t *testing.T) {
 			}
 		})
 	}
-	for _, l := range []RateLimit{{Rate: 0, Burst: 1}, {Rate: 1, Burst: 0}, {Rate: 1, Burst: MaxRateBurstSeconds + 1}} {
+	// The model's largest burst at its smallest rate fits.
+	if _, err := rateToC(RateLimit{Rate: 1, Burst: 100_000_000}, 1000); err != nil {
+		t.Errorf("burst 1e8 at 1/s: %v", err)
+	}
+	for _, l := range []RateLimit{{Rate: 0, Burst: 1}, {Rate: 1, Burst: 0}, {Rate: 1, Burst: 1 << 31}} {
 		if _, err := rateToC(l, 1000); err == nil {
 			t.Errorf("%+v accepted", l)
 		}

@@ -71,10 +71,6 @@ type RateLimit struct {
 	Burst uint32 // >= 1 with a Rate
 }
 
-// MaxRateBurstSeconds bounds Burst/Rate: a bucket's numbers stay far
-// from the 2^63 apart its signed comparisons allow at any HZ.
-const MaxRateBurstSeconds = 1 << 20
-
 // Backend is one backend of one VIP as the data plane sees it. A backend
 // of a NAT VIP needs no MAC, SrcMAC or Ifindex: its next hop is looked up
 // per packet in the kernel's FIB (bpf_fib_lookup).
