@@ -677,6 +677,30 @@ tx_error: counted as tx or redirect, then refused by the interface's driver (eth
 		t.Errorf("stats table:\n%s\nwant\n%s", buf.String(), want)
 	}
 
+	// Drops: by reason, then each VIP's refused new flows with their rate.
+	prev.VIPs[0].Drops = map[string]uint64{"rate_limited": 10}
+	cur.VIPs[1].Drops = map[string]uint64{"rate_limited": 30, "backends_full": 4}
+	cur.Drops = map[string]uint64{"rate_limited": 30, "backends_full": 4, "fragment": 2, "no_backend": 0}
+	buf.Reset()
+	if err := writeStatsTable(&buf, prev, cur); err != nil {
+		t.Fatal(err)
+	}
+	wantDrops := `
+DROP REASON    COUNT
+backends_full  4
+fragment       2
+rate_limited   30
+
+VIP              DROP REASON    COUNT  RATE
+10.0.0.1:80/tcp  backends_full  4      2
+10.0.0.1:80/tcp  rate_limited   30     10
+`
+	if got := buf.String(); !strings.HasSuffix(got, want[strings.Index(want, "\nIFACE"):]+wantDrops) {
+		t.Errorf("stats table with drops:\n%s\nwant it to end with\n%s", got, wantDrops)
+	}
+	cur.Drops = nil
+	cur.VIPs[1].Drops = nil
+
 	// Zeroed counters say since when.
 	cur.Since = t0.Add(-time.Hour)
 	buf.Reset()
