@@ -189,7 +189,9 @@ func (d *Datapath) walkConntrackUntil(fn func(xdplbFlowKey, xdplbFlowVal) bool) 
 // must wait for. A half-open flow (only its opening seen: TCP SYNs, or one
 // UDP datagram) counts for Options.HalfOpenTimeout: a DR LB never sees the
 // backend's answer, so a SYN refused with an RST looks like this, and it
-// must not hold a drain or `backend del` for an established flow's 15 minutes.
+// must not hold a drain or `backend del` for an established flow's 15
+// minutes. So does any flow of the half-open table (ct_half), which the
+// program gives to a new flow once idle that long.
 const (
 	OpenFlowIdleTCP = 15 * time.Minute
 	OpenFlowIdleUDP = 2 * time.Minute
@@ -225,7 +227,7 @@ func (p FlowPhase) String() string {
 }
 
 // FlowCountsByBackend counts the open flows per backend id, established
-// apart from half-open (flowPhase).
+// apart from half-open (flowPhase), over both tables.
 func (d *Datapath) FlowCountsByBackend() (map[uint32]FlowCount, error) {
 	d.mu.Lock()
 	hz, err := d.ticks.rate()
@@ -244,33 +246,48 @@ func (d *Datapath) FlowCountsByBackend() (map[uint32]FlowCount, error) {
 // ticks (the clock of flow_val.last_seen) at hz ticks a second.
 func (d *Datapath) flowCountsByBackend(now, hz uint64) (map[uint32]FlowCount, error) {
 	out := make(map[uint32]FlowCount)
-	err := d.walkConntrack(func(k xdplbFlowKey, v xdplbFlowVal) {
-		switch flowPhase(k, v, now, hz, d.opts.HalfOpenTimeout) {
-		case FlowEstablished:
-			c := out[v.BackendId]
-			c.Established++
-			out[v.BackendId] = c
-		case FlowHalfOpen:
-			c := out[v.BackendId]
-			c.HalfOpen++
-			out[v.BackendId] = c
+	count := func(half bool) func(xdplbFlowKey, xdplbFlowVal) bool {
+		return func(k xdplbFlowKey, v xdplbFlowVal) bool {
+			switch flowPhase(k, v, now, hz, d.opts.HalfOpenTimeout, half) {
+			case FlowEstablished:
+				c := out[v.BackendId]
+				c.Established++
+				out[v.BackendId] = c
+			case FlowHalfOpen:
+				c := out[v.BackendId]
+				c.HalfOpen++
+				out[v.BackendId] = c
+			}
+			return true
 		}
-	})
-	return out, err
+	}
+	if err := d.walkConntrackUntil(count(false)); err != nil {
+		return nil, err
+	}
+	if err := d.walkHalf(now, count(true)); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // flowPhase decides what an entry is at now: closing (FLOW_F_CLOSING) is
 // ended at once; otherwise its idle limit is its phase's, halfOpen for a
-// flow that saw only its opening.
-func flowPhase(k xdplbFlowKey, v xdplbFlowVal, now, hz uint64, halfOpen time.Duration) FlowPhase {
+// flow that saw only its opening, and for any entry of the half-open table
+// (half): a flow picked up mid-stream is established there, but its way
+// is free once idle for halfOpen.
+func flowPhase(k xdplbFlowKey, v xdplbFlowVal, now, hz uint64, halfOpen time.Duration, half bool) FlowPhase {
 	if v.Flags&uint32(xdplbFlowFlagsFLOW_F_CLOSING) != 0 {
 		return FlowEnded
 	}
 	phase, idle := FlowHalfOpen, halfOpen
 	if v.Flags&uint32(xdplbFlowFlagsFLOW_F_ESTABLISHED) != 0 {
-		phase, idle = FlowEstablished, OpenFlowIdleTCP
-		if Protocol(k.Proto) == ProtoUDP {
+		phase = FlowEstablished
+		switch {
+		case half:
+		case Protocol(k.Proto) == ProtoUDP:
 			idle = OpenFlowIdleUDP
+		default:
+			idle = OpenFlowIdleTCP
 		}
 	}
 	// An entry refreshed during the walk is stamped after now: fresh.
@@ -280,20 +297,27 @@ func flowPhase(k xdplbFlowKey, v xdplbFlowVal, now, hz uint64, halfOpen time.Dur
 	return FlowEnded
 }
 
-// ConntrackEntries is the number of connection-table entries, finished
-// flows included. It reads the kernel's element count (conntrackCount),
-// which costs the same whatever the fill; on a kernel without one it
-// walks the table, which takes about half a second at 1M entries.
+// ConntrackEntries is the number of flows the data plane tracks: the
+// connection table's entries, finished flows included, and the half-open
+// table's ways in use. It reads the kernel's element count
+// (conntrackCount), which costs the same whatever the fill; on a kernel
+// without one it walks the table, which takes about half a second at 1M
+// entries.
 func (d *Datapath) ConntrackEntries() (int, error) {
+	half, err := d.halfCount()
+	if err != nil {
+		return 0, err
+	}
 	n, err := d.conntrackCount()
 	if err == nil {
-		return n, nil
+		return n + half, nil
 	}
 	if !errors.Is(err, errNoCount) {
 		return 0, fmt.Errorf("count conntrack: %w", err)
 	}
 	d.log.Debug("conntrack: no element count, walking the table", "err", err)
-	return d.walkConntrackCount()
+	n, err = d.walkConntrackCount()
+	return n + half, err
 }
 
 // walkConntrackCount counts the connection table by walking it.
@@ -327,6 +351,10 @@ func (d *Datapath) Status() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
+	half, err := d.halfCount()
+	if err != nil {
+		return Status{}, err
+	}
 	ct, err := d.ConntrackEntries()
 	if err != nil {
 		return Status{}, err
@@ -352,7 +380,8 @@ func (d *Datapath) Status() (Status, error) {
 	fill(xdplbMapVipAddrs, d.objs.VipAddrs, addrs)
 	fill(xdplbMapBackends, d.objs.Backends, len(bes))
 	fill(xdplbMapLookup, d.objs.Lookup, tables)
-	fill(xdplbMapConntrack, d.objs.Conntrack, ct)
+	fill(xdplbMapConntrack, d.objs.Conntrack, ct-half)
+	st.Maps = append(st.Maps, MapFill{Name: xdplbMapCtHalf, Entries: half, MaxEntries: d.HalfOpenSize()})
 	// The kernel's count, live; the last sweep's (which leaves out the
 	// expired entries it deletes) where the kernel keeps none.
 	natEntries, err := d.natCount()
