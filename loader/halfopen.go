@@ -11,23 +11,21 @@ import (
 // The half-open table (bpf/types.h, struct half_bucket): flows that saw
 // only their opening, kept apart from the connection table so that a flood
 // of openings never evicts an established flow, in buckets of halfWays
-// ways with their own eviction (early drop, bpf/conntrack.h). Its size
-// follows --conntrack-size: a quarter of it. Half-open flows are short
-// lived (an opening is answered within a round trip), so the table holds
-// the openings of a new-flow rate times the round trip many times over,
-// and under a flood a flow keeps its way for about its VIP's share of the
-// table over the flood's rate: 0.16 s for a VIP flooded at 100,000 SYN/s
-// with --conntrack-size 65536, 2.6 s with the default size, many round
-// trips either way.
+// ways with their own eviction (early drop, bpf/conntrack.h). Its size is
+// Options.HalfOpenSize, a quarter of --conntrack-size by default.
+// Half-open flows are short lived (an opening is answered within a round
+// trip), so under a flood a flow keeps its way for about its VIP's share
+// of the table over the flood's rate: 0.16 s for a VIP flooded at 100,000
+// SYN/s with --conntrack-size 65536, 2.6 s with the default size, many
+// round trips either way, and other VIPs' flows keep theirs (isolation).
 
 // halfWays is HALF_WAYS of bpf/types.h, read off the generated bucket.
 const halfWays = uint32(len(xdplbHalfBucket{}.Ways))
 
-// halfOpenBuckets is the half-open table's size in buckets for a
-// connection table of conntrackSize entries: a quarter of its entries, in
-// whole buckets, at least one.
-func halfOpenBuckets(conntrackSize uint32) uint32 {
-	return max((conntrackSize/4+halfWays-1)/halfWays, 1)
+// halfOpenBuckets is the half-open table's size in buckets for size
+// flows: whole buckets, at least one.
+func halfOpenBuckets(size uint32) uint32 {
+	return max((size+halfWays-1)/halfWays, 1)
 }
 
 // halfOpenTicks is the half-open timeout in kernel ticks, as the program

@@ -11,7 +11,7 @@ import (
 // half_hash), under the bucket's lock, and returns it with its index.
 func halfBucket(t testing.TB, d *Datapath, k xdplbFlowKey) (xdplbHalfBucket, uint32) {
 	t.Helper()
-	idx := flowHash(k) % halfOpenBuckets(d.opts.ConntrackSize)
+	idx := flowHash(k) % halfOpenBuckets(d.opts.HalfOpenSize)
 	var b xdplbHalfBucket
 	must(t, d.objs.CtHalf.LookupWithFlags(idx, &b, ebpf.LookupLock))
 	return b, idx

@@ -192,7 +192,8 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 		}
 	}
 	d.log.Info("data plane loaded", "pin_path", pinDir, "interfaces", opts.Interfaces,
-		"lookup_size", opts.LookupSize, "conntrack_size", opts.ConntrackSize, "snat_ports", opts.SNATPorts.String())
+		"lookup_size", opts.LookupSize, "conntrack_size", opts.ConntrackSize, "half_open_size", d.HalfOpenSize(),
+		"snat_ports", opts.SNATPorts.String())
 	return d, nil
 }
 
@@ -247,7 +248,7 @@ func loadSpec(opts Options) (*ebpf.CollectionSpec, *xdplbSpecs, error) {
 		{s.Backends, opts.MaxBackends},
 		{s.BackendStats, opts.MaxBackends},
 		{s.Conntrack, opts.ConntrackSize},
-		{s.CtHalf, halfOpenBuckets(opts.ConntrackSize)},
+		{s.CtHalf, halfOpenBuckets(opts.HalfOpenSize)},
 		{s.NatFlows, opts.ConntrackSize}, // at most one translation per flow
 		{s.VipSnat, opts.MaxVIPs},
 		{s.VipIcmp, opts.MaxVIPs},
@@ -259,7 +260,7 @@ func loadSpec(opts Options) (*ebpf.CollectionSpec, *xdplbSpecs, error) {
 	if err := s.CfgLookupSize.Set(opts.LookupSize); err != nil {
 		return nil, nil, fmt.Errorf("set %s: %w", xdplbVarCfgLookupSize, err)
 	}
-	if err := s.CfgHalfBuckets.Set(halfOpenBuckets(opts.ConntrackSize)); err != nil {
+	if err := s.CfgHalfBuckets.Set(halfOpenBuckets(opts.HalfOpenSize)); err != nil {
 		return nil, nil, fmt.Errorf("set %s: %w", xdplbVarCfgHalfBuckets, err)
 	}
 	return spec, &s, nil
@@ -492,5 +493,6 @@ func (d *Datapath) MaxBackends() uint32 { return d.opts.MaxBackends }
 // ConntrackSize is the connection table's size in entries.
 func (d *Datapath) ConntrackSize() uint32 { return d.opts.ConntrackSize }
 
-// HalfOpenSize is how many half-open flows the half-open table holds.
-func (d *Datapath) HalfOpenSize() uint32 { return halfOpenBuckets(d.opts.ConntrackSize) * halfWays }
+// HalfOpenSize is how many half-open flows the half-open table holds:
+// Options.HalfOpenSize in whole buckets.
+func (d *Datapath) HalfOpenSize() uint32 { return halfOpenBuckets(d.opts.HalfOpenSize) * halfWays }
