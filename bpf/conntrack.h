@@ -161,9 +161,10 @@ static __always_inline void conntrack_insert(const struct pkt *p, __u32 backend_
  * enters it on its first packet and leaves it for the connection table
  * when it is established (the callers decide when); until then its way
  * may be taken by a new flow: free ways first (empty, closing, or idle
- * beyond cfg_half_ticks), then, in a bucket of live flows, the oldest way
- * of the VIP that holds the most ways of the bucket counting the new flow
- * as one of its VIP's, a tie going against the new flow's VIP. A flood of
+ * beyond cfg_half_ticks), then, in a bucket of live flows, the least
+ * recently used way (by the bucket's sequence) of the VIP that holds the
+ * most ways of the bucket counting the new flow as one of its VIP's, a tie
+ * going against the new flow's VIP. A flood of
  * one VIP then takes its own ways: another VIP's flow loses its way only
  * to a flow of a VIP that would hold fewer ways than it, which a flood
  * does not. The bucket is the 5-tuple's Maglev hash (flow_hash) modulo
@@ -262,6 +263,7 @@ HALF_FN int half_get(const struct flow_key *key, __u32 h, __u32 now, __u32 mode,
 		out->stamp = w->stamp;
 		if (mode & HALF_TOUCH) {
 			w->stamp = now;
+			w->seq = ++b->seq;
 			if (mode & PKT_TCP_END)
 				w->flags |= FLOW_F_CLOSING;
 		}
@@ -319,7 +321,8 @@ HALF_FN int half_put(const struct half_flow *in, __u32 h, struct half_flow *gone
 		/* Every way holds a live flow of another 5-tuple. Score each
 		 * way: its VIP's ways in the bucket (the new flow counted as
 		 * one of its VIP's), then whether it is the new flow's VIP,
-		 * then its age; the highest score goes. */
+		 * then how long ago it was used, in the bucket's writes; the
+		 * highest score goes. */
 		__u64 best = 0;
 
 		take = 0;
@@ -333,7 +336,7 @@ HALF_FN int half_put(const struct half_flow *in, __u32 h, struct half_flow *gone
 #pragma unroll
 			for (int j = 0; j < HALF_WAYS; j++)
 				n += same_u32(b->ways[j].vip_id, vi);
-			score = n << 33 | same << 32 | (__u32)(now - b->ways[i].stamp);
+			score = n << 33 | same << 32 | (__u32)(b->seq - b->ways[i].seq);
 			if (score > best) {
 				best = score;
 				take = i;
@@ -352,6 +355,7 @@ HALF_FN int half_put(const struct half_flow *in, __u32 h, struct half_flow *gone
 	if (!w->vip_id && count)
 		*count += 1;
 	*w = *in;
+	w->seq = ++b->seq;
 	bpf_spin_unlock(&b->lock);
 	return live;
 }

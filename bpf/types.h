@@ -202,10 +202,10 @@ struct nat_config {
  * array of buckets of HALF_WAYS ways, a flow's bucket its 5-tuple hash's;
  * each bucket has a lock, so a way is never read half written. A way is
  * free when empty, closing or idle beyond cfg_half_ticks; a new flow in a
- * bucket without a free way takes the oldest way of the VIP that holds
- * the most ways of the bucket, counting the new flow as one of its own
- * VIP's (a tie goes against it): a flood of one VIP takes its own ways,
- * never another VIP's while it holds more of them (conntrack.h).
+ * bucket without a free way takes the least recently used way of the VIP
+ * that holds the most ways of the bucket, counting the new flow as one of
+ * its own VIP's (a tie goes against it): a flood of one VIP takes its own
+ * ways, never another VIP's while it holds more of them (conntrack.h).
  */
 enum {
 	HALF_WAYS = 8,
@@ -216,12 +216,17 @@ struct half_flow {
 	__u32 vip_id;     /* 0: a free way */
 	__u32 backend_id;
 	__u32 flags;      /* as flow_val.flags: FLOW_F_*, a full-NAT flow's SNAT port */
-	__u32 stamp;      /* low 32 bits of bpf_jiffies64 at the flow's last packet */
+	__u32 stamp;      /* low 32 bits of bpf_jiffies64 at the flow's last packet: its expiry */
+	/* half_bucket.seq at the flow's last packet: which of two flows is
+	 * older, where the stamps (a tick is 4 ms at HZ=250, hundreds of SYNs
+	 * in a flood) are mostly equal. */
+	__u32 seq;
+	__u32 pad;
 };
 
 struct half_bucket {
 	struct bpf_spin_lock lock;
-	__u32 pad;
+	__u32 seq; /* counts the bucket's writes (wrapping) */
 	struct half_flow ways[HALF_WAYS];
 };
 

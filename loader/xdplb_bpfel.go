@@ -115,7 +115,7 @@ type xdplbHalfBucket struct {
 		_   structs.HostLayout
 		Val uint32
 	}
-	Pad  uint32
+	Seq  uint32
 	Ways [8]xdplbHalfFlow
 }
 
@@ -126,6 +126,8 @@ type xdplbHalfFlow struct {
 	BackendId uint32
 	Flags     uint32
 	Stamp     uint32
+	Seq       uint32
+	Pad       uint32
 }
 
 type xdplbLbCounters struct {
