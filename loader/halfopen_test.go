@@ -562,3 +562,40 @@ func floodIsolation(t *testing.T, mode ForwardMode) {
 		lab.clientAgain(t, c)
 	}
 }
+
+// A SYN flood never evicts an established flow: the connection table is
+// full of established flows (as many as it holds, less the LRU's per-CPU
+// slack), and ten times its size in spoofed SYNs go to the half-open
+// table only. Every established flow keeps its entry, and so its backend
+// when the lookup table changes, which Maglev alone would not give.
+func TestSYNFloodKeepsEstablished(t *testing.T) {
+	d := newDatapathWith(t, func(o *Options) { o.ConntrackSize = 1024 })
+	setupVIPs(t, d)
+	putBackend(t, d, 9, 1, netip.MustParseAddr("10.0.1.9"), loIfindex)
+	const est = 512
+	for i := range est {
+		f := flow{src: client4, dst: vipAddr4, dport: 80, sport: uint16(10000 + i)}
+		sendTo(t, d, f.as("S"), 1)
+		sendTo(t, d, f.as("A"), 1)
+	}
+	spoof := flow{src: netip.MustParseAddr("198.18.0.1"), dst: vipAddr4, dport: 80, syn: true}.build(t)
+	rng := rand.New(rand.NewPCG(7, 24))
+	for i := range 10 * int(d.ConntrackSize()) {
+		spoof[srcLastByte4-1], spoof[srcLastByte4] = byte(rng.IntN(256)), byte(rng.IntN(256))
+		spoof[sport4], spoof[sport4+1] = byte(rng.IntN(256)), byte(rng.IntN(256))
+		if r := mustRun(t, d.Program(), spoof); r.verdict != xdpTX {
+			t.Fatalf("flood packet %d: verdict %d", i, r.verdict)
+		}
+	}
+	must(t, d.PutLookupTable(1, fill(d.LookupTableSize(), 9)))
+	for i := range est {
+		f := flow{src: client4, dst: vipAddr4, dport: 80, sport: uint16(10000 + i)}
+		if _, half, ok := flowEntry(t, d, ctKey(f)); !ok || half {
+			t.Fatalf("established flow %d lost its entry to the flood (found %v, half-open %v)", i, ok, half)
+		}
+		sendTo(t, d, f.as("A"), 1)
+	}
+	if n := eventCount(t, d, "early_drop"); n < uint64(10*d.ConntrackSize()-d.HalfOpenSize()) {
+		t.Errorf("early_drop %d after %d SYNs into %d ways", n, 10*d.ConntrackSize(), d.HalfOpenSize())
+	}
+}
