@@ -249,6 +249,21 @@ HALF_FN int half_get(const struct flow_key *key, __u32 h, __u32 now, __u32 mode,
 
 	if (!b || !key || !out)
 		return 0;
+	/* First without the lock: a new flow, whose packet this mostly is,
+	 * is not there, and a miss needs no lock (a lock round trip is a
+	 * tenth of a new flow's cost). A way written meanwhile may read
+	 * torn: a false hit is checked again under the lock; a false miss
+	 * would need the flow's own packets on two CPUs at once (RSS keeps
+	 * them on one), and half_put finds the flow's way anyway. */
+#pragma unroll
+	for (int i = 0; i < HALF_WAYS; i++) {
+		struct half_flow *w = &b->ways[i];
+
+		found |= w->vip_id && flow_key_eq(&w->key, key);
+	}
+	if (!found)
+		return 0;
+	found = 0;
 	bpf_spin_lock(&b->lock);
 #pragma unroll
 	for (int i = 0; i < HALF_WAYS; i++) {
