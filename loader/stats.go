@@ -299,25 +299,30 @@ func flowPhase(k xdplbFlowKey, v xdplbFlowVal, now, hz uint64, halfOpen time.Dur
 
 // ConntrackEntries is the number of flows the data plane tracks: the
 // connection table's entries, finished flows included, and the half-open
-// table's ways in use. It reads the kernel's element count
-// (conntrackCount), which costs the same whatever the fill; on a kernel
-// without one it walks the table, which takes about half a second at 1M
-// entries.
+// table's ways in use (halfCount).
 func (d *Datapath) ConntrackEntries() (int, error) {
 	half, err := d.halfCount()
 	if err != nil {
 		return 0, err
 	}
+	n, err := d.conntrackEntries()
+	return n + half, err
+}
+
+// conntrackEntries is the connection table's entries. It reads the
+// kernel's element count (conntrackCount), which costs the same whatever
+// the fill; on a kernel without one it walks the table, which takes about
+// half a second at 1M entries.
+func (d *Datapath) conntrackEntries() (int, error) {
 	n, err := d.conntrackCount()
 	if err == nil {
-		return n + half, nil
+		return n, nil
 	}
 	if !errors.Is(err, errNoCount) {
 		return 0, fmt.Errorf("count conntrack: %w", err)
 	}
 	d.log.Debug("conntrack: no element count, walking the table", "err", err)
-	n, err = d.walkConntrackCount()
-	return n + half, err
+	return d.walkConntrackCount()
 }
 
 // walkConntrackCount counts the connection table by walking it.
@@ -355,7 +360,7 @@ func (d *Datapath) Status() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	ct, err := d.ConntrackEntries()
+	ct, err := d.conntrackEntries()
 	if err != nil {
 		return Status{}, err
 	}
@@ -380,7 +385,7 @@ func (d *Datapath) Status() (Status, error) {
 	fill(xdplbMapVipAddrs, d.objs.VipAddrs, addrs)
 	fill(xdplbMapBackends, d.objs.Backends, len(bes))
 	fill(xdplbMapLookup, d.objs.Lookup, tables)
-	fill(xdplbMapConntrack, d.objs.Conntrack, ct-half)
+	fill(xdplbMapConntrack, d.objs.Conntrack, ct)
 	st.Maps = append(st.Maps, MapFill{Name: xdplbMapCtHalf, Entries: half, MaxEntries: d.HalfOpenSize()})
 	// The kernel's count, live; the last sweep's (which leaves out the
 	// expired entries it deletes) where the kernel keeps none.
