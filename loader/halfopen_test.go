@@ -599,3 +599,39 @@ func TestSYNFloodKeepsEstablished(t *testing.T) {
 		t.Errorf("early_drop %d after %d SYNs into %d ways", n, 10*d.ConntrackSize(), d.HalfOpenSize())
 	}
 }
+
+// Two full-NAT VIPs on the same SNAT address and backend share its ports:
+// when every port a new flow tries is held by a half-open flow, it takes
+// the oldest of its own VIP's, and another VIP's only when its own holds
+// none of them.
+func TestSNATEarlyDropOwnVIPFirst(t *testing.T) {
+	lab, v1 := snatLab(t, PortRange{Lo: 20000, Hi: 20003})
+	v2 := v1
+	v2.id, v2.key.Port = 2, 82
+	lab.putNATVIP(t, v2)
+	type held struct {
+		v natVIP
+		f snatFlow
+	}
+	var hs []held
+	port := map[uint16]held{}
+	// Three flows of VIP 1 (the oldest), then one of VIP 2.
+	for i, v := range []natVIP{v1, v1, v1, v2} {
+		h := held{v, snatFlow{client4, uint16(52001 + i)}}
+		p := lab.send(t, h.v, h.f, true, false, false)
+		lab.age(t, h.f.ctKey(h.v), replyKey(h.v, p), uint64(40-10*i))
+		hs = append(hs, h)
+		port[p] = h
+	}
+	p2 := lab.send(t, v2, snatFlow{client4, 52100}, true, false, false)
+	if h := port[p2]; h != hs[3] {
+		t.Fatalf("VIP 2's new flow took port %d of %v, want VIP 2's own flow's", p2, h)
+	}
+	p1 := lab.send(t, v1, snatFlow{client4, 52101}, true, false, false)
+	if h := port[p1]; h != hs[0] {
+		t.Fatalf("VIP 1's new flow took port %d of %v, want VIP 1's oldest", p1, h)
+	}
+	if n := lab.events(t)["early_drop"]; n != 2 {
+		t.Errorf("early_drop %d, want 2", n)
+	}
+}
