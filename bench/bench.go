@@ -34,6 +34,7 @@ var sections = []struct {
 	{"packet", runPacketCost},
 	{"veth", runVethPPS},
 	{"tcp", runRealTCP},
+	{"flood", runFlood},
 	{"control", runControlPlane},
 }
 

@@ -144,6 +144,32 @@ func (d *Datapath) DropCounters() (map[string]uint64, error) {
 	return out, nil
 }
 
+// VIPDropCounters are the drops of packets to a VIP (a new flow refused:
+// no backend, rate limited, the NAT table full, ...), by VIP id and
+// reason name, summed over CPUs; only the reasons that counted. Drops
+// that name no VIP (fragments, malformed headers, a failed redirect) are
+// in DropCounters alone.
+func (d *Datapath) VIPDropCounters() (map[uint32]map[string]uint64, error) {
+	out := make(map[uint32]map[string]uint64)
+	n := uint32(xdplbDropReasonDROP_REASON_MAX)
+	err := readPerCPU(d.objs.VipDrops, func(key uint32, per []uint64) {
+		c := sum64(per)
+		name, ok := d.dropNames[key%n]
+		if c == 0 || !ok {
+			return
+		}
+		id := key / n
+		if out[id] == nil {
+			out[id] = make(map[string]uint64)
+		}
+		out[id][name] = c
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read vip drop counters: %w", err)
+	}
+	return out, nil
+}
+
 // walkConntrack calls fn for every connection-table entry. The table
 // changes under us; a batch walk gives each entry at most once but may
 // miss entries inserted meanwhile, which is fine for statistics.
@@ -272,22 +298,20 @@ func (d *Datapath) flowCountsByBackend(now, hz uint64) (map[uint32]FlowCount, er
 
 // flowPhase decides what an entry is at now: closing (FLOW_F_CLOSING) is
 // ended at once; otherwise its idle limit is its phase's, halfOpen for a
-// flow that saw only its opening, and for any entry of the half-open table
-// (half): a flow picked up mid-stream is established there, but its way
-// is free once idle for halfOpen.
+// flow that saw only its opening. Every flow of the half-open table (half)
+// is half-open, a flow picked up mid-stream too (FLOW_F_ESTABLISHED): it
+// has sent one packet, and moves to the connection table with its next, so
+// what stays there is as unconfirmed as a SYN (a spoofed ACK), and must
+// count neither toward a backend's --max-conns nor beyond halfOpen.
 func flowPhase(k xdplbFlowKey, v xdplbFlowVal, now, hz uint64, halfOpen time.Duration, half bool) FlowPhase {
 	if v.Flags&uint32(xdplbFlowFlagsFLOW_F_CLOSING) != 0 {
 		return FlowEnded
 	}
 	phase, idle := FlowHalfOpen, halfOpen
-	if v.Flags&uint32(xdplbFlowFlagsFLOW_F_ESTABLISHED) != 0 {
-		phase = FlowEstablished
-		switch {
-		case half:
-		case Protocol(k.Proto) == ProtoUDP:
+	if v.Flags&uint32(xdplbFlowFlagsFLOW_F_ESTABLISHED) != 0 && !half {
+		phase, idle = FlowEstablished, OpenFlowIdleTCP
+		if Protocol(k.Proto) == ProtoUDP {
 			idle = OpenFlowIdleUDP
-		default:
-			idle = OpenFlowIdleTCP
 		}
 	}
 	// An entry refreshed during the walk is stamped after now: fresh.

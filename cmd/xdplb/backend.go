@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 
@@ -23,17 +25,21 @@ func (e *env) backendCommand() *cli.Command {
 				ArgsUsage: "VIP ADDR[:PORT]",
 				Flags: []cli.Flag{
 					&cli.IntFlag{Name: "weight", Value: model.DefaultWeight, Usage: "share of new flows, 0-65535 (0: no new flows)"},
+					priorityFlagDef(),
+					maxConnsFlag("none"),
 				},
 				Action: e.backendAdd,
 			},
 			{
 				Name:      "set",
-				Usage:     "change one backend: its weight, or drain it, or enable it again",
+				Usage:     "change one backend: its weight, pool or connection cap, or drain it, or enable it again",
 				ArgsUsage: "VIP ADDR[:PORT]",
 				Flags: []cli.Flag{
 					&cli.IntFlag{Name: "weight", Usage: "new weight, 0-65535"},
 					&cli.BoolFlag{Name: "drain", Usage: "stop sending new flows; open flows continue"},
 					&cli.BoolFlag{Name: "enable", Usage: "undo --drain"},
+					priorityFlagDef(),
+					maxConnsFlag("unchanged"),
 				},
 				Action: e.backendSet,
 			},
@@ -70,12 +76,33 @@ func backendArgs(c *cli.Context) (model.VIPID, netip.Addr, uint16, error) {
 	return id, addr, port, nil
 }
 
+// maxConnsFlag is --max-conns of backend add and set.
+func maxConnsFlag(def string) cli.Flag {
+	return &cli.StringFlag{Name: "max-conns", Usage: "connection cap, " + maxConnsUsage + ": with N open connections the backend takes no new " +
+		"flows (its open ones continue) until it is back at M (default 3/4 of N); 0 or none: no cap", DefaultText: def}
+}
+
 func weightFlag(c *cli.Context) (uint32, error) {
 	w := c.Int("weight")
 	if w < 0 || w > model.MaxWeight {
 		return 0, usagef(c, "--weight %d: want 0-%d", w, model.MaxWeight)
 	}
 	return uint32(w), nil
+}
+
+// priorityFlagDef is --priority of backend add and set.
+func priorityFlagDef() cli.Flag {
+	return &cli.IntFlag{Name: "priority", DefaultText: "0, the primary pool",
+		Usage: fmt.Sprintf("pool of the backend: 0 the primary, 1-%d backups (another zone), which take new flows "+
+			"only when the better pools fail (see vip add --failover-below)", model.MaxPriority)}
+}
+
+func priorityFlag(c *cli.Context) (uint32, error) {
+	p := c.Int("priority")
+	if p < 0 || p > model.MaxPriority {
+		return 0, usagef(c, "--priority %d: want 0-%d", p, model.MaxPriority)
+	}
+	return uint32(p), nil
 }
 
 func (e *env) backendAdd(c *cli.Context) error {
@@ -88,6 +115,16 @@ func (e *env) backendAdd(c *cli.Context) error {
 		return err
 	}
 	b := model.Backend{Address: addr, Port: port, Weight: w}
+	if b.Priority, err = priorityFlag(c); err != nil {
+		return err
+	}
+	if c.IsSet("max-conns") {
+		cc, err := connCapFlag(c)
+		if err != nil {
+			return err
+		}
+		b.MaxConns, b.MaxConnsMin = cc.Max, cc.Min
+	}
 	if err := client(c).AddBackend(c.Context, id, b); err != nil {
 		return apiError(c, err)
 	}
@@ -100,13 +137,13 @@ func (e *env) backendSet(c *cli.Context) error {
 		return err
 	}
 	n := 0
-	for _, f := range []string{"weight", "drain", "enable"} {
+	for _, f := range []string{"weight", "drain", "enable", "priority", "max-conns"} {
 		if c.IsSet(f) {
 			n++
 		}
 	}
 	if n != 1 {
-		return usagef(c, "want exactly one of --weight N, --drain, --enable")
+		return usagef(c, "want exactly one of --weight N, --drain, --enable, --priority N, --max-conns %s", maxConnsUsage)
 	}
 	var p model.BackendPatch
 	switch {
@@ -122,6 +159,18 @@ func (e *env) backendSet(c *cli.Context) error {
 	case c.IsSet("enable"):
 		d := !c.Bool("enable")
 		p.Drain = &d
+	case c.IsSet("priority"):
+		prio, err := priorityFlag(c)
+		if err != nil {
+			return err
+		}
+		p.Priority = &prio
+	case c.IsSet("max-conns"):
+		cc, err := connCapFlag(c)
+		if err != nil {
+			return err
+		}
+		p.MaxConns = &cc
 	}
 	if err := client(c).SetBackend(c.Context, id, addr, port, p); err != nil {
 		return apiError(c, err)
@@ -153,9 +202,12 @@ func (e *env) backendList(c *cli.Context) error {
 	if err != nil {
 		return apiError(c, err)
 	}
-	sort.SliceStable(bs, func(i, j int) bool { // the fallback last
+	sort.SliceStable(bs, func(i, j int) bool { // by pool, the fallback last
 		if bs[i].Fallback != bs[j].Fallback {
 			return bs[j].Fallback
+		}
+		if bs[i].Priority != bs[j].Priority {
+			return bs[i].Priority < bs[j].Priority
 		}
 		return lessBackend(bs[i].Address, bs[i].Port, bs[j].Address, bs[j].Port)
 	})
@@ -168,28 +220,73 @@ func (e *env) backendList(c *cli.Context) error {
 	if len(bs) > 0 && bs[0].Mode.IsNAT() {
 		return writeNATBackends(e.stdout, bs)
 	}
-	t := newTable(e.stdout, "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MAC")
+	pools, caps := pooled(bs), hasCaps(bs)
+	t := newTable(e.stdout, withCap(caps, nil, withPool(pools, "POOL", "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MAC")...)...)
 	for _, b := range bs {
-		t.row(backendString(b.Address, b.Port), weightString(b),
-			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), orDash(b.MAC))
+		t.row(withCap(caps, &b, withPool(pools, poolString(b), backendString(b.Address, b.Port), weightString(b),
+			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), orDash(b.MAC))...)...)
 	}
 	return t.flush()
+}
+
+// pooled reports whether a backend of bs is in a backup pool: the lists
+// then show each backend's pool.
+func pooled(bs []api.BackendStatus) bool {
+	return slices.ContainsFunc(bs, func(b api.BackendStatus) bool { return b.Priority > 0 })
+}
+
+// withPool is cols with pool put third (after a backend and its weight)
+// when on.
+func withPool(on bool, pool string, cols ...string) []string {
+	if !on {
+		return cols
+	}
+	return slices.Insert(slices.Clone(cols), 2, pool)
+}
+
+// poolString is a backend's POOL: its priority; "-" for the fallback,
+// which is in no pool.
+func poolString(b api.BackendStatus) string {
+	if b.Fallback {
+		return "-"
+	}
+	return strconv.FormatUint(uint64(b.Priority), 10)
 }
 
 // writeNATBackends is the table of a nat or fullnat VIP's backends: no MAC
 // (the next hop is the kernel's FIB's) but the mode, the egress interface
 // and, for fullnat, the source address the backend sees.
 func writeNATBackends(w io.Writer, bs []api.BackendStatus) error {
-	t := newTable(w, "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MODE", "IFACE", "SNAT")
+	pools, caps := pooled(bs), hasCaps(bs)
+	t := newTable(w, withCap(caps, nil, withPool(pools, "POOL", "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MODE", "IFACE", "SNAT")...)...)
 	for _, b := range bs {
 		snat := "-"
 		if b.SNATAddr.IsValid() {
 			snat = b.SNATAddr.String()
 		}
-		t.row(backendString(b.Address, b.Port), weightString(b),
-			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), string(b.Mode), orDash(b.Iface), snat)
+		t.row(withCap(caps, &b, withPool(pools, poolString(b), backendString(b.Address, b.Port), weightString(b),
+			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), string(b.Mode), orDash(b.Iface), snat)...)...)
 	}
 	return t.flush()
+}
+
+// hasCaps reports whether some backend of bs has a connection cap: only
+// then does `backend list` show the MAX-CONNS column.
+func hasCaps(bs []api.BackendStatus) bool {
+	return slices.ContainsFunc(bs, func(b api.BackendStatus) bool { return b.MaxConns != 0 })
+}
+
+// withCap is a row of `backend list` with, when caps, the MAX-CONNS column
+// last: its title in the header (b nil), else b's cap ("N min M").
+func withCap(caps bool, b *api.BackendStatus, cols ...string) []string {
+	switch {
+	case !caps:
+		return cols
+	case b == nil:
+		return append(cols, "MAX-CONNS")
+	default:
+		return append(cols, capString(b.Backend))
+	}
 }
 
 // weightString is a backend's WEIGHT as `backend list` shows it: the

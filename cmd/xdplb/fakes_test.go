@@ -15,7 +15,8 @@ import (
 
 // newFakeDatapath is an in-memory data plane whose VIP and backend
 // counters grow by a fixed step on every read, so that two stats samples
-// always differ, and which reports fixed verdicts and drops.
+// always differ, and which reports fixed verdicts, drops, and frames the
+// driver refused to send.
 func newFakeDatapath() *reconciletest.Datapath {
 	dp := reconciletest.NewDatapath(251, 64, 256)
 	// For every id: n*id packets, 100*n*id bytes and id flows, where n
@@ -31,6 +32,7 @@ func newFakeDatapath() *reconciletest.Datapath {
 		return out
 	})
 	dp.SetActions(loader.ActionCount{Ifindex: 1, Action: "tx", Count: 42}, loader.ActionCount{Ifindex: 1, Action: "pass", Count: 7})
+	dp.SetTxErrors(loader.TxErrorCount{Ifindex: 1, Count: 5})
 	dp.SetDrops("no_backend", 3)
 	dp.SetDrops("fragment", 0)
 	dp.SetInterfaces(loader.IfaceStatus{Name: "lo", Ifindex: 1, Mode: loader.XDPModeGeneric, ProgramID: 17, LinkID: 4})

@@ -132,6 +132,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"daemon", "--iface", "lo", "--log-format", "xml"}, `daemon: unknown --log-format "xml"`},
 		{[]string{"daemon", "--iface", "lo", "--conntrack-size", "0"}, `daemon: --conntrack-size 0`},
 		{[]string{"daemon", "--iface", "lo", "--snat-ports", "60000-20000"}, `daemon: --snat-ports "60000-20000": want LO-HI with 1 <= LO <= HI <= 65535`},
+		{[]string{"daemon", "--iface", "lo", "--watch-config"}, `daemon: --watch-config needs --config FILE`},
 		{[]string{"daemon", "--iface", "lo", "--snat-ports", "many"}, `daemon: --snat-ports "many"`},
 		{[]string{"daemon", "--iface", "lo", "--snat-ports", "0-100"}, `daemon: --snat-ports "0-100"`},
 		{[]string{"apply"}, `apply: want -f FILE`},
@@ -587,6 +588,13 @@ func TestStats(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^no_backend\s+3$`).MatchString(out) || strings.Contains(out, "fragment") {
 		t.Errorf("stats table: want the non-zero drop reasons only:\n%s", out)
 	}
+	// What the driver refused, beside the actions, and what it means.
+	if !regexp.MustCompile(`(?m)^lo\s+tx\s+42\nlo\s+tx_error\s+5\ntx_error: counted as tx or redirect, then refused by the interface's driver \(ethtool -S\): lost$`).MatchString(out) {
+		t.Errorf("stats table: want the driver's tx errors after tx:\n%s", out)
+	}
+	if len(st.TxErrors) != 1 || st.TxErrors[0] != (api.TxErrorStats{Iface: "lo", Count: 5}) {
+		t.Errorf("stats -o json tx_errors = %+v", st.TxErrors)
+	}
 }
 
 func TestStatsWatch(t *testing.T) {
@@ -643,7 +651,8 @@ func TestWriteStatsTable(t *testing.T) {
 		{VIP: "[2001:db8::1]:80/tcp"},
 		{VIP: "10.0.0.1:80/tcp", CounterSet: api.CounterSet{Packets: 2100, Bytes: 3001000, Flows: 9},
 			Backends: []api.BackendStats{b("10.0.0.12", 40, 400, 1), b("10.0.0.11", 7, 70, 7)}},
-	}, Actions: []api.ActionStats{{Iface: "eth1", Action: "tx", Count: 5}, {Iface: "eth0", Action: "tx", Count: 9}}}
+	}, Actions: []api.ActionStats{{Iface: "eth1", Action: "tx", Count: 5}, {Iface: "eth0", Action: "tx", Count: 9}, {Iface: "eth0", Action: "pass", Count: 1}},
+		TxErrors: []api.TxErrorStats{{Iface: "eth1", Count: 0}, {Iface: "eth0", Count: 3}}}
 	var buf bytes.Buffer
 	if err := writeStatsTable(&buf, prev, cur); err != nil {
 		t.Fatal(err)
@@ -656,13 +665,41 @@ VIP                   BACKEND    PACKETS  BYTES    FLOWS  CPS  PPS  BPS(bits/s)
 10.0.0.1:80/tcp       10.0.0.12  40       400      1      0    0    0
 [2001:db8::1]:80/tcp  -          0        0        0      -    -    -
 
-IFACE  ACTION  COUNT
-eth0   tx      9
-eth1   tx      5
+IFACE  ACTION    COUNT
+eth0   pass      1
+eth0   tx        9
+eth0   tx_error  3
+eth1   tx        5
+eth1   tx_error  0
+tx_error: counted as tx or redirect, then refused by the interface's driver (ethtool -S): lost
 `
 	if buf.String() != want {
 		t.Errorf("stats table:\n%s\nwant\n%s", buf.String(), want)
 	}
+
+	// Drops: by reason, then each VIP's refused new flows with their rate.
+	prev.VIPs[0].Drops = map[string]uint64{"rate_limited": 10}
+	cur.VIPs[1].Drops = map[string]uint64{"rate_limited": 30, "backends_full": 4}
+	cur.Drops = map[string]uint64{"rate_limited": 30, "backends_full": 4, "fragment": 2, "no_backend": 0}
+	buf.Reset()
+	if err := writeStatsTable(&buf, prev, cur); err != nil {
+		t.Fatal(err)
+	}
+	wantDrops := `
+DROP REASON    COUNT
+backends_full  4
+fragment       2
+rate_limited   30
+
+VIP              DROP REASON    COUNT  RATE
+10.0.0.1:80/tcp  backends_full  4      2
+10.0.0.1:80/tcp  rate_limited   30     10
+`
+	if got := buf.String(); !strings.HasSuffix(got, want[strings.Index(want, "\nIFACE"):]+wantDrops) {
+		t.Errorf("stats table with drops:\n%s\nwant it to end with\n%s", got, wantDrops)
+	}
+	cur.Drops = nil
+	cur.VIPs[1].Drops = nil
 
 	// Zeroed counters say since when.
 	cur.Since = t0.Add(-time.Hour)
@@ -672,6 +709,16 @@ eth1   tx      5
 	}
 	if first, _, _ := strings.Cut(buf.String(), "\n"); first != "2025-01-01 00:00:02 UTC; rates over 2s; counters since 2024-12-31 23:00:00 UTC (stats --zero)" {
 		t.Errorf("first line of zeroed stats: %q", first)
+	}
+
+	// No refused frame: the rows, no explanation.
+	cur.TxErrors[1].Count = 0
+	buf.Reset()
+	if err := writeStatsTable(&buf, prev, cur); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(buf.String(), "tx_error:") || !strings.Contains(buf.String(), "eth0   tx_error  0\n") {
+		t.Errorf("stats table without refused frames:\n%s", buf.String())
 	}
 }
 

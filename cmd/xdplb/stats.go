@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -170,22 +172,8 @@ func writeStatsTable(w io.Writer, prev, cur api.Stats) error {
 		return err
 	}
 
-	if len(cur.Actions) > 0 {
-		fmt.Fprintln(w)
-		acts := append([]api.ActionStats(nil), cur.Actions...)
-		sort.SliceStable(acts, func(i, j int) bool {
-			if acts[i].Iface != acts[j].Iface {
-				return acts[i].Iface < acts[j].Iface
-			}
-			return acts[i].Action < acts[j].Action
-		})
-		t = newTable(w, "IFACE", "ACTION", "COUNT")
-		for _, a := range acts {
-			t.row(a.Iface, a.Action, strconv.FormatUint(a.Count, 10))
-		}
-		if err := t.flush(); err != nil {
-			return err
-		}
+	if err := writeActions(w, cur); err != nil {
+		return err
 	}
 
 	var reasons []string
@@ -201,7 +189,71 @@ func writeStatsTable(w io.Writer, prev, cur api.Stats) error {
 		for _, r := range reasons {
 			t.row(r, strconv.FormatUint(cur.Drops[r], 10))
 		}
-		return t.flush()
+		if err := t.flush(); err != nil {
+			return err
+		}
+	}
+	return writeVIPDrops(w, prev, cur, vips, dt)
+}
+
+// writeVIPDrops prints the new flows each VIP refused, by reason (those
+// that counted), with their rate a second since prev.
+func writeVIPDrops(w io.Writer, prev, cur api.Stats, vips []api.VIPStats, dt time.Duration) error {
+	if !slices.ContainsFunc(vips, func(v api.VIPStats) bool { return len(v.Drops) > 0 }) {
+		return nil
+	}
+	old := map[string]map[string]uint64{}
+	for _, v := range prev.VIPs {
+		old[v.VIP] = v.Drops
+	}
+	fmt.Fprintln(w)
+	t := newTable(w, "VIP", "DROP REASON", "COUNT", "RATE")
+	for _, v := range vips {
+		for _, r := range slices.Sorted(maps.Keys(v.Drops)) {
+			rt := "-"
+			if p, ok := old[v.VIP]; ok {
+				rt = si(rate(p[r], v.Drops[r], dt))
+			}
+			t.row(v.VIP, r, strconv.FormatUint(v.Drops[r], 10), rt)
+		}
+	}
+	return t.flush()
+}
+
+// txErrorRow names, among the actions of an interface, what its driver
+// refused to send of the frames the program returned with XDP_TX or
+// redirected; it sorts right after tx.
+const txErrorRow = "tx_error"
+
+// writeActions prints the XDP actions per interface and, where the driver
+// counts them, its tx errors, with a line that says what they are when
+// there are any.
+func writeActions(w io.Writer, cur api.Stats) error {
+	acts := append([]api.ActionStats(nil), cur.Actions...)
+	refused := false
+	for _, e := range cur.TxErrors {
+		acts = append(acts, api.ActionStats{Iface: e.Iface, Action: txErrorRow, Count: e.Count})
+		refused = refused || e.Count > 0
+	}
+	if len(acts) == 0 {
+		return nil
+	}
+	sort.SliceStable(acts, func(i, j int) bool {
+		if acts[i].Iface != acts[j].Iface {
+			return acts[i].Iface < acts[j].Iface
+		}
+		return acts[i].Action < acts[j].Action
+	})
+	fmt.Fprintln(w)
+	t := newTable(w, "IFACE", "ACTION", "COUNT")
+	for _, a := range acts {
+		t.row(a.Iface, a.Action, strconv.FormatUint(a.Count, 10))
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	if refused {
+		fmt.Fprintf(w, "%s: counted as tx or redirect, then refused by the interface's driver (ethtool -S): lost\n", txErrorRow)
 	}
 	return nil
 }

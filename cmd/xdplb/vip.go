@@ -86,8 +86,13 @@ func vipFlags(add bool) []cli.Flag {
 		&cli.BoolFlag{Name: "no-announce", Usage: "do not answer ARP/NDP for the VIP", DefaultText: def("off")},
 		&cli.StringFlag{Name: "snat-addr", Usage: "fullnat: source address of the packets to the backends, an address of this host: " + snat,
 			DefaultText: def("the primary address of the interface toward the first backend")},
-		&cli.StringFlag{Name: "fallback", Usage: "server that takes the new flows while no backend can (all down, drained or unresolved), " +
+		&cli.StringFlag{Name: "fallback", Usage: "server that takes the new flows while no backend can (all down, drained, full or unresolved), " +
 			"reached as a backend; not health-checked: " + fallback, DefaultText: def("none")},
+		&cli.IntFlag{Name: "failover-below", Usage: "backup pools (backend --priority): the next pool shares new flows once the healthy weight " +
+			"of the one before falls below this percentage of its configured weight, 0-100 (0: only when none of its backends is healthy)",
+			DefaultText: def("0")},
+		&cli.StringFlag{Name: "max-new-flows", Usage: "new flows the VIP takes a second, " + maxNewFlowsUsage +
+			": up to burst at once after a quiet spell (default RATE); more are dropped as rate_limited; 0 or none: no limit", DefaultText: def("none")},
 	}
 }
 
@@ -156,6 +161,21 @@ func vipPatchFromFlags(c *cli.Context, add bool) (model.VIPPatch, error) {
 			f.Address, f.Port = addr, port
 		}
 		p.Fallback = f
+	}
+	if c.IsSet("failover-below") {
+		pct := c.Int("failover-below")
+		if pct < 0 || pct > model.MaxFailoverBelow {
+			return p, usagef(c, "--failover-below %d: want a percentage, 0-%d", pct, model.MaxFailoverBelow)
+		}
+		v := uint32(pct)
+		p.FailoverBelow = &v
+	}
+	if c.IsSet("max-new-flows") {
+		l, err := newFlowLimitFlag(c)
+		if err != nil {
+			return p, err
+		}
+		p.MaxNewFlows = &l
 	}
 	hc, err := checkPatchFromFlags(c, add)
 	if err != nil {
@@ -342,11 +362,24 @@ func (e *env) vipList(c *cli.Context) error {
 // and open flows, and its fallback last ("fallback" for a weight). The
 // SNAT column only when a VIP has a use for it: a VIP's own (auto: the
 // egress interface's) and, on its backends' lines, the one in use.
+// The POOL column only when a VIP has backup pools: on a VIP's line the
+// pools taking its new flows, on its backends' lines each one's pool;
+// backends are listed by pool.
 func writeVIPTree(w io.Writer, vips []api.VIPStatus) error {
 	snat := slices.ContainsFunc(vips, func(v api.VIPStatus) bool { return v.Mode == model.ModeFullNAT })
+	pools := slices.ContainsFunc(vips, func(v api.VIPStatus) bool { return pooled(v.Backends) })
+	limits := slices.ContainsFunc(vips, func(v api.VIPStatus) bool {
+		return v.MaxNewFlows != 0 || slices.ContainsFunc(v.Backends, func(b api.BackendStatus) bool { return b.MaxConns != 0 })
+	})
 	header := []string{"VIP", "MODE", "SCHEDULER", "CHECK", "ANNOUNCE", "FLOWS", "HALF-OPEN"}
 	if snat {
 		header = append(header, "SNAT")
+	}
+	if pools {
+		header = append(header, "POOL")
+	}
+	if limits {
+		header = append(header, "LIMIT")
 	}
 	t := newTable(w, header...)
 	for _, v := range vips {
@@ -355,9 +388,18 @@ func writeVIPTree(w io.Writer, vips []api.VIPStatus) error {
 		if snat {
 			row = append(row, snatString(v.VIP))
 		}
+		if pools {
+			row = append(row, activePoolsString(v))
+		}
+		if limits {
+			row = append(row, limitString(v.VIP))
+		}
 		t.row(row...)
 		bs := slices.Clone(v.Backends)
 		sort.SliceStable(bs, func(i, j int) bool {
+			if bs[i].Priority != bs[j].Priority {
+				return bs[i].Priority < bs[j].Priority
+			}
 			return lessBackend(bs[i].Address, bs[i].Port, bs[j].Address, bs[j].Port)
 		})
 		if v.Fallback != nil {
@@ -379,10 +421,35 @@ func writeVIPTree(w io.Writer, vips []api.VIPStatus) error {
 				}
 				row = append(row, a)
 			}
+			if pools {
+				row = append(row, poolString(b))
+			}
+			if limits {
+				c := capString(b.Backend)
+				if b.MaxConns != 0 {
+					c = "max conns " + c
+				}
+				row = append(row, c)
+			}
 			t.row(row...)
 		}
 	}
 	return t.flush()
+}
+
+// activePoolsString is a VIP's POOL as `vip list` shows it: the pools
+// taking its new flows ("0", "0+1" while two share them), "fallback" when
+// its fallback takes them, "none" when they are dropped, "-" before the
+// daemon reconciled it.
+func activePoolsString(v api.VIPStatus) string {
+	switch {
+	case v.ActivePriority == nil:
+		return "-"
+	case len(v.ActivePools) == 0 && v.Fallback != nil && v.Fallback.State == model.FallbackActive:
+		return "fallback"
+	default:
+		return model.PoolsString(v.ActivePools)
+	}
 }
 
 // snatString is a VIP's SNAT address as `vip list` shows it: "auto" for a

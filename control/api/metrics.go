@@ -32,12 +32,14 @@ var (
 	descVIPBytes   = prometheus.NewDesc("xdplb_vip_bytes_total", "Bytes received for a VIP.", []string{"vip"}, nil)
 	descVIPFlows   = prometheus.NewDesc("xdplb_vip_flows_total", "New flows scheduled for a VIP.", []string{"vip"}, nil)
 	descVIPICMP    = prometheus.NewDesc("xdplb_vip_icmp_errors_total", "ICMP errors about a VIP's flows forwarded to their backend or translated back to their client.", []string{"vip"}, nil)
+	descVIPDrops   = prometheus.NewDesc("xdplb_vip_drops_total", "New flows of a VIP dropped, per reason (also in xdplb_drops_total).", []string{"vip", "reason"}, nil)
 	descBePackets  = prometheus.NewDesc("xdplb_backend_packets_total", "Packets forwarded to a backend.", []string{"vip", "backend"}, nil)
 	descBeBytes    = prometheus.NewDesc("xdplb_backend_bytes_total", "Bytes forwarded to a backend.", []string{"vip", "backend"}, nil)
 	descBeFlows    = prometheus.NewDesc("xdplb_backend_flows_total", "New flows scheduled to a backend.", []string{"vip", "backend"}, nil)
 	descBeUp       = prometheus.NewDesc("xdplb_backend_up", "1 if the backend takes new flows.", []string{"vip", "backend"}, nil)
 	descBeWeight   = prometheus.NewDesc("xdplb_backend_weight", "Configured weight of a backend.", []string{"vip", "backend"}, nil)
 	descActions    = prometheus.NewDesc("xdplb_xdp_actions_total", "XDP verdicts returned, per interface.", []string{"iface", "action"}, nil)
+	descTxErrors   = prometheus.NewDesc("xdplb_xdp_tx_errors_total", "Frames returned with XDP_TX or redirected that the interface's driver refused to send (lost), from its ethtool statistics; absent where the driver counts none.", []string{"iface"}, nil)
 	descDrops      = prometheus.NewDesc("xdplb_drops_total", "Packets dropped by the XDP program, per reason.", []string{"reason"}, nil)
 	descConntrack  = prometheus.NewDesc("xdplb_conntrack_entries", "Entries in the connection table.", nil, nil)
 	descSNATPorts  = prometheus.NewDesc("xdplb_snat_ports_in_use", "Full-NAT source ports held by live flows, as of the last NAT table sweep.", nil, nil)
@@ -45,6 +47,10 @@ var (
 	descReconciles = prometheus.NewDesc("xdplb_reconciles_total", "Reconciler passes by result.", []string{"result"}, nil)
 	descBuildInfo  = prometheus.NewDesc("xdplb_build_info", "Version of the running daemon.", []string{"version"}, nil)
 	descScrapeErrs = prometheus.NewDesc("xdplb_scrape_errors_total", "Errors reading the data plane while serving /metrics.", nil, nil)
+	// Backup pools (issue 24): see model.ActivePriority.
+	descVIPPriority = prometheus.NewDesc("xdplb_vip_active_priority",
+		"Worst (highest) priority of the backend pools taking a VIP's new flows: 0 on its primary pool; -1 when no pool takes them (its fallback, or dropped).",
+		[]string{"vip"}, nil)
 )
 
 // Collector exposes the data plane's counters; it reads the maps at scrape
@@ -81,11 +87,12 @@ func IfaceName(ifindex int) string {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descVIPPackets, descVIPBytes, descVIPFlows, descVIPICMP, descBePackets, descBeBytes,
-		descBeFlows, descBeUp, descBeWeight, descActions, descDrops, descConntrack, descSNATPorts, descEvents,
+	for _, d := range []*prometheus.Desc{descVIPPackets, descVIPBytes, descVIPFlows, descVIPICMP, descVIPDrops, descBePackets, descBeBytes,
+		descBeFlows, descBeUp, descBeWeight, descActions, descTxErrors, descDrops, descConntrack, descSNATPorts, descEvents,
 		descReconciles, descBuildInfo, descScrapeErrs} {
 		ch <- d
 	}
+	ch <- descVIPPriority
 }
 
 // Collect implements prometheus.Collector.
@@ -116,6 +123,9 @@ func (c *Collector) collect(ch chan<- prometheus.Metric) error {
 			counter(descVIPBytes, vs.Bytes, vs.VIP)
 			counter(descVIPFlows, vs.Flows, vs.VIP)
 			counter(descVIPICMP, vs.ICMPErrors, vs.VIP)
+			for reason, n := range vs.Drops {
+				counter(descVIPDrops, n, vs.VIP, reason)
+			}
 		}
 		for _, bs := range vs.Backends {
 			if bs.mapped {
@@ -139,6 +149,7 @@ func (c *Collector) collect(ch chan<- prometheus.Metric) error {
 			ch <- prometheus.MustNewConstMetric(descBeUp, prometheus.GaugeValue, up, v.ID().String(), l)
 		}
 	}
+	c.collectPools(ch, st)
 	sum := map[[2]string]uint64{} // two ifindexes may share a name label ("other")
 	var order [][2]string
 	for _, a := range snap.Actions {
@@ -150,6 +161,12 @@ func (c *Collector) collect(ch chan<- prometheus.Metric) error {
 	}
 	for _, k := range order {
 		counter(descActions, sum[k], k[0], k[1])
+	}
+	// Their own metric, not an action: they are a part of tx and
+	// redirect, and a label value of xdplb_xdp_actions_total would be
+	// counted twice by every sum over its actions.
+	for _, e := range snap.TxErrors {
+		counter(descTxErrors, e.Count, e.Iface)
 	}
 	for reason, n := range snap.Drops {
 		counter(descDrops, n, reason)
@@ -166,6 +183,19 @@ func (c *Collector) collect(ch chan<- prometheus.Metric) error {
 // collectNAT exports the NAT table's gauge and the data plane's events.
 // A data plane may lack them: a read that fails leaves its family out and
 // is logged at debug, and the scrape goes on as if it had none.
+// collectPools exports the active priority of each VIP the reconciler
+// planned.
+func (c *Collector) collectPools(ch chan<- prometheus.Metric, st model.State) {
+	if c.rec == nil {
+		return
+	}
+	for _, v := range st.VIPs {
+		if pools, ok := c.rec.ActivePools(v.ID()); ok {
+			ch <- prometheus.MustNewConstMetric(descVIPPriority, prometheus.GaugeValue, float64(model.ActivePriority(pools)), v.ID().String())
+		}
+	}
+}
+
 func (c *Collector) collectNAT(ch chan<- prometheus.Metric) {
 	if st, err := c.dp.NATStats(); err != nil {
 		c.log.Debug("metrics: no nat stats", "err", err)

@@ -31,6 +31,7 @@ func TestCollector(t *testing.T) {
 	f.dp.SetBackendCounters(1, loader.Counters{Packets: 7, Bytes: 700, Flows: 2})
 	f.dp.SetBackendCounters(2, loader.Counters{Packets: 3, Bytes: 800, Flows: 1})
 	f.dp.SetActions(loader.ActionCount{Ifindex: 1, Action: "tx", Count: 9}, loader.ActionCount{Ifindex: 0, Action: "pass", Count: 4})
+	f.dp.SetTxErrors(loader.TxErrorCount{Ifindex: 1, Count: 2})
 	f.dp.SetDrops("no_backend", 5)
 	f.dp.SetFlows(1, 6)
 	f.dp.SetNATStats(loader.NATStats{Entries: 9, SNATPortsInUse: 4}, nil)
@@ -72,10 +73,16 @@ xdplb_backend_up{backend="10.0.0.2",vip="10.0.0.100:80/tcp"} 0
 # TYPE xdplb_backend_weight gauge
 xdplb_backend_weight{backend="10.0.0.1",vip="10.0.0.100:80/tcp"} 100
 xdplb_backend_weight{backend="10.0.0.2",vip="10.0.0.100:80/tcp"} 30
+# HELP xdplb_vip_active_priority Worst (highest) priority of the backend pools taking a VIP's new flows: 0 on its primary pool; -1 when no pool takes them (its fallback, or dropped).
+# TYPE xdplb_vip_active_priority gauge
+xdplb_vip_active_priority{vip="10.0.0.100:80/tcp"} 0
 # HELP xdplb_xdp_actions_total XDP verdicts returned, per interface.
 # TYPE xdplb_xdp_actions_total counter
 xdplb_xdp_actions_total{action="pass",iface="other"} 4
 xdplb_xdp_actions_total{action="tx",iface="lo"} 9
+# HELP xdplb_xdp_tx_errors_total Frames returned with XDP_TX or redirected that the interface's driver refused to send (lost), from its ethtool statistics; absent where the driver counts none.
+# TYPE xdplb_xdp_tx_errors_total counter
+xdplb_xdp_tx_errors_total{iface="lo"} 2
 # HELP xdplb_drops_total Packets dropped by the XDP program, per reason.
 # TYPE xdplb_drops_total counter
 xdplb_drops_total{reason="no_backend"} 5

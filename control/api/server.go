@@ -270,6 +270,12 @@ func (s *Server) vipStatus(v model.VIP, flows map[uint32]loader.FlowCount) VIPSt
 		fb := add(s.fallbackStatus(id, *v.Fallback, flows))
 		vs.Fallback = &fb
 	}
+	if s.Reconciler != nil {
+		if pools, ok := s.Reconciler.ActivePools(id); ok {
+			prio := model.ActivePriority(pools)
+			vs.ActivePools, vs.ActivePriority = pools, &prio
+		}
+	}
 	return vs
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -234,6 +235,12 @@ func TestAPIStatsAndStatus(t *testing.T) {
 	f.dp.SetActions(loader.ActionCount{Ifindex: 1, Action: "tx", Count: 9}, loader.ActionCount{Ifindex: 0, Action: "pass", Count: 3})
 	f.dp.SetDrops("no_backend", 1)
 
+	// No driver counts what it refused: no tx_errors, not zeros.
+	if code, body := f.raw(t, "GET", "/v1/stats", ""); code != 200 || !strings.Contains(body, `"tx_errors":[]`) {
+		t.Fatalf("stats without driver counters: %d %s", code, body)
+	}
+	f.dp.SetTxErrors(loader.TxErrorCount{Ifindex: 1, Count: 4})
+
 	s, err := f.client.Stats(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -244,6 +251,9 @@ func TestAPIStatsAndStatus(t *testing.T) {
 	}
 	if s.Drops["no_backend"] != 1 || len(s.Actions) != 2 || s.Time.IsZero() {
 		t.Fatalf("stats %+v", s)
+	}
+	if want := []TxErrorStats{{Iface: IfaceName(1), Count: 4}}; !slices.Equal(s.TxErrors, want) {
+		t.Fatalf("tx errors %+v, want %+v", s.TxErrors, want)
 	}
 	ds, err := f.client.Status(ctx)
 	if err != nil {

@@ -3,6 +3,7 @@ package api
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -14,12 +15,13 @@ import (
 )
 
 // snapshot reads the counters of every VIP and backend of st (a VIP's
-// fallback last among its backends, marked), the XDP
-// actions and the drops from dp, interfaces named by ifname: what `xdplb
-// stats` shows and /metrics exports, read once, in one place. A read that fails leaves its part out
+// fallback last among its backends, marked), the XDP actions, what the
+// drivers refused to send and the drops from dp, interfaces named by
+// ifname: what `xdplb stats` shows and /metrics exports, read once, in one
+// place. A read that fails leaves its part out
 // and is reported; the rest is still there (the metrics serve it).
 func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (Stats, error) {
-	out := Stats{Time: time.Now(), VIPs: []VIPStats{}, Actions: []ActionStats{}, Drops: map[string]uint64{}}
+	out := Stats{Time: time.Now(), VIPs: []VIPStats{}, Actions: []ActionStats{}, TxErrors: []TxErrorStats{}, Drops: map[string]uint64{}}
 	vips, err := dp.VIPs()
 	if err != nil {
 		return out, fmt.Errorf("read vips: %w", err)
@@ -28,6 +30,10 @@ func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (S
 	vc, err := dp.VIPCounters()
 	if err != nil {
 		errs = append(errs, fmt.Errorf("read vip counters: %w", err))
+	}
+	vd, err := dp.VIPDropCounters()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("read vip drop counters: %w", err))
 	}
 	bes, err := dp.Backends()
 	if err != nil {
@@ -54,6 +60,9 @@ func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (S
 			vs.CounterSet, vs.mapped, vs.id = CounterSet{Packets: c.Packets, Bytes: c.Bytes, Flows: c.Flows}, true, meta.ID
 			vs.ICMPErrors = c.ICMPErrors
 		}
+		if inMaps && len(vd[meta.ID]) > 0 {
+			vs.Drops = maps.Clone(vd[meta.ID])
+		}
 		bs := v.Backends
 		if v.Fallback != nil {
 			bs = append(slices.Clip(bs), v.Fallback.Backend())
@@ -76,6 +85,14 @@ func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (S
 		}
 		slices.SortStableFunc(out.Actions, func(a, b ActionStats) int { return strings.Compare(a.Iface, b.Iface) })
 	}
+	txErrs, err := dp.DriverTxErrors()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("read driver tx errors: %w", err))
+	}
+	for _, e := range txErrs {
+		out.TxErrors = append(out.TxErrors, TxErrorStats{Iface: ifname(int(e.Ifindex)), Count: e.Count})
+	}
+	slices.SortStableFunc(out.TxErrors, func(a, b TxErrorStats) int { return strings.Compare(a.Iface, b.Iface) })
 	if drops, err := dp.DropCounters(); err != nil {
 		errs = append(errs, fmt.Errorf("read drop counters: %w", err))
 	} else {
@@ -151,6 +168,7 @@ func subtract(cur, base Stats) Stats {
 				v.CounterSet = v.CounterSet.minus(bv.CounterSet)
 				v.ICMPErrors -= bv.ICMPErrors
 			}
+			v.Drops = subtractDrops(v.Drops, bv.Drops)
 		}
 		v.Backends = slices.Clone(v.Backends)
 		for j, b := range v.Backends {
@@ -171,12 +189,38 @@ func subtract(cur, base Stats) Stats {
 			out.Actions[i].Count -= n
 		}
 	}
-	out.Drops = make(map[string]uint64, len(cur.Drops))
-	for r, n := range cur.Drops {
-		if b := base.Drops[r]; n >= b {
+	// A driver's counter that went below the zero (the interface was
+	// created again) counts from its own start, as the maps' do.
+	txErrs := map[string]uint64{}
+	for _, e := range base.TxErrors {
+		txErrs[e.Iface] = e.Count
+	}
+	out.TxErrors = slices.Clone(cur.TxErrors)
+	for i, e := range out.TxErrors {
+		if n := txErrs[e.Iface]; e.Count >= n {
+			out.TxErrors[i].Count -= n
+		}
+	}
+	out.Drops = subtractDrops(cur.Drops, base.Drops)
+	if out.Drops == nil {
+		out.Drops = map[string]uint64{}
+	}
+	return out
+}
+
+// subtractDrops is cur less base, reason by reason; a counter that went
+// below its base counts from zero. Reasons at zero are kept as they were:
+// the totals list every reason, a VIP's only those that counted.
+func subtractDrops(cur, base map[string]uint64) map[string]uint64 {
+	if cur == nil {
+		return nil
+	}
+	out := make(map[string]uint64, len(cur))
+	for r, n := range cur {
+		if b := base[r]; n >= b {
 			n -= b
 		}
-		out.Drops[r] = n
+		out[r] = n
 	}
 	return out
 }

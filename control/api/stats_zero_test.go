@@ -12,7 +12,7 @@ import (
 )
 
 // stats --zero: Stats counts from the zero on, every counter it shows
-// (VIPs, backends, ICMP errors, actions, drops); the metrics, read from
+// (VIPs, backends, ICMP errors, actions, drivers' tx errors, drops); the metrics, read from
 // the same maps, keep counting from the start.
 func TestStatsZero(t *testing.T) {
 	f := newAPIFixture(t)
@@ -25,14 +25,16 @@ func TestStatsZero(t *testing.T) {
 		f.dp.SetVIPCounters(1, loader.Counters{Packets: 10 * n, Bytes: 1000 * n, Flows: n, ICMPErrors: n})
 		f.dp.SetBackendCounters(1, loader.Counters{Packets: 10 * n, Bytes: 1000 * n, Flows: n})
 		f.dp.SetActions(loader.ActionCount{Ifindex: 1, Action: "tx", Count: 10 * n})
+		f.dp.SetTxErrors(loader.TxErrorCount{Ifindex: 1, Count: 3 * n})
 		f.dp.SetDrops("no_backend", n)
+		f.dp.SetVIPDrops(1, "rate_limited", 3*n)
 	}
 	set(5)
 	st, err := f.client.Stats(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !st.Since.IsZero() || st.VIPs[0].Packets != 50 {
+	if !st.Since.IsZero() || st.VIPs[0].Packets != 50 || st.VIPs[0].Drops["rate_limited"] != 15 {
 		t.Fatalf("before zero: %+v", st)
 	}
 
@@ -45,7 +47,7 @@ func TestStatsZero(t *testing.T) {
 	}
 	v := st.VIPs[0]
 	if st.Since.Before(before) || st.Since.After(st.Time) || v.CounterSet != (CounterSet{}) || v.ICMPErrors != 0 ||
-		v.Backends[0].CounterSet != (CounterSet{}) || st.Actions[0].Count != 0 || st.Drops["no_backend"] != 0 {
+		v.Backends[0].CounterSet != (CounterSet{}) || st.Actions[0].Count != 0 || st.TxErrors[0].Count != 0 || st.Drops["no_backend"] != 0 || v.Drops["rate_limited"] != 0 {
 		t.Fatalf("right after zero: %+v", st)
 	}
 
@@ -55,7 +57,8 @@ func TestStatsZero(t *testing.T) {
 	}
 	v = st.VIPs[0]
 	want := CounterSet{Packets: 20, Bytes: 2000, Flows: 2}
-	if v.CounterSet != want || v.ICMPErrors != 2 || v.Backends[0].CounterSet != want || st.Actions[0].Count != 20 || st.Drops["no_backend"] != 2 {
+	if v.CounterSet != want || v.ICMPErrors != 2 || v.Backends[0].CounterSet != want || st.Actions[0].Count != 20 || st.TxErrors[0].Count != 6 || st.Drops["no_backend"] != 2 ||
+		v.Drops["rate_limited"] != 6 {
 		t.Fatalf("after zero and more traffic: %+v", st)
 	}
 
@@ -68,7 +71,13 @@ xdplb_vip_packets_total{vip="10.0.0.100:80/tcp"} 70
 # HELP xdplb_drops_total Packets dropped by the XDP program, per reason.
 # TYPE xdplb_drops_total counter
 xdplb_drops_total{reason="no_backend"} 7
-`), "xdplb_vip_packets_total", "xdplb_drops_total")
+# HELP xdplb_xdp_tx_errors_total Frames returned with XDP_TX or redirected that the interface's driver refused to send (lost), from its ethtool statistics; absent where the driver counts none.
+# TYPE xdplb_xdp_tx_errors_total counter
+xdplb_xdp_tx_errors_total{iface="lo"} 21
+# HELP xdplb_vip_drops_total New flows of a VIP dropped, per reason (also in xdplb_drops_total).
+# TYPE xdplb_vip_drops_total counter
+xdplb_vip_drops_total{reason="rate_limited",vip="10.0.0.100:80/tcp"} 21
+`), "xdplb_vip_packets_total", "xdplb_drops_total", "xdplb_xdp_tx_errors_total", "xdplb_vip_drops_total")
 	if err != nil {
 		t.Error(err)
 	}
@@ -79,7 +88,8 @@ xdplb_drops_total{reason="no_backend"} 7
 	if st, err = f.client.Stats(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if st.VIPs[0].Packets != 10 || st.VIPs[0].Backends[0].Packets != 10 || st.Actions[0].Count != 10 || st.Drops["no_backend"] != 1 {
+	if st.VIPs[0].Packets != 10 || st.VIPs[0].Backends[0].Packets != 10 || st.Actions[0].Count != 10 || st.TxErrors[0].Count != 3 || st.Drops["no_backend"] != 1 ||
+		st.VIPs[0].Drops["rate_limited"] != 3 {
 		t.Fatalf("after a reload: %+v", st)
 	}
 }

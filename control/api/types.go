@@ -47,6 +47,12 @@ type VIPStatus struct {
 	Fallback *BackendStatus  `json:"fallback,omitempty"`
 	Flows    int             `json:"flows"`
 	HalfOpen int             `json:"half_open"`
+	// ActivePools are the pools (backend priorities, best first) taking
+	// the VIP's new flows, and ActivePriority the worst of them: -1 when
+	// none does (its fallback takes them, or they are dropped), as
+	// xdplb_vip_active_priority. Both unset before the VIP is reconciled.
+	ActivePools    []uint32 `json:"active_pools,omitempty"`
+	ActivePriority *int     `json:"active_priority,omitempty"`
 }
 
 // BackendStatus is a backend with what the daemon knows of it now.
@@ -99,10 +105,14 @@ type VIPStats struct {
 	CounterSet
 	// ICMPErrors counts the ICMP errors about the VIP's flows forwarded
 	// to their backend or translated back to their client.
-	ICMPErrors uint64         `json:"icmp_errors"`
-	Backends   []BackendStats `json:"backends"`
-	mapped     bool           // the VIP has an entry in the maps
-	id         uint32         // its id there, when mapped
+	ICMPErrors uint64 `json:"icmp_errors"`
+	// Drops are the VIP's new flows refused, by reason (rate_limited,
+	// backends_full, no_backend, no_healthy_backend, nat_table_full, ...):
+	// only the reasons that counted. They are in Stats.Drops too.
+	Drops    map[string]uint64 `json:"drops,omitempty"`
+	Backends []BackendStats    `json:"backends"`
+	mapped   bool              // the VIP has an entry in the maps
+	id       uint32            // its id there, when mapped
 }
 
 // ActionStats is how often the program returned an action on an interface.
@@ -112,16 +122,29 @@ type ActionStats struct {
 	Count  uint64 `json:"count"`
 }
 
+// TxErrorStats is how many frames an interface's driver refused to send
+// of those the program returned with XDP_TX or redirected, which Actions
+// counts as tx or redirect: they were lost. The driver counts them, in
+// its ethtool statistics, since the interface was created; an interface
+// whose driver keeps no such counter, or in generic XDP mode, has none.
+type TxErrorStats struct {
+	Iface string `json:"iface"`
+	Count uint64 `json:"count"`
+}
+
 // Stats is what `xdplb stats` shows; rates are computed by the CLI from two
 // samples. The counters count from Since, when `stats --zero` last ran
 // (zero: never, they count from the program's first load); the metrics
 // are never zeroed.
 type Stats struct {
-	Time    time.Time         `json:"time"`
-	Since   time.Time         `json:"since,omitzero"`
-	VIPs    []VIPStats        `json:"vips"`
-	Actions []ActionStats     `json:"actions"`
-	Drops   map[string]uint64 `json:"drops"`
+	Time    time.Time     `json:"time"`
+	Since   time.Time     `json:"since,omitzero"`
+	VIPs    []VIPStats    `json:"vips"`
+	Actions []ActionStats `json:"actions"`
+	// TxErrors are beside Actions, not among them: they are no verdict
+	// of the program but a part of its tx and redirect verdicts.
+	TxErrors []TxErrorStats    `json:"tx_errors"`
+	Drops    map[string]uint64 `json:"drops"`
 }
 
 // Conn is one connection-table entry, as `xdplb conns` shows it.

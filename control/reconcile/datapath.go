@@ -35,7 +35,15 @@ type Datapath interface {
 	VIPCounters() (map[uint32]loader.Counters, error)     // by model.VIP id
 	BackendCounters() (map[uint32]loader.Counters, error) // by backend id
 	ActionCounters() ([]loader.ActionCount, error)
+	// DriverTxErrors is what the drivers of the attached interfaces
+	// refused to send of the frames returned with XDP_TX or redirected
+	// (which ActionCounters counts as sent), where the driver counts it:
+	// an interface whose driver does not is left out.
+	DriverTxErrors() ([]loader.TxErrorCount, error)
 	DropCounters() (map[string]uint64, error) // by drop reason name
+	// VIPDropCounters are the drops of new flows of each VIP, by VIP id
+	// and reason name; only the reasons that counted.
+	VIPDropCounters() (map[uint32]map[string]uint64, error)
 	// FlowCountsByBackend counts open flows per backend id: connection-
 	// table entries not closed by a TCP FIN/RST and seen within their
 	// phase's idle limit, established apart from half-open.

@@ -58,7 +58,7 @@ func (w *writeCounter) DeleteLookupTable(id uint32) error {
 
 // Random sequences of events (VIPs of every mode and backends, on the
 // VIP's port or another, added and deleted, modes and SNAT addresses
-// changed, weights and drain flags changed, backends failing and
+// changed, weights, pools and drain flags changed, backends failing and
 // recovering, MACs changing or lost, NAT routes and the interface's
 // address lost and back, daemon restarts over the pinned maps) go through
 // the reconciler
@@ -132,8 +132,10 @@ func TestReconcilePropertyRealMaps(t *testing.T) {
 				v.Scheduler = model.SchedSH
 			}
 			snat(&v)
+			v.FailoverBelow = uint32(r.IntN(3) * 50) // backup pools: 0, 50 or 100
 			for range r.IntN(5) {
 				b := model.Backend{Address: netip.MustParseAddr(pick(beAddrs)), Weight: uint32(r.IntN(4) * 50)}
+				b.Priority = uint32(r.IntN(3))
 				if v.Mode.IsNAT() {
 					b.Port = port()
 				}
@@ -172,6 +174,11 @@ func TestReconcilePropertyRealMaps(t *testing.T) {
 			if vid, b, ok := someBackend(); ok {
 				w := uint32(r.IntN(5) * 50)
 				_ = store.SetBackend(vid, b.Address, b.Port, model.BackendPatch{Weight: &w})
+			}
+			if vid, b, ok := someBackend(); ok && r.IntN(2) == 0 {
+				event = "weight, priority"
+				prio := uint32(r.IntN(3))
+				_ = store.SetBackend(vid, b.Address, b.Port, model.BackendPatch{Priority: &prio})
 			}
 		case k < 66:
 			event = "drain"

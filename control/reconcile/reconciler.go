@@ -64,7 +64,7 @@ const ReconcileInterval = 5 * time.Second
 // BackendInfo is what the reconciler last decided about a backend.
 type BackendInfo struct {
 	ID     uint32
-	State  string           // model.BackendUp, BackendDraining, BackendUnresolved, BackendDown
+	State  string           // model.BackendUp, BackendDraining, BackendUnresolved, BackendDown, BackendStandby
 	MAC    net.HardwareAddr // nil: not resolved, or a NAT backend
 	Iface  string           // the egress interface
 	Reason string           // why it is not resolved; "" when it is
@@ -104,8 +104,11 @@ type Reconciler struct {
 	// clean (the last pass succeeded).
 	vips       map[model.VIPID]*vipState
 	unresolved map[netip.Addr]bool // each resolution problem logged once
-	announce   map[netip.Addr]bool // the last Announce request; nil: none yet
-	clean      bool
+	// full holds the backends at their connection cap (conncap.go), as
+	// the last count found them.
+	full     map[backendKey]bool
+	announce map[netip.Addr]bool // the last Announce request; nil: none yet
+	clean    bool
 	// doneGen is the state generation the last successful pass read.
 	doneGen uint64
 
@@ -155,6 +158,19 @@ func (r *Reconciler) Fallback(vip model.VIPID) (BackendInfo, bool) {
 	return *s.fallback, true
 }
 
+// ActivePools returns the pools (priorities, best first) whose backends
+// took a VIP's new flows in the last reconcile; none: its fallback took
+// them, or they were dropped. False when the VIP was not planned.
+func (r *Reconciler) ActivePools(vip model.VIPID) ([]uint32, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.vips[vip]
+	if s == nil || s.info == nil {
+		return nil, false
+	}
+	return slices.Clone(s.pools), true
+}
+
 // SNATAddr returns the SNAT address the last reconcile gave a fullnat VIP:
 // its own, or the one found for it; false when it has none.
 func (r *Reconciler) SNATAddr(vip model.VIPID) (netip.Addr, bool) {
@@ -173,14 +189,17 @@ func (r *Reconciler) HealthStatus(vip model.VIPID, b model.Backend) (healthcheck
 	return r.health.Status(vip, b)
 }
 
-// Run reconciles on every state change, neighbour change, health change
-// and ReconcileInterval until ctx is done. It is the one place changes are
-// applied: whoever changed the state waits for it (Wait). A health change
-// is applied at once: a backend that fails leaves the lookup tables within
-// one pass.
+// Run reconciles on every state change, neighbour change, health change,
+// change of the backends at their connection cap (counted every
+// CapInterval while some backend has one) and ReconcileInterval until ctx
+// is done. It is the one place changes are applied: whoever changed the
+// state waits for it (Wait). A health change is applied at once: a backend
+// that fails leaves the lookup tables within one pass.
 func (r *Reconciler) Run(ctx context.Context) {
 	t := time.NewTicker(ReconcileInterval)
 	defer t.Stop()
+	capsCh := make(chan struct{}, 1)
+	go r.runCaps(ctx, capsCh)
 	stateCh := r.src.Subscribe()
 	var netCh <-chan struct{}
 	if r.net != nil {
@@ -201,6 +220,8 @@ func (r *Reconciler) Run(ctx context.Context) {
 		case <-netCh:
 			err = r.Reconcile(ctx)
 		case <-healthCh:
+			err = r.Reconcile(ctx)
+		case <-capsCh:
 			err = r.Reconcile(ctx)
 		case <-t.C:
 			err = r.Reconcile(ctx)
@@ -264,7 +285,7 @@ func (r *Reconciler) reconcileAll(ctx context.Context, st model.State) error {
 	plans := make([]vipPlan, len(st.VIPs))
 	want := make(map[loader.VIPKey]bool, len(st.VIPs))
 	for i, v := range st.VIPs {
-		plans[i] = planVIP(v, r.maps, a, r.health.Up, loc)
+		plans[i] = planVIP(v, r.maps, a, r.judge(), loc)
 		want[plans[i].key] = !plans[i].held
 	}
 	var removed []loader.VIPKey
@@ -323,7 +344,7 @@ func (r *Reconciler) reconcileChanged(ctx context.Context, st model.State) error
 	plans := make([]vipPlan, len(changed))
 	moved := false // a VIP came into the maps, or changed its address or announce flag
 	for i, v := range changed {
-		plans[i] = planVIP(v, r.maps, a, r.health.Up, loc)
+		plans[i] = planVIP(v, r.maps, a, r.judge(), loc)
 		_, inMaps := r.maps.vips[plans[i].key]
 		if plans[i].held && inMaps {
 			removed = append(removed, plans[i].key)
@@ -482,6 +503,9 @@ type vipState struct {
 	// VIP's new flows.
 	fallback   *BackendInfo
 	onFallback bool
+	// pools are the pools whose backends take the VIP's new flows, best
+	// first; none: its fallback takes them, or they are dropped.
+	pools []uint32
 }
 
 // index finds a backend of s by its address and port as configured.
@@ -507,7 +531,7 @@ func (s *vipState) backend(addr netip.Addr, port uint16) (BackendInfo, bool) {
 // decide turns plans into the VIPs' new states and logs, once per change,
 // what they decide that an operator must know: a backend going down or
 // coming back, one that cannot be resolved, a VIP without a healthy
-// backend.
+// backend, a change of the pools that take a VIP's new flows.
 func (r *Reconciler) decide(plans []vipPlan) []*vipState {
 	out := make([]*vipState, len(plans))
 	for i, p := range plans {
@@ -518,6 +542,7 @@ func (r *Reconciler) decide(plans []vipPlan) []*vipState {
 			continue
 		}
 		ns.snat, ns.noSNAT = p.meta.SNATAddr, p.snatErr != nil
+		ns.pools = p.pools
 		ns.info, ns.up = make([]BackendInfo, len(p.backends)), make([]bool, len(p.backends))
 		old := r.vips[vid]
 		aligned := old != nil && old.info != nil && model.SameTargets(&old.v, &p.v)
@@ -547,6 +572,13 @@ func (r *Reconciler) decide(plans []vipPlan) []*vipState {
 			r.log.Info("vip has a usable backend again: new flows leave its fallback", "vip", vid)
 		case !noHealthy && p.exists && p.cur.NoHealthy:
 			r.log.Info("vip has a healthy backend again", "vip", vid)
+		case p.meta.BackendsFull && (!p.exists || !p.cur.BackendsFull):
+			r.log.Warn("every usable backend of the vip is full: new flows are dropped", "vip", vid, "backends", p.full)
+		case !p.meta.BackendsFull && p.exists && p.cur.BackendsFull:
+			r.log.Info("vip has a backend below its cap again", "vip", vid)
+		}
+		if old != nil && old.info != nil && !slices.Equal(old.pools, ns.pools) {
+			r.logPools(vid, old.pools, ns.pools)
 		}
 		r.logSNAT(vid, old, ns, p.held, p.snatErr)
 	}

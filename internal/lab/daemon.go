@@ -265,20 +265,26 @@ func (d *Daemon) Stats(ctx context.Context) (api.Stats, error) {
 }
 
 // WaitBackendsUp polls `xdplb backend list VIP` until all want backends are
-// up (their MACs resolved and in the data plane) or the time runs out.
+// up (their MACs resolved and in the data plane; a backup pool's may stand
+// by) or the time runs out. A fallback server is no backend: it is not
+// counted.
 func (d *Daemon) WaitBackendsUp(ctx context.Context, vip string, want int, limit time.Duration) ([]api.BackendStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	for {
 		var bs []api.BackendStatus
 		err := d.CLIJSON(ctx, &bs, "backend", "list", vip)
-		up := 0
+		up, n := 0, 0
 		for _, b := range bs {
-			if b.State == model.BackendUp {
+			if b.Fallback {
+				continue // the VIP's sorry server: no backend
+			}
+			n++
+			if b.State == model.BackendUp || b.State == model.BackendStandby {
 				up++
 			}
 		}
-		if err == nil && up == want && len(bs) == want {
+		if err == nil && up == want && n == want {
 			return bs, nil
 		}
 		select {

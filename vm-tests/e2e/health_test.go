@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -554,6 +555,187 @@ func TestAllBackendsDown(t *testing.T) {
 		}
 		if a.Err != nil && a.Kind != lab.ErrTimeout {
 			t.Errorf("%s: before recovery a connection must go unanswered, not fail otherwise", describe(a, t1))
+		}
+	}
+}
+
+// TestFallbackServer: a VIP's fallback ("sorry") server takes no flow
+// while a backend is up, every new flow once all are down, and none again
+// once one is back (issue 12).
+func TestFallbackServer(t *testing.T) {
+	e := setup(t)
+	target := netip.AddrPortFrom(lab.VIP4, lab.HTTPPort)
+	vip := target.String() + "/tcp"
+	sorry := e.lab.Backend("be3")
+	e.cli("vip", "add", vip, "--mode", "dr", "--check", "http",
+		"--check-interval", checkInterval.String(), "--check-timeout", "100ms",
+		"--rise", fmt.Sprint(checkRise), "--fall", fmt.Sprint(checkFall), "--fallback", sorry.IPv4.String())
+	for _, name := range []string{"be1", "be2"} {
+		e.cli("backend", "add", vip, e.lab.Backend(name).IPv4.String())
+	}
+	if _, err := e.d.WaitBackendsUp(e.ctx, vip, 2, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	answered := func(want ...string) {
+		t.Helper()
+		res := e.load(target, 40)
+		if got := res.Names(); !slices.Equal(got, want) {
+			t.Fatalf("answered by %v, want %v", got, want)
+		}
+	}
+	answered("be1", "be2")
+
+	for _, name := range []string{"be1", "be2"} {
+		if err := e.servers[name].Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"be1", "be2"} {
+		if _, _, err := e.d.WaitBackendState(e.ctx, vip, e.lab.Backend(name).IPv4, model.BackendDown, 3*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	answered("be3")
+
+	if err := e.servers["be1"].Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.d.WaitBackendState(e.ctx, vip, e.lab.Backend("be1").IPv4, model.BackendUp, 3*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	answered("be1")
+}
+
+// TestVIPSetKeepsFlows: vip set of the scheduler and every check option,
+// on a real daemon under traffic, breaks no open connection, and new ones
+// keep succeeding; a change of mode is refused while flows are open
+// (issue 12).
+func TestVIPSetKeepsFlows(t *testing.T) {
+	e := setup(t)
+	target, vip := e.addCheckedVIP()
+	ka, err := e.lab.Client.OpenKeepAlive(e.ctx, target, lab.KeepAliveOptions{
+		Conns: 12, Every: 50 * time.Millisecond, FirstPort: keepAlivePort,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ka.Close()
+	stream := e.lab.Client.StartStream(e.ctx, target, lab.StreamOptions{
+		Interval: 20 * time.Millisecond, Duration: 3 * time.Second, Timeout: time.Second, FirstPort: streamPort,
+	})
+	for _, args := range [][]string{
+		{"--check-interval", "300ms", "--rise", "3", "--fall", "4"},
+		{"--check", "tcp", "--check-timeout", "150ms"},
+		{"--scheduler", "sh"},
+		{"--check", "http", "--check-path", "/", "--check-expect", "200-299"},
+		{"--scheduler", "maglev", "--no-announce"},
+		{"--announce"},
+	} {
+		e.cli(append([]string{"vip", "set", vip}, args...)...)
+		time.Sleep(300 * time.Millisecond)
+	}
+	out, err := e.d.CLI(e.ctx, "vip", "set", vip, "--mode", "nat")
+	if err == nil || !strings.Contains(err.Error(), "open flows") {
+		t.Errorf("mode change with open flows: %v %s, want refused naming the open flows", err, out)
+	}
+	as := stopStreamWhenDone(t, stream)
+	for _, a := range as {
+		if a.Err != nil {
+			t.Errorf("new connection during vip set: %s", describe(a, as[0].Start))
+		}
+	}
+	for _, r := range ka.Close() {
+		if r.Failures != 0 || r.Requests < 20 {
+			t.Errorf("keep-alive connection from port %d: %d requests, %d failures (%v)", r.Port, r.Requests, r.Failures, r.Err)
+		}
+	}
+	var vips []model.VIP
+	if err := e.d.CLIJSON(e.ctx, &vips, "vip", "list"); err != nil {
+		t.Fatal(err)
+	}
+	if len(vips) != 1 || vips[0].HealthCheck == nil || vips[0].HealthCheck.Type != "http" || vips[0].Scheduler != "maglev" {
+		t.Errorf("after vip set: %+v", vips)
+	}
+}
+
+// TestBackupPoolFailover: a VIP's primary pool (be1, be2) fails; new
+// connections go to the backup pool (be3) once the daemon sees it, and
+// back to the primary when one of its servers returns. No connection fails
+// but those a dead primary backend took before it was seen down (issue 24).
+func TestBackupPoolFailover(t *testing.T) {
+	e := setup(t)
+	target := netip.AddrPortFrom(lab.VIP4, lab.HTTPPort)
+	vip := target.String() + "/tcp"
+	e.cli("vip", "add", vip, "--mode", "dr", "--check", "http",
+		"--check-interval", checkInterval.String(), "--check-timeout", "100ms",
+		"--rise", fmt.Sprint(checkRise), "--fall", fmt.Sprint(checkFall))
+	e.cli("backend", "add", vip, e.lab.Backend("be1").IPv4.String())
+	e.cli("backend", "add", vip, e.lab.Backend("be2").IPv4.String())
+	e.cli("backend", "add", vip, e.lab.Backend("be3").IPv4.String(), "--priority", "1")
+	if _, err := e.d.WaitBackendsUp(e.ctx, vip, 3, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if res := e.load(target, 40); !slices.Equal(res.Names(), []string{"be1", "be2"}) {
+		t.Fatalf("with the primary pool up, answered by %v", res.Names())
+	}
+	e.trackSYNs(target)
+	stream := e.lab.Client.StartStream(e.ctx, target, lab.StreamOptions{
+		Interval: 20 * time.Millisecond, Duration: 6 * time.Second, Timeout: time.Second, FirstPort: streamPort,
+	})
+	time.Sleep(500 * time.Millisecond)
+	t0 := time.Now()
+	for _, name := range []string{"be1", "be2"} {
+		if err := e.servers[name].Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"be1", "be2"} {
+		if _, _, err := e.d.WaitBackendState(e.ctx, vip, e.lab.Backend(name).IPv4, model.BackendDown, 3*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tDown := time.Now()
+	time.Sleep(time.Second)
+	t1 := time.Now()
+	if err := e.servers["be1"].Start(); err != nil {
+		t.Fatal(err)
+	}
+	_, seenUp, err := e.d.WaitBackendState(e.ctx, vip, e.lab.Backend("be1").IPv4, model.BackendUp, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	as := stopStreamWhenDone(t, stream)
+	owners := e.synOwners()
+	var bad []string
+	byPhase := map[string]map[string]int{"primary": {}, "backup": {}, "back": {}}
+	for _, a := range as {
+		phase := "primary"
+		switch {
+		case a.Start.After(seenUp.Add(100 * time.Millisecond)):
+			phase = "back"
+		case a.Start.After(tDown.Add(100*time.Millisecond)) && a.Start.Before(t1):
+			phase = "backup"
+		case a.Start.After(t0):
+			phase = "" // while the primary fails or returns: either pool
+		}
+		if a.Err != nil {
+			// Only a dead primary backend may have taken it.
+			if be, _ := owner(owners, a); (be != "be1" && be != "be2") || a.Start.Before(t0) {
+				bad = append(bad, describe(a, t0)+" (SYN reached "+be+")")
+			}
+			continue
+		}
+		if phase != "" {
+			byPhase[phase][a.Backend]++
+		}
+	}
+	if len(bad) > 0 {
+		t.Errorf("%d connections failed that no dead backend took:\n  %s", len(bad), strings.Join(bad, "\n  "))
+	}
+	t.Logf("MEASURED pools: answered by phase %v; primary seen down T0+%s, be1 seen up T1+%s", byPhase, ms(tDown.Sub(t0)), ms(seenUp.Sub(t1)))
+	for phase, want := range map[string]string{"backup": "be3", "back": "be1"} {
+		if got := byPhase[phase]; len(got) != 1 || got[want] == 0 {
+			t.Errorf("%s: answered by %v, want only %s", phase, got, want)
 		}
 	}
 }

@@ -67,9 +67,15 @@ type natEnv struct {
 // on both of the LB's interfaces and the servers on the backends.
 func setupNAT(t *testing.T, mode string) *natEnv {
 	t.Helper()
-	var args []string
+	return setupNATWith(t, mode)
+}
+
+// setupNATWith is setupNAT with more daemon flags.
+func setupNATWith(t *testing.T, mode string, extra ...string) *natEnv {
+	t.Helper()
+	args := extra
 	if mode == "fullnat" {
-		args = []string{"--snat-ports", snatPorts}
+		args = append(args, "--snat-ports", snatPorts)
 	}
 	e := &natEnv{
 		env:      setupLab(t, lab.Options{NAT: &lab.NATOptions{Gateway: mode == "nat"}}, args...),
@@ -171,7 +177,7 @@ func (e *natEnv) checkSpread(what string, by map[string]int, n int) {
 
 // events are the data plane's event counters (xdplb_events_total) by
 // event.
-func (e *natEnv) events() map[string]float64 {
+func (e *env) events() map[string]float64 {
 	e.t.Helper()
 	out := map[string]float64{}
 	for _, m := range e.metrics()["xdplb_events_total"].GetMetric() {

@@ -34,8 +34,11 @@ type Datapath struct {
 	backendCounters map[uint32]loader.Counters
 	countersFunc    func(ids []uint32) map[uint32]loader.Counters
 	actions         []loader.ActionCount
+	txErrors        []loader.TxErrorCount
 	drops           map[string]uint64
+	vipDrops        map[uint32]map[string]uint64
 	flows           map[uint32]loader.FlowCount
+	flowCounts      int // FlowCountsByBackend calls: walks of a real connection table
 	conns           []loader.Conn
 	ifaces          []loader.IfaceStatus
 	removed         bool
@@ -62,6 +65,7 @@ func NewDatapath(lookupSize, maxVIPs, maxBackends uint32) *Datapath {
 		vipCounters:     map[uint32]loader.Counters{},
 		backendCounters: map[uint32]loader.Counters{},
 		drops:           map[string]uint64{},
+		vipDrops:        map[uint32]map[string]uint64{},
 		flows:           map[uint32]loader.FlowCount{},
 		events:          map[string]uint64{},
 		ifaces:          []loader.IfaceStatus{{Name: "eth0", Ifindex: 2, Mode: loader.XDPModeNative, ProgramID: 7, LinkID: 8}},
@@ -132,11 +136,29 @@ func (f *Datapath) SetActions(a ...loader.ActionCount) {
 	f.actions = slices.Clone(a)
 }
 
+// SetTxErrors sets what the drivers refused to send (DriverTxErrors); an
+// interface not given has no such counter.
+func (f *Datapath) SetTxErrors(e ...loader.TxErrorCount) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.txErrors = slices.Clone(e)
+}
+
 // SetDrops sets the drop counter of reason.
 func (f *Datapath) SetDrops(reason string, n uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.drops[reason] = n
+}
+
+// SetVIPDrops sets the drop counter of reason for VIP id.
+func (f *Datapath) SetVIPDrops(id uint32, reason string, n uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.vipDrops[id] == nil {
+		f.vipDrops[id] = map[string]uint64{}
+	}
+	f.vipDrops[id][reason] = n
 }
 
 // SetFlows sets the established connection-table entries of backend id;
@@ -379,16 +401,41 @@ func (f *Datapath) ActionCounters() ([]loader.ActionCount, error) {
 	return slices.Clone(f.actions), nil
 }
 
+func (f *Datapath) DriverTxErrors() ([]loader.TxErrorCount, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.txErrors), nil
+}
+
 func (f *Datapath) DropCounters() (map[string]uint64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return maps.Clone(f.drops), nil
 }
 
+func (f *Datapath) VIPDropCounters() (map[uint32]map[string]uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[uint32]map[string]uint64, len(f.vipDrops))
+	for id, m := range f.vipDrops {
+		out[id] = maps.Clone(m)
+	}
+	return out, nil
+}
+
 func (f *Datapath) FlowCountsByBackend() (map[uint32]loader.FlowCount, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.flowCounts++
 	return maps.Clone(f.flows), nil
+}
+
+// FlowCountCalls counts the FlowCountsByBackend calls, each a walk of the
+// whole connection table in the real data plane.
+func (f *Datapath) FlowCountCalls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.flowCounts
 }
 
 func (f *Datapath) ConntrackEntries() (int, error) {
