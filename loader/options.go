@@ -30,11 +30,13 @@ const (
 // (halfopen.go), and it bounds the NAT translations of half-open flows to
 // a quarter of the NAT table (sized like the connection table), leaving
 // the rest to established flows whatever floods the LB.
-func DefaultHalfOpenSize(conntrackSize uint32) uint32 { return max(conntrackSize/4, 1) }
+func DefaultHalfOpenSize(conntrackSize uint32) uint32 {
+	return min(max(conntrackSize/4, 1), maxHalfOpenSize)
+}
 
-// maxHalfOpenSize keeps ct_half's buckets (456 bytes each) within what an
-// array map holds.
-const maxHalfOpenSize = 1 << 27
+// maxHalfOpenSize keeps ct_half (buckets of 8 flows, 520 bytes each)
+// below the 4 GiB an array map can be: 2^22 buckets are 2.2 GB.
+const maxHalfOpenSize = 1 << 25
 
 // DefaultSNATPorts are the source ports full NAT takes (--snat-ports):
 // below the kernel's ephemeral range (net.ipv4.ip_local_port_range,

@@ -83,7 +83,8 @@ func TestValidate(t *testing.T) {
 		{"max backends", func(o *Options) { o.MaxBackends = 1 }, "max vips 1024 and max backends 1 must be at least 2"},
 		{"half-open short", func(o *Options) { o.HalfOpenTimeout = time.Second / 2 }, "--half-open-timeout 500ms: want 1s to 15m0s"},
 		{"half-open long", func(o *Options) { o.HalfOpenTimeout = time.Hour }, "--half-open-timeout 1h0m0s: want 1s to 15m0s"},
-		{"half-open table huge", func(o *Options) { o.HalfOpenSize = 1<<27 + 1 }, "half-open table of 134217729 flows: want at most 134217728"},
+		{"half-open table huge", func(o *Options) { o.HalfOpenSize = 1<<25 + 1 }, "half-open table of 33554433 flows: want at most 33554432"},
+		{"conntrack huge", func(o *Options) { o.ConntrackSize = 1 << 31; o.HalfOpenSize = DefaultHalfOpenSize(o.ConntrackSize) }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
