@@ -164,15 +164,14 @@ static __always_inline void conntrack_insert(const struct pkt *p, __u32 backend_
  * beyond cfg_half_ticks), then, in a bucket of live flows, the least
  * recently used way (by the bucket's sequence) of the VIP that holds the
  * most ways of the bucket counting the new flow as one of its VIP's, a tie
- * going against the new flow's VIP. A flood of
- * one VIP then takes its own ways: another VIP's flow loses its way only
- * to a flow of a VIP that would hold fewer ways than it, which a flood
- * does not. The bucket is the 5-tuple's Maglev hash (flow_hash) modulo
- * cfg_half_buckets.
+ * going against the new flow's VIP. A flood of one VIP then takes its own
+ * ways: another VIP's flow loses its way only to a flow of a VIP that
+ * would hold more ways than it, which a flood does not. The bucket is the
+ * 5-tuple's Maglev hash (flow_hash) modulo cfg_half_buckets.
  *
- * Every access holds the bucket's lock, so a way is never read half
- * written by another CPU: under it only loads, stores and compares, no
- * helper call (the verifier's rule).
+ * Every write, and every read whose result is used, holds the bucket's
+ * lock, so a way is never read half written by another CPU: under it only
+ * loads, stores and compares, no helper call (the verifier's rule).
  *
  * The three accessors are global functions (HALF_FN): the verifier checks
  * each once, on its own, where an inlined copy would be walked again for
