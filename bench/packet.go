@@ -254,11 +254,11 @@ func pktMountBPFFS(log *slog.Logger) (string, func(), error) {
 
 // pktConntrackSize leaves room for every flow the table-not-full rounds
 // create (single runs and harness runs, retries included), so that none
-// of them evicts. The LRU list is shared, but each CPU keeps a local cache
-// of up to 128 free entries the others cannot take: room for those too.
-// New flows (SYNs) go to the half-open table, which the bench sizes at
-// twice this (pktHalfOpenSize): its buckets of 8 then stay below half
-// full, and rarely does one overflow (an early drop).
+// of them evicts, with some slack (1024 a CPU, once the LRU's per-CPU free
+// lists). New flows (SYNs) go to the half-open table, which the bench
+// sizes at twice this: its buckets of 8 then stay below half full, and
+// rarely does one overflow (an early drop). The connection table holds
+// only the few established flows, at its default size.
 func pktConntrackSize(p pktParams) (uint32, error) {
 	cpus, err := ebpf.PossibleCPU()
 	if err != nil {
@@ -284,7 +284,7 @@ func pktNewBench(log *slog.Logger, p pktParams, bpffs, natBPFFS string) (*pktBen
 	if b.nat, err = newPktNAT(log, natBPFFS, loader.DefaultConntrackSize); err != nil {
 		return nil, err
 	}
-	b.dp, err = loader.Load(loader.Options{BPFFS: bpffs, ConntrackSize: ctSize, HalfOpenSize: 2 * ctSize, Logger: log})
+	b.dp, err = loader.Load(loader.Options{BPFFS: bpffs, HalfOpenSize: 2 * ctSize, Logger: log})
 	if err != nil {
 		b.close()
 		return nil, fmt.Errorf("load xdplb: %w", err)
