@@ -84,11 +84,11 @@ func (b *pktBench) method() string {
 		"(`bench/progs/newflow.c`) writes a source port and source address from a per-CPU sequence number into "+
 		"the SYN on every run and tail-calls the program under test through a `PROG_ARRAY`: every repeat is a 5-tuple "+
 		"never seen before, and the floor runs through the same harness, so the harness's cost is in both figures of the "+
-		"ratio. %d repeats per run, timed as above. Two states of the connection table (LRU hash, shared LRU list, "+
-		"%d entries): *not full* (sized so that no insert of the run evicts, checked afterwards) and *full* (filled "+
-		"with new flows first, so every insert evicts the least recently used entry: the steady state of a load "+
-		"balancer that has seen more flows than its table holds). The target uses the full table, the state a busy "+
-		"LB stays in. Figures are medians over rounds; ratios are the median of each round's xdplb/floor. "+
+		"ratio. %d repeats per run, timed as above. A new flow goes to the half-open table (buckets of 8 flows, "+
+		"%d flows), in two states: *not full* (sized so that few inserts of the run evict, checked afterwards) and "+
+		"*full* (filled with new flows first, so every insert takes a half-open flow's place, an early drop: the "+
+		"steady state of a load balancer under a SYN flood, or that has seen more openings than the table holds). "+
+		"The target uses the full table, the state a busy LB stays in. Figures are medians over rounds; ratios are the median of each round's xdplb/floor. "+
 		"Every program a timed run starts is also attached to a veth of the benchmark that stays down, so the "+
 		"test run finds it in the kernel's XDP dispatcher already and does not add and remove it around every "+
 		"run (a few hundred µs of CPU in each syscall, which made every run of few repeats, the new-flow runs, "+
@@ -115,7 +115,7 @@ func (b *pktBench) method() string {
 		"by field (the harness writes their source), and afterwards no drop and no packet passed to the kernel "+
 		"(fib_failed, fib_no_neigh, egress_not_xdp, ttl_exceeded, frag_needed all 0); a benchmark of the pass "+
 		"path would fail the section.",
-		b.p.rounds, b.p.repeat, b.p.retries, b.p.newRepeat, b.dp.ConntrackSize(), pktNATPort, pktFullNATPort, pktBackendPort)
+		b.p.rounds, b.p.repeat, b.p.retries, b.p.newRepeat, b.dp.HalfOpenSize(), pktNATPort, pktFullNATPort, pktBackendPort)
 }
 
 func (b *pktBench) notes() []string {
