@@ -95,3 +95,36 @@ func (d *Datapath) halfCount() (int, error) {
 	}
 	return int(max(n, 0)), nil
 }
+
+// markNATEstablished marks every NAT translation established (and its
+// backend as having answered), once, on an upgrade from a build before
+// the half-open table: that build did not mark them, and unmarked they
+// would be half-open ones, reclaimed after Options.HalfOpenTimeout idle
+// where an established flow has 15 minutes. A translation that was a
+// half-open flow's keeps its old timeout this once. Run before the new
+// program is attached: the old one may still refresh a stamp meanwhile,
+// which this can set back by up to a second.
+func (d *Datapath) markNATEstablished() error {
+	mark := uint32(xdplbNatFlagsNAT_F_ESTABLISHED | xdplbNatFlagsNAT_F_REPLIED)
+	var keys []xdplbFlowKey
+	var vals []xdplbNatState
+	err := iterate(d.objs.NatFlows, func(k xdplbFlowKey, v xdplbNatState) {
+		if v.Flags&mark != mark {
+			v.Flags |= mark
+			keys, vals = append(keys, k), append(vals, v)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("read nat flows: %w", err)
+	}
+	for i, k := range keys {
+		err := d.objs.NatFlows.Update(k, vals[i], ebpf.UpdateExist)
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("mark nat flows established: %w", err)
+		}
+	}
+	if len(keys) > 0 {
+		d.log.Info("NAT translations of an earlier build marked established", "count", len(keys))
+	}
+	return nil
+}

@@ -4,8 +4,12 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/xdplb/xdplb/internal/testutil"
 )
@@ -44,7 +48,7 @@ func ageBucket(t testing.TB, d *Datapath, k xdplbFlowKey, ticks uint64) {
 	for i := range b.Ways {
 		b.Ways[i].Stamp = uint32(now - ticks)
 	}
-	must(t, d.objs.CtHalf.Update(idx, &b, 0x4 /* BPF_F_LOCK */))
+	must(t, d.objs.CtHalf.Update(idx, &b, ebpf.UpdateLock))
 }
 
 func tickRate(t testing.TB, d *Datapath) uint64 {
@@ -633,5 +637,40 @@ func TestSNATEarlyDropOwnVIPFirst(t *testing.T) {
 	}
 	if n := lab.events(t)["early_drop"]; n != 2 {
 		t.Errorf("early_drop %d, want 2", n)
+	}
+}
+
+// An upgrade from a build before the half-open table (pins without
+// ct_half) finds NAT translations that build never marked established:
+// the load marks them, once, so that an idle established flow keeps its
+// 15 minutes. A load over this build's pins leaves the marks as they are.
+func TestLoadMarksEarlierNATEstablished(t *testing.T) {
+	testutil.RequireRoot(t)
+	opts := testOptions(testutil.MountBPFFS(t))
+	d := load(t, opts)
+	k := flowKey(natBackend4, 8080, client4, 40000, ProtoTCP)
+	must(t, d.objs.NatFlows.Put(k, xdplbNatState{Vip: vipAddr4.As16(), VipPort: toNetPort(80), VipId: 1, LastSeen: 1}))
+	must(t, d.Close())
+	flags := func(d *Datapath) uint32 {
+		var v xdplbNatState
+		must(t, d.objs.NatFlows.Lookup(k, &v))
+		return v.Flags
+	}
+
+	d2 := load(t, opts) // this build's pins: nothing marked
+	if f := flags(d2); f != 0 {
+		t.Errorf("a reload of this build's pins changed a translation's flags to %#x", f)
+	}
+	must(t, d2.Close())
+
+	// The pins as the earlier build left them: no half-open table.
+	dir := filepath.Join(opts.BPFFS, pinSubdir)
+	must(t, os.Remove(filepath.Join(dir, xdplbMapCtHalf)))
+	must(t, os.Remove(filepath.Join(dir, xdplbMapHalfCount)))
+	d3 := load(t, opts)
+	t.Cleanup(func() { d3.Remove() })
+	want := uint32(xdplbNatFlagsNAT_F_ESTABLISHED | xdplbNatFlagsNAT_F_REPLIED)
+	if f := flags(d3); f != want {
+		t.Errorf("a translation of an earlier build has flags %#x after the upgrade, want %#x", f, want)
 	}
 }

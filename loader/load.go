@@ -149,6 +149,7 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 		ticks.Close()
 		return nil, err
 	}
+	legacyNAT := pinned(pinDir, xdplbMapNatFlows) && !pinned(pinDir, xdplbMapCtHalf)
 	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}})
 	if err != nil {
 		ticks.Close()
@@ -172,6 +173,13 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 		d.ticks.Close()
 		d.objs.Close()
 		return nil, err
+	}
+	if legacyNAT {
+		if err := d.markNATEstablished(); err != nil {
+			d.ticks.Close()
+			d.objs.Close()
+			return nil, err
+		}
 	}
 	if err := d.rebuildVIPIndex(); err != nil {
 		d.ticks.Close()
@@ -224,6 +232,12 @@ func replaceStaleCounterPins(spec *ebpf.CollectionSpec, pinDir string, log *slog
 		}
 	}
 	return nil
+}
+
+// pinned reports whether pinDir holds a pin named name.
+func pinned(pinDir, name string) bool {
+	_, err := os.Stat(filepath.Join(pinDir, name))
+	return err == nil
 }
 
 // loadSpec returns the program's spec sized for opts, and its named parts.
