@@ -674,3 +674,42 @@ func TestLoadMarksEarlierNATEstablished(t *testing.T) {
 		t.Errorf("a translation of an earlier build has flags %#x after the upgrade, want %#x", f, want)
 	}
 }
+
+// A NAT flow that loses its way to an early drop loses its translation
+// with it: the NAT table holds no more half-open translations than the
+// half-open table holds flows, and the dropped flow's SYN-ACK, which no
+// translation matches, goes to the kernel as it came. One bucket.
+func TestNATEarlyDropForgetsTranslation(t *testing.T) {
+	vips := natVIPs()
+	for _, v := range []natVIP{findVIP(vips, ModeNAT, false, ProtoTCP), findVIP(vips, ModeFullNAT, true, ProtoTCP)} {
+		t.Run(v.String(), func(t *testing.T) {
+			opts := testOptions("")
+			opts.HalfOpenSize = 8
+			lab := newNATLab(t, opts)
+			lab.putNATVIPs(t, vips)
+			var cs []natConn
+			for i := range 9 {
+				cs = append(cs, lab.connect(t, v, uint16(44000+i)))
+			}
+			if _, ok := lab.natFlow(t, cs[0].replyKey()); ok {
+				t.Fatal("the early-dropped flow kept its translation")
+			}
+			if _, _, ok := flowEntry(t, lab.d, cs[0].ctKey()); ok {
+				t.Fatal("the early-dropped flow kept its entry")
+			}
+			for _, c := range cs[1:] {
+				lab.checkHalfOpen(t, c)
+			}
+			synAck := flow{src: v.backend, sport: v.bport(), dst: cs[0].source, dport: cs[0].sport, syn: true, ack: true,
+				srcMAC: lab.srvPeerMAC, dstMAC: lab.srv.HardwareAddr}.build(t)
+			lab.expectFrame(t, synAck, lab.srv, xdpPass, synAck)
+			// Its client's retransmitted SYN starts it again, at the cost
+			// of another flow's place.
+			c := lab.connect(t, v, cs[0].cport)
+			lab.completeNAT(t, c)
+			if n := lab.events(t)["early_drop"]; n != 2 {
+				t.Errorf("early_drop %d, want 2 (a ninth flow, a retransmitted SYN)", n)
+			}
+		})
+	}
+}
