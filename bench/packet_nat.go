@@ -668,17 +668,18 @@ func pktEmptyMap(m *ebpf.Map, keep func(key []byte) bool) (int, error) {
 	return removed, nil
 }
 
-// fill fills the connection table before timing, so that every NAT new
-// flow of the rounds evicts the least recently used entry, as in the DR
-// rows' "table full" state: IPv4 NAT new flows through their harness, in
-// runs of 100,000 with the NAT table emptied after each (it must not fill:
-// a plain hash drops what does not fit), until 5/4 of the table's size
-// went in. The established flows, touched every round, stay in it.
+// fill fills the half-open table (where new flows go) before timing, so
+// that every NAT new flow of the rounds takes a half-open flow's place (an
+// early drop), as in the DR rows' "table full" state: IPv4 NAT new flows
+// through their harness, in runs of 100,000 with the NAT table emptied
+// after each (it must not fill: a plain hash drops what does not fit),
+// until twice the table's size went in. The established flows, touched
+// every round, stay in the connection table.
 func (n *pktNAT) fill() error {
 	c := n.cases[0][pktNATNew]
-	size := int(n.dp.ConntrackSize())
+	size := int(n.dp.HalfOpenSize())
 	const chunk = 100_000
-	for n.filled < size*5/4 {
+	for n.filled < size*2 {
 		v, _, out, err := pktTestRun(c.xdplbH, c.in, &c.ctx, chunk)
 		if err != nil {
 			return err
@@ -828,12 +829,12 @@ func (b *pktBench) natNotes() ([]string, error) {
 		"a live flow's translation) is emptied before every NAT new-flow run, untimed, except for the established "+
 		"flows' translations (%d translations removed in all); without that a full-NAT run of %d new flows per "+
 		"VIP would use up the SNAT range (%s, %d ports per backend, 4 backends) within a few runs. So each run starts with the "+
-		"range free; by its end it held up to %d (port, backend) mappings, about %.0f%% of each backend's range, and %s. The connection table "+
-		"(LRU, the default %d entries) is not emptied: it was filled with %d new flows before timing, so every NAT "+
-		"new flow evicts an entry (the state of the DR rows' table-full figure); the rounds added %d more, and it holds %d.",
+		"range free; by its end it held up to %d (port, backend) mappings, about %.0f%% of each backend's range, and %s. The half-open "+
+		"table (where new flows go: %d flows for the default connection table) is not emptied: it was filled with %d new flows before timing, so every NAT "+
+		"new flow takes a half-open flow's place (the state of the DR rows' table-full figure); the rounds added %d more, and both tables hold %d.",
 		n.flushed, b.p.newRepeat, n.dp.SNATPorts(), n.dp.SNATPorts().Size(), n.portsMax,
 		100*float64(n.portsMax)/float64(len(pktNATFamilies[0].backends)*n.dp.SNATPorts().Size()), exhausted,
-		n.dp.ConntrackSize(), n.filled, n.inserted, entries))
+		n.dp.HalfOpenSize(), n.filled, n.inserted, entries))
 	if n.newDisturbed > 0 {
 		notes = append(notes, fmt.Sprintf("NAT new flows: %d of the %d xdplb measurements failed the CPU-time check "+
 			"after every retry (the thread's CPU time over the syscall above the kernel's own figure by more than the "+

@@ -105,11 +105,12 @@ func (b *pktBench) method() string {
 		"(`bench/progs/newflow.c`) writes a source port and source address from a per-CPU sequence number into "+
 		"the SYN on every run and tail-calls the program under test through a `PROG_ARRAY`: every repeat is a 5-tuple "+
 		"never seen before, and the floor runs through the same harness, so the harness's cost is in both figures of the "+
-		"ratio. %d repeats per run, timed as above. Two states of the connection table (LRU hash, shared LRU list, "+
-		"%d entries): *not full* (sized so that no insert of the run evicts, checked afterwards) and *full* (filled "+
-		"with new flows first, so every insert evicts the least recently used entry: the steady state of a load "+
-		"balancer that has seen more flows than its table holds). The target uses the full table, the state a busy "+
-		"LB stays in. *Limits*: per family a third VIP, TCP port %d, configured as the port-%d one (DR, one backend, "+
+		"ratio. %d repeats per run, timed as above. A new flow goes to the half-open table (buckets of 8 flows, "+
+		"%d flows), in two states: *not full* (sized so that few inserts of the run evict, checked afterwards) and "+
+		"*full* (filled with new flows first, so every insert takes a half-open flow's place, an early drop: the "+
+		"steady state of a load balancer under a SYN flood, or that has seen more openings than the table holds). "+
+		"The target uses the full table, the state a busy LB stays in. "+
+		"*Limits*: per family a third VIP, TCP port %d, configured as the port-%d one (DR, one backend, "+
 		"a lookup table of the default size naming it) but with a new-flow rate limit (`vip add --max-new-flows "+
 		"%d,burst=%d`: the bucket alone holds more than every flow the section sends it, so even a clock that stood "+
 		"still would refuse none, and every timed SYN takes a token). In every table-full round its SYN runs through "+
@@ -146,7 +147,7 @@ func (b *pktBench) method() string {
 		"by field (the harness writes their source), and afterwards no drop and no packet passed to the kernel "+
 		"(fib_failed, fib_no_neigh, egress_not_xdp, ttl_exceeded, frag_needed all 0); a benchmark of the pass "+
 		"path would fail the section.",
-		b.p.rounds, b.p.repeat, b.p.retries, b.p.newRepeat, b.dp.ConntrackSize(),
+		b.p.rounds, b.p.repeat, b.p.retries, b.p.newRepeat, b.dp.HalfOpenSize(),
 		pktLimitedPort, pktTCPPort, pktRateLimit.Rate, pktRateLimit.Burst, pktTCPPort, pktLimitedPort,
 		pktNATPort, pktFullNATPort, pktBackendPort)
 }

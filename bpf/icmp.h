@@ -27,8 +27,9 @@
  *  - An error sent to a VIP address quotes a packet from the VIP: a reply
  *    (DR: sent by the backend; NAT: translated by us), reported by a router
  *    on the way to the client, fragmentation needed or packet too big above
- *    all. fk is then the client's 5-tuple: the connection table (or, for a
- *    flow it does not hold, the VIP's Maglev table, as for any non-SYN)
+ *    all. fk is then the client's 5-tuple: the connection table or, for a
+ *    half-open flow, ct_half (or, for a flow neither holds, the VIP's
+ *    Maglev table, as for any non-SYN)
  *    names the backend, which gets the error. For DR the frame goes as it
  *    is (the backend owns the VIP); for NAT it is translated as the flow's
  *    packets are, quoted packet included, so that path MTU discovery works
@@ -204,11 +205,24 @@ static __always_inline int icmp_to_backend(struct xdp_md *ctx, __u32 ifindex, co
 					   const struct flow_key *fk, struct icmp_nat *t)
 {
 	struct flow_val *fv = bpf_map_lookup_elem(&conntrack, fk);
+	struct scratch *sc = scratch_get();
 	struct backend *be = NULL;
+	__u32 ct_flags = 0;
+	int held = 0;
 	__be16 bport;
 
+	if (!sc)
+		return XDP_PASS;
 	if (fv) {
-		__u32 bid = fv->backend_id;
+		ct_flags = fv->flags;
+		held = 1;
+	} else if (half_get(fk, half_hash(fk), 0, 0, &sc->hf)) {
+		/* A half-open flow's: its way in ct_half, read only. */
+		ct_flags = sc->hf.flags;
+		held = 1;
+	}
+	if (held) {
+		__u32 bid = fv ? fv->backend_id : sc->hf.backend_id;
 
 		be = bpf_map_lookup_elem(&backends, &bid);
 		if (be && (!backend_usable(be) || !vip_id_matches_key(be->vip_id, fk)))
@@ -216,7 +230,6 @@ static __always_inline int icmp_to_backend(struct xdp_md *ctx, __u32 ifindex, co
 	}
 	if (!be) {
 		enum drop_reason reason = DROP_NONE;
-		struct scratch *sc = scratch_get();
 		struct vip_key vk = {};
 		struct vip_meta *meta;
 		__u32 bid;
@@ -227,8 +240,6 @@ static __always_inline int icmp_to_backend(struct xdp_md *ctx, __u32 ifindex, co
 		meta = bpf_map_lookup_elem(&vips, &vk);
 		if (!meta)
 			return ICMP_NOT_OURS;
-		if (!sc)
-			return XDP_PASS;
 		/* Not a SYN: the Maglev table, as for any packet of a flow we
 		 * do not hold. */
 		__builtin_memset(&sc->quoted, 0, sizeof(sc->quoted));
@@ -237,7 +248,7 @@ static __always_inline int icmp_to_backend(struct xdp_md *ctx, __u32 ifindex, co
 		be = bid ? backend_for(bid, meta->vip_id) : NULL;
 		if (!be)
 			return XDP_PASS;
-		fv = NULL;
+		held = 0;
 	}
 	if (!backend_is_nat(be)) {
 		count_vip_icmp(be->vip_id);
@@ -261,11 +272,11 @@ static __always_inline int icmp_to_backend(struct xdp_md *ctx, __u32 ifindex, co
 
 		/* The SNAT port is the connection table's: without the entry
 		 * there is no flow at the backend to tell. */
-		if (!snat || !fv)
+		if (!snat || !held)
 			return XDP_PASS;
 		__builtin_memcpy(t->src, snat, 16);
 		__builtin_memcpy(t->in_dst, snat, 16);
-		t->in_dport = fv->flags >> FLOW_SNAT_PORT_SHIFT;
+		t->in_dport = ct_flags >> FLOW_SNAT_PORT_SHIFT;
 	}
 	count_vip_icmp(be->vip_id);
 	count_event(EV_ICMP_TO_BACKEND);

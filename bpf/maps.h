@@ -12,10 +12,17 @@
 #define DEFAULT_MAX_BACKENDS 65536
 #define DEFAULT_LOOKUP_SIZE 65537
 #define DEFAULT_CONNTRACK_SIZE (1 << 20)
+#define DEFAULT_HALF_BUCKETS (DEFAULT_CONNTRACK_SIZE / 4 / HALF_WAYS)
 
 /* Size of the lookup tables (prime); the loader sets it together with the
  * inner map size so the modulo below never runs past a table. */
 volatile const __u32 cfg_lookup_size = DEFAULT_LOOKUP_SIZE;
+
+/* The half-open table's buckets (ct_half's size), and how long a half-open
+ * flow lives without a packet, in kernel ticks (--half-open-timeout at the
+ * measured tick rate; the loader sets both). */
+volatile const __u32 cfg_half_buckets = DEFAULT_HALF_BUCKETS;
+volatile const __u32 cfg_half_ticks = 60 * 250;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -102,6 +109,30 @@ struct {
 	__type(value, struct flow_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } conntrack SEC(".maps");
+
+/* Half-open flows (struct half_bucket, types.h): a bucket array rather than
+ * an LRU hash, whose victim is the least recently used entry of the whole
+ * table whatever its state or VIP. Here the program chooses: free ways
+ * first, then the flooded VIP's own. Pinned with the connection table. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_HALF_BUCKETS);
+	__type(key, __u32);
+	__type(value, struct half_bucket);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ct_half SEC(".maps");
+
+/* Ways of ct_half in use, per CPU: +1 when a free way is taken, -1 when a
+ * flow leaves for the connection table; the sum is exact (each change is
+ * made under the bucket's lock). Expired ways count until they are reused,
+ * as finished flows do in the connection table. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} half_count SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -192,8 +223,12 @@ struct {
  * hash, not an LRU: an LRU could evict the translation of a live flow and
  * hand its SNAT port to another, which full NAT must never do. Entries are
  * reclaimed when expired, by the program when it wants the port and by the
- * daemon's sweep. BPF_F_NO_PREALLOC: memory grows with the NAT flows, so a
- * DR-only LB pays nothing for a table sized like the connection table. */
+ * daemon's sweep, and a half-open flow's (no NAT_F_ESTABLISHED) when its
+ * way in ct_half goes to another flow: half-open translations are at most
+ * ct_half's ways (plus those whose way was lost, which expire), so a flood
+ * of openings leaves the rest of the table to established flows.
+ * BPF_F_NO_PREALLOC: memory grows with the NAT flows, so a DR-only LB pays
+ * nothing for a table sized like the connection table. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, DEFAULT_CONNTRACK_SIZE);

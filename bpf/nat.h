@@ -90,12 +90,16 @@ static __always_inline void nat_reply_key(struct flow_key *rk, const struct back
 	rk->pad[2] = 0;
 }
 
+/* A translation's idle limit: an established flow's by protocol, a
+ * half-open one's cfg_half_ticks, at most closing_ticks once closing. */
 static __always_inline int nat_expired(const struct nat_state *ns, __u64 now, const struct nat_config *cfg,
 				       __u8 proto)
 {
-	__u64 idle = proto == IPPROTO_TCP ? cfg->tcp_idle_ticks : cfg->udp_idle_ticks;
+	__u64 idle = cfg_half_ticks;
 
-	if (ns->flags & NAT_F_CLOSING)
+	if (ns->flags & NAT_F_ESTABLISHED)
+		idle = proto == IPPROTO_TCP ? cfg->tcp_idle_ticks : cfg->udp_idle_ticks;
+	if ((ns->flags & NAT_F_CLOSING) && cfg->closing_ticks < idle)
 		idle = cfg->closing_ticks;
 	return now > ns->last_seen && now - ns->last_seen > idle;
 }
@@ -116,13 +120,35 @@ static __always_inline int nat_same_flow(const struct nat_state *cur, const stru
 	       addr_eq(cur->vip, want->vip);
 }
 
-/* Finds a full-NAT flow its SNAT port: rk holds the reply key but the port.
- * Returns 0 with rk->dport set, or the drop reason. */
-static __always_inline enum drop_reason snat_alloc(const struct pkt *p, struct flow_key *rk,
-						   const struct nat_state *want, const struct nat_config *cfg)
+/* A translation found to be the flow's own, from before, taken up again:
+ * a SYN starts the flow afresh (want's flags), any other packet keeps what
+ * the translation saw, its being established above all. want gets the
+ * flags written. */
+static __always_inline void nat_resume(struct nat_state *cur, struct nat_state *want, const struct pkt *p)
 {
-	__u32 h = flow_hash(&p->flow, SCHED_MAGLEV);
+	if (!(p->tcp & PKT_TCP_SYN))
+		want->flags |= cur->flags & (NAT_F_REPLIED | NAT_F_ESTABLISHED | NAT_F_CLOSING);
+	cur->flags = want->flags;
+	cur->last_seen = want->last_seen;
+}
+
+/*
+ * Finds a full-NAT flow its SNAT port: rk holds the reply key but the
+ * port, h is the flow's hash (half_hash). Returns 0 with rk->dport set, or
+ * the drop reason. When every port tried is held by a live flow, the port
+ * of the oldest half-open one (of the new flow's VIP if one is among them,
+ * the last tried of equals) goes to the new flow, and that flow loses its
+ * way in ct_half: an early drop, as in ct_half, so that a flood of openings
+ * cannot hold a backend's whole range for the half-open timeout. An
+ * established flow's port is never taken. tmp is scratch for a key.
+ */
+static __always_inline enum drop_reason snat_alloc(const struct pkt *p, __u32 h, struct flow_key *rk,
+						   struct nat_state *want, const struct nat_config *cfg,
+						   struct flow_key *tmp)
+{
 	__u32 count = cfg->snat_port_count;
+	__u64 best = 0;
+	__be16 victim = 0;
 
 	if (!count)
 		return DROP_SNAT_EXHAUSTED;
@@ -134,13 +160,21 @@ static __always_inline enum drop_reason snat_alloc(const struct pkt *p, struct f
 		cur = bpf_map_lookup_elem(&nat_flows, rk);
 		if (cur) {
 			if (nat_same_flow(cur, want)) {
-				/* Ours from before: a SYN on a closing flow starts afresh. */
-				cur->flags = want->flags;
-				cur->last_seen = want->last_seen;
+				nat_resume(cur, want, p);
 				return DROP_NONE;
 			}
-			if (!nat_expired(cur, want->last_seen, cfg, p->flow.proto))
+			if (!nat_expired(cur, want->last_seen, cfg, p->flow.proto)) {
+				if (!(cur->flags & NAT_F_ESTABLISHED)) {
+					__u64 score = (__u64)(cur->vip_id == want->vip_id) << 32 |
+						      (__u32)(want->last_seen - cur->last_seen);
+
+					if (score >= best) {
+						best = score;
+						victim = rk->dport;
+					}
+				}
 				continue;
+			}
 			/* Expired: one CPU's insert below wins the port; a CPU that
 			 * loses goes on to the next. */
 			bpf_map_delete_elem(&nat_flows, rk);
@@ -151,12 +185,36 @@ static __always_inline enum drop_reason snat_alloc(const struct pkt *p, struct f
 		if (err != -17 /* EEXIST: another CPU took it */)
 			return DROP_NAT_TABLE_FULL;
 	}
+	if (victim) {
+		struct nat_state *cur;
+
+		rk->dport = victim;
+		cur = bpf_map_lookup_elem(&nat_flows, rk);
+		/* Looked at again: it may have been established meanwhile. Its
+		 * flow's way in ct_half goes with it (tmp: that flow's key). */
+		if (cur && !(cur->flags & NAT_F_ESTABLISHED)) {
+			__builtin_memcpy(tmp->src, cur->client, 16);
+			__builtin_memcpy(tmp->dst, cur->vip, 16);
+			tmp->sport = cur->client_port;
+			tmp->dport = cur->vip_port;
+			tmp->proto = p->flow.proto;
+			tmp->pad[0] = 0;
+			tmp->pad[1] = 0;
+			tmp->pad[2] = 0;
+			half_del(tmp, half_hash(tmp));
+			bpf_map_delete_elem(&nat_flows, rk);
+			if (!bpf_map_update_elem(&nat_flows, rk, want, BPF_NOEXIST)) {
+				count_event(EV_EARLY_DROP);
+				return DROP_NONE;
+			}
+		}
+	}
 	return DROP_SNAT_EXHAUSTED;
 }
 
 /* Inserts a NAT (not full NAT) flow's translation at rk, or takes over
  * the one there if it is the same flow's or has expired. */
-static __always_inline enum drop_reason nat_claim(struct flow_key *rk, const struct nat_state *want, __u8 proto)
+static __always_inline enum drop_reason nat_claim(struct flow_key *rk, struct nat_state *want, const struct pkt *p)
 {
 	struct nat_state *cur;
 	struct nat_config *cfg;
@@ -169,8 +227,10 @@ static __always_inline enum drop_reason nat_claim(struct flow_key *rk, const str
 		return DROP_NAT_TABLE_FULL;
 	cur = bpf_map_lookup_elem(&nat_flows, rk);
 	cfg = nat_cfg();
-	if (cur && cfg && !nat_same_flow(cur, want) && !nat_expired(cur, want->last_seen, cfg, proto))
+	if (cur && cfg && !nat_same_flow(cur, want) && !nat_expired(cur, want->last_seen, cfg, p->flow.proto))
 		return DROP_NAT_CONFLICT;
+	if (cur && nat_same_flow(cur, want) && !(p->tcp & PKT_TCP_SYN))
+		want->flags |= cur->flags & (NAT_F_REPLIED | NAT_F_ESTABLISHED | NAT_F_CLOSING);
 	if (bpf_map_update_elem(&nat_flows, rk, want, BPF_ANY))
 		return DROP_NAT_TABLE_FULL;
 	return DROP_NONE;
@@ -393,11 +453,70 @@ static __always_inline void nat_state_for(struct nat_state *ns, const struct pkt
 	__builtin_memset(&ns->nh, 0, sizeof(ns->nh));
 }
 
+/* Drops the translation of a NAT flow whose way in ct_half went to
+ * another flow by early drop (g: the way as it was), if it is still that
+ * flow's and not established; a DR flow has none. rk is scratch for the
+ * reply key. */
+static __always_inline void nat_forget(const struct half_flow *g, struct flow_key *rk)
+{
+	__u32 bid = g->backend_id;
+	struct backend *be = bpf_map_lookup_elem(&backends, &bid);
+	const __u8 *src = g->key.src;
+	__be16 sport = g->key.sport;
+	struct nat_state *ns;
+
+	if (!be || !backend_is_nat(be))
+		return;
+	if (be->flags & BACKEND_F_FULLNAT) {
+		src = snat_addr(g->vip_id);
+		sport = g->flags >> FLOW_SNAT_PORT_SHIFT;
+		if (!src || !sport)
+			return;
+	}
+	nat_reply_key(rk, be, backend_port(be, g->key.dport), src, sport, g->key.proto);
+	ns = bpf_map_lookup_elem(&nat_flows, rk);
+	if (ns && !(ns->flags & NAT_F_ESTABLISHED) && ns->vip_id == g->vip_id &&
+	    ns->client_port == g->key.sport && addr_eq(ns->client, g->key.src))
+		bpf_map_delete_elem(&nat_flows, rk);
+}
+
+/*
+ * Records a placed flow as half-open (half_put) and accounts for what that
+ * takes: a live flow that lost its way to it is counted as an early drop,
+ * and its NAT translation dropped with it; the flow's own entry in
+ * the connection table (was_ct: a SYN on a closed flow's 5-tuple, a NAT
+ * flow that must be answered anew) removed, so that its packets find the
+ * half-open one.
+ */
+static __always_inline void half_track(const struct pkt *p, __u32 h, __u32 vip_id, __u32 bid, __u32 flags,
+				       int was_ct)
+{
+	struct scratch *sc = scratch_get();
+
+	if (was_ct)
+		bpf_map_delete_elem(&conntrack, &p->flow);
+	if (!sc)
+		return;
+	sc->put.key = p->flow;
+	sc->put.vip_id = vip_id;
+	sc->put.backend_id = bid;
+	sc->put.flags = flags;
+	sc->put.stamp = bpf_jiffies64();
+	if (half_put(&sc->put, h, &sc->gone)) {
+		count_event(EV_EARLY_DROP);
+		nat_forget(&sc->gone, &sc->rk);
+	}
+}
+
 /* A new flow of a NAT VIP placed on be (id bid): records both entries and
- * sends the packet; ct_flags are the connection-table flags (conntrack.h). */
+ * sends the packet; ct_flags are the connection-table flags (conntrack.h),
+ * h the flow's hash and old where its entry was (enum flow_home). A flow
+ * that finds its own established translation (placed again after its
+ * entry was evicted, or after a restart) goes back to the connection
+ * table; any other starts half-open, in ct_half. */
 static __always_inline int nat_new_flow(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
 					const struct backend *be, __u32 bid, __u32 vip_id, __u32 ct_flags,
-					enum drop_reason *reason)
+					__u32 h, int old, enum drop_reason *reason)
 {
 	struct scratch *sc = scratch_get();
 	__be16 bport = backend_port(be, p->flow.dport);
@@ -424,7 +543,7 @@ static __always_inline int nat_new_flow(struct xdp_md *ctx, __u32 ifindex, const
 		}
 		ns->flags |= NAT_F_FULL;
 		nat_reply_key(rk, be, bport, src, 0, p->flow.proto);
-		*reason = snat_alloc(p, rk, ns, cfg);
+		*reason = snat_alloc(p, h, rk, ns, cfg, &sc->gone.key);
 		if (*reason != DROP_NONE)
 			return XDP_DROP;
 		sport = rk->dport;
@@ -435,11 +554,17 @@ static __always_inline int nat_new_flow(struct xdp_md *ctx, __u32 ifindex, const
 		 * the same backend, or a source forged to a live full-NAT
 		 * mapping. Those are refused, never overwritten. */
 		nat_reply_key(rk, be, bport, src, sport, p->flow.proto);
-		*reason = nat_claim(rk, ns, p->flow.proto);
+		*reason = nat_claim(rk, ns, p);
 		if (*reason != DROP_NONE)
 			return XDP_DROP;
 	}
-	conntrack_insert(p, bid, ct_flags);
+	if (ns->flags & NAT_F_ESTABLISHED) {
+		conntrack_insert(p, bid, ct_flags | FLOW_F_ESTABLISHED);
+		if (old == FLOW_IN_HALF)
+			half_del(&p->flow, h);
+	} else {
+		half_track(p, h, vip_id, bid, ct_flags, old == FLOW_IN_CT);
+	}
 	return nat_send(ctx, ifindex, p, src, sport, be->addr, bport, bpf_map_lookup_elem(&backend_nh, &bid));
 }
 
@@ -449,6 +574,7 @@ static __always_inline int nat_new_flow(struct xdp_md *ctx, __u32 ifindex, const
  * (so a flow that only sends keeps it) and checked: a translation reclaimed
  * meanwhile, or a full-NAT VIP whose SNAT address changed, makes the flow
  * placed again (NAT_REPLACE). A FIN or RST marks the translation closing.
+ * A translation an older build wrote is marked established here.
  */
 static __always_inline int nat_established(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
 					   const struct backend *be, struct flow_val *fv)
@@ -478,6 +604,8 @@ static __always_inline int nat_established(struct xdp_md *ctx, __u32 ifindex, co
 			return NAT_REPLACE;
 		fv->last_seen = now;
 		ns->last_seen = now;
+		if (!(ns->flags & NAT_F_ESTABLISHED))
+			ns->flags |= NAT_F_ESTABLISHED;
 		if ((p->tcp & PKT_TCP_END) && !(ns->flags & NAT_F_CLOSING))
 			ns->flags |= NAT_F_CLOSING;
 	}
@@ -486,6 +614,53 @@ static __always_inline int nat_established(struct xdp_md *ctx, __u32 ifindex, co
 
 		return nat_send(ctx, ifindex, p, src, sport, be->addr, bport, bpf_map_lookup_elem(&backend_nh, &bid));
 	}
+}
+
+/*
+ * A packet of a half-open NAT flow from its client (hf: its way in
+ * ct_half, h its hash), sent as an established flow's are. The client's
+ * first packet after the backend answered that is no SYN (the ACK of the
+ * SYN-ACK, a UDP flow's next datagram) establishes it: the translation is
+ * marked so and the flow moves from ct_half to the connection table. A
+ * spoofed SYN never gets there: its client never sees the SYN-ACK.
+ * NAT_REPLACE when the translation is no longer the flow's (dropped, or
+ * its SNAT port taken by an early drop).
+ */
+static __always_inline int nat_half_open(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
+					 const struct backend *be, const struct half_flow *hf, __u32 h)
+{
+	__be16 bport = backend_port(be, p->flow.dport);
+	struct scratch *sc = scratch_get();
+	const __u8 *src = p->flow.src;
+	__be16 sport = p->flow.sport;
+	__u32 bid = hf->backend_id;
+	__u32 flags = hf->flags;
+	struct nat_state *ns;
+
+	if (!sc)
+		return NAT_REPLACE;
+	if (be->flags & BACKEND_F_FULLNAT) {
+		src = snat_addr(be->vip_id);
+		sport = flags >> FLOW_SNAT_PORT_SHIFT;
+		if (!src || !sport)
+			return NAT_REPLACE;
+	}
+	nat_reply_key(&sc->rk, be, bport, src, sport, p->flow.proto);
+	ns = bpf_map_lookup_elem(&nat_flows, &sc->rk);
+	if (!ns || ns->vip_id != be->vip_id || ns->client_port != p->flow.sport || !addr_eq(ns->client, p->flow.src))
+		return NAT_REPLACE;
+	ns->last_seen = bpf_jiffies64();
+	if ((p->tcp & PKT_TCP_END) && !(ns->flags & NAT_F_CLOSING))
+		ns->flags |= NAT_F_CLOSING;
+	if (!(p->tcp & PKT_TCP_SYN) && (ns->flags & NAT_F_REPLIED)) {
+		ns->flags |= NAT_F_ESTABLISHED;
+		flags |= FLOW_F_ESTABLISHED;
+		if (p->tcp & PKT_TCP_END)
+			flags |= FLOW_F_CLOSING;
+		conntrack_insert(p, bid, flags);
+		half_del(&p->flow, h);
+	}
+	return nat_send(ctx, ifindex, p, src, sport, be->addr, bport, bpf_map_lookup_elem(&backend_nh, &bid));
 }
 
 /* A packet from a NAT backend: if it is a reply of a NAT flow, translated
@@ -507,6 +682,10 @@ static __always_inline int nat_reply(struct xdp_md *ctx, __u32 ifindex, const st
 	now = bpf_jiffies64();
 	if (now - ns->last_seen > FLOW_TOUCH_TICKS)
 		ns->last_seen = now;
+	/* Written once per flow: what makes a half-open flow's next client
+	 * packet establish it (nat_half_open). */
+	if (!(ns->flags & NAT_F_REPLIED))
+		ns->flags |= NAT_F_REPLIED;
 	if ((p->tcp & PKT_TCP_END) && !(ns->flags & NAT_F_CLOSING))
 		ns->flags |= NAT_F_CLOSING;
 	count_event(EV_NAT_REPLY);

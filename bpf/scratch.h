@@ -1,4 +1,4 @@
-/* scratch.h: per-CPU working memory for the NAT and ICMP paths, which would not fit the 512-byte stack together with the rest once inlined. */
+/* scratch.h: per-CPU working memory for the NAT, ICMP and half-open paths, which would not fit the 512-byte stack together with the rest once inlined. */
 #pragma once
 
 #include <linux/bpf.h>
@@ -29,6 +29,9 @@ struct scratch {
 	struct flow_key rk;
 	struct icmp_nat icmp;
 	struct pkt quoted; /* the flow an ICMP error is about, to schedule it */
+	struct half_flow hf;   /* the packet's flow's way in ct_half, as found */
+	struct half_flow put;  /* a placed flow's way, as half_put takes it */
+	struct half_flow gone; /* the flow whose way a new flow took */
 };
 
 struct {

@@ -49,7 +49,8 @@ enum event {
 	EV_ICMP_TO_BACKEND = 6,  /* ICMP error about a VIP flow sent to its backend */
 	EV_ICMP_TO_CLIENT = 7,   /* ICMP error about a NAT flow translated back to the client */
 	EV_NAT_REPLY = 8,        /* reply of a NAT flow translated back */
-	EVENT_MAX = 9,
+	EV_EARLY_DROP = 9,       /* a live half-open flow gave its place (a way of ct_half, an SNAT port) to a new flow */
+	EVENT_MAX = 10,
 };
 
 /* Slots per interface in the xdp action counters: XDP_ABORTED..XDP_REDIRECT. */
@@ -157,7 +158,9 @@ enum flow_flags {
 	/* The flow saw more than its opening: a TCP packet without SYN, or a
 	 * second UDP datagram. Without it a flow is half-open (a SYN the
 	 * backend may have refused with an RST a DR LB never sees) and
-	 * counts as open for loader.OpenFlowIdleHalfOpen only. */
+	 * counts as open for loader.Options.HalfOpenTimeout only. Every
+	 * entry of the connection table has it but those an older build
+	 * wrote; a half-open flow lives in ct_half (struct half_flow). */
 	FLOW_F_ESTABLISHED = 2,
 	/* Full NAT keeps the flow's SNAT port (network order) in the top half
 	 * of flow_val.flags, so the connection table's layout (and its pins)
@@ -195,6 +198,13 @@ struct nat_state {
 enum nat_flags {
 	NAT_F_CLOSING = 1, /* FIN or RST seen either way: reclaimed after nat_config.closing_ticks */
 	NAT_F_FULL = 2,    /* a full-NAT mapping: holds an SNAT port */
+	NAT_F_REPLIED = 4, /* the backend answered (for TCP its SYN-ACK) */
+	/* The client spoke after the backend's answer (for TCP the ACK of
+	 * the SYN-ACK): idle for nat_config.tcp/udp_idle_ticks. Without it
+	 * the translation is a half-open flow's, reclaimed after
+	 * cfg_half_ticks idle, and its flow has a way in ct_half that may be
+	 * given to a new flow (early drop), the translation with it. */
+	NAT_F_ESTABLISHED = 8,
 };
 
 /* Set by the loader at load (map nat_params, one entry): ticks need the
@@ -207,6 +217,43 @@ struct nat_config {
 	__u64 udp_idle_ticks;
 	__u64 closing_ticks;   /* after a FIN or RST */
 	__u64 fib_cache_ticks; /* how long a next hop is reused (struct next_hop) */
+};
+
+/*
+ * The half-open table (map ct_half): flows that saw only their opening (a
+ * SYN, a first UDP datagram, the first packet seen of a flow picked up
+ * mid-stream). A flow moves to the connection table on its second packet
+ * (DR), or on its client's packet after the backend's answer (NAT), so a
+ * flood of openings never evicts an established flow. The table is an
+ * array of buckets of HALF_WAYS ways, a flow's bucket its 5-tuple hash's;
+ * each bucket has a lock, so a way is never read half written. A way is
+ * free when empty, closing or idle beyond cfg_half_ticks; a new flow in a
+ * bucket without a free way takes the least recently used way of the VIP
+ * that holds the most ways of the bucket, counting the new flow as one of
+ * its own VIP's (a tie goes against it): a flood of one VIP takes its own
+ * ways, never another VIP's while it holds more of them (conntrack.h).
+ */
+enum {
+	HALF_WAYS = 8,
+};
+
+struct half_flow {
+	struct flow_key key;
+	__u32 vip_id;     /* 0: a free way */
+	__u32 backend_id;
+	__u32 flags;      /* as flow_val.flags: FLOW_F_*, a full-NAT flow's SNAT port */
+	__u32 stamp;      /* low 32 bits of bpf_jiffies64 at the flow's last packet: its expiry */
+	/* half_bucket.seq at the flow's last packet: which of two flows is
+	 * older, where the stamps (a tick is 4 ms at HZ=250, hundreds of SYNs
+	 * in a flood) are mostly equal. */
+	__u32 seq;
+	__u32 pad;
+};
+
+struct half_bucket {
+	struct bpf_spin_lock lock;
+	__u32 seq; /* counts the bucket's writes (wrapping) */
+	struct half_flow ways[HALF_WAYS];
 };
 
 struct lb_counters {

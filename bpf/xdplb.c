@@ -50,9 +50,13 @@ static __always_inline int drop_vip(__u32 vip_id, enum drop_reason reason)
 
 /* A packet of a tracked flow whose backend is no longer usable, of an
  * untracked flow, or a SYN reusing a closing flow's 5-tuple: find its VIP
- * and place it. fv is its (stale) entry, if any. */
-static __always_inline int place(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
-				 struct flow_val *fv)
+ * and place it. old says where its (stale) entry is (enum flow_home),
+ * old_flags are that entry's, h is the flow's hash (half_hash). An
+ * established DR flow moved off its backend stays in the connection table;
+ * any other placed flow starts half-open, in ct_half (conntrack.h), and
+ * NAT's decide in nat_new_flow. */
+static __always_inline int place(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p, int old,
+				 __u32 old_flags, __u32 h)
 {
 	enum drop_reason reason = DROP_NONE;
 	struct vip_key vk = {};
@@ -67,7 +71,7 @@ static __always_inline int place(struct xdp_md *ctx, __u32 ifindex, const struct
 	if (!meta)
 		return NOT_A_VIP;
 	vip_id = meta->vip_id;
-	ct_flags = conntrack_new_flags(fv, p);
+	ct_flags = conntrack_new_flags(old != FLOW_NONE, old_flags, p);
 
 	/* A VIP without a rate limit pays this one test. A packet that opens
 	 * a flow takes a token (a TCP SYN, a UDP datagram with no entry); one
@@ -88,7 +92,7 @@ static __always_inline int place(struct xdp_md *ctx, __u32 ifindex, const struct
 	if (!be)
 		return drop_vip(vip_id, reason);
 	if (backend_is_nat(be)) {
-		int ret = nat_new_flow(ctx, ifindex, p, be, bid, vip_id, ct_flags, &reason);
+		int ret = nat_new_flow(ctx, ifindex, p, be, bid, vip_id, ct_flags, h, old, &reason);
 
 		if (reason != DROP_NONE)
 			return drop_vip(vip_id, reason);
@@ -96,42 +100,115 @@ static __always_inline int place(struct xdp_md *ctx, __u32 ifindex, const struct
 		return ret;
 	}
 	count_lb(&backend_stats, bid, p->len, 1);
-	conntrack_insert(p, bid, ct_flags);
+	if (old == FLOW_IN_CT && !(p->tcp & PKT_TCP_SYN))
+		conntrack_insert(p, bid, ct_flags);
+	else
+		half_track(p, h, vip_id, bid, ct_flags, old == FLOW_IN_CT);
 	return dr_forward(ctx, ifindex, be);
 }
 
-/* A packet addressed to a possible VIP (its pre-filter bit is set). */
+/* half_open's answer when the packet must be placed (place). */
+#define HALF_PLACE (-2)
+
+/* A packet of a flow the connection table does not hold: a half-open
+ * flow's, or a new one (HALF_PLACE, *old FLOW_NONE). A half-open flow
+ * keeps its backend; its second packet that is no SYN establishes a DR
+ * flow (moving it to the connection table), nat_half_open decides for
+ * NAT. A flow to place again gets HALF_PLACE with *old FLOW_IN_HALF and
+ * *old_flags its way's. */
+static __always_inline int half_open(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p, __u32 h, int *old,
+				     __u32 *old_flags)
+{
+	__u32 now = bpf_jiffies64();
+	struct scratch *sc = scratch_get();
+	struct half_flow *hf;
+	struct backend *be;
+	__u32 bid, flags;
+
+	if (!sc || !half_get(&p->flow, h, now, p->tcp | HALF_TOUCH, &sc->hf))
+		return HALF_PLACE;
+	hf = &sc->hf;
+	bid = hf->backend_id;
+	flags = hf->flags;
+	*old = FLOW_IN_HALF;
+	*old_flags = flags;
+	be = bpf_map_lookup_elem(&backends, &bid);
+	/* Placed again: a backend gone, down or reassigned, a flow idle past
+	 * the half-open timeout, or a SYN on a closed flow's 5-tuple. */
+	if (!be || !backend_usable(be) || !vip_id_matches(be->vip_id, p) || half_expired(hf, now) ||
+	    ((p->tcp & PKT_TCP_SYN) && (flags & FLOW_F_CLOSING)))
+		return HALF_PLACE;
+	if (backend_is_nat(be)) {
+		int ret = nat_half_open(ctx, ifindex, p, be, hf, h);
+
+		if (ret == NAT_REPLACE)
+			return HALF_PLACE;
+		count_lb(&vip_stats, be->vip_id, p->len, 0);
+		count_lb(&backend_stats, bid, p->len, 0);
+		return ret;
+	}
+	if (!(p->tcp & PKT_TCP_SYN)) {
+		flags |= FLOW_F_ESTABLISHED;
+		if (p->tcp & PKT_TCP_END)
+			flags |= FLOW_F_CLOSING;
+		conntrack_insert(p, bid, flags);
+		half_del(&p->flow, h);
+	}
+	count_lb(&vip_stats, be->vip_id, p->len, 0);
+	count_lb(&backend_stats, bid, p->len, 0);
+	return dr_forward(ctx, ifindex, be);
+}
+
+/* A packet addressed to a possible VIP (its pre-filter bit is set). Every
+ * path that places the packet ends in the one call of place at the end:
+ * it is inlined, NAT and all. */
 static __always_inline int forward(struct xdp_md *ctx, __u32 ifindex, struct pkt *p)
 {
+	int old = FLOW_NONE;
+	__u32 old_flags = 0;
 	struct flow_val *fv;
 	struct backend *be;
+	__u32 h;
 
 	be = conntrack_backend(p, &fv);
 	/* An established packet carries no SYN, FIN or RST: one byte
 	 * compare, and the entry is not written. */
 	if (be && (!p->tcp || conntrack_flagged(fv, p->tcp))) {
 		conntrack_established(fv, p->tcp);
-		if (backend_is_nat(be)) {
-			int ret = nat_established(ctx, ifindex, p, be, fv);
-
-			if (ret == NAT_REPLACE)
-				return place(ctx, ifindex, p, fv);
+		if (!backend_is_nat(be)) {
+			conntrack_touch(fv);
 			count_lb(&vip_stats, be->vip_id, p->len, 0);
 			count_lb(&backend_stats, fv->backend_id, p->len, 0);
-			return ret;
+			return dr_forward(ctx, ifindex, be);
 		}
-		conntrack_touch(fv);
-		count_lb(&vip_stats, be->vip_id, p->len, 0);
-		count_lb(&backend_stats, fv->backend_id, p->len, 0);
-		return dr_forward(ctx, ifindex, be);
+		{
+			int ret = nat_established(ctx, ifindex, p, be, fv);
+
+			if (ret != NAT_REPLACE) {
+				count_lb(&vip_stats, be->vip_id, p->len, 0);
+				count_lb(&backend_stats, fv->backend_id, p->len, 0);
+				return ret;
+			}
+		}
 	}
-	return place(ctx, ifindex, p, fv);
+	h = half_hash(&p->flow);
+	if (fv) {
+		old = FLOW_IN_CT;
+		old_flags = fv->flags;
+	} else {
+		int ret = half_open(ctx, ifindex, p, h, &old, &old_flags);
+
+		if (ret != HALF_PLACE)
+			return ret;
+	}
+	return place(ctx, ifindex, p, old, old_flags, h);
 }
 
 /* Cheapest first: clear pre-filter bits pass non-VIP traffic with no hash
- * lookup; an established flow costs one (the connection table); only
- * placing a flow looks the VIP up, and only a packet from a NAT backend's
- * address and port looks nat_flows up. */
+ * lookup; an established flow costs one (the connection table); only a
+ * flow it does not hold looks in ct_half, only placing a flow looks the
+ * VIP up, and only a packet from a NAT backend's address and port looks
+ * nat_flows up. */
 static __always_inline int process(struct xdp_md *ctx, __u32 ifindex)
 {
 	struct pkt p = {}; /* zeroed: flow_key padding is part of the hash key */

@@ -23,8 +23,8 @@ type Conn struct {
 	SNATPort uint16
 }
 
-// Conns calls fn with every connection-table entry, in the table's own
-// order, until fn returns false. The table changes under the walk: an
+// Conns calls fn with every connection-table entry, then every flow of the
+// half-open table, in the tables' own order, until fn returns false. The table changes under the walk: an
 // entry is given at most once, and one inserted meanwhile may be missed.
 func (d *Datapath) Conns(fn func(Conn) bool) error {
 	d.mu.Lock()
@@ -37,18 +37,27 @@ func (d *Datapath) Conns(fn func(Conn) bool) error {
 	if err != nil {
 		return err
 	}
-	return d.walkConntrackUntil(func(k xdplbFlowKey, v xdplbFlowVal) bool {
-		return fn(connOf(k, v, now, hz, d.opts.HalfOpenTimeout))
+	stopped := false
+	err = d.walkConntrackUntil(func(k xdplbFlowKey, v xdplbFlowVal) bool {
+		stopped = !fn(connOf(k, v, now, hz, d.opts.HalfOpenTimeout, false))
+		return !stopped
+	})
+	if err != nil || stopped {
+		return err
+	}
+	return d.walkHalf(now, func(k xdplbFlowKey, v xdplbFlowVal) bool {
+		return fn(connOf(k, v, now, hz, d.opts.HalfOpenTimeout, true))
 	})
 }
 
-// connOf is the entry k, v at now in kernel ticks at hz ticks a second.
-func connOf(k xdplbFlowKey, v xdplbFlowVal, now, hz uint64, halfOpen time.Duration) Conn {
+// connOf is the entry k, v at now in kernel ticks at hz ticks a second;
+// half: an entry of the half-open table.
+func connOf(k xdplbFlowKey, v xdplbFlowVal, now, hz uint64, halfOpen time.Duration, half bool) Conn {
 	c := Conn{
 		Client:    netip.AddrPortFrom(addrFrom16(k.Src), fromNetPort(k.Sport)),
 		VIP:       VIPKey{Addr: addrFrom16(k.Dst), Port: fromNetPort(k.Dport), Proto: Protocol(k.Proto)},
 		BackendID: v.BackendId,
-		Phase:     flowPhase(k, v, now, hz, halfOpen),
+		Phase:     flowPhase(k, v, now, hz, halfOpen, half),
 		Closing:   v.Flags&uint32(xdplbFlowFlagsFLOW_F_CLOSING) != 0,
 		SNATPort:  fromNetPort(uint16(v.Flags >> uint32(xdplbFlowFlagsFLOW_SNAT_PORT_SHIFT))),
 	}

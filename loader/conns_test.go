@@ -102,7 +102,7 @@ func TestConnOf(t *testing.T) {
 			Conn{Phase: FlowEnded}, 365 * 24 * time.Hour},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := connOf(k, tc.v, tc.now, hz, DefaultHalfOpenTimeout)
+			c := connOf(k, tc.v, tc.now, hz, DefaultHalfOpenTimeout, false)
 			tc.want.Client = netip.AddrPortFrom(client6, 40000)
 			tc.want.VIP = VIPKey{Addr: vipAddr6, Port: 443, Proto: ProtoTCP}
 			tc.want.BackendID = 3

@@ -58,9 +58,9 @@ func TestConntrackOneCPUFillsTable(t *testing.T) {
 	var one unix.CPUSet
 	one.Set(0)
 	must(t, unix.SchedSetaffinity(0, &one))
-	// As many flows as the table holds.
+	// As many established flows as the table holds.
 	n := int(opts.ConntrackSize)
-	newFlows(t, d, n)
+	newFlows(t, d, n, true)
 	got, err := d.ConntrackEntries()
 	must(t, err)
 	// Per-CPU lists would cap one CPU at size/CPUs; the common list
@@ -72,10 +72,10 @@ func TestConntrackOneCPUFillsTable(t *testing.T) {
 	}
 }
 
-// A full connection table degrades gracefully: new flows evict the least
-// recently used entries, and an established flow whose entry was evicted
-// is placed again by the Maglev table, on the backend it had, as long as
-// the backend set did not change meanwhile.
+// A full connection table degrades gracefully: newly established flows
+// evict the least recently used entries, and an established flow whose
+// entry was evicted is placed again by the Maglev table, on the backend it
+// had, as long as the backend set did not change meanwhile.
 func TestFullConntrackKeepsBackends(t *testing.T) {
 	d := newDatapath(t)
 	must(t, d.PutVIP(vip4TCP, VIPMeta{ID: 1, Mode: ModeDR, Hash: HashMaglev}))
@@ -89,6 +89,7 @@ func TestFullConntrackKeepsBackends(t *testing.T) {
 	for i := range early {
 		sport := uint16(20000 + i)
 		placed[sport] = backendOf(t, mustRun(t, d.Program(), flow{src: client4, dst: vipAddr4, dport: 80, sport: sport, syn: true}.build(t)))
+		backendOf(t, mustRun(t, d.Program(), flow{src: client4, dst: vipAddr4, dport: 80, sport: sport, ack: true}.build(t)))
 	}
 	spread := map[uint32]bool{}
 	for _, b := range placed {
@@ -98,13 +99,19 @@ func TestFullConntrackKeepsBackends(t *testing.T) {
 		t.Fatalf("the early flows went to %d of 3 backends: %v", len(spread), placed)
 	}
 
-	// Three tables' worth of new flows: every early entry is evicted.
+	// Three tables' worth of established flows: every early entry is
+	// evicted.
 	size := int(d.ConntrackSize())
-	newFlows(t, d, 3*size)
+	newFlows(t, d, 3*size, true)
 	n, err := d.ConntrackEntries()
 	must(t, err)
-	if n > size {
-		t.Fatalf("%d entries in a table of %d", n, size)
+	if n > size+int(d.HalfOpenSize()) {
+		t.Fatalf("%d entries in tables of %d and %d", n, size, d.HalfOpenSize())
+	}
+	for sport := range placed {
+		if _, _, ok := flowEntry(t, d, ctKey(flow{src: client4, dst: vipAddr4, dport: 80, sport: sport})); ok {
+			t.Fatalf("the flow from port %d was not evicted", sport)
+		}
 	}
 
 	for sport, want := range placed {
@@ -124,15 +131,25 @@ func TestFullConntrackKeepsBackends(t *testing.T) {
 
 // newFlows runs n SYNs of distinct 5-tuples (a new source port each, the
 // source address moving on every 65,536) to vipAddr4:80/tcp, each of
-// which must be forwarded.
-func newFlows(t *testing.T, d *Datapath, n int) {
+// which must be forwarded; established: two ACKs instead, the second of
+// which moves the flow to the connection table.
+func newFlows(t *testing.T, d *Datapath, n int, established bool) {
 	t.Helper()
-	syn := flow{src: client4, dst: vipAddr4, dport: 80, syn: true}.build(t)
+	f := flow{src: client4, dst: vipAddr4, dport: 80, syn: !established, ack: established}.build(t)
 	for i := range n {
-		syn[sport4], syn[sport4+1] = byte(i>>8), byte(i)
-		syn[srcLastByte4] = byte(10 + i>>16)
-		if r := mustRun(t, d.Program(), syn); r.verdict != xdpTX {
-			t.Fatalf("new flow %d: verdict %d", i, r.verdict)
+		f[sport4], f[sport4+1] = byte(i>>8), byte(i)
+		f[srcLastByte4] = byte(10 + i>>16)
+		for range 1 + btoi(established) {
+			if r := mustRun(t, d.Program(), f); r.verdict != xdpTX {
+				t.Fatalf("new flow %d: verdict %d", i, r.verdict)
+			}
 		}
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -31,11 +31,13 @@ func ctKey(f flow) xdplbFlowKey {
 		Dport: toNetPort(f.dport), Proto: uint8(f.proto)}
 }
 
+// ctEntry is f's entry in the connection table or, for a half-open flow,
+// its way in ct_half (flowEntry).
 func ctEntry(t testing.TB, d *Datapath, f flow) xdplbFlowVal {
 	t.Helper()
-	var v xdplbFlowVal
-	if err := d.objs.Conntrack.Lookup(ctKey(f), &v); err != nil {
-		t.Fatalf("conntrack entry of port %d: %v", f.sport, err)
+	v, _, ok := flowEntry(t, d, ctKey(f))
+	if !ok {
+		t.Fatalf("no entry for the flow from port %d in either table", f.sport)
 	}
 	return v
 }
@@ -430,7 +432,9 @@ func TestFlowPhases(t *testing.T) {
 				continue
 			}
 			c := want[tr.id]
-			if tr.flags&est != 0 {
+			// Picked up mid-stream and not seen since: in ct_half,
+			// half-open until its next packet.
+			if _, half, _ := flowEntry(t, d, ctKey(tr.f)); tr.flags&est != 0 && !half {
 				c.Established++
 			} else {
 				c.HalfOpen++
@@ -451,12 +455,14 @@ func TestFlowPhases(t *testing.T) {
 		if !tr.seen {
 			continue
 		}
-		v := ctEntry(t, d, tr.f)
 		k := ctKey(tr.f)
+		v, half, _ := flowEntry(t, d, k)
 		wantPhase, idle := FlowHalfOpen, DefaultHalfOpenTimeout
 		switch {
 		case tr.flags&closing != 0:
 			wantPhase = FlowEnded
+		case half:
+			// Picked up mid-stream and not seen since: half-open.
 		case tr.flags&est != 0 && tr.f.proto == ProtoUDP:
 			wantPhase, idle = FlowEstablished, OpenFlowIdleUDP
 		case tr.flags&est != 0:
@@ -472,7 +478,7 @@ func TestFlowPhases(t *testing.T) {
 			{v.LastSeen + ticks(idle), FlowEnded},
 			{v.LastSeen + ticks(OpenFlowIdleTCP+time.Hour), FlowEnded},
 		} {
-			if got := flowPhase(k, v, c.now, hz, DefaultHalfOpenTimeout); got != c.want {
+			if got := flowPhase(k, v, c.now, hz, DefaultHalfOpenTimeout, half); got != c.want {
 				t.Errorf("port %d flags %#x, %d ticks after its last packet: %v, want %v",
 					tr.f.sport, tr.flags, int64(c.now-v.LastSeen), got, c.want)
 			}
@@ -482,7 +488,8 @@ func TestFlowPhases(t *testing.T) {
 
 // A SYN the backend refuses with an RST (which a DR LB never sees) holds
 // the backend for DefaultHalfOpenTimeout, not for an established flow's 15
-// minutes; a packet refreshes an entry's stamp.
+// minutes; a packet refreshes a half-open flow's stamp, and its second
+// packet (no SYN) moves it to the connection table, established.
 func TestHalfOpenFlowIdle(t *testing.T) {
 	d := newDatapath(t)
 	setupVIPs(t, d)
@@ -490,6 +497,9 @@ func TestHalfOpenFlowIdle(t *testing.T) {
 	sendTo(t, d, syn, 1)
 	if fb := flowsByBackend(t, d); fb[1] != 1 {
 		t.Fatalf("fresh SYN not open: %v", fb)
+	}
+	if _, ok := halfWay(t, d, ctKey(syn)); !ok {
+		t.Fatal("a SYN has no way in ct_half")
 	}
 	const hz = 250
 	seen := ctEntry(t, d, syn).LastSeen
@@ -500,13 +510,15 @@ func TestHalfOpenFlowIdle(t *testing.T) {
 		t.Errorf("a SYN %v ago still holds its backend: %+v", DefaultHalfOpenTimeout, fc[1])
 	}
 
-	// Age the entry through the map: the next packet stamps it anew and,
-	// being no SYN, makes the flow established.
-	old := ctEntry(t, d, syn)
-	old.LastSeen -= 2 * 256 // FLOW_TOUCH_TICKS twice
-	must(t, d.objs.Conntrack.Put(ctKey(syn), old))
+	// Age the way: the next packet, no SYN, moves the flow to the
+	// connection table, stamped anew and established.
+	ageHalf(t, d, ctKey(syn), 2*256) // FLOW_TOUCH_TICKS twice
 	sendTo(t, d, syn.as("A"), 1)
-	v := ctEntry(t, d, syn)
+	if _, ok := halfWay(t, d, ctKey(syn)); ok {
+		t.Error("the flow kept its way in ct_half after its second packet")
+	}
+	var v xdplbFlowVal
+	must(t, d.objs.Conntrack.Lookup(ctKey(syn), &v))
 	if v.LastSeen < seen {
 		t.Errorf("a packet after 512 idle ticks left last_seen at %d, want >= %d", v.LastSeen, seen)
 	}

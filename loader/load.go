@@ -55,7 +55,8 @@ type Datapath struct {
 	replyBits map[uint32]uint32 // NAT backend id -> its reply bit in the pre-filter
 	filter    xdplbVipBitmap
 
-	ticks *tickClock // the connection table's clock, guarded by mu
+	ticks     *tickClock // the connection table's clock, guarded by mu
+	halfTicks uint64     // Options.HalfOpenTimeout in ticks, as the program has it
 
 	eventNames map[uint32]string
 	natParams  xdplbNatConfig // as written at load
@@ -119,6 +120,20 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 	if err != nil {
 		return nil, err
 	}
+	// The tick rate first: the half-open timeout is a constant of the
+	// program, in ticks.
+	ticks, err := newTickClock()
+	if err != nil {
+		return nil, err
+	}
+	halfTicks, err := halfOpenTicks(ticks, opts.HalfOpenTimeout)
+	if err == nil {
+		err = specs.CfgHalfTicks.Set(uint32(halfTicks))
+	}
+	if err != nil {
+		ticks.Close()
+		return nil, fmt.Errorf("set %s: %w", xdplbVarCfgHalfTicks, err)
+	}
 	d := &Datapath{
 		opts:       opts,
 		log:        opts.Logger,
@@ -127,12 +142,17 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 		innerSpec:  specs.Lookup.InnerMap.Copy(),
 		dropNames:  names,
 		eventNames: events,
+		ticks:      ticks,
+		halfTicks:  halfTicks,
 	}
 	if err := replaceStaleCounterPins(spec, pinDir, d.log); err != nil {
+		ticks.Close()
 		return nil, err
 	}
+	legacyNAT := pinned(pinDir, xdplbMapNatFlows) && !pinned(pinDir, xdplbMapCtHalf)
 	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}})
 	if err != nil {
+		ticks.Close()
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
 			// The whole log; the error alone keeps only its tail.
@@ -144,10 +164,6 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 		}
 		return nil, fmt.Errorf("load bpf objects: %w", err)
 	}
-	if d.ticks, err = newTickClock(); err != nil {
-		d.objs.Close()
-		return nil, err
-	}
 	if err := d.checkLookupCompatible(); err != nil {
 		d.ticks.Close()
 		d.objs.Close()
@@ -157,6 +173,13 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 		d.ticks.Close()
 		d.objs.Close()
 		return nil, err
+	}
+	if legacyNAT {
+		if err := d.markNATEstablished(); err != nil {
+			d.ticks.Close()
+			d.objs.Close()
+			return nil, err
+		}
 	}
 	if err := d.rebuildVIPIndex(); err != nil {
 		d.ticks.Close()
@@ -177,7 +200,8 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 		}
 	}
 	d.log.Info("data plane loaded", "pin_path", pinDir, "interfaces", opts.Interfaces,
-		"lookup_size", opts.LookupSize, "conntrack_size", opts.ConntrackSize, "snat_ports", opts.SNATPorts.String())
+		"lookup_size", opts.LookupSize, "conntrack_size", opts.ConntrackSize, "half_open_size", d.HalfOpenSize(),
+		"snat_ports", opts.SNATPorts.String())
 	return d, nil
 }
 
@@ -210,6 +234,12 @@ func replaceStaleCounterPins(spec *ebpf.CollectionSpec, pinDir string, log *slog
 	return nil
 }
 
+// pinned reports whether pinDir holds a pin named name.
+func pinned(pinDir, name string) bool {
+	_, err := os.Stat(filepath.Join(pinDir, name))
+	return err == nil
+}
+
 // loadSpec returns the program's spec sized for opts, and its named parts.
 func loadSpec(opts Options) (*ebpf.CollectionSpec, *xdplbSpecs, error) {
 	spec, err := loadXdplb()
@@ -232,6 +262,7 @@ func loadSpec(opts Options) (*ebpf.CollectionSpec, *xdplbSpecs, error) {
 		{s.Backends, opts.MaxBackends},
 		{s.BackendStats, opts.MaxBackends},
 		{s.Conntrack, opts.ConntrackSize},
+		{s.CtHalf, halfOpenBuckets(opts.HalfOpenSize)},
 		{s.NatFlows, opts.ConntrackSize}, // at most one translation per flow
 		{s.VipSnat, opts.MaxVIPs},
 		{s.VipIcmp, opts.MaxVIPs},
@@ -244,6 +275,9 @@ func loadSpec(opts Options) (*ebpf.CollectionSpec, *xdplbSpecs, error) {
 	s.Lookup.InnerMap.MaxEntries = opts.LookupSize
 	if err := s.CfgLookupSize.Set(opts.LookupSize); err != nil {
 		return nil, nil, fmt.Errorf("set %s: %w", xdplbVarCfgLookupSize, err)
+	}
+	if err := s.CfgHalfBuckets.Set(halfOpenBuckets(opts.HalfOpenSize)); err != nil {
+		return nil, nil, fmt.Errorf("set %s: %w", xdplbVarCfgHalfBuckets, err)
 	}
 	return spec, &s, nil
 }
@@ -474,3 +508,7 @@ func (d *Datapath) MaxBackends() uint32 { return d.opts.MaxBackends }
 
 // ConntrackSize is the connection table's size in entries.
 func (d *Datapath) ConntrackSize() uint32 { return d.opts.ConntrackSize }
+
+// HalfOpenSize is how many half-open flows the half-open table holds:
+// Options.HalfOpenSize in whole buckets.
+func (d *Datapath) HalfOpenSize() uint32 { return halfOpenBuckets(d.opts.HalfOpenSize) * halfWays }

@@ -11,9 +11,11 @@ import (
 )
 
 // How long a NAT translation outlives its flow's last packet before its
-// entry (and for full NAT its SNAT port) may be reclaimed: an idle flow's
-// as long as the connection table counts it open (OpenFlowIdle*), a closed
-// one's after NATClosingTimeout, as IPVS's and Cilium's close timeouts.
+// entry (and for full NAT its SNAT port) may be reclaimed: an idle
+// established flow's as long as the connection table counts it open
+// (OpenFlowIdle*), a half-open one's after Options.HalfOpenTimeout, a
+// closed one's after NATClosingTimeout (or the half-open timeout if
+// shorter), as IPVS's and Cilium's close timeouts.
 const NATClosingTimeout = 10 * time.Second
 
 // NextHopReuse is how long the program reuses a next hop the FIB gave for
@@ -48,14 +50,17 @@ func (d *Datapath) writeNATParams() error {
 // SNATPorts is the full-NAT source port range the program was loaded with.
 func (d *Datapath) SNATPorts() PortRange { return d.opts.SNATPorts }
 
-// natExpired is nat_expired of bpf/nat.h.
-func natExpired(k xdplbFlowKey, v xdplbNatState, now uint64, p xdplbNatConfig) bool {
-	idle := p.TcpIdleTicks
-	if Protocol(k.Proto) == ProtoUDP {
-		idle = p.UdpIdleTicks
+// natExpired is nat_expired of bpf/nat.h; halfTicks is cfg_half_ticks.
+func natExpired(k xdplbFlowKey, v xdplbNatState, now uint64, p xdplbNatConfig, halfTicks uint64) bool {
+	idle := halfTicks
+	if v.Flags&uint32(xdplbNatFlagsNAT_F_ESTABLISHED) != 0 {
+		idle = p.TcpIdleTicks
+		if Protocol(k.Proto) == ProtoUDP {
+			idle = p.UdpIdleTicks
+		}
 	}
 	if v.Flags&uint32(xdplbNatFlagsNAT_F_CLOSING) != 0 {
-		idle = p.ClosingTicks
+		idle = min(idle, p.ClosingTicks)
 	}
 	return now > v.LastSeen && now-v.LastSeen > idle
 }
@@ -89,7 +94,7 @@ func (d *Datapath) ExpireNAT() (NATStats, error) {
 	var st NATStats
 	var stale []xdplbFlowKey
 	err = iterate(d.objs.NatFlows, func(k xdplbFlowKey, v xdplbNatState) {
-		if natExpired(k, v, now, d.natParams) {
+		if natExpired(k, v, now, d.natParams, d.halfTicks) {
 			stale = append(stale, k)
 			return
 		}

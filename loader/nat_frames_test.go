@@ -133,15 +133,12 @@ func snatPortOf(v xdplbFlowVal) uint16 {
 	return fromNetPort(uint16(v.Flags >> uint32(xdplbFlowFlagsFLOW_SNAT_PORT_SHIFT)))
 }
 
+// conntrack is k's entry in the connection table or, for a half-open
+// flow, its way in ct_half (flowEntry).
 func (lab *natLab) conntrack(t testing.TB, k xdplbFlowKey) (xdplbFlowVal, bool) {
 	t.Helper()
-	var v xdplbFlowVal
-	err := lab.d.objs.Conntrack.Lookup(k, &v)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return v, false
-	}
-	must(t, err)
-	return v, true
+	v, _, ok := flowEntry(t, lab.d, k)
+	return v, ok
 }
 
 func (lab *natLab) natFlow(t testing.TB, k xdplbFlowKey) (xdplbNatState, bool) {
@@ -165,12 +162,15 @@ func (lab *natLab) now(t testing.TB) uint64 {
 	return n
 }
 
-// age moves a NAT flow's stamps, in the connection table (ct) and in
-// nat_flows (reply), ticks into the past: the time the test cannot wait.
+// age moves a NAT flow's stamps, in the connection table or ct_half (ct)
+// and in nat_flows (reply), ticks into the past: the time the test cannot
+// wait.
 func (lab *natLab) age(t testing.TB, ct, reply xdplbFlowKey, ticks uint64) {
 	t.Helper()
 	then := lab.now(t) - ticks
-	if v, ok := lab.conntrack(t, ct); ok {
+	if v, half, ok := flowEntry(t, lab.d, ct); ok && half {
+		ageHalf(t, lab.d, ct, ticks)
+	} else if ok {
 		v.LastSeen = then
 		must(t, lab.d.objs.Conntrack.Put(ct, v))
 	}

@@ -441,6 +441,31 @@ func (lab *natLab) send(t *testing.T, v natVIP, f snatFlow, syn, ack, fin bool) 
 	return 0
 }
 
+// establish completes the handshake of f, which left from SNAT port
+// port: the backend's SYN-ACK, translated back to the client, then the
+// client's ACK, after which the flow is established (in the connection
+// table, its translation marked so), safe from early drop.
+func (lab *natLab) establish(t *testing.T, v natVIP, f snatFlow, port uint16) {
+	t.Helper()
+	synAck := flow{src: v.backend, sport: v.bport(), dst: v.snat, dport: port, syn: true, ack: true,
+		srcMAC: lab.srvPeerMAC, dstMAC: lab.srv.HardwareAddr}
+	// Passed when the lab has no route to the client (only to
+	// 10.0.0.0/24): translated all the same.
+	if r := lab.run(t, synAck.build(t), lab.srv); r.verdict != xdpRedirect && r.verdict != xdpPass {
+		t.Fatalf("syn-ack of %v: verdict %d", f, r.verdict)
+	}
+	if p := lab.send(t, v, f, false, true, false); p != port {
+		t.Fatalf("ack of %v left from port %d, want %d", f, p, port)
+	}
+	if _, half, ok := flowEntry(t, lab.d, f.ctKey(v)); !ok || half {
+		t.Fatalf("flow %v not established after its handshake (found %v, half-open %v)", f, ok, half)
+	}
+	ns, ok := lab.natFlow(t, replyKey(v, port))
+	if !ok || ns.Flags&uint32(xdplbNatFlagsNAT_F_ESTABLISHED) == 0 {
+		t.Fatalf("translation of %v: %+v (found %v), want established", f, ns, ok)
+	}
+}
+
 // ipAddrs are the addresses of an IP frame's header.
 func ipAddrs(frame []byte) (src, dst netip.Addr) {
 	ip := frame[ipOffset(frame):]
@@ -457,11 +482,12 @@ func (lab *natLab) drops(t testing.TB, reason string) uint64 {
 	return d[reason]
 }
 
-// A range of 4 ports holds 4 live flows; the 5th is dropped and counted as
-// snat_exhausted, never given a live flow's port. A flow placed again gets
-// its own port back, even with the range full; a closed flow's port is
-// reclaimed once its closing timeout has passed, an idle flow's once its
-// idle timeout has.
+// A range of 4 ports holds 4 established flows; the 5th is dropped and
+// counted as snat_exhausted, never given an established flow's port. A
+// flow placed again gets its own port back, even with the range full; a
+// closed flow's port is reclaimed once its closing timeout has passed, an
+// idle flow's once its idle timeout has. (A half-open flow's port goes to
+// a new flow sooner: TestSNATEarlyDrop.)
 func TestSNATPortAllocation(t *testing.T) {
 	ports := PortRange{Lo: 20000, Hi: 20003}
 	lab, v := snatLab(t, ports)
@@ -482,6 +508,7 @@ func TestSNATPortAllocation(t *testing.T) {
 			t.Fatalf("flows %d and %d both got snat port %d", j, i, p)
 		}
 		held[p] = i
+		lab.establish(t, v, f, p)
 	}
 	st, err := lab.d.ExpireNAT()
 	must(t, err)
@@ -508,13 +535,19 @@ func TestSNATPortAllocation(t *testing.T) {
 	}
 
 	// Flow 0 placed again (its connection-table entry lost, as after an
-	// eviction or a restart), by a SYN and by a plain ACK: its own port.
-	for _, syn := range []bool{true, false} {
+	// eviction or a restart), by a plain ACK: its own port, and still
+	// established; by a SYN (a new connection on the same 5-tuple): its
+	// own port, half-open until its handshake is done.
+	for _, syn := range []bool{false, true} {
 		must(t, lab.d.objs.Conntrack.Delete(flows[0].ctKey(v)))
 		if p := lab.send(t, v, flows[0], syn, !syn, false); p != portOf(0) {
 			t.Fatalf("flow 0 placed again (syn %v) got port %d, want its own %d", syn, p, portOf(0))
 		}
+		if _, half, _ := flowEntry(t, lab.d, flows[0].ctKey(v)); half != syn {
+			t.Fatalf("flow 0 placed again (syn %v): half-open %v", syn, half)
+		}
 	}
+	lab.establish(t, v, flows[0], portOf(0))
 
 	// Flow 1 closes: its port stays its own for NATClosingTimeout.
 	p1 := portOf(1)
@@ -543,6 +576,7 @@ func TestSNATPortAllocation(t *testing.T) {
 	if ns, _ := lab.natFlow(t, replyKey(v, p1)); fromNetPort(ns.ClientPort) != flows[4].cport || ns.Flags&uint32(xdplbNatFlagsNAT_F_CLOSING) != 0 {
 		t.Errorf("reclaimed port's translation %+v, want flow 4's, open", ns)
 	}
+	lab.establish(t, v, flows[4], p1)
 	// Flow 1's stale packet after that finds its port taken: placed
 	// again, and with the range full it is dropped, not sent from flow
 	// 4's port.
@@ -570,13 +604,16 @@ func TestSNATPortAllocation(t *testing.T) {
 }
 
 // A property of full NAT's port allocation, over 300 random client flows
-// on a 64-port range with random closes, expiries and established packets:
-// after every step, every live flow's connection-table entry names a port
-// whose nat_flows translation is that flow's own (no live flow ever lost
-// its mapping to another), no other translation is live, and a new flow
-// gets exactly the first port of its 16 probes (from the 5-tuple hash on)
-// that no live flow holds, or is dropped as snat_exhausted only when all
-// 16 are held.
+// on a 64-port range with random handshakes, closes, expiries and
+// established packets: after every step, every live flow's entry (in the
+// connection table, or ct_half while half-open) names a port whose
+// nat_flows translation is that flow's own (no live flow ever lost its
+// mapping to another but by early drop), no other translation is live,
+// and a new flow gets exactly the first port of its 16 probes (from the
+// 5-tuple hash on) that no live flow holds, else the port of the oldest
+// half-open flow among them (which is gone then, counted as an early
+// drop), or is dropped as snat_exhausted only when all 16 are held by
+// established flows.
 func TestSNATNeverShared(t *testing.T) {
 	ports := PortRange{Lo: 30000, Hi: 30063}
 	lab, v := snatLab(t, ports)
@@ -588,12 +625,12 @@ func TestSNATNeverShared(t *testing.T) {
 
 	type mflow struct {
 		snatFlow
-		port   uint16
-		closed bool
+		port        uint16
+		closed, est bool
 	}
 	live := map[uint16]*mflow{} // port -> the live flow holding it
 	used := map[snatFlow]bool{}
-	var drops, reclaims, taken int
+	var drops, reclaims, taken, early int
 	pick := func(ok func(*mflow) bool) *mflow {
 		var c []*mflow
 		for p := ports.Lo; p <= ports.Hi; p++ {
@@ -613,7 +650,7 @@ func TestSNATNeverShared(t *testing.T) {
 		now := lab.now(t)
 		liveEntries := 0
 		for k, s := range nat {
-			if !natExpired(k, s, now, lab.d.natParams) {
+			if !natExpired(k, s, now, lab.d.natParams, lab.d.halfTicks) {
 				liveEntries++
 			}
 		}
@@ -642,44 +679,83 @@ func TestSNATNeverShared(t *testing.T) {
 		}
 		used[f] = true
 		want := uint16(0)
-		for _, p := range snatProbes(f.ctKey(v), ports) {
+		probes := snatProbes(f.ctKey(v), ports)
+		for _, p := range probes {
 			if live[p] == nil {
 				want = p
 				break
 			}
 		}
+		if want == 0 {
+			// The oldest half-open holder's, the last tried of equals.
+			var oldest uint64
+			for _, p := range probes {
+				if live[p].est {
+					continue
+				}
+				ns, _ := lab.natFlow(t, replyKey(v, p))
+				if want == 0 || ns.LastSeen <= oldest {
+					want, oldest = p, ns.LastSeen
+				}
+			}
+		}
 		before := lab.drops(t, "snat_exhausted")
+		earlyBefore := lab.events(t)["early_drop"]
 		got := lab.send(t, v, f, true, false, false)
 		if got != want {
-			t.Fatalf("new flow %d %v: port %d, want %d (probes %v)", n, f, got, want, snatProbes(f.ctKey(v), ports))
+			t.Fatalf("new flow %d %v: port %d, want %d (probes %v)", n, f, got, want, probes)
 		}
-		if want == 0 {
+		wantEarly := uint64(0)
+		switch {
+		case want == 0:
 			drops++
 			if after := lab.drops(t, "snat_exhausted"); after != before+1 {
 				t.Fatalf("new flow %d dropped, snat_exhausted %d -> %d", n, before, after)
 			}
-		} else {
+		case live[got] != nil:
+			if _, _, ok := flowEntry(t, lab.d, live[got].ctKey(v)); ok {
+				t.Fatalf("new flow %d took port %d of %v, which kept its entry", n, got, live[got].snatFlow)
+			}
+			early++
+			wantEarly = 1
+			fallthrough
+		default:
 			live[got] = &mflow{snatFlow: f, port: got}
 			taken++
 		}
+		if d := lab.events(t)["early_drop"] - earlyBefore; d != wantEarly {
+			t.Fatalf("new flow %d: early_drop rose by %d, want %d", n, d, wantEarly)
+		}
 		check("new flow")
+		// Most flows finish their handshake at once, so that the range
+		// fills with established flows too.
+		if m := live[got]; got != 0 && rng.Float64() < 0.7 {
+			lab.establish(t, v, m.snatFlow, m.port)
+			m.est = true
+			check("handshake")
+		}
 
 		for range 1 + rng.IntN(3) {
 			switch r := rng.Float64(); {
-			case r < 0.3:
+			case r < 0.2:
+				if m := pick(func(m *mflow) bool { return !m.closed && !m.est }); m != nil {
+					lab.establish(t, v, m.snatFlow, m.port)
+					m.est = true
+				}
+			case r < 0.4:
 				if m := pick(func(m *mflow) bool { return !m.closed }); m != nil {
 					if p := lab.send(t, v, m.snatFlow, false, true, true); p != m.port {
 						t.Fatalf("FIN of %v left from port %d, want %d", m.snatFlow, p, m.port)
 					}
 					m.closed = true
 				}
-			case r < 0.55:
+			case r < 0.6:
 				if m := pick(func(m *mflow) bool { return m.closed }); m != nil {
 					lab.age(t, m.ctKey(v), replyKey(v, m.port), closing)
 					delete(live, m.port)
 					reclaims++
 				}
-			case r < 0.65:
+			case r < 0.68:
 				if m := pick(func(m *mflow) bool { return !m.closed }); m != nil {
 					lab.age(t, m.ctKey(v), replyKey(v, m.port), idle)
 					delete(live, m.port)
@@ -695,9 +771,10 @@ func TestSNATNeverShared(t *testing.T) {
 			check("after an action")
 		}
 	}
-	t.Logf("%d flows placed, %d dropped as exhausted, %d expired", taken, drops, reclaims)
-	if drops == 0 || reclaims == 0 {
-		t.Errorf("the run never exhausted the range (%d) or reclaimed a port (%d): it proves less than it says", drops, reclaims)
+	t.Logf("%d flows placed, %d of them on a half-open flow's port, %d dropped as exhausted, %d expired", taken, early, drops, reclaims)
+	if drops == 0 || reclaims == 0 || early == 0 {
+		t.Errorf("the run never exhausted the range (%d), reclaimed a port (%d) or took a half-open flow's (%d): it proves less than it says",
+			drops, reclaims, early)
 	}
 }
 

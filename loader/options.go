@@ -19,9 +19,24 @@ const (
 	DefaultMaxVIPs       = 1024
 	DefaultMaxBackends   = 65536
 	// A flow that saw only its opening counts as open this long (IPVS's
-	// SYN_RECV): a DR LB never sees the RST a backend refuses it with.
+	// SYN_RECV), and its entries are reclaimed after it: a DR LB never sees
+	// the RST a backend refuses it with, and a spoofed SYN's never comes.
 	DefaultHalfOpenTimeout = 60 * time.Second
 )
+
+// DefaultHalfOpenSize is the half-open table's size for a connection table
+// of conntrackSize entries: a quarter of it. Half-open flows last a round
+// trip, so this holds a new-flow rate times the round trip many times over
+// (halfopen.go), and it bounds the NAT translations of half-open flows to
+// a quarter of the NAT table (sized like the connection table), leaving
+// the rest to established flows whatever floods the LB.
+func DefaultHalfOpenSize(conntrackSize uint32) uint32 {
+	return min(max(conntrackSize/4, 1), maxHalfOpenSize)
+}
+
+// maxHalfOpenSize keeps ct_half (buckets of 8 flows, 520 bytes each)
+// below the 4 GiB an array map can be: 2^22 buckets are 2.2 GB.
+const maxHalfOpenSize = 1 << 25
 
 // DefaultSNATPorts are the source ports full NAT takes (--snat-ports):
 // below the kernel's ephemeral range (net.ipv4.ip_local_port_range,
@@ -43,9 +58,13 @@ type Options struct {
 	MaxBackends   uint32    // DefaultMaxBackends
 	SNATPorts     PortRange // [--snat-ports] full NAT's source ports; DefaultSNATPorts
 	// [--half-open-timeout] how long a flow that saw only its opening
-	// counts as open; DefaultHalfOpenTimeout
+	// lives without a packet, in every table; DefaultHalfOpenTimeout
 	HalfOpenTimeout time.Duration
-	Logger          *slog.Logger
+	// The half-open table's flows (ct_half), in whole buckets of 8;
+	// DefaultHalfOpenSize(ConntrackSize), which 0 also means to Validate.
+	// No flag: it follows --conntrack-size (tests and benchmarks set it).
+	HalfOpenSize uint32
+	Logger       *slog.Logger
 }
 
 // Defaults sets every zero field but Interfaces to its default (Logger
@@ -74,6 +93,9 @@ func (o *Options) Defaults() {
 	}
 	if o.HalfOpenTimeout == 0 {
 		o.HalfOpenTimeout = DefaultHalfOpenTimeout
+	}
+	if o.HalfOpenSize == 0 {
+		o.HalfOpenSize = DefaultHalfOpenSize(o.ConntrackSize)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -115,6 +137,9 @@ func (o Options) validate() error {
 	}
 	if o.HalfOpenTimeout < time.Second || o.HalfOpenTimeout > OpenFlowIdleTCP {
 		return invalidf("--half-open-timeout %s: want 1s to %s", o.HalfOpenTimeout, OpenFlowIdleTCP)
+	}
+	if o.HalfOpenSize > maxHalfOpenSize {
+		return invalidf("half-open table of %d flows: want at most %d", o.HalfOpenSize, maxHalfOpenSize)
 	}
 	seen := make(map[string]bool, len(o.Interfaces))
 	for _, name := range o.Interfaces {

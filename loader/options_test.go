@@ -33,6 +33,7 @@ func TestDefaultsFillsEveryField(t *testing.T) {
 		SNATPorts:       DefaultSNATPorts,
 		Logger:          o.Logger,
 		HalfOpenTimeout: DefaultHalfOpenTimeout,
+		HalfOpenSize:    DefaultConntrackSize / 4,
 	}
 	if !reflect.DeepEqual(o, want) {
 		t.Errorf("Defaults() = %+v, want %+v", o, want)
@@ -49,7 +50,7 @@ func TestDefaultsFillsEveryField(t *testing.T) {
 func TestDefaultsKeepsSetFields(t *testing.T) {
 	set := Options{BPFFS: "/b", Interfaces: []string{"eth0"}, XDPMode: XDPModeNative, LookupSize: 251,
 		ConntrackSize: 4096, MaxVIPs: 16, MaxBackends: 64, SNATPorts: PortRange{Lo: 1000, Hi: 1001},
-		HalfOpenTimeout: 5 * time.Second, Logger: testOptions("").Logger}
+		HalfOpenTimeout: 5 * time.Second, HalfOpenSize: 100, Logger: testOptions("").Logger}
 	o := set
 	o.Defaults()
 	if !reflect.DeepEqual(o, set) {
@@ -82,6 +83,8 @@ func TestValidate(t *testing.T) {
 		{"max backends", func(o *Options) { o.MaxBackends = 1 }, "max vips 1024 and max backends 1 must be at least 2"},
 		{"half-open short", func(o *Options) { o.HalfOpenTimeout = time.Second / 2 }, "--half-open-timeout 500ms: want 1s to 15m0s"},
 		{"half-open long", func(o *Options) { o.HalfOpenTimeout = time.Hour }, "--half-open-timeout 1h0m0s: want 1s to 15m0s"},
+		{"half-open table huge", func(o *Options) { o.HalfOpenSize = 1<<25 + 1 }, "half-open table of 33554433 flows: want at most 33554432"},
+		{"conntrack huge", func(o *Options) { o.ConntrackSize = 1 << 31; o.HalfOpenSize = DefaultHalfOpenSize(o.ConntrackSize) }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -193,6 +196,7 @@ func TestIsPrime(t *testing.T) {
 // loadSpec sizes the maps through the generated names.
 func TestLoadSpecSizes(t *testing.T) {
 	o := testOptions("")
+	o.Defaults() // HalfOpenSize
 	spec, specs, err := loadSpec(o)
 	if err != nil {
 		t.Fatal(err)
@@ -206,6 +210,7 @@ func TestLoadSpecSizes(t *testing.T) {
 		xdplbMapBackends:     o.MaxBackends,
 		xdplbMapBackendStats: o.MaxBackends,
 		xdplbMapConntrack:    o.ConntrackSize,
+		xdplbMapCtHalf:       (o.HalfOpenSize + 7) / 8,
 	}
 	for name, n := range want {
 		if got := spec.Maps[name].MaxEntries; got != n {

@@ -215,7 +215,9 @@ func (d *Datapath) walkConntrackUntil(fn func(xdplbFlowKey, xdplbFlowVal) bool) 
 // must wait for. A half-open flow (only its opening seen: TCP SYNs, or one
 // UDP datagram) counts for Options.HalfOpenTimeout: a DR LB never sees the
 // backend's answer, so a SYN refused with an RST looks like this, and it
-// must not hold a drain or `backend del` for an established flow's 15 minutes.
+// must not hold a drain or `backend del` for an established flow's 15
+// minutes. So does any flow of the half-open table (ct_half), which the
+// program gives to a new flow once idle that long.
 const (
 	OpenFlowIdleTCP = 15 * time.Minute
 	OpenFlowIdleUDP = 2 * time.Minute
@@ -251,7 +253,7 @@ func (p FlowPhase) String() string {
 }
 
 // FlowCountsByBackend counts the open flows per backend id, established
-// apart from half-open (flowPhase).
+// apart from half-open (flowPhase), over both tables.
 func (d *Datapath) FlowCountsByBackend() (map[uint32]FlowCount, error) {
 	d.mu.Lock()
 	hz, err := d.ticks.rate()
@@ -270,30 +272,43 @@ func (d *Datapath) FlowCountsByBackend() (map[uint32]FlowCount, error) {
 // ticks (the clock of flow_val.last_seen) at hz ticks a second.
 func (d *Datapath) flowCountsByBackend(now, hz uint64) (map[uint32]FlowCount, error) {
 	out := make(map[uint32]FlowCount)
-	err := d.walkConntrack(func(k xdplbFlowKey, v xdplbFlowVal) {
-		switch flowPhase(k, v, now, hz, d.opts.HalfOpenTimeout) {
-		case FlowEstablished:
-			c := out[v.BackendId]
-			c.Established++
-			out[v.BackendId] = c
-		case FlowHalfOpen:
-			c := out[v.BackendId]
-			c.HalfOpen++
-			out[v.BackendId] = c
+	count := func(half bool) func(xdplbFlowKey, xdplbFlowVal) bool {
+		return func(k xdplbFlowKey, v xdplbFlowVal) bool {
+			switch flowPhase(k, v, now, hz, d.opts.HalfOpenTimeout, half) {
+			case FlowEstablished:
+				c := out[v.BackendId]
+				c.Established++
+				out[v.BackendId] = c
+			case FlowHalfOpen:
+				c := out[v.BackendId]
+				c.HalfOpen++
+				out[v.BackendId] = c
+			}
+			return true
 		}
-	})
-	return out, err
+	}
+	if err := d.walkConntrackUntil(count(false)); err != nil {
+		return nil, err
+	}
+	if err := d.walkHalf(now, count(true)); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // flowPhase decides what an entry is at now: closing (FLOW_F_CLOSING) is
 // ended at once; otherwise its idle limit is its phase's, halfOpen for a
-// flow that saw only its opening.
-func flowPhase(k xdplbFlowKey, v xdplbFlowVal, now, hz uint64, halfOpen time.Duration) FlowPhase {
+// flow that saw only its opening. Every flow of the half-open table (half)
+// is half-open, a flow picked up mid-stream too (FLOW_F_ESTABLISHED): it
+// has sent one packet, and moves to the connection table with its next, so
+// what stays there is as unconfirmed as a SYN (a spoofed ACK), and must
+// count neither toward a backend's --max-conns nor beyond halfOpen.
+func flowPhase(k xdplbFlowKey, v xdplbFlowVal, now, hz uint64, halfOpen time.Duration, half bool) FlowPhase {
 	if v.Flags&uint32(xdplbFlowFlagsFLOW_F_CLOSING) != 0 {
 		return FlowEnded
 	}
 	phase, idle := FlowHalfOpen, halfOpen
-	if v.Flags&uint32(xdplbFlowFlagsFLOW_F_ESTABLISHED) != 0 {
+	if v.Flags&uint32(xdplbFlowFlagsFLOW_F_ESTABLISHED) != 0 && !half {
 		phase, idle = FlowEstablished, OpenFlowIdleTCP
 		if Protocol(k.Proto) == ProtoUDP {
 			idle = OpenFlowIdleUDP
@@ -306,11 +321,23 @@ func flowPhase(k xdplbFlowKey, v xdplbFlowVal, now, hz uint64, halfOpen time.Dur
 	return FlowEnded
 }
 
-// ConntrackEntries is the number of connection-table entries, finished
-// flows included. It reads the kernel's element count (conntrackCount),
-// which costs the same whatever the fill; on a kernel without one it
-// walks the table, which takes about half a second at 1M entries.
+// ConntrackEntries is the number of flows the data plane tracks: the
+// connection table's entries, finished flows included, and the half-open
+// table's ways in use (halfCount).
 func (d *Datapath) ConntrackEntries() (int, error) {
+	half, err := d.halfCount()
+	if err != nil {
+		return 0, err
+	}
+	n, err := d.conntrackEntries()
+	return n + half, err
+}
+
+// conntrackEntries is the connection table's entries. It reads the
+// kernel's element count (conntrackCount), which costs the same whatever
+// the fill; on a kernel without one it walks the table, which takes about
+// half a second at 1M entries.
+func (d *Datapath) conntrackEntries() (int, error) {
 	n, err := d.conntrackCount()
 	if err == nil {
 		return n, nil
@@ -353,7 +380,11 @@ func (d *Datapath) Status() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	ct, err := d.ConntrackEntries()
+	half, err := d.halfCount()
+	if err != nil {
+		return Status{}, err
+	}
+	ct, err := d.conntrackEntries()
 	if err != nil {
 		return Status{}, err
 	}
@@ -379,6 +410,7 @@ func (d *Datapath) Status() (Status, error) {
 	fill(xdplbMapBackends, d.objs.Backends, len(bes))
 	fill(xdplbMapLookup, d.objs.Lookup, tables)
 	fill(xdplbMapConntrack, d.objs.Conntrack, ct)
+	st.Maps = append(st.Maps, MapFill{Name: xdplbMapCtHalf, Entries: half, MaxEntries: d.HalfOpenSize()})
 	// The kernel's count, live; the last sweep's (which leaves out the
 	// expired entries it deletes) where the kernel keeps none.
 	natEntries, err := d.natCount()

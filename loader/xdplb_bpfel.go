@@ -74,7 +74,8 @@ const (
 	xdplbEventEV_ICMP_TO_BACKEND xdplbEvent = 6
 	xdplbEventEV_ICMP_TO_CLIENT  xdplbEvent = 7
 	xdplbEventEV_NAT_REPLY       xdplbEvent = 8
-	xdplbEventEVENT_MAX          xdplbEvent = 9
+	xdplbEventEV_EARLY_DROP      xdplbEvent = 9
+	xdplbEventEVENT_MAX          xdplbEvent = 10
 )
 
 type xdplbFlowFlags uint32
@@ -110,6 +111,27 @@ const (
 	xdplbFwdModeFWD_MODE_FULLNAT xdplbFwdMode = 3
 )
 
+type xdplbHalfBucket struct {
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	Seq  uint32
+	Ways [8]xdplbHalfFlow
+}
+
+type xdplbHalfFlow struct {
+	_         structs.HostLayout
+	Key       xdplbFlowKey
+	VipId     uint32
+	BackendId uint32
+	Flags     uint32
+	Stamp     uint32
+	Seq       uint32
+	Pad       uint32
+}
+
 type xdplbLbCounters struct {
 	_       structs.HostLayout
 	Packets uint64
@@ -131,8 +153,10 @@ type xdplbNatConfig struct {
 type xdplbNatFlags uint32
 
 const (
-	xdplbNatFlagsNAT_F_CLOSING xdplbNatFlags = 1
-	xdplbNatFlagsNAT_F_FULL    xdplbNatFlags = 2
+	xdplbNatFlagsNAT_F_CLOSING     xdplbNatFlags = 1
+	xdplbNatFlagsNAT_F_FULL        xdplbNatFlags = 2
+	xdplbNatFlagsNAT_F_REPLIED     xdplbNatFlags = 4
+	xdplbNatFlagsNAT_F_ESTABLISHED xdplbNatFlags = 8
 )
 
 type xdplbNatState struct {
@@ -218,8 +242,10 @@ const (
 	xdplbMapBackendStats       = "backend_stats"
 	xdplbMapBackends           = "backends"
 	xdplbMapConntrack          = "conntrack"
+	xdplbMapCtHalf             = "ct_half"
 	xdplbMapDrops              = "drops"
 	xdplbMapEvents             = "events"
+	xdplbMapHalfCount          = "half_count"
 	xdplbMapLookup             = "lookup"
 	xdplbMapNatFlows           = "nat_flows"
 	xdplbMapNatParams          = "nat_params"
@@ -237,6 +263,8 @@ const (
 	xdplbMapXdpActions         = "xdp_actions"
 	xdplbProgXdplbMain         = "xdplb_main"
 	xdplbProgXdplbPass         = "xdplb_pass"
+	xdplbVarCfgHalfBuckets     = "cfg_half_buckets"
+	xdplbVarCfgHalfTicks       = "cfg_half_ticks"
 	xdplbVarCfgLookupSize      = "cfg_lookup_size"
 	xdplbVarUnusedBackendFlags = "unused_backend_flags"
 	xdplbVarUnusedFlowFlags    = "unused_flow_flags"
@@ -302,8 +330,10 @@ type xdplbMapSpecs struct {
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
+	CtHalf       *ebpf.MapSpec `ebpf:"ct_half"`
 	Drops        *ebpf.MapSpec `ebpf:"drops"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
+	HalfCount    *ebpf.MapSpec `ebpf:"half_count"`
 	Lookup       *ebpf.MapSpec `ebpf:"lookup"`
 	NatFlows     *ebpf.MapSpec `ebpf:"nat_flows"`
 	NatParams    *ebpf.MapSpec `ebpf:"nat_params"`
@@ -325,6 +355,8 @@ type xdplbMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdplbVariableSpecs struct {
+	CfgHalfBuckets     *ebpf.VariableSpec `ebpf:"cfg_half_buckets"`
+	CfgHalfTicks       *ebpf.VariableSpec `ebpf:"cfg_half_ticks"`
 	CfgLookupSize      *ebpf.VariableSpec `ebpf:"cfg_lookup_size"`
 	UnusedBackendFlags *ebpf.VariableSpec `ebpf:"unused_backend_flags"`
 	UnusedFlowFlags    *ebpf.VariableSpec `ebpf:"unused_flow_flags"`
@@ -360,8 +392,10 @@ type xdplbMaps struct {
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
+	CtHalf       *ebpf.Map `ebpf:"ct_half"`
 	Drops        *ebpf.Map `ebpf:"drops"`
 	Events       *ebpf.Map `ebpf:"events"`
+	HalfCount    *ebpf.Map `ebpf:"half_count"`
 	Lookup       *ebpf.Map `ebpf:"lookup"`
 	NatFlows     *ebpf.Map `ebpf:"nat_flows"`
 	NatParams    *ebpf.Map `ebpf:"nat_params"`
@@ -385,8 +419,10 @@ func (m *xdplbMaps) Close() error {
 		m.BackendStats,
 		m.Backends,
 		m.Conntrack,
+		m.CtHalf,
 		m.Drops,
 		m.Events,
+		m.HalfCount,
 		m.Lookup,
 		m.NatFlows,
 		m.NatParams,
@@ -409,6 +445,8 @@ func (m *xdplbMaps) Close() error {
 //
 // It can be passed to loadXdplbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdplbVariables struct {
+	CfgHalfBuckets     *ebpf.Variable `ebpf:"cfg_half_buckets"`
+	CfgHalfTicks       *ebpf.Variable `ebpf:"cfg_half_ticks"`
 	CfgLookupSize      *ebpf.Variable `ebpf:"cfg_lookup_size"`
 	UnusedBackendFlags *ebpf.Variable `ebpf:"unused_backend_flags"`
 	UnusedFlowFlags    *ebpf.Variable `ebpf:"unused_flow_flags"`

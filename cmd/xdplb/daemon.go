@@ -56,7 +56,7 @@ func (e *env) daemonCommand() *cli.Command {
 			&cli.Uint64Flag{Name: "maglev-size", Value: loader.DefaultLookupSize, Usage: "per-VIP lookup table size, a prime"},
 			&cli.Uint64Flag{Name: "conntrack-size", Value: loader.DefaultConntrackSize, Usage: "connection table entries"},
 			&cli.StringFlag{Name: "snat-ports", Value: loader.DefaultSNATPorts.String(), Usage: "LO-HI: source ports of fullnat VIPs' translated packets"},
-			&cli.DurationFlag{Name: "half-open-timeout", Value: loader.DefaultHalfOpenTimeout, Usage: "how long a flow that saw only its opening (a SYN) counts as open for drain and backend del"},
+			&cli.DurationFlag{Name: "half-open-timeout", Value: loader.DefaultHalfOpenTimeout, Usage: "how long a flow that saw only its opening (a SYN) lives without a packet: its entries are reclaimed after it, in every table, and it counts as open for drain and backend del that long"},
 			&cli.BoolFlag{Name: "recover-state", Usage: "if the state file is damaged, start from its last good version (kept beside it) instead of refusing to start; the damaged files are kept"},
 			&cli.BoolFlag{Name: "detach-on-exit", Usage: "on exit, detach XDP and remove pins and announced addresses (default: leave them, forwarding continues)"},
 		}, logFlags()...),
