@@ -47,6 +47,25 @@ func TestSYNFloodDR(t *testing.T) {
 	floodCase{e: e, flooded: flooded, calm: calm}.run(t)
 }
 
+// TestSYNFloodNAT is TestSYNFloodDR with nat VIPs, whose reply
+// translations the spoofed SYNs would otherwise hold for the TCP idle
+// timeout, locking every NAT VIP of the node out.
+func TestSYNFloodNAT(t *testing.T) {
+	e := setupNATWith(t, "nat", floodDaemonArgs...)
+	v4 := families[0]
+	flooded, _ := e.addNATVIP(v4, "tcp", checkFlags()...)
+	calm := netip.AddrPortFrom(v4.vip, floodPort2)
+	vip := calm.String() + "/tcp"
+	e.cli(append([]string{"vip", "add", vip, "--mode", "nat"}, checkFlags()...)...)
+	for _, be := range e.lab.NATBackends {
+		e.cli("backend", "add", vip, netip.AddrPortFrom(be.IPv4, lab.NATPort).String())
+	}
+	if _, err := e.d.WaitBackendsUp(e.ctx, vip, len(e.lab.NATBackends), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	floodCase{e: e.env, flooded: flooded, calm: calm}.run(t)
+}
+
 func (c floodCase) run(t *testing.T) {
 	e := c.e
 	e.load(c.flooded, 20)
