@@ -324,14 +324,21 @@ func (ss *Session) fill(p *api.Peer) {
 // (a Cease notification) and stops the speaker: a peer moves the
 // traffic to the other nodes on the withdrawal, before the session ends.
 func (s *Speaker) Stop(ctx context.Context) error {
+	// Once stopped, AnnounceRoutes adds nothing: the routes taken here
+	// are all there will be, and the wait below holds no lock (the
+	// session logs take it).
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.stopped {
+		s.mu.Unlock()
 		return nil
 	}
 	s.stopped = true
+	routes := slices.Collect(maps.Keys(s.routes))
+	clear(s.routes)
+	s.mu.Unlock()
+
 	var errs []error
-	if n := len(s.routes); n > 0 {
+	if len(routes) > 0 {
 		// The sessions that were sent routes, and how many UPDATEs they
 		// had been sent: one more is the withdrawal.
 		sent := map[string]uint64{}
@@ -345,8 +352,9 @@ func (s *Speaker) Stop(ctx context.Context) error {
 				}
 			}
 		})
+		sessions := len(sent)
 		if err == nil {
-			err = s.srv.DeletePath(apiutil.DeletePathRequest{Paths: paths(slices.Collect(maps.Keys(s.routes)))})
+			err = s.srv.DeletePath(apiutil.DeletePathRequest{Paths: paths(routes)})
 		}
 		if err == nil {
 			err = s.waitSent(ctx, sent)
@@ -354,9 +362,8 @@ func (s *Speaker) Stop(ctx context.Context) error {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("bgp: withdraw before stop: %w", err))
 		} else {
-			s.log.Info("bgp routes withdrawn before stop", "routes", n, "sessions", len(sent))
+			s.log.Info("bgp routes withdrawn before stop", "routes", len(routes), "sessions", sessions)
 		}
-		clear(s.routes)
 	}
 	s.stopWatch()
 	s.srv.Stop()
