@@ -60,12 +60,12 @@ func (e *env) daemonCommand() *cli.Command {
 			&cli.DurationFlag{Name: "half-open-timeout", Value: loader.DefaultHalfOpenTimeout, Usage: "how long a flow that saw only its opening (a SYN) counts as open for drain and backend del"},
 			&cli.BoolFlag{Name: "recover-state", Usage: "if the state file is damaged, start from its last good version (kept beside it) instead of refusing to start; the damaged files are kept"},
 			&cli.BoolFlag{Name: "detach-on-exit", Usage: "on exit, detach XDP and remove pins and announced addresses (default: leave them, forwarding continues)"},
-			&cli.Uint64Flag{Name: "bgp-asn", Usage: "announce the VIPs over BGP from this AS number (with --bgp-router-id and --bgp-peer)"},
+			&cli.Uint64Flag{Name: "bgp-asn", DefaultText: "none, no BGP", Usage: "announce the VIPs over BGP from this AS number (with --bgp-router-id and --bgp-peer)"},
 			&cli.StringFlag{Name: "bgp-router-id", Usage: "BGP identifier, an IPv4 address"},
 			// Generic, not a string slice: its value has commas of its own.
 			&cli.GenericFlag{Name: "bgp-peer", Value: &repeatable{}, Usage: "BGP peer ADDR[,asn=N][,port=N] (repeatable): the VIP routes go to it; without asn it is in our AS (iBGP), without port on 179"},
 			&cli.DurationFlag{Name: "bgp-hold-time", Value: bgp.DefaultHoldTime, Usage: "BGP hold time offered to the peers (whole seconds, 3s or more); keepalives every third of it"},
-			&cli.UintFlag{Name: "bgp-listen-port", Usage: "accept BGP sessions from the peers on this TCP port (default: none, the daemon connects to them)"},
+			&cli.UintFlag{Name: "bgp-listen-port", DefaultText: "none, the daemon connects to its peers", Usage: "accept BGP sessions from the peers on this TCP port"},
 		}, logFlags()...),
 		Action: e.daemon,
 	}
