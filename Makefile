@@ -9,7 +9,7 @@ LDFLAGS := -X main.version=$(VERSION)
 BIN     := bin/xdplb
 
 # Debian packages the build, the generator and the tests need.
-DEB_PKGS := clang llvm libbpf-dev bpftool iproute2 nftables ca-certificates zsh groff-base hping3
+DEB_PKGS := clang llvm libbpf-dev bpftool iproute2 nftables ca-certificates zsh groff-base hping3 frr
 # ... and the real peers the benchmark measures against.
 BENCH_PKGS := nginx-light wrk haproxy
 

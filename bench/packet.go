@@ -49,6 +49,9 @@ const (
 	pktUDP
 	pktNew     // through the new-flow harness, the table with room
 	pktNewFull // the same with the table full: every insert evicts
+	// pktNewFull's SYN to a VIP of its own with a new-flow rate limit,
+	// beside pktNewFull's run in the same rounds.
+	pktNewFullLimited
 	pktPassPath
 	// NAT rows (packet_nat.go): the NAT lab's datapath, every run through
 	// the restore harness.
@@ -64,11 +67,12 @@ const (
 )
 
 var pktPathNames = [pktNumPaths]string{
-	pktEstablished: "established TCP flow (ACK)",
-	pktUDP:         "UDP to a VIP (established)",
-	pktNew:         "new TCP flow (SYN), table not full",
-	pktNewFull:     "new TCP flow (SYN), table full (every insert evicts)",
-	pktPassPath:    "no VIP (pass)",
+	pktEstablished:    "established TCP flow (ACK)",
+	pktUDP:            "UDP to a VIP (established)",
+	pktNew:            "new TCP flow (SYN), table not full",
+	pktNewFull:        "new TCP flow (SYN), table full (every insert evicts)",
+	pktNewFullLimited: "new TCP flow (SYN), table full, VIP with a new-flow rate limit",
+	pktPassPath:       "no VIP (pass)",
 
 	pktNATEst:       "NAT established TCP flow (ACK)",
 	pktFullNATEst:   "full NAT established TCP flow (ACK)",
@@ -88,6 +92,39 @@ var pktPathNames = [pktNumPaths]string{
 var pktLimits = [pktNumPaths]float64{pktEstablished: 6, pktUDP: 6, pktNewFull: 8, pktPassPath: 3,
 	pktNATEst: 5, pktFullNATEst: 5, pktNATReply: 5, pktFullNATReply: 5}
 
+// pktVs are the rows held against another row of the same rounds rather
+// than the floor (issue 24: a new flow with limits configured costs at
+// most 10% more than the same without), and their limits: the ratio of
+// the two xdplb figures, the harness's cost taken out of both.
+var pktVs = map[pktPath]struct {
+	base  pktPath
+	name  string // of the target
+	limit float64
+}{pktNewFullLimited: {pktNewFull, "new TCP flow (SYN), table full, with limits configured / without", 1.10}}
+
+// pktTableFullOnly says whether path is measured only once the table is
+// full (measureFullRound).
+func pktTableFullOnly(path pktPath) bool {
+	return path == pktNewFull || path == pktNewFullLimited
+}
+
+// The rate-limited VIP of pktNewFullLimited: port pktLimitedPort beside
+// the port-80 one, with a limit (vip add --max-new-flows
+// 10000000,burst=100000000) that admits every flow the section sends it:
+// the bucket alone holds more than all of them (at most rounds x
+// newRepeat x (retries+1), 2.5M in a full run, per VIP), so not even a
+// clock that stood still would refuse one. What is timed is taking a
+// token, never a refusal; every round checks that rate_limited stays 0
+// (checkLimits).
+const pktLimitedPort = 81
+
+var pktRateLimit = loader.RateLimit{Rate: 10_000_000, Burst: 100_000_000}
+
+// pktCheckFlows are the connection-table entries check creates per
+// family: the established TCP and UDP flows, one new flow to each TCP
+// VIP.
+const pktCheckFlows = 4
+
 // pktSeries holds one path and family's figures, one per round.
 type pktSeries struct {
 	floor, xdplb, ratio []float64
@@ -96,6 +133,10 @@ type pktSeries struct {
 	// own cost (floor behind it minus floor alone) and own the ratio with
 	// that cost taken out of both: (xdplb - harness) / plain.
 	plain, harness, own []float64
+	// vs (rows of pktVs): xdplb's figure over its base row's of the same
+	// round, both behind the same harness, whose cost is taken out of
+	// both: (xdplb - harness) / (base - harness).
+	vs []float64
 }
 
 func (s *pktSeries) add(floor, xdplb float64) {
@@ -111,6 +152,14 @@ func (s *pktSeries) addHarnessed(plain, floor, xdplb float64) {
 	s.plain = append(s.plain, plain)
 	s.harness = append(s.harness, floor-plain)
 	s.own = append(s.own, (xdplb-(floor-plain))/plain)
+}
+
+// addHarnessedVs adds a round of a harnessed row held against base, the
+// base row's xdplb figure of the same round behind the same harness.
+func (s *pktSeries) addHarnessedVs(plain, floor, xdplb, base float64) {
+	s.addHarnessed(plain, floor, xdplb)
+	harness := floor - plain
+	s.vs = append(s.vs, (xdplb-harness)/(base-harness))
 }
 
 // pktSingles holds single-run figures of one family, one IQM per round.
@@ -132,6 +181,10 @@ type pktBench struct {
 	newXdplb, newFloor []*progs.NewFlowHarness
 	inserted           int // flows the xdplb harness runs created
 	fillNote           string
+	// limitedIDs are the rate-limited VIPs' ids, per family; limited the
+	// flows sent to them, retries included.
+	limitedIDs []uint32
+	limited    int
 
 	// nat is the NAT rows' lab, datapath and cases.
 	nat           *pktNAT
@@ -216,6 +269,9 @@ func runPacketCost(ctx context.Context, c Config) (Section, error) {
 		if err := b.checkNoDrops(); err != nil {
 			return err
 		}
+		if err := b.checkLimits(); err != nil {
+			return fmt.Errorf("rate-limited vips: %w", err)
+		}
 		if b.snatExhausted, err = b.nat.checkCounters(); err != nil {
 			return err
 		}
@@ -261,7 +317,7 @@ func pktConntrackSize(p pktParams) (uint32, error) {
 	if err != nil {
 		return 0, fmt.Errorf("possible cpus: %w", err)
 	}
-	need := len(pktFamilies)*(p.rounds*(p.newFlows+p.newRepeat*(p.retries+1))+3)*9/8 + 1024*cpus
+	need := len(pktFamilies)*(p.rounds*(p.newFlows+p.newRepeat*(p.retries+1))+pktCheckFlows)*9/8 + 1024*cpus
 	size := uint32(1 << 16)
 	for int(size) < need {
 		size <<= 1
@@ -315,17 +371,27 @@ func pktNewBench(log *slog.Logger, p pktParams, bpffs, natBPFFS string) (*pktBen
 // configure writes a TCP and a UDP VIP per family, each with one DR
 // backend that leaves by the ingress interface (BPF_PROG_TEST_RUN's
 // ingress is lo), so forwarding is XDP_TX like the floor's. The lookup
-// table has the default size and names that backend in every slot.
+// table has the default size and names that backend in every slot. A
+// third VIP per family, TCP on pktLimitedPort, is the first one again
+// with a new-flow rate limit (pktRateLimit) and nothing else changed.
 func (b *pktBench) configure() error {
 	id := uint32(0)
 	for _, fam := range pktFamilies {
-		for _, k := range []loader.VIPKey{
-			{Addr: fam.vip, Port: pktTCPPort, Proto: loader.ProtoTCP},
-			{Addr: fam.vip, Port: pktUDPPort, Proto: loader.ProtoUDP},
+		for _, v := range []struct {
+			key   loader.VIPKey
+			limit loader.RateLimit
+		}{
+			{key: loader.VIPKey{Addr: fam.vip, Port: pktTCPPort, Proto: loader.ProtoTCP}},
+			{key: loader.VIPKey{Addr: fam.vip, Port: pktUDPPort, Proto: loader.ProtoUDP}},
+			{key: loader.VIPKey{Addr: fam.vip, Port: pktLimitedPort, Proto: loader.ProtoTCP}, limit: pktRateLimit},
 		} {
 			id++
-			if err := b.dp.PutVIP(k, loader.VIPMeta{ID: id, Mode: loader.ModeDR, Hash: loader.HashMaglev}); err != nil {
+			meta := loader.VIPMeta{ID: id, Mode: loader.ModeDR, Hash: loader.HashMaglev, RateLimit: v.limit}
+			if err := b.dp.PutVIP(v.key, meta); err != nil {
 				return err
+			}
+			if v.limit != (loader.RateLimit{}) {
+				b.limitedIDs = append(b.limitedIDs, id)
 			}
 			be := loader.Backend{ID: id, VIPID: id, Addr: fam.backend, MAC: pktBackendMAC, SrcMAC: pktLBOutMAC, Ifindex: 1}
 			if err := b.dp.PutBackend(be); err != nil {
@@ -341,11 +407,12 @@ func (b *pktBench) configure() error {
 		}
 		var fr [pktNumPaths][]byte
 		flows := [pktNumPaths]pktFlow{
-			pktEstablished: {src: fam.client, dst: fam.vip, sport: 40000, dport: pktTCPPort, ack: true},
-			pktUDP:         {src: fam.client, dst: fam.vip, sport: 40000, dport: pktUDPPort, udp: true},
-			pktNew:         {src: fam.client, dst: fam.vip, sport: 40001, dport: pktTCPPort, syn: true},
-			pktNewFull:     {src: fam.client, dst: fam.vip, sport: 40001, dport: pktTCPPort, syn: true},
-			pktPassPath:    {src: fam.client, dst: fam.other, sport: 40000, dport: pktTCPPort, ack: true},
+			pktEstablished:    {src: fam.client, dst: fam.vip, sport: 40000, dport: pktTCPPort, ack: true},
+			pktUDP:            {src: fam.client, dst: fam.vip, sport: 40000, dport: pktUDPPort, udp: true},
+			pktNew:            {src: fam.client, dst: fam.vip, sport: 40001, dport: pktTCPPort, syn: true},
+			pktNewFull:        {src: fam.client, dst: fam.vip, sport: 40001, dport: pktTCPPort, syn: true},
+			pktNewFullLimited: {src: fam.client, dst: fam.vip, sport: 40001, dport: pktLimitedPort, syn: true},
+			pktPassPath:       {src: fam.client, dst: fam.other, sport: 40000, dport: pktTCPPort, ack: true},
 		}
 		for path := range pktNATFirst {
 			var err error
@@ -422,6 +489,7 @@ func (b *pktBench) check() error {
 			{"first udp packet", fr[pktUDP], pktXDPTX, pktDRRewrite(fr[pktUDP])},
 			{pktPathNames[pktUDP], fr[pktUDP], pktXDPTX, pktDRRewrite(fr[pktUDP])},
 			{pktPathNames[pktNew], fr[pktNew], pktXDPTX, pktDRRewrite(fr[pktNew])},
+			{pktPathNames[pktNewFullLimited], fr[pktNewFullLimited], pktXDPTX, pktDRRewrite(fr[pktNewFullLimited])},
 			{pktPathNames[pktPassPath], fr[pktPassPath], pktXDPPass, fr[pktPassPath]},
 		}
 		for _, s := range steps {
@@ -433,22 +501,77 @@ func (b *pktBench) check() error {
 		if err != nil {
 			return err
 		}
-		if after-before != 3 {
-			return fmt.Errorf("%s: %d connection-table entries created, want 3 (tcp, udp, new flow)", fam.name, after-before)
+		if after-before != pktCheckFlows {
+			return fmt.Errorf("%s: %d connection-table entries created, want %d (tcp, udp, a new flow to each tcp vip)",
+				fam.name, after-before, pktCheckFlows)
 		}
 		// The harnesses: a new tuple each run, forwarded as the SYN is.
-		for _, h := range []*progs.NewFlowHarness{b.newXdplb[i], b.newFloor[i]} {
-			opts := ebpf.RunOptions{Data: fr[pktNew], DataOut: make([]byte, len(fr[pktNew])+256)}
-			v, err := h.Program().Run(&opts)
-			if err != nil {
-				return fmt.Errorf("%s new-flow harness: %w", fam.name, err)
+		for _, path := range []pktPath{pktNew, pktNewFullLimited} {
+			for _, h := range []*progs.NewFlowHarness{b.newXdplb[i], b.newFloor[i]} {
+				opts := ebpf.RunOptions{Data: fr[path], DataOut: make([]byte, len(fr[path])+256)}
+				v, err := h.Program().Run(&opts)
+				if err != nil {
+					return fmt.Errorf("%s new-flow harness: %w", fam.name, err)
+				}
+				if v != pktXDPTX || !bytes.Equal(opts.DataOut[:12], pktDRRewrite(fr[path])[:12]) &&
+					!bytes.Equal(opts.DataOut[:12], pktMACSwap(fr[path])[:12]) {
+					return fmt.Errorf("%s new-flow harness, %s: verdict %d, MACs %x", fam.name, pktPathNames[path], v, opts.DataOut[:12])
+				}
 			}
-			if v != pktXDPTX || !bytes.Equal(opts.DataOut[:12], pktDRRewrite(fr[pktNew])[:12]) &&
-				!bytes.Equal(opts.DataOut[:12], pktMACSwap(fr[pktNew])[:12]) {
-				return fmt.Errorf("%s new-flow harness: verdict %d, MACs %x", fam.name, v, opts.DataOut[:12])
-			}
+			b.inserted++
 		}
-		b.inserted++
+		b.limited += 2 // the check's SYN and its harness run
+	}
+	return b.checkLimits()
+}
+
+// checkLimits makes sure the rate-limited VIPs, and only they, read back
+// from the maps with their limit, and that none of them refused a flow
+// (rate_limited, and every reason of their own drop counters): a timing
+// that included refusals would not be the cost of taking a token. Before
+// timing and after the rounds; checkNotRefused after every round.
+func (b *pktBench) checkLimits() error {
+	vips, err := b.dp.VIPs()
+	if err != nil {
+		return err
+	}
+	limited := 0
+	for k, m := range vips {
+		isLimited := k.Port == pktLimitedPort
+		if isLimited && m.RateLimit != pktRateLimit || !isLimited && m.RateLimit != (loader.RateLimit{}) {
+			return fmt.Errorf("vip %v reads back rate limit %+v", k, m.RateLimit)
+		}
+		if isLimited {
+			limited++
+		}
+	}
+	if limited != len(b.limitedIDs) {
+		return fmt.Errorf("%d rate-limited vips read back, want %d", limited, len(b.limitedIDs))
+	}
+	vipDrops, err := b.dp.VIPDropCounters()
+	if err != nil {
+		return err
+	}
+	errs := []error{b.checkNotRefused()}
+	for _, id := range b.limitedIDs {
+		for reason, n := range vipDrops[id] {
+			errs = append(errs, fmt.Errorf("rate-limited vip %d dropped %d new flows (%s)", id, n, reason))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkNotRefused makes sure rate_limited is still 0: a few per-CPU
+// counters, read between rounds, where the VIPs' own drop counters (a
+// counter per VIP and reason on every CPU) would push more of the timed
+// state out of the caches before the next round.
+func (b *pktBench) checkNotRefused() error {
+	drops, err := b.dp.DropCounters()
+	if err != nil {
+		return err
+	}
+	if n := drops["rate_limited"]; n != 0 {
+		return fmt.Errorf("%d new flows refused as rate_limited", n)
 	}
 	return nil
 }
@@ -564,7 +687,7 @@ func (b *pktBench) measureRound(round int) error {
 			if round%2 == 1 {
 				progsInOrder[0], progsInOrder[1] = progsInOrder[1], progsInOrder[0]
 			}
-			if path == pktNewFull {
+			if pktTableFullOnly(path) {
 				continue // measureFullRound, once the table is full
 			}
 			for _, prog := range progsInOrder {
@@ -576,7 +699,7 @@ func (b *pktBench) measureRound(round int) error {
 				var ns float64
 				var err error
 				if path == pktNew {
-					ns, err = b.newFlowRun(fi, isFloor)
+					ns, err = b.newFlowRun(fi, path, isFloor)
 				} else {
 					ns, err = b.perPacket(prog, fr[path], verdict)
 				}
@@ -598,7 +721,7 @@ func (b *pktBench) measureRound(round int) error {
 		}
 		b.singles[fi].extra = append(b.singles[fi].extra, xdplb[pktEstablished]+extra)
 		for path := range pktNATFirst {
-			if path != pktNewFull {
+			if !pktTableFullOnly(path) {
 				b.series[fi][path].add(floor[path], xdplb[path])
 			}
 		}
@@ -609,18 +732,23 @@ func (b *pktBench) measureRound(round int) error {
 	return nil
 }
 
-// newFlowRun times family fi's SYN through its new-flow harness, with
-// xdplb or the floor as the target: every repeat is a 5-tuple never seen
-// before, and the harness's own cost is in both figures.
-func (b *pktBench) newFlowRun(fi int, floor bool) (float64, error) {
+// newFlowRun times family fi's SYN of path (to the port-80 VIP, or to
+// the rate-limited one) through its new-flow harness, with xdplb or the
+// floor as the target: every repeat is a 5-tuple never seen before, and
+// the harness's own cost is in both figures. The harness's sequence is
+// the family's, whichever VIP the SYN is for, so no tuple repeats.
+func (b *pktBench) newFlowRun(fi int, path pktPath, floor bool) (float64, error) {
 	h := b.newXdplb[fi]
 	if floor {
 		h = b.newFloor[fi]
 	}
 	runs := b.runs
-	ns, err := b.perPacketN(h.Program(), b.frames[fi][pktNew], pktXDPTX, b.p.newRepeat)
+	ns, err := b.perPacketN(h.Program(), b.frames[fi][path], pktXDPTX, b.p.newRepeat)
 	if !floor {
 		b.inserted += (b.runs - runs) * b.p.newRepeat
+		if path == pktNewFullLimited {
+			b.limited += (b.runs - runs) * b.p.newRepeat
+		}
 	}
 	return ns, err
 }
@@ -646,23 +774,39 @@ func (b *pktBench) fill() error {
 }
 
 // measureFullRound times new flows into the full table, floor and xdplb
-// through their harnesses side by side, order alternating by round.
+// through their harnesses side by side, then xdplb's SYN to the
+// rate-limited VIP through the same harness, right after the port-80
+// VIP's; and the floor alone on the SYN, which gives the harness's cost.
+// The order reverses every round, so the runs with and without a limit
+// take turns going first. After every round no flow may have been refused
+// (checkNotRefused).
 func (b *pktBench) measureFullRound(round int) error {
 	for fi, fam := range pktFamilies {
-		var floor, xdplb float64
-		for i := range 2 {
-			isFloor := (i == 0) == (round%2 == 0)
-			ns, err := b.newFlowRun(fi, isFloor)
-			if err != nil {
-				return fmt.Errorf("%s %s: %w", fam.name, pktPathNames[pktNewFull], err)
+		runs := []struct {
+			path pktPath
+			run  func() (float64, error)
+		}{
+			{pktNewFullLimited, func() (float64, error) { return b.perPacket(b.floor, b.frames[fi][pktNewFull], pktXDPTX) }},
+			{pktNewFull, func() (float64, error) { return b.newFlowRun(fi, pktNewFull, true) }},
+			{pktNewFull, func() (float64, error) { return b.newFlowRun(fi, pktNewFull, false) }},
+			{pktNewFullLimited, func() (float64, error) { return b.newFlowRun(fi, pktNewFullLimited, false) }},
+		}
+		var ns [4]float64
+		for i := range runs {
+			if round%2 == 1 {
+				i = len(runs) - 1 - i
 			}
-			if isFloor {
-				floor = ns
-			} else {
-				xdplb = ns
+			var err error
+			if ns[i], err = runs[i].run(); err != nil {
+				return fmt.Errorf("%s %s: %w", fam.name, pktPathNames[runs[i].path], err)
 			}
 		}
+		plain, floor, xdplb, limited := ns[0], ns[1], ns[2], ns[3]
 		b.series[fi][pktNewFull].add(floor, xdplb)
+		b.series[fi][pktNewFullLimited].addHarnessedVs(plain, floor, limited, xdplb)
+	}
+	if err := b.checkNotRefused(); err != nil {
+		return fmt.Errorf("rate-limited vips: %w", err)
 	}
 	return nil
 }
@@ -758,7 +902,7 @@ func (b *pktBench) afterChecks() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	want := len(pktFamilies)*(3+b.p.rounds*b.p.newFlows) + b.inserted
+	want := len(pktFamilies)*(pktCheckFlows+b.p.rounds*b.p.newFlows) + b.inserted
 	var notes []string
 	if entries != want {
 		notes = append(notes, fmt.Sprintf("**The connection table holds %d entries, %d flows were created: "+

@@ -49,6 +49,9 @@ func (b *pktBench) section(extraNotes []string) Section {
 				worst, worstFam = ratio, fam.name
 			}
 		}
+		if vs, ok := pktVs[path]; ok {
+			s.Targets = append(s.Targets, b.vsTarget(path, vs.name, vs.limit))
+		}
 		if pktLimits[path] == 0 {
 			continue
 		}
@@ -66,6 +69,24 @@ func (b *pktBench) section(extraNotes []string) Section {
 	}
 	s.Notes = append(extraNotes, b.notes()...)
 	return s
+}
+
+// vsTarget holds path's xdplb figure to its base row's, the harness's
+// cost taken out of both (pktSeries.vs), the worse family's median.
+func (b *pktBench) vsTarget(path pktPath, name string, limit float64) Target {
+	worst, worstFam := 0.0, ""
+	for fi, fam := range pktFamilies {
+		if vs := pktMedian(b.series[fi][path].vs); vs > worst {
+			worst, worstFam = vs, fam.name
+		}
+	}
+	return Target{
+		Name:   fmt.Sprintf("packet: %s, worse of IPv4/IPv6 (%s), new-flow harness taken out", name, worstFam),
+		Got:    worst,
+		Limit:  limit,
+		AtMost: true,
+		Unit:   "x",
+	}
 }
 
 func (b *pktBench) method() string {
@@ -88,7 +109,17 @@ func (b *pktBench) method() string {
 		"%d entries): *not full* (sized so that no insert of the run evicts, checked afterwards) and *full* (filled "+
 		"with new flows first, so every insert evicts the least recently used entry: the steady state of a load "+
 		"balancer that has seen more flows than its table holds). The target uses the full table, the state a busy "+
-		"LB stays in. Figures are medians over rounds; ratios are the median of each round's xdplb/floor. "+
+		"LB stays in. *Limits*: per family a third VIP, TCP port %d, configured as the port-%d one (DR, one backend, "+
+		"a lookup table of the default size naming it) but with a new-flow rate limit (`vip add --max-new-flows "+
+		"%d,burst=%d`: the bucket alone holds more than every flow the section sends it, so even a clock that stood "+
+		"still would refuse none, and every timed SYN takes a token). In every table-full round its SYN runs through "+
+		"the same new-flow harness right beside the port-%d VIP's (the two take turns going first), and the floor "+
+		"also alone on the SYN: *harness ns* is the floor behind the harness less the floor alone, and the target "+
+		"holds (with the limit - harness ns) / (without - harness ns), the median of the rounds' ratios. Before "+
+		"timing the limits are read back from the maps (the port-%d VIPs', and only theirs); after every round "+
+		"rate_limited must still be 0, and after the last those VIPs' own drop counters empty, else the section "+
+		"fails: a figure that included refusals would not be the cost of taking a token. "+
+		"Figures are medians over rounds; ratios are the median of each round's xdplb/floor. "+
 		"Every program a timed run starts is also attached to a veth of the benchmark that stays down, so the "+
 		"test run finds it in the kernel's XDP dispatcher already and does not add and remove it around every "+
 		"run (a few hundred µs of CPU in each syscall, which made every run of few repeats, the new-flow runs, "+
@@ -115,7 +146,9 @@ func (b *pktBench) method() string {
 		"by field (the harness writes their source), and afterwards no drop and no packet passed to the kernel "+
 		"(fib_failed, fib_no_neigh, egress_not_xdp, ttl_exceeded, frag_needed all 0); a benchmark of the pass "+
 		"path would fail the section.",
-		b.p.rounds, b.p.repeat, b.p.retries, b.p.newRepeat, b.dp.ConntrackSize(), pktNATPort, pktFullNATPort, pktBackendPort)
+		b.p.rounds, b.p.repeat, b.p.retries, b.p.newRepeat, b.dp.ConntrackSize(),
+		pktLimitedPort, pktTCPPort, pktRateLimit.Rate, pktRateLimit.Burst, pktTCPPort, pktLimitedPort,
+		pktNATPort, pktFullNATPort, pktBackendPort)
 }
 
 func (b *pktBench) notes() []string {
@@ -136,6 +169,7 @@ func (b *pktBench) notes() []string {
 	if b.fillNote != "" {
 		notes = append(notes, b.fillNote)
 	}
+	notes = append(notes, b.limitNotes()...)
 	notes = append(notes,
 		fmt.Sprintf("Frames: IPv4 TCP SYN, TCP ACK and UDP, and IPv6 UDP, are %d bytes as the program sees them "+
 			"(no FCS), padded with L4 payload; an IPv6 TCP frame's headers alone take 74 bytes, so IPv6 TCP frames are "+
@@ -170,6 +204,36 @@ func (b *pktBench) notes() []string {
 		"The machine is shared (2 CPUs, other work running): absolute ns drift between runs, the side-by-side ratios much less.",
 	)
 	return notes
+}
+
+// limitNotes report the limits rows beyond the table: the ratio and the
+// difference per family, and what is not measured and why.
+func (b *pktBench) limitNotes() []string {
+	var parts []string
+	for fi, fam := range pktFamilies {
+		with, without := b.series[fi][pktNewFullLimited], b.series[fi][pktNewFull]
+		var diff []float64
+		for r := range min(len(with.xdplb), len(without.xdplb)) {
+			diff = append(diff, with.xdplb[r]-without.xdplb[r])
+		}
+		parts = append(parts, fmt.Sprintf("%s %.3fx (%.3f..%.3fx over the rounds; with the limit %+.1f ns, the "+
+			"median of the rounds' differences)", fam.name, pktMedian(with.vs), pktQuantile(with.vs, 0),
+			pktQuantile(with.vs, 1), pktMedian(diff)))
+	}
+	return []string{
+		fmt.Sprintf("Limits (this run): a new flow to the VIP with a rate limit over one to the VIP without, table "+
+			"full, the new-flow harness's cost taken out of both: %s. %d new flows went to the rate-limited VIPs "+
+			"(retries included), fewer than one bucket holds (%d), and rate_limited stayed 0 after every round.",
+			strings.Join(parts, "; "), b.limited, pktRateLimit.Burst),
+		"Limits: a backend's connection cap (`backend add --max-conns`) costs nothing per packet, so it has no row: " +
+			"the daemon's reconciler counts each capped backend's established flows from the connection table (at " +
+			"most every CapInterval, 1 s) and takes a full backend out of the VIP's lookup table; the program reads " +
+			"VIP_F_BACKENDS_FULL only when a new flow finds no backend. A VIP whose backends have caps runs the path " +
+			"of the rows without limits; the per-packet cost of limits is the rate limit's alone.",
+		"Limits: the rate limit's bucket is one per VIP, shared by the CPUs (bpf/ratelimit.h). Here one CPU takes " +
+			"every token, so the bucket's cache line stays in its cache; when one VIP's new flows arrive on several " +
+			"CPUs at once, each admission's atomic add moves the line between them, a cost this row does not include.",
+	}
 }
 
 // floorMedians lists the floor's median per family, e.g. "6.12 (IPv4), 6.20 (IPv6)".

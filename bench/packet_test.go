@@ -123,3 +123,35 @@ func TestPacketHarnessedSeries(t *testing.T) {
 		t.Fatalf("harness %v, own %v, ratio %v; want 10, 5, %v", s.harness, s.own, s.ratio, 110.0/30)
 	}
 }
+
+func TestPacketHarnessedVsSeries(t *testing.T) {
+	var s pktSeries
+	// Floor alone 20 ns, behind the harness 30 (harness 10); xdplb
+	// without a limit 1010 ns behind it, with one 1060: 1050 ns of
+	// xdplb's own against 1000, 1.05x.
+	s.addHarnessedVs(20, 30, 1060, 1010)
+	if len(s.vs) != 1 || math.Abs(s.vs[0]-1.05) > 1e-12 || s.harness[0] != 10 || s.xdplb[0] != 1060 {
+		t.Fatalf("vs %v, harness %v, xdplb %v; want 1.05, 10, 1060", s.vs, s.harness, s.xdplb)
+	}
+}
+
+func TestPacketVsRows(t *testing.T) {
+	for path, vs := range pktVs {
+		// Measured in the same rounds as their base, without a floor
+		// target of their own.
+		if pktTableFullOnly(path) != pktTableFullOnly(vs.base) || pktLimits[path] != 0 || vs.limit <= 1 {
+			t.Errorf("%s against %s: rounds or targets do not match", pktPathNames[path], pktPathNames[vs.base])
+		}
+	}
+}
+
+// The rate-limited VIP's bucket holds every flow a full run can send it,
+// retries included: no flow is refused even if the clock stood still.
+func TestPacketRateLimitAdmitsAll(t *testing.T) {
+	for _, quick := range []bool{false, true} {
+		p := pktParamsFor(quick)
+		if most := p.rounds*p.newRepeat*(p.retries+1) + 2; most >= int(pktRateLimit.Burst) {
+			t.Errorf("quick %v: up to %d flows to a bucket of %d", quick, most, pktRateLimit.Burst)
+		}
+	}
+}

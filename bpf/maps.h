@@ -146,6 +146,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } events SEC(".maps");
 
+/* Drops of packets to a VIP, by VIP id * DROP_REASON_MAX + reason: only
+ * the drop paths that know the VIP (a new flow refused) count here, beside
+ * drops. The loader sizes it with the VIPs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_VIPS * DROP_REASON_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vip_drops SEC(".maps");
+
+/* VIP id -> its new-flow rate limit (struct vip_rate), read only for a VIP
+ * with VIP_F_RATE_LIMIT. Shared by the CPUs, not per CPU: the limit holds
+ * for the VIP whatever RSS does, at the cost of one atomic add on a shared
+ * line per flow admitted (never per established packet, nor per refusal). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct vip_rate);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vip_rates SEC(".maps");
+
 /* ICMP errors about a VIP's flows forwarded or translated, by VIP id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -63,10 +63,15 @@ static __always_inline __u32 flow_hash(const struct flow_key *k, __u8 sched)
 }
 
 /* Why a VIP has no backend for a new flow: every configured backend failed
- * its checks (the control plane says so in vip_meta), or none is in service. */
+ * its checks, every one that passes them is at its connection cap (the
+ * control plane says which in vip_meta), or none is in service. */
 static __always_inline enum drop_reason no_backend_reason(const struct vip_meta *meta)
 {
-	return meta->flags & VIP_F_NO_HEALTHY ? DROP_NO_HEALTHY_BACKEND : DROP_NO_BACKEND;
+	if (meta->flags & VIP_F_NO_HEALTHY)
+		return DROP_NO_HEALTHY_BACKEND;
+	if (meta->flags & VIP_F_BACKENDS_FULL)
+		return DROP_BACKENDS_FULL;
+	return DROP_NO_BACKEND;
 }
 
 /* Returns the backend id for a new flow, or 0 with *reason set. */

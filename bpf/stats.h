@@ -26,6 +26,19 @@ static __always_inline void count_drop(enum drop_reason reason)
 		*c += 1;
 }
 
+/* A drop of a packet to a known VIP: counted by reason, and by VIP and
+ * reason. Drop paths only. */
+static __always_inline void count_vip_drop(__u32 vip_id, enum drop_reason reason)
+{
+	__u32 key = vip_id * DROP_REASON_MAX + reason;
+	__u64 *c;
+
+	count_drop(reason);
+	c = bpf_map_lookup_elem(&vip_drops, &key);
+	if (c)
+		*c += 1;
+}
+
 /* Every verdict leaves through here so xdp_actions sees all of them. */
 static __always_inline int count_action(__u32 ingress_ifindex, int action)
 {

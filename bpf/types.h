@@ -31,7 +31,9 @@ enum drop_reason {
 	DROP_NAT_TABLE_FULL = 9,  /* nat_flows has no room for the flow's reply translation */
 	DROP_NAT_CONFLICT = 10,   /* a NAT flow's reply 5-tuple is a live flow's of another VIP or a full-NAT mapping */
 	DROP_ANSWER_FAILED = 11,  /* an ICMP answer (router.h) could not be finished once begun */
-	DROP_REASON_MAX = 12,
+	DROP_RATE_LIMITED = 12,   /* a new flow over its VIP's new-flow rate limit (ratelimit.h) */
+	DROP_BACKENDS_FULL = 13,  /* every backend that could take a new flow is at its connection cap */
+	DROP_REASON_MAX = 14,
 };
 
 /* Packets not dropped but worth counting (map events): the NAT paths
@@ -85,6 +87,30 @@ enum vip_flags {
 	/* Backends are configured but all failed their checks: a new flow is
 	 * counted as DROP_NO_HEALTHY_BACKEND rather than DROP_NO_BACKEND. */
 	VIP_F_NO_HEALTHY = 1,
+	/* The VIP has a new-flow rate limit (map vip_rates): a VIP without
+	 * one pays the test of this bit and nothing else. */
+	VIP_F_RATE_LIMIT = 2,
+	/* Every backend that passes its checks is at its connection cap, so
+	 * the control plane took them all out of the table: a new flow is
+	 * counted as DROP_BACKENDS_FULL rather than DROP_NO_BACKEND. */
+	VIP_F_BACKENDS_FULL = 4,
+};
+
+/* A VIP's new-flow rate limit (map vip_rates, by VIP id), a GCRA token
+ * bucket (ratelimit.h) on the rate clock: bpf_jiffies64() <<
+ * RATE_CLOCK_SHIFT, fine enough that a period of 10,000,000 flows a second
+ * at HZ=100 is 168 units, off by 0.14%. rate and burst are the operator's;
+ * the loader derives period and tau from them with the measured HZ. */
+enum rate_clock {
+	RATE_CLOCK_SHIFT = 24,
+};
+
+struct vip_rate {
+	__u32 rate;   /* new flows a second; 0: none */
+	__u32 burst;  /* flows that may come at once after a quiet spell; >= 1 */
+	__u64 period; /* rate clock units between two flows at the rate */
+	__u64 tau;    /* (burst - 1) * period: how far the schedule may run ahead of now */
+	__u64 tat;    /* when the next flow is due at the rate; the program's alone, 0 at a change */
 };
 
 /* One backend of one VIP; the same server behind two VIPs has two ids. */

@@ -7,6 +7,7 @@
 #include "parse.h"
 #include "stats.h"
 #include "sched.h"
+#include "ratelimit.h"
 #include "conntrack.h"
 #include "vipfilter.h"
 #include "dr.h"
@@ -23,6 +24,7 @@ const enum backend_flags unused_backend_flags __attribute__((unused));
 const enum vip_flags unused_vip_flags __attribute__((unused));
 const enum flow_flags unused_flow_flags __attribute__((unused));
 const enum nat_flags unused_nat_flags __attribute__((unused));
+const enum rate_clock unused_rate_clock __attribute__((unused));
 const struct nat_state unused_nat_state __attribute__((unused));
 
 /* The rare paths with no port to match: ours (a VIP address) or not. */
@@ -34,9 +36,10 @@ static __always_inline int drop_if_vip_addr(const struct pkt *p, enum drop_reaso
 	return XDP_DROP;
 }
 
-static __always_inline int drop(enum drop_reason reason)
+/* A new flow of a VIP refused: counted for the VIP too. */
+static __always_inline int drop_vip(__u32 vip_id, enum drop_reason reason)
 {
-	count_drop(reason);
+	count_vip_drop(vip_id, reason);
 	return XDP_DROP;
 }
 
@@ -55,7 +58,7 @@ static __always_inline int place(struct xdp_md *ctx, __u32 ifindex, const struct
 	struct vip_key vk = {};
 	struct vip_meta *meta;
 	struct backend *be = NULL;
-	__u32 vip_id, bid, ct_flags;
+	__u32 vip_id, bid = 0, ct_flags;
 
 	__builtin_memcpy(vk.addr, p->flow.dst, sizeof(vk.addr));
 	vk.port = p->flow.dport;
@@ -66,21 +69,29 @@ static __always_inline int place(struct xdp_md *ctx, __u32 ifindex, const struct
 	vip_id = meta->vip_id;
 	ct_flags = conntrack_new_flags(fv, p);
 
-	bid = schedule(p, meta, &reason);
-	if (bid) {
-		be = backend_for(bid, vip_id);
-		if (!be)
-			reason = DROP_BACKEND_INVALID;
+	/* A VIP without a rate limit pays this one test. A packet that opens
+	 * a flow takes a token (a TCP SYN, a UDP datagram with no entry); one
+	 * of a flow placed again (its backend gone, its entry evicted, a
+	 * restart) belongs to a flow that is already open, and takes none. */
+	if ((meta->flags & VIP_F_RATE_LIMIT) && !(ct_flags & FLOW_F_ESTABLISHED) && !rate_admit(vip_id)) {
+		reason = DROP_RATE_LIMITED;
+	} else {
+		bid = schedule(p, meta, &reason);
+		if (bid) {
+			be = backend_for(bid, vip_id);
+			if (!be)
+				reason = DROP_BACKEND_INVALID;
+		}
 	}
 	/* The VIP counts every packet sent to it, a flow only once placed. */
 	count_lb(&vip_stats, vip_id, p->len, be != NULL);
 	if (!be)
-		return drop(reason);
+		return drop_vip(vip_id, reason);
 	if (backend_is_nat(be)) {
 		int ret = nat_new_flow(ctx, ifindex, p, be, bid, vip_id, ct_flags, &reason);
 
 		if (reason != DROP_NONE)
-			return drop(reason);
+			return drop_vip(vip_id, reason);
 		count_lb(&backend_stats, bid, p->len, 1);
 		return ret;
 	}

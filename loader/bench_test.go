@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"net/netip"
 	"os"
 	"strconv"
 	"testing"
@@ -121,9 +122,16 @@ func BenchmarkProgram(b *testing.B) {
 	}
 	b.Cleanup(func() { d.Remove() })
 	setupVIPs(b, d)
+	// VIP 5, port 81: the new flows of vip4TCP's, through a rate limit
+	// that admits them all (1e8 at once beyond 1e7 a second).
+	limited := VIPKey{Addr: vipAddr4, Port: 81, Proto: ProtoTCP}
+	must(b, d.PutVIP(limited, VIPMeta{ID: 5, Mode: ModeDR, Hash: HashMaglev, RateLimit: RateLimit{Rate: 10_000_000, Burst: 100_000_000}}))
+	putBackend(b, d, 5, 5, netip.MustParseAddr("10.0.1.5"), loIfindex)
+	must(b, d.PutLookupTable(5, fill(d.LookupTableSize(), 5)))
 	floor := floorProgram(b)
 
 	syn4 := flow{src: client4, dst: vipAddr4, dport: 80, syn: true}.build(b)
+	syn4Limited := flow{src: client4, dst: vipAddr4, dport: 81, syn: true}.build(b)
 	syn6 := flow{src: client6, dst: vipAddr6, dport: 80, syn: true}.build(b)
 	frames := []struct {
 		name    string
@@ -140,6 +148,7 @@ func BenchmarkProgram(b *testing.B) {
 		{"vip address other port", d.Program(), flow{src: client4, dst: vipAddr4, dport: 8080}.build(b), xdpPass},
 		{"new flow wrapper floor", newFlowWrapper(b, floor, sport4, srcLastByte4), syn4, xdpTX},
 		{"new flow ipv4 tcp", newFlowWrapper(b, d.Program(), sport4, srcLastByte4), syn4, xdpTX},
+		{"new flow ipv4 tcp rate limited", newFlowWrapper(b, d.Program(), sport4, srcLastByte4), syn4Limited, xdpTX},
 		{"new flow ipv6 tcp", newFlowWrapper(b, d.Program(), sport6, srcLastByte6), syn6, xdpTX},
 	}
 	for _, f := range frames {

@@ -3,6 +3,7 @@ package loader
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 	"net"
 	"net/netip"
 )
@@ -171,16 +172,49 @@ func vipMetaToC(m VIPMeta) xdplbVipMeta {
 	if m.NoHealthy {
 		flags |= uint16(xdplbVipFlagsVIP_F_NO_HEALTHY)
 	}
+	if m.BackendsFull {
+		flags |= uint16(xdplbVipFlagsVIP_F_BACKENDS_FULL)
+	}
+	if m.RateLimit.Rate != 0 {
+		flags |= uint16(xdplbVipFlagsVIP_F_RATE_LIMIT)
+	}
 	return xdplbVipMeta{VipId: m.ID, Mode: uint8(m.Mode), Sched: uint8(m.Hash), Flags: flags}
 }
 
-func vipMetaFromC(m xdplbVipMeta) VIPMeta {
+// vipMetaFromC is m without its rate limit, which is in vip_rates:
+// rateLimited says whether it has one.
+func vipMetaFromC(m xdplbVipMeta) (meta VIPMeta, rateLimited bool) {
 	return VIPMeta{
-		ID:        m.VipId,
-		Mode:      ForwardMode(m.Mode),
-		Hash:      HashKind(m.Sched),
-		NoHealthy: m.Flags&uint16(xdplbVipFlagsVIP_F_NO_HEALTHY) != 0,
+		ID:           m.VipId,
+		Mode:         ForwardMode(m.Mode),
+		Hash:         HashKind(m.Sched),
+		NoHealthy:    m.Flags&uint16(xdplbVipFlagsVIP_F_NO_HEALTHY) != 0,
+		BackendsFull: m.Flags&uint16(xdplbVipFlagsVIP_F_BACKENDS_FULL) != 0,
+	}, m.Flags&uint16(xdplbVipFlagsVIP_F_RATE_LIMIT) != 0
+}
+
+// rateToC is the vip_rates entry of l (all zero for none) on a clock of
+// hz ticks a second: a period of hz << RATE_CLOCK_SHIFT / Rate units,
+// rounded, and a bucket state (tat) of 0, which is a full bucket.
+func rateToC(l RateLimit, hz uint64) (xdplbVipRate, error) {
+	if l.Rate == 0 {
+		if l.Burst != 0 {
+			return xdplbVipRate{}, fmt.Errorf("%w: rate limit burst %d without a rate", ErrInvalid, l.Burst)
+		}
+		return xdplbVipRate{}, nil
 	}
+	if l.Burst == 0 {
+		return xdplbVipRate{}, fmt.Errorf("%w: rate limit burst 0: want 1 or more", ErrInvalid)
+	}
+	unit := hz << uint64(xdplbRateClockRATE_CLOCK_SHIFT)
+	period := max((unit+uint64(l.Rate)/2)/uint64(l.Rate), 1)
+	// The bucket compares its numbers signed: tau stays far below 2^63
+	// (a burst of 100,000,000 at one flow a second and HZ=1000 is 2^60.5).
+	hi, tau := bits.Mul64(uint64(l.Burst-1), period)
+	if hi != 0 || tau >= 1<<62 {
+		return xdplbVipRate{}, fmt.Errorf("%w: rate limit burst %d: too many seconds of a rate of %d", ErrInvalid, l.Burst, l.Rate)
+	}
+	return xdplbVipRate{Rate: l.Rate, Burst: l.Burst, Period: period, Tau: tau}, nil
 }
 
 func (b xdplbBackend) valid() bool {

@@ -576,7 +576,7 @@ func TestCounters(t *testing.T) {
 	}
 	drops, err := d.DropCounters()
 	must(t, err)
-	names := []string{"no_backend", "backend_invalid", "malformed_l4", "fragment", "ipv6_ext", "redirect_failed", "no_healthy_backend", "snat_exhausted", "nat_table_full", "nat_conflict", "answer_failed"}
+	names := []string{"no_backend", "backend_invalid", "malformed_l4", "fragment", "ipv6_ext", "redirect_failed", "no_healthy_backend", "snat_exhausted", "nat_table_full", "nat_conflict", "answer_failed", "rate_limited", "backends_full"}
 	if len(drops) != len(names) {
 		t.Errorf("drop reasons %v, want exactly %v", drops, names)
 	}

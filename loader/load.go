@@ -185,7 +185,7 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 // build changes one's size (a drop reason added), its pin is replaced and
 // the counters restart from zero, rather than refusing every pin and the
 // connection table with them.
-var counterPins = []string{xdplbMapDrops, xdplbMapEvents, xdplbMapXdpActions}
+var counterPins = []string{xdplbMapDrops, xdplbMapEvents, xdplbMapXdpActions, xdplbMapVipDrops}
 
 func replaceStaleCounterPins(spec *ebpf.CollectionSpec, pinDir string, log *slog.Logger) error {
 	for _, name := range counterPins {
@@ -235,6 +235,8 @@ func loadSpec(opts Options) (*ebpf.CollectionSpec, *xdplbSpecs, error) {
 		{s.NatFlows, opts.ConntrackSize}, // at most one translation per flow
 		{s.VipSnat, opts.MaxVIPs},
 		{s.VipIcmp, opts.MaxVIPs},
+		{s.VipRates, opts.MaxVIPs},
+		{s.VipDrops, opts.MaxVIPs * uint32(xdplbDropReasonDROP_REASON_MAX)},
 		{s.BackendNh, opts.MaxBackends},
 	} {
 		size.m.MaxEntries = size.n

@@ -23,7 +23,14 @@ func (d *Datapath) VIPs() (map[VIPKey]VIPMeta, error) {
 	var m xdplbVipMeta
 	it := d.objs.Vips.Iterate()
 	for it.Next(&k, &m) {
-		meta := vipMetaFromC(m)
+		meta, limited := vipMetaFromC(m)
+		if limited {
+			var r xdplbVipRate
+			if err := d.objs.VipRates.Lookup(meta.ID, &r); err != nil {
+				return nil, fmt.Errorf("read rate limit of vip %d: %w", meta.ID, err)
+			}
+			meta.RateLimit = RateLimit{Rate: r.Rate, Burst: r.Burst}
+		}
 		if meta.Mode == ModeFullNAT {
 			var a [16]byte
 			if err := d.objs.VipSnat.Lookup(meta.ID, &a); err != nil {
@@ -79,9 +86,22 @@ func (d *Datapath) PutVIP(k VIPKey, m VIPMeta) error {
 	if m.Hash != HashMaglev && m.Hash != HashSource {
 		return fmt.Errorf("put vip %s: %w: hash kind %d", k, ErrInvalid, m.Hash)
 	}
+	if m.NoHealthy && m.BackendsFull {
+		return fmt.Errorf("put vip %s: %w: no healthy backend and every backend full at once", k, ErrInvalid)
+	}
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	var rate xdplbVipRate
+	if m.RateLimit != (RateLimit{}) {
+		hz, err := d.ticks.rate()
+		if err != nil {
+			return fmt.Errorf("put vip %s: %w", k, err)
+		}
+		if rate, err = rateToC(m.RateLimit, hz); err != nil {
+			return fmt.Errorf("put vip %s: %w", k, err)
+		}
+	}
 	k = k.canonical()
 	if other, ok := d.vipIDs[m.ID]; ok && other != k {
 		return fmt.Errorf("put vip %s: %w: id %d already used by %s", k, ErrInvalid, m.ID, other)
@@ -92,6 +112,9 @@ func (d *Datapath) PutVIP(k VIPKey, m VIPMeta) error {
 			return fmt.Errorf("put vip %s: %w", k, err)
 		}
 		if err := d.zeroICMPCounter(m.ID); err != nil {
+			return fmt.Errorf("put vip %s: %w", k, err)
+		}
+		if err := d.zeroVIPDrops(m.ID); err != nil {
 			return fmt.Errorf("put vip %s: %w", k, err)
 		}
 	}
@@ -118,6 +141,14 @@ func (d *Datapath) PutVIP(k VIPKey, m VIPMeta) error {
 	if !existed || old.ID != m.ID || old.SNATAddr != m.SNATAddr {
 		if err := d.objs.VipSnat.Put(m.ID, snat); err != nil {
 			return fmt.Errorf("put vip %s: snat address: %w", k, err)
+		}
+	}
+	// Before the meta too: the flag finds its limit written. A change
+	// starts the bucket full; one that changes nothing keeps its state,
+	// across daemon restarts as well.
+	if !existed || old.ID != m.ID || old.RateLimit != m.RateLimit {
+		if err := d.objs.VipRates.Put(m.ID, rate); err != nil {
+			return fmt.Errorf("put vip %s: rate limit: %w", k, err)
 		}
 	}
 	if err := d.objs.Vips.Put(ck, vipMetaToC(m)); err != nil {
@@ -262,6 +293,33 @@ func (d *Datapath) zeroCounters(m *ebpf.Map, id uint32) error {
 	}
 	if err := m.Put(id, make([]xdplbLbCounters, cpus)); err != nil {
 		return fmt.Errorf("reset counters %d: %w", id, err)
+	}
+	return nil
+}
+
+// zeroVIPDrops zeroes the drop counters of VIP id, every reason, in one
+// batch.
+func (d *Datapath) zeroVIPDrops(id uint32) error {
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return err
+	}
+	n := uint32(xdplbDropReasonDROP_REASON_MAX)
+	keys := make([]uint32, n)
+	for r := range n {
+		keys[r] = id*n + r
+	}
+	vals := make([]uint64, int(n)*cpus)
+	_, err = d.objs.VipDrops.BatchUpdate(keys, vals, nil)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		for _, key := range keys {
+			if err = d.objs.VipDrops.Put(key, vals[:cpus]); err != nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("reset drop counters of vip %d: %w", id, err)
 	}
 	return nil
 }

@@ -144,6 +144,32 @@ func (d *Datapath) DropCounters() (map[string]uint64, error) {
 	return out, nil
 }
 
+// VIPDropCounters are the drops of packets to a VIP (a new flow refused:
+// no backend, rate limited, the NAT table full, ...), by VIP id and
+// reason name, summed over CPUs; only the reasons that counted. Drops
+// that name no VIP (fragments, malformed headers, a failed redirect) are
+// in DropCounters alone.
+func (d *Datapath) VIPDropCounters() (map[uint32]map[string]uint64, error) {
+	out := make(map[uint32]map[string]uint64)
+	n := uint32(xdplbDropReasonDROP_REASON_MAX)
+	err := readPerCPU(d.objs.VipDrops, func(key uint32, per []uint64) {
+		c := sum64(per)
+		name, ok := d.dropNames[key%n]
+		if c == 0 || !ok {
+			return
+		}
+		id := key / n
+		if out[id] == nil {
+			out[id] = make(map[string]uint64)
+		}
+		out[id][name] = c
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read vip drop counters: %w", err)
+	}
+	return out, nil
+}
+
 // walkConntrack calls fn for every connection-table entry. The table
 // changes under us; a batch walk gives each entry at most once but may
 // miss entries inserted meanwhile, which is fine for statistics.

@@ -54,6 +54,21 @@ type VIPMeta struct {
 	// SNATAddr is the source address of a ModeFullNAT VIP's translated
 	// packets (map vip_snat); unset for the other modes.
 	SNATAddr netip.Addr
+	// BackendsFull: every backend that passes its checks is at its
+	// connection cap and out of the table; new flows are dropped as
+	// "backends_full" (VIP_F_BACKENDS_FULL).
+	BackendsFull bool
+	// RateLimit caps the new flows the VIP takes (map vip_rates); the
+	// zero value is none.
+	RateLimit RateLimit
+}
+
+// RateLimit is a VIP's new-flow rate limit: Rate new flows a second, up
+// to Burst at once after a quiet spell. All CPUs share one bucket
+// (bpf/ratelimit.h). Rate 0 is no limit.
+type RateLimit struct {
+	Rate  uint32
+	Burst uint32 // >= 1 with a Rate
 }
 
 // Backend is one backend of one VIP as the data plane sees it. A backend

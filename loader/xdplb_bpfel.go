@@ -57,7 +57,9 @@ const (
 	xdplbDropReasonDROP_NAT_TABLE_FULL     xdplbDropReason = 9
 	xdplbDropReasonDROP_NAT_CONFLICT       xdplbDropReason = 10
 	xdplbDropReasonDROP_ANSWER_FAILED      xdplbDropReason = 11
-	xdplbDropReasonDROP_REASON_MAX         xdplbDropReason = 12
+	xdplbDropReasonDROP_RATE_LIMITED       xdplbDropReason = 12
+	xdplbDropReasonDROP_BACKENDS_FULL      xdplbDropReason = 13
+	xdplbDropReasonDROP_REASON_MAX         xdplbDropReason = 14
 )
 
 type xdplbEvent uint32
@@ -157,6 +159,12 @@ type xdplbNextHop struct {
 	Stamp     uint64
 }
 
+type xdplbRateClock uint32
+
+const (
+	xdplbRateClockRATE_CLOCK_SHIFT xdplbRateClock = 24
+)
+
 type xdplbSchedKind uint32
 
 const (
@@ -172,7 +180,9 @@ type xdplbVipBitmap struct {
 type xdplbVipFlags uint32
 
 const (
-	xdplbVipFlagsVIP_F_NO_HEALTHY xdplbVipFlags = 1
+	xdplbVipFlagsVIP_F_NO_HEALTHY    xdplbVipFlags = 1
+	xdplbVipFlagsVIP_F_RATE_LIMIT    xdplbVipFlags = 2
+	xdplbVipFlagsVIP_F_BACKENDS_FULL xdplbVipFlags = 4
 )
 
 type xdplbVipKey struct {
@@ -191,6 +201,15 @@ type xdplbVipMeta struct {
 	Flags uint16
 }
 
+type xdplbVipRate struct {
+	_      structs.HostLayout
+	Rate   uint32
+	Burst  uint32
+	Period uint64
+	Tau    uint64
+	Tat    uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -207,9 +226,11 @@ const (
 	xdplbMapScratch            = "scratch"
 	xdplbMapTxPorts            = "tx_ports"
 	xdplbMapVipAddrs           = "vip_addrs"
+	xdplbMapVipDrops           = "vip_drops"
 	xdplbMapVipFilter          = "vip_filter"
 	xdplbMapVipIcmp            = "vip_icmp"
 	xdplbMapVipKeys            = "vip_keys"
+	xdplbMapVipRates           = "vip_rates"
 	xdplbMapVipSnat            = "vip_snat"
 	xdplbMapVipStats           = "vip_stats"
 	xdplbMapVips               = "vips"
@@ -222,6 +243,7 @@ const (
 	xdplbVarUnusedFwdMode      = "unused_fwd_mode"
 	xdplbVarUnusedNatFlags     = "unused_nat_flags"
 	xdplbVarUnusedNatState     = "unused_nat_state"
+	xdplbVarUnusedRateClock    = "unused_rate_clock"
 	xdplbVarUnusedSchedKind    = "unused_sched_kind"
 	xdplbVarUnusedVipFlags     = "unused_vip_flags"
 )
@@ -288,9 +310,11 @@ type xdplbMapSpecs struct {
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
 	VipAddrs     *ebpf.MapSpec `ebpf:"vip_addrs"`
+	VipDrops     *ebpf.MapSpec `ebpf:"vip_drops"`
 	VipFilter    *ebpf.MapSpec `ebpf:"vip_filter"`
 	VipIcmp      *ebpf.MapSpec `ebpf:"vip_icmp"`
 	VipKeys      *ebpf.MapSpec `ebpf:"vip_keys"`
+	VipRates     *ebpf.MapSpec `ebpf:"vip_rates"`
 	VipSnat      *ebpf.MapSpec `ebpf:"vip_snat"`
 	VipStats     *ebpf.MapSpec `ebpf:"vip_stats"`
 	Vips         *ebpf.MapSpec `ebpf:"vips"`
@@ -307,6 +331,7 @@ type xdplbVariableSpecs struct {
 	UnusedFwdMode      *ebpf.VariableSpec `ebpf:"unused_fwd_mode"`
 	UnusedNatFlags     *ebpf.VariableSpec `ebpf:"unused_nat_flags"`
 	UnusedNatState     *ebpf.VariableSpec `ebpf:"unused_nat_state"`
+	UnusedRateClock    *ebpf.VariableSpec `ebpf:"unused_rate_clock"`
 	UnusedSchedKind    *ebpf.VariableSpec `ebpf:"unused_sched_kind"`
 	UnusedVipFlags     *ebpf.VariableSpec `ebpf:"unused_vip_flags"`
 }
@@ -343,9 +368,11 @@ type xdplbMaps struct {
 	Scratch      *ebpf.Map `ebpf:"scratch"`
 	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
 	VipAddrs     *ebpf.Map `ebpf:"vip_addrs"`
+	VipDrops     *ebpf.Map `ebpf:"vip_drops"`
 	VipFilter    *ebpf.Map `ebpf:"vip_filter"`
 	VipIcmp      *ebpf.Map `ebpf:"vip_icmp"`
 	VipKeys      *ebpf.Map `ebpf:"vip_keys"`
+	VipRates     *ebpf.Map `ebpf:"vip_rates"`
 	VipSnat      *ebpf.Map `ebpf:"vip_snat"`
 	VipStats     *ebpf.Map `ebpf:"vip_stats"`
 	Vips         *ebpf.Map `ebpf:"vips"`
@@ -366,9 +393,11 @@ func (m *xdplbMaps) Close() error {
 		m.Scratch,
 		m.TxPorts,
 		m.VipAddrs,
+		m.VipDrops,
 		m.VipFilter,
 		m.VipIcmp,
 		m.VipKeys,
+		m.VipRates,
 		m.VipSnat,
 		m.VipStats,
 		m.Vips,
@@ -386,6 +415,7 @@ type xdplbVariables struct {
 	UnusedFwdMode      *ebpf.Variable `ebpf:"unused_fwd_mode"`
 	UnusedNatFlags     *ebpf.Variable `ebpf:"unused_nat_flags"`
 	UnusedNatState     *ebpf.Variable `ebpf:"unused_nat_state"`
+	UnusedRateClock    *ebpf.Variable `ebpf:"unused_rate_clock"`
 	UnusedSchedKind    *ebpf.Variable `ebpf:"unused_sched_kind"`
 	UnusedVipFlags     *ebpf.Variable `ebpf:"unused_vip_flags"`
 }

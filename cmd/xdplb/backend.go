@@ -26,18 +26,20 @@ func (e *env) backendCommand() *cli.Command {
 				Flags: []cli.Flag{
 					&cli.IntFlag{Name: "weight", Value: model.DefaultWeight, Usage: "share of new flows, 0-65535 (0: no new flows)"},
 					priorityFlagDef(),
+					maxConnsFlag("none"),
 				},
 				Action: e.backendAdd,
 			},
 			{
 				Name:      "set",
-				Usage:     "change one backend: its weight or pool, or drain it, or enable it again",
+				Usage:     "change one backend: its weight, pool or connection cap, or drain it, or enable it again",
 				ArgsUsage: "VIP ADDR[:PORT]",
 				Flags: []cli.Flag{
 					&cli.IntFlag{Name: "weight", Usage: "new weight, 0-65535"},
 					&cli.BoolFlag{Name: "drain", Usage: "stop sending new flows; open flows continue"},
 					&cli.BoolFlag{Name: "enable", Usage: "undo --drain"},
 					priorityFlagDef(),
+					maxConnsFlag("unchanged"),
 				},
 				Action: e.backendSet,
 			},
@@ -72,6 +74,12 @@ func backendArgs(c *cli.Context) (model.VIPID, netip.Addr, uint16, error) {
 		return model.VIPID{}, netip.Addr{}, 0, usageError{withPath(c, err)}
 	}
 	return id, addr, port, nil
+}
+
+// maxConnsFlag is --max-conns of backend add and set.
+func maxConnsFlag(def string) cli.Flag {
+	return &cli.StringFlag{Name: "max-conns", Usage: "connection cap, " + maxConnsUsage + ": with N open connections the backend takes no new " +
+		"flows (its open ones continue) until it is back at M (default 3/4 of N); 0 or none: no cap", DefaultText: def}
 }
 
 func weightFlag(c *cli.Context) (uint32, error) {
@@ -110,6 +118,13 @@ func (e *env) backendAdd(c *cli.Context) error {
 	if b.Priority, err = priorityFlag(c); err != nil {
 		return err
 	}
+	if c.IsSet("max-conns") {
+		cc, err := connCapFlag(c)
+		if err != nil {
+			return err
+		}
+		b.MaxConns, b.MaxConnsMin = cc.Max, cc.Min
+	}
 	if err := client(c).AddBackend(c.Context, id, b); err != nil {
 		return apiError(c, err)
 	}
@@ -122,13 +137,13 @@ func (e *env) backendSet(c *cli.Context) error {
 		return err
 	}
 	n := 0
-	for _, f := range []string{"weight", "drain", "enable", "priority"} {
+	for _, f := range []string{"weight", "drain", "enable", "priority", "max-conns"} {
 		if c.IsSet(f) {
 			n++
 		}
 	}
 	if n != 1 {
-		return usagef(c, "want exactly one of --weight N, --drain, --enable, --priority N")
+		return usagef(c, "want exactly one of --weight N, --drain, --enable, --priority N, --max-conns %s", maxConnsUsage)
 	}
 	var p model.BackendPatch
 	switch {
@@ -150,6 +165,12 @@ func (e *env) backendSet(c *cli.Context) error {
 			return err
 		}
 		p.Priority = &prio
+	case c.IsSet("max-conns"):
+		cc, err := connCapFlag(c)
+		if err != nil {
+			return err
+		}
+		p.MaxConns = &cc
 	}
 	if err := client(c).SetBackend(c.Context, id, addr, port, p); err != nil {
 		return apiError(c, err)
@@ -199,11 +220,11 @@ func (e *env) backendList(c *cli.Context) error {
 	if len(bs) > 0 && bs[0].Mode.IsNAT() {
 		return writeNATBackends(e.stdout, bs)
 	}
-	pools := pooled(bs)
-	t := newTable(e.stdout, withPool(pools, "POOL", "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MAC")...)
+	pools, caps := pooled(bs), hasCaps(bs)
+	t := newTable(e.stdout, withCap(caps, nil, withPool(pools, "POOL", "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MAC")...)...)
 	for _, b := range bs {
-		t.row(withPool(pools, poolString(b), backendString(b.Address, b.Port), weightString(b),
-			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), orDash(b.MAC))...)
+		t.row(withCap(caps, &b, withPool(pools, poolString(b), backendString(b.Address, b.Port), weightString(b),
+			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), orDash(b.MAC))...)...)
 	}
 	return t.flush()
 }
@@ -236,17 +257,36 @@ func poolString(b api.BackendStatus) string {
 // (the next hop is the kernel's FIB's) but the mode, the egress interface
 // and, for fullnat, the source address the backend sees.
 func writeNATBackends(w io.Writer, bs []api.BackendStatus) error {
-	pools := pooled(bs)
-	t := newTable(w, withPool(pools, "POOL", "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MODE", "IFACE", "SNAT")...)
+	pools, caps := pooled(bs), hasCaps(bs)
+	t := newTable(w, withCap(caps, nil, withPool(pools, "POOL", "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MODE", "IFACE", "SNAT")...)...)
 	for _, b := range bs {
 		snat := "-"
 		if b.SNATAddr.IsValid() {
 			snat = b.SNATAddr.String()
 		}
-		t.row(withPool(pools, poolString(b), backendString(b.Address, b.Port), weightString(b),
-			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), string(b.Mode), orDash(b.Iface), snat)...)
+		t.row(withCap(caps, &b, withPool(pools, poolString(b), backendString(b.Address, b.Port), weightString(b),
+			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), string(b.Mode), orDash(b.Iface), snat)...)...)
 	}
 	return t.flush()
+}
+
+// hasCaps reports whether some backend of bs has a connection cap: only
+// then does `backend list` show the MAX-CONNS column.
+func hasCaps(bs []api.BackendStatus) bool {
+	return slices.ContainsFunc(bs, func(b api.BackendStatus) bool { return b.MaxConns != 0 })
+}
+
+// withCap is a row of `backend list` with, when caps, the MAX-CONNS column
+// last: its title in the header (b nil), else b's cap ("N min M").
+func withCap(caps bool, b *api.BackendStatus, cols ...string) []string {
+	switch {
+	case !caps:
+		return cols
+	case b == nil:
+		return append(cols, "MAX-CONNS")
+	default:
+		return append(cols, capString(b.Backend))
+	}
 }
 
 // weightString is a backend's WEIGHT as `backend list` shows it: the

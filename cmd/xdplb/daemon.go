@@ -52,7 +52,8 @@ func (e *env) daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "xdp-mode", Value: string(loader.DefaultXDPMode), Usage: "native, generic or auto (native, else generic)"},
 			&cli.StringFlag{Name: "state-dir", Value: daemon.DefaultStateDir, Usage: "directory of the persisted desired state"},
 			&cli.StringFlag{Name: "bpffs", Value: loader.DefaultBPFFS, Usage: "bpffs mount; pins go under DIR/xdplb (mounted if it is not a bpffs)"},
-			&cli.StringFlag{Name: "config", Usage: "YAML state file to apply at start"},
+			&cli.StringFlag{Name: "config", Usage: "YAML state file to apply at start, and again on SIGHUP"},
+			&cli.BoolFlag{Name: "watch-config", Usage: "apply --config again whenever the file changes (validated, all or nothing; a bad file is logged and the running state kept)"},
 			&cli.StringFlag{Name: "metrics-addr", Value: api.DefaultMetricsAddr, Usage: "listen address of /metrics (Prometheus), /healthz and /readyz"},
 			&cli.Uint64Flag{Name: "maglev-size", Value: loader.DefaultLookupSize, Usage: "per-VIP lookup table size, a prime"},
 			&cli.Uint64Flag{Name: "conntrack-size", Value: loader.DefaultConntrackSize, Usage: "connection table entries"},
@@ -74,6 +75,9 @@ func (e *env) daemonCommand() *cli.Command {
 func (e *env) daemon(c *cli.Context) error {
 	if err := wantArgs(c, 0, "no arguments (interfaces go in --iface)"); err != nil {
 		return err
+	}
+	if c.Bool("watch-config") && c.String("config") == "" {
+		return usagef(c, "--watch-config needs --config FILE")
 	}
 	var ifaces []string
 	for _, i := range c.StringSlice("iface") {
@@ -114,6 +118,7 @@ func (e *env) daemon(c *cli.Context) error {
 		Options:      opts,
 		StateDir:     c.String("state-dir"),
 		ConfigFile:   c.String("config"),
+		WatchConfig:  c.Bool("watch-config"),
 		MetricsAddr:  c.String("metrics-addr"),
 		SocketPath:   socketPath(c),
 		DetachOnExit: c.Bool("detach-on-exit"),

@@ -75,8 +75,8 @@ func TestDaemonFlags(t *testing.T) {
 		{
 			args: []string{"--socket", "/tmp/x.sock", "daemon", "--iface", "eth0", "--iface", "eth1", "--xdp-mode", "native",
 				"--state-dir", "/s", "--bpffs", "/b", "--config", "/c.yaml", "--metrics-addr", "[::1]:9000",
-				"--maglev-size", "251", "--conntrack-size", "4096", "--snat-ports", "30000-39999", "--half-open-timeout", "5s", "--detach-on-exit", "--recover-state", "--log-level", "debug", "--log-format", "json"},
-			want: daemon.Config{Options: loader.Options{BPFFS: "/b", Interfaces: []string{"eth0", "eth1"}, XDPMode: "native", LookupSize: 251, ConntrackSize: 4096, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends, SNATPorts: loader.PortRange{Lo: 30000, Hi: 39999}, HalfOpenTimeout: 5 * time.Second}, StateDir: "/s", ConfigFile: "/c.yaml", MetricsAddr: "[::1]:9000", SocketPath: "/tmp/x.sock", DetachOnExit: true, RecoverState: true, BGP: bgp.Config{HoldTime: bgp.DefaultHoldTime}},
+				"--maglev-size", "251", "--conntrack-size", "4096", "--snat-ports", "30000-39999", "--half-open-timeout", "5s", "--detach-on-exit", "--recover-state", "--watch-config", "--log-level", "debug", "--log-format", "json"},
+			want: daemon.Config{Options: loader.Options{BPFFS: "/b", Interfaces: []string{"eth0", "eth1"}, XDPMode: "native", LookupSize: 251, ConntrackSize: 4096, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends, SNATPorts: loader.PortRange{Lo: 30000, Hi: 39999}, HalfOpenTimeout: 5 * time.Second}, StateDir: "/s", ConfigFile: "/c.yaml", MetricsAddr: "[::1]:9000", SocketPath: "/tmp/x.sock", DetachOnExit: true, RecoverState: true, WatchConfig: true, BGP: bgp.Config{HoldTime: bgp.DefaultHoldTime}},
 		},
 		{
 			args: []string{"daemon", "--iface", "eth0", "--xdp-mode", "generic"},

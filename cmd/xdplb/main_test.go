@@ -132,6 +132,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"daemon", "--iface", "lo", "--log-format", "xml"}, `daemon: unknown --log-format "xml"`},
 		{[]string{"daemon", "--iface", "lo", "--conntrack-size", "0"}, `daemon: --conntrack-size 0`},
 		{[]string{"daemon", "--iface", "lo", "--snat-ports", "60000-20000"}, `daemon: --snat-ports "60000-20000": want LO-HI with 1 <= LO <= HI <= 65535`},
+		{[]string{"daemon", "--iface", "lo", "--watch-config"}, `daemon: --watch-config needs --config FILE`},
 		{[]string{"daemon", "--iface", "lo", "--snat-ports", "many"}, `daemon: --snat-ports "many"`},
 		{[]string{"daemon", "--iface", "lo", "--snat-ports", "0-100"}, `daemon: --snat-ports "0-100"`},
 		{[]string{"apply"}, `apply: want -f FILE`},
@@ -675,6 +676,30 @@ tx_error: counted as tx or redirect, then refused by the interface's driver (eth
 	if buf.String() != want {
 		t.Errorf("stats table:\n%s\nwant\n%s", buf.String(), want)
 	}
+
+	// Drops: by reason, then each VIP's refused new flows with their rate.
+	prev.VIPs[0].Drops = map[string]uint64{"rate_limited": 10}
+	cur.VIPs[1].Drops = map[string]uint64{"rate_limited": 30, "backends_full": 4}
+	cur.Drops = map[string]uint64{"rate_limited": 30, "backends_full": 4, "fragment": 2, "no_backend": 0}
+	buf.Reset()
+	if err := writeStatsTable(&buf, prev, cur); err != nil {
+		t.Fatal(err)
+	}
+	wantDrops := `
+DROP REASON    COUNT
+backends_full  4
+fragment       2
+rate_limited   30
+
+VIP              DROP REASON    COUNT  RATE
+10.0.0.1:80/tcp  backends_full  4      2
+10.0.0.1:80/tcp  rate_limited   30     10
+`
+	if got := buf.String(); !strings.HasSuffix(got, want[strings.Index(want, "\nIFACE"):]+wantDrops) {
+		t.Errorf("stats table with drops:\n%s\nwant it to end with\n%s", got, wantDrops)
+	}
+	cur.Drops = nil
+	cur.VIPs[1].Drops = nil
 
 	// Zeroed counters say since when.
 	cur.Since = t0.Add(-time.Hour)

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -187,9 +189,35 @@ func writeStatsTable(w io.Writer, prev, cur api.Stats) error {
 		for _, r := range reasons {
 			t.row(r, strconv.FormatUint(cur.Drops[r], 10))
 		}
-		return t.flush()
+		if err := t.flush(); err != nil {
+			return err
+		}
 	}
-	return nil
+	return writeVIPDrops(w, prev, cur, vips, dt)
+}
+
+// writeVIPDrops prints the new flows each VIP refused, by reason (those
+// that counted), with their rate a second since prev.
+func writeVIPDrops(w io.Writer, prev, cur api.Stats, vips []api.VIPStats, dt time.Duration) error {
+	if !slices.ContainsFunc(vips, func(v api.VIPStats) bool { return len(v.Drops) > 0 }) {
+		return nil
+	}
+	old := map[string]map[string]uint64{}
+	for _, v := range prev.VIPs {
+		old[v.VIP] = v.Drops
+	}
+	fmt.Fprintln(w)
+	t := newTable(w, "VIP", "DROP REASON", "COUNT", "RATE")
+	for _, v := range vips {
+		for _, r := range slices.Sorted(maps.Keys(v.Drops)) {
+			rt := "-"
+			if p, ok := old[v.VIP]; ok {
+				rt = si(rate(p[r], v.Drops[r], dt))
+			}
+			t.row(v.VIP, r, strconv.FormatUint(v.Drops[r], 10), rt)
+		}
+	}
+	return t.flush()
 }
 
 // txErrorRow names, among the actions of an interface, what its driver

@@ -86,11 +86,13 @@ func vipFlags(add bool) []cli.Flag {
 		&cli.BoolFlag{Name: "no-announce", Usage: "do not answer ARP/NDP for the VIP", DefaultText: def("off")},
 		&cli.StringFlag{Name: "snat-addr", Usage: "fullnat: source address of the packets to the backends, an address of this host: " + snat,
 			DefaultText: def("the primary address of the interface toward the first backend")},
-		&cli.StringFlag{Name: "fallback", Usage: "server that takes the new flows while no backend can (all down, drained or unresolved), " +
+		&cli.StringFlag{Name: "fallback", Usage: "server that takes the new flows while no backend can (all down, drained, full or unresolved), " +
 			"reached as a backend; not health-checked: " + fallback, DefaultText: def("none")},
 		&cli.IntFlag{Name: "failover-below", Usage: "backup pools (backend --priority): the next pool shares new flows once the healthy weight " +
 			"of the one before falls below this percentage of its configured weight, 0-100 (0: only when none of its backends is healthy)",
 			DefaultText: def("0")},
+		&cli.StringFlag{Name: "max-new-flows", Usage: "new flows the VIP takes a second, " + maxNewFlowsUsage +
+			": up to burst at once after a quiet spell (default RATE); more are dropped as rate_limited; 0 or none: no limit", DefaultText: def("none")},
 	}
 }
 
@@ -167,6 +169,13 @@ func vipPatchFromFlags(c *cli.Context, add bool) (model.VIPPatch, error) {
 		}
 		v := uint32(pct)
 		p.FailoverBelow = &v
+	}
+	if c.IsSet("max-new-flows") {
+		l, err := newFlowLimitFlag(c)
+		if err != nil {
+			return p, err
+		}
+		p.MaxNewFlows = &l
 	}
 	hc, err := checkPatchFromFlags(c, add)
 	if err != nil {
@@ -359,12 +368,18 @@ func (e *env) vipList(c *cli.Context) error {
 func writeVIPTree(w io.Writer, vips []api.VIPStatus) error {
 	snat := slices.ContainsFunc(vips, func(v api.VIPStatus) bool { return v.Mode == model.ModeFullNAT })
 	pools := slices.ContainsFunc(vips, func(v api.VIPStatus) bool { return pooled(v.Backends) })
+	limits := slices.ContainsFunc(vips, func(v api.VIPStatus) bool {
+		return v.MaxNewFlows != 0 || slices.ContainsFunc(v.Backends, func(b api.BackendStatus) bool { return b.MaxConns != 0 })
+	})
 	header := []string{"VIP", "MODE", "SCHEDULER", "CHECK", "ANNOUNCE", "FLOWS", "HALF-OPEN"}
 	if snat {
 		header = append(header, "SNAT")
 	}
 	if pools {
 		header = append(header, "POOL")
+	}
+	if limits {
+		header = append(header, "LIMIT")
 	}
 	t := newTable(w, header...)
 	for _, v := range vips {
@@ -375,6 +390,9 @@ func writeVIPTree(w io.Writer, vips []api.VIPStatus) error {
 		}
 		if pools {
 			row = append(row, activePoolsString(v))
+		}
+		if limits {
+			row = append(row, limitString(v.VIP))
 		}
 		t.row(row...)
 		bs := slices.Clone(v.Backends)
@@ -405,6 +423,13 @@ func writeVIPTree(w io.Writer, vips []api.VIPStatus) error {
 			}
 			if pools {
 				row = append(row, poolString(b))
+			}
+			if limits {
+				c := capString(b.Backend)
+				if b.MaxConns != 0 {
+					c = "max conns " + c
+				}
+				row = append(row, c)
 			}
 			t.row(row...)
 		}

@@ -32,6 +32,7 @@ var (
 	descVIPBytes   = prometheus.NewDesc("xdplb_vip_bytes_total", "Bytes received for a VIP.", []string{"vip"}, nil)
 	descVIPFlows   = prometheus.NewDesc("xdplb_vip_flows_total", "New flows scheduled for a VIP.", []string{"vip"}, nil)
 	descVIPICMP    = prometheus.NewDesc("xdplb_vip_icmp_errors_total", "ICMP errors about a VIP's flows forwarded to their backend or translated back to their client.", []string{"vip"}, nil)
+	descVIPDrops   = prometheus.NewDesc("xdplb_vip_drops_total", "New flows of a VIP dropped, per reason (also in xdplb_drops_total).", []string{"vip", "reason"}, nil)
 	descBePackets  = prometheus.NewDesc("xdplb_backend_packets_total", "Packets forwarded to a backend.", []string{"vip", "backend"}, nil)
 	descBeBytes    = prometheus.NewDesc("xdplb_backend_bytes_total", "Bytes forwarded to a backend.", []string{"vip", "backend"}, nil)
 	descBeFlows    = prometheus.NewDesc("xdplb_backend_flows_total", "New flows scheduled to a backend.", []string{"vip", "backend"}, nil)
@@ -134,7 +135,7 @@ func IfaceName(ifindex int) string {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descVIPPackets, descVIPBytes, descVIPFlows, descVIPICMP, descBePackets, descBeBytes,
+	for _, d := range []*prometheus.Desc{descVIPPackets, descVIPBytes, descVIPFlows, descVIPICMP, descVIPDrops, descBePackets, descBeBytes,
 		descBeFlows, descBeUp, descBeWeight, descActions, descTxErrors, descDrops, descConntrack, descSNATPorts, descEvents,
 		descReconciles, descBuildInfo, descScrapeErrs} {
 		ch <- d
@@ -170,6 +171,9 @@ func (c *Collector) collect(ch chan<- prometheus.Metric) error {
 			counter(descVIPBytes, vs.Bytes, vs.VIP)
 			counter(descVIPFlows, vs.Flows, vs.VIP)
 			counter(descVIPICMP, vs.ICMPErrors, vs.VIP)
+			for reason, n := range vs.Drops {
+				counter(descVIPDrops, n, vs.VIP, reason)
+			}
 		}
 		for _, bs := range vs.Backends {
 			if bs.mapped {

@@ -3,6 +3,7 @@ package api
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -30,6 +31,10 @@ func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (S
 	if err != nil {
 		errs = append(errs, fmt.Errorf("read vip counters: %w", err))
 	}
+	vd, err := dp.VIPDropCounters()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("read vip drop counters: %w", err))
+	}
 	bes, err := dp.Backends()
 	if err != nil {
 		errs = append(errs, fmt.Errorf("read backends: %w", err))
@@ -54,6 +59,9 @@ func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (S
 			c := vc[meta.ID]
 			vs.CounterSet, vs.mapped, vs.id = CounterSet{Packets: c.Packets, Bytes: c.Bytes, Flows: c.Flows}, true, meta.ID
 			vs.ICMPErrors = c.ICMPErrors
+		}
+		if inMaps && len(vd[meta.ID]) > 0 {
+			vs.Drops = maps.Clone(vd[meta.ID])
 		}
 		bs := v.Backends
 		if v.Fallback != nil {
@@ -160,6 +168,7 @@ func subtract(cur, base Stats) Stats {
 				v.CounterSet = v.CounterSet.minus(bv.CounterSet)
 				v.ICMPErrors -= bv.ICMPErrors
 			}
+			v.Drops = subtractDrops(v.Drops, bv.Drops)
 		}
 		v.Backends = slices.Clone(v.Backends)
 		for j, b := range v.Backends {
@@ -192,12 +201,26 @@ func subtract(cur, base Stats) Stats {
 			out.TxErrors[i].Count -= n
 		}
 	}
-	out.Drops = make(map[string]uint64, len(cur.Drops))
-	for r, n := range cur.Drops {
-		if b := base.Drops[r]; n >= b {
+	out.Drops = subtractDrops(cur.Drops, base.Drops)
+	if out.Drops == nil {
+		out.Drops = map[string]uint64{}
+	}
+	return out
+}
+
+// subtractDrops is cur less base, reason by reason; a counter that went
+// below its base counts from zero. Reasons at zero are kept as they were:
+// the totals list every reason, a VIP's only those that counted.
+func subtractDrops(cur, base map[string]uint64) map[string]uint64 {
+	if cur == nil {
+		return nil
+	}
+	out := make(map[string]uint64, len(cur))
+	for r, n := range cur {
+		if b := base[r]; n >= b {
 			n -= b
 		}
-		out.Drops[r] = n
+		out[r] = n
 	}
 	return out
 }

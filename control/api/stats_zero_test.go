@@ -27,13 +27,14 @@ func TestStatsZero(t *testing.T) {
 		f.dp.SetActions(loader.ActionCount{Ifindex: 1, Action: "tx", Count: 10 * n})
 		f.dp.SetTxErrors(loader.TxErrorCount{Ifindex: 1, Count: 3 * n})
 		f.dp.SetDrops("no_backend", n)
+		f.dp.SetVIPDrops(1, "rate_limited", 3*n)
 	}
 	set(5)
 	st, err := f.client.Stats(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !st.Since.IsZero() || st.VIPs[0].Packets != 50 {
+	if !st.Since.IsZero() || st.VIPs[0].Packets != 50 || st.VIPs[0].Drops["rate_limited"] != 15 {
 		t.Fatalf("before zero: %+v", st)
 	}
 
@@ -46,7 +47,7 @@ func TestStatsZero(t *testing.T) {
 	}
 	v := st.VIPs[0]
 	if st.Since.Before(before) || st.Since.After(st.Time) || v.CounterSet != (CounterSet{}) || v.ICMPErrors != 0 ||
-		v.Backends[0].CounterSet != (CounterSet{}) || st.Actions[0].Count != 0 || st.TxErrors[0].Count != 0 || st.Drops["no_backend"] != 0 {
+		v.Backends[0].CounterSet != (CounterSet{}) || st.Actions[0].Count != 0 || st.TxErrors[0].Count != 0 || st.Drops["no_backend"] != 0 || v.Drops["rate_limited"] != 0 {
 		t.Fatalf("right after zero: %+v", st)
 	}
 
@@ -56,7 +57,8 @@ func TestStatsZero(t *testing.T) {
 	}
 	v = st.VIPs[0]
 	want := CounterSet{Packets: 20, Bytes: 2000, Flows: 2}
-	if v.CounterSet != want || v.ICMPErrors != 2 || v.Backends[0].CounterSet != want || st.Actions[0].Count != 20 || st.TxErrors[0].Count != 6 || st.Drops["no_backend"] != 2 {
+	if v.CounterSet != want || v.ICMPErrors != 2 || v.Backends[0].CounterSet != want || st.Actions[0].Count != 20 || st.TxErrors[0].Count != 6 || st.Drops["no_backend"] != 2 ||
+		v.Drops["rate_limited"] != 6 {
 		t.Fatalf("after zero and more traffic: %+v", st)
 	}
 
@@ -72,7 +74,10 @@ xdplb_drops_total{reason="no_backend"} 7
 # HELP xdplb_xdp_tx_errors_total Frames returned with XDP_TX or redirected that the interface's driver refused to send (lost), from its ethtool statistics; absent where the driver counts none.
 # TYPE xdplb_xdp_tx_errors_total counter
 xdplb_xdp_tx_errors_total{iface="lo"} 21
-`), "xdplb_vip_packets_total", "xdplb_drops_total", "xdplb_xdp_tx_errors_total")
+# HELP xdplb_vip_drops_total New flows of a VIP dropped, per reason (also in xdplb_drops_total).
+# TYPE xdplb_vip_drops_total counter
+xdplb_vip_drops_total{reason="rate_limited",vip="10.0.0.100:80/tcp"} 21
+`), "xdplb_vip_packets_total", "xdplb_drops_total", "xdplb_xdp_tx_errors_total", "xdplb_vip_drops_total")
 	if err != nil {
 		t.Error(err)
 	}
@@ -83,7 +88,8 @@ xdplb_xdp_tx_errors_total{iface="lo"} 21
 	if st, err = f.client.Stats(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if st.VIPs[0].Packets != 10 || st.VIPs[0].Backends[0].Packets != 10 || st.Actions[0].Count != 10 || st.TxErrors[0].Count != 3 || st.Drops["no_backend"] != 1 {
+	if st.VIPs[0].Packets != 10 || st.VIPs[0].Backends[0].Packets != 10 || st.Actions[0].Count != 10 || st.TxErrors[0].Count != 3 || st.Drops["no_backend"] != 1 ||
+		st.VIPs[0].Drops["rate_limited"] != 3 {
 		t.Fatalf("after a reload: %+v", st)
 	}
 }

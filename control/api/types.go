@@ -105,10 +105,14 @@ type VIPStats struct {
 	CounterSet
 	// ICMPErrors counts the ICMP errors about the VIP's flows forwarded
 	// to their backend or translated back to their client.
-	ICMPErrors uint64         `json:"icmp_errors"`
-	Backends   []BackendStats `json:"backends"`
-	mapped     bool           // the VIP has an entry in the maps
-	id         uint32         // its id there, when mapped
+	ICMPErrors uint64 `json:"icmp_errors"`
+	// Drops are the VIP's new flows refused, by reason (rate_limited,
+	// backends_full, no_backend, no_healthy_backend, nat_table_full, ...):
+	// only the reasons that counted. They are in Stats.Drops too.
+	Drops    map[string]uint64 `json:"drops,omitempty"`
+	Backends []BackendStats    `json:"backends"`
+	mapped   bool              // the VIP has an entry in the maps
+	id       uint32            // its id there, when mapped
 }
 
 // ActionStats is how often the program returned an action on an interface.

@@ -30,12 +30,24 @@ func randomState(r *rand.Rand, vips int, slow bool) model.State {
 			a := r.IntN(2) == 0
 			v.Announce = &a
 		}
+		if r.IntN(3) == 0 {
+			v.MaxNewFlows = 1 + r.Uint32N(100000)
+			if r.IntN(2) == 0 {
+				v.MaxNewFlowsBurst = 1 + r.Uint32N(100000)
+			}
+		}
 		for j := range r.IntN(5) {
 			b := model.Backend{Address: netip.AddrFrom4([4]byte{10, 1, byte(i), byte(j)}), Weight: uint32(r.IntN(3)) * uint32(r.Uint32()>>r.IntN(32))}
 			if r.IntN(3) == 0 {
 				b.Port = uint16(r.IntN(65536))
 			}
 			b.Drain = r.IntN(4) == 0
+			if r.IntN(3) == 0 {
+				b.MaxConns = 1 + r.Uint32N(10000)
+				if r.IntN(2) == 0 {
+					b.MaxConnsMin = r.Uint32N(b.MaxConns)
+				}
+			}
 			v.Backends = append(v.Backends, b)
 		}
 		if slow && r.IntN(4) == 0 {
@@ -205,5 +217,76 @@ func TestRoundTripNAT(t *testing.T) {
 	}
 	if _, err := Parse([]byte("vips:\n  - {address: 10.0.0.1, port: 80, protocol: tcp, snat_addr: nope}\n")); err == nil {
 		t.Fatal("malformed snat_addr accepted")
+	}
+}
+
+// The limits an operator sets round-trip through export and apply, with
+// their defaults written out: a burst of the rate, a lower mark of 3/4 of
+// the cap. Export leaves them out where there are none.
+func TestRoundTripLimits(t *testing.T) {
+	in := `vips:
+  - address: 10.0.0.100
+    port: 80
+    protocol: tcp
+    max_new_flows: 1000
+    backends:
+      - {address: 10.0.1.5, max_conns: 100}
+      - {address: 10.0.1.6, max_conns: 10, max_conns_min: 2}
+      - {address: 10.0.1.7}
+  - address: 10.0.0.100
+    port: 443
+    protocol: tcp
+    max_new_flows: 50
+    max_new_flows_burst: 500
+    backends: []
+`
+	st, err := Parse([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := model.Validate(st); err != nil {
+		t.Fatal(err)
+	}
+	out, err := Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `vips:
+  - address: 10.0.0.100
+    port: 80
+    protocol: tcp
+    mode: dr
+    scheduler: maglev
+    max_new_flows: 1000
+    max_new_flows_burst: 1000
+    backends:
+      - address: 10.0.1.5
+        weight: 100
+        max_conns: 100
+        max_conns_min: 75
+      - address: 10.0.1.6
+        weight: 100
+        max_conns: 10
+        max_conns_min: 2
+      - address: 10.0.1.7
+        weight: 100
+  - address: 10.0.0.100
+    port: 443
+    protocol: tcp
+    mode: dr
+    scheduler: maglev
+    max_new_flows: 50
+    max_new_flows_burst: 500
+    backends: []
+`
+	if string(out) != want {
+		t.Fatalf("Marshal:\n%s\nwant\n%s", out, want)
+	}
+	back, err := Parse(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(back, st) {
+		t.Fatalf("round trip\n%+v\nwant %+v", back, st)
 	}
 }

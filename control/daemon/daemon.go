@@ -50,6 +50,8 @@ type Config struct {
 	// VIP addresses when the daemon stops (a clean uninstall); by default
 	// they stay and forwarding continues without the daemon.
 	DetachOnExit bool
+	// WatchConfig reloads ConfigFile whenever it changes, as SIGHUP does.
+	WatchConfig bool
 	// RecoverState starts from the last good state (state.Recover) when
 	// the state file or its journal is damaged; without it the daemon
 	// refuses to start and changes nothing.
@@ -282,7 +284,29 @@ func runWith(ctx context.Context, cfg Config, open OpenDatapath, openNet func(ne
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	goRun(func() { reloadOnHUP(ctx, hup, cfg.ConfigFile, store, log) })
+	reloads := make(chan string)
+	goRun(func() { reloadConfig(ctx, reloads, cfg.ConfigFile, store, log) })
+	goRun(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			}
+			select {
+			case reloads <- causeSIGHUP:
+			case <-ctx.Done():
+				return
+			}
+		}
+	})
+	if cfg.WatchConfig && cfg.ConfigFile != "" {
+		goRun(func() {
+			if err := watchConfig(ctx, cfg.ConfigFile, reloads, ConfigDebounce, log); err != nil {
+				log.Error("config file not watched: reload it with SIGHUP", "file", cfg.ConfigFile, "err", err)
+			}
+		})
+	}
 	goRun(func() { watchNoNeigh(ctx, dp, nw.ResolveNATNextHops, NoNeighPollInterval, log) })
 	metrics.SetReady(true)
 	log.Info("daemon running", "iface", cfg.Interfaces, "socket", cfg.SocketPath,
@@ -305,36 +329,9 @@ func runWith(ctx context.Context, cfg Config, open OpenDatapath, openNet func(ne
 	return err
 }
 
-// stateReplacer is the part of the store reloadOnHUP uses.
+// stateReplacer is the part of the store reloadConfig uses.
 type stateReplacer interface {
 	Replace(model.State) error
-}
-
-// reloadOnHUP replaces the desired state with file's on every signal from
-// hup, as `apply -f` does: validated first, all or nothing, the running
-// state kept when the file is bad. Without --config a SIGHUP is logged
-// and ignored.
-func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, file string, store stateReplacer, log *slog.Logger) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-hup:
-		}
-		if file == "" {
-			log.Info("SIGHUP: no --config to reload, ignored")
-			continue
-		}
-		st, err := config.Load(file)
-		if err == nil {
-			err = store.Replace(st)
-		}
-		if err != nil {
-			log.Error("SIGHUP: config not reloaded, the running state is kept", "file", file, "err", err)
-			continue
-		}
-		log.Info("SIGHUP: state replaced from config file", "file", file, "vips", len(st.VIPs))
-	}
 }
 
 // NoNeighPollInterval is how often the daemon reads the program's

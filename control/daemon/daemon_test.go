@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -426,11 +425,11 @@ func TestReloadOnHUP(t *testing.T) {
 			store := &fakeReplacer{}
 			log, buf := newTestLogger()
 			ctx, cancel := context.WithCancel(context.Background())
-			hup := make(chan os.Signal)
+			reqs := make(chan string)
 			done := make(chan struct{})
-			go func() { reloadOnHUP(ctx, hup, tc.file, store, log); close(done) }()
-			hup <- syscall.SIGHUP
-			hup <- syscall.SIGHUP // the first one has been handled when this is taken
+			go func() { reloadConfig(ctx, reqs, tc.file, store, log); close(done) }()
+			reqs <- causeSIGHUP
+			reqs <- causeSIGHUP // the first one has been handled when this is taken
 			cancel()
 			<-done
 			if got := store.count(); got != 2*tc.replaced {
@@ -441,6 +440,80 @@ func TestReloadOnHUP(t *testing.T) {
 			}
 		})
 	}
+}
+
+// watchConfig asks for one reload per change of the file's content:
+// written in place, replaced by a rename, or written in steps faster than
+// the debounce; not for a touch or the same content written again, nor
+// while the file is gone.
+func TestWatchConfig(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "lb.yaml")
+	write := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("a\n")
+	reqs := make(chan string, 16)
+	log, _ := newTestLogger()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	const debounce = 200 * time.Millisecond
+	go func() { done <- watchConfig(ctx, file, reqs, debounce, log) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	time.Sleep(debounce) // the watch is set
+	expect := func(what string, n int) {
+		t.Helper()
+		time.Sleep(4 * debounce)
+		got := 0
+		for len(reqs) > 0 {
+			if c := <-reqs; c != causeChanged {
+				t.Errorf("cause %q", c)
+			}
+			got++
+		}
+		if got != n {
+			t.Errorf("%s: %d reloads asked, want %d", what, got, n)
+		}
+	}
+	write("b\n")
+	expect("written in place", 1)
+	write("b\n")
+	now := time.Now()
+	if err := os.Chtimes(file, now, now); err != nil {
+		t.Fatal(err)
+	}
+	expect("same content, touched", 0)
+	for i := range 5 {
+		write(fmt.Sprintf("c%d\n", i))
+		time.Sleep(debounce / 10)
+	}
+	expect("written in quick steps", 1)
+	tmp := filepath.Join(dir, ".lb.yaml.tmp")
+	if err := os.WriteFile(tmp, []byte("d\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, file); err != nil {
+		t.Fatal(err)
+	}
+	expect("replaced by a rename", 1)
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	expect("removed", 0)
+	write("e\n")
+	expect("back", 1)
+	if err := os.WriteFile(filepath.Join(dir, "other.yaml"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	expect("another file of the directory", 0)
 }
 
 // A damaged state file stops the daemon before it touches the data plane

@@ -108,6 +108,12 @@ type Backend struct {
 	// numbers backups that take new flows only when the better pools fail
 	// (see VIP.FailoverBelow).
 	Priority uint32 `json:"priority,omitempty" yaml:"priority,omitempty"`
+	// MaxConns caps the backend's open connections (0: no cap): once it
+	// has MaxConns it takes no new flows until it is back at or below
+	// MaxConnsMin (Normalize writes DefaultConnsMin of MaxConns for 0).
+	// Its open flows continue meanwhile.
+	MaxConns    uint32 `json:"max_conns,omitempty" yaml:"max_conns,omitempty"`
+	MaxConnsMin uint32 `json:"max_conns_min,omitempty" yaml:"max_conns_min,omitempty"`
 }
 
 // VIP is a virtual service and its backends.
@@ -134,7 +140,12 @@ type VIP struct {
 	// Fallback (nil: none) takes the VIP's new flows while none of its
 	// backends can: all down, drained or unresolved, or none configured.
 	Fallback *Fallback `json:"fallback,omitempty" yaml:"fallback,omitempty"`
-	Backends []Backend `json:"backends" yaml:"backends"`
+	// MaxNewFlows caps the new flows the VIP takes a second (0: no cap),
+	// up to MaxNewFlowsBurst at once after a quiet spell (Normalize
+	// writes MaxNewFlows for 0). Packets of open flows are never counted.
+	MaxNewFlows      uint32    `json:"max_new_flows,omitempty" yaml:"max_new_flows,omitempty"`
+	MaxNewFlowsBurst uint32    `json:"max_new_flows_burst,omitempty" yaml:"max_new_flows_burst,omitempty"`
+	Backends         []Backend `json:"backends" yaml:"backends"`
 }
 
 // Fallback is a VIP's "sorry" server: a server of the VIP's mode, reached
@@ -230,7 +241,15 @@ type BackendPatch struct {
 	Weight *uint32 `json:"weight,omitempty"`
 	Drain  *bool   `json:"drain,omitempty"`
 	// Priority moves the backend to another pool.
-	Priority *uint32 `json:"priority,omitempty"`
+	Priority *uint32  `json:"priority,omitempty"`
+	MaxConns *ConnCap `json:"max_conns,omitempty"`
+}
+
+// ConnCap is a backend's connection cap as `--max-conns N[,min=M]` gives
+// it: Max 0 removes the cap, Min 0 is DefaultConnsMin of Max.
+type ConnCap struct {
+	Max uint32 `json:"max"`
+	Min uint32 `json:"min,omitempty"`
 }
 
 // Apply makes the change on b.
@@ -244,6 +263,16 @@ func (p BackendPatch) Apply(b *Backend) {
 	if p.Priority != nil {
 		b.Priority = *p.Priority
 	}
+	if p.MaxConns != nil {
+		b.MaxConns, b.MaxConnsMin = p.MaxConns.Max, p.MaxConns.Min
+	}
+}
+
+// NewFlowLimit is a VIP's new-flow rate limit as `--max-new-flows
+// RATE[,burst=N]` gives it: Rate 0 removes the limit, Burst 0 is Rate.
+type NewFlowLimit struct {
+	Rate  uint32 `json:"rate"`
+	Burst uint32 `json:"burst,omitempty"`
 }
 
 // VIPPatch changes the options of a VIP (not its backends); nil fields
@@ -259,7 +288,8 @@ type VIPPatch struct {
 	// Fallback: an invalid address removes the fallback.
 	Fallback *Fallback `json:"fallback,omitempty"`
 	// FailoverBelow: see VIP.FailoverBelow.
-	FailoverBelow *uint32 `json:"failover_below,omitempty"`
+	FailoverBelow *uint32       `json:"failover_below,omitempty"`
+	MaxNewFlows   *NewFlowLimit `json:"max_new_flows,omitempty"`
 }
 
 // HealthCheckPatch changes a VIP's health check; nil fields stay as they
@@ -279,7 +309,7 @@ type HealthCheckPatch struct {
 func (p VIPPatch) IsZero() bool {
 	return p.Mode == nil && p.Scheduler == nil && p.SNATAddr == nil && p.Announce == nil &&
 		(p.HealthCheck == nil || p.HealthCheck.IsZero()) && p.Fallback == nil &&
-		p.FailoverBelow == nil
+		p.FailoverBelow == nil && p.MaxNewFlows == nil
 }
 
 // IsZero reports whether p changes nothing.
@@ -312,6 +342,9 @@ func (p VIPPatch) Apply(v *VIP) error {
 	}
 	if p.FailoverBelow != nil {
 		v.FailoverBelow = *p.FailoverBelow
+	}
+	if p.MaxNewFlows != nil {
+		v.MaxNewFlows, v.MaxNewFlowsBurst = p.MaxNewFlows.Rate, p.MaxNewFlows.Burst
 	}
 	if p.HealthCheck != nil && !p.HealthCheck.IsZero() {
 		hc, err := p.HealthCheck.apply(v.HealthCheck)
@@ -379,6 +412,7 @@ const (
 	BackendUnresolved = "unresolved" // dr: no neighbour entry (MAC) yet; nat: no route through an attached interface
 	BackendDown       = "down"       // failed health checks
 	BackendStandby    = "standby"    // up, in a backup pool that takes no new flows: a better pool suffices
+	BackendFull       = "full"       // at its connection cap (max_conns): open flows only, until back at max_conns_min
 )
 
 // States of a VIP's fallback, shown by `backend list` and `vip list`

@@ -40,7 +40,15 @@ const (
 	MinCheckInterval     = Duration(healthcheck.MinInterval)
 	MaxRiseFall          = healthcheck.MaxRiseFall
 	MaxWeight            = 65535
+	// A VIP's new-flow rate limit: at most MaxNewFlowsRate a second, in
+	// bursts of at most MaxNewFlowsBurst.
+	MaxNewFlowsRate  = 10_000_000
+	MaxNewFlowsBurst = 100_000_000
 )
+
+// DefaultConnsMin is a backend's lower mark when only its cap is given:
+// 3/4 of it, rounded down (IPVS leaves -y unset; HAProxy has none).
+func DefaultConnsMin(maxConns uint32) uint32 { return uint32(uint64(maxConns) * 3 / 4) }
 
 // invalidError is a validation problem: its text is the message alone (one
 // line, ready for the CLI), and it matches ErrInvalid and its cause, if any.
@@ -112,6 +120,9 @@ func NormalizeVIP(v *VIP) {
 	if v.HealthCheck != nil {
 		normalizeCheck(v.HealthCheck)
 	}
+	if v.MaxNewFlows != 0 && v.MaxNewFlowsBurst == 0 {
+		v.MaxNewFlowsBurst = v.MaxNewFlows
+	}
 	if f := v.Fallback; f != nil {
 		f.Address = f.Address.Unmap()
 		if f.Port == v.Port {
@@ -126,6 +137,9 @@ func NormalizeVIP(v *VIP) {
 		b.Address = b.Address.Unmap()
 		if b.Port == v.Port {
 			b.Port = 0
+		}
+		if b.MaxConns != 0 && b.MaxConnsMin == 0 {
+			b.MaxConnsMin = DefaultConnsMin(b.MaxConns)
 		}
 	}
 	slices.SortStableFunc(v.Backends, func(a, b Backend) int {
@@ -262,6 +276,9 @@ func ValidateVIP(v *VIP, index int) error {
 			return Invalidf("vip %s: healthcheck: %s", name, err)
 		}
 	}
+	if err := validateNewFlows(v.MaxNewFlows, v.MaxNewFlowsBurst); err != nil {
+		return Invalidf("vip %s: %s", name, err)
+	}
 	type bkey struct {
 		addr netip.Addr
 		port uint16
@@ -296,6 +313,9 @@ func ValidateVIP(v *VIP, index int) error {
 		if b.Priority > MaxPriority {
 			return Invalidf("vip %s: backend %s: priority %d: want 0-%d", name, bname, b.Priority, MaxPriority)
 		}
+		if err := validateConnCap(b.MaxConns, b.MaxConnsMin); err != nil {
+			return Invalidf("vip %s: backend %s: %s", name, bname, err)
+		}
 		k := bkey{addr, port}
 		if seen[k] {
 			return Invalidf("vip %s: backend %s: duplicate backend", name, bname)
@@ -313,6 +333,31 @@ func ValidateVIP(v *VIP, index int) error {
 		if seen[bkey{f.Address.Unmap(), port}] {
 			return Invalidf("vip %s: fallback %s: is a backend of the vip too", name, f)
 		}
+	}
+	return nil
+}
+
+// validateNewFlows checks a VIP's new-flow rate limit (rate 0: none).
+func validateNewFlows(rate, burst uint32) error {
+	switch {
+	case rate == 0 && burst != 0:
+		return fmt.Errorf("max_new_flows_burst %d without max_new_flows", burst)
+	case rate > MaxNewFlowsRate:
+		return fmt.Errorf("max_new_flows %d: want 1-%d new flows a second (0: no limit)", rate, MaxNewFlowsRate)
+	case rate != 0 && (burst == 0 || burst > MaxNewFlowsBurst):
+		return fmt.Errorf("max_new_flows_burst %d: want 1-%d", burst, MaxNewFlowsBurst)
+	}
+	return nil
+}
+
+// validateConnCap checks a backend's connection cap (max 0: none): the
+// lower mark is below the cap, the gap between them is the hysteresis.
+func validateConnCap(maxConns, minConns uint32) error {
+	switch {
+	case maxConns == 0 && minConns != 0:
+		return fmt.Errorf("max_conns_min %d without max_conns", minConns)
+	case maxConns != 0 && minConns >= maxConns:
+		return fmt.Errorf("max_conns_min %d: want below max_conns %d, the mark at which a full backend takes new flows again", minConns, maxConns)
 	}
 	return nil
 }

@@ -577,3 +577,80 @@ func TestOneOf(t *testing.T) {
 		}
 	}
 }
+
+// The limits: a rate limit and a connection cap take their defaults from
+// Normalize, are refused out of range with a message that names the
+// setting, and are set and removed by patches.
+func TestLimits(t *testing.T) {
+	st := validState()
+	st.VIPs[0].MaxNewFlows = 1000
+	st.VIPs[0].Backends[0].MaxConns = 100
+	st.VIPs[1].Backends[0].MaxConns = 1
+	Normalize(&st)
+	if v := st.VIPs[0]; v.MaxNewFlowsBurst != 1000 || v.Backends[0].MaxConnsMin != 75 {
+		t.Fatalf("defaults: burst %d, min %d; want 1000 and 75", v.MaxNewFlowsBurst, v.Backends[0].MaxConnsMin)
+	}
+	if min := st.VIPs[1].Backends[0].MaxConnsMin; min != 0 {
+		t.Fatalf("min of a cap of 1: %d, want 0", min)
+	}
+	if err := Validate(st); err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		change func(*State)
+		want   string
+	}{
+		"burst without rate": {func(s *State) { s.VIPs[0].MaxNewFlows = 0 }, "max_new_flows_burst 1000 without max_new_flows"},
+		"rate too high":      {func(s *State) { s.VIPs[0].MaxNewFlows = MaxNewFlowsRate + 1 }, "max_new_flows 10000001: want 1-10000000"},
+		"burst too high":     {func(s *State) { s.VIPs[0].MaxNewFlowsBurst = MaxNewFlowsBurst + 1 }, "max_new_flows_burst 100000001: want 1-100000000"},
+		"min without max":    {func(s *State) { s.VIPs[0].Backends[0].MaxConns = 0 }, "backend 10.200.0.11: max_conns_min 75 without max_conns"},
+		"min at max":         {func(s *State) { s.VIPs[0].Backends[0].MaxConnsMin = 100 }, "max_conns_min 100: want below max_conns 100"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := st.Clone()
+			tc.change(&s)
+			err := Validate(s)
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate: %v, want %q", err, tc.want)
+			}
+		})
+	}
+
+	// Patches set both halves: a new cap without a lower mark takes the
+	// default of the new cap, not the old mark; 0 removes.
+	v := st.VIPs[0].Clone()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(VIPPatch{MaxNewFlows: &NewFlowLimit{Rate: 20}}.Apply(&v))
+	BackendPatch{MaxConns: &ConnCap{Max: 40}}.Apply(&v.Backends[0])
+	NormalizeVIP(&v)
+	if v.MaxNewFlows != 20 || v.MaxNewFlowsBurst != 20 || v.Backends[0].MaxConns != 40 || v.Backends[0].MaxConnsMin != 30 {
+		t.Fatalf("after patches: %+v", v)
+	}
+	if (VIPPatch{MaxNewFlows: &NewFlowLimit{}}).IsZero() {
+		t.Fatal("a patch removing the rate limit is zero")
+	}
+	must(VIPPatch{MaxNewFlows: &NewFlowLimit{}}.Apply(&v))
+	BackendPatch{MaxConns: &ConnCap{}}.Apply(&v.Backends[0])
+	NormalizeVIP(&v)
+	if v.MaxNewFlows != 0 || v.MaxNewFlowsBurst != 0 || v.Backends[0].MaxConns != 0 || v.Backends[0].MaxConnsMin != 0 {
+		t.Fatalf("after removing patches: %+v", v)
+	}
+	if err := ValidateVIP(&v, 0); err != nil {
+		t.Fatal(err)
+	}
+	// A limit changes neither the targets nor the JSON keys' names.
+	w := v.Clone()
+	w.MaxNewFlows, w.MaxNewFlowsBurst = 5, 5
+	if !SameTargets(&v, &w) || EqualVIP(&v, &w) {
+		t.Fatal("a rate limit changes the targets, or not the vip")
+	}
+	d := DiffStates(State{VIPs: []VIP{v}}, State{VIPs: []VIP{w}})
+	if len(d.VIPs) != 1 || fmt.Sprint(d.VIPs[0].Fields) != "[{max_new_flows  5} {max_new_flows_burst  5}]" {
+		t.Fatalf("diff %+v", d)
+	}
+}

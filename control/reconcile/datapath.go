@@ -41,6 +41,9 @@ type Datapath interface {
 	// an interface whose driver does not is left out.
 	DriverTxErrors() ([]loader.TxErrorCount, error)
 	DropCounters() (map[string]uint64, error) // by drop reason name
+	// VIPDropCounters are the drops of new flows of each VIP, by VIP id
+	// and reason name; only the reasons that counted.
+	VIPDropCounters() (map[uint32]map[string]uint64, error)
 	// FlowCountsByBackend counts open flows per backend id: connection-
 	// table entries not closed by a TCP FIN/RST and seen within their
 	// phase's idle limit, established apart from half-open.

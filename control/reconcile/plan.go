@@ -31,6 +31,7 @@ type vipPlan struct {
 	members  []MaglevBackend // the lookup table's backends; none: no table
 	active   int             // backends not drained
 	pools    []uint32        // the pools whose backends are members, best first (see pools.go)
+	full     int             // backends that would be members but for their connection cap
 	// fallback is the VIP's fallback server (nil: none), planned as a
 	// backend that is never down; onFallback: it is the table's only
 	// member, none of the backends being usable.
@@ -62,6 +63,14 @@ type backendKey struct {
 	Port uint16
 }
 
+// judge says what, besides the config and the network, decides whether a
+// backend takes new flows: its health checks (up) and its connection cap
+// (full: at max_conns, not yet back at max_conns_min).
+type judge struct {
+	up   func(model.VIPID, model.Backend) bool
+	full func(model.VIPID, model.Backend) bool
+}
+
 // locator is where the network says backends are: a DR backend by its
 // neighbour, a NAT backend by its route.
 type locator struct {
@@ -69,27 +78,28 @@ type locator struct {
 	route func(netip.Addr) model.Route
 }
 
-// planVIP decides what the maps should hold for v: given the health of its
-// backends (up), where they are (loc) and what the maps hold now (m); new
-// VIPs and backends take their ids from a.
+// planVIP decides what the maps should hold for v: given the health and
+// the connection caps of its backends (j), where they are (loc) and what
+// the maps hold now (m); new VIPs and backends take their ids from a.
 //
-// A backend is usable (in the table) when it is resolved, not drained and
-// passes its checks. Resolved is, for DR, a known MAC; for NAT, a route
-// through an attached interface (the program looks the next hop up in the
-// FIB) and, for fullnat, a SNAT address for the VIP. The usable backends
-// of the pools that take new flows make up the table (see pools.go); those
-// of the other pools stand by. One that fails its
-// checks keeps its entry, marked Down (its flows are placed again by the
-// data plane); a drained one keeps its entry as is (its flows continue);
-// an unresolved one keeps the entry it has (last known MAC) for its open
-// flows, and only a resolved backend takes a new id: one that stays
-// unresolved must not move the allocator on every pass. When every
-// configured, not drained backend fails, the VIP has no table and is
-// marked NoHealthy, unless it has a fallback (see planFallback). A fullnat
-// VIP without any SNAT address (none of its own, none found, none in its
-// entry) is held: nothing of it is written, and the caller removes it from
-// the maps.
-func planVIP(v model.VIP, m *mirror, a *ids, up func(model.VIPID, model.Backend) bool, loc locator) vipPlan {
+// A backend is usable (in the table) when it is resolved, not drained,
+// passes its checks and is not full (at its connection cap). Resolved is,
+// for DR, a known MAC; for NAT, a route through an attached interface (the
+// program looks the next hop up in the FIB) and, for fullnat, a SNAT
+// address for the VIP. The usable backends of the pools that take new
+// flows make up the table (see pools.go); those of the other pools stand
+// by. One that fails its checks keeps its entry, marked Down (its flows are
+// placed again by the data plane); a drained or full one keeps its entry as
+// is (its flows continue); an unresolved one keeps the entry it has (last
+// known MAC) for its open flows, and only a resolved backend takes a new
+// id: one that stays unresolved must not move the allocator on every pass.
+// When every configured, not drained backend fails, the VIP has no table
+// and is marked NoHealthy, unless it has a fallback (see planFallback);
+// when every one that could take flows is full, it is marked BackendsFull,
+// likewise. A fullnat VIP without any SNAT address (none of its own, none
+// found, none in its entry) is held: nothing of it is written, and the
+// caller removes it from the maps.
+func planVIP(v model.VIP, m *mirror, a *ids, j judge, loc locator) vipPlan {
 	vid := v.ID()
 	p := vipPlan{v: v, key: VIPKeyOf(vid), mode: ForwardMode(v.Mode)}
 	p.cur, p.exists = m.vips[p.key]
@@ -108,7 +118,7 @@ func planVIP(v model.VIP, m *mirror, a *ids, up func(model.VIPID, model.Backend)
 	for _, b := range v.Backends {
 		addr := b.Address.Unmap()
 		// Filled in place: a backendPlan is big, and a VIP may have thousands.
-		p.backends = append(p.backends, backendPlan{b: b, key: backendKey{vid, addr, b.Port}, up: up(vid, b)})
+		p.backends = append(p.backends, backendPlan{b: b, key: backendKey{vid, addr, b.Port}, up: j.up(vid, b)})
 		bp := &p.backends[len(p.backends)-1]
 		p.locate(bp, loc)
 		drained := b.Drained()
@@ -119,6 +129,10 @@ func planVIP(v model.VIP, m *mirror, a *ids, up func(model.VIPID, model.Backend)
 			}
 		}
 		bp.info = BackendInfo{State: model.BackendState(drained, bp.up, bp.resolved), Iface: bp.res.Iface, Reason: bp.reason()}
+		if bp.info.State == model.BackendUp && j.full != nil && j.full(vid, b) {
+			bp.info.State = model.BackendFull
+			p.full++
+		}
 		if p.held {
 			continue // nothing of the VIP is written
 		}
@@ -148,7 +162,9 @@ func planVIP(v model.VIP, m *mirror, a *ids, up func(model.VIPID, model.Backend)
 		}
 	}
 	if !p.held {
-		p.meta = vipMeta(v, id, p.active > 0 && healthy == 0 && !p.onFallback, snat)
+		noHealthy := p.active > 0 && healthy == 0 && !p.onFallback
+		p.meta = vipMeta(v, id, noHealthy, snat)
+		p.meta.BackendsFull = !noHealthy && len(p.members) == 0 && p.full > 0
 	}
 	return p
 }
@@ -351,7 +367,8 @@ func vipMeta(v model.VIP, id uint32, noHealthy bool, snat netip.Addr) loader.VIP
 	if v.Scheduler == model.SchedSH {
 		h = loader.HashSource
 	}
-	return loader.VIPMeta{ID: id, Mode: ForwardMode(v.Mode), Hash: h, NoHealthy: noHealthy, SNATAddr: snat}
+	return loader.VIPMeta{ID: id, Mode: ForwardMode(v.Mode), Hash: h, NoHealthy: noHealthy, SNATAddr: snat,
+		RateLimit: loader.RateLimit{Rate: v.MaxNewFlows, Burst: v.MaxNewFlowsBurst}}
 }
 
 // sameMeta reports whether a VIP entry read from the maps (a) is the

@@ -112,10 +112,13 @@ type Reconciler struct {
 	// clean (the last pass succeeded).
 	vips       map[model.VIPID]*vipState
 	unresolved map[netip.Addr]bool // each resolution problem logged once
-	announce   map[netip.Addr]bool // the last Announce request; nil: none yet
-	router     RouteAnnouncer      // nil: no BGP
-	routed     map[netip.Addr]bool // the last set the router took; nil: none yet
-	clean      bool
+	// full holds the backends at their connection cap (conncap.go), as
+	// the last count found them.
+	full     map[backendKey]bool
+	announce map[netip.Addr]bool // the last Announce request; nil: none yet
+	router   RouteAnnouncer      // nil: no BGP
+	routed   map[netip.Addr]bool // the last set the router took; nil: none yet
+	clean    bool
 	// doneGen is the state generation the last successful pass read.
 	doneGen uint64
 
@@ -204,14 +207,17 @@ func (r *Reconciler) HealthStatus(vip model.VIPID, b model.Backend) (healthcheck
 	return r.health.Status(vip, b)
 }
 
-// Run reconciles on every state change, neighbour change, health change
-// and ReconcileInterval until ctx is done. It is the one place changes are
-// applied: whoever changed the state waits for it (Wait). A health change
-// is applied at once: a backend that fails leaves the lookup tables within
-// one pass.
+// Run reconciles on every state change, neighbour change, health change,
+// change of the backends at their connection cap (counted every
+// CapInterval while some backend has one) and ReconcileInterval until ctx
+// is done. It is the one place changes are applied: whoever changed the
+// state waits for it (Wait). A health change is applied at once: a backend
+// that fails leaves the lookup tables within one pass.
 func (r *Reconciler) Run(ctx context.Context) {
 	t := time.NewTicker(ReconcileInterval)
 	defer t.Stop()
+	capsCh := make(chan struct{}, 1)
+	go r.runCaps(ctx, capsCh)
 	stateCh := r.src.Subscribe()
 	var netCh <-chan struct{}
 	if r.net != nil {
@@ -232,6 +238,8 @@ func (r *Reconciler) Run(ctx context.Context) {
 		case <-netCh:
 			err = r.Reconcile(ctx)
 		case <-healthCh:
+			err = r.Reconcile(ctx)
+		case <-capsCh:
 			err = r.Reconcile(ctx)
 		case <-t.C:
 			err = r.Reconcile(ctx)
@@ -295,7 +303,7 @@ func (r *Reconciler) reconcileAll(ctx context.Context, st model.State) error {
 	plans := make([]vipPlan, len(st.VIPs))
 	want := make(map[loader.VIPKey]bool, len(st.VIPs))
 	for i, v := range st.VIPs {
-		plans[i] = planVIP(v, r.maps, a, r.health.Up, loc)
+		plans[i] = planVIP(v, r.maps, a, r.judge(), loc)
 		want[plans[i].key] = !plans[i].held
 	}
 	var removed []loader.VIPKey
@@ -355,7 +363,7 @@ func (r *Reconciler) reconcileChanged(ctx context.Context, st model.State) error
 	plans := make([]vipPlan, len(changed))
 	moved := false // a VIP came into the maps, or changed its address or announce flag
 	for i, v := range changed {
-		plans[i] = planVIP(v, r.maps, a, r.health.Up, loc)
+		plans[i] = planVIP(v, r.maps, a, r.judge(), loc)
 		_, inMaps := r.maps.vips[plans[i].key]
 		if plans[i].held && inMaps {
 			removed = append(removed, plans[i].key)
@@ -611,6 +619,10 @@ func (r *Reconciler) decide(plans []vipPlan) []*vipState {
 			r.log.Info("vip has a usable backend again: new flows leave its fallback", "vip", vid)
 		case !noHealthy && p.exists && p.cur.NoHealthy:
 			r.log.Info("vip has a healthy backend again", "vip", vid)
+		case p.meta.BackendsFull && (!p.exists || !p.cur.BackendsFull):
+			r.log.Warn("every usable backend of the vip is full: new flows are dropped", "vip", vid, "backends", p.full)
+		case !p.meta.BackendsFull && p.exists && p.cur.BackendsFull:
+			r.log.Info("vip has a backend below its cap again", "vip", vid)
 		}
 		if old != nil && old.info != nil && !slices.Equal(old.pools, ns.pools) {
 			r.logPools(vid, old.pools, ns.pools)

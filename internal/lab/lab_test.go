@@ -523,3 +523,57 @@ func TestNATTopology(t *testing.T) {
 		})
 	}
 }
+
+// The ECMP topology: the client behind the router, three load balancers
+// and the backends on the other segment, the router forwarding with an L4
+// multipath hash, everyone's routes through it; and FRR runs on the router.
+func TestECMPTopology(t *testing.T) {
+	testutil.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l, err := New(ctx, Options{ECMP: &ECMPOptions{}})
+	if err != nil {
+		t.Fatalf("build lab: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+	})
+	if len(l.LBs) != 3 || l.LB != l.LBs[0] || l.Router == nil || l.Router.Back == nil {
+		t.Fatalf("lbs %v, router %+v", l.LBs, l.Router)
+	}
+	for i, lb := range l.LBs {
+		if want := fmt.Sprintf("10.200.0.%d", 31+i); lb.IPv4.String() != want || lb.Name != fmt.Sprintf("lb%d", i+1) {
+			t.Errorf("%s at %s, want lb%d at %s", lb.Name, lb.IPv4, i+1, want)
+		}
+	}
+	if l.Client.IPv4.String() != "10.202.0.2" || l.Router.IPv4.String() != "10.200.0.1" || l.Router.Back.IPv4.String() != "10.202.0.1" {
+		t.Errorf("client %s, router %s and %s", l.Client.IPv4, l.Router.IPv4, l.Router.Back.IPv4)
+	}
+	for k, want := range map[string]string{"net/ipv4/ip_forward": "1", "net/ipv4/fib_multipath_hash_policy": "1", "net/ipv6/fib_multipath_hash_policy": "1"} {
+		if v, err := l.Router.Sysctl(k); err != nil || v != want {
+			t.Errorf("router %s = %q (%v), want %s", k, v, err, want)
+		}
+	}
+	// The client reaches a backend's own address through the router.
+	if _, err := l.ServeBackends(); err != nil {
+		t.Fatal(err)
+	}
+	be := l.Backends[0]
+	res := l.Client.Load(ctx, netip.AddrPortFrom(be.IPv4, HTTPPort), LoadOptions{Requests: 5, Timeout: 2 * time.Second})
+	if res.OK != 5 || res.ByBackend[be.Name] != 5 {
+		t.Errorf("client to %s through the router: %+v", be.IPv4, res)
+	}
+	f, err := l.StartFRR(ctx, l.Router, ECMPRouterConfig(65000, 65001, l.Router.IPv4, []netip.Addr{l.LBs[0].IPv4}, 3*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := f.Vtysh(ctx, "show bgp summary")
+	if err != nil || !strings.Contains(out, "10.200.0.31") || !strings.Contains(out, "65001") {
+		t.Errorf("show bgp summary: %v\n%s", err, out)
+	}
+	if err := f.Stop(); err != nil {
+		t.Error(err)
+	}
+}

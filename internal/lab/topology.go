@@ -42,6 +42,9 @@ var (
 	VIP6       = netip.MustParseAddr("fd00:200::100")
 	NATSubnet4 = netip.MustParsePrefix("10.201.0.0/24")
 	NATSubnet6 = netip.MustParsePrefix("fd00:201::/64")
+	// The client's own segment in an ECMP lab, behind the router.
+	ClientSubnet4 = netip.MustParsePrefix("10.202.0.0/24")
+	ClientSubnet6 = netip.MustParsePrefix("fd00:202::/64")
 )
 
 // Iface is the name of every node's interface on its segment; BackIface is
@@ -68,8 +71,9 @@ type segment struct {
 }
 
 var (
-	frontSegment = segment{bridge: "br0", subnet4: Subnet4, subnet6: Subnet6, portPrefix: "sw-", macByte: 0xc8}
-	natSegment   = segment{bridge: "br1", subnet4: NATSubnet4, subnet6: NATSubnet6, portPrefix: "swn-", macByte: 0xc9}
+	frontSegment  = segment{bridge: "br0", subnet4: Subnet4, subnet6: Subnet6, portPrefix: "sw-", macByte: 0xc8}
+	natSegment    = segment{bridge: "br1", subnet4: NATSubnet4, subnet6: NATSubnet6, portPrefix: "swn-", macByte: 0xc9}
+	clientSegment = segment{bridge: "br2", subnet4: ClientSubnet4, subnet6: ClientSubnet6, portPrefix: "swc-", macByte: 0xca}
 )
 
 // Options configure New.
@@ -81,6 +85,11 @@ type Options struct {
 	// NAT, when set, adds the NAT segment: the load balancer's BackIface
 	// and NAT backend namespaces behind it.
 	NAT *NATOptions
+	// ECMP, when set, makes the multi-node topology: the client on a
+	// segment of its own behind a router, and several load balancers on
+	// the backends' segment, to which the router spreads the VIPs' traffic
+	// (ECMP over the routes the load balancers announce).
+	ECMP *ECMPOptions
 	// AttachPass attaches a pass-only XDP program to an interface of the
 	// calling thread's namespace; default loader.AttachPass.
 	AttachPass func(ifindex int) (io.Closer, error)
@@ -102,6 +111,17 @@ type NATOptions struct {
 	Gateway bool
 }
 
+// ECMPOptions configure the multi-node topology: load balancers lb1, lb2,
+// ... at .31, .32, ... of the backends' segment, and the router at .1 of it
+// and of the client's segment (ClientSubnet4/6), the gateway of the client
+// and of the backends, with forwarding and L4 multipath hashing on.
+type ECMPOptions struct {
+	LBs int // default 3
+}
+
+// RouterHost is the router's host number on both of its segments.
+const RouterHost = 1
+
 // Node is one namespace of the lab with its interface on its segment.
 type Node struct {
 	Name  string // role: client, lb, be1, nat1, ...
@@ -110,8 +130,9 @@ type Node struct {
 	MAC   net.HardwareAddr
 	IPv4  netip.Addr
 	IPv6  netip.Addr
-	// Back is the load balancer's interface on the NAT segment; nil for
-	// every other node and in a lab without that segment.
+	// Back is the load balancer's interface on the NAT segment, or the
+	// router's on the client's segment in an ECMP lab; nil for every
+	// other node.
 	Back *Interface
 
 	ns netns.NsHandle
@@ -139,8 +160,10 @@ type Lab struct {
 	Prefix   string
 	Switch   *Node
 	Client   *Node
-	LB       *Node
-	Backends []*Node // DR backends, on the client's segment
+	LB       *Node   // the load balancer; the first of LBs in an ECMP lab
+	LBs      []*Node // every load balancer: just LB, but in an ECMP lab
+	Router   *Node   // ECMP lab only: between the client and the load balancers
+	Backends []*Node // DR backends, on the load balancers' segment
 	// NATBackends are the backends on the NAT segment (Options.NAT).
 	NATBackends []*Node
 
@@ -169,6 +192,14 @@ func New(ctx context.Context, opts Options) (_ *Lab, err error) {
 		}
 		if nat.Backends < 1 || nat.Backends > maxBackends {
 			return nil, fmt.Errorf("nat backends: %d out of range 1-%d", nat.Backends, maxBackends)
+		}
+	}
+	if opts.ECMP != nil {
+		if opts.ECMP.LBs == 0 {
+			opts.ECMP.LBs = 3
+		}
+		if opts.ECMP.LBs < 1 || opts.ECMP.LBs > 9 || opts.NAT != nil {
+			return nil, fmt.Errorf("ecmp: %d load balancers (1-9), and no NAT segment", opts.ECMP.LBs)
 		}
 	}
 	if opts.AttachPass == nil {
@@ -234,6 +265,9 @@ func New(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if opts.NAT != nil {
 		segments = append(segments, natSegment)
 	}
+	if opts.ECMP != nil {
+		segments = append(segments, clientSegment)
+	}
 	bridges := map[string]netlink.Link{}
 	for _, seg := range segments {
 		off := false
@@ -264,11 +298,29 @@ func New(ctx context.Context, opts Options) (_ *Lab, err error) {
 		plans = append(plans, plan{n, seg, host})
 		return n, nil
 	}
-	if l.Client, err = add("client", frontSegment, 2); err != nil {
-		return nil, err
-	}
-	if l.LB, err = add("lb", frontSegment, lbHost); err != nil {
-		return nil, err
+	if opts.ECMP == nil {
+		if l.Client, err = add("client", frontSegment, 2); err != nil {
+			return nil, err
+		}
+		if l.LB, err = add("lb", frontSegment, lbHost); err != nil {
+			return nil, err
+		}
+		l.LBs = []*Node{l.LB}
+	} else {
+		if l.Client, err = add("client", clientSegment, 2); err != nil {
+			return nil, err
+		}
+		if l.Router, err = add("router", frontSegment, RouterHost); err != nil {
+			return nil, err
+		}
+		for i := range opts.ECMP.LBs {
+			lb, err := add(fmt.Sprintf("lb%d", i+1), frontSegment, byte(31+i))
+			if err != nil {
+				return nil, err
+			}
+			l.LBs = append(l.LBs, lb)
+		}
+		l.LB = l.LBs[0]
 	}
 	for i := range opts.Backends {
 		be, err := add(fmt.Sprintf("be%d", i+1), frontSegment, byte(11+i))
@@ -309,7 +361,43 @@ func New(ctx context.Context, opts Options) (_ *Lab, err error) {
 			return nil, err
 		}
 	}
+	if opts.ECMP != nil {
+		if err := l.wireRouter(sw, bridges[clientSegment.bridge], opts.AttachPass); err != nil {
+			return nil, err
+		}
+	}
 	return l, nil
+}
+
+// wireRouter finishes an ECMP lab: the router's second interface on the
+// client's segment, forwarding with an L4 multipath hash (so that the
+// flows of one client spread over the load balancers, and each flow stays
+// on one), and the routes of the client and the backends through it.
+func (l *Lab) wireRouter(sw *netlink.Handle, br netlink.Link, attachPass func(int) (io.Closer, error)) error {
+	back, err := l.wire(sw, br, clientSegment, l.Router, BackIface, RouterHost, attachPass)
+	if err != nil {
+		return err
+	}
+	l.Router.Back = &back
+	if err := l.Router.Do(func() error {
+		return writeSysctls(map[string]string{
+			"net/ipv4/ip_forward":                "1",
+			"net/ipv6/conf/all/forwarding":       "1",
+			"net/ipv4/fib_multipath_hash_policy": "1",
+			"net/ipv6/fib_multipath_hash_policy": "1",
+		})
+	}); err != nil {
+		return err
+	}
+	if err := l.Client.addDefaultRoutes(back.IPv4, back.IPv6); err != nil {
+		return err
+	}
+	for _, be := range l.Backends {
+		if err := be.addDefaultRoutes(l.Router.IPv4, l.Router.IPv6); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // wireNAT finishes the NAT segment: the load balancer's second interface,

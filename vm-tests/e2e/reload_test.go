@@ -83,3 +83,61 @@ func TestSIGHUPReload(t *testing.T) {
 		t.Errorf("state changed by a bad config:\n%s\nwant\n%s", after, before)
 	}
 }
+
+// TestWatchConfig: with --watch-config, a config file replaced the way
+// configuration management does (a new file renamed over it) is applied
+// under traffic with no failed request; a bad one is refused and logged,
+// the running state kept (issue 17).
+func TestWatchConfig(t *testing.T) {
+	e := setupLab(t, lab.Options{})
+	vip := netip.AddrPortFrom(lab.VIP4, 80)
+	e.addVIP(vip.String()+"/tcp", func(n *lab.Node) netip.Addr { return n.IPv4 })
+	dir := t.TempDir()
+	file := filepath.Join(dir, "lb.yaml")
+	push := func(content string) {
+		t.Helper()
+		tmp := filepath.Join(dir, ".lb.yaml.new")
+		if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, file); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exported := e.cli("export")
+	push(exported)
+	e.stop()
+	e.daemonArgs = append(e.daemonArgs, "--config", file, "--watch-config")
+	e.start()
+
+	loaded := make(chan lab.LoadResult, 1)
+	go func() {
+		loaded <- e.lab.Client.Load(e.ctx, vip, lab.LoadOptions{Requests: 3000, Parallel: 4, Timeout: 3 * time.Second,
+			MaxFailures: 20, FirstPort: firstClientPort})
+	}()
+	time.Sleep(100 * time.Millisecond)
+	push(exported + "  - address: " + lab.VIP4.String() + "\n    port: 81\n    protocol: tcp\n    backends: []\n")
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(e.cli("vip", "list"), lab.VIP4.String()+":81/tcp") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the pushed VIP is not in vip list:\n%s\nlog:\n%s", e.cli("vip", "list"), e.d.LogTail(20))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if res := <-loaded; res.OK != res.Requests || res.Requests != 3000 {
+		t.Errorf("%d of %d requests succeeded across the change; first failures: %v", res.OK, res.Requests, res.Failures)
+	}
+
+	before := e.cli("export")
+	push("vips: [{address: nonsense}]\n")
+	deadline = time.Now().Add(5 * time.Second)
+	for !strings.Contains(e.d.Log(), "config file changed: config not reloaded, the running state is kept") {
+		if time.Now().After(deadline) {
+			t.Fatalf("bad pushed config not logged:\n%s", e.d.LogTail(20))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if after := e.cli("export"); after != before {
+		t.Errorf("state changed by a bad config:\n%s\nwant\n%s", after, before)
+	}
+}

@@ -36,7 +36,9 @@ type Datapath struct {
 	actions         []loader.ActionCount
 	txErrors        []loader.TxErrorCount
 	drops           map[string]uint64
+	vipDrops        map[uint32]map[string]uint64
 	flows           map[uint32]loader.FlowCount
+	flowCounts      int // FlowCountsByBackend calls: walks of a real connection table
 	conns           []loader.Conn
 	ifaces          []loader.IfaceStatus
 	removed         bool
@@ -63,6 +65,7 @@ func NewDatapath(lookupSize, maxVIPs, maxBackends uint32) *Datapath {
 		vipCounters:     map[uint32]loader.Counters{},
 		backendCounters: map[uint32]loader.Counters{},
 		drops:           map[string]uint64{},
+		vipDrops:        map[uint32]map[string]uint64{},
 		flows:           map[uint32]loader.FlowCount{},
 		events:          map[string]uint64{},
 		ifaces:          []loader.IfaceStatus{{Name: "eth0", Ifindex: 2, Mode: loader.XDPModeNative, ProgramID: 7, LinkID: 8}},
@@ -146,6 +149,16 @@ func (f *Datapath) SetDrops(reason string, n uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.drops[reason] = n
+}
+
+// SetVIPDrops sets the drop counter of reason for VIP id.
+func (f *Datapath) SetVIPDrops(id uint32, reason string, n uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.vipDrops[id] == nil {
+		f.vipDrops[id] = map[string]uint64{}
+	}
+	f.vipDrops[id][reason] = n
 }
 
 // SetFlows sets the established connection-table entries of backend id;
@@ -400,10 +413,29 @@ func (f *Datapath) DropCounters() (map[string]uint64, error) {
 	return maps.Clone(f.drops), nil
 }
 
+func (f *Datapath) VIPDropCounters() (map[uint32]map[string]uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[uint32]map[string]uint64, len(f.vipDrops))
+	for id, m := range f.vipDrops {
+		out[id] = maps.Clone(m)
+	}
+	return out, nil
+}
+
 func (f *Datapath) FlowCountsByBackend() (map[uint32]loader.FlowCount, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.flowCounts++
 	return maps.Clone(f.flows), nil
+}
+
+// FlowCountCalls counts the FlowCountsByBackend calls, each a walk of the
+// whole connection table in the real data plane.
+func (f *Datapath) FlowCountCalls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.flowCounts
 }
 
 func (f *Datapath) ConntrackEntries() (int, error) {
