@@ -116,6 +116,22 @@ func TestRoutesFallbackDrainedEmptyUnresolved(t *testing.T) {
 	wantRoutes(t, routes, "10.0.0.100")
 }
 
+// A VIP whose backends are all at their connection cap stays routed: a
+// passing load, not a failure.
+func TestRoutesFullBackends(t *testing.T) {
+	f, routes := routesFixture(t, "10.0.0.1")
+	f.setCap(t, "10.0.0.1", 10, 5)
+	f.dp.SetFlows(1, 10)
+	f.checkCaps(t, true)
+	if st := f.state(t, "10.0.0.1"); st != model.BackendFull {
+		t.Fatalf("state %q, want %q", st, model.BackendFull)
+	}
+	wantRoutes(t, routes, "10.0.0.100")
+	f.health.set(vip1, "10.0.0.1", false, "timeout")
+	f.reconcile(t)
+	wantRoutes(t, routes)
+}
+
 // A failed announce is tried again by the next pass, and fails the pass.
 func TestRoutesRetried(t *testing.T) {
 	f, routes := routesFixture(t, "10.0.0.1")
