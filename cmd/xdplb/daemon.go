@@ -2,16 +2,18 @@ package main
 
 import (
 	"fmt"
-	"github.com/xdplb/xdplb/control/api"
 	"io"
 	"log/slog"
 	"math"
+	"net/netip"
 	"runtime"
 	"runtime/debug"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/xdplb/xdplb/control/api"
+	"github.com/xdplb/xdplb/control/bgp"
 	"github.com/xdplb/xdplb/control/daemon"
 	"github.com/xdplb/xdplb/loader"
 )
@@ -59,6 +61,12 @@ func (e *env) daemonCommand() *cli.Command {
 			&cli.DurationFlag{Name: "half-open-timeout", Value: loader.DefaultHalfOpenTimeout, Usage: "how long a flow that saw only its opening (a SYN) lives without a packet: its entries are reclaimed after it, in every table, and it counts as open for drain and backend del that long"},
 			&cli.BoolFlag{Name: "recover-state", Usage: "if the state file is damaged, start from its last good version (kept beside it) instead of refusing to start; the damaged files are kept"},
 			&cli.BoolFlag{Name: "detach-on-exit", Usage: "on exit, detach XDP and remove pins and announced addresses (default: leave them, forwarding continues)"},
+			&cli.Uint64Flag{Name: "bgp-asn", DefaultText: "none, no BGP", Usage: "announce the VIPs over BGP from this AS number (with --bgp-router-id and --bgp-peer)"},
+			&cli.StringFlag{Name: "bgp-router-id", Usage: "BGP identifier, an IPv4 address"},
+			// Generic, not a string slice: its value has commas of its own.
+			&cli.GenericFlag{Name: "bgp-peer", Value: &repeatable{}, Usage: "BGP peer ADDR[,asn=N][,port=N] (repeatable): the VIP routes go to it; without asn it is in our AS (iBGP), without port on 179"},
+			&cli.DurationFlag{Name: "bgp-hold-time", Value: bgp.DefaultHoldTime, Usage: "BGP hold time offered to the peers (whole seconds, 3s or more); keepalives every third of it"},
+			&cli.UintFlag{Name: "bgp-listen-port", DefaultText: "none, the daemon connects to its peers", Usage: "accept BGP sessions from the peers on this TCP port"},
 		}, logFlags()...),
 		Action: e.daemon,
 	}
@@ -97,6 +105,10 @@ func (e *env) daemon(c *cli.Context) error {
 	if err := opts.Validate(); err != nil {
 		return usagef(c, "%s", err)
 	}
+	bgpCfg, err := bgpConfig(c)
+	if err != nil {
+		return err
+	}
 	logger, err := newLogger(c, e.stderr)
 	if err != nil {
 		return err
@@ -111,6 +123,7 @@ func (e *env) daemon(c *cli.Context) error {
 		SocketPath:   socketPath(c),
 		DetachOnExit: c.Bool("detach-on-exit"),
 		RecoverState: c.Bool("recover-state"),
+		BGP:          bgpCfg,
 		Version:      version,
 	})
 	if err != nil {
@@ -118,6 +131,49 @@ func (e *env) daemon(c *cli.Context) error {
 	}
 	return nil
 }
+
+// bgpConfig reads the --bgp-* flags; the speaker's rules are control/bgp's,
+// checked here too so that a bad flag is a usage error.
+func bgpConfig(c *cli.Context) (bgp.Config, error) {
+	cfg := bgp.Config{HoldTime: c.Duration("bgp-hold-time")}
+	asn := c.Uint64("bgp-asn")
+	if asn > math.MaxUint32 {
+		return cfg, usagef(c, "--bgp-asn %d: want 1 to 4294967295", asn)
+	}
+	cfg.ASN = uint32(asn)
+	if s := c.String("bgp-router-id"); s != "" {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return cfg, usagef(c, "--bgp-router-id %q: want an IPv4 address", s)
+		}
+		cfg.RouterID = a
+	}
+	for _, s := range c.Generic("bgp-peer").(*repeatable).values {
+		p, err := bgp.ParsePeer(s)
+		if err != nil {
+			return cfg, usagef(c, "--bgp-peer: %s", err)
+		}
+		cfg.Peers = append(cfg.Peers, p)
+	}
+	port := c.Uint("bgp-listen-port")
+	if port > math.MaxUint16 {
+		return cfg, usagef(c, "--bgp-listen-port %d: want 1 to 65535", port)
+	}
+	cfg.ListenPort = uint16(port)
+	check := cfg
+	check.Peers = append([]bgp.Peer(nil), cfg.Peers...)
+	if err := check.Validate(); err != nil {
+		return cfg, usagef(c, "%s", err)
+	}
+	return cfg, nil
+}
+
+// repeatable is a flag value that keeps every value it is given, whole
+// (a StringSliceFlag would split them on commas).
+type repeatable struct{ values []string }
+
+func (r *repeatable) Set(v string) error { r.values = append(r.values, v); return nil }
+func (r *repeatable) String() string     { return strings.Join(r.values, " ") }
 
 func (e *env) detachCommand() *cli.Command {
 	return &cli.Command{

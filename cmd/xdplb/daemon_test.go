@@ -6,6 +6,7 @@ import (
 	"errors"
 	"github.com/xdplb/xdplb/loader"
 	"io"
+	"net/netip"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/xdplb/xdplb/control/api"
+	"github.com/xdplb/xdplb/control/bgp"
 	"github.com/xdplb/xdplb/control/daemon"
 	"github.com/xdplb/xdplb/control/reconcile"
 	"github.com/xdplb/xdplb/control/state"
@@ -68,18 +70,25 @@ func TestDaemonFlags(t *testing.T) {
 	}{
 		{
 			args: []string{"daemon", "--iface", "eth0"},
-			want: daemon.Config{Options: loader.Options{BPFFS: "/sys/fs/bpf", Interfaces: []string{"eth0"}, XDPMode: "auto", LookupSize: 65537, ConntrackSize: 1 << 20, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends, SNATPorts: loader.DefaultSNATPorts, HalfOpenTimeout: loader.DefaultHalfOpenTimeout}, StateDir: "/var/lib/xdplb", MetricsAddr: "127.0.0.1:9642", SocketPath: "/run/xdplb/xdplb.sock"},
+			want: daemon.Config{Options: loader.Options{BPFFS: "/sys/fs/bpf", Interfaces: []string{"eth0"}, XDPMode: "auto", LookupSize: 65537, ConntrackSize: 1 << 20, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends, SNATPorts: loader.DefaultSNATPorts, HalfOpenTimeout: loader.DefaultHalfOpenTimeout}, StateDir: "/var/lib/xdplb", MetricsAddr: "127.0.0.1:9642", SocketPath: "/run/xdplb/xdplb.sock", BGP: bgp.Config{HoldTime: bgp.DefaultHoldTime}},
 		},
 		{
 			args: []string{"--socket", "/tmp/x.sock", "daemon", "--iface", "eth0", "--iface", "eth1", "--xdp-mode", "native",
 				"--state-dir", "/s", "--bpffs", "/b", "--config", "/c.yaml", "--metrics-addr", "[::1]:9000",
 				"--maglev-size", "251", "--conntrack-size", "4096", "--snat-ports", "30000-39999", "--half-open-timeout", "5s", "--detach-on-exit", "--recover-state", "--watch-config", "--log-level", "debug", "--log-format", "json"},
-			want: daemon.Config{Options: loader.Options{BPFFS: "/b", Interfaces: []string{"eth0", "eth1"}, XDPMode: "native", LookupSize: 251, ConntrackSize: 4096, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends, SNATPorts: loader.PortRange{Lo: 30000, Hi: 39999}, HalfOpenTimeout: 5 * time.Second}, StateDir: "/s", ConfigFile: "/c.yaml", MetricsAddr: "[::1]:9000", SocketPath: "/tmp/x.sock", DetachOnExit: true, RecoverState: true, WatchConfig: true},
+			want: daemon.Config{Options: loader.Options{BPFFS: "/b", Interfaces: []string{"eth0", "eth1"}, XDPMode: "native", LookupSize: 251, ConntrackSize: 4096, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends, SNATPorts: loader.PortRange{Lo: 30000, Hi: 39999}, HalfOpenTimeout: 5 * time.Second}, StateDir: "/s", ConfigFile: "/c.yaml", MetricsAddr: "[::1]:9000", SocketPath: "/tmp/x.sock", DetachOnExit: true, RecoverState: true, WatchConfig: true, BGP: bgp.Config{HoldTime: bgp.DefaultHoldTime}},
 		},
 		{
 			args: []string{"daemon", "--iface", "eth0", "--xdp-mode", "generic"},
 			env:  "/tmp/env.sock",
-			want: daemon.Config{Options: loader.Options{BPFFS: "/sys/fs/bpf", Interfaces: []string{"eth0"}, XDPMode: "generic", LookupSize: 65537, ConntrackSize: 1 << 20, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends, SNATPorts: loader.DefaultSNATPorts, HalfOpenTimeout: loader.DefaultHalfOpenTimeout}, StateDir: "/var/lib/xdplb", MetricsAddr: "127.0.0.1:9642", SocketPath: "/tmp/env.sock"},
+			want: daemon.Config{Options: loader.Options{BPFFS: "/sys/fs/bpf", Interfaces: []string{"eth0"}, XDPMode: "generic", LookupSize: 65537, ConntrackSize: 1 << 20, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends, SNATPorts: loader.DefaultSNATPorts, HalfOpenTimeout: loader.DefaultHalfOpenTimeout}, StateDir: "/var/lib/xdplb", MetricsAddr: "127.0.0.1:9642", SocketPath: "/tmp/env.sock", BGP: bgp.Config{HoldTime: bgp.DefaultHoldTime}},
+		},
+		{
+			args: []string{"daemon", "--iface", "eth0", "--bgp-asn", "65001", "--bgp-router-id", "10.0.0.1",
+				"--bgp-peer", "192.0.2.254", "--bgp-peer", "2001:db8::fe,asn=65000,port=1179", "--bgp-hold-time", "30s", "--bgp-listen-port", "1179"},
+			want: daemon.Config{Options: loader.Options{BPFFS: "/sys/fs/bpf", Interfaces: []string{"eth0"}, XDPMode: "auto", LookupSize: 65537, ConntrackSize: 1 << 20, MaxVIPs: loader.DefaultMaxVIPs, MaxBackends: loader.DefaultMaxBackends, SNATPorts: loader.DefaultSNATPorts, HalfOpenTimeout: loader.DefaultHalfOpenTimeout}, StateDir: "/var/lib/xdplb", MetricsAddr: "127.0.0.1:9642", SocketPath: "/run/xdplb/xdplb.sock",
+				BGP: bgp.Config{ASN: 65001, RouterID: netip.MustParseAddr("10.0.0.1"), HoldTime: 30 * time.Second, ListenPort: 1179, Peers: []bgp.Peer{
+					{Addr: netip.MustParseAddr("192.0.2.254")}, {Addr: netip.MustParseAddr("2001:db8::fe"), ASN: 65000, Port: 1179}}}},
 		},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -116,6 +125,41 @@ func TestDaemonFlags(t *testing.T) {
 			got.Logger, got.Version = nil, ""
 			if !reflect.DeepEqual(*got, tc.want) {
 				t.Errorf("daemon config\n%+v\nwant\n%+v", *got, tc.want)
+			}
+		})
+	}
+}
+
+// TestDaemonBGPFlagErrors: a bad --bgp-* flag is a usage error, found
+// before the daemon starts.
+func TestDaemonBGPFlagErrors(t *testing.T) {
+	bgpOK := []string{"--bgp-asn", "65001", "--bgp-router-id", "10.0.0.1", "--bgp-peer", "192.0.2.254"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--bgp-asn", "65001"}, `--bgp-router-id is required`},
+		{[]string{"--bgp-peer", "192.0.2.254"}, `--bgp-asn is required`},
+		{[]string{"--bgp-listen-port", "1179"}, `--bgp-listen-port needs`},
+		{append(bgpOK, "--bgp-asn", "4294967296"), `--bgp-asn 4294967296: want 1 to 4294967295`},
+		{append(bgpOK, "--bgp-router-id", "router1"), `--bgp-router-id "router1": want an IPv4 address`},
+		{append(bgpOK, "--bgp-router-id", "2001:db8::1"), `router id 2001:db8::1: want an IPv4 address`},
+		{append(bgpOK, "--bgp-peer", "192.0.2.253,asn=x"), `--bgp-peer: bgp peer "192.0.2.253,asn=x": asn "x"`},
+		{append(bgpOK, "--bgp-peer", "192.0.2.254,port=1179"), `peer 192.0.2.254 given twice`},
+		{append(bgpOK, "--bgp-hold-time", "1s"), `hold time 1s: want whole seconds from 3s to 18h12m15s`},
+		{append(bgpOK, "--bgp-listen-port", "70000"), `--bgp-listen-port 70000: want 1 to 65535`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			e := &env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: &bytes.Buffer{},
+				runDaemon: func(context.Context, daemon.Config) error {
+					t.Fatal("daemon started despite a bad flag")
+					return nil
+				}}
+			var stderr bytes.Buffer
+			e.stderr = &stderr
+			code := e.run(t.Context(), append([]string{"xdplb", "daemon", "--iface", "eth0"}, tc.args...))
+			if code != exitUsage || !strings.Contains(stderr.String(), tc.want) || strings.Count(stderr.String(), "\n") != 1 {
+				t.Errorf("exit %d, stderr %q: want a one-line usage error with %q", code, stderr.String(), tc.want)
 			}
 		})
 	}

@@ -2,8 +2,11 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net/netip"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -73,6 +76,38 @@ func writeStatus(e *env, st api.DaemonStatus) error {
 			fill = fmt.Sprintf("%.1f%%", 100*float64(m.Entries)/float64(m.MaxEntries))
 		}
 		t.row(m.Name, strconv.Itoa(m.Entries), strconv.FormatUint(uint64(m.MaxEntries), 10), fill)
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	if st.BGP != nil {
+		return writeBGPStatus(w, st.BGP)
+	}
+	return nil
+}
+
+// writeBGPStatus writes the BGP speaker's part of status: the routes it
+// announces, then a line per session.
+func writeBGPStatus(w io.Writer, b *api.BGPStatus) error {
+	fmt.Fprintln(w)
+	t := newTable(w, "bgp:", fmt.Sprintf("asn %d, router id %s, hold time %s", b.ASN, b.RouterID, b.HoldTime))
+	routes := "none"
+	if len(b.Routes) > 0 {
+		routes = strings.Join(b.Routes, ", ")
+	}
+	t.row("routes:", routes)
+	if err := t.flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	t = newTable(w, "PEER", "ASN", "STATE", "UPTIME", "ROUTES", "LOCAL ADDR", "LAST ERROR")
+	for _, s := range b.Sessions {
+		local := "-"
+		if s.LocalAddr.IsValid() {
+			local = s.LocalAddr.String()
+		}
+		t.row(netip.AddrPortFrom(s.Peer, s.Port).String(), strconv.FormatUint(uint64(s.PeerASN), 10), s.State,
+			orDash(s.Uptime), strconv.Itoa(s.Routes), local, orDash(s.LastError))
 	}
 	return t.flush()
 }

@@ -53,6 +53,54 @@ var (
 		[]string{"vip"}, nil)
 )
 
+// The BGP speaker's (issue 17), from BGPCollector.
+var (
+	descBGPUp     = prometheus.NewDesc("xdplb_bgp_session_up", "1 if the BGP session to a peer is established, else 0.", []string{"peer"}, nil)
+	descBGPRoutes = prometheus.NewDesc("xdplb_bgp_routes_announced", "VIP host routes the BGP speaker offers its peers (each established session of the route's family carries it).", nil, nil)
+)
+
+// BGPCollector exposes the BGP speaker's sessions and routes, read at
+// scrape time.
+type BGPCollector struct {
+	src BGPSource
+	log *slog.Logger
+}
+
+// NewBGPCollector returns a collector of src.
+func NewBGPCollector(src BGPSource, log *slog.Logger) *BGPCollector {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &BGPCollector{src: src, log: log}
+}
+
+// Describe implements prometheus.Collector.
+func (c *BGPCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descBGPUp
+	ch <- descBGPRoutes
+}
+
+// Collect implements prometheus.Collector. A speaker that cannot be read
+// gives no metric (a scrape must not say a session is down when it does
+// not know) and a warning.
+func (c *BGPCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := c.src.BGPStatus(ctx)
+	if err != nil {
+		c.log.Warn("metrics scrape: bgp status", "err", err)
+		return
+	}
+	for _, s := range st.Sessions {
+		up := 0.0
+		if s.Up {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descBGPUp, prometheus.GaugeValue, up, s.Peer.String())
+	}
+	ch <- prometheus.MustNewConstMetric(descBGPRoutes, prometheus.GaugeValue, float64(len(st.Routes)))
+}
+
 // Collector exposes the data plane's counters; it reads the maps at scrape
 // time, so it holds no copies that could drift.
 type Collector struct {

@@ -55,8 +55,16 @@ type Server struct {
 	// VIPAddrs, if set, vets the address of a VIP that is new to the
 	// state (vip add, apply).
 	VIPAddrs VIPAddressChecker
+	// BGP, if set, is the BGP speaker `status` shows.
+	BGP BGPSource
 
 	zero baseline // what `stats --zero` took, subtracted by Stats
+}
+
+// BGPSource is the BGP speaker as the API shows it (control/bgp, which
+// the daemon adapts): status and metrics read it on request.
+type BGPSource interface {
+	BGPStatus(ctx context.Context) (BGPStatus, error)
 }
 
 // VIPAddressChecker refuses VIP addresses that are not safe to take: a
@@ -767,6 +775,14 @@ func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, m := range ds.Maps {
 		out.Maps = append(out.Maps, MapInfo{Name: m.Name, Entries: m.Entries, MaxEntries: m.MaxEntries})
+	}
+	if s.BGP != nil {
+		bs, err := s.BGP.BGPStatus(r.Context())
+		if err != nil {
+			s.fail(w, r, fmt.Errorf("bgp status: %w", err))
+			return
+		}
+		out.BGP = &bs
 	}
 	writeJSON(w, http.StatusOK, out)
 }

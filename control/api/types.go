@@ -218,4 +218,31 @@ type DaemonStatus struct {
 	Maps       []MapInfo   `json:"maps"`
 	VIPs       int         `json:"vips"`
 	Backends   int         `json:"backends"`
+	BGP        *BGPStatus  `json:"bgp,omitempty"` // nil: the daemon runs no BGP speaker
+}
+
+// BGPStatus is the daemon's BGP speaker: who it is, the VIP routes it
+// announces and its sessions.
+type BGPStatus struct {
+	ASN      uint32       `json:"asn"`
+	RouterID netip.Addr   `json:"router_id"`
+	HoldTime string       `json:"hold_time"`
+	Routes   []string     `json:"routes"` // the VIP host routes (/32, /128) offered to the peers
+	Sessions []BGPSession `json:"sessions"`
+}
+
+// BGPSession is one peer's session.
+type BGPSession struct {
+	Peer    netip.Addr `json:"peer"`
+	PeerASN uint32     `json:"peer_asn"`
+	Port    uint16     `json:"port"`
+	State   string     `json:"state"` // idle, connect, active, opensent, openconfirm, established
+	Up      bool       `json:"up"`
+	// Since is when the session came up (up) or last went down.
+	Since  time.Time `json:"since,omitzero"`
+	Uptime string    `json:"uptime,omitempty"` // how long it has been up
+	// Routes is how many routes are announced on the session.
+	Routes    int        `json:"routes_announced"`
+	LocalAddr netip.Addr `json:"local_addr,omitzero"` // the next hop of its routes, while up
+	LastError string     `json:"last_error,omitempty"`
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/xdplb/xdplb/control/api"
+	"github.com/xdplb/xdplb/control/bgp"
 	"github.com/xdplb/xdplb/control/config"
 	"github.com/xdplb/xdplb/control/model"
 	"github.com/xdplb/xdplb/control/netstack"
@@ -55,7 +56,10 @@ type Config struct {
 	// the state file or its journal is damaged; without it the daemon
 	// refuses to start and changes nothing.
 	RecoverState bool
-	Version      string
+	// BGP is the BGP speaker's configuration (--bgp-*); its zero value
+	// runs none.
+	BGP     bgp.Config
+	Version string
 }
 
 // DatapathCloser is a data plane the daemon owns: Close releases its
@@ -108,11 +112,31 @@ func (cfg *Config) defaults() error {
 	if err := cfg.Options.Validate(); err != nil {
 		return err
 	}
+	if err := cfg.BGP.Validate(); err != nil {
+		return err
+	}
 	return cfg.Options.CheckInterfaces()
 }
 
 // RunWith is Run with the data plane opened by open (tests use a fake).
-func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
+func RunWith(ctx context.Context, cfg Config, open OpenDatapath) error {
+	return runWith(ctx, cfg, open, func(o netstack.Options) (Network, error) { return netstack.New(o) })
+}
+
+// Network is the host's network stack as the daemon uses it;
+// *netstack.Netlink implements it.
+type Network interface {
+	reconcile.Network
+	api.VIPAddressChecker
+	CheckState(model.State) error
+	Watch(ctx context.Context)
+	ResolveNATNextHops(ctx context.Context)
+	Close()
+}
+
+// runWith is RunWith with the network stack opened by openNet (tests of
+// what needs backends use a fake: real ones need root).
+func runWith(ctx context.Context, cfg Config, open OpenDatapath, openNet func(netstack.Options) (Network, error)) (err error) {
 	if err := cfg.defaults(); err != nil {
 		return err
 	}
@@ -159,7 +183,7 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 		}
 	})
 
-	nw, err := netstack.New(netstack.Options{Interfaces: cfg.Interfaces, StateDir: cfg.StateDir, Logger: log})
+	nw, err := openNet(netstack.Options{Interfaces: cfg.Interfaces, StateDir: cfg.StateDir, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -203,6 +227,16 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 		}
 		log.Info("daemon stopped; XDP program, maps and announced addresses stay in place, forwarding continues")
 	}()
+	// The BGP speaker stops first (the defers run last in, first out):
+	// routers move the VIPs' traffic to the other nodes before this one
+	// detaches. Until the first pass it announces nothing.
+	var speaker *bgp.Speaker
+	if cfg.BGP.Enabled() {
+		if speaker, err = bgp.Start(ctx, cfg.BGP, log); err != nil {
+			return err
+		}
+		defer stopBGP(speaker, cfg.DetachOnExit, log)
+	}
 
 	// Health first: the initial reconcile hands it the restored state, whose
 	// backends begin up (a restart must not stop forwarding).
@@ -220,6 +254,14 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 	warnForwarding(store.State(), cfg.Interfaces, os.ReadFile, log)
 	warnEphemeralOverlap(cfg.SNATPorts, os.ReadFile, log)
 	rec := reconcile.NewReconciler(store, dp, nw, reconcile.NewHealthChecker(checks), log)
+	var bgpSrc api.BGPSource
+	if speaker != nil {
+		rec.SetRouteAnnouncer(speaker)
+		bgpSrc = bgpStatus{speaker}
+		if err := metrics.Register(api.NewBGPCollector(bgpSrc, log)); err != nil {
+			return err
+		}
+	}
 	if err := rec.Reconcile(ctx); err != nil {
 		return fmt.Errorf("initial reconcile: %w", err)
 	}
@@ -227,7 +269,7 @@ func RunWith(ctx context.Context, cfg Config, open OpenDatapath) (err error) {
 	if err := metrics.Register(api.NewCollector(dp, store, rec, cfg.Version, log)); err != nil {
 		return err
 	}
-	srv := &api.Server{Store: store, Datapath: dp, Reconciler: rec, Version: cfg.Version, StartTime: start, Log: log, VIPAddrs: nw}
+	srv := &api.Server{Store: store, Datapath: dp, Reconciler: rec, Version: cfg.Version, StartTime: start, Log: log, VIPAddrs: nw, BGP: bgpSrc}
 	goRun(func() {
 		if err := srv.Serve(ctx, apiLn); err != nil {
 			errc <- err

@@ -169,6 +169,21 @@ func planVIP(v model.VIP, m *mirror, a *ids, j judge, loc locator) vipPlan {
 	return p
 }
 
+// routed reports whether routers should send the VIP's traffic to this
+// node (BGP): it is in the maps and its new flows go somewhere, to a
+// usable backend or to its fallback, or its backends that would take
+// them are only full (at their connection cap: a passing load that
+// must not move the routers' ECMP choices), or every backend is drained
+// (their open flows go on here). A VIP without a healthy (or resolved)
+// backend nor fallback is not: its new flows are better taken by a node
+// that has one. The caller also leaves out a VIP whose writes failed.
+func (p *vipPlan) routed() bool {
+	if p.err != nil || p.held {
+		return false
+	}
+	return len(p.members) > 0 || p.full > 0 || p.active == 0 && len(p.backends) > 0
+}
+
 // planFallback plans the fallback f of the VIP (id in the maps) once its
 // backends are planned. It is a backend of the VIP with its own entry and
 // id, located as the backends are, and never down: it is not checked (a

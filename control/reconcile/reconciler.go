@@ -57,6 +57,14 @@ type Network interface {
 	Forget(keep map[netip.Addr]bool)
 }
 
+// RouteAnnouncer announces to routers the VIP addresses this node
+// serves (the BGP speaker, control/bgp). After a pass that changed it,
+// the reconciler hands it the whole set: an address is in it while one
+// of its VIPs is routed (see vipPlan.routed).
+type RouteAnnouncer interface {
+	AnnounceRoutes(ctx context.Context, addrs []netip.Addr) error
+}
+
 // ReconcileInterval is how often the reconciler runs without being asked,
 // as a safety net for missed events.
 const ReconcileInterval = 5 * time.Second
@@ -108,6 +116,8 @@ type Reconciler struct {
 	// the last count found them.
 	full     map[backendKey]bool
 	announce map[netip.Addr]bool // the last Announce request; nil: none yet
+	router   RouteAnnouncer      // nil: no BGP
+	routed   map[netip.Addr]bool // the last set the router took; nil: none yet
 	clean    bool
 	// doneGen is the state generation the last successful pass read.
 	doneGen uint64
@@ -134,6 +144,14 @@ func NewReconciler(src Source, dp Datapath, nw Network, health Health, log *slog
 		unresolved: map[netip.Addr]bool{},
 		progress:   progress{done: make(chan struct{})},
 	}
+}
+
+// SetRouteAnnouncer makes the passes tell a the VIP addresses to route
+// to this node; call it before the first pass.
+func (r *Reconciler) SetRouteAnnouncer(a RouteAnnouncer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.router, r.routed = a, nil
 }
 
 // Counts returns how many reconciles succeeded and failed.
@@ -301,6 +319,7 @@ func (r *Reconciler) reconcileAll(ctx context.Context, st model.State) error {
 	r.vips = make(map[model.VIPID]*vipState, len(plans))
 	live := map[netip.Addr]bool{}
 	for i, p := range plans {
+		decided[i].routed = p.routed() && !failed[p.v.ID()]
 		r.vips[p.v.ID()] = decided[i]
 		for _, a := range targetAddrs(&p.v) {
 			live[a] = true
@@ -311,7 +330,7 @@ func (r *Reconciler) reconcileAll(ctx context.Context, st model.State) error {
 	if r.net != nil {
 		r.net.Forget(live)
 	}
-	errs = append(errs, r.announceVIPs(ctx, st, plans, failed, true))
+	errs = append(errs, r.announceVIPs(ctx, st, plans, failed, true), r.announceRoutes(ctx))
 	return errors.Join(errs...)
 }
 
@@ -364,12 +383,14 @@ func (r *Reconciler) reconcileChanged(ctx context.Context, st model.State) error
 	failed, err := r.apply(diff(r.maps, plans, removed, false))
 	errs := []error{err}
 	for i, p := range plans {
+		decided[i].routed = p.routed() && !failed[p.v.ID()]
 		r.vips[p.v.ID()] = decided[i]
 		errs = append(errs, p.err)
 	}
 	if announce := len(removed) > 0 || len(failed) > 0 || r.announce == nil || moved; announce {
 		errs = append(errs, r.announceVIPs(ctx, st, plans, failed, false))
 	}
+	errs = append(errs, r.announceRoutes(ctx))
 	return errors.Join(errs...)
 }
 
@@ -489,6 +510,29 @@ func (r *Reconciler) announceVIPs(ctx context.Context, st model.State, plans []v
 	return nil
 }
 
+// announceRoutes hands the router the addresses of the routed VIPs when
+// they changed since it last took them (a VIP address with several ports
+// is routed while any of its VIPs is).
+func (r *Reconciler) announceRoutes(ctx context.Context) error {
+	if r.router == nil {
+		return nil
+	}
+	want := map[netip.Addr]bool{}
+	for _, s := range r.vips {
+		if s.routed {
+			want[s.v.Address.Unmap()] = true
+		}
+	}
+	if r.routed != nil && maps.Equal(want, r.routed) {
+		return nil
+	}
+	if err := r.router.AnnounceRoutes(ctx, slices.SortedFunc(maps.Keys(want), netip.Addr.Compare)); err != nil {
+		return fmt.Errorf("announce routes: %w", err)
+	}
+	r.routed = want
+	return nil
+}
+
 // vipState is what the passes decided about a VIP.
 type vipState struct {
 	v    model.VIP     // the config as reconciled (normalized: backends sorted)
@@ -506,6 +550,9 @@ type vipState struct {
 	// pools are the pools whose backends take the VIP's new flows, best
 	// first; none: its fallback takes them, or they are dropped.
 	pools []uint32
+	// routed: routers should send the VIP's traffic to this node (see
+	// vipPlan.routed), and its entries were written.
+	routed bool
 }
 
 // index finds a backend of s by its address and port as configured.
