@@ -308,18 +308,24 @@ func flowPhase(k xdplbFlowKey, v xdplbFlowVal, now, hz uint64, halfOpen time.Dur
 
 // ConntrackEntries is the number of connection-table entries, finished
 // flows included. It reads the kernel's element count (conntrackCount),
-// which costs the same whatever the fill; on a kernel without one it
-// walks the table, which takes about half a second at 1M entries.
+// which costs the same whatever the fill; where Load found none
+// (Features.ElemCount) it walks the table, which takes about half a second
+// at 1M entries.
 func (d *Datapath) ConntrackEntries() (int, error) {
-	n, err := d.conntrackCount()
-	if err == nil {
-		return n, nil
+	if !d.features.ElemCount {
+		return d.walkConntrackCount()
 	}
-	if !errors.Is(err, errNoCount) {
+	n, err := d.conntrackCount()
+	if errors.Is(err, errNoCount) {
+		// The kernel counted at load, but its counter could not be
+		// made again for a new table: walk this once.
+		d.log.Warn("conntrack: element count failed, walking the table", "err", err)
+		return d.walkConntrackCount()
+	}
+	if err != nil {
 		return 0, fmt.Errorf("count conntrack: %w", err)
 	}
-	d.log.Debug("conntrack: no element count, walking the table", "err", err)
-	return d.walkConntrackCount()
+	return n, nil
 }
 
 // walkConntrackCount counts the connection table by walking it.
@@ -331,7 +337,7 @@ func (d *Datapath) walkConntrackCount() (int, error) {
 
 // Status reports attachments and map fill.
 func (d *Datapath) Status() (Status, error) {
-	st := Status{PinPath: d.pinDir}
+	st := Status{PinPath: d.pinDir, Features: d.features}
 	d.mu.Lock()
 	links := slices.Clone(d.links)
 	d.mu.Unlock()
@@ -381,7 +387,10 @@ func (d *Datapath) Status() (Status, error) {
 	fill(xdplbMapConntrack, d.objs.Conntrack, ct)
 	// The kernel's count, live; the last sweep's (which leaves out the
 	// expired entries it deletes) where the kernel keeps none.
-	natEntries, err := d.natCount()
+	natEntries, err := 0, errNoCount
+	if d.features.ElemCount {
+		natEntries, err = d.natCount()
+	}
 	if errors.Is(err, errNoCount) {
 		var st NATStats
 		st, err = d.NATStats()
