@@ -120,5 +120,7 @@ func (d *Datapath) probeElemCount() {
 	}
 	if !errors.Is(err, errNoCount) {
 		d.log.Warn("element count probe failed: tables are counted by walking", "err", err)
+		return
 	}
+	d.log.Info("kernel has no element count (bpf_map_sum_elem_count, 6.6+): tables are counted by walking", "err", err)
 }
