@@ -385,8 +385,9 @@ func (d *Datapath) PutLookupTable(vipID uint32, table []uint32) error {
 // then all are inserted by one batch update, so the kernel waits for at
 // most one RCU grace period (for VIPs that had a table) instead of one per
 // table; one update each where the kernel has no batch update for this map
-// (Features.BatchUpdateTables). Each VIP sees its old table or its new one, never a mix; on
-// error, tables of VIPs before the failing one may already be in.
+// (Features.BatchUpdateTables). Each VIP sees its old table or its new
+// one, never a mix; on error, tables of VIPs before the failing one may
+// already be in.
 func (d *Datapath) PutLookupTables(tables map[uint32][]uint32) error {
 	ids := slices.Sorted(maps.Keys(tables))
 	inners := make([]*ebpf.Map, 0, len(ids))
