@@ -16,6 +16,9 @@ import (
 // iterators, so an element count must come from a walk.
 var errNoCount = errors.New("map element count not available")
 
+// countIterFunc makes the iterator that counts a map: newCountIter.
+type countIterFunc func(*ebpf.Map) (*link.Iter, error)
+
 // countPinName is the pinned iterator that counts the connection table,
 // beside the other pins. Reading the file runs it: an open, a read and a
 // close, where loading it anew costs tens of ms (kernel BTF for the kfunc).
@@ -39,7 +42,9 @@ func (d *Datapath) natCount() (int, error) {
 }
 
 // mapCount reads m's element count through the iterator pinned as name,
-// making and pinning it first if needed.
+// making and pinning it first if needed. Load tries it once for the
+// connection table (Features.ElemCount); after that only a Datapath whose
+// kernel can count calls it.
 func (d *Datapath) mapCount(m *ebpf.Map, name string) (int, error) {
 	pin := filepath.Join(d.pinDir, name)
 	if b, err := os.ReadFile(pin); err == nil {
@@ -53,7 +58,7 @@ func (d *Datapath) mapCount(m *ebpf.Map, name string) (int, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return 0, fmt.Errorf("read count iterator: %w", err)
 	}
-	l, err := newCountIter(m)
+	l, err := d.countIter(m)
 	if err != nil {
 		return 0, err
 	}

@@ -3,11 +3,14 @@ package loader
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 
 	"github.com/xdplb/xdplb/internal/testutil"
 )
@@ -47,93 +50,168 @@ func ctFlowKey(i int) xdplbFlowKey {
 	return k
 }
 
-// TestConntrackEntriesCount checks the kernel's element count against a
-// walk through inserts, deletes, updates of existing flows and LRU
-// eviction of a full table.
-func TestConntrackEntriesCount(t *testing.T) {
+// countWays runs test once for each way this kernel offers to count
+// table entries, each on a Datapath of its own: with the kernel's element
+// count where Load found it (Features.ElemCount), and by walking always,
+// the answer of a kernel without it (before 6.6) set by hand. canCount
+// says whether the kernel can count, whichever way the test runs.
+func countWays(t *testing.T, test func(t *testing.T, d *Datapath, canCount bool)) {
+	t.Helper()
 	d := newDatapath(t)
-	if _, err := mapElemCount(d.objs.Conntrack); err != nil {
-		requireCount(t, err)
+	canCount := d.Features().ElemCount
+	if canCount {
+		t.Run("kernel", func(t *testing.T) { test(t, d, true) })
+		d = newDatapath(t)
+	} else {
+		t.Logf("kernel %s has no element count (bpf_map_sum_elem_count, 6.6+): counted by walking only", d.Features().Kernel)
 	}
-	size := int(d.objs.Conntrack.MaxEntries())
-	check := func(step string, want int) {
-		t.Helper()
-		walked, err := d.walkConntrackCount()
-		must(t, err)
-		got, err := d.ConntrackEntries()
-		must(t, err)
-		if got != walked || (want >= 0 && got != want) {
-			t.Errorf("%s: ConntrackEntries %d, walk %d, want %d", step, got, walked, want)
-		}
-	}
-	check("empty", 0)
-	fillConntrack(t, d, 0, 1000)
-	check("1000 inserted", 1000)
-	fillConntrack(t, d, 0, 1000) // the same flows again: updates, not inserts
-	check("1000 updated", 1000)
-	for i := range 300 {
-		k := ctFlowKey(i)
-		must(t, d.objs.Conntrack.Delete(&k))
-	}
-	check("300 deleted", 700)
-	// More flows than the table holds: the LRU evicts, and the count
-	// follows the walk (a full LRU may hold slightly fewer than its size).
-	fillConntrack(t, d, 1000, 2*size)
-	check("overfilled", -1)
-	if n, err := d.ConntrackEntries(); err != nil || n == 0 || n > size {
-		t.Errorf("overfilled: %d entries (%v), want 1-%d", n, err, size)
-	}
+	d.features.ElemCount = false
+	t.Run("walk", func(t *testing.T) { test(t, d, canCount) })
 }
 
-// TestMapElemCountOtherMap: the counter reads the map it is given, not
-// whichever hash map comes first.
+// TestConntrackEntriesCount checks the count against a walk through
+// inserts, deletes, updates of existing flows and LRU eviction of a full
+// table, both ways.
+func TestConntrackEntriesCount(t *testing.T) {
+	countWays(t, func(t *testing.T, d *Datapath, _ bool) {
+		size := int(d.objs.Conntrack.MaxEntries())
+		check := func(step string, want int) {
+			t.Helper()
+			walked, err := d.walkConntrackCount()
+			must(t, err)
+			got, err := d.ConntrackEntries()
+			must(t, err)
+			if got != walked || (want >= 0 && got != want) {
+				t.Errorf("%s: ConntrackEntries %d, walk %d, want %d", step, got, walked, want)
+			}
+		}
+		check("empty", 0)
+		fillConntrack(t, d, 0, 1000)
+		check("1000 inserted", 1000)
+		fillConntrack(t, d, 0, 1000) // the same flows again: updates, not inserts
+		check("1000 updated", 1000)
+		for i := range 300 {
+			k := ctFlowKey(i)
+			must(t, d.objs.Conntrack.Delete(&k))
+		}
+		check("300 deleted", 700)
+		// More flows than the table holds: the LRU evicts, and the count
+		// follows the walk (a full LRU may hold slightly fewer than its size).
+		fillConntrack(t, d, 1000, 2*size)
+		check("overfilled", -1)
+		if n, err := d.ConntrackEntries(); err != nil || n == 0 || n > size {
+			t.Errorf("overfilled: %d entries (%v), want 1-%d", n, err, size)
+		}
+	})
+}
+
+// TestMapElemCountOtherMap: each table's count is that table's, not
+// whichever hash map comes first, both ways: the connection table, the NAT
+// table beside it and, where the kernel counts, a map of no Datapath.
 func TestMapElemCountOtherMap(t *testing.T) {
-	testutil.RequireRoot(t)
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 64})
-	must(t, err)
-	defer m.Close()
-	for i := range uint32(5) {
-		must(t, m.Put(i, i))
-	}
-	n, err := mapElemCount(m)
-	if err != nil {
-		requireCount(t, err)
-	}
-	if n != 5 {
-		t.Errorf("count %d, want 5", n)
-	}
+	countWays(t, func(t *testing.T, d *Datapath, _ bool) {
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 64})
+		must(t, err)
+		defer m.Close()
+		for i := range uint32(5) {
+			must(t, m.Put(i, i))
+		}
+		fillConntrack(t, d, 0, 10)
+		now, err := d.ticks.now()
+		must(t, err)
+		for i := range 3 { // live translations: a sweep keeps them
+			must(t, d.objs.NatFlows.Put(ctFlowKey(i), xdplbNatState{LastSeen: now}))
+		}
+		if n, err := d.ConntrackEntries(); err != nil || n != 10 {
+			t.Errorf("conntrack: %d entries (%v), want 10", n, err)
+		}
+		st, err := d.Status()
+		must(t, err)
+		for _, f := range st.Maps {
+			if want := map[string]int{xdplbMapConntrack: 10, xdplbMapNatFlows: 3}[f.Name]; want != 0 && f.Entries != want {
+				t.Errorf("status: %s has %d entries, want %d", f.Name, f.Entries, want)
+			}
+		}
+		if !d.Features().ElemCount {
+			return
+		}
+		if n, err := mapElemCount(m); err != nil || n != 5 {
+			t.Errorf("count of a map of no datapath: %d (%v), want 5", n, err)
+		}
+	})
 }
 
 // TestConntrackCountStalePin: a pinned counter whose map is gone (a table
-// replaced while the pin stayed) is re-made, not trusted.
+// replaced while the pin stayed) is re-made, not trusted; a Datapath that
+// walks does not read it. Only a kernel that counts can leave one.
 func TestConntrackCountStalePin(t *testing.T) {
-	d := newDatapath(t)
-	other, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 8})
-	must(t, err)
-	must(t, other.Put(uint32(1), uint32(1)))
-	l, err := newCountIter(other)
-	if err != nil {
-		requireCount(t, err)
-	}
-	must(t, l.Pin(filepath.Join(d.PinPath(), countPinName)))
-	must(t, l.Close())
-	must(t, other.Close()) // the map goes; the pinned counter now answers nothing
-	fillConntrack(t, d, 0, 10)
-	for i := range 2 { // the second read goes through the new pin
-		if n, err := d.ConntrackEntries(); err != nil || n != 10 {
-			t.Errorf("read %d: %d entries (%v), want 10", i, n, err)
+	countWays(t, func(t *testing.T, d *Datapath, canCount bool) {
+		pin := filepath.Join(d.PinPath(), countPinName)
+		if canCount {
+			other, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 8})
+			must(t, err)
+			must(t, other.Put(uint32(1), uint32(1)))
+			l, err := newCountIter(other)
+			must(t, err)
+			// In place of the counter Load made.
+			if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+				t.Fatal(err)
+			}
+			must(t, l.Pin(pin))
+			must(t, l.Close())
+			must(t, other.Close()) // the map goes; the pinned counter now answers nothing
 		}
-	}
+		fillConntrack(t, d, 0, 10)
+		for i := range 2 { // the second read goes through the new pin
+			if n, err := d.ConntrackEntries(); err != nil || n != 10 {
+				t.Errorf("read %d: %d entries (%v), want 10", i, n, err)
+			}
+		}
+	})
 }
 
-// requireCount skips a test on a kernel that cannot count map elements
-// (before 6.6), but fails on any other error and under CI=true.
-func requireCount(t *testing.T, err error) {
-	t.Helper()
-	if !errors.Is(err, errNoCount) || os.Getenv("CI") == "true" {
-		t.Fatalf("element count: %v", err)
+// TestCountProbedOnce: Load asks the kernel once whether it can count,
+// and the Datapath remembers the answer: where it cannot (before 6.6),
+// neither ConntrackEntries nor Status tries to load the counter again
+// (each did, ~0.8 s a status call in a slow VM); where it can, each table
+// gets its counter once.
+func TestCountProbedOnce(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, fail := range []bool{true, false} {
+		t.Run(map[bool]string{true: "failing", false: "kernel"}[fail], func(t *testing.T) {
+			var attempts atomic.Int32
+			iter := func(m *ebpf.Map) (*link.Iter, error) {
+				attempts.Add(1)
+				if fail {
+					return nil, fmt.Errorf("load count program: %w: refused by the test", errNoCount)
+				}
+				return newCountIter(m)
+			}
+			d, err := loadWith(testOptions(testutil.MountBPFFS(t)), iter)
+			must(t, err)
+			t.Cleanup(func() { must(t, d.Remove()) })
+			if fail && d.Features().ElemCount {
+				t.Fatal("Features.ElemCount after a probe that failed")
+			}
+			fillConntrack(t, d, 0, 10)
+			for i := range 5 {
+				if n, err := d.ConntrackEntries(); err != nil || n != 10 {
+					t.Errorf("call %d: %d entries (%v), want 10", i, n, err)
+				}
+				if _, err := d.Status(); err != nil {
+					t.Errorf("call %d: status: %v", i, err)
+				}
+			}
+			want := int32(1) // the probe at load
+			if d.Features().ElemCount {
+				want = 2 // and the NAT table's counter, at the first status
+			}
+			if n := attempts.Load(); n != want {
+				t.Errorf("count program loaded %d times by Load and 5 counts and status calls, want %d (element count %v)",
+					n, want, d.Features().ElemCount)
+			}
+		})
 	}
-	t.Skipf("kernel cannot count map elements: %v", err)
 }
 
 // BenchmarkConntrackEntries is the cost of xdplb_conntrack_entries on a

@@ -63,6 +63,13 @@ type Datapath struct {
 	natMu      sync.Mutex     // guards the last sweep's result
 	natStats   NATStats
 	natSwept   bool
+
+	// features are the kernel's answers to Load's probes, kept so that
+	// nothing probes again; a test sets ElemCount false to count by walking.
+	features Features
+	// countIter makes the iterator that counts a map (newCountIter); a
+	// test gives one that fails, to see how often it is tried.
+	countIter countIterFunc
 }
 
 // Load loads the program, reuses compatible pinned maps under
@@ -71,6 +78,11 @@ type Datapath struct {
 // zero fields with Defaults and refuses what Validate refuses, except an
 // empty opts.Interfaces, and an interface CheckInterfaces does not find.
 func Load(opts Options) (*Datapath, error) {
+	return loadWith(opts, newCountIter)
+}
+
+// loadWith is Load with the maker of count iterators given.
+func loadWith(opts Options, countIter countIterFunc) (*Datapath, error) {
 	opts.Defaults()
 	if err := opts.validate(); err != nil {
 		return nil, err
@@ -98,7 +110,7 @@ func Load(opts Options) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	d, err := loadLocked(opts, pinDir, pinLock)
+	d, err := loadLocked(opts, pinDir, pinLock, countIter)
 	if err != nil {
 		pinLock.Close()
 		return nil, err
@@ -107,7 +119,11 @@ func Load(opts Options) (*Datapath, error) {
 }
 
 // loadLocked is Load once the pin dir is ours.
-func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error) {
+func loadLocked(opts Options, pinDir string, pinLock *os.File, countIter countIterFunc) (*Datapath, error) {
+	// Before any map is made: the lookup tables cannot do without it.
+	if err := probeMmapable(); err != nil {
+		return nil, err
+	}
 	spec, specs, err := loadSpec(opts)
 	if err != nil {
 		return nil, err
@@ -144,6 +160,8 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 		eventNames: events,
 		ticks:      ticks,
 		halfTicks:  halfTicks,
+		features:   Features{Kernel: kernelRelease(), BTF: haveVmlinuxBTF(), Mmapable: true},
+		countIter:  countIter,
 	}
 	if err := replaceStaleCounterPins(spec, pinDir, d.log); err != nil {
 		ticks.Close()
@@ -169,6 +187,12 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 		d.objs.Close()
 		return nil, err
 	}
+	if err := d.probeBatchLookup(); err != nil {
+		d.ticks.Close()
+		d.objs.Close()
+		return nil, err
+	}
+	d.probeElemCount()
 	if err := d.writeNATParams(); err != nil {
 		d.ticks.Close()
 		d.objs.Close()
@@ -199,9 +223,9 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File) (*Datapath, error
 			return nil, err
 		}
 	}
-	d.log.Info("data plane loaded", "pin_path", pinDir, "interfaces", opts.Interfaces,
+	d.log.Info("data plane loaded", append([]any{"pin_path", pinDir, "interfaces", opts.Interfaces,
 		"lookup_size", opts.LookupSize, "conntrack_size", opts.ConntrackSize, "half_open_size", d.HalfOpenSize(),
-		"snat_ports", opts.SNATPorts.String())
+		"snat_ports", opts.SNATPorts.String()}, d.features.logArgs()...)...)
 	return d, nil
 }
 
@@ -285,15 +309,21 @@ func loadSpec(opts Options) (*ebpf.CollectionSpec, *xdplbSpecs, error) {
 // checkLookupCompatible catches a pinned lookup map created for another
 // table size or layout (before tables were BPF_F_MMAPABLE): its inner
 // template is fixed at creation, so every table we build would be refused
-// later. Slot 0 is never a VIP id, so a trial insert
-// there touches nothing live.
+// later. Slot 0 is never a VIP id, so a trial insert there touches nothing
+// live. The insert is a batch update where the kernel has one for this
+// map, which answers Features.BatchUpdateTables too.
 func (d *Datapath) checkLookupCompatible() error {
 	inner, err := ebpf.NewMap(d.innerSpec)
 	if err != nil {
 		return fmt.Errorf("create lookup table: %w", err)
 	}
 	defer inner.Close()
-	if err := d.objs.Lookup.Put(uint32(0), inner); err != nil {
+	_, err = d.objs.Lookup.BatchUpdate([]uint32{0}, []uint32{uint32(inner.FD())}, nil)
+	d.features.BatchUpdateTables = !errors.Is(err, ebpf.ErrNotSupported)
+	if !d.features.BatchUpdateTables {
+		err = d.objs.Lookup.Put(uint32(0), inner)
+	}
+	if err != nil {
 		return fmt.Errorf("%w: pinned lookup map under %s does not take tables of size %d of this build (%v); "+
 			"restart with the previous size and build, or remove that directory (this drops the connection table)", ErrIncompatiblePin, d.pinDir, d.opts.LookupSize, err)
 	}

@@ -12,8 +12,24 @@ import (
 	"github.com/xdplb/xdplb/internal/testutil"
 )
 
+// TestPutLookupTables runs with one batch update where the kernel has it
+// for the map of tables (Features.BatchUpdateTables), and one update a
+// table as without it.
 func TestPutLookupTables(t *testing.T) {
-	d := newDatapath(t)
+	for _, batch := range []bool{true, false} {
+		t.Run(map[bool]string{true: "batch", false: "one by one"}[batch], func(t *testing.T) {
+			d := newDatapath(t)
+			if batch && !d.Features().BatchUpdateTables {
+				t.Logf("kernel %s has no batch update for the map of tables: one by one only", d.Features().Kernel)
+				return
+			}
+			d.features.BatchUpdateTables = batch
+			testPutLookupTables(t, d)
+		})
+	}
+}
+
+func testPutLookupTables(t *testing.T, d *Datapath) {
 	want := map[uint32][]uint32{1: fill(testLookupSize, 1, 2, 3), 2: fill(testLookupSize, 4), 7: make([]uint32, testLookupSize)}
 	must(t, d.PutLookupTables(want))
 	for id, w := range want {

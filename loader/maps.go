@@ -384,8 +384,10 @@ func (d *Datapath) PutLookupTable(vipID uint32, table []uint32) error {
 // the data plane (a whole apply): every table is built and filled first,
 // then all are inserted by one batch update, so the kernel waits for at
 // most one RCU grace period (for VIPs that had a table) instead of one per
-// table. Each VIP sees its old table or its new one, never a mix; on
-// error, tables of VIPs before the failing one may already be in.
+// table; one update each where the kernel has no batch update for this map
+// (Features.BatchUpdateTables). Each VIP sees its old table or its new
+// one, never a mix; on error, tables of VIPs before the failing one may
+// already be in.
 func (d *Datapath) PutLookupTables(tables map[uint32][]uint32) error {
 	ids := slices.Sorted(maps.Keys(tables))
 	inners := make([]*ebpf.Map, 0, len(ids))
@@ -403,17 +405,17 @@ func (d *Datapath) PutLookupTables(tables map[uint32][]uint32) error {
 		inners = append(inners, inner)
 		fds = append(fds, uint32(inner.FD()))
 	}
+	if !d.features.BatchUpdateTables {
+		for i, id := range ids {
+			if err := d.objs.Lookup.Put(id, inners[i]); err != nil {
+				return fmt.Errorf("put lookup table %d: swap: %w", id, err)
+			}
+		}
+		return nil
+	}
 	for start := 0; start < len(ids); start += batchChunk {
 		end := min(start+batchChunk, len(ids))
 		_, err := d.objs.Lookup.BatchUpdate(ids[start:end], fds[start:end], nil)
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			for i := start; i < len(ids); i++ {
-				if err := d.objs.Lookup.Put(ids[i], inners[i]); err != nil {
-					return fmt.Errorf("put lookup table %d: swap: %w", ids[i], err)
-				}
-			}
-			return nil
-		}
 		if err != nil {
 			return fmt.Errorf("put lookup tables: swap: %w", err)
 		}

@@ -335,18 +335,23 @@ func (d *Datapath) ConntrackEntries() (int, error) {
 
 // conntrackEntries is the connection table's entries. It reads the
 // kernel's element count (conntrackCount), which costs the same whatever
-// the fill; on a kernel without one it walks the table, which takes about
-// half a second at 1M entries.
+// the fill; where Load found none (Features.ElemCount) it walks the table,
+// which takes about half a second at 1M entries.
 func (d *Datapath) conntrackEntries() (int, error) {
-	n, err := d.conntrackCount()
-	if err == nil {
-		return n, nil
+	if !d.features.ElemCount {
+		return d.walkConntrackCount()
 	}
-	if !errors.Is(err, errNoCount) {
+	n, err := d.conntrackCount()
+	if errors.Is(err, errNoCount) {
+		// The kernel counted at load, but its counter could not be
+		// made again for a new table: walk this once.
+		d.log.Warn("conntrack: element count failed, walking the table", "err", err)
+		return d.walkConntrackCount()
+	}
+	if err != nil {
 		return 0, fmt.Errorf("count conntrack: %w", err)
 	}
-	d.log.Debug("conntrack: no element count, walking the table", "err", err)
-	return d.walkConntrackCount()
+	return n, nil
 }
 
 // walkConntrackCount counts the connection table by walking it.
@@ -358,7 +363,7 @@ func (d *Datapath) walkConntrackCount() (int, error) {
 
 // Status reports attachments and map fill.
 func (d *Datapath) Status() (Status, error) {
-	st := Status{PinPath: d.pinDir}
+	st := Status{PinPath: d.pinDir, Features: d.features}
 	d.mu.Lock()
 	links := slices.Clone(d.links)
 	d.mu.Unlock()
@@ -413,7 +418,10 @@ func (d *Datapath) Status() (Status, error) {
 	st.Maps = append(st.Maps, MapFill{Name: xdplbMapCtHalf, Entries: half, MaxEntries: d.HalfOpenSize()})
 	// The kernel's count, live; the last sweep's (which leaves out the
 	// expired entries it deletes) where the kernel keeps none.
-	natEntries, err := d.natCount()
+	natEntries, err := 0, errNoCount
+	if d.features.ElemCount {
+		natEntries, err = d.natCount()
+	}
 	if errors.Is(err, errNoCount) {
 		var st NATStats
 		st, err = d.NATStats()

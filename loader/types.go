@@ -162,4 +162,5 @@ type Status struct {
 	Interfaces []IfaceStatus
 	Maps       []MapFill
 	PinPath    string
+	Features   Features // what Load found in the kernel
 }

@@ -36,6 +36,7 @@ func newFakeDatapath() *reconciletest.Datapath {
 	dp.SetDrops("no_backend", 3)
 	dp.SetDrops("fragment", 0)
 	dp.SetInterfaces(loader.IfaceStatus{Name: "lo", Ifindex: 1, Mode: loader.XDPModeGeneric, ProgramID: 17, LinkID: 4})
+	dp.SetFeatures(loader.Features{Kernel: "6.1.0-57-amd64", BTF: true, BatchLookup: true, BatchUpdateTables: true, Mmapable: true})
 	return dp
 }
 

@@ -732,8 +732,13 @@ func TestStatus(t *testing.T) {
 	if len(st.Interfaces) != 1 || st.Interfaces[0].Name != "lo" || st.Interfaces[0].ProgramID != 17 {
 		t.Errorf("status interfaces = %+v", st.Interfaces)
 	}
+	if st.Kernel.Release != "6.1.0-57-amd64" || st.Kernel.ElemCount || st.Kernel.Count != "walk" || !st.Kernel.BatchLookup {
+		t.Errorf("status kernel = %+v", st.Kernel)
+	}
 	out := l.ok("status")
 	for _, re := range []string{`(?m)^uptime:\s+\S+`, `(?m)^pin path:\s+/sys/fs/bpf/xdplb$`,
+		`(?m)^kernel:\s+6\.1\.0-57-amd64$`, `(?m)^btf:\s+yes$`, `(?m)^element count:\s+no: table entries counted by walking$`,
+		`(?m)^batch map ops:\s+lookup yes, update of lookup tables yes$`, `(?m)^mmapable maps:\s+yes$`,
 		`(?m)^IFACE\s+IFINDEX\s+XDP MODE\s+PROGRAM ID\s+LINK ID$`, `(?m)^lo\s+1\s+generic\s+17\s+4$`,
 		`(?m)^MAP\s+ENTRIES\s+MAX\s+FILL$`, `(?m)^backends\s+\d+\s+256\s+[\d.]+%$`, `(?m)^vips\s+\d+\s+64\s+[\d.]+%$`} {
 		if !regexp.MustCompile(re).MatchString(out) {

@@ -16,7 +16,7 @@ import (
 func (e *env) statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:   "status",
-		Usage:  "interfaces, XDP mode, program ids, map fill, uptime",
+		Usage:  "kernel and its features, interfaces, XDP mode, program ids, map fill, uptime",
 		Flags:  []cli.Flag{outputFlag()},
 		Action: e.status,
 	}
@@ -48,6 +48,7 @@ func writeStatus(e *env, st api.DaemonStatus) error {
 	}
 	t.row("uptime:", orDash(st.Uptime))
 	t.row("pin path:", orDash(st.PinPath))
+	kernelRows(t, st.Kernel)
 	t.row("vips:", strconv.Itoa(st.VIPs))
 	t.row("backends:", strconv.Itoa(st.Backends))
 	if err := t.flush(); err != nil {
@@ -110,4 +111,28 @@ func writeBGPStatus(w io.Writer, b *api.BGPStatus) error {
 			orDash(s.Uptime), strconv.Itoa(s.Routes), local, orDash(s.LastError))
 	}
 	return t.flush()
+}
+
+// kernelRows shows the kernel and what the data plane found in it; a
+// daemon that does not say (an older one) shows only a dash.
+func kernelRows(t *table, k api.KernelInfo) {
+	t.row("kernel:", orDash(k.Release))
+	if k.Release == "" {
+		return
+	}
+	count := "no: table entries counted by walking"
+	if k.ElemCount {
+		count = "yes: table entries counted by the kernel"
+	}
+	t.row("btf:", yesNo(k.BTF))
+	t.row("element count:", count)
+	t.row("batch map ops:", "lookup "+yesNo(k.BatchLookup)+", update of lookup tables "+yesNo(k.BatchUpdateTables))
+	t.row("mmapable maps:", yesNo(k.Mmapable))
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }

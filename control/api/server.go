@@ -762,6 +762,7 @@ func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
 		StartTime:  s.StartTime,
 		Uptime:     time.Since(s.StartTime).Truncate(time.Second).String(),
 		PinPath:    ds.PinPath,
+		Kernel:     kernelInfo(ds.Features),
 		Interfaces: []IfaceInfo{},
 		Maps:       []MapInfo{},
 		VIPs:       len(state.VIPs),
@@ -785,6 +786,12 @@ func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
 		out.BGP = &bs
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// kernelInfo is what the data plane found in the kernel, on the wire.
+func kernelInfo(f loader.Features) KernelInfo {
+	return KernelInfo{Release: f.Kernel, BTF: f.BTF, ElemCount: f.ElemCount, Count: f.CountMethod(),
+		BatchLookup: f.BatchLookup, BatchUpdateTables: f.BatchUpdateTables, Mmapable: f.Mmapable}
 }
 
 // openFlows words a count of open flows for an operator: "3 open flows (2

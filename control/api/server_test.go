@@ -240,6 +240,7 @@ func TestAPIStatsAndStatus(t *testing.T) {
 		t.Fatalf("stats without driver counters: %d %s", code, body)
 	}
 	f.dp.SetTxErrors(loader.TxErrorCount{Ifindex: 1, Count: 4})
+	f.dp.SetFeatures(loader.Features{Kernel: "6.1.0-57-amd64", BTF: true, BatchLookup: true, Mmapable: true})
 
 	s, err := f.client.Stats(ctx)
 	if err != nil {
@@ -262,6 +263,13 @@ func TestAPIStatsAndStatus(t *testing.T) {
 	if ds.Version != "test" || ds.VIPs != 1 || ds.Backends != 1 || len(ds.Interfaces) != 1 ||
 		ds.Interfaces[0].XDPMode != "native" || ds.PinPath == "" || len(ds.Maps) != 2 {
 		t.Fatalf("status %+v", ds)
+	}
+	if want := (KernelInfo{Release: "6.1.0-57-amd64", BTF: true, Count: "walk", BatchLookup: true, Mmapable: true}); ds.Kernel != want {
+		t.Fatalf("status kernel %+v, want %+v", ds.Kernel, want)
+	}
+	if code, body := f.raw(t, "GET", "/v1/status", ""); code != 200 || !strings.Contains(body,
+		`"kernel":{"release":"6.1.0-57-amd64","btf":true,"elem_count":false,"count":"walk","batch_lookup":true,"batch_update_tables":false,"mmapable":true}`) {
+		t.Fatalf("status on the wire: %d %s", code, body)
 	}
 }
 

@@ -208,12 +208,28 @@ type MapInfo struct {
 	MaxEntries uint32 `json:"max_entries"`
 }
 
+// KernelInfo is the running kernel and what the data plane found in it
+// when it loaded (loader.Features); how each interface runs XDP is in its
+// IfaceInfo.
+type KernelInfo struct {
+	Release string `json:"release"` // uname -r
+	BTF     bool   `json:"btf"`     // /sys/kernel/btf/vmlinux
+	// ElemCount: bpf_map_sum_elem_count (6.6+) counts the tables' entries;
+	// Count says how they are counted: "kernel", or "walk" without it.
+	ElemCount         bool   `json:"elem_count"`
+	Count             string `json:"count"`
+	BatchLookup       bool   `json:"batch_lookup"`        // BPF_MAP_LOOKUP_BATCH: table walks in batches
+	BatchUpdateTables bool   `json:"batch_update_tables"` // BPF_MAP_UPDATE_BATCH: an apply's lookup tables in one call
+	Mmapable          bool   `json:"mmapable"`            // BPF_F_MMAPABLE: lookup tables written in place
+}
+
 // DaemonStatus is what `xdplb status` shows.
 type DaemonStatus struct {
 	Version    string      `json:"version"`
 	StartTime  time.Time   `json:"start_time"`
 	Uptime     string      `json:"uptime"`
 	PinPath    string      `json:"pin_path"`
+	Kernel     KernelInfo  `json:"kernel"`
 	Interfaces []IfaceInfo `json:"interfaces"`
 	Maps       []MapInfo   `json:"maps"`
 	VIPs       int         `json:"vips"`

@@ -89,7 +89,7 @@ func roundTrip(c net.Conn, br *bufio.Reader, host string, keepAlive bool) (strin
 // StreamOptions configure StartStream.
 type StreamOptions struct {
 	Interval time.Duration // between new connections; default 10ms
-	Duration time.Duration // stop starting connections after this long; default 10s, at most 2m
+	Duration time.Duration // stop starting connections after this long; default 10s, at most 2m (scaled by Slowness)
 	MaxConns int           // and after this many; default Duration/Interval
 	Timeout  time.Duration // per connection, connect and request; default 1s
 	// MaxInFlight bounds the connections open at once; a tick that finds
@@ -133,7 +133,7 @@ func (n *Node) StartStream(ctx context.Context, target netip.AddrPort, o StreamO
 	if o.Duration <= 0 {
 		o.Duration = 10 * time.Second
 	}
-	o.Duration = min(o.Duration, 2*time.Minute)
+	o.Duration = min(o.Duration, Scale(2*time.Minute))
 	if o.MaxConns <= 0 {
 		o.MaxConns = int(o.Duration / o.Interval)
 	}

@@ -34,7 +34,7 @@ type DaemonOptions struct {
 	BPFFS       string
 	XDPMode     string        // default native
 	MetricsAddr string        // default DefaultMetricsAddr (inside the namespace)
-	Ready       time.Duration // how long to wait for the socket; default 20s
+	Ready       time.Duration // how long to wait for the socket; default 20s, scaled by Slowness
 	ExtraArgs   []string      // more daemon flags
 }
 
@@ -108,19 +108,22 @@ func StartDaemon(ctx context.Context, o DaemonOptions) (*Daemon, error) {
 		logf.Close()
 		return nil, fmt.Errorf("start daemon: %w", err)
 	}
-	if err := d.waitReady(ctx, o.Ready); err != nil {
+	if err := d.waitReady(ctx, Scale(o.Ready)); err != nil {
 		return nil, errors.Join(err, d.Stop())
 	}
 	return d, nil
 }
 
+// waitReady polls GET /v1/status until it answers or limit passes. Each
+// poll may take a second, more on a slow machine: a status walks the
+// tables where the kernel cannot count them.
 func (d *Daemon) waitReady(ctx context.Context, limit time.Duration) error {
 	c := &http.Client{
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var dl net.Dialer
 			return dl.DialContext(ctx, "unix", d.Socket)
 		}},
-		Timeout: time.Second,
+		Timeout: Scale(time.Second),
 	}
 	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, limit)
@@ -148,8 +151,9 @@ func (d *Daemon) waitReady(ctx context.Context, limit time.Duration) error {
 	}
 }
 
-// Stop sends SIGTERM and waits for the daemon to exit (SIGKILL after 15s).
-// It returns an error if the daemon did not exit cleanly.
+// Stop sends SIGTERM and waits for the daemon to exit (SIGKILL after 15s,
+// scaled by Slowness). It returns an error if the daemon did not exit
+// cleanly.
 func (d *Daemon) Stop() error {
 	defer d.logf.Close()
 	select {
@@ -163,10 +167,10 @@ func (d *Daemon) Stop() error {
 	select {
 	case <-d.done:
 		return d.exitErr()
-	case <-time.After(15 * time.Second):
+	case <-time.After(Scale(15 * time.Second)):
 		_ = d.cmd.Process.Kill()
 		<-d.done
-		return fmt.Errorf("daemon did not exit within 15s of SIGTERM; killed")
+		return fmt.Errorf("daemon did not exit within %s of SIGTERM; killed", Scale(15*time.Second))
 	}
 }
 
@@ -228,9 +232,10 @@ func (d *Daemon) CLI(ctx context.Context, args ...string) (string, error) {
 	return RunCLI(ctx, d.binary, d.Socket, args...)
 }
 
-// RunCLI runs the xdplb binary against a daemon socket (30s at most).
+// RunCLI runs the xdplb binary against a daemon socket (30s at most,
+// scaled by Slowness).
 func RunCLI(ctx context.Context, binary, socket string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, Scale(30*time.Second))
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, append([]string{"--socket", socket}, args...)...)
 	var stdout, stderr bytes.Buffer
@@ -266,9 +271,10 @@ func (d *Daemon) Stats(ctx context.Context) (api.Stats, error) {
 
 // WaitBackendsUp polls `xdplb backend list VIP` until all want backends are
 // up (their MACs resolved and in the data plane; a backup pool's may stand
-// by) or the time runs out. A fallback server is no backend: it is not
-// counted.
+// by) or limit, scaled by Slowness, runs out. A fallback server is no
+// backend: it is not counted.
 func (d *Daemon) WaitBackendsUp(ctx context.Context, vip string, want int, limit time.Duration) ([]api.BackendStatus, error) {
+	limit = Scale(limit)
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	for {
@@ -329,10 +335,11 @@ func FindBackend(bs []api.BackendStatus, addr netip.Addr) (api.BackendStatus, bo
 const backendPoll = 25 * time.Millisecond
 
 // WaitBackend polls `xdplb backend list VIP` until the backend at addr
-// satisfies ok, for at most limit. It returns the matching status and the
+// satisfies ok, for at most limit scaled by Slowness. It returns the matching status and the
 // time of the poll that first saw it (so the caller can time transitions).
 func (d *Daemon) WaitBackend(ctx context.Context, vip string, addr netip.Addr, limit time.Duration,
 	ok func(api.BackendStatus) bool) (api.BackendStatus, time.Time, error) {
+	limit = Scale(limit)
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	var (

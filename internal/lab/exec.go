@@ -14,9 +14,9 @@ import (
 )
 
 // Exec runs a command inside n's namespace (with `ip netns exec`, bounded to
-// 30s) and returns its stdout.
+// 30s scaled by Slowness) and returns its stdout.
 func (n *Node) Exec(ctx context.Context, name string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, Scale(30*time.Second))
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.NetNS, name}, args...)...)
 	var stdout, stderr bytes.Buffer
@@ -57,7 +57,7 @@ func (n *Node) AddCounters(ctx context.Context, rules ...CounterRule) error {
 		b.WriteString("  }\n")
 	}
 	b.WriteString("}\n")
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, Scale(30*time.Second))
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", n.NetNS, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(b.String())

@@ -30,7 +30,7 @@ func (n *Node) SYNFlood(ctx context.Context, target netip.AddrPort, o FloodOptio
 	o.Duration = min(o.Duration, 30*time.Second)
 	interval := max(1, 1000000/o.Rate) // µs between packets
 	count := int(int64(o.Rate) * int64(o.Duration) / int64(time.Second))
-	ctx, cancel := context.WithTimeout(ctx, o.Duration+5*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, o.Duration+Scale(5*time.Second))
 	defer cancel()
 	// hping3 exits 1 when no reply came back, which is the usual end of a
 	// flood from spoofed sources; timeout(1) exits 124 when it ends it.

@@ -60,7 +60,7 @@ func (l *Lab) StartFRR(ctx context.Context, n *Node, bgpdConf string) (_ *FRR, e
 		}
 		f.procs = append(f.procs, p)
 		// bgpd connects to zebra's socket: wait for it.
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		for deadline := time.Now().Add(Scale(10 * time.Second)); ; time.Sleep(50 * time.Millisecond) {
 			if _, err := os.Stat(filepath.Join(dir, d+".vty")); err == nil {
 				break
 			}

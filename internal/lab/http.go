@@ -79,8 +79,8 @@ func (s *Server) Start() error {
 			w.Header().Set(PeerHeader, peerString(r.RemoteAddr))
 			_, _ = w.Write(body)
 		}),
-		ReadHeaderTimeout: 5 * time.Second,
-		IdleTimeout:       5 * time.Second,
+		ReadHeaderTimeout: Scale(5 * time.Second),
+		IdleTimeout:       Scale(5 * time.Second),
 	}
 	done := make(chan struct{})
 	go func() {

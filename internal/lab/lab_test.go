@@ -19,7 +19,7 @@ import (
 func newLab(t *testing.T) *Lab {
 	t.Helper()
 	testutil.RequireRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), Scale(30*time.Second))
 	defer cancel()
 	l, err := New(ctx, Options{})
 	if err != nil {
@@ -154,7 +154,7 @@ func TestBackendsAnswerDirectly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), Scale(30*time.Second))
 	defer cancel()
 	for _, be := range l.Backends {
 		for _, a := range []netip.Addr{be.IPv4, be.IPv6} {
@@ -260,7 +260,7 @@ func TestServerStopStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), Scale(30*time.Second))
 	defer cancel()
 	be, s := l.Backends[1], servers[1]
 	target := netip.AddrPortFrom(be.IPv4, HTTPPort)
@@ -302,7 +302,7 @@ func TestStreamAndSYNTracking(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), Scale(30*time.Second))
 	defer cancel()
 	be := l.Backends[0]
 	if err := be.TrackSYNs(ctx, fmt.Sprintf("ip daddr %s tcp dport %d", be.IPv4, HTTPPort)); err != nil {
@@ -368,7 +368,7 @@ func TestKeepAlive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), Scale(30*time.Second))
 	defer cancel()
 	be := l.Backends[2]
 	k, err := l.Client.OpenKeepAlive(ctx, netip.AddrPortFrom(be.IPv4, HTTPPort), KeepAliveOptions{
@@ -405,7 +405,7 @@ func TestKeepAlive(t *testing.T) {
 func newNATLab(t *testing.T, gateway bool) *Lab {
 	t.Helper()
 	testutil.RequireRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), Scale(30*time.Second))
 	defer cancel()
 	l, err := New(ctx, Options{NAT: &NATOptions{Gateway: gateway}})
 	if err != nil {
@@ -426,7 +426,7 @@ func TestNATTopology(t *testing.T) {
 	for _, gateway := range []bool{true, false} {
 		t.Run(fmt.Sprintf("gateway=%v", gateway), func(t *testing.T) {
 			l := newNATLab(t, gateway)
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), Scale(30*time.Second))
 			defer cancel()
 			if len(l.Backends) != 0 || len(l.NATBackends) != 3 {
 				t.Fatalf("%d DR and %d NAT backends, want 0 and 3", len(l.Backends), len(l.NATBackends))
@@ -529,7 +529,7 @@ func TestNATTopology(t *testing.T) {
 // multipath hash, everyone's routes through it; and FRR runs on the router.
 func TestECMPTopology(t *testing.T) {
 	testutil.RequireRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), Scale(60*time.Second))
 	defer cancel()
 	l, err := New(ctx, Options{ECMP: &ECMPOptions{}})
 	if err != nil {
@@ -575,5 +575,22 @@ func TestECMPTopology(t *testing.T) {
 	}
 	if err := f.Stop(); err != nil {
 		t.Error(err)
+	}
+}
+
+func TestParseSlowness(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want float64
+		bad  bool
+	}{
+		{"", 1, false}, {"1", 1, false}, {"25", 25, false}, {"2.5", 2.5, false},
+		{"0.5", 1, false}, {"-3", 1, false}, {"1e9", 1000, false},
+		{"fast", 1, true}, {"NaN", 1, true},
+	} {
+		got, err := parseSlowness(tc.in)
+		if got != tc.want || (err != nil) != tc.bad {
+			t.Errorf("parseSlowness(%q) = %v, %v; want %v, error %v", tc.in, got, err, tc.want, tc.bad)
+		}
 	}
 }

@@ -18,7 +18,7 @@ import (
 func (d *Daemon) Metrics(ctx context.Context) (map[string]*dto.MetricFamily, error) {
 	tr := &http.Transport{DisableKeepAlives: true, DialContext: d.Node.DialContext}
 	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	c := &http.Client{Transport: tr, Timeout: Scale(5 * time.Second)}
 	url := "http://" + d.MetricsAddr + "/metrics"
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {

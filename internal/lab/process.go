@@ -17,7 +17,8 @@ type ProcessOptions struct {
 	// LogPath receives the process's stdout and stderr (appended); default
 	// discard.
 	LogPath string
-	// Grace is how long Stop waits after SIGTERM before SIGKILL; default 5s.
+	// Grace is how long Stop waits after SIGTERM before SIGKILL; default 5s,
+	// scaled by Slowness.
 	Grace time.Duration
 }
 
@@ -44,7 +45,7 @@ type Process struct {
 // order, never killed because some context ended.
 func (n *Node) StartProcess(o ProcessOptions, name string, args ...string) (*Process, error) {
 	if o.Grace <= 0 {
-		o.Grace = 5 * time.Second
+		o.Grace = Scale(5 * time.Second)
 	}
 	p := &Process{Name: filepath.Base(name), Node: n, LogPath: o.LogPath, grace: o.Grace, done: make(chan struct{})}
 	p.cmd = exec.Command("ip", append([]string{"netns", "exec", n.NetNS, name}, args...)...)

@@ -26,7 +26,7 @@ func (n *Node) TrackSYNs(ctx context.Context, match string) error {
   }
 }
 `, synTable, match)
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, Scale(30*time.Second))
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", n.NetNS, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(ruleset)

@@ -83,7 +83,9 @@ func setup(t *testing.T) *env {
 func setupLab(t *testing.T, opts lab.Options, daemonArgs ...string) *env {
 	t.Helper()
 	testutil.RequireRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	// Every limit of the lab and of these tests grows by lab.Slowness on
+	// a slow machine (XDPLB_TEST_SLOWNESS, set by the VM runner).
+	ctx, cancel := context.WithTimeout(context.Background(), lab.Scale(90*time.Second))
 	t.Cleanup(cancel)
 	e := &env{t: t, ctx: ctx, servers: map[string]*lab.Server{}, daemonArgs: daemonArgs}
 

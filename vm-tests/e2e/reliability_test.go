@@ -29,7 +29,7 @@ import (
 // bpf2go (clang, from `make deps`) and the binary rebuilt.
 func buildUpgrade(t *testing.T) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), lab.Scale(3*time.Minute))
 	defer cancel()
 	goBin := goBinary()
 	out, err := exec.CommandContext(ctx, goBin, "env", "GOMOD").Output()
@@ -191,22 +191,24 @@ func TestHitlessRestartAndUpgrade(t *testing.T) {
 		t.Fatalf("second daemon on the same state dir: %v\n%s", err, out)
 	}
 
-	ka, err := e.lab.Client.OpenKeepAlive(e.ctx, target, lab.KeepAliveOptions{Conns: 6, Every: 50 * time.Millisecond,
-		Timeout: 2 * time.Second, MaxLife: 80 * time.Second, FirstPort: 21000})
+	// On a slow machine (lab.Slowness) the same traffic, slowed down: as
+	// many connections, over as many restarts.
+	ka, err := e.lab.Client.OpenKeepAlive(e.ctx, target, lab.KeepAliveOptions{Conns: 6, Every: lab.Scale(50 * time.Millisecond),
+		Timeout: lab.Scale(2 * time.Second), MaxLife: lab.Scale(80 * time.Second), FirstPort: 21000})
 	if err != nil {
 		t.Fatal(err)
 	}
-	stream := e.lab.Client.StartStream(e.ctx, target, lab.StreamOptions{Interval: 10 * time.Millisecond,
-		Duration: 80 * time.Second, Timeout: 2 * time.Second, FirstPort: 30000})
+	stream := e.lab.Client.StartStream(e.ctx, target, lab.StreamOptions{Interval: lab.Scale(10 * time.Millisecond),
+		Duration: lab.Scale(80 * time.Second), Timeout: lab.Scale(2 * time.Second), FirstPort: 30000})
 	defer stream.Stop()
 	defer ka.Close()
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(lab.Scale(500 * time.Millisecond))
 
 	tag0 := e.programTag()
 	for i, bin := range []string{binary, binary, binary, upgraded} {
 		before := mapEntries(t, e.status(), "conntrack")
 		e.stop()
-		time.Sleep(300 * time.Millisecond) // forwarding without a daemon
+		time.Sleep(lab.Scale(300 * time.Millisecond)) // forwarding without a daemon
 		e.startBinary(bin)
 		st := e.status()
 		after := mapEntries(t, st, "conntrack")
@@ -222,7 +224,7 @@ func TestHitlessRestartAndUpgrade(t *testing.T) {
 		if bin == upgraded && st.Version != "upgrade-test" {
 			t.Errorf("upgraded daemon reports version %q", st.Version)
 		}
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(lab.Scale(500 * time.Millisecond))
 	}
 
 	attempts := stream.Stop()
@@ -300,11 +302,12 @@ func TestKillDuringApply(t *testing.T) {
 		}()
 		// Early kills (the request may not have reached the daemon, or
 		// the state not the disk) alternate with kills during the map
-		// writes, which follow the save.
+		// writes, which follow the save; at the same moments of an apply
+		// on a slow machine.
 		if i%2 == 1 {
-			time.Sleep(time.Duration(rand.IntN(15)) * time.Millisecond)
+			time.Sleep(lab.Scale(time.Duration(rand.IntN(15)) * time.Millisecond))
 		} else {
-			time.Sleep(time.Duration(15+rand.IntN(120)) * time.Millisecond)
+			time.Sleep(lab.Scale(time.Duration(15+rand.IntN(120)) * time.Millisecond))
 		}
 		e.d.Kill()
 		applyErr := <-done

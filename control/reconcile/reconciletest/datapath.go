@@ -41,6 +41,7 @@ type Datapath struct {
 	flowCounts      int // FlowCountsByBackend calls: walks of a real connection table
 	conns           []loader.Conn
 	ifaces          []loader.IfaceStatus
+	features        loader.Features
 	removed         bool
 
 	nat       loader.NATStats
@@ -185,6 +186,13 @@ func (f *Datapath) SetConns(c ...loader.Conn) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.conns = slices.Clone(c)
+}
+
+// SetFeatures sets the kernel features Status reports.
+func (f *Datapath) SetFeatures(feat loader.Features) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.features = feat
 }
 
 // SetInterfaces sets the interfaces Status reports.
@@ -504,6 +512,7 @@ func (f *Datapath) Status() (loader.Status, error) {
 	return loader.Status{
 		PinPath:    "/sys/fs/bpf/xdplb",
 		Interfaces: slices.Clone(f.ifaces),
+		Features:   f.features,
 		Maps: []loader.MapFill{
 			{Name: "vips", Entries: len(f.vips), MaxEntries: f.maxVIPs},
 			{Name: "backends", Entries: len(f.backends), MaxEntries: f.maxBacks},
