@@ -150,12 +150,16 @@ func tcpStartXDPLB(ctx context.Context, e *tcpEnv, vip string, cmds [][]string) 
 		return netip.AddrPort{}, nil, fmt.Errorf("daemon dir: %w", err)
 	}
 	// The daemon mounts a bpffs here inside its own mount namespace (that
-	// of `ip netns exec`): its pins go away with it.
+	// of `ip netns exec`): its pins go away with it. It also removes the
+	// VIP address it announced when it stops (--detach-on-exit), else the
+	// next case's daemon, on a fresh state directory, would find it on the
+	// interface as an address of the host and refuse the VIP.
 	bpffs := filepath.Join(dir, "bpffs")
 	if err := os.Mkdir(bpffs, 0o700); err != nil {
 		return netip.AddrPort{}, nil, fmt.Errorf("bpffs dir: %w", err)
 	}
-	d, err := lab.StartDaemon(ctx, lab.DaemonOptions{Binary: e.binary, Node: e.lab.LB, Dir: dir, BPFFS: bpffs, XDPMode: string(loader.XDPModeNative)})
+	d, err := lab.StartDaemon(ctx, lab.DaemonOptions{Binary: e.binary, Node: e.lab.LB, Dir: dir, BPFFS: bpffs, XDPMode: string(loader.XDPModeNative),
+		ExtraArgs: []string{"--detach-on-exit"}})
 	if err != nil {
 		return netip.AddrPort{}, nil, err
 	}
