@@ -8,8 +8,8 @@
 # $1/config sets REPO, SLOWNESS, XDPLB and UPGRADE (the binaries), STATUS (yes
 # to time `xdplb status`), LOADER_TEST (the loader's test binary, for the
 # count benchmark: empty for none); $1/suites has a line per suite: name, the
-# package's directory, the test binary, the -test.run pattern ("-" for
-# all) and the time limit, separated by "|".
+# package's directory, the test binary, the -test.run and -test.skip
+# patterns ("-" for none) and the time limit, separated by "|".
 set -uo pipefail
 
 out=$1
@@ -39,9 +39,10 @@ mounts() {
 # is there; writes go to the overlay) and leaves its verbose output, exit
 # code and duration in $out.
 run_suite() {
-	local name=$1 dir=$2 bin=$3 run=$4 limit=$5
+	local name=$1 dir=$2 bin=$3 run=$4 skip=$5 limit=$6
 	local args=(-test.v -test.count=1 -test.timeout "$limit")
 	[ "$run" != - ] && args+=(-test.run "$run")
+	[ "$skip" != - ] && args+=(-test.skip "$skip")
 	say "$name: running ($dir)"
 	local start=$SECONDS
 	(cd "$dir" && "$bin" "${args[@]}") >"$out/$name.log" 2>&1 </dev/null
@@ -98,7 +99,7 @@ time_status() {
 	wait $daemon
 	{
 		echo "ready=$ready"
-		echo "status_ms=${times[*]}"
+		echo "status_ms='${times[*]}'"
 	} >>"$out/status"
 	ip netns exec $ns "$XDPLB" detach --state-dir "$d/state" --bpffs "$d/bpffs" >/dev/null 2>&1
 	ip netns del $ns
@@ -118,9 +119,9 @@ main() {
 	uname -r >"$out/kernel"
 	export CI=true XDPLB_TEST_SLOWNESS=$SLOWNESS XDPLB_BINARY=$XDPLB XDPLB_UPGRADE_BINARY=$UPGRADE
 	say "kernel $(uname -r), $(nproc) CPUs, $(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024)) MiB"
-	local name dir bin run limit
-	while IFS='|' read -r name dir bin run limit; do
-		run_suite "$name" "$dir" "$bin" "$run" "$limit"
+	local name dir bin run skip limit
+	while IFS='|' read -r name dir bin run skip limit; do
+		run_suite "$name" "$dir" "$bin" "$run" "$skip" "$limit"
 	done <"$out/suites"
 	[ "$STATUS" = yes ] && time_status
 	touch "$out/done"

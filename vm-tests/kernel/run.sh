@@ -17,6 +17,7 @@
 #                      linux-image-6.1.0-*-amd64 Debian offers)
 #   XDPLB_VM_SUITES    suites to run (default: loader property lab e2e)
 #   XDPLB_VM_E2E_RUN   -test.run pattern of the e2e suite (default: all)
+#   XDPLB_VM_E2E_SKIP  -test.skip pattern of the e2e suite (default: none)
 #   XDPLB_VM_STATUS    yes: time `xdplb status` on an idle daemon (default yes)
 #   XDPLB_VM_TIMEOUT   bound of the whole VM run (default 80m)
 #   XDPLB_VM_SLOWNESS  XDPLB_TEST_SLOWNESS in the guest (default 25)
@@ -31,6 +32,7 @@ GO=${GO:-go}
 CACHE=${XDPLB_VM_CACHE:-/var/cache/xdplb-vm}
 SUITES=${XDPLB_VM_SUITES:-loader property lab e2e}
 E2E_RUN=${XDPLB_VM_E2E_RUN:--}
+E2E_SKIP=${XDPLB_VM_E2E_SKIP:--}
 STATUS=${XDPLB_VM_STATUS:-yes}
 TIMEOUT=${XDPLB_VM_TIMEOUT:-80m}
 SLOWNESS=${XDPLB_VM_SLOWNESS:-25}
@@ -41,13 +43,13 @@ START=$SECONDS
 export CGO_ENABLED=0
 
 # suite_spec NAME prints the suite's package and, in the guest, its
-# -test.run pattern ("-": every test) and time limit.
+# -test.run and -test.skip patterns ("-": none) and time limit.
 suite_spec() {
 	case $1 in
-	loader) echo "loader - 40m" ;;
-	property) echo "control/reconcile ^TestReconcilePropertyRealMaps\$ 20m" ;;
-	lab) echo "internal/lab - 20m" ;;
-	e2e) echo "vm-tests/e2e $E2E_RUN 90m" ;;
+	loader) echo "loader - - 40m" ;;
+	property) echo "control/reconcile ^TestReconcilePropertyRealMaps\$ - 20m" ;;
+	lab) echo "internal/lab - - 20m" ;;
+	e2e) echo "vm-tests/e2e $E2E_RUN $E2E_SKIP 90m" ;;
 	*) return 1 ;;
 	esac
 }
@@ -198,7 +200,7 @@ build_initramfs() {
 
 # write_guest_config tells guest.sh what to run.
 write_guest_config() {
-	local out=$work/out name pkg run limit
+	local out=$work/out name pkg run skip limit
 	mkdir -p "$out"
 	{
 		printf 'SLOWNESS=%q\n' "$SLOWNESS"
@@ -213,8 +215,8 @@ write_guest_config() {
 		fi
 	} >"$out/config"
 	for name in $SUITES; do
-		read -r pkg run limit <<<"$(suite_spec "$name")"
-		echo "$name|$REPO/$pkg|$work/bin/$name.test|$run|$limit"
+		read -r pkg run skip limit <<<"$(suite_spec "$name")"
+		echo "$name|$REPO/$pkg|$work/bin/$name.test|$run|$skip|$limit"
 	done >"$out/suites"
 }
 
@@ -236,8 +238,8 @@ boot() {
 		-device virtio-9p-pci,fsdev=out,mount_tag=xdplbout \
 		</dev/null >"$work/qemu.log" 2>&1 &
 	qemu_job=$!
-	tail -n +1 -F --pid="$qemu_job" "$console" 2>/dev/null | tr -d '\r' |
-		sed -un -e 's/^xdplb-vm: /  /p' -e '/Kernel panic\|BUG:\|Oops\|WARNING:/p' &
+	tail -n +1 -F --pid="$qemu_job" "$console" 2>/dev/null |
+		sed -un -e 's/\r$//' -e 's/^xdplb-vm: /  /p' -e '/Kernel panic\|BUG:\|Oops\|WARNING:/p' &
 	follow_job=$!
 	local rc=0
 	wait "$qemu_job" || rc=$?
@@ -294,14 +296,26 @@ summary() {
 			continue
 		fi
 		echo
-		log "$name failed; the end of its log (all of it in ${LOGS#"$REPO"/}/$name.log):"
-		grep -E '^(--- FAIL|panic:|FAIL)' "$out/$name.log" | head -n 40 || true
-		tail -n 40 "$out/$name.log"
+		log "$name failed (its whole log: ${LOGS#"$REPO"/}/$name.log):"
+		failures "$out/$name.log"
 	done
 	[ -e "$out/done" ] || { log "the guest did not finish: the end of its console:"; tail -n 30 "$work/console.log"; bad=1; }
 	log "$((SECONDS - START)) s in all"
 	echo "vm-test: $tp passed, $tf failed, $ts skipped"
 	return $bad
+}
+
+# failures prints, from a verbose test log, each failed test with the
+# messages its test file logged (the first 20 lines), or the end of the log
+# when no test failed (a panic, a time-out).
+failures() {
+	if ! grep -q '^--- FAIL: ' "$1"; then
+		tail -n 40 "$1"
+		return
+	fi
+	awk '/^=== RUN   / { n = 0; delete lines }
+		/^    [^ ]+_test\.go:[0-9]+: / && n < 20 { lines[n++] = $0 }
+		/^--- FAIL: / { print; for (i = 0; i < n; i++) print lines[i] }' "$1"
 }
 
 # status_line prints what time_status in guest.sh measured.
