@@ -67,6 +67,7 @@ die() {
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
+	set +e # every step, whatever the one before it did
 	if [ -n "$work" ] && [ -s "$work/qemu.pid" ]; then
 		local pid i
 		pid=$(cat "$work/qemu.pid")
