@@ -15,7 +15,7 @@ BENCH_PKGS := nginx-light wrk haproxy
 # ... and what `make vm-test` boots Debian's 6.1 kernel with (qemu's
 # software emulation, busybox for the initramfs, depmod for the unpacked
 # modules), without qemu's GUI and firmware recommends.
-VM_PKGS := qemu-system-x86 busybox-static kmod cpio
+VM_PKGS := qemu-system-x86 busybox-static kmod cpio xz-utils
 
 # Where `make install` puts things: PREFIX and DESTDIR as usual (a package
 # build installs into DESTDIR). Each directory is one the system looks in

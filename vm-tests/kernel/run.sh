@@ -14,12 +14,14 @@
 #
 # Settings (environment):
 #   XDPLB_VM_KERNEL    kernel ABI, e.g. 6.1.0-57-amd64 (default: the newest
-#                      linux-image-6.1.0-*-amd64 Debian offers)
+#                      linux-image-6.1.0-*-amd64 Debian offers); any Debian
+#                      linux-image-ABI boots, e.g. 6.12.118+deb12-amd64
 #   XDPLB_VM_SUITES    suites to run (default: loader property lab e2e)
 #   XDPLB_VM_E2E_RUN   -test.run pattern of the e2e suite (default: all)
 #   XDPLB_VM_E2E_SKIP  -test.skip pattern of the e2e suite (default: none)
 #   XDPLB_VM_STATUS    yes: time `xdplb status` on an idle daemon (default yes)
-#   XDPLB_VM_TIMEOUT   bound of the whole VM run (default 80m)
+#   XDPLB_VM_TIMEOUT   bound of the whole VM run (default 45m; a full run
+#                      takes about 21 min on a 2-core machine)
 #   XDPLB_VM_SLOWNESS  XDPLB_TEST_SLOWNESS in the guest (default 25)
 #   XDPLB_VM_CPUS, XDPLB_VM_MEM   vCPUs and memory (default 2, 4G)
 #   XDPLB_VM_CACHE     where kernels are unpacked (default /var/cache/xdplb-vm)
@@ -34,7 +36,7 @@ SUITES=${XDPLB_VM_SUITES:-loader property lab e2e}
 E2E_RUN=${XDPLB_VM_E2E_RUN:--}
 E2E_SKIP=${XDPLB_VM_E2E_SKIP:--}
 STATUS=${XDPLB_VM_STATUS:-yes}
-TIMEOUT=${XDPLB_VM_TIMEOUT:-80m}
+TIMEOUT=${XDPLB_VM_TIMEOUT:-45m}
 SLOWNESS=${XDPLB_VM_SLOWNESS:-25}
 CPUS=${XDPLB_VM_CPUS:-2}
 MEM=${XDPLB_VM_MEM:-4G}
@@ -90,7 +92,7 @@ cleanup() {
 preflight() {
 	[ "$(id -u)" -eq 0 ] || die "run as root (the kernel cache, and the tests in the guest)"
 	local c
-	for c in qemu-system-x86_64 /bin/busybox depmod cpio gzip apt-get dpkg-deb timeout "$GO"; do
+	for c in qemu-system-x86_64 /bin/busybox depmod cpio gzip xz apt-get dpkg-deb timeout "$GO"; do
 		command -v "$c" >/dev/null || die "$c is missing: run 'make vm-deps'"
 	done
 	/bin/busybox --list | grep -qx switch_root || die "/bin/busybox is not busybox-static's: run 'make vm-deps'"
@@ -164,13 +166,15 @@ build_binaries() {
 	fi
 }
 
-# module_order prints the .ko files (relative to the modules directory)
-# that the named modules need, dependencies first, each once.
+# module_order prints the module files (relative to the modules
+# directory) that the named modules need, dependencies first, each once;
+# none for a module built into the kernel.
 module_order() {
 	local moddir=$1 m line deps i
 	shift
 	for m in "$@"; do
-		line=$(grep -E "(^|/)$m\.ko:" "$moddir/modules.dep") || die "no module $m in $moddir"
+		grep -qE "(^|/)$m\.ko\$" "$moddir/modules.builtin" && continue
+		line=$(grep -E "(^|/)$m\.ko(\.xz)?:" "$moddir/modules.dep") || die "no module $m in $moddir"
 		read -r -a deps <<<"${line#*:}"
 		for ((i = ${#deps[@]} - 1; i >= 0; i--)); do
 			echo "${deps[i]}"
@@ -186,9 +190,13 @@ build_initramfs() {
 	mkdir -p "$root"/{bin,modules,proc,sys,dev}
 	cp /bin/busybox "$root/bin/busybox"
 	install -m 0755 "$HERE/init.sh" "$root/init"
+	# Uncompressed for busybox's insmod (6.1's are; later kernels' are xz).
 	module_order "$moddir" virtio_pci 9pnet_virtio 9p overlay | while read -r ko; do
-		cp "$moddir/$ko" "$root/modules/"
-		basename "$ko"
+		case $ko in
+		*.xz) xz -dc "$moddir/$ko" >"$root/modules/$(basename "$ko" .xz)" ;;
+		*) cp "$moddir/$ko" "$root/modules/" ;;
+		esac
+		basename "$ko" .xz
 	done >"$root/modules.order"
 	{
 		printf 'KVER=%q\n' "$abi"
