@@ -12,6 +12,10 @@ BIN     := bin/xdplb
 DEB_PKGS := clang llvm libbpf-dev bpftool iproute2 nftables ca-certificates zsh groff-base hping3 frr
 # ... and the real peers the benchmark measures against.
 BENCH_PKGS := nginx-light wrk haproxy
+# ... and what `make vm-test` boots Debian's 6.1 kernel with (qemu's
+# software emulation, busybox for the initramfs, depmod for the unpacked
+# modules), without qemu's GUI and firmware recommends.
+VM_PKGS := qemu-system-x86 busybox-static kmod cpio xz-utils
 
 # Where `make install` puts things: PREFIX and DESTDIR as usual (a package
 # build installs into DESTDIR). Each directory is one the system looks in
@@ -24,7 +28,7 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/site-functions
 SYSCONFDIR  ?= /etc
 
-.PHONY: all build man install uninstall deps bench-deps install-pkgs generate generate-check vet lint test test-unit test-e2e fuzz demo bench clean
+.PHONY: all build man install uninstall deps bench-deps vm-deps install-pkgs generate generate-check vet lint test test-unit test-e2e vm-test fuzz demo bench clean
 
 all: build
 
@@ -67,13 +71,16 @@ deps:
 bench-deps: deps
 	@$(MAKE) --no-print-directory install-pkgs PKGS="$(BENCH_PKGS)"
 
+vm-deps: deps
+	@$(MAKE) --no-print-directory install-pkgs PKGS="$(VM_PKGS)" APT_FLAGS=--no-install-recommends
+
 install-pkgs:
 	@missing=""; for p in $(PKGS); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_FLAGS) $$missing >/dev/null; \
 	fi
 
 generate:
@@ -119,6 +126,13 @@ test-unit:
 
 test-e2e: build
 	$(GO) test -count=1 -v -timeout 15m ./vm-tests/...
+
+# The packet tests, the real-maps property test, the lab and the e2e tests
+# on Debian 12's 6.1 kernel in a VM under software emulation (root; the
+# kernel is downloaded and unpacked into /var/cache/xdplb-vm, not
+# installed). XDPLB_VM_* settings: vm-tests/kernel/run.sh.
+vm-test: vm-deps
+	bash vm-tests/kernel/run.sh
 
 demo: deps build
 	./$(BIN) demo

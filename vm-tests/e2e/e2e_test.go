@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net/netip"
 	"os"
@@ -26,11 +27,34 @@ import (
 // from XDPLB_BINARY (e.g. the bin/xdplb that `make build` just made).
 var binary string
 
+// upgrade is the upgrade build of TestHitlessRestartAndUpgrade when
+// XDPLB_UPGRADE_BINARY names one; empty, the test builds it.
+var upgrade string
+
+var buildUpgradeTo = flag.String("build-upgrade", "",
+	"build the upgrade binary of TestHitlessRestartAndUpgrade to this file and exit, running no test "+
+		"(the VM runner does it on the host and passes the file as XDPLB_UPGRADE_BINARY)")
+
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
 }
 
 func run(m *testing.M) int {
+	flag.Parse()
+	if *buildUpgradeTo != "" {
+		tmp, err := os.MkdirTemp("", "xdplb-upgrade-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			return 1
+		}
+		defer os.RemoveAll(tmp)
+		if err := buildUpgrade(context.Background(), *buildUpgradeTo, tmp); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: build the upgrade binary:", err)
+			return 1
+		}
+		return 0
+	}
+	upgrade = os.Getenv("XDPLB_UPGRADE_BINARY")
 	binary = os.Getenv("XDPLB_BINARY")
 	if binary == "" && (os.Geteuid() == 0 || os.Getenv("CI") == "true") {
 		dir, err := os.MkdirTemp("", "xdplb-e2e-")
