@@ -48,7 +48,7 @@ mmdebstrap --quiet --variant=minbase --include="$pkgs" \
 	--customize-hook="mkdir -m 0700 \"\$1/home/vagrant/.ssh\"; cp $pubkey \"\$1/home/vagrant/.ssh/authorized_keys\"; chmod 0600 \"\$1/home/vagrant/.ssh/authorized_keys\"; chroot \"\$1\" chown -R vagrant:vagrant /home/vagrant/.ssh" \
 	--customize-hook='echo "vagrant:vagrant" | chroot "$1" chpasswd' \
 	--customize-hook='rm -f "$1"/etc/ssh/ssh_host_*' \
-	--customize-hook='echo xdplb > "$1/etc/hostname"' \
+	--customize-hook='echo xdplb > "$1/etc/hostname"; printf "127.0.0.1 localhost\n127.0.1.1 xdplb\n::1 localhost ip6-localhost ip6-loopback\n" > "$1/etc/hosts"' \
 	--customize-hook='rm -f "$1/etc/machine-id" && touch "$1/etc/machine-id"' \
 	bookworm "$work/rootfs" "$sources"
 

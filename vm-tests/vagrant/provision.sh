@@ -22,6 +22,12 @@ if [ -f /tmp/xdplb-guest.tar ]; then
 	rm -f /tmp/xdplb-guest.tar
 fi
 systemctl daemon-reload
+if [ "$(hostname)" != "$role" ]; then
+	echo "$role" >/etc/hostname
+	hostname "$role"
+	sed -i '/^127\.0\.1\.1\s/d' /etc/hosts
+	echo "127.0.1.1 $role" >>/etc/hosts
+fi
 
 # The interface that holds an IPv4 address (names differ between boxes and
 # providers: eth1, ens6, enp0s8, ...).
