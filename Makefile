@@ -151,7 +151,7 @@ vagrant-files: build
 
 # The Vagrant lab from nothing to nothing (vm-tests/vagrant/run.sh): a box
 # built from Debian's packages, four VMs, the tests, and everything removed
-# again, also on failure or Ctrl-C. Root; about 15 minutes here.
+# again, also on failure or Ctrl-C. Root.
 VAGRANT_TEST_TIMEOUT ?= 75m
 vagrant-test: vagrant-deps vagrant-files
 	timeout --foreground --kill-after=5m $(VAGRANT_TEST_TIMEOUT) vm-tests/vagrant/run.sh
