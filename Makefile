@@ -16,6 +16,12 @@ BENCH_PKGS := nginx-light wrk haproxy
 # software emulation, busybox for the initramfs, depmod for the unpacked
 # modules), without qemu's GUI and firmware recommends.
 VM_PKGS := qemu-system-x86 busybox-static kmod cpio xz-utils
+# ... and `make vagrant-test`: Vagrant with libvirt driving qemu, libvirt's
+# daemons and isolated networks, and what builds the local Debian 12 box
+# (mmdebstrap, a partitioned disk image with BIOS grub).
+VAGRANT_PKGS := vagrant vagrant-libvirt qemu-system-x86 qemu-utils libvirt-daemon-system \
+	libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base iptables mmdebstrap e2fsprogs \
+	fdisk grub-pc-bin grub2-common dosfstools
 
 # Where `make install` puts things: PREFIX and DESTDIR as usual (a package
 # build installs into DESTDIR). Each directory is one the system looks in
@@ -28,7 +34,7 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/site-functions
 SYSCONFDIR  ?= /etc
 
-.PHONY: all build man install uninstall deps bench-deps vm-deps install-pkgs generate generate-check vet lint test test-unit test-e2e vm-test fuzz demo bench clean
+.PHONY: all build man install uninstall deps bench-deps vm-deps vagrant-deps vagrant-files vagrant-test install-pkgs generate generate-check vet lint test test-unit test-e2e vm-test fuzz demo bench clean
 
 all: build
 
@@ -73,6 +79,9 @@ bench-deps: deps
 
 vm-deps: deps
 	@$(MAKE) --no-print-directory install-pkgs PKGS="$(VM_PKGS)" APT_FLAGS=--no-install-recommends
+
+vagrant-deps:
+	@$(MAKE) --no-print-directory install-pkgs PKGS="$(VAGRANT_PKGS)"
 
 install-pkgs:
 	@missing=""; for p in $(PKGS); do \
@@ -144,6 +153,22 @@ bench: bench-deps build
 	$(GO) test -run '^$$' -bench 'PutLookupTable|PutVIPs' ./loader/
 	$(GO) test -run '^$$' -bench 'SingleChange|Apply1000x32|BuildMaglev' -benchtime 3x ./control/reconcile/
 	$(GO) run ./bench/cmd/xdplb-bench -binary $(BIN) -out bench/RESULTS.md
+
+# What the Vagrant lab's guests get (Vagrantfile): xdplb as `make install`
+# lays it out under /usr/local (binary, unit, /etc/default/xdplb, man page,
+# completion) and the test helper, static binaries built here, in one tar.
+vagrant-files: build
+	rm -rf bin/guest
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/bin/guest PREFIX=/usr/local >/dev/null
+	$(GO) build -o bin/guest/usr/local/bin/xdplb-vmtest ./vm-tests/vagrant/vmtest
+	tar -C bin/guest --owner=0 --group=0 -cf bin/xdplb-guest.tar usr etc
+
+# The Vagrant lab from nothing to nothing (vm-tests/vagrant/run.sh): a box
+# built from Debian's packages, four VMs, the tests, and everything removed
+# again, also on failure or Ctrl-C. Root.
+VAGRANT_TEST_TIMEOUT ?= 75m
+vagrant-test: vagrant-deps vagrant-files
+	timeout --foreground --kill-after=5m $(VAGRANT_TEST_TIMEOUT) vm-tests/vagrant/run.sh
 
 clean:
 	rm -rf bin/
