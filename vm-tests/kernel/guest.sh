@@ -9,7 +9,7 @@
 # to time `xdplb status`), LOADER_TEST (the loader's test binary, for the
 # count benchmark: empty for none); $1/suites has a line per suite: name, the
 # package's directory, the test binary, the -test.run and -test.skip
-# patterns ("-" for none) and the time limit, separated by "|".
+# patterns ("-" for none) and the time limit, separated by tabs.
 set -uo pipefail
 
 out=$1
@@ -120,7 +120,7 @@ main() {
 	export CI=true XDPLB_TEST_SLOWNESS=$SLOWNESS XDPLB_BINARY=$XDPLB XDPLB_UPGRADE_BINARY=$UPGRADE
 	say "kernel $(uname -r), $(nproc) CPUs, $(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024)) MiB"
 	local name dir bin run skip limit
-	while IFS='|' read -r name dir bin run skip limit; do
+	while IFS=$'\t' read -r name dir bin run skip limit; do
 		run_suite "$name" "$dir" "$bin" "$run" "$skip" "$limit"
 	done <"$out/suites"
 	[ "$STATUS" = yes ] && time_status

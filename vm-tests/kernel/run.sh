@@ -45,13 +45,14 @@ START=$SECONDS
 export CGO_ENABLED=0
 
 # suite_spec NAME prints the suite's package and, in the guest, its
-# -test.run and -test.skip patterns ("-": none) and time limit.
+# -test.run and -test.skip patterns ("-": none) and time limit (about 3
+# times what it took), separated by tabs.
 suite_spec() {
 	case $1 in
-	loader) echo "loader - - 40m" ;;
-	property) echo "control/reconcile ^TestReconcilePropertyRealMaps\$ - 20m" ;;
-	lab) echo "internal/lab - - 20m" ;;
-	e2e) echo "vm-tests/e2e $E2E_RUN $E2E_SKIP 90m" ;;
+	loader) printf '%s\t' loader - - 15m ;;
+	property) printf '%s\t' control/reconcile '^TestReconcilePropertyRealMaps$' - 10m ;;
+	lab) printf '%s\t' internal/lab - - 5m ;;
+	e2e) printf '%s\t' vm-tests/e2e "$E2E_RUN" "$E2E_SKIP" 30m ;;
 	*) return 1 ;;
 	esac
 }
@@ -156,7 +157,7 @@ build_binaries() {
 	(cd "$REPO" && $GO build -ldflags "-X main.version=$(git describe --tags --always --dirty 2>/dev/null || echo dev)" \
 		-o "$bin/xdplb" ./cmd/xdplb)
 	for name in $SUITES; do
-		read -r pkg _ <<<"$(suite_spec "$name")"
+		IFS=$'\t' read -r pkg _ <<<"$(suite_spec "$name")"
 		(cd "$REPO" && $GO test -c -o "$bin/$name.test" "./$pkg/")
 	done
 	if [[ " $SUITES " == *" e2e "* ]]; then
@@ -224,8 +225,9 @@ write_guest_config() {
 		fi
 	} >"$out/config"
 	for name in $SUITES; do
-		read -r pkg run skip limit <<<"$(suite_spec "$name")"
-		echo "$name|$REPO/$pkg|$work/bin/$name.test|$run|$skip|$limit"
+		IFS=$'\t' read -r pkg run skip limit <<<"$(suite_spec "$name")"
+		printf '%s\t' "$name" "$REPO/$pkg" "$work/bin/$name.test" "$run" "$skip" "$limit"
+		echo
 	done >"$out/suites"
 }
 
@@ -280,7 +282,7 @@ summary() {
 		"XDPLB_TEST_SLOWNESS=$SLOWNESS; logs in ${LOGS#"$REPO"/}/"
 	printf '  %-10s %-20s %7s %7s %8s %8s\n' suite package passed failed skipped time
 	for name in $SUITES; do
-		read -r pkg _ <<<"$(suite_spec "$name")"
+		IFS=$'\t' read -r pkg _ <<<"$(suite_spec "$name")"
 		log=$out/$name.log
 		if [ ! -e "$out/$name.rc" ]; then
 			printf '  %-10s %-20s %7s %7s %8s %8s  did not finish\n' "$name" "$pkg" - - - -
