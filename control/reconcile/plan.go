@@ -136,23 +136,8 @@ func planVIP(v model.VIP, m *mirror, a *ids, j judge, loc locator) vipPlan {
 		if p.held {
 			continue // nothing of the VIP is written
 		}
-		bp.old, bp.had = m.entry(backendRef{id, addr, b.Port})
-		bp.info.ID = bp.old.ID
-		switch {
-		case bp.resolved:
-			bid := bp.old.ID
-			if !bp.had {
-				var err error
-				if bid, err = a.backend(); err != nil {
-					p.err = err
-					return p
-				}
-			}
-			bp.entry = p.backendEntry(bp, id, bid)
-			bp.hasEntry = true
-			bp.info.ID, bp.info.MAC = bid, bp.entry.MAC
-		case bp.had:
-			bp.entry, bp.hasEntry = p.keptEntry(bp.old, bp.up)
+		if p.err = p.placeEntry(bp, id, m, a); p.err != nil {
+			return p
 		}
 	}
 	p.choosePools()
@@ -202,28 +187,38 @@ func (p *vipPlan) planFallback(f model.Fallback, id uint32, m *mirror, a *ids, l
 	if p.held {
 		return
 	}
-	fp.old, fp.had = m.entry(backendRef{id, addr, b.Port})
-	fp.info.ID = fp.old.ID
+	if p.err = p.placeEntry(fp, id, m, a); p.err != nil || !fp.resolved {
+		return
+	}
+	fp.info.State = model.FallbackStandby
+	if len(p.members) == 0 {
+		p.members = []MaglevBackend{{ID: fp.info.ID, Key: MaglevKey(addr, p.v.BackendPort(b)), Weight: b.Weight}}
+		p.onFallback = true
+		fp.info.State = model.FallbackActive
+	}
+}
+
+// placeEntry gives bp (of the VIP whose id in the maps is id) the entry it
+// is to have: a resolved backend its own, with the id it has or a new one;
+// an unresolved one the entry it had, if it can keep it (keptEntry).
+func (p *vipPlan) placeEntry(bp *backendPlan, id uint32, m *mirror, a *ids) error {
+	bp.old, bp.had = m.entry(backendRef{id, bp.key.Addr, bp.b.Port})
+	bp.info.ID = bp.old.ID
 	switch {
-	case fp.resolved:
-		bid := fp.old.ID
-		if !fp.had {
+	case bp.resolved:
+		bid := bp.old.ID
+		if !bp.had {
 			var err error
 			if bid, err = a.backend(); err != nil {
-				p.err = err
-				return
+				return err
 			}
 		}
-		fp.entry, fp.hasEntry = p.backendEntry(fp, id, bid), true
-		fp.info.ID, fp.info.MAC, fp.info.State = bid, fp.entry.MAC, model.FallbackStandby
-		if len(p.members) == 0 {
-			p.members = []MaglevBackend{{ID: bid, Key: MaglevKey(addr, p.v.BackendPort(b)), Weight: b.Weight}}
-			p.onFallback = true
-			fp.info.State = model.FallbackActive
-		}
-	case fp.had:
-		fp.entry, fp.hasEntry = p.keptEntry(fp.old, true)
+		bp.entry, bp.hasEntry = p.backendEntry(bp, id, bid), true
+		bp.info.ID, bp.info.MAC = bid, bp.entry.MAC
+	case bp.had:
+		bp.entry, bp.hasEntry = p.keptEntry(bp.old, bp.up)
 	}
+	return nil
 }
 
 // planned is every backend of p with a plan, the fallback last.
