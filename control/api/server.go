@@ -85,6 +85,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/vips/{vip}/backends", s.addBackend)
 	mux.HandleFunc("PATCH /v1/vips/{vip}/backends/{backend}", s.setBackend)
 	mux.HandleFunc("DELETE /v1/vips/{vip}/backends/{backend}", s.deleteBackend)
+	mux.HandleFunc("PATCH /v1/vips/{vip}/groups/{group}", s.setGroup)
 	mux.HandleFunc("GET /v1/state", s.getState)
 	mux.HandleFunc("PUT /v1/state", s.putState)
 	mux.HandleFunc("GET /v1/stats", s.getStats)
@@ -551,6 +552,26 @@ func (s *Server) setBackend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log().Info("backend changed by api", "vip", id, "backend", addr)
+	s.applied(r)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// setGroup changes every backend of a group of a VIP at once.
+func (s *Server) setGroup(w http.ResponseWriter, r *http.Request) {
+	id, err := pathVIP(r)
+	g := r.PathValue("group")
+	var p model.BackendPatch
+	if err == nil {
+		err = decode(w, r, &p)
+	}
+	if err == nil {
+		err = s.Store.SetGroup(id, g, p)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log().Info("backend group changed by api", "vip", id, "group", g)
 	s.applied(r)
 	w.WriteHeader(http.StatusNoContent)
 }
