@@ -224,7 +224,10 @@ func (e *env) backendList(c *cli.Context) error {
 	if err != nil {
 		return apiError(c, err)
 	}
-	sort.SliceStable(bs, func(i, j int) bool { // by pool, the fallback last
+	sort.SliceStable(bs, func(i, j int) bool { // by pool, the fallback then the removed ones last
+		if bs[i].Removed != bs[j].Removed {
+			return bs[j].Removed
+		}
 		if bs[i].Fallback != bs[j].Fallback {
 			return bs[j].Fallback
 		}
@@ -326,10 +329,14 @@ func withCap(caps bool, b *api.BackendStatus, cols ...string) []string {
 }
 
 // weightString is a backend's WEIGHT as `backend list` shows it: the
-// VIP's fallback has none, and is named instead.
+// VIP's fallback has none, and is named instead; nor has a backend
+// removed from the config that drains its open flows.
 func weightString(b api.BackendStatus) string {
 	if b.Fallback {
 		return "fallback"
+	}
+	if b.Removed {
+		return "removed"
 	}
 	return strconv.FormatUint(uint64(b.Weight), 10)
 }

@@ -463,6 +463,13 @@ func (s *Server) listBackends(w http.ResponseWriter, r *http.Request) {
 		bs.Mode, bs.SNATAddr = v.Mode, snat
 		out = append(out, bs)
 	}
+	if s.Reconciler != nil {
+		for _, rb := range s.Reconciler.Retained(id) {
+			bs := BackendStatus{Backend: model.Backend{Address: rb.Addr, Port: rb.Port}, Removed: true, State: model.BackendDraining,
+				Flows: flows[rb.ID].Established, HalfOpen: flows[rb.ID].HalfOpen, Mode: v.Mode, SNATAddr: snat}
+			out = append(out, bs)
+		}
+	}
 	writeJSON(w, http.StatusOK, out)
 }
 
@@ -587,6 +594,13 @@ func (s *Server) deleteBackend(w http.ResponseWriter, r *http.Request) {
 	}
 	if err == nil && !force {
 		err = s.checkNoFlows(id, addr, port)
+	}
+	if err == nil && force && s.Reconciler != nil {
+		p := port
+		if p == id.Port {
+			p = 0
+		}
+		s.Reconciler.Release(id, addr, p) // its open flows break, as asked
 	}
 	if err == nil {
 		err = s.Store.DeleteBackend(id, addr, port)

@@ -91,15 +91,17 @@ func fullAfter(prev map[backendKey]bool, capped []cappedBackend, counts map[uint
 // reconciler's lock.
 //
 // The same walk gives the open flows of the backends of lc and wlc VIPs,
-// written to the data plane (syncOpenFlows): one walk a CapInterval
-// serves both.
+// written to the data plane (syncOpenFlows), and of the backends retained
+// for their open flows (retain.go): a change is reported too when one of
+// those has none left, for a pass to delete it.
 func (r *Reconciler) CheckCaps() (bool, error) {
 	r.mu.Lock()
 	capped := r.cappedBackends()
 	lc := r.lcBackends()
+	retained := r.retainedIDs()
 	r.mu.Unlock()
 	var counts map[uint32]loader.FlowCount
-	if len(capped) > 0 || len(lc) > 0 {
+	if len(capped) > 0 || len(lc) > 0 || len(retained) > 0 {
 		var err error
 		if counts, err = r.dp.FlowCountsByBackend(); err != nil {
 			return false, err
@@ -111,8 +113,9 @@ func (r *Reconciler) CheckCaps() (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	next := fullAfter(r.full, capped, counts)
+	done := retainedDone(retained, counts)
 	if maps.Equal(next, r.full) {
-		return false, nil
+		return done, nil
 	}
 	for _, c := range capped {
 		n := counts[c.id].Established

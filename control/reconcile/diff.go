@@ -154,6 +154,12 @@ func diff(m *mirror, plans []vipPlan, removed []loader.VIPKey, full bool) []op {
 			}
 		}
 		ops = append(ops, late...)
+		for _, e := range p.retained {
+			kept[e.ID] = true
+			if old, ok := m.backends[e.ID]; !ok || !sameBackend(old, e) {
+				ops = append(ops, op{kind: opPutBackend, phase: phaseEarly, vip: vid, backend: e})
+			}
+		}
 		for _, bid := range m.byVIP[id] {
 			if !kept[bid] {
 				ops = append(ops, op{kind: opDeleteBackend, phase: phaseLate, vip: vid, backend: m.backends[bid]})

@@ -135,3 +135,53 @@ func TestReconcileOpenFlowsSync(t *testing.T) {
 		t.Fatalf("open flows written %v after %d walks, want 1: 7, 2: 3 after one", got, f.dp.FlowCountCalls())
 	}
 }
+
+// Blue/green: an apply that swaps a VIP's backend set keeps the old
+// backends that have open flows as entries out of the table (their flows
+// go on), reported as retained, until their flows end; the check that
+// counts them then asks for the pass that deletes them. One without flows
+// goes at once, and so does one deleted by force.
+func TestReconcileBlueGreenRetainsOpenFlows(t *testing.T) {
+	f := newHealthFixture(t, testTableSize, "10.0.0.1", "10.0.0.2")
+	f.nw.setMAC("10.0.0.3", mac(3))
+	f.nw.setMAC("10.0.0.4", mac(4))
+	f.dp.SetFlows(1, 5) // blue 10.0.0.1 has open flows, 10.0.0.2 none
+	st := f.store.State()
+	st.VIPs[0].Backends = []model.Backend{be("10.0.0.3", 100), be("10.0.0.4", 100)}
+	if err := f.store.Replace(st); err != nil {
+		t.Fatal(err)
+	}
+	w := f.reconcileChanged(t)
+	if slices.Contains(w, "del-backend 1") || !slices.Contains(w, "del-backend 2") {
+		t.Fatalf("swap wrote %v: want backend 1 kept (open flows), 2 deleted", w)
+	}
+	tbl := f.table(t)
+	if slices.Contains(tbl, 1) || slices.Contains(tbl, 2) {
+		t.Fatal("an old backend is still in the table")
+	}
+	ret := f.rec.Retained(vip1)
+	if len(ret) != 1 || ret[0].ID != 1 || ret[0].Addr != netip.MustParseAddr("10.0.0.1") {
+		t.Fatalf("retained %+v, want backend 1", ret)
+	}
+	if w := f.reconcile(t); len(w) != 0 {
+		t.Fatalf("a full pass while it drains writes %v", w)
+	}
+	f.checkCaps(t, false)
+	f.dp.SetFlows(1, 0)
+	if w := f.checkCaps(t, true); !slices.Equal(w, []string{"del-backend 1"}) {
+		t.Fatalf("drained: writes %v, want backend 1 deleted", w)
+	}
+	if len(f.rec.Retained(vip1)) != 0 {
+		t.Fatal("still retained")
+	}
+
+	// A forced delete is not retained.
+	f.dp.SetFlows(3, 9)
+	f.rec.Release(vip1, netip.MustParseAddr("10.0.0.3"), 0)
+	if err := f.store.DeleteBackend(vip1, netip.MustParseAddr("10.0.0.3"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if w := f.reconcileChanged(t); !slices.Contains(w, "del-backend 3") {
+		t.Fatalf("forced delete wrote %v, want backend 3 deleted", w)
+	}
+}
