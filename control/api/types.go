@@ -67,7 +67,7 @@ type BackendStatus struct {
 	// they end; it is then deleted.
 	Removed bool   `json:"removed,omitempty"`
 	State   string `json:"state"`
-	MAC      string `json:"mac,omitempty"`
+	MAC     string `json:"mac,omitempty"`
 	// Open flows in the connection table that point at it: established
 	// ones, and half-open ones (only their opening seen: a SYN the
 	// backend may have refused), which end within --half-open-timeout.

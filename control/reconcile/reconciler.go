@@ -114,7 +114,7 @@ type Reconciler struct {
 	unresolved map[netip.Addr]bool // each resolution problem logged once
 	// full holds the backends at their connection cap (conncap.go), as
 	// the last count found them.
-	full     map[backendKey]bool
+	full map[backendKey]bool
 	// released are backends deleted by force: the next pass does not
 	// retain them for their open flows (retain.go).
 	released map[backendKey]bool
