@@ -60,7 +60,7 @@ static __always_inline __u32 least_conns(const struct sched_set *s, __u32 count,
 {
 	__u32 n = count < SCHED_LC_SCAN ? count : SCHED_LC_SCAN;
 	__u32 j = bpf_get_prandom_u32() % count;
-	__u64 best_c = ~0ULL, best_w = 1;
+	__u64 best_c = 0, best_w = 1;
 	__u32 best = 0;
 
 	for (__u32 i = 0; i < SCHED_LC_SCAN; i++) {
@@ -76,7 +76,7 @@ static __always_inline __u32 least_conns(const struct sched_set *s, __u32 count,
 		c = bpf_map_lookup_elem(&be_conns, &bid);
 		conns = c && *c > 0 ? *c : 0;
 		/* Counts below 2^32 and weights below 2^16: no overflow. */
-		if (w && conns * best_w < best_c * w) {
+		if (w && (!best || conns * best_w < best_c * w)) {
 			best_c = conns;
 			best_w = w;
 			best = bid;
