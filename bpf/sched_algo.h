@@ -52,39 +52,56 @@ static __always_inline __u32 cursor_next(__u32 vip_id)
 	return turn + bpf_get_smp_processor_id() * 0x9e3779b1u;
 }
 
+/* least_conns' walk, one member a step of bpf_loop: the verifier checks
+ * the step once, where a loop of SCHED_LC_SCAN steps with a compare each
+ * would be walked path by path (beyond its budget). */
+struct lc_walk {
+	const struct sched_set *s;
+	__u32 count;
+	__u32 j; /* the member of this step */
+	__u32 weighted;
+	__u32 best; /* 0: none yet */
+	__u64 best_c, best_w;
+};
+
+static long lc_step(__u32 i, void *data)
+{
+	struct lc_walk *x = data;
+	const struct sched_set *s = x->s;
+	__u32 j = bound(x->j, SCHED_SET_MAX - 1); /* j < count <= SCHED_SET_MAX already */
+	__u32 bid = s->ids[j];
+	__u64 w = x->weighted ? s->weights[j] : 1;
+	__s64 *c = bpf_map_lookup_elem(&be_conns, &bid);
+	__u64 conns = c && *c > 0 ? *c : 0;
+
+	/* Counts below 2^32 and weights below 2^16: no overflow. */
+	if (w && (!x->best || conns * x->best_w < x->best_c * w)) {
+		x->best_c = conns;
+		x->best_w = w;
+		x->best = bid;
+	}
+	if (++j >= x->count)
+		j = 0;
+	x->j = j;
+	return 0;
+}
+
 /* The member of s with the fewest open flows (lc), or per unit of weight
  * (wlc: conns_i * w_best < conns_best * w_i), among SCHED_LC_SCAN members
  * from a random one on (all of them when there are no more): a random
  * start also spreads the new flows among members that tie. */
 static __always_inline __u32 least_conns(const struct sched_set *s, __u32 count, int weighted)
 {
-	__u32 n = count < SCHED_LC_SCAN ? count : SCHED_LC_SCAN;
-	__u32 j = bpf_get_prandom_u32() % count;
-	__u64 best_c = 0, best_w = 1;
-	__u32 best = 0;
+	struct lc_walk x = {
+		.s = s,
+		.count = count,
+		.j = bpf_get_prandom_u32() % count,
+		.weighted = weighted,
+		.best_w = 1,
+	};
 
-	for (__u32 i = 0; i < SCHED_LC_SCAN; i++) {
-		__u32 bid, w;
-		__s64 *c;
-		__u64 conns;
-
-		if (i >= n)
-			break;
-		j = bound(j, SCHED_SET_MAX - 1); /* j < count <= SCHED_SET_MAX already */
-		bid = s->ids[j];
-		w = weighted ? s->weights[j] : 1;
-		c = bpf_map_lookup_elem(&be_conns, &bid);
-		conns = c && *c > 0 ? *c : 0;
-		/* Counts below 2^32 and weights below 2^16: no overflow. */
-		if (w && (!best || conns * best_w < best_c * w)) {
-			best_c = conns;
-			best_w = w;
-			best = bid;
-		}
-		if (++j >= count)
-			j = 0;
-	}
-	return best;
+	bpf_loop(count < SCHED_LC_SCAN ? count : SCHED_LC_SCAN, lc_step, &x, 0);
+	return x.best;
 }
 
 /* rr, wrr, lc, wlc: the backend for a new flow from the VIP's sched_set,

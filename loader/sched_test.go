@@ -36,16 +36,16 @@ func weightedTable(n uint32, ids, weights []uint32) []uint32 {
 		total += uint64(w)
 	}
 	tbl := make([]uint32, n)
-	acc := make([]uint64, len(ids))
+	acc := make([]int64, len(ids))
 	for s := range tbl {
 		best := 0
 		for i, w := range weights {
-			acc[i] += uint64(w)
+			acc[i] += int64(w)
 			if acc[i] > acc[best] {
 				best = i
 			}
 		}
-		acc[best] -= total
+		acc[best] -= int64(total)
 		tbl[s] = ids[best]
 	}
 	return tbl
@@ -230,13 +230,20 @@ func TestPersistence(t *testing.T) {
 			t.Fatalf("port %d: backend %d, want %d (the new persistence)", p, got, second)
 		}
 	}
-	// Down: likewise.
+	// Down: likewise (and out of the set, as the reconciler does).
 	b = backendAt(vip4TCP, second)
 	b.Down = true
 	must(t, d.PutBackend(b))
-	if got := sentTo(t, d, syn(42200)); got == second {
-		t.Fatalf("a down backend kept its client")
+	third := 6 - first - second
+	must(t, d.PutSchedSet(1, []SchedMember{{ID: third, Weight: 1}}))
+	if got := sentTo(t, d, syn(42200)); got != third {
+		t.Fatalf("a down backend's client went to %d, want %d", got, third)
 	}
+	// All back.
+	for _, id := range []uint32{1, 2, 3} {
+		must(t, d.PutBackend(backendAt(vip4TCP, id)))
+	}
+	must(t, d.PutSchedSet(1, withoutMember([]uint32{1, 2, 3}, 0)))
 
 	// Past the timeout the scheduler chooses again.
 	k := xdplbPersistKey{VipId: 1, Client: client4.As16()}
