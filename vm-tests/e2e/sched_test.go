@@ -99,7 +99,7 @@ func TestCanaryShiftUnderTraffic(t *testing.T) {
 			// either side of it.
 			if a.Start.After(m.Add(50 * time.Millisecond)) {
 				p = i
-			} else if a.Start.After(m.Add(-50 * time.Millisecond)) && i > 0 {
+			} else if a.Start.After(m.Add(-50*time.Millisecond)) && i > 0 {
 				p = -1
 			}
 		}
