@@ -465,7 +465,11 @@ func (s *Server) listBackends(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.Reconciler != nil {
 		for _, rb := range s.Reconciler.Retained(id) {
-			bs := BackendStatus{Backend: model.Backend{Address: rb.Addr, Port: rb.Port}, Removed: true, State: model.BackendDraining,
+			st := model.BackendDraining
+			if rb.Serving {
+				st = model.BackendUp
+			}
+			bs := BackendStatus{Backend: model.Backend{Address: rb.Addr, Port: rb.Port}, Removed: true, State: st,
 				Flows: flows[rb.ID].Established, HalfOpen: flows[rb.ID].HalfOpen, Mode: v.Mode, SNATAddr: snat}
 			out = append(out, bs)
 		}

@@ -31,6 +31,7 @@ type vipPlan struct {
 	backends []backendPlan
 	members  []MaglevBackend      // the lookup table's backends; none: no table
 	retained []loader.Backend     // entries left by backends removed from the config, kept for their open flows (retain.go)
+	serving  []uint32             // the ids of those that take new flows still (serveRetained)
 	set      []loader.SchedMember // the backend set of an rr, wrr, lc or wlc VIP: the members; nil: none
 	active   int                  // backends not drained
 	pools    []uint32             // the pools whose backends are members, best first (see pools.go)

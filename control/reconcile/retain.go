@@ -13,7 +13,10 @@ import (
 // entry, out of the table as a drained backend is: its open flows go on,
 // new ones go to the backends that replace it. It is retained until its
 // open flows (both phases, counted from the connection table) reach zero,
-// then deleted; `backend list` shows it draining meanwhile. A forced
+// then deleted; `backend list` shows it draining meanwhile. While none of
+// the VIP's new backends is usable yet (their MACs unresolved, their
+// checks pending), the retained ones that are up keep taking its new
+// flows (serveRetained). A forced
 // delete (`backend del --force`) is not retained. The check of the
 // retained backends' flows shares the walk of CheckCaps (CapInterval).
 
@@ -23,6 +26,9 @@ type RetainedBackend struct {
 	Addr netip.Addr
 	Port uint16 // as in the maps: 0 is the VIP's port
 	ID   uint32
+	// Serving: it still takes the VIP's new flows, none of the backends
+	// that replace it being usable yet (make before break).
+	Serving bool
 }
 
 // leftovers are the entries of p's VIP in the maps that no backend of its
@@ -81,6 +87,35 @@ func (r *Reconciler) retain(plans []vipPlan) {
 		e.NoNew = l.p.v.Persistence > 0
 		l.p.retained = append(l.p.retained, e)
 	}
+	for i := range plans {
+		plans[i].serveRetained()
+	}
+}
+
+// serveRetained makes the retained backends that are up the members of a
+// VIP that has no other (its new backends not resolved or checked yet,
+// and no fallback): an apply that swaps the backend set breaks no new
+// connection while the new set comes up. They leave the table once a new
+// backend is usable. Each counts with weight 1: their weights left the
+// config with them.
+func (p *vipPlan) serveRetained() {
+	if len(p.members) > 0 || len(p.retained) == 0 {
+		return
+	}
+	for i := range p.retained {
+		e := &p.retained[i]
+		if e.Down {
+			continue
+		}
+		e.NoNew = false
+		p.members = append(p.members, MaglevBackend{ID: e.ID, Key: MaglevKey(e.Addr, p.v.BackendPort(model.Backend{Port: e.Port})), Weight: 1})
+		p.serving = append(p.serving, e.ID)
+	}
+	if len(p.members) > 0 {
+		p.meta.NoHealthy, p.meta.BackendsFull = false, false
+		p.set = nil
+		p.planSet()
+	}
 }
 
 // Release makes the next pass delete a backend of vip that leaves its
@@ -126,7 +161,7 @@ func retainedDone(ids []uint32, counts map[uint32]loader.FlowCount) bool {
 func retainedOf(p *vipPlan) []RetainedBackend {
 	out := make([]RetainedBackend, 0, len(p.retained))
 	for _, b := range p.retained {
-		out = append(out, RetainedBackend{Addr: b.Addr.Unmap(), Port: b.Port, ID: b.ID})
+		out = append(out, RetainedBackend{Addr: b.Addr.Unmap(), Port: b.Port, ID: b.ID, Serving: slices.Contains(p.serving, b.ID)})
 	}
 	slices.SortFunc(out, func(a, b RetainedBackend) int { return compareRef(a.Addr, a.Port, b.Addr, b.Port) })
 	return out

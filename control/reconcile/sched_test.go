@@ -185,3 +185,31 @@ func TestReconcileBlueGreenRetainsOpenFlows(t *testing.T) {
 		t.Fatalf("forced delete wrote %v, want backend 3 deleted", w)
 	}
 }
+
+// Make before break: while none of the new backends is usable (here its
+// MAC is not resolved yet), the retained old ones that are up keep taking
+// new flows; once one is, the table is the new set's alone.
+func TestReconcileBlueGreenMakeBeforeBreak(t *testing.T) {
+	f := newHealthFixture(t, testTableSize, "10.0.0.1")
+	f.dp.SetFlows(1, 5)
+	st := f.store.State()
+	st.VIPs[0].Backends = []model.Backend{be("10.0.0.3", 100)}
+	if err := f.store.Replace(st); err != nil {
+		t.Fatal(err)
+	}
+	f.reconcileChanged(t)
+	if !onlyID(f.table(t), 1) {
+		t.Fatalf("green unresolved: table %v, want blue's backend 1 still taking new flows", f.table(t))
+	}
+	if ret := f.rec.Retained(vip1); len(ret) != 1 || !ret[0].Serving {
+		t.Fatalf("retained %+v, want backend 1 serving", ret)
+	}
+	f.nw.setMAC("10.0.0.3", mac(3))
+	f.reconcile(t)
+	if tbl := f.table(t); slices.Contains(tbl, 1) {
+		t.Fatal("green resolved: blue still in the table")
+	}
+	if ret := f.rec.Retained(vip1); len(ret) != 1 || ret[0].Serving {
+		t.Fatalf("retained %+v, want backend 1 draining only", ret)
+	}
+}
