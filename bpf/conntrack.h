@@ -7,6 +7,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "sched.h"
+#include "flowcount.h"
 
 /* A tracked flow's stamp is rewritten at most every this many kernel ticks
  * (0.26 s at HZ=1000, 2.6 s at HZ=100): the idle limits it serves are
@@ -94,15 +95,18 @@ static __always_inline void conntrack_touch(struct flow_val *v)
  * packets never get here). Returns whether the packet stays on the entry's
  * backend: a SYN on a closing entry is a new connection on a reused client
  * port and is placed again, a SYN on a live entry is a retransmit. FIN or
- * RST marks the entry closing, written once per flow, not per packet.
+ * RST marks the entry closing, written once per flow, not per packet, and
+ * counts the flow off its backend's open flows (lc, wlc).
  * Plain read-modify-writes: RSS keeps a flow's packets on one CPU (and the
  * atomic or would need -mcpu=v3). */
 static __always_inline int conntrack_flagged(struct flow_val *v, __u8 tcp)
 {
 	if ((tcp & PKT_TCP_SYN) && (v->flags & FLOW_F_CLOSING))
 		return 0;
-	if ((tcp & PKT_TCP_END) && !(v->flags & FLOW_F_CLOSING))
+	if ((tcp & PKT_TCP_END) && !(v->flags & FLOW_F_CLOSING)) {
 		v->flags |= FLOW_F_CLOSING;
+		open_flows_dec(v->backend_id);
+	}
 	return 1;
 }
 
