@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/xdplb/xdplb/control/api"
+	"github.com/xdplb/xdplb/control/model"
 )
 
 func (e *env) statusCommand() *cli.Command {
@@ -49,7 +50,7 @@ func writeStatus(e *env, st api.DaemonStatus) error {
 	t.row("uptime:", orDash(st.Uptime))
 	t.row("pin path:", orDash(st.PinPath))
 	kernelRows(t, st.Kernel)
-	t.row("vips:", strconv.Itoa(st.VIPs))
+	t.row("vips:", strconv.Itoa(st.VIPs)+schedulerCounts(st.Schedulers))
 	t.row("backends:", strconv.Itoa(st.Backends))
 	if err := t.flush(); err != nil {
 		return err
@@ -135,4 +136,19 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+// schedulerCounts words the VIPs per scheduler, " (maglev 10, wrr 2)", in
+// the order of model.Schedulers; empty when there are none.
+func schedulerCounts(n map[string]int) string {
+	var parts []string
+	for _, s := range model.Schedulers() {
+		if c := n[string(s)]; c > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", s, c))
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
 }

@@ -47,3 +47,24 @@ func TestStatusBGP(t *testing.T) {
 		t.Errorf("status without bgp:\n%s", buf.String())
 	}
 }
+
+// status counts the VIPs of each scheduler in use, in the order of
+// model.Schedulers, and nothing for a daemon without VIPs.
+func TestStatusSchedulers(t *testing.T) {
+	for _, tc := range []struct {
+		vips  int
+		sched map[string]int
+		want  string
+	}{
+		{12, map[string]int{"wrr": 2, "maglev": 9, "lc": 1}, `(?m)^vips:\s+12 \(maglev 9, wrr 2, lc 1\)$`},
+		{0, map[string]int{}, `(?m)^vips:\s+0$`},
+	} {
+		var buf bytes.Buffer
+		if err := writeStatus(&env{stdout: &buf}, api.DaemonStatus{Version: "test", VIPs: tc.vips, Schedulers: tc.sched}); err != nil {
+			t.Fatal(err)
+		}
+		if !regexp.MustCompile(tc.want).MatchString(buf.String()) {
+			t.Errorf("status lacks %q:\n%s", tc.want, buf.String())
+		}
+	}
+}

@@ -805,9 +805,15 @@ func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
 		Interfaces: []IfaceInfo{},
 		Maps:       []MapInfo{},
 		VIPs:       len(state.VIPs),
+		Schedulers: map[string]int{},
 	}
 	for _, v := range state.VIPs {
 		out.Backends += len(v.Backends)
+		sched := v.Scheduler
+		if sched == "" {
+			sched = model.DefaultScheduler
+		}
+		out.Schedulers[string(sched)]++
 	}
 	for _, i := range ds.Interfaces {
 		out.Interfaces = append(out.Interfaces, IfaceInfo{Name: i.Name, Ifindex: i.Ifindex, XDPMode: string(i.Mode),

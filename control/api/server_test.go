@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -263,6 +264,9 @@ func TestAPIStatsAndStatus(t *testing.T) {
 	if ds.Version != "test" || ds.VIPs != 1 || ds.Backends != 1 || len(ds.Interfaces) != 1 ||
 		ds.Interfaces[0].XDPMode != "native" || ds.PinPath == "" || len(ds.Maps) != 2 {
 		t.Fatalf("status %+v", ds)
+	}
+	if want := map[string]int{"maglev": 1}; !maps.Equal(ds.Schedulers, want) {
+		t.Fatalf("status schedulers %v, want %v", ds.Schedulers, want)
 	}
 	if want := (KernelInfo{Release: "6.1.0-57-amd64", BTF: true, Count: "walk", BatchLookup: true, Mmapable: true}); ds.Kernel != want {
 		t.Fatalf("status kernel %+v, want %+v", ds.Kernel, want)

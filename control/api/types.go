@@ -237,8 +237,11 @@ type DaemonStatus struct {
 	Interfaces []IfaceInfo `json:"interfaces"`
 	Maps       []MapInfo   `json:"maps"`
 	VIPs       int         `json:"vips"`
-	Backends   int         `json:"backends"`
-	BGP        *BGPStatus  `json:"bgp,omitempty"` // nil: the daemon runs no BGP speaker
+	// Schedulers counts the VIPs of each scheduler in use (maglev for a
+	// VIP that names none).
+	Schedulers map[string]int `json:"schedulers"`
+	Backends   int            `json:"backends"`
+	BGP        *BGPStatus     `json:"bgp,omitempty"` // nil: the daemon runs no BGP speaker
 }
 
 // BGPStatus is the daemon's BGP speaker: who it is, the VIP routes it
