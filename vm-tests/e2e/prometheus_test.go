@@ -418,4 +418,3 @@ func waitFor(t *testing.T, limit time.Duration, what string, check func() error)
 		time.Sleep(200 * time.Millisecond)
 	}
 }
-
