@@ -10,6 +10,12 @@ BIN     := bin/xdplb
 
 # Debian packages the build, the generator and the tests need.
 DEB_PKGS := clang llvm libbpf-dev bpftool iproute2 nftables ca-certificates zsh groff-base hping3 frr
+# ... and the packages the tests use only as programs: Prometheus (promtool
+# checks the metrics and the alert rules; the e2e test starts its own
+# server). Installed without recommends (no node exporter), and the service
+# the package starts is stopped and disabled again when make deps installed
+# it: nothing may listen on the host's interfaces for the tests' sake.
+TOOL_PKGS := prometheus
 # ... and the real peers the benchmark measures against.
 BENCH_PKGS := nginx-light wrk haproxy
 # ... and what `make vm-test` boots Debian's 6.1 kernel with (qemu's
@@ -34,7 +40,7 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/site-functions
 SYSCONFDIR  ?= /etc
 
-.PHONY: all build man install uninstall deps bench-deps vm-deps vagrant-deps vagrant-files vagrant-test install-pkgs generate generate-check vet lint test test-unit test-e2e vm-test fuzz demo bench clean
+.PHONY: all build man install uninstall deps bench-deps vm-deps vagrant-deps vagrant-files vagrant-test install-pkgs install-tool-pkgs generate generate-check vet lint test test-unit test-e2e vm-test fuzz demo bench clean
 
 all: build
 
@@ -72,6 +78,7 @@ uninstall:
 # Installs only what is missing, so it is cheap to run every time.
 deps:
 	@$(MAKE) --no-print-directory install-pkgs PKGS="$(DEB_PKGS)"
+	@$(MAKE) --no-print-directory install-tool-pkgs PKGS="$(TOOL_PKGS)"
 	@$(GO) version >/dev/null || { echo "Go is required (expected at /usr/local/go/bin)"; exit 1; }
 
 bench-deps: deps
@@ -90,6 +97,17 @@ install-pkgs:
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_FLAGS) $$missing >/dev/null; \
+	fi
+
+install-tool-pkgs:
+	@missing=""; for p in $(PKGS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		$(MAKE) --no-print-directory install-pkgs PKGS="$$missing" APT_FLAGS=--no-install-recommends; \
+		if [ -d /run/systemd/system ]; then \
+			for p in $$missing; do systemctl disable --now $$p.service >/dev/null 2>&1 || true; done; \
+		fi; \
 	fi
 
 generate:

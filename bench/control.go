@@ -162,11 +162,19 @@ func runControlPlane(ctx context.Context, c Config) (Section, error) {
 		sec.Notes = append(sec.Notes, fmt.Sprintf("health-check CPU not (fully) measured: %v", err))
 	}
 
+	// (e) what a scrape costs, idle and beside health checks
+	scrapeRows, scrapeTargets, err := m.scrapeCost(ctx, z)
+	sec.Rows = append(sec.Rows, scrapeRows...)
+	if err != nil {
+		sec.Notes = append(sec.Notes, fmt.Sprintf("scrape cost not (fully) measured: %v", err))
+	}
+
 	sec.Targets = []Target{
 		{Name: "control: full apply " + stDesc, Got: ctlMedian(tEmpty).Seconds(), Limit: 2, AtMost: true, Unit: "s"},
 		{Name: "control: single change (API)", Got: float64(ctlMedian(api)) / 1e6, Limit: 10, AtMost: true, Unit: "ms"},
 		{Name: "control: RSS beyond map memory", Got: float64(rss) / (1 << 20), Limit: 150, AtMost: true, Unit: "MiB"},
 	}
+	sec.Targets = append(sec.Targets, scrapeTargets...)
 	if c.Quick {
 		sec.Notes = append(sec.Notes, "quick run: smaller states than the targets name; figures are a smoke test only")
 	}

@@ -50,7 +50,7 @@ func newCtlEnv(ctx context.Context, c Config) (_ *ctlEnv, err error) {
 	if _, err := lb.Exec(ctx, "ip", "addr", "add", netip.PrefixFrom(ctlLBAddr, ctlSubnet.Bits()).String(), "dev", lb.Iface); err != nil {
 		return nil, err
 	}
-	for _, a := range ctlAddrRange(ctlCheckBase, 10) {
+	for _, a := range ctlAddrRange(ctlCheckBase, ctlCheckAddrs) {
 		if _, err := be.Exec(ctx, "ip", "addr", "add", netip.PrefixFrom(a, ctlSubnet.Bits()).String(), "dev", be.Iface); err != nil {
 			return nil, err
 		}

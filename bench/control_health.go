@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"fmt"
@@ -303,12 +304,18 @@ func (m *ctlMeasure) scrapeHealth(ctx context.Context) (ctlHealthScrape, error) 
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return s, fmt.Errorf("scrape metrics: %s: %s", resp.Status, strings.TrimSpace(string(b)))
 	}
+	// The scrape's time is the daemon's: until its last byte, before our
+	// own parse of it.
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return s, fmt.Errorf("scrape metrics: %w", err)
+	}
+	s.took = time.Since(s.at)
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
+	mfs, err := p.TextToMetricFamilies(bytes.NewReader(body))
 	if err != nil {
 		return s, fmt.Errorf("scrape metrics: parse: %w", err)
 	}
-	s.took = time.Since(s.at)
 	if mf, ok := mfs["xdplb_healthcheck_duration_seconds"]; ok {
 		for _, x := range mf.GetMetric() {
 			h := x.GetHistogram()

@@ -1,8 +1,10 @@
 package bench
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/xdplb/xdplb/control/model"
 	"github.com/xdplb/xdplb/control/reconcile"
@@ -50,7 +52,8 @@ type ctlState struct {
 	bigWeight       uint32 // 0: all weights are model.DefaultWeight
 	poolBase        netip.Addr
 	check           bool
-	changedVIP      int // -1: none; else this VIP's pool weights differ
+	checkInterval   time.Duration // 0: 1 s
+	changedVIP      int           // -1: none; else this VIP's pool weights differ
 }
 
 func (s ctlState) build() model.State {
@@ -78,7 +81,7 @@ func (s ctlState) build() model.State {
 		}
 		if s.check {
 			v.HealthCheck = &model.HealthCheck{Type: "tcp", Port: uint16(ctlCheckPort0 + i),
-				Interval: model.Duration(1e9), Timeout: model.Duration(5e8), Rise: 2, Fall: 3}
+				Interval: model.Duration(cmp.Or(s.checkInterval, time.Second)), Timeout: model.Duration(5e8), Rise: 2, Fall: 3}
 		}
 		st.VIPs = append(st.VIPs, v)
 	}

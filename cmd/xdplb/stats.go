@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"maps"
@@ -58,6 +59,13 @@ func (e *env) stats(c *cli.Context) error {
 		return writeJSON(e.stdout, cur)
 	}
 
+	// On a terminal --watch redraws the table in place; elsewhere (a
+	// pipe, a file, a log) it prints one block after the other, plain.
+	var scr *screen
+	if _, tty := terminalRows(e.stdout); tty && c.Bool("watch") && format == "table" {
+		scr = &screen{w: e.stdout, rows: func() int { n, _ := terminalRows(e.stdout); return n }}
+		defer scr.close()
+	}
 	// Rates need a second sample: one interval later.
 	timer := time.NewTimer(interval)
 	defer timer.Stop()
@@ -77,20 +85,39 @@ func (e *env) stats(c *cli.Context) error {
 			}
 			return err
 		}
-		if format == "json" {
+		switch {
+		case format == "json":
 			err = writeJSON(e.stdout, cur)
-		} else {
-			prev.Time, cur.Time, cur.Since = prev.Time.Local(), cur.Time.Local(), cur.Since.Local()
-			err = writeStatsTable(e.stdout, prev, cur)
+		case scr != nil:
+			var frame bytes.Buffer
+			err = writeWatchTable(&frame, prev, cur, interval)
+			if err == nil {
+				err = scr.draw(frame.Bytes())
+			}
+		default:
+			err = writeStatsTable(e.stdout, localTimes(prev), localTimes(cur))
 		}
 		if err != nil || !c.Bool("watch") {
 			return err
 		}
-		if format == "table" {
+		if format == "table" && scr == nil {
 			fmt.Fprintln(e.stdout)
 		}
 		timer.Reset(interval)
 	}
+}
+
+// localTimes is st with its times in the local zone, as tables show them.
+func localTimes(st api.Stats) api.Stats {
+	st.Time, st.Since = st.Time.Local(), st.Since.Local()
+	return st
+}
+
+// writeWatchTable is a frame of stats --watch on a terminal: a first line
+// as watch(1) has (what, how often, how to stop), then the table.
+func writeWatchTable(w io.Writer, prev, cur api.Stats, interval time.Duration) error {
+	fmt.Fprintf(w, "Every %s: xdplb stats (Ctrl-C to quit)\n", interval)
+	return writeStatsTable(w, localTimes(prev), localTimes(cur))
 }
 
 // sample reads the counters once; rates divide by the time between two

@@ -1,12 +1,14 @@
 package api
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -18,7 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/xdplb/xdplb/healthcheck"
 )
@@ -28,34 +30,39 @@ import (
 const DefaultMetricsAddr = "127.0.0.1:9642"
 
 var (
-	descVIPPackets = prometheus.NewDesc("xdplb_vip_packets_total", "Packets received for a VIP.", []string{"vip"}, nil)
-	descVIPBytes   = prometheus.NewDesc("xdplb_vip_bytes_total", "Bytes received for a VIP.", []string{"vip"}, nil)
-	descVIPFlows   = prometheus.NewDesc("xdplb_vip_flows_total", "New flows scheduled for a VIP.", []string{"vip"}, nil)
-	descVIPICMP    = prometheus.NewDesc("xdplb_vip_icmp_errors_total", "ICMP errors about a VIP's flows forwarded to their backend or translated back to their client.", []string{"vip"}, nil)
-	descVIPDrops   = prometheus.NewDesc("xdplb_vip_drops_total", "New flows of a VIP dropped, per reason (also in xdplb_drops_total).", []string{"vip", "reason"}, nil)
-	descBePackets  = prometheus.NewDesc("xdplb_backend_packets_total", "Packets forwarded to a backend.", []string{"vip", "backend"}, nil)
-	descBeBytes    = prometheus.NewDesc("xdplb_backend_bytes_total", "Bytes forwarded to a backend.", []string{"vip", "backend"}, nil)
-	descBeFlows    = prometheus.NewDesc("xdplb_backend_flows_total", "New flows scheduled to a backend.", []string{"vip", "backend"}, nil)
-	descBeUp       = prometheus.NewDesc("xdplb_backend_up", "1 if the backend takes new flows.", []string{"vip", "backend"}, nil)
-	descBeWeight   = prometheus.NewDesc("xdplb_backend_weight", "Configured weight of a backend.", []string{"vip", "backend"}, nil)
-	descActions    = prometheus.NewDesc("xdplb_xdp_actions_total", "XDP verdicts returned, per interface.", []string{"iface", "action"}, nil)
-	descTxErrors   = prometheus.NewDesc("xdplb_xdp_tx_errors_total", "Frames returned with XDP_TX or redirected that the interface's driver refused to send (lost), from its ethtool statistics; absent where the driver counts none.", []string{"iface"}, nil)
-	descDrops      = prometheus.NewDesc("xdplb_drops_total", "Packets dropped by the XDP program, per reason.", []string{"reason"}, nil)
-	descConntrack  = prometheus.NewDesc("xdplb_conntrack_entries", "Entries in the connection table.", nil, nil)
-	descSNATPorts  = prometheus.NewDesc("xdplb_snat_ports_in_use", "Full-NAT source ports held by live flows, as of the last NAT table sweep.", nil, nil)
-	descEvents     = prometheus.NewDesc("xdplb_events_total", "Data-plane events that are not drops, per event.", []string{"event"}, nil)
-	descReconciles = prometheus.NewDesc("xdplb_reconciles_total", "Reconciler passes by result.", []string{"result"}, nil)
-	descBuildInfo  = prometheus.NewDesc("xdplb_build_info", "Version of the running daemon.", []string{"version"}, nil)
-	descScrapeErrs = prometheus.NewDesc("xdplb_scrape_errors_total", "Errors reading the data plane while serving /metrics.", nil, nil)
+	famVIPPackets = newFamily("xdplb_vip_packets_total", "Packets received for a VIP.", prometheus.CounterValue, "vip")
+	famVIPBytes   = newFamily("xdplb_vip_bytes_total", "Bytes received for a VIP.", prometheus.CounterValue, "vip")
+	famVIPFlows   = newFamily("xdplb_vip_flows_total", "New flows scheduled for a VIP.", prometheus.CounterValue, "vip")
+	famVIPICMP    = newFamily("xdplb_vip_icmp_errors_total", "ICMP errors about a VIP's flows forwarded to their backend or translated back to their client.", prometheus.CounterValue, "vip")
+	famVIPDrops   = newFamily("xdplb_vip_drops_total", "New flows of a VIP dropped, per reason (also in xdplb_drops_total).", prometheus.CounterValue, "vip", "reason")
+	famBePackets  = newFamily("xdplb_backend_packets_total", "Packets forwarded to a backend.", prometheus.CounterValue, "vip", "backend")
+	famBeBytes    = newFamily("xdplb_backend_bytes_total", "Bytes forwarded to a backend.", prometheus.CounterValue, "vip", "backend")
+	famBeFlows    = newFamily("xdplb_backend_flows_total", "New flows scheduled to a backend.", prometheus.CounterValue, "vip", "backend")
+	famBeUp       = newFamily("xdplb_backend_up", "1 if the backend takes new flows.", prometheus.GaugeValue, "vip", "backend")
+	famBeWeight   = newFamily("xdplb_backend_weight", "Configured weight of a backend.", prometheus.GaugeValue, "vip", "backend")
+	famActions    = newFamily("xdplb_xdp_actions_total", "XDP verdicts returned, per interface.", prometheus.CounterValue, "iface", "action")
+	famTxErrors   = newFamily("xdplb_xdp_tx_errors_total", "Frames returned with XDP_TX or redirected that the interface's driver refused to send (lost), from its ethtool statistics; absent where the driver counts none.", prometheus.CounterValue, "iface")
+	famDrops      = newFamily("xdplb_drops_total", "Packets dropped by the XDP program, per reason.", prometheus.CounterValue, "reason")
+	famConntrack  = newFamily("xdplb_conntrack_entries", "Entries in the connection table.", prometheus.GaugeValue)
+	famSNATPorts  = newFamily("xdplb_snat_ports_in_use", "Full-NAT source ports held by live flows, as of the last NAT table sweep.", prometheus.GaugeValue)
+	famEvents     = newFamily("xdplb_events_total", "Data-plane events that are not drops, per event.", prometheus.CounterValue, "event")
+	famReconciles = newFamily("xdplb_reconciles_total", "Reconciler passes by result.", prometheus.CounterValue, "result")
+	famBuildInfo  = newFamily("xdplb_build_info", "Version of the running daemon.", prometheus.GaugeValue, "version")
+	famScrapeErrs = newFamily("xdplb_scrape_errors_total", "Errors reading the data plane while serving /metrics.", prometheus.CounterValue)
 	// Backup pools (issue 24): see model.ActivePriority.
-	descVIPPriority = prometheus.NewDesc("xdplb_vip_active_priority",
+	famVIPPriority = newFamily("xdplb_vip_active_priority",
 		"Worst (highest) priority of the backend pools taking a VIP's new flows: 0 on its primary pool; -1 when no pool takes them (its fallback, or dropped).",
-		[]string{"vip"}, nil)
+		prometheus.GaugeValue, "vip")
 	// Schedulers (issue 13): which one each VIP has, and its persistence.
-	descVIPInfo = prometheus.NewDesc("xdplb_vip_info",
+	famVIPInfo = newFamily("xdplb_vip_info",
 		"1 for each configured VIP, labelled with its forwarding mode, its scheduler and its persistence in seconds (0: none).",
-		[]string{"vip", "mode", "scheduler", "persistence"}, nil)
+		prometheus.GaugeValue, "vip", "mode", "scheduler", "persistence")
 )
+
+// collectorFamilies are the Collector's, in the order Describe gives them.
+var collectorFamilies = []*family{famVIPPackets, famVIPBytes, famVIPFlows, famVIPICMP, famVIPDrops, famBePackets, famBeBytes,
+	famBeFlows, famBeUp, famBeWeight, famActions, famTxErrors, famDrops, famConntrack, famSNATPorts, famEvents,
+	famReconciles, famBuildInfo, famScrapeErrs, famVIPPriority, famVIPInfo}
 
 // The BGP speaker's (issue 17), from BGPCollector.
 var (
@@ -139,70 +146,77 @@ func IfaceName(ifindex int) string {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descVIPPackets, descVIPBytes, descVIPFlows, descVIPICMP, descVIPDrops, descBePackets, descBeBytes,
-		descBeFlows, descBeUp, descBeWeight, descActions, descTxErrors, descDrops, descConntrack, descSNATPorts, descEvents,
-		descReconciles, descBuildInfo, descScrapeErrs} {
-		ch <- d
+	for _, f := range collectorFamilies {
+		ch <- f.desc
 	}
-	ch <- descVIPPriority
-	ch <- descVIPInfo
 }
 
 // Collect implements prometheus.Collector.
-func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	if err := c.collect(ch); err != nil {
+func (c *Collector) Collect(ch chan<- prometheus.Metric) { c.collectTo(chanEmit(ch)) }
+
+// writeText writes the families as /metrics serves them (metrics_text.go).
+func (c *Collector) writeText(w *bufio.Writer) error {
+	t := newTextFamilies()
+	c.collectTo(t.emit)
+	return t.writeTo(w)
+}
+
+// viaRegistry: every family of the Collector is written as text.
+func (c *Collector) viaRegistry() prometheus.Collector { return nil }
+
+func (c *Collector) collectTo(emit emitFunc) {
+	if err := c.collect(emit); err != nil {
 		c.errs.Add(1)
 		c.log.Warn("metrics scrape", "err", err)
 	}
-	ch <- prometheus.MustNewConstMetric(descScrapeErrs, prometheus.CounterValue, float64(c.errs.Load()))
-	ch <- prometheus.MustNewConstMetric(descBuildInfo, prometheus.GaugeValue, 1, c.version)
+	emit(famScrapeErrs, float64(c.errs.Load()))
+	emit(famBuildInfo, 1, c.version)
 	if c.rec != nil {
 		ok, failed := c.rec.Counts()
-		ch <- prometheus.MustNewConstMetric(descReconciles, prometheus.CounterValue, float64(ok), "ok")
-		ch <- prometheus.MustNewConstMetric(descReconciles, prometheus.CounterValue, float64(failed), "error")
+		emit(famReconciles, float64(ok), "ok")
+		emit(famReconciles, float64(failed), "error")
 	}
 }
 
-func (c *Collector) collect(ch chan<- prometheus.Metric) error {
-	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
+func (c *Collector) collect(emit emitFunc) error {
+	counter := func(f *family, v uint64, labels ...string) { emit(f, float64(v), labels...) }
 	st, _ := c.src.Snapshot()
 	snap, err := snapshot(c.dp, st, c.ifname)
 	errs := []error{err}
 	for _, vs := range snap.VIPs {
 		if vs.mapped {
-			counter(descVIPPackets, vs.Packets, vs.VIP)
-			counter(descVIPBytes, vs.Bytes, vs.VIP)
-			counter(descVIPFlows, vs.Flows, vs.VIP)
-			counter(descVIPICMP, vs.ICMPErrors, vs.VIP)
+			counter(famVIPPackets, vs.Packets, vs.VIP)
+			counter(famVIPBytes, vs.Bytes, vs.VIP)
+			counter(famVIPFlows, vs.Flows, vs.VIP)
+			counter(famVIPICMP, vs.ICMPErrors, vs.VIP)
 			for reason, n := range vs.Drops {
-				counter(descVIPDrops, n, vs.VIP, reason)
+				counter(famVIPDrops, n, vs.VIP, reason)
 			}
 		}
 		for _, bs := range vs.Backends {
 			if bs.mapped {
 				l := model.BackendName(bs.Address, bs.Port)
-				counter(descBePackets, bs.Packets, vs.VIP, l)
-				counter(descBeBytes, bs.Bytes, vs.VIP, l)
-				counter(descBeFlows, bs.Flows, vs.VIP, l)
+				counter(famBePackets, bs.Packets, vs.VIP, l)
+				counter(famBeBytes, bs.Bytes, vs.VIP, l)
+				counter(famBeFlows, bs.Flows, vs.VIP, l)
 			}
 		}
 	}
 	for _, v := range st.VIPs {
+		vid := v.ID().String()
 		for _, b := range v.Backends {
 			l := model.BackendName(b.Address, b.Port)
-			ch <- prometheus.MustNewConstMetric(descBeWeight, prometheus.GaugeValue, float64(b.Weight), v.ID().String(), l)
+			emit(famBeWeight, float64(b.Weight), vid, l)
 			up := 0.0
 			if c.rec != nil {
 				if bi, ok := c.rec.Backend(v.ID(), b.Address, b.Port); ok && bi.State == model.BackendUp {
 					up = 1
 				}
 			}
-			ch <- prometheus.MustNewConstMetric(descBeUp, prometheus.GaugeValue, up, v.ID().String(), l)
+			emit(famBeUp, up, vid, l)
 		}
 	}
-	c.collectPools(ch, st)
+	c.collectPools(emit, st)
 	sum := map[[2]string]uint64{} // two ifindexes may share a name label ("other")
 	var order [][2]string
 	for _, a := range snap.Actions {
@@ -213,23 +227,23 @@ func (c *Collector) collect(ch chan<- prometheus.Metric) error {
 		sum[k] += a.Count
 	}
 	for _, k := range order {
-		counter(descActions, sum[k], k[0], k[1])
+		counter(famActions, sum[k], k[0], k[1])
 	}
 	// Their own metric, not an action: they are a part of tx and
 	// redirect, and a label value of xdplb_xdp_actions_total would be
 	// counted twice by every sum over its actions.
 	for _, e := range snap.TxErrors {
-		counter(descTxErrors, e.Count, e.Iface)
+		counter(famTxErrors, e.Count, e.Iface)
 	}
 	for reason, n := range snap.Drops {
-		counter(descDrops, n, reason)
+		counter(famDrops, n, reason)
 	}
 	if n, err := c.dp.ConntrackEntries(); err != nil {
 		errs = append(errs, fmt.Errorf("count conntrack entries: %w", err))
 	} else {
-		ch <- prometheus.MustNewConstMetric(descConntrack, prometheus.GaugeValue, float64(n))
+		emit(famConntrack, float64(n))
 	}
-	c.collectNAT(ch)
+	c.collectNAT(emit)
 	return errors.Join(errs...)
 }
 
@@ -238,9 +252,9 @@ func (c *Collector) collect(ch chan<- prometheus.Metric) error {
 // is logged at debug, and the scrape goes on as if it had none.
 // collectPools exports the active priority of each VIP the reconciler
 // planned.
-func (c *Collector) collectPools(ch chan<- prometheus.Metric, st model.State) {
+func (c *Collector) collectPools(emit emitFunc, st model.State) {
 	for _, v := range st.VIPs {
-		ch <- prometheus.MustNewConstMetric(descVIPInfo, prometheus.GaugeValue, 1, v.ID().String(), string(v.Mode), string(v.Scheduler),
+		emit(famVIPInfo, 1, v.ID().String(), string(v.Mode), string(v.Scheduler),
 			strconv.FormatInt(int64(time.Duration(v.Persistence)/time.Second), 10))
 	}
 	if c.rec == nil {
@@ -248,16 +262,16 @@ func (c *Collector) collectPools(ch chan<- prometheus.Metric, st model.State) {
 	}
 	for _, v := range st.VIPs {
 		if pools, ok := c.rec.ActivePools(v.ID()); ok {
-			ch <- prometheus.MustNewConstMetric(descVIPPriority, prometheus.GaugeValue, float64(model.ActivePriority(pools)), v.ID().String())
+			emit(famVIPPriority, float64(model.ActivePriority(pools)), v.ID().String())
 		}
 	}
 }
 
-func (c *Collector) collectNAT(ch chan<- prometheus.Metric) {
+func (c *Collector) collectNAT(emit emitFunc) {
 	if st, err := c.dp.NATStats(); err != nil {
 		c.log.Debug("metrics: no nat stats", "err", err)
 	} else {
-		ch <- prometheus.MustNewConstMetric(descSNATPorts, prometheus.GaugeValue, float64(st.SNATPortsInUse))
+		emit(famSNATPorts, float64(st.SNATPortsInUse))
 	}
 	events, err := c.dp.EventCounters()
 	if err != nil {
@@ -265,7 +279,7 @@ func (c *Collector) collectNAT(ch chan<- prometheus.Metric) {
 		return
 	}
 	for name, n := range events {
-		ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(n), name)
+		emit(famEvents, float64(n), name)
 	}
 }
 
@@ -285,8 +299,8 @@ type HealthMetrics struct {
 	transitions map[string]*[2]uint64 // by target id: to down, to up
 }
 
-var descTransitions = prometheus.NewDesc("xdplb_healthcheck_transitions_total",
-	"Backends that went up or down by their health checks.", []string{"vip", "backend", "to"}, nil)
+var famTransitions = newFamily("xdplb_healthcheck_transitions_total",
+	"Backends that went up or down by their health checks.", prometheus.CounterValue, "vip", "backend", "to")
 
 // NewHealthMetrics returns the health-check metrics, all at zero. With
 // src, every checked backend of its state has both directions of
@@ -333,12 +347,26 @@ func boolIndex(b bool) int {
 // Describe implements prometheus.Collector.
 func (m *HealthMetrics) Describe(ch chan<- *prometheus.Desc) {
 	m.duration.Describe(ch)
-	ch <- descTransitions
+	ch <- famTransitions.desc
 }
 
 // Collect implements prometheus.Collector.
 func (m *HealthMetrics) Collect(ch chan<- prometheus.Metric) {
 	m.duration.Collect(ch)
+	m.collectTransitions(chanEmit(ch))
+}
+
+// writeText writes the transitions (two series per checked backend) as
+// /metrics serves them; the histogram goes through the registry.
+func (m *HealthMetrics) writeText(w *bufio.Writer) error {
+	t := newTextFamilies()
+	m.collectTransitions(t.emit)
+	return t.writeTo(w)
+}
+
+func (m *HealthMetrics) viaRegistry() prometheus.Collector { return m.duration }
+
+func (m *HealthMetrics) collectTransitions(emit emitFunc) {
 	var checked map[string]bool
 	if m.src != nil {
 		checked = checkedTargets(m.src.State())
@@ -362,8 +390,8 @@ func (m *HealthMetrics) Collect(ch chan<- prometheus.Metric) {
 		if !ok {
 			vip = id
 		}
-		ch <- prometheus.MustNewConstMetric(descTransitions, prometheus.CounterValue, float64(n[0]), vip, backend, "down")
-		ch <- prometheus.MustNewConstMetric(descTransitions, prometheus.CounterValue, float64(n[1]), vip, backend, "up")
+		emit(famTransitions, float64(n[0]), vip, backend, "down")
+		emit(famTransitions, float64(n[1]), vip, backend, "up")
 	}
 }
 
@@ -393,6 +421,9 @@ type MetricsServer struct {
 	reg   *prometheus.Registry
 	ready atomic.Bool
 	log   *slog.Logger
+
+	mu   sync.Mutex
+	text []textCollector // written after the registry's families
 }
 
 // NewMetricsServer returns a server of the Go runtime and process
@@ -407,11 +438,31 @@ func NewMetricsServer(log *slog.Logger) *MetricsServer {
 }
 
 // Register adds collectors to /metrics; it may be called while serving.
+// Ours (Collector, HealthMetrics) write their large families as text
+// themselves (metrics_text.go); the rest goes through the registry.
 func (s *MetricsServer) Register(cs ...prometheus.Collector) error {
 	for _, c := range cs {
-		if err := s.reg.Register(c); err != nil {
-			return fmt.Errorf("register collector: %w", err)
+		tc, ok := c.(textCollector)
+		if !ok {
+			if err := s.reg.Register(c); err != nil {
+				return fmt.Errorf("register collector: %w", err)
+			}
+			continue
 		}
+		s.mu.Lock()
+		dup := slices.Contains(s.text, tc)
+		s.mu.Unlock()
+		if dup {
+			return fmt.Errorf("register collector: %T registered twice", c)
+		}
+		if r := tc.viaRegistry(); r != nil {
+			if err := s.reg.Register(r); err != nil {
+				return fmt.Errorf("register collector: %w", err)
+			}
+		}
+		s.mu.Lock()
+		s.text = append(s.text, tc)
+		s.mu.Unlock()
 	}
 	return nil
 }
@@ -422,7 +473,7 @@ func (s *MetricsServer) SetReady(ready bool) { s.ready.Store(ready) }
 // Handler serves the three paths.
 func (s *MetricsServer) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{ErrorLog: slogErrorLog{s.log}}))
+	mux.HandleFunc("GET /metrics", s.serveMetrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
@@ -436,15 +487,42 @@ func (s *MetricsServer) Handler() http.Handler {
 	return mux
 }
 
+// serveMetrics writes the registry's families and then our own, in the
+// text format (version 0.0.4), whatever format the scraper prefers: every
+// Prometheus reads it. It is not compressed: gzip would cost more CPU than
+// the scrape itself, and a scrape stays on the LB's own network.
+func (s *MetricsServer) serveMetrics(w http.ResponseWriter, _ *http.Request) {
+	mfs, err := s.reg.Gather()
+	if err != nil {
+		s.log.Warn("metrics handler", "err", err)
+		http.Error(w, "gather metrics: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	s.mu.Lock()
+	text := slices.Clone(s.text)
+	s.mu.Unlock()
+	format := expfmt.NewFormat(expfmt.TypeTextPlain)
+	w.Header().Set("Content-Type", string(format))
+	bw := bufio.NewWriterSize(w, 64<<10)
+	enc := expfmt.NewEncoder(bw, format)
+	for _, mf := range mfs {
+		if err := enc.Encode(mf); err != nil {
+			s.log.Debug("metrics handler: write", "err", err)
+			return
+		}
+	}
+	for _, tc := range text {
+		if err := tc.writeText(bw); err != nil {
+			s.log.Debug("metrics handler: write", "err", err)
+			return
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		s.log.Debug("metrics handler: write", "err", err)
+	}
+}
+
 // Serve serves Handler on ln until ctx is done.
 func (s *MetricsServer) Serve(ctx context.Context, ln net.Listener) error {
 	return serveUntilDone(ctx, ln, s.Handler(), "metrics")
-}
-
-type slogErrorLog struct{ log *slog.Logger }
-
-func (l slogErrorLog) Println(v ...any) {
-	if l.log != nil {
-		l.log.Warn("metrics handler", "err", fmt.Sprint(v...))
-	}
 }

@@ -7,6 +7,7 @@ package model
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
@@ -209,6 +210,11 @@ type VIPID struct {
 func (id VIPID) String() string {
 	return netip.AddrPortFrom(id.Addr, id.Port).String() + "/" + string(id.Protocol)
 }
+
+// LogValue makes a log line's vip attribute ADDR:PORT/PROTO in every
+// format, as the metrics' vip label (slog's JSON handler would otherwise
+// write the struct's fields).
+func (id VIPID) LogValue() slog.Value { return slog.StringValue(id.String()) }
 
 // ID returns the key of v.
 func (v *VIP) ID() VIPID { return VIPID{Addr: v.Address, Port: v.Port, Protocol: v.Protocol} }

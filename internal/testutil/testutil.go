@@ -6,6 +6,7 @@ package testutil
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"testing"
 
 	"github.com/vishvananda/netns"
@@ -25,6 +26,22 @@ func RequireRoot(t testing.TB) {
 		t.Fatalf("test needs root (euid %d) and CI=true forbids skipping it", os.Geteuid())
 	}
 	t.Skipf("skipping: test needs root (euid %d); run as root or with sudo", os.Geteuid())
+}
+
+// RequireTool returns the path of the program name, or skips the test when
+// it is not installed; under CI=true it fails instead (make deps installs
+// every program the tests use).
+func RequireTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("test needs %s (make deps installs it) and CI=true forbids skipping it: %v", name, err)
+	}
+	t.Skipf("skipping: test needs %s (make deps installs it): %v", name, err)
+	return ""
 }
 
 // MountBPFFS mounts a fresh bpffs on a temporary directory and returns its
