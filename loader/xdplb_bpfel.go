@@ -42,6 +42,31 @@ type xdplbBpfDevmapVal struct {
 	}
 }
 
+type xdplbCtBucket struct {
+	_     structs.HostLayout
+	Slots [8]xdplbCtSlot
+}
+
+type xdplbCtBucketKeys struct {
+	_    structs.HostLayout
+	Keys [8]xdplbFlowKey
+}
+
+type xdplbCtLayout uint32
+
+const (
+	xdplbCtLayoutCT_BUCKET_SLOTS xdplbCtLayout = 8
+	xdplbCtLayoutCT_FP_SHIFT     xdplbCtLayout = 24
+	xdplbCtLayoutCT_BACKEND_MASK xdplbCtLayout = 16777215
+)
+
+type xdplbCtSlot struct {
+	_     structs.HostLayout
+	Tag   uint64
+	Stamp uint32
+	Meta  uint32
+}
+
 type xdplbDropReason uint32
 
 const (
@@ -75,7 +100,8 @@ const (
 	xdplbEventEV_ICMP_TO_CLIENT  xdplbEvent = 7
 	xdplbEventEV_NAT_REPLY       xdplbEvent = 8
 	xdplbEventEV_EARLY_DROP      xdplbEvent = 9
-	xdplbEventEVENT_MAX          xdplbEvent = 10
+	xdplbEventEV_CT_EVICTED_LIVE xdplbEvent = 10
+	xdplbEventEVENT_MAX          xdplbEvent = 11
 )
 
 type xdplbFlowFlags uint32
@@ -83,6 +109,7 @@ type xdplbFlowFlags uint32
 const (
 	xdplbFlowFlagsFLOW_F_CLOSING       xdplbFlowFlags = 1
 	xdplbFlowFlagsFLOW_F_ESTABLISHED   xdplbFlowFlags = 2
+	xdplbFlowFlagsFLOW_F_UDP           xdplbFlowFlags = 4
 	xdplbFlowFlagsFLOW_SNAT_PORT_SHIFT xdplbFlowFlags = 16
 )
 
@@ -94,13 +121,6 @@ type xdplbFlowKey struct {
 	Dport uint16
 	Proto uint8
 	Pad   [3]uint8
-}
-
-type xdplbFlowVal struct {
-	_         structs.HostLayout
-	BackendId uint32
-	Flags     uint32
-	LastSeen  uint64
 }
 
 type xdplbFwdMode uint32
@@ -243,6 +263,8 @@ const (
 	xdplbMapBackends           = "backends"
 	xdplbMapConntrack          = "conntrack"
 	xdplbMapCtHalf             = "ct_half"
+	xdplbMapCtKeys             = "ct_keys"
+	xdplbMapCtSeed             = "ct_seed"
 	xdplbMapDrops              = "drops"
 	xdplbMapEvents             = "events"
 	xdplbMapHalfCount          = "half_count"
@@ -263,10 +285,13 @@ const (
 	xdplbMapXdpActions         = "xdp_actions"
 	xdplbProgXdplbMain         = "xdplb_main"
 	xdplbProgXdplbPass         = "xdplb_pass"
+	xdplbVarCfgCtBuckets       = "cfg_ct_buckets"
+	xdplbVarCfgCtSeed          = "cfg_ct_seed"
 	xdplbVarCfgHalfBuckets     = "cfg_half_buckets"
 	xdplbVarCfgHalfTicks       = "cfg_half_ticks"
 	xdplbVarCfgLookupSize      = "cfg_lookup_size"
 	xdplbVarUnusedBackendFlags = "unused_backend_flags"
+	xdplbVarUnusedCtLayout     = "unused_ct_layout"
 	xdplbVarUnusedFlowFlags    = "unused_flow_flags"
 	xdplbVarUnusedFwdMode      = "unused_fwd_mode"
 	xdplbVarUnusedNatFlags     = "unused_nat_flags"
@@ -331,6 +356,8 @@ type xdplbMapSpecs struct {
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	CtHalf       *ebpf.MapSpec `ebpf:"ct_half"`
+	CtKeys       *ebpf.MapSpec `ebpf:"ct_keys"`
+	CtSeed       *ebpf.MapSpec `ebpf:"ct_seed"`
 	Drops        *ebpf.MapSpec `ebpf:"drops"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	HalfCount    *ebpf.MapSpec `ebpf:"half_count"`
@@ -355,10 +382,13 @@ type xdplbMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdplbVariableSpecs struct {
+	CfgCtBuckets       *ebpf.VariableSpec `ebpf:"cfg_ct_buckets"`
+	CfgCtSeed          *ebpf.VariableSpec `ebpf:"cfg_ct_seed"`
 	CfgHalfBuckets     *ebpf.VariableSpec `ebpf:"cfg_half_buckets"`
 	CfgHalfTicks       *ebpf.VariableSpec `ebpf:"cfg_half_ticks"`
 	CfgLookupSize      *ebpf.VariableSpec `ebpf:"cfg_lookup_size"`
 	UnusedBackendFlags *ebpf.VariableSpec `ebpf:"unused_backend_flags"`
+	UnusedCtLayout     *ebpf.VariableSpec `ebpf:"unused_ct_layout"`
 	UnusedFlowFlags    *ebpf.VariableSpec `ebpf:"unused_flow_flags"`
 	UnusedFwdMode      *ebpf.VariableSpec `ebpf:"unused_fwd_mode"`
 	UnusedNatFlags     *ebpf.VariableSpec `ebpf:"unused_nat_flags"`
@@ -393,6 +423,8 @@ type xdplbMaps struct {
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	CtHalf       *ebpf.Map `ebpf:"ct_half"`
+	CtKeys       *ebpf.Map `ebpf:"ct_keys"`
+	CtSeed       *ebpf.Map `ebpf:"ct_seed"`
 	Drops        *ebpf.Map `ebpf:"drops"`
 	Events       *ebpf.Map `ebpf:"events"`
 	HalfCount    *ebpf.Map `ebpf:"half_count"`
@@ -420,6 +452,8 @@ func (m *xdplbMaps) Close() error {
 		m.Backends,
 		m.Conntrack,
 		m.CtHalf,
+		m.CtKeys,
+		m.CtSeed,
 		m.Drops,
 		m.Events,
 		m.HalfCount,
@@ -445,10 +479,13 @@ func (m *xdplbMaps) Close() error {
 //
 // It can be passed to loadXdplbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdplbVariables struct {
+	CfgCtBuckets       *ebpf.Variable `ebpf:"cfg_ct_buckets"`
+	CfgCtSeed          *ebpf.Variable `ebpf:"cfg_ct_seed"`
 	CfgHalfBuckets     *ebpf.Variable `ebpf:"cfg_half_buckets"`
 	CfgHalfTicks       *ebpf.Variable `ebpf:"cfg_half_ticks"`
 	CfgLookupSize      *ebpf.Variable `ebpf:"cfg_lookup_size"`
 	UnusedBackendFlags *ebpf.Variable `ebpf:"unused_backend_flags"`
+	UnusedCtLayout     *ebpf.Variable `ebpf:"unused_ct_layout"`
 	UnusedFlowFlags    *ebpf.Variable `ebpf:"unused_flow_flags"`
 	UnusedFwdMode      *ebpf.Variable `ebpf:"unused_fwd_mode"`
 	UnusedNatFlags     *ebpf.Variable `ebpf:"unused_nat_flags"`
