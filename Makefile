@@ -119,8 +119,14 @@ FUZZ_CI ?= 30s
 FUZZ_CI_NAT ?= 150000x
 FUZZTIME ?= 10m
 
+# Every package's tests through gotestsum (a failed test's output in full, a
+# line per package otherwise), then the counts of top-level tests on this
+# kernel, as make vm-test prints them for 6.1; the JSON stays in bin/.
 test: deps generate-check vet build
-	$(GO) test -count=1 -timeout 20m ./...
+	@rc=0; $(GO) tool gotestsum --format pkgname --jsonfile bin/test-host.json -- -count=1 -timeout 20m ./... || rc=$$?; \
+	n() { grep -cE '"Action":"'$$1'","Package":"[^"]*","Test":"[^"/]*"' bin/test-host.json || true; }; \
+	echo "make test: kernel $$(uname -r): $$(n pass) passed, $$(n fail) failed, $$(n skip) skipped"; \
+	exit $$rc
 	$(GO) test -run '^$$' -fuzz '^FuzzXDP$$' -fuzztime $(FUZZ_CI) ./loader/
 	$(GO) test -run '^$$' -fuzz '^FuzzXDPNAT$$' -fuzztime $(FUZZ_CI_NAT) ./loader/
 

@@ -9,6 +9,7 @@
 #include "sched.h"
 #include "stats.h"
 #include "scratch.h"
+#include "flowcount.h"
 
 /* A tracked flow's stamp is rewritten at most every this many kernel ticks
  * (0.26 s at HZ=1000, 2.6 s at HZ=100): the idle limits it serves are
@@ -249,14 +250,17 @@ static __always_inline void conntrack_touch(struct ct_slot *v)
  * packets never get here). Returns whether the packet stays on the slot's
  * backend: a SYN on a closing flow is a new connection on a reused client
  * port and is placed again, a SYN on a live flow is a retransmit. FIN or
- * RST marks the flow closing, written once per flow, not per packet.
+ * RST marks the flow closing, written once per flow, not per packet, and
+ * counts the flow off its backend's open flows (lc, wlc).
  * Plain read-modify-writes: RSS keeps a flow's packets on one CPU. */
 static __always_inline int conntrack_flagged(struct ct_slot *v, __u8 tcp)
 {
 	if ((tcp & PKT_TCP_SYN) && (v->meta & FLOW_F_CLOSING))
 		return 0;
-	if ((tcp & PKT_TCP_END) && !(v->meta & FLOW_F_CLOSING))
+	if ((tcp & PKT_TCP_END) && !(v->meta & FLOW_F_CLOSING)) {
 		v->meta |= FLOW_F_CLOSING;
+		open_flows_dec(ct_backend_id(v));
+	}
 	return 1;
 }
 

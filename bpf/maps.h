@@ -13,6 +13,7 @@
 #define DEFAULT_LOOKUP_SIZE 65537
 #define DEFAULT_CONNTRACK_SIZE (1 << 20)
 #define DEFAULT_HALF_BUCKETS (DEFAULT_CONNTRACK_SIZE / 4 / HALF_WAYS)
+#define DEFAULT_PERSIST_SIZE (DEFAULT_CONNTRACK_SIZE / 8)
 /* At most 70% of the slots in use at the design load (loader: ctBuckets). */
 #define DEFAULT_CT_BUCKETS ((DEFAULT_CONNTRACK_SIZE * 10 / 7 + CT_BUCKET_SLOTS - 1) / CT_BUCKET_SLOTS)
 
@@ -298,3 +299,57 @@ struct {
 	__type(key, __u32);
 	__type(value, struct next_hop);
 } backend_nh SEC(".maps");
+
+/* VIP id -> its backends for rr, wrr, lc and wlc (struct sched_set), for
+ * VIPs with one of those schedulers only. A hash, not an array: a VIP
+ * with another scheduler costs nothing, and an update swaps the whole
+ * value, so a packet never sees half a set. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct sched_set);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sched_sets SEC(".maps");
+
+/* VIP id -> the rr/wrr cursor of this CPU: no shared line per new flow.
+ * Not pinned: a new program starts its cursors again. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, __u32);
+} sched_cursor SEC(".maps");
+
+/* Backend id -> its open flows, for lc and wlc: +1 when a new flow is
+ * placed on a backend of an lc/wlc VIP, -1 when a tracked flow first sees
+ * a FIN or RST (while above 0); the daemon writes the connection table's
+ * count about once a second, which covers flows that end by expiry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, __s64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} be_conns SEC(".maps");
+
+/* VIP id -> its persistence (struct persist_timeout). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct persist_timeout);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vip_persist SEC(".maps");
+
+/* (VIP id, client address) -> the client's backend (persistence). An LRU:
+ * the clients not seen for longest give way; an entry past its VIP's
+ * timeout is ignored and replaced. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DEFAULT_PERSIST_SIZE);
+	__type(key, struct persist_key);
+	__type(value, struct persist_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} persist SEC(".maps");

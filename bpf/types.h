@@ -12,10 +12,61 @@ enum fwd_mode {
 	FWD_MODE_FULLNAT = 3, /* NAT plus the source: SNAT address and port */
 };
 
-/* How the scheduler hashes a new flow into the VIP's lookup table. */
+/* How a VIP chooses a new flow's backend (sched_algo.h). maglev and sh
+ * hash into the VIP's lookup table; the others choose only for a packet
+ * that opens a flow (a TCP SYN, a UDP datagram of an untracked flow): any
+ * other packet of an unknown flow takes the table's 5-tuple slot. */
 enum sched_kind {
 	SCHED_MAGLEV = 1, /* 5-tuple hash */
 	SCHED_SH = 2,     /* source address hash */
+	SCHED_RR = 3,     /* the VIP's backends in turn (sched_set.ids), per-CPU cursor */
+	SCHED_WRR = 4,    /* smooth weighted round robin (sched_set.seq), per-CPU cursor */
+	SCHED_RANDOM = 5, /* a random slot of the lookup table: weighted random */
+	SCHED_LC = 6,     /* fewest open flows (be_conns) */
+	SCHED_WLC = 7,    /* fewest open flows per unit of weight */
+	SCHED_KIND_MAX = 8,
+};
+
+/* A VIP's backends as rr, wrr, lc and wlc see them (map sched_sets, by VIP
+ * id): the members of its lookup table, with their weights, and the wrr
+ * sequence, written whole by the loader (a hash map value is replaced
+ * atomically). Sizes bound the loops: a VIP with one of these schedulers
+ * has at most SCHED_SET_MAX backends (model.MaxSchedBackends); lc and wlc
+ * compare SCHED_LC_SCAN of them per new flow, all of them up to that
+ * many, else a window of that many from a random member on. */
+enum sched_limits {
+	SCHED_SET_MAX = 1024,
+	SCHED_SEQ_MAX = 4096,
+	SCHED_LC_SCAN = 32,
+};
+
+struct sched_set {
+	__u32 count;   /* members in ids and weights, 1..SCHED_SET_MAX */
+	__u32 seq_len; /* slots of seq in use, 1..SCHED_SEQ_MAX */
+	__u32 ids[SCHED_SET_MAX];     /* backend ids */
+	__u32 weights[SCHED_SET_MAX]; /* their weights, >= 1 */
+	__u16 seq[SCHED_SEQ_MAX];     /* wrr: indexes into ids, each member weight-many times, spread */
+};
+
+/* Per-VIP persistence (IPVS -p): the client's last backend (map persist),
+ * looked up only when a flow is placed. */
+struct persist_key {
+	__u32 vip_id;
+	__u8 client[16];
+};
+
+struct persist_val {
+	__u32 backend_id;
+	__u32 pad;
+	__u64 stamp; /* bpf_jiffies64 of the client's last new flow */
+};
+
+/* A VIP's persistence (map vip_persist, by VIP id; read only with
+ * VIP_F_PERSIST). */
+struct persist_timeout {
+	__u64 ticks; /* the timeout in kernel ticks */
+	__u32 secs;  /* the timeout as configured, for the loader to read back */
+	__u32 pad;
 };
 
 enum drop_reason {
@@ -96,6 +147,8 @@ enum vip_flags {
 	 * the control plane took them all out of the table: a new flow is
 	 * counted as DROP_BACKENDS_FULL rather than DROP_NO_BACKEND. */
 	VIP_F_BACKENDS_FULL = 4,
+	/* The VIP has persistence (map vip_persist). */
+	VIP_F_PERSIST = 8,
 };
 
 /* A VIP's new-flow rate limit (map vip_rates, by VIP id), a GCRA token
@@ -135,6 +188,10 @@ enum backend_flags {
 	 * the VIP up; neither set is DR. */
 	BACKEND_F_NAT = 4,
 	BACKEND_F_FULLNAT = 8,
+	/* Takes no new flows (drained, full, standby, leaving): persistence
+	 * does not send a returning client to it. Kept for VIPs with
+	 * persistence only; the others never read it. */
+	BACKEND_F_NO_NEW = 16,
 };
 
 struct flow_key {

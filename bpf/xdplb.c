@@ -7,6 +7,7 @@
 #include "parse.h"
 #include "stats.h"
 #include "sched.h"
+#include "sched_algo.h"
 #include "ratelimit.h"
 #include "conntrack.h"
 #include "vipfilter.h"
@@ -27,6 +28,7 @@ const enum nat_flags unused_nat_flags __attribute__((unused));
 const enum rate_clock unused_rate_clock __attribute__((unused));
 const enum ct_layout unused_ct_layout __attribute__((unused));
 const struct nat_state unused_nat_state __attribute__((unused));
+const struct persist_timeout unused_persist_timeout __attribute__((unused));
 
 /* The rare paths with no port to match: ours (a VIP address) or not. */
 static __always_inline int drop_if_vip_addr(const struct pkt *p, enum drop_reason reason)
@@ -81,7 +83,7 @@ static __always_inline int place(struct xdp_md *ctx, __u32 ifindex, const struct
 	if ((meta->flags & VIP_F_RATE_LIMIT) && !(ct_flags & FLOW_F_ESTABLISHED) && !rate_admit(vip_id)) {
 		reason = DROP_RATE_LIMITED;
 	} else {
-		bid = schedule(p, meta, &reason);
+		bid = sched_new_flow(p, meta, &reason);
 		if (bid) {
 			be = backend_for(bid, vip_id);
 			if (!be)

@@ -151,6 +151,7 @@ func BenchmarkProgram(b *testing.B) {
 		{"new flow ipv4 tcp rate limited", newFlowWrapper(b, d.Program(), sport4, srcLastByte4), syn4Limited, xdpTX},
 		{"new flow ipv6 tcp", newFlowWrapper(b, d.Program(), sport6, srcLastByte6), syn6, xdpTX},
 	}
+	frames = append(frames, schedBenchFrames(b, d)...)
 	for _, f := range frames {
 		// The first run creates the flow entry, so the timed runs take the
 		// established path.

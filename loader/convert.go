@@ -87,6 +87,9 @@ func (d *Datapath) backendToC(b Backend) (xdplbBackend, error) {
 	if b.Down {
 		flags |= uint16(xdplbBackendFlagsBACKEND_F_DOWN)
 	}
+	if b.NoNew {
+		flags |= uint16(xdplbBackendFlagsBACKEND_F_NO_NEW)
+	}
 	var mac, src [6]byte
 	switch b.Mode {
 	case 0, ModeDR: // the zero Backend is a DR one
@@ -155,6 +158,7 @@ func backendFromC(id uint32, b xdplbBackend) Backend {
 		SrcMAC:  macFromC(b.SrcMac, b.Flags),
 		Ifindex: b.Ifindex,
 		Down:    b.Flags&uint16(xdplbBackendFlagsBACKEND_F_DOWN) != 0,
+		NoNew:   b.Flags&uint16(xdplbBackendFlagsBACKEND_F_NO_NEW) != 0,
 	}
 }
 
@@ -178,11 +182,15 @@ func vipMetaToC(m VIPMeta) xdplbVipMeta {
 	if m.RateLimit.Rate != 0 {
 		flags |= uint16(xdplbVipFlagsVIP_F_RATE_LIMIT)
 	}
+	if m.Persistence != 0 {
+		flags |= uint16(xdplbVipFlagsVIP_F_PERSIST)
+	}
 	return xdplbVipMeta{VipId: m.ID, Mode: uint8(m.Mode), Sched: uint8(m.Hash), Flags: flags}
 }
 
-// vipMetaFromC is m without its rate limit, which is in vip_rates:
-// rateLimited says whether it has one.
+// vipMetaFromC is m without its rate limit, which is in vip_rates, nor
+// its persistence (vip_persist): rateLimited says whether it has the
+// first, m.Flags&VIP_F_PERSIST the second.
 func vipMetaFromC(m xdplbVipMeta) (meta VIPMeta, rateLimited bool) {
 	return VIPMeta{
 		ID:           m.VipId,

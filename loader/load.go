@@ -339,6 +339,11 @@ func loadSpec(opts Options) (*ebpf.CollectionSpec, *xdplbSpecs, error) {
 		{s.VipRates, opts.MaxVIPs},
 		{s.VipDrops, opts.MaxVIPs * uint32(xdplbDropReasonDROP_REASON_MAX)},
 		{s.BackendNh, opts.MaxBackends},
+		{s.SchedSets, opts.MaxVIPs},
+		{s.SchedCursor, opts.MaxVIPs},
+		{s.VipPersist, opts.MaxVIPs},
+		{s.BeConns, opts.MaxBackends},
+		{s.Persist, persistSize(opts.ConntrackSize)},
 	} {
 		size.m.MaxEntries = size.n
 	}

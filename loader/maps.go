@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -30,6 +31,13 @@ func (d *Datapath) VIPs() (map[VIPKey]VIPMeta, error) {
 				return nil, fmt.Errorf("read rate limit of vip %d: %w", meta.ID, err)
 			}
 			meta.RateLimit = RateLimit{Rate: r.Rate, Burst: r.Burst}
+		}
+		if m.Flags&uint16(xdplbVipFlagsVIP_F_PERSIST) != 0 {
+			var pt xdplbPersistTimeout
+			if err := d.objs.VipPersist.Lookup(meta.ID, &pt); err != nil {
+				return nil, fmt.Errorf("read persistence of vip %d: %w", meta.ID, err)
+			}
+			meta.Persistence = time.Duration(pt.Secs) * time.Second
 		}
 		if meta.Mode == ModeFullNAT {
 			var a [16]byte
@@ -83,8 +91,11 @@ func (d *Datapath) PutVIP(k VIPKey, m VIPMeta) error {
 	if m.SNATAddr.IsValid() && m.SNATAddr.Unmap().Is4() != k.Addr.Unmap().Is4() {
 		return fmt.Errorf("put vip %s: %w: snat address %s is of another family", k, ErrInvalid, m.SNATAddr)
 	}
-	if m.Hash != HashMaglev && m.Hash != HashSource {
-		return fmt.Errorf("put vip %s: %w: hash kind %d", k, ErrInvalid, m.Hash)
+	if m.Hash < HashMaglev || m.Hash >= HashKind(xdplbSchedKindSCHED_KIND_MAX) {
+		return fmt.Errorf("put vip %s: %w: scheduler %d", k, ErrInvalid, m.Hash)
+	}
+	if m.Persistence < 0 || m.Persistence%time.Second != 0 || m.Persistence > maxPersistence {
+		return fmt.Errorf("put vip %s: %w: persistence %s: want whole seconds up to %s", k, ErrInvalid, m.Persistence, maxPersistence)
 	}
 	if m.NoHealthy && m.BackendsFull {
 		return fmt.Errorf("put vip %s: %w: no healthy backend and every backend full at once", k, ErrInvalid)
@@ -149,6 +160,16 @@ func (d *Datapath) PutVIP(k VIPKey, m VIPMeta) error {
 	if !existed || old.ID != m.ID || old.RateLimit != m.RateLimit {
 		if err := d.objs.VipRates.Put(m.ID, rate); err != nil {
 			return fmt.Errorf("put vip %s: rate limit: %w", k, err)
+		}
+	}
+	// And the persistence, for the flag to find.
+	if !existed || old.ID != m.ID || old.Persistence != m.Persistence {
+		pt, err := d.persistToC(m.Persistence)
+		if err != nil {
+			return fmt.Errorf("put vip %s: %w", k, err)
+		}
+		if err := d.objs.VipPersist.Put(m.ID, pt); err != nil {
+			return fmt.Errorf("put vip %s: persistence: %w", k, err)
 		}
 	}
 	if err := d.objs.Vips.Put(ck, vipMetaToC(m)); err != nil {
@@ -246,6 +267,9 @@ func (d *Datapath) PutBackend(b Backend) error {
 	if !old.valid() || old.VipId != cb.VipId || old.Addr != cb.Addr || old.Port != cb.Port {
 		if err := d.zeroCounters(d.objs.BackendStats, b.ID); err != nil {
 			return fmt.Errorf("put backend %d: %w", b.ID, err)
+		}
+		if err := d.objs.BeConns.Put(b.ID, int64(0)); err != nil {
+			return fmt.Errorf("put backend %d: open flows: %w", b.ID, err)
 		}
 	}
 	// The program's next hop for the id is an old address's.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 )
 
 // Protocol is an IP protocol number carried in a VIP key.
@@ -27,14 +28,30 @@ const (
 // kernel's FIB, not from Backend.MAC).
 func (m ForwardMode) IsNAT() bool { return m == ModeNAT || m == ModeFullNAT }
 
-// HashKind says what a new flow is hashed on to pick a lookup table slot
-// (bpf enum sched_kind).
+// HashKind is a VIP's scheduler (bpf enum sched_kind): what a new flow is
+// hashed on to pick a lookup table slot (maglev, sh), or how it is chosen
+// otherwise (bpf/sched_algo.h). The name is from when only the hash
+// differed.
 type HashKind uint8
 
 const (
 	HashMaglev HashKind = 1 // 5-tuple
 	HashSource HashKind = 2 // source address only
+	SchedRR    HashKind = 3 // the VIP's backends in turn (PutSchedSet)
+	SchedWRR   HashKind = 4 // smooth weighted round robin (PutSchedSet)
+	SchedRand  HashKind = 5 // weighted random: a random slot of the lookup table
+	SchedLC    HashKind = 6 // fewest open flows (PutSchedSet, SetOpenFlows)
+	SchedWLC   HashKind = 7 // fewest open flows per weight (PutSchedSet, SetOpenFlows)
 )
+
+// UsesSet reports whether k chooses from the VIP's backend set
+// (PutSchedSet) rather than its lookup table alone.
+func (k HashKind) UsesSet() bool {
+	return k == SchedRR || k == SchedWRR || k == SchedLC || k == SchedWLC
+}
+
+// CountsFlows reports whether k reads the open-flow counts (SetOpenFlows).
+func (k HashKind) CountsFlows() bool { return k == SchedLC || k == SchedWLC }
 
 // VIPKey identifies a virtual service.
 type VIPKey struct {
@@ -61,6 +78,9 @@ type VIPMeta struct {
 	// RateLimit caps the new flows the VIP takes (map vip_rates); the
 	// zero value is none.
 	RateLimit RateLimit
+	// Persistence (whole seconds; 0: none) sends a client's new flows to
+	// the backend of its last one within this long (map persist).
+	Persistence time.Duration
 }
 
 // RateLimit is a VIP's new-flow rate limit: Rate new flows a second, up
@@ -88,6 +108,9 @@ type Backend struct {
 	// Down: failed its health checks. It takes no packets and its flows
 	// are placed again; the entry stays (BACKEND_F_DOWN).
 	Down bool
+	// NoNew: takes no new flows (not in its VIP's table), so persistence
+	// sends no returning client to it (BACKEND_F_NO_NEW).
+	NoNew bool
 }
 
 // PortRange is an inclusive range of ports.

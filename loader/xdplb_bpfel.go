@@ -31,6 +31,7 @@ const (
 	xdplbBackendFlagsBACKEND_F_DOWN    xdplbBackendFlags = 2
 	xdplbBackendFlagsBACKEND_F_NAT     xdplbBackendFlags = 4
 	xdplbBackendFlagsBACKEND_F_FULLNAT xdplbBackendFlags = 8
+	xdplbBackendFlagsBACKEND_F_NO_NEW  xdplbBackendFlags = 16
 )
 
 type xdplbBpfDevmapVal struct {
@@ -203,6 +204,26 @@ type xdplbNextHop struct {
 	Stamp     uint64
 }
 
+type xdplbPersistKey struct {
+	_      structs.HostLayout
+	VipId  uint32
+	Client [16]uint8
+}
+
+type xdplbPersistTimeout struct {
+	_     structs.HostLayout
+	Ticks uint64
+	Secs  uint32
+	Pad   uint32
+}
+
+type xdplbPersistVal struct {
+	_         structs.HostLayout
+	BackendId uint32
+	Pad       uint32
+	Stamp     uint64
+}
+
 type xdplbRateClock uint32
 
 const (
@@ -212,9 +233,24 @@ const (
 type xdplbSchedKind uint32
 
 const (
-	xdplbSchedKindSCHED_MAGLEV xdplbSchedKind = 1
-	xdplbSchedKindSCHED_SH     xdplbSchedKind = 2
+	xdplbSchedKindSCHED_MAGLEV   xdplbSchedKind = 1
+	xdplbSchedKindSCHED_SH       xdplbSchedKind = 2
+	xdplbSchedKindSCHED_RR       xdplbSchedKind = 3
+	xdplbSchedKindSCHED_WRR      xdplbSchedKind = 4
+	xdplbSchedKindSCHED_RANDOM   xdplbSchedKind = 5
+	xdplbSchedKindSCHED_LC       xdplbSchedKind = 6
+	xdplbSchedKindSCHED_WLC      xdplbSchedKind = 7
+	xdplbSchedKindSCHED_KIND_MAX xdplbSchedKind = 8
 )
+
+type xdplbSchedSet struct {
+	_       structs.HostLayout
+	Count   uint32
+	SeqLen  uint32
+	Ids     [1024]uint32
+	Weights [1024]uint32
+	Seq     [4096]uint16
+}
 
 type xdplbVipBitmap struct {
 	_    structs.HostLayout
@@ -227,6 +263,7 @@ const (
 	xdplbVipFlagsVIP_F_NO_HEALTHY    xdplbVipFlags = 1
 	xdplbVipFlagsVIP_F_RATE_LIMIT    xdplbVipFlags = 2
 	xdplbVipFlagsVIP_F_BACKENDS_FULL xdplbVipFlags = 4
+	xdplbVipFlagsVIP_F_PERSIST       xdplbVipFlags = 8
 )
 
 type xdplbVipKey struct {
@@ -258,47 +295,53 @@ type xdplbVipRate struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xdplbMapBackendNh          = "backend_nh"
-	xdplbMapBackendStats       = "backend_stats"
-	xdplbMapBackends           = "backends"
-	xdplbMapConntrack          = "conntrack"
-	xdplbMapCtHalf             = "ct_half"
-	xdplbMapCtKeys             = "ct_keys"
-	xdplbMapCtSeed             = "ct_seed"
-	xdplbMapDrops              = "drops"
-	xdplbMapEvents             = "events"
-	xdplbMapHalfCount          = "half_count"
-	xdplbMapLookup             = "lookup"
-	xdplbMapNatFlows           = "nat_flows"
-	xdplbMapNatParams          = "nat_params"
-	xdplbMapScratch            = "scratch"
-	xdplbMapTxPorts            = "tx_ports"
-	xdplbMapVipAddrs           = "vip_addrs"
-	xdplbMapVipDrops           = "vip_drops"
-	xdplbMapVipFilter          = "vip_filter"
-	xdplbMapVipIcmp            = "vip_icmp"
-	xdplbMapVipKeys            = "vip_keys"
-	xdplbMapVipRates           = "vip_rates"
-	xdplbMapVipSnat            = "vip_snat"
-	xdplbMapVipStats           = "vip_stats"
-	xdplbMapVips               = "vips"
-	xdplbMapXdpActions         = "xdp_actions"
-	xdplbProgXdplbMain         = "xdplb_main"
-	xdplbProgXdplbPass         = "xdplb_pass"
-	xdplbVarCfgCtBuckets       = "cfg_ct_buckets"
-	xdplbVarCfgCtSeed          = "cfg_ct_seed"
-	xdplbVarCfgHalfBuckets     = "cfg_half_buckets"
-	xdplbVarCfgHalfTicks       = "cfg_half_ticks"
-	xdplbVarCfgLookupSize      = "cfg_lookup_size"
-	xdplbVarUnusedBackendFlags = "unused_backend_flags"
-	xdplbVarUnusedCtLayout     = "unused_ct_layout"
-	xdplbVarUnusedFlowFlags    = "unused_flow_flags"
-	xdplbVarUnusedFwdMode      = "unused_fwd_mode"
-	xdplbVarUnusedNatFlags     = "unused_nat_flags"
-	xdplbVarUnusedNatState     = "unused_nat_state"
-	xdplbVarUnusedRateClock    = "unused_rate_clock"
-	xdplbVarUnusedSchedKind    = "unused_sched_kind"
-	xdplbVarUnusedVipFlags     = "unused_vip_flags"
+	xdplbMapBackendNh            = "backend_nh"
+	xdplbMapBackendStats         = "backend_stats"
+	xdplbMapBackends             = "backends"
+	xdplbMapBeConns              = "be_conns"
+	xdplbMapConntrack            = "conntrack"
+	xdplbMapCtHalf               = "ct_half"
+	xdplbMapCtKeys               = "ct_keys"
+	xdplbMapCtSeed               = "ct_seed"
+	xdplbMapDrops                = "drops"
+	xdplbMapEvents               = "events"
+	xdplbMapHalfCount            = "half_count"
+	xdplbMapLookup               = "lookup"
+	xdplbMapNatFlows             = "nat_flows"
+	xdplbMapNatParams            = "nat_params"
+	xdplbMapPersist              = "persist"
+	xdplbMapSchedCursor          = "sched_cursor"
+	xdplbMapSchedSets            = "sched_sets"
+	xdplbMapScratch              = "scratch"
+	xdplbMapTxPorts              = "tx_ports"
+	xdplbMapVipAddrs             = "vip_addrs"
+	xdplbMapVipDrops             = "vip_drops"
+	xdplbMapVipFilter            = "vip_filter"
+	xdplbMapVipIcmp              = "vip_icmp"
+	xdplbMapVipKeys              = "vip_keys"
+	xdplbMapVipPersist           = "vip_persist"
+	xdplbMapVipRates             = "vip_rates"
+	xdplbMapVipSnat              = "vip_snat"
+	xdplbMapVipStats             = "vip_stats"
+	xdplbMapVips                 = "vips"
+	xdplbMapXdpActions           = "xdp_actions"
+	xdplbProgXdplbMain           = "xdplb_main"
+	xdplbProgXdplbPass           = "xdplb_pass"
+	xdplbVarCfgCtBuckets         = "cfg_ct_buckets"
+	xdplbVarCfgCtSeed            = "cfg_ct_seed"
+	xdplbVarCfgHalfBuckets       = "cfg_half_buckets"
+	xdplbVarCfgHalfTicks         = "cfg_half_ticks"
+	xdplbVarCfgLookupSize        = "cfg_lookup_size"
+	xdplbVarUnusedBackendFlags   = "unused_backend_flags"
+	xdplbVarUnusedCtLayout       = "unused_ct_layout"
+	xdplbVarUnusedFlowFlags      = "unused_flow_flags"
+	xdplbVarUnusedFwdMode        = "unused_fwd_mode"
+	xdplbVarUnusedNatFlags       = "unused_nat_flags"
+	xdplbVarUnusedNatState       = "unused_nat_state"
+	xdplbVarUnusedPersistTimeout = "unused_persist_timeout"
+	xdplbVarUnusedRateClock      = "unused_rate_clock"
+	xdplbVarUnusedSchedKind      = "unused_sched_kind"
+	xdplbVarUnusedVipFlags       = "unused_vip_flags"
 )
 
 // loadXdplb returns the embedded CollectionSpec for xdplb.
@@ -354,6 +397,7 @@ type xdplbMapSpecs struct {
 	BackendNh    *ebpf.MapSpec `ebpf:"backend_nh"`
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
+	BeConns      *ebpf.MapSpec `ebpf:"be_conns"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	CtHalf       *ebpf.MapSpec `ebpf:"ct_half"`
 	CtKeys       *ebpf.MapSpec `ebpf:"ct_keys"`
@@ -364,6 +408,9 @@ type xdplbMapSpecs struct {
 	Lookup       *ebpf.MapSpec `ebpf:"lookup"`
 	NatFlows     *ebpf.MapSpec `ebpf:"nat_flows"`
 	NatParams    *ebpf.MapSpec `ebpf:"nat_params"`
+	Persist      *ebpf.MapSpec `ebpf:"persist"`
+	SchedCursor  *ebpf.MapSpec `ebpf:"sched_cursor"`
+	SchedSets    *ebpf.MapSpec `ebpf:"sched_sets"`
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
 	VipAddrs     *ebpf.MapSpec `ebpf:"vip_addrs"`
@@ -371,6 +418,7 @@ type xdplbMapSpecs struct {
 	VipFilter    *ebpf.MapSpec `ebpf:"vip_filter"`
 	VipIcmp      *ebpf.MapSpec `ebpf:"vip_icmp"`
 	VipKeys      *ebpf.MapSpec `ebpf:"vip_keys"`
+	VipPersist   *ebpf.MapSpec `ebpf:"vip_persist"`
 	VipRates     *ebpf.MapSpec `ebpf:"vip_rates"`
 	VipSnat      *ebpf.MapSpec `ebpf:"vip_snat"`
 	VipStats     *ebpf.MapSpec `ebpf:"vip_stats"`
@@ -382,20 +430,21 @@ type xdplbMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdplbVariableSpecs struct {
-	CfgCtBuckets       *ebpf.VariableSpec `ebpf:"cfg_ct_buckets"`
-	CfgCtSeed          *ebpf.VariableSpec `ebpf:"cfg_ct_seed"`
-	CfgHalfBuckets     *ebpf.VariableSpec `ebpf:"cfg_half_buckets"`
-	CfgHalfTicks       *ebpf.VariableSpec `ebpf:"cfg_half_ticks"`
-	CfgLookupSize      *ebpf.VariableSpec `ebpf:"cfg_lookup_size"`
-	UnusedBackendFlags *ebpf.VariableSpec `ebpf:"unused_backend_flags"`
-	UnusedCtLayout     *ebpf.VariableSpec `ebpf:"unused_ct_layout"`
-	UnusedFlowFlags    *ebpf.VariableSpec `ebpf:"unused_flow_flags"`
-	UnusedFwdMode      *ebpf.VariableSpec `ebpf:"unused_fwd_mode"`
-	UnusedNatFlags     *ebpf.VariableSpec `ebpf:"unused_nat_flags"`
-	UnusedNatState     *ebpf.VariableSpec `ebpf:"unused_nat_state"`
-	UnusedRateClock    *ebpf.VariableSpec `ebpf:"unused_rate_clock"`
-	UnusedSchedKind    *ebpf.VariableSpec `ebpf:"unused_sched_kind"`
-	UnusedVipFlags     *ebpf.VariableSpec `ebpf:"unused_vip_flags"`
+	CfgCtBuckets         *ebpf.VariableSpec `ebpf:"cfg_ct_buckets"`
+	CfgCtSeed            *ebpf.VariableSpec `ebpf:"cfg_ct_seed"`
+	CfgHalfBuckets       *ebpf.VariableSpec `ebpf:"cfg_half_buckets"`
+	CfgHalfTicks         *ebpf.VariableSpec `ebpf:"cfg_half_ticks"`
+	CfgLookupSize        *ebpf.VariableSpec `ebpf:"cfg_lookup_size"`
+	UnusedBackendFlags   *ebpf.VariableSpec `ebpf:"unused_backend_flags"`
+	UnusedCtLayout       *ebpf.VariableSpec `ebpf:"unused_ct_layout"`
+	UnusedFlowFlags      *ebpf.VariableSpec `ebpf:"unused_flow_flags"`
+	UnusedFwdMode        *ebpf.VariableSpec `ebpf:"unused_fwd_mode"`
+	UnusedNatFlags       *ebpf.VariableSpec `ebpf:"unused_nat_flags"`
+	UnusedNatState       *ebpf.VariableSpec `ebpf:"unused_nat_state"`
+	UnusedPersistTimeout *ebpf.VariableSpec `ebpf:"unused_persist_timeout"`
+	UnusedRateClock      *ebpf.VariableSpec `ebpf:"unused_rate_clock"`
+	UnusedSchedKind      *ebpf.VariableSpec `ebpf:"unused_sched_kind"`
+	UnusedVipFlags       *ebpf.VariableSpec `ebpf:"unused_vip_flags"`
 }
 
 // xdplbObjects contains all objects after they have been loaded into the kernel.
@@ -421,6 +470,7 @@ type xdplbMaps struct {
 	BackendNh    *ebpf.Map `ebpf:"backend_nh"`
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
+	BeConns      *ebpf.Map `ebpf:"be_conns"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	CtHalf       *ebpf.Map `ebpf:"ct_half"`
 	CtKeys       *ebpf.Map `ebpf:"ct_keys"`
@@ -431,6 +481,9 @@ type xdplbMaps struct {
 	Lookup       *ebpf.Map `ebpf:"lookup"`
 	NatFlows     *ebpf.Map `ebpf:"nat_flows"`
 	NatParams    *ebpf.Map `ebpf:"nat_params"`
+	Persist      *ebpf.Map `ebpf:"persist"`
+	SchedCursor  *ebpf.Map `ebpf:"sched_cursor"`
+	SchedSets    *ebpf.Map `ebpf:"sched_sets"`
 	Scratch      *ebpf.Map `ebpf:"scratch"`
 	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
 	VipAddrs     *ebpf.Map `ebpf:"vip_addrs"`
@@ -438,6 +491,7 @@ type xdplbMaps struct {
 	VipFilter    *ebpf.Map `ebpf:"vip_filter"`
 	VipIcmp      *ebpf.Map `ebpf:"vip_icmp"`
 	VipKeys      *ebpf.Map `ebpf:"vip_keys"`
+	VipPersist   *ebpf.Map `ebpf:"vip_persist"`
 	VipRates     *ebpf.Map `ebpf:"vip_rates"`
 	VipSnat      *ebpf.Map `ebpf:"vip_snat"`
 	VipStats     *ebpf.Map `ebpf:"vip_stats"`
@@ -450,6 +504,7 @@ func (m *xdplbMaps) Close() error {
 		m.BackendNh,
 		m.BackendStats,
 		m.Backends,
+		m.BeConns,
 		m.Conntrack,
 		m.CtHalf,
 		m.CtKeys,
@@ -460,6 +515,9 @@ func (m *xdplbMaps) Close() error {
 		m.Lookup,
 		m.NatFlows,
 		m.NatParams,
+		m.Persist,
+		m.SchedCursor,
+		m.SchedSets,
 		m.Scratch,
 		m.TxPorts,
 		m.VipAddrs,
@@ -467,6 +525,7 @@ func (m *xdplbMaps) Close() error {
 		m.VipFilter,
 		m.VipIcmp,
 		m.VipKeys,
+		m.VipPersist,
 		m.VipRates,
 		m.VipSnat,
 		m.VipStats,
@@ -479,20 +538,21 @@ func (m *xdplbMaps) Close() error {
 //
 // It can be passed to loadXdplbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdplbVariables struct {
-	CfgCtBuckets       *ebpf.Variable `ebpf:"cfg_ct_buckets"`
-	CfgCtSeed          *ebpf.Variable `ebpf:"cfg_ct_seed"`
-	CfgHalfBuckets     *ebpf.Variable `ebpf:"cfg_half_buckets"`
-	CfgHalfTicks       *ebpf.Variable `ebpf:"cfg_half_ticks"`
-	CfgLookupSize      *ebpf.Variable `ebpf:"cfg_lookup_size"`
-	UnusedBackendFlags *ebpf.Variable `ebpf:"unused_backend_flags"`
-	UnusedCtLayout     *ebpf.Variable `ebpf:"unused_ct_layout"`
-	UnusedFlowFlags    *ebpf.Variable `ebpf:"unused_flow_flags"`
-	UnusedFwdMode      *ebpf.Variable `ebpf:"unused_fwd_mode"`
-	UnusedNatFlags     *ebpf.Variable `ebpf:"unused_nat_flags"`
-	UnusedNatState     *ebpf.Variable `ebpf:"unused_nat_state"`
-	UnusedRateClock    *ebpf.Variable `ebpf:"unused_rate_clock"`
-	UnusedSchedKind    *ebpf.Variable `ebpf:"unused_sched_kind"`
-	UnusedVipFlags     *ebpf.Variable `ebpf:"unused_vip_flags"`
+	CfgCtBuckets         *ebpf.Variable `ebpf:"cfg_ct_buckets"`
+	CfgCtSeed            *ebpf.Variable `ebpf:"cfg_ct_seed"`
+	CfgHalfBuckets       *ebpf.Variable `ebpf:"cfg_half_buckets"`
+	CfgHalfTicks         *ebpf.Variable `ebpf:"cfg_half_ticks"`
+	CfgLookupSize        *ebpf.Variable `ebpf:"cfg_lookup_size"`
+	UnusedBackendFlags   *ebpf.Variable `ebpf:"unused_backend_flags"`
+	UnusedCtLayout       *ebpf.Variable `ebpf:"unused_ct_layout"`
+	UnusedFlowFlags      *ebpf.Variable `ebpf:"unused_flow_flags"`
+	UnusedFwdMode        *ebpf.Variable `ebpf:"unused_fwd_mode"`
+	UnusedNatFlags       *ebpf.Variable `ebpf:"unused_nat_flags"`
+	UnusedNatState       *ebpf.Variable `ebpf:"unused_nat_state"`
+	UnusedPersistTimeout *ebpf.Variable `ebpf:"unused_persist_timeout"`
+	UnusedRateClock      *ebpf.Variable `ebpf:"unused_rate_clock"`
+	UnusedSchedKind      *ebpf.Variable `ebpf:"unused_sched_kind"`
+	UnusedVipFlags       *ebpf.Variable `ebpf:"unused_vip_flags"`
 }
 
 // xdplbPrograms contains all programs after they have been loaded into the kernel.

@@ -27,14 +27,16 @@ func (e *env) backendCommand() *cli.Command {
 					&cli.IntFlag{Name: "weight", Value: model.DefaultWeight, Usage: "share of new flows, 0-65535 (0: no new flows)"},
 					priorityFlagDef(),
 					maxConnsFlag("none"),
+					&cli.StringFlag{Name: "group", Usage: "group label (a release: v1, v2, blue, green) that backend set --group changes as one", DefaultText: "none"},
 				},
 				Action: e.backendAdd,
 			},
 			{
 				Name:      "set",
-				Usage:     "change one backend: its weight, pool or connection cap, or drain it, or enable it again",
-				ArgsUsage: "VIP ADDR[:PORT]",
+				Usage:     "change one backend, or every backend of a group at once: its weight, pool or connection cap, or drain it, or enable it again",
+				ArgsUsage: "VIP (ADDR[:PORT] | --group NAME)",
 				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "group", Usage: "change every backend of this group, in one change of the lookup table"},
 					&cli.IntFlag{Name: "weight", Usage: "new weight, 0-65535"},
 					&cli.BoolFlag{Name: "drain", Usage: "stop sending new flows; open flows continue"},
 					&cli.BoolFlag{Name: "enable", Usage: "undo --drain"},
@@ -114,7 +116,10 @@ func (e *env) backendAdd(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	b := model.Backend{Address: addr, Port: port, Weight: w}
+	b := model.Backend{Address: addr, Port: port, Weight: w, Group: c.String("group")}
+	if err := model.ValidateGroup(b.Group); err != nil {
+		return usagef(c, "--group: %s", err)
+	}
 	if b.Priority, err = priorityFlag(c); err != nil {
 		return err
 	}
@@ -132,8 +137,19 @@ func (e *env) backendAdd(c *cli.Context) error {
 }
 
 func (e *env) backendSet(c *cli.Context) error {
-	id, addr, port, err := backendArgs(c)
-	if err != nil {
+	var id model.VIPID
+	var addr netip.Addr
+	var port uint16
+	var err error
+	group := c.String("group")
+	if c.IsSet("group") {
+		if id, err = vipArg(c, 1, "VIP --group NAME"); err != nil {
+			return err
+		}
+		if group == "" {
+			return usagef(c, "--group: want a group name")
+		}
+	} else if id, addr, port, err = backendArgs(c); err != nil {
 		return err
 	}
 	n := 0
@@ -172,6 +188,12 @@ func (e *env) backendSet(c *cli.Context) error {
 		}
 		p.MaxConns = &cc
 	}
+	if group != "" {
+		if err := client(c).SetGroup(c.Context, id, group, p); err != nil {
+			return apiError(c, err)
+		}
+		return nil
+	}
 	if err := client(c).SetBackend(c.Context, id, addr, port, p); err != nil {
 		return apiError(c, err)
 	}
@@ -202,7 +224,10 @@ func (e *env) backendList(c *cli.Context) error {
 	if err != nil {
 		return apiError(c, err)
 	}
-	sort.SliceStable(bs, func(i, j int) bool { // by pool, the fallback last
+	sort.SliceStable(bs, func(i, j int) bool { // by pool, the fallback then the removed ones last
+		if bs[i].Removed != bs[j].Removed {
+			return bs[j].Removed
+		}
 		if bs[i].Fallback != bs[j].Fallback {
 			return bs[j].Fallback
 		}
@@ -220,11 +245,11 @@ func (e *env) backendList(c *cli.Context) error {
 	if len(bs) > 0 && bs[0].Mode.IsNAT() {
 		return writeNATBackends(e.stdout, bs)
 	}
-	pools, caps := pooled(bs), hasCaps(bs)
-	t := newTable(e.stdout, withCap(caps, nil, withPool(pools, "POOL", "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MAC")...)...)
+	pools, caps, groups := pooled(bs), hasCaps(bs), grouped(bs)
+	t := newTable(e.stdout, withCap(caps, nil, withPool(pools, "POOL", withGroup(groups, "GROUP", "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MAC")...)...)...)
 	for _, b := range bs {
-		t.row(withCap(caps, &b, withPool(pools, poolString(b), backendString(b.Address, b.Port), weightString(b),
-			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), orDash(b.MAC))...)...)
+		t.row(withCap(caps, &b, withPool(pools, poolString(b), withGroup(groups, orDash(b.Group), backendString(b.Address, b.Port), weightString(b),
+			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), orDash(b.MAC))...)...)...)
 	}
 	return t.flush()
 }
@@ -233,6 +258,20 @@ func (e *env) backendList(c *cli.Context) error {
 // then show each backend's pool.
 func pooled(bs []api.BackendStatus) bool {
 	return slices.ContainsFunc(bs, func(b api.BackendStatus) bool { return b.Priority > 0 })
+}
+
+// grouped reports whether a backend of bs has a group: the lists then
+// show each backend's.
+func grouped(bs []api.BackendStatus) bool {
+	return slices.ContainsFunc(bs, func(b api.BackendStatus) bool { return b.Group != "" })
+}
+
+// withGroup is cols with group put after the backend's name when on.
+func withGroup(on bool, group string, cols ...string) []string {
+	if !on {
+		return cols
+	}
+	return slices.Insert(slices.Clone(cols), 1, group)
 }
 
 // withPool is cols with pool put third (after a backend and its weight)
@@ -257,15 +296,15 @@ func poolString(b api.BackendStatus) string {
 // (the next hop is the kernel's FIB's) but the mode, the egress interface
 // and, for fullnat, the source address the backend sees.
 func writeNATBackends(w io.Writer, bs []api.BackendStatus) error {
-	pools, caps := pooled(bs), hasCaps(bs)
-	t := newTable(w, withCap(caps, nil, withPool(pools, "POOL", "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MODE", "IFACE", "SNAT")...)...)
+	pools, caps, groups := pooled(bs), hasCaps(bs), grouped(bs)
+	t := newTable(w, withCap(caps, nil, withPool(pools, "POOL", withGroup(groups, "GROUP", "BACKEND", "WEIGHT", "STATE", "FLOWS", "HALF-OPEN", "CHECK", "MODE", "IFACE", "SNAT")...)...)...)
 	for _, b := range bs {
 		snat := "-"
 		if b.SNATAddr.IsValid() {
 			snat = b.SNATAddr.String()
 		}
-		t.row(withCap(caps, &b, withPool(pools, poolString(b), backendString(b.Address, b.Port), weightString(b),
-			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), string(b.Mode), orDash(b.Iface), snat)...)...)
+		t.row(withCap(caps, &b, withPool(pools, poolString(b), withGroup(groups, orDash(b.Group), backendString(b.Address, b.Port), weightString(b),
+			orDash(b.State), strconv.Itoa(b.Flows), strconv.Itoa(b.HalfOpen), orDash(b.Check), string(b.Mode), orDash(b.Iface), snat)...)...)...)
 	}
 	return t.flush()
 }
@@ -290,10 +329,14 @@ func withCap(caps bool, b *api.BackendStatus, cols ...string) []string {
 }
 
 // weightString is a backend's WEIGHT as `backend list` shows it: the
-// VIP's fallback has none, and is named instead.
+// VIP's fallback has none, and is named instead; nor has a backend
+// removed from the config that drains its open flows.
 func weightString(b api.BackendStatus) string {
 	if b.Fallback {
 		return "fallback"
+	}
+	if b.Removed {
+		return "removed"
 	}
 	return strconv.FormatUint(uint64(b.Weight), 10)
 }

@@ -93,6 +93,8 @@ func vipFlags(add bool) []cli.Flag {
 			DefaultText: def("0")},
 		&cli.StringFlag{Name: "max-new-flows", Usage: "new flows the VIP takes a second, " + maxNewFlowsUsage +
 			": up to burst at once after a quiet spell (default RATE); more are dropped as rate_limited; 0 or none: no limit", DefaultText: def("none")},
+		&cli.StringFlag{Name: "persistence", Usage: "send a client's new flows to the backend of its last one within this long (IPVS -p), " +
+			"whatever the scheduler, in whole seconds up to " + model.MaxPersistence.String() + "; 0 or none: off", DefaultText: def("none")},
 	}
 }
 
@@ -177,12 +179,31 @@ func vipPatchFromFlags(c *cli.Context, add bool) (model.VIPPatch, error) {
 		}
 		p.MaxNewFlows = &l
 	}
+	if c.IsSet("persistence") {
+		var d model.Duration
+		if s := c.String("persistence"); s != "none" {
+			if err := d.UnmarshalText([]byte(s)); err != nil {
+				return p, usagef(c, "--persistence %q: want a duration like 300s or 10m, or none", s)
+			}
+		}
+		p.Persistence = &d
+	}
 	hc, err := checkPatchFromFlags(c, add)
 	if err != nil {
 		return p, err
 	}
 	p.HealthCheck = hc
 	return p, nil
+}
+
+// schedulerString is a VIP's SCHEDULER: its scheduler, and its
+// persistence when it has one ("wrr,persist=5m0s").
+func schedulerString(v model.VIP) string {
+	s := orDash(string(v.Scheduler))
+	if v.Persistence != 0 {
+		s += ",persist=" + v.Persistence.String()
+	}
+	return s
 }
 
 // checkFlags are the flags of a health check.
@@ -383,7 +404,7 @@ func writeVIPTree(w io.Writer, vips []api.VIPStatus) error {
 	}
 	t := newTable(w, header...)
 	for _, v := range vips {
-		row := []string{v.ID().String(), orDash(string(v.Mode)), orDash(string(v.Scheduler)),
+		row := []string{v.ID().String(), orDash(string(v.Mode)), schedulerString(v.VIP),
 			checkString(v.HealthCheck), announceString(v.Announce), strconv.Itoa(v.Flows), strconv.Itoa(v.HalfOpen)}
 		if snat {
 			row = append(row, snatString(v.VIP))

@@ -151,6 +151,12 @@ func (c *Client) SetBackend(ctx context.Context, id model.VIPID, addr netip.Addr
 	return c.do(ctx, http.MethodPatch, backendPath(id, addr, port), p, nil)
 }
 
+// SetGroup makes the change p on every backend of group g of a VIP, at
+// once.
+func (c *Client) SetGroup(ctx context.Context, id model.VIPID, g string, p model.BackendPatch) error {
+	return c.do(ctx, http.MethodPatch, vipPath(id)+"/groups/"+url.PathEscape(g), p, nil)
+}
+
 // DeleteBackend removes a backend from a VIP. Without force the daemon
 // refuses (409, ErrHasFlows in the message) while the backend has open flows.
 func (c *Client) DeleteBackend(ctx context.Context, id model.VIPID, addr netip.Addr, port uint16, force bool) error {

@@ -51,6 +51,10 @@ var (
 	descVIPPriority = prometheus.NewDesc("xdplb_vip_active_priority",
 		"Worst (highest) priority of the backend pools taking a VIP's new flows: 0 on its primary pool; -1 when no pool takes them (its fallback, or dropped).",
 		[]string{"vip"}, nil)
+	// Schedulers (issue 13): which one each VIP has, and its persistence.
+	descVIPInfo = prometheus.NewDesc("xdplb_vip_info",
+		"1 for each configured VIP, labelled with its forwarding mode, its scheduler and its persistence in seconds (0: none).",
+		[]string{"vip", "mode", "scheduler", "persistence"}, nil)
 )
 
 // The BGP speaker's (issue 17), from BGPCollector.
@@ -141,6 +145,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	ch <- descVIPPriority
+	ch <- descVIPInfo
 }
 
 // Collect implements prometheus.Collector.
@@ -234,6 +239,10 @@ func (c *Collector) collect(ch chan<- prometheus.Metric) error {
 // collectPools exports the active priority of each VIP the reconciler
 // planned.
 func (c *Collector) collectPools(ch chan<- prometheus.Metric, st model.State) {
+	for _, v := range st.VIPs {
+		ch <- prometheus.MustNewConstMetric(descVIPInfo, prometheus.GaugeValue, 1, v.ID().String(), string(v.Mode), string(v.Scheduler),
+			strconv.FormatInt(int64(time.Duration(v.Persistence)/time.Second), 10))
+	}
 	if c.rec == nil {
 		return
 	}

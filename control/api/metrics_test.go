@@ -76,6 +76,9 @@ xdplb_backend_weight{backend="10.0.0.2",vip="10.0.0.100:80/tcp"} 30
 # HELP xdplb_vip_active_priority Worst (highest) priority of the backend pools taking a VIP's new flows: 0 on its primary pool; -1 when no pool takes them (its fallback, or dropped).
 # TYPE xdplb_vip_active_priority gauge
 xdplb_vip_active_priority{vip="10.0.0.100:80/tcp"} 0
+# HELP xdplb_vip_info 1 for each configured VIP, labelled with its forwarding mode, its scheduler and its persistence in seconds (0: none).
+# TYPE xdplb_vip_info gauge
+xdplb_vip_info{mode="dr",persistence="0",scheduler="maglev",vip="10.0.0.100:80/tcp"} 1
 # HELP xdplb_xdp_actions_total XDP verdicts returned, per interface.
 # TYPE xdplb_xdp_actions_total counter
 xdplb_xdp_actions_total{action="pass",iface="other"} 4

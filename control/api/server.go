@@ -85,6 +85,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/vips/{vip}/backends", s.addBackend)
 	mux.HandleFunc("PATCH /v1/vips/{vip}/backends/{backend}", s.setBackend)
 	mux.HandleFunc("DELETE /v1/vips/{vip}/backends/{backend}", s.deleteBackend)
+	mux.HandleFunc("PATCH /v1/vips/{vip}/groups/{group}", s.setGroup)
 	mux.HandleFunc("GET /v1/state", s.getState)
 	mux.HandleFunc("PUT /v1/state", s.putState)
 	mux.HandleFunc("GET /v1/stats", s.getStats)
@@ -462,6 +463,17 @@ func (s *Server) listBackends(w http.ResponseWriter, r *http.Request) {
 		bs.Mode, bs.SNATAddr = v.Mode, snat
 		out = append(out, bs)
 	}
+	if s.Reconciler != nil {
+		for _, rb := range s.Reconciler.Retained(id) {
+			st := model.BackendDraining
+			if rb.Serving {
+				st = model.BackendUp
+			}
+			bs := BackendStatus{Backend: model.Backend{Address: rb.Addr, Port: rb.Port}, Removed: true, State: st,
+				Flows: flows[rb.ID].Established, HalfOpen: flows[rb.ID].HalfOpen, Mode: v.Mode, SNATAddr: snat}
+			out = append(out, bs)
+		}
+	}
 	writeJSON(w, http.StatusOK, out)
 }
 
@@ -555,6 +567,26 @@ func (s *Server) setBackend(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// setGroup changes every backend of a group of a VIP at once.
+func (s *Server) setGroup(w http.ResponseWriter, r *http.Request) {
+	id, err := pathVIP(r)
+	g := r.PathValue("group")
+	var p model.BackendPatch
+	if err == nil {
+		err = decode(w, r, &p)
+	}
+	if err == nil {
+		err = s.Store.SetGroup(id, g, p)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log().Info("backend group changed by api", "vip", id, "group", g)
+	s.applied(r)
+	w.WriteHeader(http.StatusNoContent)
+}
+
 // deleteBackend refuses, unless ?force=true, to delete a backend that
 // still has open flows: they would be placed again on another backend and
 // broken. The operator drains it first and waits for FLOWS to reach 0.
@@ -566,6 +598,13 @@ func (s *Server) deleteBackend(w http.ResponseWriter, r *http.Request) {
 	}
 	if err == nil && !force {
 		err = s.checkNoFlows(id, addr, port)
+	}
+	if err == nil && force && s.Reconciler != nil {
+		p := port
+		if p == id.Port {
+			p = 0
+		}
+		s.Reconciler.Release(id, addr, p) // its open flows break, as asked
 	}
 	if err == nil {
 		err = s.Store.DeleteBackend(id, addr, port)

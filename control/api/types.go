@@ -61,9 +61,13 @@ type BackendStatus struct {
 	// Fallback: this is the VIP's fallback server, not one of its
 	// backends; its State is model.FallbackActive, FallbackStandby or
 	// BackendUnresolved, and it has no weight.
-	Fallback bool   `json:"fallback,omitempty"`
-	State    string `json:"state"`
-	MAC      string `json:"mac,omitempty"`
+	Fallback bool `json:"fallback,omitempty"`
+	// Removed: this backend left the VIP's config (an apply that swapped
+	// the backend set) and keeps only its open flows, draining, until
+	// they end; it is then deleted.
+	Removed bool   `json:"removed,omitempty"`
+	State   string `json:"state"`
+	MAC     string `json:"mac,omitempty"`
 	// Open flows in the connection table that point at it: established
 	// ones, and half-open ones (only their opening seen: a SYN the
 	// backend may have refused), which end within --half-open-timeout.

@@ -38,6 +38,7 @@ type vipDoc struct {
 	Fallback      *model.Fallback `yaml:"fallback,omitempty"`
 	MaxNewFlows   uint32          `yaml:"max_new_flows,omitempty"`
 	Burst         uint32          `yaml:"max_new_flows_burst,omitempty"`
+	Persistence   model.Duration  `yaml:"persistence,omitempty"`
 	Backends      []backendDoc    `yaml:"backends"`
 }
 
@@ -50,6 +51,7 @@ type backendDoc struct {
 	Priority    uint32 `yaml:"priority,omitempty"`
 	MaxConns    uint32 `yaml:"max_conns,omitempty"`
 	MaxConnsMin uint32 `yaml:"max_conns_min,omitempty"`
+	Group       string `yaml:"group,omitempty"`
 }
 
 // Load reads a config file into a normalized State. It does not validate:
@@ -85,14 +87,15 @@ func Parse(b []byte) (model.State, error) {
 	for _, d := range doc.VIPs {
 		v := model.VIP{Address: d.Address, Port: d.Port, Protocol: d.Protocol, Mode: d.Mode,
 			Scheduler: d.Scheduler, Announce: d.Announce, HealthCheck: d.HealthCheck, Fallback: d.Fallback,
-			MaxNewFlows: d.MaxNewFlows, MaxNewFlowsBurst: d.Burst, Backends: make([]model.Backend, 0, len(d.Backends))}
+			MaxNewFlows: d.MaxNewFlows, MaxNewFlowsBurst: d.Burst, Persistence: d.Persistence,
+			Backends: make([]model.Backend, 0, len(d.Backends))}
 		if d.SNATAddr != nil {
 			v.SNATAddr = *d.SNATAddr
 		}
 		v.FailoverBelow = d.FailoverBelow
 		for _, bd := range d.Backends {
 			b := model.Backend{Address: bd.Address, Port: bd.Port, Weight: model.DefaultWeight, Drain: bd.Drain,
-				MaxConns: bd.MaxConns, MaxConnsMin: bd.MaxConnsMin}
+				MaxConns: bd.MaxConns, MaxConnsMin: bd.MaxConnsMin, Group: bd.Group}
 			b.Priority = bd.Priority
 			if bd.Weight != nil {
 				b.Weight = *bd.Weight
@@ -115,14 +118,15 @@ func Marshal(s model.State) ([]byte, error) {
 	for _, v := range s.VIPs {
 		d := vipDoc{Address: v.Address, Port: v.Port, Protocol: v.Protocol, Mode: v.Mode,
 			Scheduler: v.Scheduler, Announce: v.Announce, HealthCheck: v.HealthCheck, Fallback: v.Fallback,
-			MaxNewFlows: v.MaxNewFlows, Burst: v.MaxNewFlowsBurst, Backends: make([]backendDoc, len(v.Backends))}
+			MaxNewFlows: v.MaxNewFlows, Burst: v.MaxNewFlowsBurst, Persistence: v.Persistence,
+			Backends: make([]backendDoc, len(v.Backends))}
 		if v.SNATAddr.IsValid() {
 			d.SNATAddr = &v.SNATAddr
 		}
 		d.FailoverBelow = v.FailoverBelow
 		for j, b := range v.Backends {
 			d.Backends[j] = backendDoc{Address: b.Address, Port: b.Port, Weight: &v.Backends[j].Weight, Drain: b.Drain,
-				MaxConns: b.MaxConns, MaxConnsMin: b.MaxConnsMin}
+				MaxConns: b.MaxConns, MaxConnsMin: b.MaxConnsMin, Group: b.Group}
 			d.Backends[j].Priority = b.Priority
 		}
 		doc.VIPs = append(doc.VIPs, d)

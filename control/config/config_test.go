@@ -219,3 +219,42 @@ func TestConfigLoad(t *testing.T) {
 		t.Fatalf("bad file: %v, want the path and the bad key", err)
 	}
 }
+
+// The scheduler, persistence and backend groups survive export and apply.
+func TestSchedulerPersistenceGroupRoundTrip(t *testing.T) {
+	in := `vips:
+  - address: 10.200.0.100
+    port: 80
+    protocol: tcp
+    scheduler: wrr
+    persistence: 5m0s
+    backends:
+      - {address: 10.200.0.11, weight: 95, group: v1}
+      - {address: 10.200.0.12, weight: 5, group: v2}
+`
+	st, err := Parse([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := st.VIPs[0]
+	if v.Scheduler != model.SchedWRR || v.Persistence != model.Duration(5*time.Minute) ||
+		v.Backends[0].Group != "v1" || v.Backends[1].Group != "v2" {
+		t.Fatalf("parsed %+v", v)
+	}
+	out, err := Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"scheduler: wrr", "persistence: 5m0s", "group: v2"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("export lacks %q:\n%s", want, out)
+		}
+	}
+	back, err := Parse(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !model.EqualState(&st, &back) {
+		t.Errorf("round trip changed the state:\n%s", out)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"reflect"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -24,7 +25,10 @@ func randomState(r *rand.Rand, vips int, slow bool) model.State {
 			Port: uint16(r.IntN(65536)), Protocol: model.Protocol(words[r.IntN(2)])}
 		if r.IntN(2) == 0 {
 			v.Mode = []model.Mode{model.ModeDR, model.ModeNAT, model.ModeFullNAT}[r.IntN(3)]
-			v.Scheduler = []model.Scheduler{model.SchedMaglev, model.SchedSH, model.SchedRR}[r.IntN(3)]
+			v.Scheduler = model.Schedulers()[r.IntN(len(model.Schedulers()))]
+		}
+		if r.IntN(3) == 0 {
+			v.Persistence = model.Duration(time.Duration(1+r.IntN(3600)) * time.Second)
 		}
 		if r.IntN(3) == 0 {
 			a := r.IntN(2) == 0
@@ -42,6 +46,9 @@ func randomState(r *rand.Rand, vips int, slow bool) model.State {
 				b.Port = uint16(r.IntN(65536))
 			}
 			b.Drain = r.IntN(4) == 0
+			if r.IntN(3) == 0 {
+				b.Group = []string{"v1", "v2", "blue", "green"}[r.IntN(4)]
+			}
 			if r.IntN(3) == 0 {
 				b.MaxConns = 1 + r.Uint32N(10000)
 				if r.IntN(2) == 0 {

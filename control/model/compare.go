@@ -11,6 +11,7 @@ func EqualVIP(a, b *VIP) bool {
 	return a.Address == b.Address && a.Port == b.Port && a.Protocol == b.Protocol && a.Mode == b.Mode &&
 		a.SNATAddr == b.SNATAddr && a.Scheduler == b.Scheduler && samePtr(a.Announce, b.Announce) && samePtr(a.HealthCheck, b.HealthCheck) &&
 		samePtr(a.Fallback, b.Fallback) && a.MaxNewFlows == b.MaxNewFlows && a.MaxNewFlowsBurst == b.MaxNewFlowsBurst &&
+		a.Persistence == b.Persistence &&
 		slices.Equal(a.Backends, b.Backends) && a.FailoverBelow == b.FailoverBelow
 }
 
@@ -20,12 +21,13 @@ func EqualState(a, b *State) bool {
 }
 
 // SameTargets reports whether a and b probe the same targets: they differ
-// at most in their limits, in failover_below and in the weights, drain
-// flags and pools of their backends.
+// at most in their limits, in failover_below, persistence and in the
+// weights, drain flags, pools and groups of their backends.
 func SameTargets(a, b *VIP) bool {
 	x, y := *a, *b
 	x.Backends, y.Backends = nil, nil
 	x.FailoverBelow, y.FailoverBelow = 0, 0
+	x.Persistence, y.Persistence = 0, 0
 	x.MaxNewFlows, x.MaxNewFlowsBurst, y.MaxNewFlows, y.MaxNewFlowsBurst = 0, 0, 0, 0
 	return EqualVIP(&x, &y) && slices.EqualFunc(a.Backends, b.Backends, func(p, q Backend) bool {
 		return p.Address == q.Address && p.Port == q.Port

@@ -53,10 +53,30 @@ const (
 // DefaultScheduler is a VIP's scheduler when none is given.
 const DefaultScheduler = SchedMaglev
 
-// Schedulers are the schedulers a VIP may have (those the data plane
-// implements), the default first. Help and messages list these and no
-// others: the rest of the names above are refused as not supported yet.
-func Schedulers() []Scheduler { return []Scheduler{SchedMaglev, SchedSH} }
+// Schedulers are the schedulers a VIP may have, the default first.
+func Schedulers() []Scheduler {
+	return []Scheduler{SchedMaglev, SchedSH, SchedRR, SchedWRR, SchedRandom, SchedLC, SchedWLC}
+}
+
+// Hashed reports whether s places every new flow by a hash into the VIP's
+// lookup table (maglev, sh): every LB node with the same config then
+// places a flow alike, whatever packet of it comes first.
+func (s Scheduler) Hashed() bool { return s == SchedMaglev || s == SchedSH }
+
+// UsesSet reports whether s schedules over the VIP's list of backends
+// (rr, wrr, lc, wlc) rather than its lookup table; such a VIP has at most
+// MaxSchedBackends backends.
+func (s Scheduler) UsesSet() bool {
+	return s == SchedRR || s == SchedWRR || s == SchedLC || s == SchedWLC
+}
+
+// MaxSchedBackends is how many backends (its fallback included) a VIP
+// with a scheduler that UsesSet may have: the data plane's per-VIP list
+// (bpf/types.h SCHED_SET_MAX) holds no more.
+const MaxSchedBackends = 1024
+
+// MaxPersistence is the longest persistence a VIP may have.
+const MaxPersistence = Duration(24 * time.Hour)
 
 // OneOf writes choices as help and messages list them: "a, b or c".
 func OneOf[T ~string](choices []T) string {
@@ -114,6 +134,10 @@ type Backend struct {
 	// Its open flows continue meanwhile.
 	MaxConns    uint32 `json:"max_conns,omitempty" yaml:"max_conns,omitempty"`
 	MaxConnsMin uint32 `json:"max_conns_min,omitempty" yaml:"max_conns_min,omitempty"`
+	// Group is a label (a release: "v1", "v2", "blue") that `backend set
+	// VIP --group G` changes as one: a canary's weight is shifted with
+	// one command, in one change of the lookup table.
+	Group string `json:"group,omitempty" yaml:"group,omitempty"`
 }
 
 // VIP is a virtual service and its backends.
@@ -143,9 +167,14 @@ type VIP struct {
 	// MaxNewFlows caps the new flows the VIP takes a second (0: no cap),
 	// up to MaxNewFlowsBurst at once after a quiet spell (Normalize
 	// writes MaxNewFlows for 0). Packets of open flows are never counted.
-	MaxNewFlows      uint32    `json:"max_new_flows,omitempty" yaml:"max_new_flows,omitempty"`
-	MaxNewFlowsBurst uint32    `json:"max_new_flows_burst,omitempty" yaml:"max_new_flows_burst,omitempty"`
-	Backends         []Backend `json:"backends" yaml:"backends"`
+	MaxNewFlows      uint32 `json:"max_new_flows,omitempty" yaml:"max_new_flows,omitempty"`
+	MaxNewFlowsBurst uint32 `json:"max_new_flows_burst,omitempty" yaml:"max_new_flows_burst,omitempty"`
+	// Persistence (0: none) sends a client's new flows to the backend its
+	// last new flow went to, within this long of it, whatever the
+	// scheduler (IPVS -p); a backend that is down, drained, full or gone
+	// releases its clients.
+	Persistence Duration  `json:"persistence,omitempty" yaml:"persistence,omitempty"`
+	Backends    []Backend `json:"backends" yaml:"backends"`
 }
 
 // Fallback is a VIP's "sorry" server: a server of the VIP's mode, reached
@@ -290,6 +319,8 @@ type VIPPatch struct {
 	// FailoverBelow: see VIP.FailoverBelow.
 	FailoverBelow *uint32       `json:"failover_below,omitempty"`
 	MaxNewFlows   *NewFlowLimit `json:"max_new_flows,omitempty"`
+	// Persistence: 0 removes it.
+	Persistence *Duration `json:"persistence,omitempty"`
 }
 
 // HealthCheckPatch changes a VIP's health check; nil fields stay as they
@@ -309,7 +340,7 @@ type HealthCheckPatch struct {
 func (p VIPPatch) IsZero() bool {
 	return p.Mode == nil && p.Scheduler == nil && p.SNATAddr == nil && p.Announce == nil &&
 		(p.HealthCheck == nil || p.HealthCheck.IsZero()) && p.Fallback == nil &&
-		p.FailoverBelow == nil && p.MaxNewFlows == nil
+		p.FailoverBelow == nil && p.MaxNewFlows == nil && p.Persistence == nil
 }
 
 // IsZero reports whether p changes nothing.
@@ -345,6 +376,9 @@ func (p VIPPatch) Apply(v *VIP) error {
 	}
 	if p.MaxNewFlows != nil {
 		v.MaxNewFlows, v.MaxNewFlowsBurst = p.MaxNewFlows.Rate, p.MaxNewFlows.Burst
+	}
+	if p.Persistence != nil {
+		v.Persistence = *p.Persistence
 	}
 	if p.HealthCheck != nil && !p.HealthCheck.IsZero() {
 		hc, err := p.HealthCheck.apply(v.HealthCheck)

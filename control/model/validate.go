@@ -261,12 +261,15 @@ func ValidateVIP(v *VIP, index int) error {
 	if err := validateSNAT(v); err != nil {
 		return Invalidf("vip %s: snat address %s: %s", name, v.SNATAddr, err)
 	}
-	switch {
-	case slices.Contains(Schedulers(), v.Scheduler):
-	case slices.Contains([]Scheduler{SchedRR, SchedWRR, SchedRandom, SchedLC, SchedWLC}, v.Scheduler):
-		return Invalidf("vip %s: scheduler %s is not supported yet: want %s", name, v.Scheduler, OneOf(Schedulers()))
-	default:
+	if !slices.Contains(Schedulers(), v.Scheduler) {
 		return Invalidf("vip %s: unknown scheduler %q: want %s", name, v.Scheduler, OneOf(Schedulers()))
+	}
+	if n := len(v.Backends); v.Scheduler.UsesSet() && (n > MaxSchedBackends || n == MaxSchedBackends && v.Fallback != nil) {
+		return Invalidf("vip %s: scheduler %s takes at most %d backends (fallback included): use maglev, sh or random for more",
+			name, v.Scheduler, MaxSchedBackends)
+	}
+	if err := validatePersistence(v.Persistence); err != nil {
+		return Invalidf("vip %s: %s", name, err)
 	}
 	if v.FailoverBelow > MaxFailoverBelow {
 		return Invalidf("vip %s: failover_below %d: want a percentage, 0-%d", name, v.FailoverBelow, MaxFailoverBelow)
@@ -316,6 +319,9 @@ func ValidateVIP(v *VIP, index int) error {
 		if err := validateConnCap(b.MaxConns, b.MaxConnsMin); err != nil {
 			return Invalidf("vip %s: backend %s: %s", name, bname, err)
 		}
+		if err := ValidateGroup(b.Group); err != nil {
+			return Invalidf("vip %s: backend %s: %s", name, bname, err)
+		}
 		k := bkey{addr, port}
 		if seen[k] {
 			return Invalidf("vip %s: backend %s: duplicate backend", name, bname)
@@ -346,6 +352,32 @@ func validateNewFlows(rate, burst uint32) error {
 		return fmt.Errorf("max_new_flows %d: want 1-%d new flows a second (0: no limit)", rate, MaxNewFlowsRate)
 	case rate != 0 && (burst == 0 || burst > MaxNewFlowsBurst):
 		return fmt.Errorf("max_new_flows_burst %d: want 1-%d", burst, MaxNewFlowsBurst)
+	}
+	return nil
+}
+
+// validatePersistence checks a VIP's persistence (0: none): whole
+// seconds, as IPVS takes them, up to MaxPersistence.
+func validatePersistence(d Duration) error {
+	switch {
+	case d < 0 || d > MaxPersistence:
+		return fmt.Errorf("persistence %s: want 1s-%s (0: none)", d, MaxPersistence)
+	case time.Duration(d)%time.Second != 0:
+		return fmt.Errorf("persistence %s: want whole seconds", d)
+	}
+	return nil
+}
+
+// ValidateGroup checks a backend's group label ("" is none): 1-32
+// letters, digits, '-', '_' or '.', as a release is named.
+func ValidateGroup(g string) error {
+	if len(g) > 32 {
+		return fmt.Errorf("group %q: at most 32 characters", g)
+	}
+	for _, c := range g {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return fmt.Errorf("group %q: want letters, digits, '-', '_' or '.'", g)
+		}
 	}
 	return nil
 }

@@ -132,8 +132,16 @@ func TestValidateErrors(t *testing.T) {
 			"address must not have a zone"},
 		{"mode unknown", func(s *State) { s.VIPs[0].Mode = "tun" }, `unknown mode "tun"`},
 		{"mode empty", func(s *State) { s.VIPs[0].Mode = "" }, `unknown mode ""`},
-		{"scheduler rr", func(s *State) { s.VIPs[0].Scheduler = SchedRR }, "scheduler rr is not supported yet"},
-		{"scheduler wlc", func(s *State) { s.VIPs[0].Scheduler = SchedWLC }, "scheduler wlc is not supported yet"},
+		{"persistence fraction", func(s *State) { s.VIPs[0].Persistence = Duration(1500 * time.Millisecond) }, "persistence 1.5s: want whole seconds"},
+		{"persistence too long", func(s *State) { s.VIPs[0].Persistence = MaxPersistence + Duration(time.Second) }, "persistence 24h0m1s: want 1s-24h0m0s (0: none)"},
+		{"group bad", func(s *State) { s.VIPs[0].Backends[0].Group = "v 2" }, `group "v 2": want letters, digits`},
+		{"group long", func(s *State) { s.VIPs[0].Backends[0].Group = strings.Repeat("g", 33) }, "at most 32 characters"},
+		{"rr too many backends", func(s *State) {
+			s.VIPs[0].Scheduler = SchedRR
+			for i := range MaxSchedBackends + 1 {
+				s.VIPs[0].Backends = append(s.VIPs[0].Backends, Backend{Address: netip.AddrFrom4([4]byte{10, 201, byte(i >> 8), byte(i)}), Weight: 1})
+			}
+		}, "scheduler rr takes at most 1024 backends"},
 		{"scheduler unknown", func(s *State) { s.VIPs[0].Scheduler = "hash" }, `unknown scheduler "hash"`},
 		{"check type", func(s *State) { s.VIPs[0].HealthCheck.Type = "icmp" }, `vip 10.200.0.100:80/tcp: healthcheck: unknown type "icmp"`},
 		{"check interval", func(s *State) { s.VIPs[0].HealthCheck.Interval = Duration(99 * time.Millisecond) }, "healthcheck: interval 99ms: want at least 100ms"},
@@ -561,9 +569,9 @@ func TestChoicesAreAccepted(t *testing.T) {
 		t.Errorf("normalized to %s, %s", v.Mode, v.Scheduler)
 	}
 	s := validState()
-	s.VIPs[0].Scheduler = SchedRR
+	s.VIPs[0].Scheduler = "hash"
 	if err := Validate(s); err == nil || !strings.HasSuffix(err.Error(), "want "+OneOf(Schedulers())) {
-		t.Errorf("rr: %v: want the accepted schedulers named", err)
+		t.Errorf("hash: %v: want the accepted schedulers named", err)
 	}
 }
 

@@ -97,6 +97,18 @@ func (r *Reconciler) write(o op) error {
 		for _, t := range o.batch {
 			m.tables[t.id] = slices.Clone(t.members)
 		}
+	case opPutSet:
+		delete(m.sets, o.id)
+		if err := r.dp.PutSchedSet(o.id, o.set); err != nil {
+			return fmt.Errorf("put scheduler set of vip %s: %w", o.vip, err)
+		}
+		m.sets[o.id] = slices.Clone(o.set)
+	case opDeleteSet:
+		delete(m.sets, o.id)
+		if err := r.dp.DeleteSchedSet(o.id); err != nil {
+			return fmt.Errorf("delete scheduler set of vip %s: %w", o.vip, err)
+		}
+		m.sets[o.id] = nil
 	case opPutVIP:
 		if err := r.dp.PutVIP(o.key, o.meta); err != nil {
 			return fmt.Errorf("put vip %s: %w", o.vip, err)

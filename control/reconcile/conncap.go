@@ -26,7 +26,7 @@ import (
 // flows of one CapInterval (or of a walk of the connection table, when
 // that is slower) beyond its cap before it leaves the table, and is back
 // within one interval once its flows have ended. Nothing is counted while
-// no backend has a cap.
+// no backend has a cap and no VIP is lc or wlc.
 
 // CapInterval is how often the capped backends' open flows are counted at
 // most; at least four walks of the connection table fit in it, so that the
@@ -89,22 +89,33 @@ func fullAfter(prev map[backendKey]bool, capped []cappedBackend, counts map[uint
 // which are full; it reports whether that changed, for a pass to apply.
 // The count (a walk of the connection table) runs without the
 // reconciler's lock.
+//
+// The same walk gives the open flows of the backends of lc and wlc VIPs,
+// written to the data plane (syncOpenFlows), and of the backends retained
+// for their open flows (retain.go): a change is reported too when one of
+// those has none left, for a pass to delete it.
 func (r *Reconciler) CheckCaps() (bool, error) {
 	r.mu.Lock()
 	capped := r.cappedBackends()
+	lc := r.lcBackends()
+	retained := r.retainedIDs()
 	r.mu.Unlock()
 	var counts map[uint32]loader.FlowCount
-	if len(capped) > 0 {
+	if len(capped) > 0 || len(lc) > 0 || len(retained) > 0 {
 		var err error
 		if counts, err = r.dp.FlowCountsByBackend(); err != nil {
 			return false, err
 		}
 	}
+	if err := r.syncOpenFlows(lc, counts); err != nil {
+		r.log.Error("write open flows of lc/wlc backends", "err", err)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	next := fullAfter(r.full, capped, counts)
+	done := retainedDone(retained, counts)
 	if maps.Equal(next, r.full) {
-		return false, nil
+		return done, nil
 	}
 	for _, c := range capped {
 		n := counts[c.id].Established

@@ -31,6 +31,13 @@ type Datapath interface {
 	PutLookupTables(tables map[uint32][]uint32) error
 	LookupTable(vipID uint32) ([]uint32, error) // nil when the model.VIP has none
 	DeleteLookupTable(vipID uint32) error
+	// PutSchedSet makes members a VIP's backend set, for rr, wrr, lc and
+	// wlc (swapped whole); DeleteSchedSet removes it.
+	PutSchedSet(vipID uint32, members []loader.SchedMember) error
+	DeleteSchedSet(vipID uint32) error
+	// SetOpenFlows writes the open flows lc and wlc compare, by backend
+	// id; the data plane counts on from there.
+	SetOpenFlows(counts map[uint32]int64) error
 
 	VIPCounters() (map[uint32]loader.Counters, error)     // by model.VIP id
 	BackendCounters() (map[uint32]loader.Counters, error) // by backend id

@@ -19,6 +19,8 @@ const (
 	opPutTables   // the tables of the pass's new VIPs, in one map update
 	opPutVIP
 	opDeleteVIP
+	opPutSet    // a VIP's backend set (rr, wrr, lc, wlc)
+	opDeleteSet // a known set goes
 )
 
 // Phases of a VIP's operations. A failure in phase early or entry skips
@@ -38,12 +40,13 @@ type op struct {
 	phase   int
 	vip     model.VIPID
 	key     loader.VIPKey
-	meta    loader.VIPMeta  // opPutVIP; opDeleteVIP: the entry deleted
-	backend loader.Backend  // opPutBackend; opDeleteBackend: the entry deleted
-	id      uint32          // the VIP id of a table op
-	members []MaglevBackend // opPutTable, opSyncTable
-	batch   []tableWrite    // opPutTables
-	added   bool            // opPutVIP of a VIP new to the maps
+	meta    loader.VIPMeta       // opPutVIP; opDeleteVIP: the entry deleted
+	backend loader.Backend       // opPutBackend; opDeleteBackend: the entry deleted
+	id      uint32               // the VIP id of a table op
+	members []MaglevBackend      // opPutTable, opSyncTable
+	set     []loader.SchedMember // opPutSet
+	batch   []tableWrite         // opPutTables
+	added   bool                 // opPutVIP of a VIP new to the maps
 }
 
 type tableWrite struct {
@@ -79,6 +82,9 @@ func diff(m *mirror, plans []vipPlan, removed []loader.VIPKey, full bool) []op {
 		vid := VIPIDOf(k)
 		ops = append(ops, op{kind: opDeleteVIP, phase: phaseEntry, vip: vid, key: k, meta: meta},
 			op{kind: opDeleteTable, phase: phaseLate, vip: vid, id: meta.ID})
+		if m.sets[meta.ID] != nil {
+			ops = append(ops, op{kind: opDeleteSet, phase: phaseLate, vip: vid, id: meta.ID})
+		}
 		for _, bid := range m.byVIP[meta.ID] {
 			ops = append(ops, op{kind: opDeleteBackend, phase: phaseLate, vip: vid, backend: m.backends[bid]})
 		}
@@ -113,6 +119,16 @@ func diff(m *mirror, plans []vipPlan, removed []loader.VIPKey, full bool) []op {
 		}
 		entry := op{kind: opPutVIP, phase: phaseEntry, vip: vid, key: p.key, meta: p.meta, added: !p.exists}
 		putEntry := !p.exists || !sameMeta(p.cur, p.meta)
+		// The set before the entry that makes the VIP use it, after the
+		// entries it names; a set no longer wanted goes after a pass's
+		// table (its VIP then falls back to the table).
+		cur, known := m.sets[id]
+		switch {
+		case p.set != nil && (!known || !slices.Equal(cur, p.set)):
+			ops = append(ops, op{kind: opPutSet, phase: phaseEntry, vip: vid, id: id, set: p.set})
+		case p.set == nil && cur != nil:
+			late = append(late, op{kind: opDeleteSet, phase: phaseLate, vip: vid, id: id})
+		}
 		last, known := m.tables[id]
 		switch {
 		case len(p.members) == 0:
@@ -138,6 +154,12 @@ func diff(m *mirror, plans []vipPlan, removed []loader.VIPKey, full bool) []op {
 			}
 		}
 		ops = append(ops, late...)
+		for _, e := range p.retained {
+			kept[e.ID] = true
+			if old, ok := m.backends[e.ID]; !ok || !sameBackend(old, e) {
+				ops = append(ops, op{kind: opPutBackend, phase: phaseEarly, vip: vid, backend: e})
+			}
+		}
 		for _, bid := range m.byVIP[id] {
 			if !kept[bid] {
 				ops = append(ops, op{kind: opDeleteBackend, phase: phaseLate, vip: vid, backend: m.backends[bid]})
@@ -177,7 +199,8 @@ func (m *mirror) orphans(planned map[uint32]bool) []uint32 {
 // planned one (b). A NAT entry's MACs and interface are unused (the next
 // hop comes from the FIB), however the maps spell them.
 func sameBackend(a, b loader.Backend) bool {
-	if a.ID != b.ID || a.VIPID != b.VIPID || a.Addr != b.Addr || a.Port != b.Port || a.Mode != b.Mode || a.Down != b.Down {
+	if a.ID != b.ID || a.VIPID != b.VIPID || a.Addr != b.Addr || a.Port != b.Port || a.Mode != b.Mode || a.Down != b.Down ||
+		a.NoNew != b.NoNew {
 		return false
 	}
 	return b.Mode.IsNAT() ||

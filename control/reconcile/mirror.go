@@ -22,6 +22,12 @@ type mirror struct {
 	byVIP    map[uint32][]uint32 // backend ids by VIP id, ascending
 	byRef    map[backendRef]uint32
 	tables   map[uint32][]MaglevBackend
+	// sets are the backend sets of rr, wrr, lc and wlc VIPs as written,
+	// by VIP id (nil: known to have none); a set it does not know is
+	// written when wanted, and one left by a VIP that changed its
+	// scheduler while no daemon ran stays, unread (the VIP's scheduler
+	// decides whether the data plane reads it).
+	sets map[uint32][]loader.SchedMember
 }
 
 func newMirror() *mirror {
@@ -31,6 +37,7 @@ func newMirror() *mirror {
 		byVIP:    map[uint32][]uint32{},
 		byRef:    map[backendRef]uint32{},
 		tables:   map[uint32][]MaglevBackend{},
+		sets:     map[uint32][]loader.SchedMember{},
 	}
 }
 
@@ -58,6 +65,7 @@ func (m *mirror) read(dp Datapath) error {
 		ids[meta.ID] = true
 	}
 	maps.DeleteFunc(m.tables, func(id uint32, _ []MaglevBackend) bool { return !ids[id] })
+	maps.DeleteFunc(m.sets, func(id uint32, _ []loader.SchedMember) bool { return !ids[id] })
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/xdplb/xdplb/control/model"
 	"github.com/xdplb/xdplb/loader"
@@ -28,10 +29,13 @@ type vipPlan struct {
 	// backends are the VIP's backends in config order; those with an
 	// entry make up the VIP's backend entries.
 	backends []backendPlan
-	members  []MaglevBackend // the lookup table's backends; none: no table
-	active   int             // backends not drained
-	pools    []uint32        // the pools whose backends are members, best first (see pools.go)
-	full     int             // backends that would be members but for their connection cap
+	members  []MaglevBackend      // the lookup table's backends; none: no table
+	retained []loader.Backend     // entries left by backends removed from the config, kept for their open flows (retain.go)
+	serving  []uint32             // the ids of those that take new flows still (serveRetained)
+	set      []loader.SchedMember // the backend set of an rr, wrr, lc or wlc VIP: the members; nil: none
+	active   int                  // backends not drained
+	pools    []uint32             // the pools whose backends are members, best first (see pools.go)
+	full     int                  // backends that would be members but for their connection cap
 	// fallback is the VIP's fallback server (nil: none), planned as a
 	// backend that is never down; onFallback: it is the table's only
 	// member, none of the backends being usable.
@@ -150,6 +154,7 @@ func planVIP(v model.VIP, m *mirror, a *ids, j judge, loc locator) vipPlan {
 		noHealthy := p.active > 0 && healthy == 0 && !p.onFallback
 		p.meta = vipMeta(v, id, noHealthy, snat)
 		p.meta.BackendsFull = !noHealthy && len(p.members) == 0 && p.full > 0
+		p.planSet()
 	}
 	return p
 }
@@ -360,12 +365,8 @@ func ForwardMode(m model.Mode) loader.ForwardMode {
 }
 
 func vipMeta(v model.VIP, id uint32, noHealthy bool, snat netip.Addr) loader.VIPMeta {
-	h := loader.HashMaglev
-	if v.Scheduler == model.SchedSH {
-		h = loader.HashSource
-	}
-	return loader.VIPMeta{ID: id, Mode: ForwardMode(v.Mode), Hash: h, NoHealthy: noHealthy, SNATAddr: snat,
-		RateLimit: loader.RateLimit{Rate: v.MaxNewFlows, Burst: v.MaxNewFlowsBurst}}
+	return loader.VIPMeta{ID: id, Mode: ForwardMode(v.Mode), Hash: SchedKind(v.Scheduler), NoHealthy: noHealthy, SNATAddr: snat,
+		RateLimit: loader.RateLimit{Rate: v.MaxNewFlows, Burst: v.MaxNewFlowsBurst}, Persistence: time.Duration(v.Persistence)}
 }
 
 // sameMeta reports whether a VIP entry read from the maps (a) is the

@@ -114,7 +114,10 @@ type Reconciler struct {
 	unresolved map[netip.Addr]bool // each resolution problem logged once
 	// full holds the backends at their connection cap (conncap.go), as
 	// the last count found them.
-	full     map[backendKey]bool
+	full map[backendKey]bool
+	// released are backends deleted by force: the next pass does not
+	// retain them for their open flows (retain.go).
+	released map[backendKey]bool
 	announce map[netip.Addr]bool // the last Announce request; nil: none yet
 	router   RouteAnnouncer      // nil: no BGP
 	routed   map[netip.Addr]bool // the last set the router took; nil: none yet
@@ -312,6 +315,7 @@ func (r *Reconciler) reconcileAll(ctx context.Context, st model.State) error {
 			removed = append(removed, k)
 		}
 	}
+	r.retain(plans)
 	decided := r.decide(plans)
 	failed, err := r.apply(diff(r.maps, plans, removed, true))
 	errs := []error{err}
@@ -379,6 +383,7 @@ func (r *Reconciler) reconcileChanged(ctx context.Context, st model.State) error
 			moved = true
 		}
 	}
+	r.retain(plans)
 	decided := r.decide(plans)
 	failed, err := r.apply(diff(r.maps, plans, removed, false))
 	errs := []error{err}
@@ -553,6 +558,9 @@ type vipState struct {
 	// routed: routers should send the VIP's traffic to this node (see
 	// vipPlan.routed), and its entries were written.
 	routed bool
+	// retained are the backends removed from the config that keep their
+	// entries for their open flows (retain.go).
+	retained []RetainedBackend
 }
 
 // index finds a backend of s by its address and port as configured.
@@ -590,6 +598,13 @@ func (r *Reconciler) decide(plans []vipPlan) []*vipState {
 		}
 		ns.snat, ns.noSNAT = p.meta.SNATAddr, p.snatErr != nil
 		ns.pools = p.pools
+		ns.retained = retainedOf(&p)
+		for _, b := range ns.retained {
+			if old := r.vips[vid]; old == nil || !slices.Contains(old.retained, b) {
+				r.log.Info("backend removed from the config keeps its open flows until they end", "vip", vid,
+					"backend", model.BackendName(b.Addr, b.Port))
+			}
+		}
 		ns.info, ns.up = make([]BackendInfo, len(p.backends)), make([]bool, len(p.backends))
 		old := r.vips[vid]
 		aligned := old != nil && old.info != nil && model.SameTargets(&old.v, &p.v)

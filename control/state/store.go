@@ -212,6 +212,25 @@ func (s *Store) SetBackend(id model.VIPID, addr netip.Addr, port uint16, p model
 	})
 }
 
+// SetGroup makes the change p on every backend of the VIP in group g, as
+// one change of the state (`backend set VIP --group G`): the reconciler
+// then writes the VIP's table once, the whole group shifted together.
+func (s *Store) SetGroup(id model.VIPID, g string, p model.BackendPatch) error {
+	return s.updateVIP(id, func(v *model.VIP) error {
+		n := 0
+		for j := range v.Backends {
+			if g != "" && v.Backends[j].Group == g {
+				p.Apply(&v.Backends[j])
+				n++
+			}
+		}
+		if n == 0 {
+			return fmt.Errorf("vip %s: group %q: no backend: %w", v.ID(), g, model.ErrNotFound)
+		}
+		return nil
+	})
+}
+
 // SetVIP changes the options of a VIP (`vip set`); its backends stay.
 // Like every single-VIP change it is one journal record when the journal
 // is on.

@@ -102,13 +102,24 @@ tar -C "$root" --xattrs --xattrs-include='*' --numeric-owner -cf - . |
 	tar -C "$mnt" --xattrs --xattrs-include='*' --numeric-owner -xf -
 grub-install --target=i386-pc --boot-directory="$mnt/boot" --modules='part_msdos ext2' "$loop" 2>&1 |
 	grep -v '^Installation finished' || true
+# grub and the kernel on the serial console too, which run.sh keeps in a
+# file per guest: the only screen a guest without graphics has.
 cat >"$mnt/boot/grub/grub.cfg" <<EOF
+serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
 set timeout=0
 search --no-floppy --fs-uuid --set=root $uuid
-linux /boot/vmlinuz-$kver root=UUID=$uuid ro console=ttyS0 net.ifnames=0 biosdevname=0 quiet
+linux /boot/vmlinuz-$kver root=UUID=$uuid ro console=tty0 console=ttyS0,115200 net.ifnames=0 biosdevname=0
 initrd /boot/initrd.img-$kver
 boot
 EOF
+# A box without its grub.cfg boots to a grub prompt nobody sees, and
+# vagrant up waits for an address until its time limit.
+for f in grub/grub.cfg grub/i386-pc/normal.mod "vmlinuz-$kver" "initrd.img-$kver"; do
+	[ -s "$mnt/boot/$f" ] || { echo "mkbox: /boot/$f missing on the disk" >&2; exit 1; }
+done
+sync -f "$mnt"
 umount "$mnt"
 if [ -n "$made" ]; then rm -f "$made"; made=; fi
 losetup -d "$loop"

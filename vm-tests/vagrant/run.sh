@@ -25,7 +25,9 @@ run=$cache/run
 pool=xdplb-vagrant
 prefix=xdplb-vt-
 networks="xdplb-mgmt xdplb-dr xdplb-nat"
-virsh() { timeout 60 command virsh -c qemu:///system "$@"; }
+# timeout runs the program virsh, not this function (timeout cannot run a
+# shell builtin or function: there is no `command` program).
+virsh() { timeout 60 virsh -c qemu:///system "$@"; }
 
 [ "$(id -u)" -eq 0 ] || { echo "vagrant-test: run as root (libvirt's daemons, loop devices)" >&2; exit 1; }
 [ -f bin/xdplb-guest.tar ] || { echo "vagrant-test: bin/xdplb-guest.tar missing: make vagrant-files" >&2; exit 1; }
@@ -137,7 +139,7 @@ clean_up() {
 	fi
 }
 
-libvirt_up() { timeout 20 command virsh -c qemu:///system version >/dev/null 2>&1; }
+libvirt_up() { timeout 20 virsh -c qemu:///system version >/dev/null 2>&1; }
 
 # shellcheck disable=SC2317 # a trap
 finish() {

@@ -25,6 +25,8 @@ type Datapath struct {
 	vips     map[loader.VIPKey]loader.VIPMeta
 	backends map[uint32]loader.Backend
 	tables   map[uint32][]uint32
+	sets     map[uint32][]loader.SchedMember
+	open     map[uint32]int64
 	writes   []string // "put-backend 3", "put-table 1", "put-vip 1", "del-vip 1", ...
 	failPut  error
 	// failTables is returned by PutLookupTables when set.
@@ -63,6 +65,8 @@ func NewDatapath(lookupSize, maxVIPs, maxBackends uint32) *Datapath {
 		vips:            map[loader.VIPKey]loader.VIPMeta{},
 		backends:        map[uint32]loader.Backend{},
 		tables:          map[uint32][]uint32{},
+		sets:            map[uint32][]loader.SchedMember{},
+		open:            map[uint32]int64{},
 		vipCounters:     map[uint32]loader.Counters{},
 		backendCounters: map[uint32]loader.Counters{},
 		drops:           map[string]uint64{},
@@ -540,4 +544,55 @@ func (f *Datapath) Removed() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.removed
+}
+
+// PutSchedSet refuses a set that names a backend without an entry, as the
+// table writes do.
+func (f *Datapath) PutSchedSet(vipID uint32, members []loader.SchedMember) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(members) == 0 || len(members) > loader.MaxSchedMembers {
+		return fmt.Errorf("scheduler set of %d members", len(members))
+	}
+	for _, m := range members {
+		if _, ok := f.backends[m.ID]; !ok {
+			return fmt.Errorf("scheduler set names missing backend %d", m.ID)
+		}
+	}
+	f.sets[vipID] = slices.Clone(members)
+	f.record("put-set %d", vipID)
+	return nil
+}
+
+func (f *Datapath) DeleteSchedSet(vipID uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.sets, vipID)
+	f.record("del-set %d", vipID)
+	return nil
+}
+
+// SchedSets returns a copy of every scheduler set, by VIP id.
+func (f *Datapath) SchedSets() map[uint32][]loader.SchedMember {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[uint32][]loader.SchedMember, len(f.sets))
+	for id, s := range f.sets {
+		out[id] = slices.Clone(s)
+	}
+	return out
+}
+
+func (f *Datapath) SetOpenFlows(counts map[uint32]int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	maps.Copy(f.open, counts)
+	return nil
+}
+
+// OpenFlows is what SetOpenFlows last wrote, by backend id.
+func (f *Datapath) OpenFlows() map[uint32]int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.open)
 }
