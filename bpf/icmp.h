@@ -204,7 +204,8 @@ static __always_inline int icmp_outer_addrs(struct xdp_md *ctx, const struct pkt
 static __always_inline int icmp_to_backend(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
 					   const struct flow_key *fk, struct icmp_nat *t)
 {
-	struct flow_val *fv = bpf_map_lookup_elem(&conntrack, fk);
+	__u64 h = flow_hash64(fk);
+	struct ct_slot *fv = conntrack_lookup(h);
 	struct scratch *sc = scratch_get();
 	struct backend *be = NULL;
 	__u32 ct_flags = 0;
@@ -214,15 +215,15 @@ static __always_inline int icmp_to_backend(struct xdp_md *ctx, __u32 ifindex, co
 	if (!sc)
 		return XDP_PASS;
 	if (fv) {
-		ct_flags = fv->flags;
+		ct_flags = fv->meta;
 		held = 1;
-	} else if (half_get(fk, half_hash(fk), 0, 0, &sc->hf)) {
+	} else if (half_get(fk, h, 0, 0, &sc->hf)) {
 		/* A half-open flow's: its way in ct_half, read only. */
 		ct_flags = sc->hf.flags;
 		held = 1;
 	}
 	if (held) {
-		__u32 bid = fv ? fv->backend_id : sc->hf.backend_id;
+		__u32 bid = fv ? ct_backend_id(fv) : sc->hf.backend_id;
 
 		be = bpf_map_lookup_elem(&backends, &bid);
 		if (be && (!backend_usable(be) || !vip_id_matches_key(be->vip_id, fk)))

@@ -14,6 +14,8 @@
 #define DEFAULT_CONNTRACK_SIZE (1 << 20)
 #define DEFAULT_HALF_BUCKETS (DEFAULT_CONNTRACK_SIZE / 4 / HALF_WAYS)
 #define DEFAULT_PERSIST_SIZE (DEFAULT_CONNTRACK_SIZE / 8)
+/* At most 70% of the slots in use at the design load (loader: ctBuckets). */
+#define DEFAULT_CT_BUCKETS ((DEFAULT_CONNTRACK_SIZE * 10 / 7 + CT_BUCKET_SLOTS - 1) / CT_BUCKET_SLOTS)
 
 /* Size of the lookup tables (prime); the loader sets it together with the
  * inner map size so the modulo below never runs past a table. */
@@ -24,6 +26,13 @@ volatile const __u32 cfg_lookup_size = DEFAULT_LOOKUP_SIZE;
  * measured tick rate; the loader sets both). */
 volatile const __u32 cfg_half_buckets = DEFAULT_HALF_BUCKETS;
 volatile const __u32 cfg_half_ticks = 60 * 250;
+
+/* The connection table's buckets (conntrack's size), and the seed of the
+ * flow hash (flow_hash64, conntrack.h): random per table, kept with it in
+ * ct_seed so a restart finds its flows again, and unknown to clients, who
+ * then cannot aim a flood of flows at the buckets of another's. */
+volatile const __u32 cfg_ct_buckets = DEFAULT_CT_BUCKETS;
+volatile const __u64 cfg_ct_seed = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -96,20 +105,44 @@ struct {
 	__array(values, struct lookup_table); /* must be last: a flexible array */
 } lookup SEC(".maps");
 
-/* 5-tuple -> backend, shared by all CPUs: a flow whose packets arrive on
- * several CPUs (RSS changes, several queues) is found on each. The LRU list
- * is the common one, not per-CPU (BPF_F_NO_COMMON_LRU): each CPU still takes
- * free entries from a local cache refilled 128 at a time, so the global
- * lock is rare, and a new flow measured ~10% cheaper than with per-CPU
- * lists, which rotate and scan their list on every insert. It also lets one
- * CPU use the whole table: per-CPU lists give each CPU size/CPUs entries. */
+/* The connection table (struct ct_bucket, types.h; conntrack.h): flows
+ * established, shared by all CPUs, so a flow whose packets arrive on
+ * several CPUs is found on each. An array, not a hash map: the program
+ * places and expires flows itself, lock-free. BPF_F_MMAPABLE: the loader
+ * lists, counts and migrates flows through one mapping of it, with no
+ * syscall per entry. Array memory is allocated (vmalloc) and zeroed when
+ * the map is made, every page of it resident from then on: the first flows
+ * pay no page fault, only the cache and TLB misses of any large table. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, DEFAULT_CONNTRACK_SIZE);
-	__type(key, struct flow_key);
-	__type(value, struct flow_val);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_CT_BUCKETS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct ct_bucket);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } conntrack SEC(".maps");
+
+/* The connection table's full keys, by the same bucket index: written when
+ * a flow takes a slot, read only by the loader (listing, counts per
+ * backend, drain). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_CT_BUCKETS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct ct_bucket_keys);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ct_keys SEC(".maps");
+
+/* cfg_ct_seed as the table was made with it: the loader reads it back on a
+ * restart (the program reads the constant). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ct_seed SEC(".maps");
 
 /* Half-open flows (struct half_bucket, types.h): a bucket array rather than
  * an LRU hash, whose victim is the least recently used entry of the whole

@@ -22,7 +22,7 @@
 
 /*
  * A NAT flow has two entries: the connection table's (client 5-tuple ->
- * backend, and for full NAT the SNAT port in flow_val.flags) for the
+ * backend, and for full NAT the SNAT port in ct_slot.meta) for the
  * packets toward the backend, and nat_flows' (the reply's 5-tuple -> VIP
  * and client) for the packets back. The reply's 5-tuple is what the
  * backend sends: from the backend's address and port, to the client (nat)
@@ -134,7 +134,7 @@ static __always_inline void nat_resume(struct nat_state *cur, struct nat_state *
 
 /*
  * Finds a full-NAT flow its SNAT port: rk holds the reply key but the
- * port, h is the flow's hash (half_hash). Returns 0 with rk->dport set, or
+ * port, h is the flow's hash (flow_hash64). Returns 0 with rk->dport set, or
  * the drop reason. When every port tried is held by a live flow, the port
  * of the oldest half-open one (of the new flow's VIP if one is among them,
  * the last tried of equals) goes to the new flow, and that flow loses its
@@ -201,7 +201,7 @@ static __always_inline enum drop_reason snat_alloc(const struct pkt *p, __u32 h,
 			tmp->pad[0] = 0;
 			tmp->pad[1] = 0;
 			tmp->pad[2] = 0;
-			half_del(tmp, half_hash(tmp));
+			half_del(tmp, flow_hash64(tmp));
 			bpf_map_delete_elem(&nat_flows, rk);
 			if (!bpf_map_update_elem(&nat_flows, rk, want, BPF_NOEXIST)) {
 				count_event(EV_EARLY_DROP);
@@ -488,13 +488,13 @@ static __always_inline void nat_forget(const struct half_flow *g, struct flow_ke
  * flow that must be answered anew) removed, so that its packets find the
  * half-open one.
  */
-static __always_inline void half_track(const struct pkt *p, __u32 h, __u32 vip_id, __u32 bid, __u32 flags,
+static __always_inline void half_track(const struct pkt *p, __u64 h, __u32 vip_id, __u32 bid, __u32 flags,
 				       int was_ct)
 {
 	struct scratch *sc = scratch_get();
 
 	if (was_ct)
-		bpf_map_delete_elem(&conntrack, &p->flow);
+		conntrack_delete(h);
 	if (!sc)
 		return;
 	sc->put.key = p->flow;
@@ -516,7 +516,7 @@ static __always_inline void half_track(const struct pkt *p, __u32 h, __u32 vip_i
  * table; any other starts half-open, in ct_half. */
 static __always_inline int nat_new_flow(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
 					const struct backend *be, __u32 bid, __u32 vip_id, __u32 ct_flags,
-					__u32 h, int old, enum drop_reason *reason)
+					__u64 h, int old, enum drop_reason *reason)
 {
 	struct scratch *sc = scratch_get();
 	__be16 bport = backend_port(be, p->flow.dport);
@@ -543,7 +543,7 @@ static __always_inline int nat_new_flow(struct xdp_md *ctx, __u32 ifindex, const
 		}
 		ns->flags |= NAT_F_FULL;
 		nat_reply_key(rk, be, bport, src, 0, p->flow.proto);
-		*reason = snat_alloc(p, h, rk, ns, cfg, &sc->gone.key);
+		*reason = snat_alloc(p, (__u32)h, rk, ns, cfg, &sc->gone.key);
 		if (*reason != DROP_NONE)
 			return XDP_DROP;
 		sport = rk->dport;
@@ -559,7 +559,7 @@ static __always_inline int nat_new_flow(struct xdp_md *ctx, __u32 ifindex, const
 			return XDP_DROP;
 	}
 	if (ns->flags & NAT_F_ESTABLISHED) {
-		conntrack_insert(p, bid, ct_flags | FLOW_F_ESTABLISHED);
+		conntrack_insert(&p->flow, h, bid, ct_flags | FLOW_F_ESTABLISHED);
 		if (old == FLOW_IN_HALF)
 			half_del(&p->flow, h);
 	} else {
@@ -577,7 +577,7 @@ static __always_inline int nat_new_flow(struct xdp_md *ctx, __u32 ifindex, const
  * A translation an older build wrote is marked established here.
  */
 static __always_inline int nat_established(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
-					   const struct backend *be, struct flow_val *fv)
+					   const struct backend *be, struct ct_slot *fv)
 {
 	__be16 bport = backend_port(be, p->flow.dport);
 	const __u8 *src = p->flow.src;
@@ -586,12 +586,12 @@ static __always_inline int nat_established(struct xdp_md *ctx, __u32 ifindex, co
 
 	if (be->flags & BACKEND_F_FULLNAT) {
 		src = snat_addr(be->vip_id);
-		sport = fv->flags >> FLOW_SNAT_PORT_SHIFT;
+		sport = fv->meta >> FLOW_SNAT_PORT_SHIFT;
 		/* No port: the flow was placed while its VIP was not full NAT. */
 		if (!src || !sport)
 			return NAT_REPLACE;
 	}
-	if (now - fv->last_seen > FLOW_TOUCH_TICKS || (p->tcp & PKT_TCP_END)) {
+	if ((__u32)now - fv->stamp > FLOW_TOUCH_TICKS || (p->tcp & PKT_TCP_END)) {
 		struct scratch *sc = scratch_get();
 		struct nat_state *ns;
 
@@ -602,7 +602,7 @@ static __always_inline int nat_established(struct xdp_md *ctx, __u32 ifindex, co
 		if (!ns || ns->vip_id != be->vip_id || ns->client_port != p->flow.sport ||
 		    !addr_eq(ns->client, p->flow.src))
 			return NAT_REPLACE;
-		fv->last_seen = now;
+		fv->stamp = now;
 		ns->last_seen = now;
 		if (!(ns->flags & NAT_F_ESTABLISHED))
 			ns->flags |= NAT_F_ESTABLISHED;
@@ -610,7 +610,7 @@ static __always_inline int nat_established(struct xdp_md *ctx, __u32 ifindex, co
 			ns->flags |= NAT_F_CLOSING;
 	}
 	{
-		__u32 bid = fv->backend_id;
+		__u32 bid = ct_backend_id(fv);
 
 		return nat_send(ctx, ifindex, p, src, sport, be->addr, bport, bpf_map_lookup_elem(&backend_nh, &bid));
 	}
@@ -627,7 +627,7 @@ static __always_inline int nat_established(struct xdp_md *ctx, __u32 ifindex, co
  * its SNAT port taken by an early drop).
  */
 static __always_inline int nat_half_open(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p,
-					 const struct backend *be, const struct half_flow *hf, __u32 h)
+					 const struct backend *be, const struct half_flow *hf, __u64 h)
 {
 	__be16 bport = backend_port(be, p->flow.dport);
 	struct scratch *sc = scratch_get();
@@ -657,7 +657,7 @@ static __always_inline int nat_half_open(struct xdp_md *ctx, __u32 ifindex, cons
 		flags |= FLOW_F_ESTABLISHED;
 		if (p->tcp & PKT_TCP_END)
 			flags |= FLOW_F_CLOSING;
-		conntrack_insert(p, bid, flags);
+		conntrack_insert(&p->flow, h, bid, flags);
 		half_del(&p->flow, h);
 	}
 	return nat_send(ctx, ifindex, p, src, sport, be->addr, bport, bpf_map_lookup_elem(&backend_nh, &bid));

@@ -32,6 +32,8 @@ struct scratch {
 	struct half_flow hf;   /* the packet's flow's way in ct_half, as found */
 	struct half_flow put;  /* a placed flow's way, as half_put takes it */
 	struct half_flow gone; /* the flow whose way a new flow took */
+	__u32 ct_pos;          /* conntrack_insert's chosen slot, read back (see there) */
+	__u32 pad;
 };
 
 struct {

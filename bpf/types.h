@@ -101,7 +101,8 @@ enum event {
 	EV_ICMP_TO_CLIENT = 7,   /* ICMP error about a NAT flow translated back to the client */
 	EV_NAT_REPLY = 8,        /* reply of a NAT flow translated back */
 	EV_EARLY_DROP = 9,       /* a live half-open flow gave its place (a way of ct_half, an SNAT port) to a new flow */
-	EVENT_MAX = 10,
+	EV_CT_EVICTED_LIVE = 10, /* a live established flow (not idle past its limit, not closing) lost its slot of the connection table to a new one */
+	EVENT_MAX = 11,
 };
 
 /* Slots per interface in the xdp action counters: XDP_ABORTED..XDP_REDIRECT. */
@@ -202,10 +203,37 @@ struct flow_key {
 	__u8 pad[3];
 };
 
-struct flow_val {
-	__u32 backend_id;
-	__u32 flags; /* FLOW_F_* */
-	__u64 last_seen; /* bpf_jiffies64 (kernel ticks), refreshed every FLOW_TOUCH_TICKS */
+/*
+ * The connection table (maps conntrack and ct_keys, conntrack.h): an
+ * open-addressing table of buckets of CT_BUCKET_SLOTS slots, two 64-byte
+ * cache lines each. A flow may live in either of two buckets chosen by its
+ * 5-tuple's hash, and is found by a fingerprint of that hash, not by its
+ * key: a lookup reads the two buckets (four lines, loaded in parallel) and
+ * nothing else. Its full key is kept apart (ct_keys, same index) for the
+ * control plane's listing, written on insert and never read by packets.
+ */
+enum ct_layout {
+	CT_BUCKET_SLOTS = 8,
+	/* ct_slot.tag: the fingerprint above this bit, the backend id below. */
+	CT_FP_SHIFT = 24,
+	CT_BACKEND_MASK = (1 << 24) - 1,
+};
+
+struct ct_slot {
+	/* fingerprint << CT_FP_SHIFT | backend id; 0: a free slot. The
+	 * fingerprint's top bit is always set, so a used tag is never 0. */
+	__u64 tag;
+	__u32 stamp; /* low 32 bits of bpf_jiffies64 at the flow's last stamp */
+	__u32 meta;  /* FLOW_F_*, and a full-NAT flow's SNAT port (FLOW_SNAT_PORT_SHIFT) */
+};
+
+struct ct_bucket {
+	struct ct_slot slots[CT_BUCKET_SLOTS];
+};
+
+/* The full keys of a bucket's slots (map ct_keys), 320 bytes: five lines. */
+struct ct_bucket_keys {
+	struct flow_key keys[CT_BUCKET_SLOTS];
 };
 
 enum flow_flags {
@@ -219,9 +247,10 @@ enum flow_flags {
 	 * entry of the connection table has it but those an older build
 	 * wrote; a half-open flow lives in ct_half (struct half_flow). */
 	FLOW_F_ESTABLISHED = 2,
+	/* A UDP flow (ct_slot.meta only): its idle limit is UDP's. */
+	FLOW_F_UDP = 4,
 	/* Full NAT keeps the flow's SNAT port (network order) in the top half
-	 * of flow_val.flags, so the connection table's layout (and its pins)
-	 * stay those of the releases before NAT. */
+	 * of the flags (ct_slot.meta, half_flow.flags). */
 	FLOW_SNAT_PORT_SHIFT = 16,
 };
 
@@ -248,7 +277,7 @@ struct nat_state {
 	__u32 vip_id;
 	__u32 flags;     /* NAT_F_* */
 	__u32 pad;
-	__u64 last_seen; /* bpf_jiffies64, refreshed as flow_val.last_seen */
+	__u64 last_seen; /* bpf_jiffies64, refreshed as the flow's ct_slot.stamp */
 	struct next_hop nh; /* toward the client, for the replies */
 };
 
@@ -298,7 +327,7 @@ struct half_flow {
 	struct flow_key key;
 	__u32 vip_id;     /* 0: a free way */
 	__u32 backend_id;
-	__u32 flags;      /* as flow_val.flags: FLOW_F_*, a full-NAT flow's SNAT port */
+	__u32 flags;      /* as ct_slot.meta: FLOW_F_*, a full-NAT flow's SNAT port */
 	__u32 stamp;      /* low 32 bits of bpf_jiffies64 at the flow's last packet: its expiry */
 	/* half_bucket.seq at the flow's last packet: which of two flows is
 	 * older, where the stamps (a tick is 4 ms at HZ=250, hundreds of SYNs

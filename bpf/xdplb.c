@@ -26,6 +26,7 @@ const enum vip_flags unused_vip_flags __attribute__((unused));
 const enum flow_flags unused_flow_flags __attribute__((unused));
 const enum nat_flags unused_nat_flags __attribute__((unused));
 const enum rate_clock unused_rate_clock __attribute__((unused));
+const enum ct_layout unused_ct_layout __attribute__((unused));
 const struct nat_state unused_nat_state __attribute__((unused));
 const struct persist_timeout unused_persist_timeout __attribute__((unused));
 
@@ -53,12 +54,12 @@ static __always_inline int drop_vip(__u32 vip_id, enum drop_reason reason)
 /* A packet of a tracked flow whose backend is no longer usable, of an
  * untracked flow, or a SYN reusing a closing flow's 5-tuple: find its VIP
  * and place it. old says where its (stale) entry is (enum flow_home),
- * old_flags are that entry's, h is the flow's hash (half_hash). An
+ * old_flags are that entry's, h is the flow's hash (flow_hash64). An
  * established DR flow moved off its backend stays in the connection table;
  * any other placed flow starts half-open, in ct_half (conntrack.h), and
  * NAT's decide in nat_new_flow. */
 static __always_inline int place(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p, int old,
-				 __u32 old_flags, __u32 h)
+				 __u32 old_flags, __u64 h)
 {
 	enum drop_reason reason = DROP_NONE;
 	struct vip_key vk = {};
@@ -103,7 +104,7 @@ static __always_inline int place(struct xdp_md *ctx, __u32 ifindex, const struct
 	}
 	count_lb(&backend_stats, bid, p->len, 1);
 	if (old == FLOW_IN_CT && !(p->tcp & PKT_TCP_SYN))
-		conntrack_insert(p, bid, ct_flags);
+		conntrack_insert(&p->flow, h, bid, ct_flags);
 	else
 		half_track(p, h, vip_id, bid, ct_flags, old == FLOW_IN_CT);
 	return dr_forward(ctx, ifindex, be);
@@ -118,7 +119,7 @@ static __always_inline int place(struct xdp_md *ctx, __u32 ifindex, const struct
  * flow (moving it to the connection table), nat_half_open decides for
  * NAT. A flow to place again gets HALF_PLACE with *old FLOW_IN_HALF and
  * *old_flags its way's. */
-static __always_inline int half_open(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p, __u32 h, int *old,
+static __always_inline int half_open(struct xdp_md *ctx, __u32 ifindex, const struct pkt *p, __u64 h, int *old,
 				     __u32 *old_flags)
 {
 	__u32 now = bpf_jiffies64();
@@ -153,7 +154,7 @@ static __always_inline int half_open(struct xdp_md *ctx, __u32 ifindex, const st
 		flags |= FLOW_F_ESTABLISHED;
 		if (p->tcp & PKT_TCP_END)
 			flags |= FLOW_F_CLOSING;
-		conntrack_insert(p, bid, flags);
+		conntrack_insert(&p->flow, h, bid, flags);
 		half_del(&p->flow, h);
 	}
 	count_lb(&vip_stats, be->vip_id, p->len, 0);
@@ -168,11 +169,13 @@ static __always_inline int forward(struct xdp_md *ctx, __u32 ifindex, struct pkt
 {
 	int old = FLOW_NONE;
 	__u32 old_flags = 0;
-	struct flow_val *fv;
+	struct ct_slot *fv;
 	struct backend *be;
-	__u32 h;
+	/* The one hash of the 5-tuple: the connection table's buckets and
+	 * fingerprint, ct_half's bucket, the SNAT port's first try. */
+	__u64 h = flow_hash64(&p->flow);
 
-	be = conntrack_backend(p, &fv);
+	be = conntrack_backend(p, h, &fv);
 	/* An established packet carries no SYN, FIN or RST: one byte
 	 * compare, and the entry is not written. */
 	if (be && (!p->tcp || conntrack_flagged(fv, p->tcp))) {
@@ -180,7 +183,7 @@ static __always_inline int forward(struct xdp_md *ctx, __u32 ifindex, struct pkt
 		if (!backend_is_nat(be)) {
 			conntrack_touch(fv);
 			count_lb(&vip_stats, be->vip_id, p->len, 0);
-			count_lb(&backend_stats, fv->backend_id, p->len, 0);
+			count_lb(&backend_stats, ct_backend_id(fv), p->len, 0);
 			return dr_forward(ctx, ifindex, be);
 		}
 		{
@@ -188,15 +191,14 @@ static __always_inline int forward(struct xdp_md *ctx, __u32 ifindex, struct pkt
 
 			if (ret != NAT_REPLACE) {
 				count_lb(&vip_stats, be->vip_id, p->len, 0);
-				count_lb(&backend_stats, fv->backend_id, p->len, 0);
+				count_lb(&backend_stats, ct_backend_id(fv), p->len, 0);
 				return ret;
 			}
 		}
 	}
-	h = half_hash(&p->flow);
 	if (fv) {
 		old = FLOW_IN_CT;
-		old_flags = fv->flags;
+		old_flags = fv->meta & ~FLOW_F_UDP;
 	} else {
 		int ret = half_open(ctx, ifindex, p, h, &old, &old_flags);
 

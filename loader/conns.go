@@ -38,21 +38,21 @@ func (d *Datapath) Conns(fn func(Conn) bool) error {
 		return err
 	}
 	stopped := false
-	err = d.walkConntrackUntil(func(k xdplbFlowKey, v xdplbFlowVal) bool {
+	d.walkConntrackAt(now, func(k xdplbFlowKey, v flowVal) bool {
 		stopped = !fn(connOf(k, v, now, hz, d.opts.HalfOpenTimeout, false))
 		return !stopped
 	})
-	if err != nil || stopped {
-		return err
+	if stopped {
+		return nil
 	}
-	return d.walkHalf(now, func(k xdplbFlowKey, v xdplbFlowVal) bool {
+	return d.walkHalf(now, func(k xdplbFlowKey, v flowVal) bool {
 		return fn(connOf(k, v, now, hz, d.opts.HalfOpenTimeout, true))
 	})
 }
 
 // connOf is the entry k, v at now in kernel ticks at hz ticks a second;
 // half: an entry of the half-open table.
-func connOf(k xdplbFlowKey, v xdplbFlowVal, now, hz uint64, halfOpen time.Duration, half bool) Conn {
+func connOf(k xdplbFlowKey, v flowVal, now, hz uint64, halfOpen time.Duration, half bool) Conn {
 	c := Conn{
 		Client:    netip.AddrPortFrom(addrFrom16(k.Src), fromNetPort(k.Sport)),
 		VIP:       VIPKey{Addr: addrFrom16(k.Dst), Port: fromNetPort(k.Dport), Proto: Protocol(k.Proto)},

@@ -40,8 +40,8 @@ func TestConns(t *testing.T) {
 	now, err := d.ticks.now()
 	must(t, err)
 	nat := flowKey(client4, 50005, vipAddr4, 80, ProtoTCP)
-	must(t, d.objs.Conntrack.Put(nat, xdplbFlowVal{BackendId: 10, LastSeen: now,
-		Flags: established | uint32(toNetPort(20001))<<uint32(xdplbFlowFlagsFLOW_SNAT_PORT_SHIFT)}))
+	ctPut(t, d, nat, flowVal{BackendId: 10, LastSeen: now,
+		Flags: established | uint32(toNetPort(20001))<<uint32(xdplbFlowFlagsFLOW_SNAT_PORT_SHIFT)})
 
 	got := map[netip.AddrPort]Conn{}
 	must(t, d.Conns(func(c Conn) bool {
@@ -82,23 +82,23 @@ func TestConnOf(t *testing.T) {
 	k := flowKey(client6, 40000, vipAddr6, 443, ProtoTCP)
 	for _, tc := range []struct {
 		name     string
-		v        xdplbFlowVal
+		v        flowVal
 		now      uint64
 		want     Conn
 		wantIdle time.Duration
 	}{
-		{"half-open", xdplbFlowVal{BackendId: 3, LastSeen: 1000}, 1000 + 10*hz,
+		{"half-open", flowVal{BackendId: 3, LastSeen: 1000}, 1000 + 10*hz,
 			Conn{Phase: FlowHalfOpen}, 10 * time.Second},
-		{"half-open past its timeout", xdplbFlowVal{BackendId: 3, LastSeen: 1000}, 1000 + 61*hz,
+		{"half-open past its timeout", flowVal{BackendId: 3, LastSeen: 1000}, 1000 + 61*hz,
 			Conn{Phase: FlowEnded}, 61 * time.Second},
-		{"established, snat port", xdplbFlowVal{BackendId: 3, LastSeen: 1000,
+		{"established, snat port", flowVal{BackendId: 3, LastSeen: 1000,
 			Flags: established | uint32(toNetPort(65535))<<16}, 1000 + hz/2,
 			Conn{Phase: FlowEstablished, SNATPort: 65535}, 500 * time.Millisecond},
-		{"closing", xdplbFlowVal{BackendId: 3, LastSeen: 1000, Flags: established | closing}, 1000,
+		{"closing", flowVal{BackendId: 3, LastSeen: 1000, Flags: established | closing}, 1000,
 			Conn{Phase: FlowEnded, Closing: true}, 0},
-		{"stamped after now", xdplbFlowVal{BackendId: 3, LastSeen: 2000, Flags: established}, 1000,
+		{"stamped after now", flowVal{BackendId: 3, LastSeen: 2000, Flags: established}, 1000,
 			Conn{Phase: FlowEstablished}, 0},
-		{"a year idle", xdplbFlowVal{BackendId: 3, LastSeen: 5, Flags: established}, 5 + 365*24*3600*hz,
+		{"a year idle", flowVal{BackendId: 3, LastSeen: 5, Flags: established}, 5 + 365*24*3600*hz,
 			Conn{Phase: FlowEnded}, 365 * 24 * time.Hour},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

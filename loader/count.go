@@ -19,32 +19,25 @@ var errNoCount = errors.New("map element count not available")
 // countIterFunc makes the iterator that counts a map: newCountIter.
 type countIterFunc func(*ebpf.Map) (*link.Iter, error)
 
-// countPinName is the pinned iterator that counts the connection table,
-// beside the other pins. Reading the file runs it: an open, a read and a
-// close, where loading it anew costs tens of ms (kernel BTF for the kfunc).
-// It is tied to the table's map id and re-made when it does not answer
-// for that map (a new table). It outlives the daemon like the other pins:
-// give it a new name if bpf/count.c ever writes something else.
-const countPinName = "iter_ct_count"
-
-// natCountPinName is countPinName's twin for the NAT table.
+// natCountPinName is the pinned iterator that counts the NAT table, beside
+// the other pins. Reading the file runs it: an open, a read and a close,
+// where loading it anew costs tens of ms (kernel BTF for the kfunc). It is
+// tied to the table's map id and re-made when it does not answer for that
+// map (a new table). It outlives the daemon like the other pins: give it a
+// new name if bpf/count.c ever writes something else. (The connection
+// table is an array, counted through its mapping: conntrackEntries.)
 const natCountPinName = "iter_nat_count"
 
-// conntrackCount reads the connection table's element count through the
-// pinned iterator, making and pinning it first if needed.
-func (d *Datapath) conntrackCount() (int, error) {
-	return d.mapCount(d.objs.Conntrack, countPinName)
-}
-
-// natCount is conntrackCount for the NAT table.
+// natCount reads the NAT table's element count through the pinned
+// iterator, making and pinning it first if needed.
 func (d *Datapath) natCount() (int, error) {
 	return d.mapCount(d.objs.NatFlows, natCountPinName)
 }
 
 // mapCount reads m's element count through the iterator pinned as name,
-// making and pinning it first if needed. Load tries it once for the
-// connection table (Features.ElemCount); after that only a Datapath whose
-// kernel can count calls it.
+// making and pinning it first if needed. Load tries it once for the NAT
+// table (Features.ElemCount); after that only a Datapath whose kernel can
+// count calls it.
 func (d *Datapath) mapCount(m *ebpf.Map, name string) (int, error) {
 	pin := filepath.Join(d.pinDir, name)
 	if b, err := os.ReadFile(pin); err == nil {

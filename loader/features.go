@@ -24,27 +24,27 @@ type Features struct {
 	BTF bool
 	// ElemCount: the kernel loads bpf/count.c, a bpf_map iterator that
 	// reads a hash map's element count with bpf_map_sum_elem_count (kernel
-	// 6.6+). Then table fills come from the kernel at a cost that does
-	// not grow with the fill; without it the connection table is counted
-	// by a walk and the NAT table's fill is that of the daemon's last
-	// sweep.
+	// 6.6+). Then the NAT table's fill comes from the kernel at a cost
+	// that does not grow with the fill; without it, it is that of the
+	// daemon's last sweep. (The connection table is an array the loader
+	// counts through its mapping, on any kernel.)
 	ElemCount bool
-	// BatchLookup: BPF_MAP_LOOKUP_BATCH works on the connection table.
-	// Every walk of a table reads it in batches; Load refuses a kernel
-	// without it.
+	// BatchLookup: BPF_MAP_LOOKUP_BATCH works on the hash maps (probed on
+	// the NAT table). Every walk of a hash table reads it in batches; Load
+	// refuses a kernel without it.
 	BatchLookup bool
 	// BatchUpdateTables: BPF_MAP_UPDATE_BATCH works on the map of lookup
 	// tables, so a whole apply swaps its tables in with one call (one RCU
 	// grace period); without it, one update a table.
 	BatchUpdateTables bool
-	// Mmapable: arrays may be BPF_F_MMAPABLE, and lookup tables are
-	// written in place through a mapping; Load refuses a kernel without
-	// it.
+	// Mmapable: arrays may be BPF_F_MMAPABLE: lookup tables are written
+	// in place, and the connection table read, through a mapping; Load
+	// refuses a kernel without it.
 	Mmapable bool
 }
 
-// CountMethod says how table fills are counted: "kernel"
-// (bpf_map_sum_elem_count) or "walk".
+// CountMethod says how the NAT table's fill is counted: "kernel"
+// (bpf_map_sum_elem_count) or "walk" (the last sweep's).
 func (f Features) CountMethod() string {
 	if f.ElemCount {
 		return "kernel"
@@ -89,13 +89,13 @@ func probeMmapable() error {
 	return nil
 }
 
-// probeBatchLookup tries BPF_MAP_LOOKUP_BATCH on the connection table: one
-// entry at most, so it costs the same at any fill.
+// probeBatchLookup tries BPF_MAP_LOOKUP_BATCH on the NAT table: one entry
+// at most, so it costs the same at any fill.
 func (d *Datapath) probeBatchLookup() error {
 	keys := make([]xdplbFlowKey, 1)
-	vals := make([]xdplbFlowVal, 1)
+	vals := make([]xdplbNatState, 1)
 	var cursor ebpf.MapBatchCursor
-	_, err := d.objs.Conntrack.BatchLookup(&cursor, keys, vals, nil)
+	_, err := d.objs.NatFlows.BatchLookup(&cursor, keys, vals, nil)
 	switch {
 	case err == nil, errors.Is(err, ebpf.ErrKeyNotExist), errors.Is(err, unix.ENOSPC):
 		// ENOSPC: the first bucket holds more entries than asked for,
@@ -108,19 +108,19 @@ func (d *Datapath) probeBatchLookup() error {
 	return fmt.Errorf("probe batch lookup: %w", err)
 }
 
-// probeElemCount tries to count the connection table with bpf/count.c,
+// probeElemCount tries to count the NAT table with bpf/count.c,
 // which also leaves its iterator pinned for the first count. An answering
 // pin left by an earlier daemon is proof enough. A failure other than a
 // missing kfunc or iterator is logged: the tables are walked then too.
 func (d *Datapath) probeElemCount() {
-	_, err := d.mapCount(d.objs.Conntrack, countPinName)
+	_, err := d.mapCount(d.objs.NatFlows, natCountPinName)
 	if err == nil {
 		d.features.ElemCount = true
 		return
 	}
 	if !errors.Is(err, errNoCount) {
-		d.log.Warn("element count probe failed: tables are counted by walking", "err", err)
+		d.log.Warn("element count probe failed: the NAT table's fill is its last sweep's", "err", err)
 		return
 	}
-	d.log.Info("kernel has no element count (bpf_map_sum_elem_count, 6.6+): tables are counted by walking", "err", err)
+	d.log.Info("kernel has no element count (bpf_map_sum_elem_count, 6.6+): the NAT table's fill is its last sweep's", "err", err)
 }

@@ -28,6 +28,10 @@ func halfOpenBuckets(size uint32) uint32 {
 	return max((size+halfWays-1)/halfWays, 1)
 }
 
+// halfIndex is a flow's bucket of ct_half (half_bucket_of) from its
+// flow_hash64 h, in a table of n buckets.
+func halfIndex(h uint64, n uint32) uint32 { return hashRange(uint32(h>>16), n) }
+
 // halfOpenTicks is the half-open timeout in kernel ticks, as the program
 // compares it with the 32-bit stamps of ct_half.
 func halfOpenTicks(c *tickClock, timeout time.Duration) (uint64, error) {
@@ -54,7 +58,7 @@ func halfStamp(stamp uint32, now uint64) uint64 {
 // connection-table entry (its stamp made a full tick count at now), until
 // fn returns false. Each bucket is read under its lock, so no way is read
 // half written; the table changes between buckets.
-func (d *Datapath) walkHalf(now uint64, fn func(xdplbFlowKey, xdplbFlowVal) bool) error {
+func (d *Datapath) walkHalf(now uint64, fn func(xdplbFlowKey, flowVal) bool) error {
 	const chunk = 256
 	keys := make([]uint32, chunk)
 	vals := make([]xdplbHalfBucket, chunk)
@@ -67,7 +71,7 @@ func (d *Datapath) walkHalf(now uint64, fn func(xdplbFlowKey, xdplbFlowVal) bool
 				if w.VipId == 0 {
 					continue
 				}
-				v := xdplbFlowVal{BackendId: w.BackendId, Flags: w.Flags, LastSeen: halfStamp(w.Stamp, now)}
+				v := flowVal{BackendId: w.BackendId, Flags: w.Flags, LastSeen: halfStamp(w.Stamp, now)}
 				if !fn(w.Key, v) {
 					return nil
 				}

@@ -1,17 +1,16 @@
 package loader
 
 import (
-	"errors"
 	"testing"
 
 	"github.com/cilium/ebpf"
 )
 
-// halfBucket reads the ct_half bucket of key k (flowHash, the program's
-// half_hash), under the bucket's lock, and returns it with its index.
+// halfBucket reads the ct_half bucket of key k (halfIndex), under the
+// bucket's lock, and returns it with its index.
 func halfBucket(t testing.TB, d *Datapath, k xdplbFlowKey) (xdplbHalfBucket, uint32) {
 	t.Helper()
-	idx := flowHash(k) % halfOpenBuckets(d.opts.HalfOpenSize)
+	idx := halfIndex(ctHash(d.ct.seed, &k), halfOpenBuckets(d.opts.HalfOpenSize))
 	var b xdplbHalfBucket
 	must(t, d.objs.CtHalf.LookupWithFlags(idx, &b, ebpf.LookupLock))
 	return b, idx
@@ -55,18 +54,14 @@ func tickNow(t testing.TB, d *Datapath) uint64 {
 
 // flowEntry is k's entry as the program keeps it: the connection table's,
 // or its way in ct_half read as one (half), stamp made a tick count.
-func flowEntry(t testing.TB, d *Datapath, k xdplbFlowKey) (v xdplbFlowVal, half, ok bool) {
+func flowEntry(t testing.TB, d *Datapath, k xdplbFlowKey) (v flowVal, half, ok bool) {
 	t.Helper()
-	err := d.objs.Conntrack.Lookup(k, &v)
-	if err == nil {
+	if v, ok := ctGet(t, d, k); ok {
 		return v, false, true
-	}
-	if !errors.Is(err, ebpf.ErrKeyNotExist) {
-		t.Fatal(err)
 	}
 	w, ok := halfWay(t, d, k)
 	if !ok {
-		return xdplbFlowVal{}, false, false
+		return flowVal{}, false, false
 	}
-	return xdplbFlowVal{BackendId: w.BackendId, Flags: w.Flags, LastSeen: halfStamp(w.Stamp, tickNow(t, d))}, true, true
+	return flowVal{BackendId: w.BackendId, Flags: w.Flags, LastSeen: halfStamp(w.Stamp, tickNow(t, d))}, true, true
 }

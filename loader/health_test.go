@@ -33,7 +33,7 @@ func ctKey(f flow) xdplbFlowKey {
 
 // ctEntry is f's entry in the connection table or, for a half-open flow,
 // its way in ct_half (flowEntry).
-func ctEntry(t testing.TB, d *Datapath, f flow) xdplbFlowVal {
+func ctEntry(t testing.TB, d *Datapath, f flow) flowVal {
 	t.Helper()
 	v, _, ok := flowEntry(t, d, ctKey(f))
 	if !ok {
@@ -517,8 +517,10 @@ func TestHalfOpenFlowIdle(t *testing.T) {
 	if _, ok := halfWay(t, d, ctKey(syn)); ok {
 		t.Error("the flow kept its way in ct_half after its second packet")
 	}
-	var v xdplbFlowVal
-	must(t, d.objs.Conntrack.Lookup(ctKey(syn), &v))
+	v, ok := ctGet(t, d, ctKey(syn))
+	if !ok {
+		t.Fatal("the flow is not in the connection table after its second packet")
+	}
 	if v.LastSeen < seen {
 		t.Errorf("a packet after 512 idle ticks left last_seen at %d, want >= %d", v.LastSeen, seen)
 	}

@@ -55,6 +55,7 @@ type Datapath struct {
 	replyBits map[uint32]uint32 // NAT backend id -> its reply bit in the pre-filter
 	filter    xdplbVipBitmap
 
+	ct        *ctTable   // the connection table, mapped
 	ticks     *tickClock // the connection table's clock, guarded by mu
 	halfTicks uint64     // Options.HalfOpenTimeout in ticks, as the program has it
 
@@ -168,9 +169,26 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File, countIter countIt
 		return nil, err
 	}
 	legacyNAT := pinned(pinDir, xdplbMapNatFlows) && !pinned(pinDir, xdplbMapCtHalf)
+	ctp, err := prepareCTPins(spec, pinDir, d.log)
+	if err == nil {
+		err = specs.CfgCtSeed.Set(ctp.seed)
+	}
+	if err != nil {
+		ticks.Close()
+		return nil, err
+	}
+	if ctp.legacy != nil {
+		defer ctp.legacy.Close()
+	}
 	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}})
 	if err != nil {
 		ticks.Close()
+		if ctp.legacy != nil {
+			// Pinned again for the build that made it, or a retry.
+			if perr := ctp.legacy.Pin(filepath.Join(pinDir, xdplbMapConntrack)); perr != nil {
+				d.log.Warn("conntrack of an earlier build could not be pinned again", "err", perr)
+			}
+		}
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
 			// The whole log; the error alone keeps only its tail.
@@ -187,16 +205,40 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File, countIter countIt
 		d.objs.Close()
 		return nil, err
 	}
+	if err := d.objs.CtSeed.Put(uint32(0), ctp.seed); err != nil {
+		d.ticks.Close()
+		d.objs.Close()
+		return nil, fmt.Errorf("write ct_seed: %w", err)
+	}
+	if d.ct, err = mapCT(d.objs.Conntrack, d.objs.CtKeys, ctp.seed); err != nil {
+		d.ticks.Close()
+		d.ct.unmap()
+		d.objs.Close()
+		return nil, err
+	}
 	if err := d.probeBatchLookup(); err != nil {
 		d.ticks.Close()
+		d.ct.unmap()
 		d.objs.Close()
 		return nil, err
 	}
 	d.probeElemCount()
 	if err := d.writeNATParams(); err != nil {
 		d.ticks.Close()
+		d.ct.unmap()
 		d.objs.Close()
 		return nil, err
+	}
+	if ctp.legacy != nil {
+		n, err := d.migrateLegacyCT(ctp.legacy)
+		if err != nil {
+			// Not fatal: the flows not carried over are placed again
+			// from the lookup tables.
+			d.log.Warn("conntrack: flows of the earlier build's table not all carried over", "carried", n, "err", err)
+		}
+		d.log.Info("conntrack: the LRU connection table of an earlier build was replaced by the cache-line table; "+
+			"its flows were carried over, and any it took meanwhile are placed again from the lookup tables",
+			"carried", n, "slots", d.ConntrackSlots(), "bytes", d.ConntrackBytes())
 	}
 	if legacyNAT {
 		if err := d.markNATEstablished(); err != nil {
@@ -207,6 +249,7 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File, countIter countIt
 	}
 	if err := d.rebuildVIPIndex(); err != nil {
 		d.ticks.Close()
+		d.ct.unmap()
 		d.objs.Close()
 		return nil, fmt.Errorf("rebuild vip index: %w", err)
 	}
@@ -214,6 +257,7 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File, countIter countIt
 	// send a NAT packet out of another one at once.
 	if err := d.addTxPorts(opts.Interfaces); err != nil {
 		d.ticks.Close()
+		d.ct.unmap()
 		d.objs.Close()
 		return nil, err
 	}
@@ -224,7 +268,8 @@ func loadLocked(opts Options, pinDir string, pinLock *os.File, countIter countIt
 		}
 	}
 	d.log.Info("data plane loaded", append([]any{"pin_path", pinDir, "interfaces", opts.Interfaces,
-		"lookup_size", opts.LookupSize, "conntrack_size", opts.ConntrackSize, "half_open_size", d.HalfOpenSize(),
+		"lookup_size", opts.LookupSize, "conntrack_size", opts.ConntrackSize, "conntrack_slots", d.ConntrackSlots(),
+		"conntrack_bytes", d.ConntrackBytes(), "half_open_size", d.HalfOpenSize(),
 		"snat_ports", opts.SNATPorts.String()}, d.features.logArgs()...)...)
 	return d, nil
 }
@@ -285,7 +330,8 @@ func loadSpec(opts Options) (*ebpf.CollectionSpec, *xdplbSpecs, error) {
 		{s.VipStats, opts.MaxVIPs},
 		{s.Backends, opts.MaxBackends},
 		{s.BackendStats, opts.MaxBackends},
-		{s.Conntrack, opts.ConntrackSize},
+		{s.Conntrack, ctBuckets(opts.ConntrackSize)},
+		{s.CtKeys, ctBuckets(opts.ConntrackSize)},
 		{s.CtHalf, halfOpenBuckets(opts.HalfOpenSize)},
 		{s.NatFlows, opts.ConntrackSize}, // at most one translation per flow
 		{s.VipSnat, opts.MaxVIPs},
@@ -307,6 +353,9 @@ func loadSpec(opts Options) (*ebpf.CollectionSpec, *xdplbSpecs, error) {
 	}
 	if err := s.CfgHalfBuckets.Set(halfOpenBuckets(opts.HalfOpenSize)); err != nil {
 		return nil, nil, fmt.Errorf("set %s: %w", xdplbVarCfgHalfBuckets, err)
+	}
+	if err := s.CfgCtBuckets.Set(ctBuckets(opts.ConntrackSize)); err != nil {
+		return nil, nil, fmt.Errorf("set %s: %w", xdplbVarCfgCtBuckets, err)
 	}
 	return spec, &s, nil
 }
@@ -392,7 +441,7 @@ func (d *Datapath) closeHandles() error {
 		errs = append(errs, a.link.Close())
 	}
 	d.links = nil
-	errs = append(errs, d.objs.Close(), d.ticks.Close())
+	errs = append(errs, d.ct.unmap(), d.objs.Close(), d.ticks.Close())
 	return errors.Join(errs...)
 }
 
@@ -541,7 +590,8 @@ func (d *Datapath) MaxVIPs() uint32 { return d.opts.MaxVIPs }
 // MaxBackends bounds backend ids: 1..MaxBackends()-1.
 func (d *Datapath) MaxBackends() uint32 { return d.opts.MaxBackends }
 
-// ConntrackSize is the connection table's size in entries.
+// ConntrackSize is the connection table's size in flows (--conntrack-size),
+// its design load: ConntrackSlots has room for more.
 func (d *Datapath) ConntrackSize() uint32 { return d.opts.ConntrackSize }
 
 // HalfOpenSize is how many half-open flows the half-open table holds:

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/bits"
 	"net"
 	"net/netip"
 	"testing"
@@ -129,13 +128,13 @@ func flowKey(src netip.Addr, sport uint16, dst netip.Addr, dport uint16, proto P
 
 // snatPortOf is the SNAT port a full-NAT flow's connection-table entry
 // holds (network order in the top half of flags).
-func snatPortOf(v xdplbFlowVal) uint16 {
+func snatPortOf(v flowVal) uint16 {
 	return fromNetPort(uint16(v.Flags >> uint32(xdplbFlowFlagsFLOW_SNAT_PORT_SHIFT)))
 }
 
 // conntrack is k's entry in the connection table or, for a half-open
 // flow, its way in ct_half (flowEntry).
-func (lab *natLab) conntrack(t testing.TB, k xdplbFlowKey) (xdplbFlowVal, bool) {
+func (lab *natLab) conntrack(t testing.TB, k xdplbFlowKey) (flowVal, bool) {
 	t.Helper()
 	v, _, ok := flowEntry(t, lab.d, k)
 	return v, ok
@@ -172,7 +171,7 @@ func (lab *natLab) age(t testing.TB, ct, reply xdplbFlowKey, ticks uint64) {
 		ageHalf(t, lab.d, ct, ticks)
 	} else if ok {
 		v.LastSeen = then
-		must(t, lab.d.objs.Conntrack.Put(ct, v))
+		ctPut(t, lab.d, ct, v)
 	}
 	ns, ok := lab.natFlow(t, reply)
 	if !ok {
@@ -182,42 +181,13 @@ func (lab *natLab) age(t testing.TB, ct, reply xdplbFlowKey, ticks uint64) {
 	must(t, lab.d.objs.NatFlows.Put(reply, ns))
 }
 
-// flowHash is flow_hash(key, SCHED_MAGLEV) of bpf/sched.h (MurmurHash3
-// x86_32 over the key's words as the bpfel program loads them): a full-NAT
-// flow's SNAT ports are tried from it on.
-func flowHash(k xdplbFlowKey) uint32 {
-	mix := func(h, k uint32) uint32 {
-		k *= 0xcc9e2d51
-		k = bits.RotateLeft32(k, 15)
-		k *= 0x1b873593
-		h ^= k
-		h = bits.RotateLeft32(h, 13)
-		return h*5 + 0xe6546b64
-	}
-	h := uint32(0x9e3779b9)
-	for _, a := range [][16]byte{k.Src, k.Dst} {
-		for i := 0; i < 16; i += 4 {
-			h = mix(h, binary.LittleEndian.Uint32(a[i:]))
-		}
-	}
-	h = mix(h, uint32(k.Sport)<<16|uint32(k.Dport))
-	h = mix(h, uint32(k.Proto))
-	h ^= 40
-	h ^= h >> 16
-	h *= 0x85ebca6b
-	h ^= h >> 13
-	h *= 0xc2b2ae35
-	h ^= h >> 16
-	return h
-}
-
 // snatTries is SNAT_TRIES of bpf/nat.h.
 const snatTries = 16
 
 // snatProbes are the ports a new full-NAT flow with client key k tries,
-// in order.
-func snatProbes(k xdplbFlowKey, r PortRange) []uint16 {
-	h := flowHash(k)
+// in order: from the low half of its flow_hash64.
+func snatProbes(d *Datapath, k xdplbFlowKey, r PortRange) []uint16 {
+	h := uint32(ctHash(d.ct.seed, &k))
 	out := make([]uint16, snatTries)
 	for i := range out {
 		out[i] = r.Lo + uint16((h+uint32(i))%uint32(r.Size()))

@@ -539,7 +539,9 @@ func TestSNATPortAllocation(t *testing.T) {
 	// established; by a SYN (a new connection on the same 5-tuple): its
 	// own port, half-open until its handshake is done.
 	for _, syn := range []bool{false, true} {
-		must(t, lab.d.objs.Conntrack.Delete(flows[0].ctKey(v)))
+		if !ctDel(t, lab.d, flows[0].ctKey(v)) {
+			t.Fatal("flow 0 had no connection-table slot to delete")
+		}
 		if p := lab.send(t, v, flows[0], syn, !syn, false); p != portOf(0) {
 			t.Fatalf("flow 0 placed again (syn %v) got port %d, want its own %d", syn, p, portOf(0))
 		}
@@ -679,7 +681,7 @@ func TestSNATNeverShared(t *testing.T) {
 		}
 		used[f] = true
 		want := uint16(0)
-		probes := snatProbes(f.ctKey(v), ports)
+		probes := snatProbes(lab.d, f.ctKey(v), ports)
 		for _, p := range probes {
 			if live[p] == nil {
 				want = p

@@ -132,6 +132,11 @@ func (o Options) validate() error {
 	if o.MaxVIPs < 2 || o.MaxBackends < 2 {
 		return invalidf("max vips %d and max backends %d must be at least 2", o.MaxVIPs, o.MaxBackends)
 	}
+	// A connection-table slot names its backend in the low bits of its
+	// tag (bpf/types.h, CT_BACKEND_MASK).
+	if uint64(o.MaxBackends) > ctBackendMask+1 {
+		return invalidf("max backends %d: at most %d", o.MaxBackends, ctBackendMask+1)
+	}
 	if o.SNATPorts.Lo == 0 || o.SNATPorts.Lo > o.SNATPorts.Hi {
 		return invalidf("--snat-ports %s: want LO-HI with 1 <= LO <= HI <= 65535", o.SNATPorts)
 	}

@@ -209,7 +209,8 @@ func TestLoadSpecSizes(t *testing.T) {
 		xdplbMapVipStats:     o.MaxVIPs,
 		xdplbMapBackends:     o.MaxBackends,
 		xdplbMapBackendStats: o.MaxBackends,
-		xdplbMapConntrack:    o.ConntrackSize,
+		xdplbMapConntrack:    ctBuckets(o.ConntrackSize),
+		xdplbMapCtKeys:       ctBuckets(o.ConntrackSize),
 		xdplbMapCtHalf:       (o.HalfOpenSize + 7) / 8,
 	}
 	for name, n := range want {

@@ -169,6 +169,9 @@ type MapFill struct {
 	Name       string
 	Entries    int
 	MaxEntries uint32
+	// Bytes is the map's memory where it is known and large (the
+	// connection table's: its slots and their keys); 0 otherwise.
+	Bytes uint64
 }
 
 // IfaceStatus describes one attachment of the program.

@@ -43,6 +43,31 @@ type xdplbBpfDevmapVal struct {
 	}
 }
 
+type xdplbCtBucket struct {
+	_     structs.HostLayout
+	Slots [8]xdplbCtSlot
+}
+
+type xdplbCtBucketKeys struct {
+	_    structs.HostLayout
+	Keys [8]xdplbFlowKey
+}
+
+type xdplbCtLayout uint32
+
+const (
+	xdplbCtLayoutCT_BUCKET_SLOTS xdplbCtLayout = 8
+	xdplbCtLayoutCT_FP_SHIFT     xdplbCtLayout = 24
+	xdplbCtLayoutCT_BACKEND_MASK xdplbCtLayout = 16777215
+)
+
+type xdplbCtSlot struct {
+	_     structs.HostLayout
+	Tag   uint64
+	Stamp uint32
+	Meta  uint32
+}
+
 type xdplbDropReason uint32
 
 const (
@@ -76,7 +101,8 @@ const (
 	xdplbEventEV_ICMP_TO_CLIENT  xdplbEvent = 7
 	xdplbEventEV_NAT_REPLY       xdplbEvent = 8
 	xdplbEventEV_EARLY_DROP      xdplbEvent = 9
-	xdplbEventEVENT_MAX          xdplbEvent = 10
+	xdplbEventEV_CT_EVICTED_LIVE xdplbEvent = 10
+	xdplbEventEVENT_MAX          xdplbEvent = 11
 )
 
 type xdplbFlowFlags uint32
@@ -84,6 +110,7 @@ type xdplbFlowFlags uint32
 const (
 	xdplbFlowFlagsFLOW_F_CLOSING       xdplbFlowFlags = 1
 	xdplbFlowFlagsFLOW_F_ESTABLISHED   xdplbFlowFlags = 2
+	xdplbFlowFlagsFLOW_F_UDP           xdplbFlowFlags = 4
 	xdplbFlowFlagsFLOW_SNAT_PORT_SHIFT xdplbFlowFlags = 16
 )
 
@@ -95,13 +122,6 @@ type xdplbFlowKey struct {
 	Dport uint16
 	Proto uint8
 	Pad   [3]uint8
-}
-
-type xdplbFlowVal struct {
-	_         structs.HostLayout
-	BackendId uint32
-	Flags     uint32
-	LastSeen  uint64
 }
 
 type xdplbFwdMode uint32
@@ -281,6 +301,8 @@ const (
 	xdplbMapBeConns              = "be_conns"
 	xdplbMapConntrack            = "conntrack"
 	xdplbMapCtHalf               = "ct_half"
+	xdplbMapCtKeys               = "ct_keys"
+	xdplbMapCtSeed               = "ct_seed"
 	xdplbMapDrops                = "drops"
 	xdplbMapEvents               = "events"
 	xdplbMapHalfCount            = "half_count"
@@ -305,10 +327,13 @@ const (
 	xdplbMapXdpActions           = "xdp_actions"
 	xdplbProgXdplbMain           = "xdplb_main"
 	xdplbProgXdplbPass           = "xdplb_pass"
+	xdplbVarCfgCtBuckets         = "cfg_ct_buckets"
+	xdplbVarCfgCtSeed            = "cfg_ct_seed"
 	xdplbVarCfgHalfBuckets       = "cfg_half_buckets"
 	xdplbVarCfgHalfTicks         = "cfg_half_ticks"
 	xdplbVarCfgLookupSize        = "cfg_lookup_size"
 	xdplbVarUnusedBackendFlags   = "unused_backend_flags"
+	xdplbVarUnusedCtLayout       = "unused_ct_layout"
 	xdplbVarUnusedFlowFlags      = "unused_flow_flags"
 	xdplbVarUnusedFwdMode        = "unused_fwd_mode"
 	xdplbVarUnusedNatFlags       = "unused_nat_flags"
@@ -375,6 +400,8 @@ type xdplbMapSpecs struct {
 	BeConns      *ebpf.MapSpec `ebpf:"be_conns"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	CtHalf       *ebpf.MapSpec `ebpf:"ct_half"`
+	CtKeys       *ebpf.MapSpec `ebpf:"ct_keys"`
+	CtSeed       *ebpf.MapSpec `ebpf:"ct_seed"`
 	Drops        *ebpf.MapSpec `ebpf:"drops"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	HalfCount    *ebpf.MapSpec `ebpf:"half_count"`
@@ -403,10 +430,13 @@ type xdplbMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdplbVariableSpecs struct {
+	CfgCtBuckets         *ebpf.VariableSpec `ebpf:"cfg_ct_buckets"`
+	CfgCtSeed            *ebpf.VariableSpec `ebpf:"cfg_ct_seed"`
 	CfgHalfBuckets       *ebpf.VariableSpec `ebpf:"cfg_half_buckets"`
 	CfgHalfTicks         *ebpf.VariableSpec `ebpf:"cfg_half_ticks"`
 	CfgLookupSize        *ebpf.VariableSpec `ebpf:"cfg_lookup_size"`
 	UnusedBackendFlags   *ebpf.VariableSpec `ebpf:"unused_backend_flags"`
+	UnusedCtLayout       *ebpf.VariableSpec `ebpf:"unused_ct_layout"`
 	UnusedFlowFlags      *ebpf.VariableSpec `ebpf:"unused_flow_flags"`
 	UnusedFwdMode        *ebpf.VariableSpec `ebpf:"unused_fwd_mode"`
 	UnusedNatFlags       *ebpf.VariableSpec `ebpf:"unused_nat_flags"`
@@ -443,6 +473,8 @@ type xdplbMaps struct {
 	BeConns      *ebpf.Map `ebpf:"be_conns"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	CtHalf       *ebpf.Map `ebpf:"ct_half"`
+	CtKeys       *ebpf.Map `ebpf:"ct_keys"`
+	CtSeed       *ebpf.Map `ebpf:"ct_seed"`
 	Drops        *ebpf.Map `ebpf:"drops"`
 	Events       *ebpf.Map `ebpf:"events"`
 	HalfCount    *ebpf.Map `ebpf:"half_count"`
@@ -475,6 +507,8 @@ func (m *xdplbMaps) Close() error {
 		m.BeConns,
 		m.Conntrack,
 		m.CtHalf,
+		m.CtKeys,
+		m.CtSeed,
 		m.Drops,
 		m.Events,
 		m.HalfCount,
@@ -504,10 +538,13 @@ func (m *xdplbMaps) Close() error {
 //
 // It can be passed to loadXdplbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdplbVariables struct {
+	CfgCtBuckets         *ebpf.Variable `ebpf:"cfg_ct_buckets"`
+	CfgCtSeed            *ebpf.Variable `ebpf:"cfg_ct_seed"`
 	CfgHalfBuckets       *ebpf.Variable `ebpf:"cfg_half_buckets"`
 	CfgHalfTicks         *ebpf.Variable `ebpf:"cfg_half_ticks"`
 	CfgLookupSize        *ebpf.Variable `ebpf:"cfg_lookup_size"`
 	UnusedBackendFlags   *ebpf.Variable `ebpf:"unused_backend_flags"`
+	UnusedCtLayout       *ebpf.Variable `ebpf:"unused_ct_layout"`
 	UnusedFlowFlags      *ebpf.Variable `ebpf:"unused_flow_flags"`
 	UnusedFwdMode        *ebpf.Variable `ebpf:"unused_fwd_mode"`
 	UnusedNatFlags       *ebpf.Variable `ebpf:"unused_nat_flags"`

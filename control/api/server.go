@@ -820,7 +820,7 @@ func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
 			ProgramID: i.ProgramID, LinkID: i.LinkID})
 	}
 	for _, m := range ds.Maps {
-		out.Maps = append(out.Maps, MapInfo{Name: m.Name, Entries: m.Entries, MaxEntries: m.MaxEntries})
+		out.Maps = append(out.Maps, MapInfo{Name: m.Name, Entries: m.Entries, MaxEntries: m.MaxEntries, Bytes: m.Bytes})
 	}
 	if s.BGP != nil {
 		bs, err := s.BGP.BGPStatus(r.Context())

@@ -210,6 +210,7 @@ type MapInfo struct {
 	Name       string `json:"name"`
 	Entries    int    `json:"entries"`
 	MaxEntries uint32 `json:"max_entries"`
+	Bytes      uint64 `json:"bytes,omitempty"` // memory, where the data plane says (the connection table)
 }
 
 // KernelInfo is the running kernel and what the data plane found in it
