@@ -178,22 +178,11 @@ func (d *Datapath) VIPDropCounters() (map[uint32]map[string]uint64, error) {
 	return out, nil
 }
 
-// walkConntrack calls fn for every flow of the connection table, until fn
-// returns false, through its mapping: no syscall, about a millisecond per
-// 100,000 slots. The table changes under the walk, which is fine for
-// statistics: a flow inserted meanwhile may be missed.
-func (d *Datapath) walkConntrack(fn func(xdplbFlowKey, flowVal) bool) error {
-	d.mu.Lock()
-	now, err := d.ticks.now()
-	d.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	d.walkConntrackAt(now, fn)
-	return nil
-}
-
-// walkConntrackAt is walkConntrack with stamps made full tick counts at now.
+// walkConntrackAt calls fn for every flow of the connection table, until
+// fn returns false, through its mapping (no syscall, about a millisecond
+// per 100,000 slots), with stamps made full tick counts at now. The table
+// changes under the walk, which is fine for statistics: a flow inserted
+// meanwhile may be missed.
 func (d *Datapath) walkConntrackAt(now uint64, fn func(xdplbFlowKey, flowVal) bool) {
 	d.ct.walk(now, fn)
 }
