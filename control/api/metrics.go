@@ -45,6 +45,7 @@ var (
 	famTxErrors   = newFamily("xdplb_xdp_tx_errors_total", "Frames returned with XDP_TX or redirected that the interface's driver refused to send (lost), from its ethtool statistics; absent where the driver counts none.", prometheus.CounterValue, "iface")
 	famDrops      = newFamily("xdplb_drops_total", "Packets dropped by the XDP program, per reason.", prometheus.CounterValue, "reason")
 	famConntrack  = newFamily("xdplb_conntrack_entries", "Entries in the connection table.", prometheus.GaugeValue)
+	famCTCapacity = newFamily("xdplb_conntrack_capacity", "Flows the connection table is sized for (--conntrack-size).", prometheus.GaugeValue)
 	famSNATPorts  = newFamily("xdplb_snat_ports_in_use", "Full-NAT source ports held by live flows, as of the last NAT table sweep.", prometheus.GaugeValue)
 	famEvents     = newFamily("xdplb_events_total", "Data-plane events that are not drops, per event.", prometheus.CounterValue, "event")
 	famReconciles = newFamily("xdplb_reconciles_total", "Reconciler passes by result.", prometheus.CounterValue, "result")
@@ -62,7 +63,7 @@ var (
 
 // collectorFamilies are the Collector's, in the order Describe gives them.
 var collectorFamilies = []*family{famVIPPackets, famVIPBytes, famVIPFlows, famVIPICMP, famVIPDrops, famBePackets, famBeBytes,
-	famBeFlows, famBeUp, famBeWeight, famActions, famTxErrors, famDrops, famConntrack, famSNATPorts, famEvents,
+	famBeFlows, famBeUp, famBeWeight, famActions, famTxErrors, famDrops, famConntrack, famCTCapacity, famSNATPorts, famEvents,
 	famReconciles, famBuildInfo, famScrapeErrs, famVIPPriority, famVIPInfo}
 
 // The BGP speaker's (issue 17), from BGPCollector.
@@ -123,14 +124,38 @@ type Collector struct {
 	ifname  func(int) string
 	errs    atomic.Uint64
 	log     *slog.Logger
+	passes  *prometheus.HistogramVec // fed by ObservePass
 }
 
+// PassBuckets are the bounds of xdplb_reconcile_duration_seconds: from
+// 1ms (a pass after the change of one VIP) to 10s (a full pass of
+// thousands of VIPs on a busy host), about three per decade.
+var PassBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
 // NewCollector returns a collector; rec may be nil (no reconcile counts).
+// Give rec.SetPassObserver its ObservePass before rec's first pass.
 func NewCollector(dp reconcile.Datapath, src *state.Store, rec *reconcile.Reconciler, version string, log *slog.Logger) *Collector {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Collector{dp: dp, src: src, rec: rec, version: version, ifname: IfaceName, log: log}
+	passes := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "xdplb_reconcile_duration_seconds",
+		Help:    "Duration of reconciler passes, by result (as xdplb_reconciles_total counts them).",
+		Buckets: PassBuckets,
+	}, []string{"result"})
+	// Both results from the first scrape, so that rate() sees a 0.
+	passes.WithLabelValues("ok")
+	passes.WithLabelValues("error")
+	return &Collector{dp: dp, src: src, rec: rec, version: version, ifname: IfaceName, log: log, passes: passes}
+}
+
+// ObservePass is a reconcile.Reconciler pass observer.
+func (c *Collector) ObservePass(ok bool, took time.Duration) {
+	result := "error"
+	if ok {
+		result = "ok"
+	}
+	c.passes.WithLabelValues(result).Observe(took.Seconds())
 }
 
 // IfaceName names an interface by index for labels; index 0 collects the
@@ -150,10 +175,14 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, f := range collectorFamilies {
 		ch <- f.desc
 	}
+	c.passes.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
-func (c *Collector) Collect(ch chan<- prometheus.Metric) { c.collectTo(chanEmit(ch)) }
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	c.collectTo(chanEmit(ch))
+	c.passes.Collect(ch)
+}
 
 // writeText writes the families as /metrics serves them (metrics_text.go).
 func (c *Collector) writeText(w *bufio.Writer) error {
@@ -162,8 +191,9 @@ func (c *Collector) writeText(w *bufio.Writer) error {
 	return t.writeTo(w)
 }
 
-// viaRegistry: every family of the Collector is written as text.
-func (c *Collector) viaRegistry() prometheus.Collector { return nil }
+// viaRegistry: the pass histogram (a few series) goes through the
+// registry; every other family of the Collector is written as text.
+func (c *Collector) viaRegistry() prometheus.Collector { return c.passes }
 
 func (c *Collector) collectTo(emit emitFunc) {
 	if err := c.collect(emit); err != nil {
@@ -251,6 +281,7 @@ func (c *Collector) collect(emit emitFunc) error {
 	} else {
 		emit(famConntrack, float64(n))
 	}
+	emit(famCTCapacity, float64(c.dp.ConntrackSize()))
 	c.collectNAT(emit)
 	return errors.Join(errs...)
 }

@@ -32,7 +32,7 @@ func exportedMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	ch := make(chan *prometheus.Desc, 100)
 	go func() {
-		(&Collector{}).Describe(ch)
+		NewCollector(nil, nil, nil, "", nil).Describe(ch)
 		(&BGPCollector{}).Describe(ch)
 		NewHealthMetrics(nil).Describe(ch)
 		collectors.NewGoCollector().Describe(ch)

@@ -127,6 +127,7 @@ type Reconciler struct {
 
 	progress progress
 	ok, fail atomic.Uint64
+	observe  func(ok bool, took time.Duration) // nil: none
 }
 
 // NewReconciler returns a reconciler; health may be nil (all up).
@@ -155,6 +156,15 @@ func (r *Reconciler) SetRouteAnnouncer(a RouteAnnouncer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.router, r.routed = a, nil
+}
+
+// SetPassObserver makes every pass counted in Counts call fn with its
+// result and how long it took (from taking the lock to its end), for
+// xdplb_reconcile_duration_seconds; call it before the first pass.
+func (r *Reconciler) SetPassObserver(fn func(ok bool, took time.Duration)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.observe = fn
 }
 
 // Counts returns how many reconciles succeeded and failed.
@@ -306,7 +316,11 @@ func (r *Reconciler) run(ctx context.Context, changedOnly bool) error {
 		r.fail.Add(1)
 	}
 	r.progress.finish(gen, err)
-	r.log.Debug("reconciled", "full", full, "took", time.Since(start), "ok", err == nil)
+	took := time.Since(start)
+	if r.observe != nil {
+		r.observe(err == nil, took)
+	}
+	r.log.Debug("reconciled", "full", full, "took", took, "ok", err == nil)
 	return err
 }
 
