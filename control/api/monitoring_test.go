@@ -32,7 +32,7 @@ func exportedMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	ch := make(chan *prometheus.Desc, 100)
 	go func() {
-		(&Collector{}).Describe(ch)
+		NewCollector(nil, nil, nil, "", nil).Describe(ch)
 		(&BGPCollector{}).Describe(ch)
 		NewHealthMetrics(nil).Describe(ch)
 		collectors.NewGoCollector().Describe(ch)
@@ -205,8 +205,8 @@ func TestDashboard(t *testing.T) {
 		rules += fmt.Sprintf("      - record: dashboard:expr%d\n        expr: %s\n", i, q)
 	}
 	for _, m := range []string{"xdplb_vip_packets_total", "xdplb_backend_bytes_total", "xdplb_vip_flows_total", "xdplb_backend_up",
-		"xdplb_drops_total", "xdplb_xdp_actions_total", "xdplb_conntrack_entries", "xdplb_reconciles_total",
-		"xdplb_healthcheck_duration_seconds_bucket"} {
+		"xdplb_drops_total", "xdplb_xdp_actions_total", "xdplb_conntrack_entries", "xdplb_conntrack_capacity",
+		"xdplb_reconciles_total", "xdplb_reconcile_duration_seconds_bucket", "xdplb_healthcheck_duration_seconds_bucket"} {
 		if !strings.Contains(all.String(), m+"{") {
 			t.Errorf("the dashboard does not show %s", m)
 		}

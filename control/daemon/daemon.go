@@ -262,11 +262,13 @@ func runWith(ctx context.Context, cfg Config, open OpenDatapath, openNet func(ne
 			return err
 		}
 	}
+	collector := api.NewCollector(dp, store, rec, cfg.Version, log)
+	rec.SetPassObserver(collector.ObservePass) // the initial pass included
 	if err := rec.Reconcile(ctx); err != nil {
 		return fmt.Errorf("initial reconcile: %w", err)
 	}
 
-	if err := metrics.Register(api.NewCollector(dp, store, rec, cfg.Version, log)); err != nil {
+	if err := metrics.Register(collector); err != nil {
 		return err
 	}
 	srv := &api.Server{Store: store, Datapath: dp, Reconciler: rec, Version: cfg.Version, StartTime: start, Log: log, VIPAddrs: nw, BGP: bgpSrc}

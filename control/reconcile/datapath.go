@@ -11,6 +11,7 @@ type Datapath interface {
 	LookupTableSize() uint32 // prime, e.g. 65537
 	MaxVIPs() uint32         // model.VIP ids are 1..MaxVIPs()-1
 	MaxBackends() uint32     // backend ids are 1..MaxBackends()-1
+	ConntrackSize() uint32   // flows the connection table is sized for (--conntrack-size)
 
 	VIPs() (map[loader.VIPKey]loader.VIPMeta, error)
 	PutVIP(loader.VIPKey, loader.VIPMeta) error

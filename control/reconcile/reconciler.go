@@ -127,6 +127,7 @@ type Reconciler struct {
 
 	progress progress
 	ok, fail atomic.Uint64
+	observe  func(ok bool, took time.Duration) // nil: none
 }
 
 // NewReconciler returns a reconciler; health may be nil (all up).
@@ -157,6 +158,15 @@ func (r *Reconciler) SetRouteAnnouncer(a RouteAnnouncer) {
 	r.router, r.routed = a, nil
 }
 
+// SetPassObserver makes every pass counted in Counts call fn with its
+// result and how long it took (from taking the lock to its end), for
+// xdplb_reconcile_duration_seconds; call it before the first pass.
+func (r *Reconciler) SetPassObserver(fn func(ok bool, took time.Duration)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.observe = fn
+}
+
 // Counts returns how many reconciles succeeded and failed.
 func (r *Reconciler) Counts() (ok, failed uint64) { return r.ok.Load(), r.fail.Load() }
 
@@ -185,12 +195,29 @@ func (r *Reconciler) Fallback(vip model.VIPID) (BackendInfo, bool) {
 func (r *Reconciler) ActivePools(vip model.VIPID) ([]uint32, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s := r.vips[vip]
-	if s == nil || s.info == nil {
-		return nil, false
-	}
-	return slices.Clone(s.pools), true
+	return r.vips[vip].activePools()
 }
+
+// Decisions is what the last passes decided about every VIP, as of one
+// moment: Reconciler.Backend and ActivePools for readers of many VIPs
+// (a scrape of /metrics reads every backend), which take the lock once
+// rather than once a backend, and so never queue behind a pass for each.
+type Decisions struct{ vips map[model.VIPID]*vipState }
+
+// Decisions returns what the last passes decided, under one lock.
+func (r *Reconciler) Decisions() Decisions {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return Decisions{vips: maps.Clone(r.vips)}
+}
+
+// Backend is Reconciler.Backend as of d.
+func (d Decisions) Backend(vip model.VIPID, addr netip.Addr, port uint16) (BackendInfo, bool) {
+	return d.vips[vip].backend(addr.Unmap(), port)
+}
+
+// ActivePools is Reconciler.ActivePools as of d.
+func (d Decisions) ActivePools(vip model.VIPID) ([]uint32, bool) { return d.vips[vip].activePools() }
 
 // SNATAddr returns the SNAT address the last reconcile gave a fullnat VIP:
 // its own, or the one found for it; false when it has none.
@@ -289,7 +316,11 @@ func (r *Reconciler) run(ctx context.Context, changedOnly bool) error {
 		r.fail.Add(1)
 	}
 	r.progress.finish(gen, err)
-	r.log.Debug("reconciled", "full", full, "took", time.Since(start), "ok", err == nil)
+	took := time.Since(start)
+	if r.observe != nil {
+		r.observe(err == nil, took)
+	}
+	r.log.Debug("reconciled", "full", full, "took", took, "ok", err == nil)
 	return err
 }
 
@@ -539,6 +570,9 @@ func (r *Reconciler) announceRoutes(ctx context.Context) error {
 }
 
 // vipState is what the passes decided about a VIP.
+//
+// A vipState is not changed once in Reconciler.vips (each pass decides
+// new ones), so Decisions shares them without a copy.
 type vipState struct {
 	v    model.VIP     // the config as reconciled (normalized: backends sorted)
 	info []BackendInfo // by index of v.Backends; nil: the VIP was not planned
@@ -574,6 +608,13 @@ func (s *vipState) index(addr netip.Addr, port uint16) (int, bool) {
 		}
 		return cmp.Compare(b.Port, port)
 	})
+}
+
+func (s *vipState) activePools() ([]uint32, bool) {
+	if s == nil || s.info == nil {
+		return nil, false
+	}
+	return slices.Clone(s.pools), true
 }
 
 func (s *vipState) backend(addr netip.Addr, port uint16) (BackendInfo, bool) {

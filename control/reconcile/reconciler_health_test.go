@@ -455,3 +455,34 @@ func BenchmarkReconcileHealthFlip(b *testing.B) {
 		}
 	}
 }
+
+// Decisions is what Backend and ActivePools say, as of the moment it was
+// taken: a later pass decides anew without changing it.
+func TestDecisionsAsOfOnePass(t *testing.T) {
+	f := newHealthFixture(t, 251, "10.0.0.1", "10.0.0.2")
+	a2 := netip.MustParseAddr("10.0.0.2")
+	before := f.rec.Decisions()
+	f.health.set(vip1, "10.0.0.2", false, "connect refused")
+	f.reconcile(t)
+	after := f.rec.Decisions()
+	for _, c := range []struct {
+		name string
+		d    Decisions
+		want string
+	}{{"before", before, model.BackendUp}, {"after", after, model.BackendDown}} {
+		if bi, ok := c.d.Backend(vip1, a2, 0); !ok || bi.State != c.want {
+			t.Errorf("%s the pass: %s is %q (%v), want %q", c.name, a2, bi.State, ok, c.want)
+		}
+	}
+	if bi, _ := after.Backend(vip1, a2, 0); bi.State != f.state(t, "10.0.0.2") {
+		t.Errorf("Decisions says %q, Backend %q", bi.State, f.state(t, "10.0.0.2"))
+	}
+	pools, ok := after.ActivePools(vip1)
+	want, _ := f.rec.ActivePools(vip1)
+	if !ok || !slices.Equal(pools, want) {
+		t.Errorf("Decisions' pools %v (%v), ActivePools %v", pools, ok, want)
+	}
+	if _, ok := after.Backend(model.VIPID{Addr: netip.MustParseAddr("10.9.9.9"), Port: 80, Protocol: model.TCP}, a2, 0); ok {
+		t.Error("a backend of an unknown VIP")
+	}
+}

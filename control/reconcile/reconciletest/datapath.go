@@ -21,6 +21,7 @@ import (
 type Datapath struct {
 	mu                            sync.Mutex
 	lookupSize, maxVIPs, maxBacks uint32
+	conntrackSize                 uint32
 
 	vips     map[loader.VIPKey]loader.VIPMeta
 	backends map[uint32]loader.Backend
@@ -62,6 +63,7 @@ func NewDatapath(lookupSize, maxVIPs, maxBackends uint32) *Datapath {
 		lookupSize:      lookupSize,
 		maxVIPs:         maxVIPs,
 		maxBacks:        maxBackends,
+		conntrackSize:   loader.DefaultConntrackSize,
 		vips:            map[loader.VIPKey]loader.VIPMeta{},
 		backends:        map[uint32]loader.Backend{},
 		tables:          map[uint32][]uint32{},
@@ -238,6 +240,21 @@ func (f *Datapath) SetEventsErr(err error) {
 func (f *Datapath) LookupTableSize() uint32 { return f.lookupSize }
 func (f *Datapath) MaxVIPs() uint32         { return f.maxVIPs }
 func (f *Datapath) MaxBackends() uint32     { return f.maxBacks }
+
+// ConntrackSize is loader.DefaultConntrackSize unless SetConntrackSize
+// said otherwise.
+func (f *Datapath) ConntrackSize() uint32 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.conntrackSize
+}
+
+// SetConntrackSize sets what ConntrackSize returns.
+func (f *Datapath) SetConntrackSize(n uint32) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.conntrackSize = n
+}
 
 func (f *Datapath) VIPs() (map[loader.VIPKey]loader.VIPMeta, error) {
 	f.mu.Lock()
