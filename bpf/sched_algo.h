@@ -100,7 +100,15 @@ static __always_inline __u32 least_conns(const struct sched_set *s, __u32 count,
 		.best_w = 1,
 	};
 
-	bpf_loop(count < SCHED_LC_SCAN ? count : SCHED_LC_SCAN, lc_step, &x, 0);
+	__u32 n = count < SCHED_LC_SCAN ? count : SCHED_LC_SCAN;
+
+	/* The first member outside bpf_loop: kernels before 6.8 verify a
+	 * callback once, with the caller's stack as it is at the call, and
+	 * would take x.best == 0 for a fact, removing the compare as dead
+	 * code (on 6.1 lc and wlc then took the last member walked). After
+	 * this step x.best is a value read from the maps. */
+	lc_step(0, &x);
+	bpf_loop(n - 1, lc_step, &x, 0);
 	return x.best;
 }
 

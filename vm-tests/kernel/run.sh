@@ -17,6 +17,7 @@
 #                      linux-image-6.1.0-*-amd64 Debian offers); any Debian
 #                      linux-image-ABI boots, e.g. 6.12.118+deb12-amd64
 #   XDPLB_VM_SUITES    suites to run (default: loader property lab e2e)
+#   XDPLB_VM_LOADER_RUN  -test.run pattern of the loader suite (default: all)
 #   XDPLB_VM_E2E_RUN   -test.run pattern of the e2e suite (default: all)
 #   XDPLB_VM_E2E_SKIP  -test.skip pattern of the e2e suite (default: none)
 #   XDPLB_VM_STATUS    yes: time `xdplb status` on an idle daemon (default yes)
@@ -33,6 +34,7 @@ HERE=$REPO/vm-tests/kernel
 GO=${GO:-go}
 CACHE=${XDPLB_VM_CACHE:-/var/cache/xdplb-vm}
 SUITES=${XDPLB_VM_SUITES:-loader property lab e2e}
+LOADER_RUN=${XDPLB_VM_LOADER_RUN:--}
 E2E_RUN=${XDPLB_VM_E2E_RUN:--}
 E2E_SKIP=${XDPLB_VM_E2E_SKIP:--}
 STATUS=${XDPLB_VM_STATUS:-yes}
@@ -49,7 +51,7 @@ export CGO_ENABLED=0
 # times what it took), separated by tabs.
 suite_spec() {
 	case $1 in
-	loader) printf '%s\t' loader - - 15m ;;
+	loader) printf '%s\t' loader "$LOADER_RUN" - 30m ;;
 	property) printf '%s\t' control/reconcile '^TestReconcilePropertyRealMaps$' - 10m ;;
 	lab) printf '%s\t' internal/lab - - 5m ;;
 	e2e) printf '%s\t' vm-tests/e2e "$E2E_RUN" "$E2E_SKIP" 30m ;;
