@@ -570,6 +570,22 @@ func TestCounters(t *testing.T) {
 	if bc[4] != wantUDP6 {
 		t.Errorf("backend 4 counters %+v, want %+v", bc[4], wantUDP6)
 	}
+	// BackendCountsByID: the backends of Backends, by ascending id, with
+	// the counters of BackendCounters.
+	bes, err := d.Backends()
+	must(t, err)
+	counts, err := d.BackendCountsByID()
+	must(t, err)
+	if len(counts) != len(bes) {
+		t.Errorf("BackendCountsByID has %d backends, Backends %d", len(counts), len(bes))
+	}
+	for i, c := range counts {
+		b := bes[c.ID]
+		want := BackendCount{ID: c.ID, VIPID: b.VIPID, Addr: b.Addr, Port: b.Port, Counters: bc[c.ID]}
+		if c != want || (i > 0 && counts[i-1].ID >= c.ID) {
+			t.Errorf("BackendCountsByID[%d] %+v, want %+v, ids ascending", i, c, want)
+		}
+	}
 	acts := actionsOn(t, d, loIfindex)
 	if acts["tx"] != want4.Packets+wantUDP6.Packets || acts["pass"] != 1 || acts["drop"] != 0 {
 		t.Errorf("actions on lo %v, want tx %d pass 1", acts, want4.Packets+wantUDP6.Packets)

@@ -44,6 +44,7 @@ func TestScrapeReadCost(t *testing.T) {
 	timeIt("VIPCounters", func() error { _, err := d.VIPCounters(); return err })
 	timeIt("VIPDropCounters", func() error { _, err := d.VIPDropCounters(); return err })
 	timeIt("BackendCounters", func() error { _, err := d.BackendCounters(); return err })
+	timeIt("BackendCountsByID", func() error { _, err := d.BackendCountsByID(); return err })
 	timeIt("ActionCounters", func() error { _, err := d.ActionCounters(); return err })
 	timeIt("DropCounters", func() error { _, err := d.DropCounters(); return err })
 	timeIt("ConntrackEntries", func() error { _, err := d.ConntrackEntries(); return err })

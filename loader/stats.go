@@ -3,6 +3,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -387,4 +388,45 @@ func (d *Datapath) Status() (Status, error) {
 	}
 	fill(xdplbMapNatFlows, d.objs.NatFlows, natEntries)
 	return st, nil
+}
+
+// BackendCount is a backend's identity, as a scrape matches it with the
+// configuration, and its counters summed over CPUs.
+type BackendCount struct {
+	ID    uint32
+	VIPID uint32
+	Addr  netip.Addr
+	Port  uint16 // 0: the VIP's port
+	Counters
+}
+
+// BackendCountsByID are the backends in the maps with their counters, by
+// ascending id: what a scrape reads of 32,000 backends, with one read of
+// the backends array and one of their per-CPU counters. Backends and
+// BackendCounters read that array twice and convert every backend whole
+// (its MACs allocated), which took a third of a scrape's map reads.
+func (d *Datapath) BackendCountsByID() ([]BackendCount, error) {
+	var out []BackendCount
+	err := readArray(d.objs.Backends, func(id uint32, b xdplbBackend) {
+		if b.valid() {
+			out = append(out, BackendCount{ID: id, VIPID: b.VipId, Addr: addrFrom16(b.Addr), Port: fromNetPort(b.Port)})
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read backends: %w", err)
+	}
+	// Both arrays are read in id order: merge.
+	i := 0
+	err = readPerCPU(d.objs.BackendStats, func(id uint32, per []xdplbLbCounters) {
+		for i < len(out) && out[i].ID < id {
+			i++
+		}
+		if i < len(out) && out[i].ID == id {
+			out[i].Counters = sumCounters(per)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read backend counters: %w", err)
+	}
+	return out, nil
 }

@@ -124,6 +124,7 @@ type Collector struct {
 	ifname  func(int) string
 	errs    atomic.Uint64
 	log     *slog.Logger
+	names   nameCache
 	passes  *prometheus.HistogramVec // fed by ObservePass
 }
 
@@ -211,10 +212,13 @@ func (c *Collector) collectTo(emit emitFunc) {
 
 func (c *Collector) collect(emit emitFunc) error {
 	counter := func(f *family, v uint64, labels ...string) { emit(f, float64(v), labels...) }
-	st, _ := c.src.Snapshot()
+	st, gen := c.src.Snapshot()
+	names := c.names.of(st, gen)
 	snap, err := snapshot(c.dp, st, c.ifname)
 	errs := []error{err}
-	for _, vs := range snap.VIPs {
+	// snapshot gives the VIPs of st in its order, each with its backends
+	// and its fallback last, as names has them.
+	for i, vs := range snap.VIPs {
 		if vs.mapped {
 			counter(famVIPPackets, vs.Packets, vs.VIP)
 			counter(famVIPBytes, vs.Bytes, vs.VIP)
@@ -224,9 +228,9 @@ func (c *Collector) collect(emit emitFunc) error {
 				counter(famVIPDrops, n, vs.VIP, reason)
 			}
 		}
-		for _, bs := range vs.Backends {
+		for j, bs := range vs.Backends {
 			if bs.mapped {
-				l := model.BackendName(bs.Address, bs.Port)
+				l := names[i].backends[j]
 				counter(famBePackets, bs.Packets, vs.VIP, l)
 				counter(famBeBytes, bs.Bytes, vs.VIP, l)
 				counter(famBeFlows, bs.Flows, vs.VIP, l)
@@ -240,10 +244,10 @@ func (c *Collector) collect(emit emitFunc) error {
 		d := c.rec.Decisions()
 		dec = &d
 	}
-	for _, v := range st.VIPs {
-		vid := v.ID().String()
-		for _, b := range v.Backends {
-			l := model.BackendName(b.Address, b.Port)
+	for i, v := range st.VIPs {
+		vid := names[i].vip
+		for j, b := range v.Backends {
+			l := names[i].backends[j]
 			emit(famBeWeight, float64(b.Weight), vid, l)
 			up := 0.0
 			if dec != nil {
@@ -254,7 +258,7 @@ func (c *Collector) collect(emit emitFunc) error {
 			emit(famBeUp, up, vid, l)
 		}
 	}
-	collectPools(emit, st, dec)
+	collectPools(emit, st, names, dec)
 	sum := map[[2]string]uint64{} // two ifindexes may share a name label ("other")
 	var order [][2]string
 	for _, a := range snap.Actions {
@@ -288,17 +292,17 @@ func (c *Collector) collect(emit emitFunc) error {
 
 // collectPools exports each VIP's info and the active priority of each
 // VIP the reconciler planned (dec nil: no reconciler).
-func collectPools(emit emitFunc, st model.State, dec *reconcile.Decisions) {
-	for _, v := range st.VIPs {
-		emit(famVIPInfo, 1, v.ID().String(), string(v.Mode), string(v.Scheduler),
+func collectPools(emit emitFunc, st model.State, names []vipNames, dec *reconcile.Decisions) {
+	for i, v := range st.VIPs {
+		emit(famVIPInfo, 1, names[i].vip, string(v.Mode), string(v.Scheduler),
 			strconv.FormatInt(int64(time.Duration(v.Persistence)/time.Second), 10))
 	}
 	if dec == nil {
 		return
 	}
-	for _, v := range st.VIPs {
+	for i, v := range st.VIPs {
 		if pools, ok := dec.ActivePools(v.ID()); ok {
-			emit(famVIPPriority, float64(model.ActivePriority(pools)), v.ID().String())
+			emit(famVIPPriority, float64(model.ActivePriority(pools)), names[i].vip)
 		}
 	}
 }
@@ -333,6 +337,7 @@ var ProbeBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
 type HealthMetrics struct {
 	duration *prometheus.HistogramVec
 	src      *state.Store // nil: no pruning, no series before a transition
+	names    nameCache    // of src's state
 
 	mu          sync.Mutex
 	transitions map[string]*transitionCount // by target id
@@ -425,26 +430,20 @@ func (m *HealthMetrics) collectTransitions(emit emitFunc) {
 		}
 		return
 	}
-	st := m.src.State()
+	names := m.names.of(m.src.Snapshot())
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.scrapes++
-	for i := range st.VIPs {
-		v := &st.VIPs[i]
-		// Whether a VIP has a check does not depend on the backend.
-		if _, ok := model.HealthSpec(v, model.Backend{}); !ok {
-			continue
-		}
-		for _, b := range v.Backends {
-			id := model.HealthTargetID(v.ID(), b.Address, b.Port)
+	for _, vn := range names {
+		// targets is nil for a VIP without a check.
+		for j, id := range vn.targets {
 			n := m.transitions[id]
 			if n == nil {
 				n = new(transitionCount)
 				m.transitions[id] = n
 			}
 			n.seen = m.scrapes
-			vip, backend, _ := model.SplitHealthTargetID(id)
-			emitTransitions(emit, n, vip, backend)
+			emitTransitions(emit, n, vn.vip, vn.targetBackends[j])
 		}
 	}
 	// A target no longer checked (its backend, or its VIP's check, gone).

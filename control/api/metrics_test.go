@@ -451,3 +451,27 @@ xdplb_healthcheck_transitions_total{backend="10.0.0.1",to="up",vip="10.0.0.100:8
 		t.Error(err)
 	}
 }
+
+// The label values a scrape keeps between scrapes (nameCache) follow the
+// state: a backend added after a scrape has its name
+// in the next one.
+func TestCollectorNamesFollowState(t *testing.T) {
+	f := newHealthFixture(t, testTableSize, "10.0.0.1")
+	c := NewCollector(f.dp, f.store, f.rec, "dev", nil)
+	want := `
+# HELP xdplb_backend_weight Configured weight of a backend.
+# TYPE xdplb_backend_weight gauge
+xdplb_backend_weight{backend="10.0.0.1",vip="10.0.0.100:80/tcp"} 100
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "xdplb_backend_weight"); err != nil {
+		t.Error(err)
+	}
+	if err := f.store.AddBackend(vip1, model.Backend{Address: netip.MustParseAddr("10.0.0.2"), Port: 80, Weight: 50}); err != nil {
+		t.Fatal(err)
+	}
+	want += `xdplb_backend_weight{backend="10.0.0.2",vip="10.0.0.100:80/tcp"} 50
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "xdplb_backend_weight"); err != nil {
+		t.Error(err)
+	}
+}

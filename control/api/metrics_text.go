@@ -98,8 +98,22 @@ func (t *textFamilies) emit(f *family, v float64, lvs ...string) {
 		b = append(b, '}')
 	}
 	b = append(b, ' ')
-	b = strconv.AppendFloat(b, v, 'g', -1, 64)
+	b = appendValue(b, v)
 	(*chunks)[last] = append(b, '\n')
+}
+
+// appendValue appends v as client_golang writes it: strconv's shortest
+// 'g' form. Most of our values are counts below a million, which that
+// form writes as plain integers, so those take strconv.AppendInt, a
+// fraction of the cost; a million and above is 1e+06 in 'g', and goes
+// through AppendFloat like any other value.
+func appendValue(b []byte, v float64) []byte {
+	if v >= 0 && v < 1e6 {
+		if n := int64(v); float64(n) == v {
+			return strconv.AppendInt(b, n, 10)
+		}
+	}
+	return strconv.AppendFloat(b, v, 'g', -1, 64)
 }
 
 func (t *textFamilies) writeTo(w *bufio.Writer) error {
@@ -129,7 +143,16 @@ var helpEscaper = strings.NewReplacer(`\`, `\\`, "\n", `\n`)
 // appendLabelValue appends s escaped as the text format wants: backslash,
 // double quote and newline.
 func appendLabelValue(b []byte, s string) []byte {
-	if !strings.ContainsAny(s, "\\\"\n") {
+	// A byte loop: strings.ContainsAny builds its set of three at each
+	// call, a tenth of a scrape's CPU.
+	plain := true
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == '\\' || c == '"' || c == '\n' {
+			plain = false
+			break
+		}
+	}
+	if plain {
 		return append(b, s...)
 	}
 	for i := 0; i < len(s); i++ {

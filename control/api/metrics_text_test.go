@@ -3,6 +3,7 @@ package api
 import (
 	"bufio"
 	"bytes"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"sort"
@@ -28,6 +29,11 @@ func TestTextFamiliesAsClientGolang(t *testing.T) {
 		lvs []string
 	}{
 		{f, 3, []string{"a", `b"q\` + "\n"}}, {g, 0.25, nil}, {f, 1e20, []string{"c", "d"}},
+		// Around the integer path of appendValue: below and at a million,
+		// fractions, negative zero, very large.
+		{f, 999999, []string{"e", "1"}}, {f, 1e6, []string{"e", "2"}}, {f, 1234567, []string{"e", "3"}},
+		{f, 0, []string{"e", "4"}}, {f, math.Copysign(0, -1), []string{"e", "9"}}, {f, 999999.5, []string{"e", "5"}},
+		{f, 1 << 53, []string{"e", "6"}}, {f, -7, []string{"e", "7"}}, {f, 1, []string{"e", "8"}},
 	}
 	tf := newTextFamilies()
 	reg := prometheus.NewPedanticRegistry()

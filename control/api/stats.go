@@ -12,6 +12,7 @@ import (
 
 	"github.com/xdplb/xdplb/control/model"
 	"github.com/xdplb/xdplb/control/reconcile"
+	"github.com/xdplb/xdplb/loader"
 )
 
 // snapshot reads the counters of every VIP and backend of st (a VIP's
@@ -35,11 +36,7 @@ func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (S
 	if err != nil {
 		errs = append(errs, fmt.Errorf("read vip drop counters: %w", err))
 	}
-	bes, err := dp.Backends()
-	if err != nil {
-		errs = append(errs, fmt.Errorf("read backends: %w", err))
-	}
-	bc, err := dp.BackendCounters()
+	bc, err := dp.BackendCountsByID()
 	if err != nil {
 		errs = append(errs, fmt.Errorf("read backend counters: %w", err))
 	}
@@ -48,9 +45,10 @@ func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (S
 		addr netip.Addr
 		port uint16
 	}
-	byRef := make(map[ref]uint32, len(bes))
-	for id, mb := range bes {
-		byRef[ref{mb.VIPID, mb.Addr.Unmap(), mb.Port}] = id
+	byRef := make(map[ref]*loader.BackendCount, len(bc))
+	for i := range bc {
+		mb := &bc[i]
+		byRef[ref{mb.VIPID, mb.Addr.Unmap(), mb.Port}] = mb
 	}
 	for _, v := range st.VIPs {
 		vs := VIPStats{VIP: v.ID().String(), Backends: []BackendStats{}}
@@ -69,9 +67,8 @@ func snapshot(dp reconcile.Datapath, st model.State, ifname func(int) string) (S
 		}
 		for i, b := range bs {
 			bst := BackendStats{Address: b.Address, Port: b.Port, Fallback: i == len(v.Backends)}
-			if id, ok := byRef[ref{meta.ID, b.Address.Unmap(), b.Port}]; inMaps && ok && bc != nil {
-				c := bc[id]
-				bst.CounterSet, bst.mapped, bst.id = CounterSet{Packets: c.Packets, Bytes: c.Bytes, Flows: c.Flows}, true, id
+			if c, ok := byRef[ref{meta.ID, b.Address.Unmap(), b.Port}]; inMaps && ok {
+				bst.CounterSet, bst.mapped, bst.id = CounterSet{Packets: c.Packets, Bytes: c.Bytes, Flows: c.Flows}, true, c.ID
 			}
 			vs.Backends = append(vs.Backends, bst)
 		}

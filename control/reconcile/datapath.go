@@ -42,6 +42,10 @@ type Datapath interface {
 
 	VIPCounters() (map[uint32]loader.Counters, error)     // by model.VIP id
 	BackendCounters() (map[uint32]loader.Counters, error) // by backend id
+	// BackendCountsByID is every backend of the maps with its counters,
+	// by ascending id: a scrape reads it rather than Backends and
+	// BackendCounters.
+	BackendCountsByID() ([]loader.BackendCount, error)
 	ActionCounters() ([]loader.ActionCount, error)
 	// DriverTxErrors is what the drivers of the attached interfaces
 	// refused to send of the frames returned with XDP_TX or redirected

@@ -111,7 +111,8 @@ type Reconciler struct {
 	// and the config as reconciled, which is what the maps hold while
 	// clean (the last pass succeeded).
 	vips       map[model.VIPID]*vipState
-	unresolved map[netip.Addr]bool // each resolution problem logged once
+	decided    atomic.Pointer[Decisions] // r.vips as of the last pass's end
+	unresolved map[netip.Addr]bool       // each resolution problem logged once
 	// full holds the backends at their connection cap (conncap.go), as
 	// the last count found them.
 	full map[backendKey]bool
@@ -204,11 +205,22 @@ func (r *Reconciler) ActivePools(vip model.VIPID) ([]uint32, bool) {
 // rather than once a backend, and so never queue behind a pass for each.
 type Decisions struct{ vips map[model.VIPID]*vipState }
 
-// Decisions returns what the last passes decided, under one lock.
+// Decisions returns what the passes decided, as of the last one to end,
+// without waiting for a pass under way: a full pass of thousands of VIPs
+// holds the pass lock for seconds on a host busy with health checks, and
+// a scrape that waited for it took as long (bench/RESULTS.md).
 func (r *Reconciler) Decisions() Decisions {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return Decisions{vips: maps.Clone(r.vips)}
+	if d := r.decided.Load(); d != nil {
+		return *d
+	}
+	return Decisions{}
+}
+
+// publish makes r.vips what Decisions returns; called at the end of
+// each pass, with the pass lock held. The vipStates are never changed
+// once in r.vips, so a copy of the map is a consistent view.
+func (r *Reconciler) publish() {
+	r.decided.Store(&Decisions{vips: maps.Clone(r.vips)})
 }
 
 // Backend is Reconciler.Backend as of d.
@@ -315,6 +327,7 @@ func (r *Reconciler) run(ctx context.Context, changedOnly bool) error {
 	} else {
 		r.fail.Add(1)
 	}
+	r.publish()
 	r.progress.finish(gen, err)
 	took := time.Since(start)
 	if r.observe != nil {

@@ -486,3 +486,22 @@ func TestDecisionsAsOfOnePass(t *testing.T) {
 		t.Error("a backend of an unknown VIP")
 	}
 }
+
+// Decisions does not wait for a pass under way (one holding the pass
+// lock): it answers with the last pass to end.
+func TestDecisionsDuringPass(t *testing.T) {
+	f := newHealthFixture(t, 251, "10.0.0.1", "10.0.0.2")
+	a2 := netip.MustParseAddr("10.0.0.2")
+	f.rec.mu.Lock() // a pass under way
+	got := make(chan Decisions, 1)
+	go func() { got <- f.rec.Decisions() }()
+	select {
+	case d := <-got:
+		if bi, ok := d.Backend(vip1, a2, 0); !ok || bi.State != model.BackendUp {
+			t.Errorf("during a pass: %s is %q (%v), want %q", a2, bi.State, ok, model.BackendUp)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("Decisions waited for the pass")
+	}
+	f.rec.mu.Unlock()
+}

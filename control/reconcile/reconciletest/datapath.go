@@ -424,6 +424,22 @@ func (f *Datapath) BackendCounters() (map[uint32]loader.Counters, error) {
 	return maps.Clone(f.backendCounters), nil
 }
 
+func (f *Datapath) BackendCountsByID() ([]loader.BackendCount, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ids := slices.Sorted(maps.Keys(f.backends))
+	counters := f.backendCounters
+	if f.countersFunc != nil {
+		counters = f.countersFunc(ids)
+	}
+	out := make([]loader.BackendCount, 0, len(ids))
+	for _, id := range ids {
+		b := f.backends[id]
+		out = append(out, loader.BackendCount{ID: id, VIPID: b.VIPID, Addr: b.Addr, Port: b.Port, Counters: counters[id]})
+	}
+	return out, nil
+}
+
 func (f *Datapath) ActionCounters() ([]loader.ActionCount, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
