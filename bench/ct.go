@@ -10,12 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"time"
 
 	"github.com/cilium/ebpf"
 
 	"github.com/xdplb/xdplb/bench/progs"
+	"github.com/xdplb/xdplb/internal/nsthread"
 	"github.com/xdplb/xdplb/loader"
 )
 
@@ -82,15 +82,13 @@ type ctBench struct {
 	timer *pktBench // perPacketRun's timing and its disturbance counts
 	floor *ebpf.Program
 	ack   []byte // IPv4 TCP ACK to the VIP; the harness writes its source
+	held  int    // hold's calls, which name its veths
 	sizes []*ctSize
 }
 
 // runConnTable is the connection-table section.
 func runConnTable(ctx context.Context, c Config) (Section, error) {
 	p := ctParamsFor(c.Quick)
-	// perPacketRun reads the calling thread's CPU time.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	fam := pktFamilies[0]
 	ack, err := pktFlow{src: fam.client, dst: fam.vip, sport: 40000, dport: pktTCPPort, ack: true}.frame()
 	if err != nil {
@@ -102,21 +100,57 @@ func runConnTable(ctx context.Context, c Config) (Section, error) {
 		return Section{}, err
 	}
 	defer b.floor.Close()
+	// Everything runs on one locked OS thread (perPacketRun reads its CPU
+	// time) in a network namespace of the section's own, anonymous: it
+	// goes, with the veths that hold the timed programs, when its handle
+	// is closed or the process ends.
+	ns, err := nsthread.New()
+	if err != nil {
+		return Section{}, fmt.Errorf("create netns: %w", err)
+	}
+	defer ns.Close()
 	start := time.Now()
-	for _, size := range p.sizes {
-		s := &ctSize{size: size}
-		// The real data plane first: its table's slots size the
-		// benchmark's copy of it, as --conntrack-size sizes the product's.
-		if err := b.measureXdplb(ctx, s); err != nil {
-			return Section{}, fmt.Errorf("xdplb with %d flows: %w", size, err)
+	err = nsthread.Do(ns, "ct bench", func() error {
+		for _, size := range p.sizes {
+			s := &ctSize{size: size}
+			// The real data plane first: its table's slots size the
+			// benchmark's copy of it, as --conntrack-size sizes the
+			// product's.
+			if err := b.measureXdplb(ctx, s); err != nil {
+				return fmt.Errorf("xdplb with %d flows: %w", size, err)
+			}
+			if err := b.measureTables(ctx, s); err != nil {
+				return fmt.Errorf("tables of %d flows: %w", size, err)
+			}
+			b.sizes = append(b.sizes, s)
+			c.Log.Info("connection table measured", "flows", size, "elapsed", time.Since(start).Round(time.Millisecond))
 		}
-		if err := b.measureTables(ctx, s); err != nil {
-			return Section{}, fmt.Errorf("tables of %d flows: %w", size, err)
-		}
-		b.sizes = append(b.sizes, s)
-		c.Log.Info("connection table measured", "flows", size, "elapsed", time.Since(start).Round(time.Millisecond))
+		return nil
+	})
+	if err != nil {
+		return Section{}, err
 	}
 	return b.section(), nil
+}
+
+// hold attaches the timed programs to veths that stay down, in the
+// section's namespace (pktNAT.hold says why), until the returned function
+// detaches them.
+func (b *ctBench) hold(ps ...*ebpf.Program) (func(), error) {
+	closers, err := pktHold(ps, fmt.Sprintf("ct%d-", b.held))
+	b.held++
+	release := func() {
+		for _, c := range closers {
+			if err := c(); err != nil {
+				b.log.Error("detach held program", "err", err)
+			}
+		}
+	}
+	if err != nil {
+		release()
+		return nil, err
+	}
+	return release, nil
 }
 
 // harness loads a flow-set harness on the IPv4 ACK's source, in front of
@@ -252,6 +286,11 @@ func (b *ctBench) measureTables(ctx context.Context, s *ctSize) error {
 	if err != nil {
 		return err
 	}
+	release, err := b.hold(hf.Program(), hl.Program(), hn.Program())
+	if err != nil {
+		return err
+	}
+	defer release()
 	runs := []ctTimed{
 		{h: hf, n: s.size, to: &s.floorRand}, {h: hl, n: s.size, to: &s.lruRand}, {h: hn, n: s.size, to: &s.newRand},
 		{h: hf, n: 1, to: &s.floorHot}, {h: hl, n: 1, to: &s.lruHot}, {h: hn, n: 1, to: &s.newHot},
@@ -352,6 +391,11 @@ func (b *ctBench) measureXdplb(ctx context.Context, s *ctSize) error {
 		return err
 	}
 	defer hf.Close()
+	release, err := b.hold(b.floor, hf.Program(), h.Program())
+	if err != nil {
+		return err
+	}
+	defer release()
 	runs := []ctTimed{
 		{prog: b.floor, to: &s.xFloor},
 		{h: hf, n: s.size, to: &s.xFloorRand}, {h: h, n: s.size, to: &s.xRand},
