@@ -237,7 +237,7 @@ func runPacketCost(ctx context.Context, c Config) (Section, error) {
 			return fmt.Errorf("fill the NAT lab's connection table: %w", err)
 		}
 		// Every program a timed run starts, held in the XDP dispatcher.
-		held := append([]*ebpf.Program{b.floor, b.dp.Program()}, b.nat.timedPrograms()...)
+		held := append([]*ebpf.Program{b.floor, b.dp.Program(), b.establish.Program()}, b.nat.timedPrograms()...)
 		for _, h := range append(b.newXdplb, b.newFloor...) {
 			held = append(held, h.Program())
 		}
