@@ -32,6 +32,7 @@ var sections = []struct {
 	run  sectionFunc
 }{
 	{"packet", runPacketCost},
+	{"ct", runConnTable},
 	{"veth", runVethPPS},
 	{"tcp", runRealTCP},
 	{"flood", runFlood},

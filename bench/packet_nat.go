@@ -856,28 +856,38 @@ func (b *pktBench) natNotes() ([]string, error) {
 // few repeats (the new-flow runs) fail the CPU-time check every time.
 func (n *pktNAT) hold(ps []*ebpf.Program) error {
 	return n.do(func() error {
-		for i := 0; i < len(ps); i += 2 {
-			a, b := fmt.Sprintf("hold%da", i/2), fmt.Sprintf("hold%db", i/2)
-			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: a}, PeerName: b}); err != nil {
-				return fmt.Errorf("add veth %s: %w", a, err)
-			}
-			for j, name := range []string{a, b} {
-				if i+j >= len(ps) {
-					break
-				}
-				ifc, err := net.InterfaceByName(name)
-				if err != nil {
-					return err
-				}
-				l, err := link.AttachXDP(link.XDPOptions{Program: ps[i+j], Interface: ifc.Index, Flags: link.XDPDriverMode})
-				if err != nil {
-					return fmt.Errorf("attach %v to %s: %w", ps[i+j], name, err)
-				}
-				n.closers = append(n.closers, l.Close)
-			}
-		}
-		return nil
+		closers, err := pktHold(ps, "hold")
+		n.closers = append(n.closers, closers...)
+		return err
 	})
+}
+
+// pktHold attaches each of ps to an end of a veth pair of its own (named
+// from prefix, left down) in the calling thread's network namespace, and
+// returns the functions that detach them (pktNAT.hold says why).
+func pktHold(ps []*ebpf.Program, prefix string) ([]func() error, error) {
+	var closers []func() error
+	for i := 0; i < len(ps); i += 2 {
+		a, b := fmt.Sprintf("%s%da", prefix, i/2), fmt.Sprintf("%s%db", prefix, i/2)
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: a}, PeerName: b}); err != nil {
+			return closers, fmt.Errorf("add veth %s: %w", a, err)
+		}
+		for j, name := range []string{a, b} {
+			if i+j >= len(ps) {
+				break
+			}
+			ifc, err := net.InterfaceByName(name)
+			if err != nil {
+				return closers, err
+			}
+			l, err := link.AttachXDP(link.XDPOptions{Program: ps[i+j], Interface: ifc.Index, Flags: link.XDPDriverMode})
+			if err != nil {
+				return closers, fmt.Errorf("attach %v to %s: %w", ps[i+j], name, err)
+			}
+			closers = append(closers, l.Close)
+		}
+	}
+	return closers, nil
 }
 
 // timedPrograms are the programs the NAT rows' runs start: the harnesses

@@ -105,11 +105,15 @@ func (b *pktBench) method() string {
 		"(`bench/progs/newflow.c`) writes a source port and source address from a per-CPU sequence number into "+
 		"the SYN on every run and tail-calls the program under test through a `PROG_ARRAY`: every repeat is a 5-tuple "+
 		"never seen before, and the floor runs through the same harness, so the harness's cost is in both figures of the "+
-		"ratio. %d repeats per run, timed as above. A new flow goes to the half-open table (buckets of 8 flows, "+
-		"%d flows), in two states: *not full* (sized so that few inserts of the run evict, checked afterwards) and "+
-		"*full* (filled with new flows first, so every insert takes a half-open flow's place, an early drop: the "+
-		"steady state of a load balancer under a SYN flood, or that has seen more openings than the table holds). "+
-		"The target uses the full table, the state a busy LB stays in. "+
+		"ratio. %d repeats per run, timed as above. A new flow looks in the connection table (a miss) and goes to the "+
+		"half-open table (buckets of 8 flows, %d flows), in two states: *not full* (sized so that few inserts of the "+
+		"run evict, checked afterwards; the connection table holds only the section's few flows) and *full*: first "+
+		"the connection table is filled until 99.9%% of its slots are in use, with flows established through the "+
+		"program itself (a flow-set harness, `bench/progs/flowset.c`, runs each flow's ACK twice: the first goes to "+
+		"the half-open table, the second moves the flow into the connection table), then the half-open table with "+
+		"new flows, so every insert takes a half-open flow's place, an early drop: the steady state of a load "+
+		"balancer under a SYN flood, or that has seen more flows than its tables hold. Both tables' fill is in the "+
+		"notes. The full-table target uses that state, the state a busy LB stays in; the not-full one the other. "+
 		"*Limits*: per family a third VIP, TCP port %d, configured as the port-%d one (DR, one backend, "+
 		"a lookup table of the default size naming it) but with a new-flow rate limit (`vip add --max-new-flows "+
 		"%d,burst=%d`: the bucket alone holds more than every flow the section sends it, so even a clock that stood "+
@@ -187,13 +191,13 @@ func (b *pktBench) notes() []string {
 			"floor's median here is %s ns.", pktRefFloorNs, pktRefKatranEstNs, pktRefKatranEstNs/pktRefFloorNs,
 			pktRefKatranNewNs, pktRefKatranNewNs/pktRefFloorNs, pktRefKatranPassNs, pktRefKatranPassNs/pktRefFloorNs,
 			b.floorMedians()),
-		"What limits new flows (profiled with perf on this machine, not in this run): the kernel's insert into the "+
-			"connection table, not xdplb's own instructions. With a 1M-entry table, lookup_nulls_elem_raw (the bucket "+
-			"walk of the miss and of the insert) and bpf_lru_pop_free take about 70% of the time, the program itself "+
-			"under 10%. A table of 4,096 entries, which stays in cache, still costs about 600 ns per new flow; a plain "+
-			"preallocated BPF_MAP_TYPE_HASH in place of the LRU hash costs the same as the LRU at 4M entries (about "+
-			"0.85 us per insert in both), so neither a smaller table nor another map type reaches the 8x target while "+
-			"every new flow is remembered, which the design requires.",
+		"What limits new flows: before the cache-line connection table (issue 14; profiled with perf on this machine "+
+			"then, not in this run) the kernel's LRU hash took about 70% of a new flow's time (lookup_nulls_elem_raw, the "+
+			"bucket walk of the miss and of the insert, and bpf_lru_pop_free), the program under 10%. Now a SYN's table "+
+			"work is the connection table's miss (its two buckets, four cache lines loaded in parallel) and a way of the "+
+			"half-open table (one bucket of 8 ways under its spin lock; with the table full, the choice of the way to "+
+			"take); the rest is the VIP lookup, Maglev and counters. The connection-table section times the table's "+
+			"lookups alone at 1M and 8M flows; this section has not been profiled again since.",
 		"What NAT costs (profiled with perf on this machine, not in this run: 20 harnessed runs of 1M repeats of the "+
 			"established NAT ACK, when the program still asked the FIB on every packet): the kernel's FIB lookup "+
 			"(`bpf_fib_lookup` with the packet's length, so the MTU check too) took about 31% of the time for IPv4 and "+

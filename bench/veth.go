@@ -22,6 +22,9 @@ const (
 	vethFullNATOne = "xdplb full NAT, one established flow"
 	vethVsFloorMin = 0.7
 	vethVsNftMin   = 5
+	// New flows (issue 14): a new flow per packet.
+	vethNewVsFloorMin = 0.4
+	vethNewVsNftMin   = 8
 	// NAT against the kernel's own DNAT (issue 11).
 	vethNATVsNftMin = 3
 )

@@ -9,7 +9,10 @@ import (
 	"github.com/xdplb/xdplb/internal/testutil"
 )
 
-const xdpTX = 3
+const (
+	xdpPass = 2
+	xdpTX   = 3
+)
 
 func TestFloorSwapsMACs(t *testing.T) {
 	testutil.RequireRoot(t)
