@@ -21,8 +21,8 @@
 #   XDPLB_VM_E2E_RUN   -test.run pattern of the e2e suite (default: all)
 #   XDPLB_VM_E2E_SKIP  -test.skip pattern of the e2e suite (default: none)
 #   XDPLB_VM_STATUS    yes: time `xdplb status` on an idle daemon (default yes)
-#   XDPLB_VM_TIMEOUT   bound of the whole VM run (default 45m; a full run
-#                      takes about 21 min on a 2-core machine)
+#   XDPLB_VM_TIMEOUT   bound of the whole VM run (default 60m; a full run
+#                      takes about 45 min on a 2-core machine)
 #   XDPLB_VM_SLOWNESS  XDPLB_TEST_SLOWNESS in the guest (default 25)
 #   XDPLB_VM_CPUS, XDPLB_VM_MEM   vCPUs and memory (default 2, 4G)
 #   XDPLB_VM_CACHE     where kernels are unpacked (default /var/cache/xdplb-vm)
@@ -38,7 +38,7 @@ LOADER_RUN=${XDPLB_VM_LOADER_RUN:--}
 E2E_RUN=${XDPLB_VM_E2E_RUN:--}
 E2E_SKIP=${XDPLB_VM_E2E_SKIP:--}
 STATUS=${XDPLB_VM_STATUS:-yes}
-TIMEOUT=${XDPLB_VM_TIMEOUT:-45m}
+TIMEOUT=${XDPLB_VM_TIMEOUT:-60m}
 SLOWNESS=${XDPLB_VM_SLOWNESS:-25}
 CPUS=${XDPLB_VM_CPUS:-2}
 MEM=${XDPLB_VM_MEM:-4G}
