@@ -135,49 +135,6 @@ func TestAlertRules(t *testing.T) {
 	}
 }
 
-// DashboardExprs returns every PromQL expression of a Grafana dashboard,
-// its variables replaced: the constants by their value, the others (the
-// instance and vip selectors) by .*, Grafana's intervals by window.
-func dashboardExprs(t *testing.T, b []byte, window string) map[string]string {
-	t.Helper()
-	var d struct {
-		Templating struct {
-			List []struct {
-				Name  string `json:"name"`
-				Type  string `json:"type"`
-				Query any    `json:"query"`
-			} `json:"list"`
-		} `json:"templating"`
-		Panels []struct {
-			Title   string `json:"title"`
-			Targets []struct {
-				RefID string `json:"refId"`
-				Expr  string `json:"expr"`
-			} `json:"targets"`
-		} `json:"panels"`
-	}
-	if err := json.Unmarshal(b, &d); err != nil {
-		t.Fatalf("dashboard.json: %v", err)
-	}
-	var repl []string
-	for _, v := range d.Templating.List {
-		val := ".*"
-		if v.Type == "constant" {
-			val = fmt.Sprint(v.Query)
-		}
-		repl = append(repl, "${"+v.Name+"}", val, "$"+v.Name, val)
-	}
-	repl = append(repl, "$__rate_interval", window, "$__interval", window, "$__range", window)
-	r := strings.NewReplacer(repl...)
-	out := map[string]string{}
-	for _, p := range d.Panels {
-		for _, tg := range p.Targets {
-			out[p.Title+" "+tg.RefID] = r.Replace(tg.Expr)
-		}
-	}
-	return out
-}
-
 // The dashboard is valid JSON, its expressions are valid PromQL (checked
 // by promtool as recording rules), use only metrics xdplb exports, and it
 // shows what the issue asks for.
@@ -187,7 +144,7 @@ func TestDashboard(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exprs := dashboardExprs(t, b, "1m")
+	exprs := testutil.DashboardExprs(t, b, "1m")
 	if len(exprs) < 10 {
 		t.Fatalf("%d expressions in the dashboard", len(exprs))
 	}

@@ -279,7 +279,12 @@ func TestPrometheus(t *testing.T) {
 	}
 
 	// Every expression of the dashboard returns series.
-	exprs := dashboardExprs(t)
+	b, err := os.ReadFile(filepath.Join(monitoringDir, "dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Grafana's intervals as 10s: ten scrapes.
+	exprs := testutil.DashboardExprs(t, b, "10s")
 	waitFor(t, lab.Scale(15*time.Second), fmt.Sprintf("every one of the dashboard's %d expressions to return series", len(exprs)), func() error {
 		var empty []string
 		for where, expr := range exprs {
@@ -350,56 +355,6 @@ func scrapeText(t *testing.T, ctx context.Context, e *env) string {
 		t.Fatalf("scrape: %s %v", resp.Status, err)
 	}
 	return string(b)
-}
-
-// dashboardExprs returns the dashboard's PromQL expressions by panel, its
-// variables replaced: constants by their value, the selectors by .*,
-// Grafana's intervals by 10s (ten scrapes).
-func dashboardExprs(t *testing.T) map[string]string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(monitoringDir, "dashboard.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var d struct {
-		Templating struct {
-			List []struct {
-				Name  string `json:"name"`
-				Type  string `json:"type"`
-				Query any    `json:"query"`
-			} `json:"list"`
-		} `json:"templating"`
-		Panels []struct {
-			Title   string `json:"title"`
-			Targets []struct {
-				RefID string `json:"refId"`
-				Expr  string `json:"expr"`
-			} `json:"targets"`
-		} `json:"panels"`
-	}
-	if err := json.Unmarshal(b, &d); err != nil {
-		t.Fatalf("dashboard.json: %v", err)
-	}
-	var repl []string
-	for _, v := range d.Templating.List {
-		val := ".*"
-		if v.Type == "constant" {
-			val = fmt.Sprint(v.Query)
-		}
-		repl = append(repl, "${"+v.Name+"}", val, "$"+v.Name, val)
-	}
-	repl = append(repl, "$__rate_interval", "10s", "$__interval", "10s", "$__range", "10s")
-	r := strings.NewReplacer(repl...)
-	out := map[string]string{}
-	for _, p := range d.Panels {
-		for _, tg := range p.Targets {
-			out[p.Title+" "+tg.RefID] = r.Replace(tg.Expr)
-		}
-	}
-	if len(out) == 0 {
-		t.Fatal("no expression in dashboard.json")
-	}
-	return out
 }
 
 // waitFor polls check until it returns nil, failing the test with its
