@@ -173,7 +173,7 @@ func TestBlueGreenApply(t *testing.T) {
 	tApply := time.Now()
 	// Green serves once its MAC is resolved; until then blue takes the
 	// new connections still (make before break).
-	_, tGreen, err := e.d.WaitBackend(e.ctx, vip, green.IPv4, 3*time.Second, func(b api.BackendStatus) bool { return b.State == model.BackendUp })
+	_, tGreen, err := e.d.WaitBackend(e.ctx, vip, green.IPv4, lab.Scale(15*time.Second), func(b api.BackendStatus) bool { return b.State == model.BackendUp })
 	if err != nil {
 		t.Fatalf("green %s not up after the apply: %v", green.Name, err)
 	}
